@@ -1,0 +1,9 @@
+"""Errors raised by converters: each names the offending file, key or option."""
+
+
+class ConversionError(ValueError):
+    """A checkpoint or config that cannot be converted faithfully."""
+
+
+class UnsupportedOptionError(ConversionError):
+    """A config option the converter does not implement (never silently ignored)."""

@@ -1,0 +1,123 @@
+"""Pure functions for the transformer math.
+
+Modules in `transformer.py` only hold parameters; everything numerical lives here so that
+the lens kernel can differentiate plain functions of the residual stream. Each function
+handles one example (no batch axis); callers `jax.vmap` over batches.
+
+Numerically sensitive steps (norm statistics, softmax) run in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+ACTIVATIONS = {
+    # GPT-2's "gelu_new" and PyTorch's tanh-approximated gelu are the same function.
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def layer_norm(
+    x: Float[Array, "*batch d"],
+    weight: Float[Array, " d"] | None,
+    bias: Float[Array, " d"] | None,
+    eps: float,
+) -> Float[Array, "*batch d"]:
+    """LayerNorm with biased variance, as torch.nn.LayerNorm."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    out = (xf - mean) * jax.lax.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight.astype(jnp.float32)
+    if bias is not None:
+        out = out + bias.astype(jnp.float32)
+    return out.astype(x.dtype)
+
+
+def rms_norm(
+    x: Float[Array, "*batch d"],
+    weight: Float[Array, " d"] | None,
+    eps: float,
+    offset: float = 0.0,
+) -> Float[Array, "*batch d"]:
+    """RMSNorm. `offset=1` gives Gemma's `(1 + w)` scaling, `offset=0` Llama's `w`."""
+    xf = x.astype(jnp.float32)
+    out = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)
+    if weight is not None:
+        out = out * (offset + weight.astype(jnp.float32))
+    return out.astype(x.dtype)
+
+
+def rope_cos_sin(
+    positions: Int[Array, " seq"], inv_freq: Float[Array, " half"], scale: Float[Array, ""]
+) -> tuple[Float[Array, "seq rot"], Float[Array, "seq rot"]]:
+    """Cos/sin tables in the Hugging Face layout (frequencies repeated, not interleaved)."""
+    freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb) * scale, jnp.sin(emb) * scale
+
+
+def apply_rope(
+    x: Float[Array, "seq heads hd"], cos: Float[Array, "seq hd"], sin: Float[Array, "seq hd"]
+) -> Float[Array, "seq heads hd"]:
+    """Rotary embedding with `rotate_half`, as Llama/Qwen/Gemma in transformers."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, None, :].astype(x.dtype)
+    sin = sin[:, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+def attention_mask(
+    mask: Bool[Array, " seq"], window: Int[Array, ""]
+) -> Bool[Array, "seq seq"]:
+    """Which keys each query may see: causal, valid keys only, and within `window` when > 0.
+
+    Pad queries (right padding) see the valid keys before them, so no row is empty and no
+    NaN reaches a tangent or cotangent through a pad position.
+    """
+    seq = mask.shape[0]
+    q = jnp.arange(seq)[:, None]
+    k = jnp.arange(seq)[None, :]
+    allowed = (k <= q) & mask[None, :]
+    in_window = (window <= 0) | (q - k < window)
+    allowed = allowed & in_window
+    # Position 0 is always visible to itself so that a fully padded row stays finite.
+    return allowed | ((q == k) & (k == 0))
+
+
+def dot_product_attention(
+    q: Float[Array, "seq heads hd"],
+    k: Float[Array, "seq kv_heads hd"],
+    v: Float[Array, "seq kv_heads hd"],
+    allowed: Bool[Array, "seq seq"],
+    scale: Float[Array, ""] | float,
+    softcap: float | None = None,
+) -> Float[Array, "seq heads hd"]:
+    """Grouped-query attention; logits and softmax in float32."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    group = heads // kv_heads
+    k = jnp.repeat(k, group, axis=1)
+    v = jnp.repeat(v, group, axis=1)
+    logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    logits = jnp.where(allowed[None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("hqk,khd->qhd", probs, v)
+
+
+def softcap(x: Float[Array, "*any"], cap: float | None) -> Float[Array, "*any"]:
+    """Gemma's logit soft-capping `cap * tanh(x / cap)`; identity when `cap` is None."""
+    if cap is None:
+        return x
+    return jnp.tanh(x / cap) * cap

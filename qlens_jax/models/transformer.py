@@ -1,0 +1,305 @@
+"""The transformer family as Equinox modules: parameters here, math in `layers.py`.
+
+Blocks are stored stacked (leading `layers` axis) and the forward pass `lax.scan`s over
+them with per-layer metadata (`LayerMeta`), so compile time does not grow with depth.
+The two residual modules of a block are plain functions of the residual
+(`attention_residual`, `mlp_residual`): `R(h) = post_norm(module(pre_norm(h)))`, which is
+what the lens kernel linearizes, one module at a time or a whole stack at once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from qlens_jax.models import layers
+from qlens_jax.models.config import ModelConfig
+
+
+class Linear(eqx.Module):
+    """`x @ weight + bias` with `weight` stored `[d_in, d_out]`."""
+
+    weight: Float[Array, "d_in d_out"]
+    bias: Float[Array, " d_out"] | None
+
+    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class Norm(eqx.Module):
+    """LayerNorm or RMSNorm (with Gemma's `1 + w` offset when `offset == 1`)."""
+
+    weight: Float[Array, " d"]
+    bias: Float[Array, " d"] | None
+    kind: str = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    offset: float = eqx.field(static=True, default=0.0)
+
+    def __call__(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+        if self.kind == "layernorm":
+            return layers.layer_norm(x, self.weight, self.bias, self.eps)
+        return layers.rms_norm(x, self.weight, self.eps, self.offset)
+
+
+class Attention(eqx.Module):
+    q_proj: Linear
+    k_proj: Linear
+    v_proj: Linear
+    o_proj: Linear
+    q_norm: Norm | None
+    k_norm: Norm | None
+    n_heads: int = eqx.field(static=True)
+    n_kv_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+    softcap: float | None = eqx.field(static=True, default=None)
+
+    def __call__(
+        self,
+        x: Float[Array, "seq d_model"],
+        allowed: Bool[Array, "seq seq"],
+        rope: tuple[Float[Array, "seq hd"], Float[Array, "seq hd"]] | None,
+        scale: Float[Array, ""],
+    ) -> Float[Array, "seq d_model"]:
+        seq = x.shape[0]
+        q = self.q_proj(x).reshape(seq, self.n_heads, self.head_dim)
+        k = self.k_proj(x).reshape(seq, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(seq, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
+        out = layers.dot_product_attention(q, k, v, allowed, scale, self.softcap)
+        return self.o_proj(out.reshape(seq, self.n_heads * self.head_dim))
+
+
+class MLP(eqx.Module):
+    """`down(act(up x))`, or the gated `down(act(gate x) * up x)` when `gate_proj` is set."""
+
+    up_proj: Linear
+    down_proj: Linear
+    gate_proj: Linear | None
+    activation: str = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        act = layers.ACTIVATIONS[self.activation]
+        if self.gate_proj is None:
+            hidden = act(self.up_proj(x))
+        else:
+            hidden = act(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(hidden)
+
+
+class Block(eqx.Module):
+    attn_norm: Norm
+    attn: Attention
+    attn_post_norm: Norm | None
+    mlp_norm: Norm
+    mlp: MLP
+    mlp_post_norm: Norm | None
+
+
+class LayerMeta(eqx.Module):
+    """Per-layer attention metadata, stacked like the blocks (not parameters)."""
+
+    attn_scale: Float[Array, " layers"]
+    window: Int[Array, " layers"]
+    rope_inv_freq: Float[Array, "layers half"]
+    rope_scale: Float[Array, " layers"]
+
+
+class Residuals(NamedTuple):
+    """Residual stream points of every block, each `[layers, batch, seq, d_model]`."""
+
+    resid_pre: Array
+    resid_mid: Array
+    resid_post: Array
+    attn_out: Array
+    mlp_in: Array
+    mlp_out: Array
+
+
+def attention_residual(
+    block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
+) -> Float[Array, "seq d_model"]:
+    """The attention module's contribution to the residual: `post_norm(attn(pre_norm(h)))`."""
+    seq = h.shape[0]
+    rope = None
+    if meta.rope_inv_freq.shape[-1] > 0:
+        rope = layers.rope_cos_sin(jnp.arange(seq), meta.rope_inv_freq, meta.rope_scale)
+    allowed = layers.attention_mask(mask, meta.window)
+    out = block.attn(block.attn_norm(h), allowed, rope, meta.attn_scale)
+    return out if block.attn_post_norm is None else block.attn_post_norm(out)
+
+
+def mlp_input(block: Block, h: Float[Array, "*seq d_model"]) -> Float[Array, "*seq d_model"]:
+    """The MLP's normalized input (`ln_2` output): where transcoders read."""
+    return block.mlp_norm(h)
+
+
+def mlp_residual(block: Block, h: Float[Array, "*seq d_model"]) -> Float[Array, "*seq d_model"]:
+    """The MLP module's contribution to the residual: `post_norm(mlp(pre_norm(h)))`."""
+    out = block.mlp(block.mlp_norm(h))
+    return out if block.mlp_post_norm is None else block.mlp_post_norm(out)
+
+
+def block_forward(
+    block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
+) -> tuple[Float[Array, "seq d_model"], Residuals]:
+    """One block; returns `resid_post` and this block's points (without the layer axis)."""
+    attn_out = attention_residual(block, meta, h, mask)
+    mid = h + attn_out
+    mlp_in = mlp_input(block, mid)
+    mlp_out = mlp_residual(block, mid)
+    post = mid + mlp_out
+    return post, Residuals(h, mid, post, attn_out, mlp_in, mlp_out)
+
+
+class Transformer(eqx.Module):
+    """A decoder-only language model of the GPT-2 / Llama / Qwen / Gemma-3 family."""
+
+    embed_tokens: Float[Array, "vocab d_model"]
+    embed_positions: Float[Array, "positions d_model"] | None
+    blocks: Block
+    meta: LayerMeta
+    final_norm: Norm
+    lm_head: Float[Array, "vocab d_model"] | None
+    config: ModelConfig = eqx.field(static=True)
+
+    # ---- pieces the kernel uses -------------------------------------------------------
+    @property
+    def W_E(self) -> Float[Array, "vocab d_model"]:
+        return self.embed_tokens
+
+    @property
+    def W_U(self) -> Float[Array, "d_model vocab"]:
+        return (self.embed_tokens if self.lm_head is None else self.lm_head).T
+
+    def block(self, index: int | Int[Array, ""]) -> tuple[Block, LayerMeta]:
+        """Block `index` and its metadata, sliced out of the stack."""
+        take = lambda x: x[index]
+        return jax.tree.map(take, self.blocks), jax.tree.map(take, self.meta)
+
+    def embed(self, tokens: Int[Array, " seq"]) -> Float[Array, "seq d_model"]:
+        """`resid_pre[0]`: token embedding (x scale) plus learned positions where present."""
+        h = self.embed_tokens[tokens]
+        if self.config.embed_scale != 1.0:
+            h = h * jnp.asarray(self.config.embed_scale, jnp.float32).astype(h.dtype)
+        if self.embed_positions is not None:
+            h = h + self.embed_positions[jnp.arange(tokens.shape[0])]
+        return h
+
+    def final_norm_fn(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        return self.final_norm(x)
+
+    def unembed(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch vocab"]:
+        """Logits from final-residual vectors: final norm, unembedding, soft-capping."""
+        logits = jnp.matmul(self.final_norm(x), self.W_U, preferred_element_type=jnp.float32)
+        return layers.softcap(logits, self.config.final_logit_softcap)
+
+    # ---- forward passes -----------------------------------------------------------------
+    def forward_one(
+        self, tokens: Int[Array, " seq"], mask: Bool[Array, " seq"]
+    ) -> tuple[Float[Array, "seq vocab"], Residuals]:
+        """One sequence: logits and every block's residual points `[layers, seq, d_model]`."""
+
+        def step(h, block_and_meta):
+            block, meta = block_and_meta
+            return block_forward(block, meta, h, mask)
+
+        final, points = jax.lax.scan(step, self.embed(tokens), (self.blocks, self.meta))
+        return self.unembed(final), points
+
+    def __call__(
+        self, tokens: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"] | None = None
+    ) -> Float[Array, "batch seq vocab"]:
+        return self.run_with_residuals(tokens, mask)[0]
+
+    def run_with_residuals(
+        self, tokens: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"] | None = None
+    ) -> tuple[Float[Array, "batch seq vocab"], Residuals]:
+        """Logits and the residual stream; residual arrays are `[layers, batch, seq, d_model]`."""
+        if mask is None:
+            mask = jnp.ones(tokens.shape, bool)
+        logits, points = jax.vmap(self.forward_one)(tokens, mask)
+        points = Residuals(*(jnp.swapaxes(p, 0, 1) for p in points))
+        return logits, points
+
+
+# ---- construction ---------------------------------------------------------------------------
+def layer_meta(config: ModelConfig, dtype=jnp.float32) -> LayerMeta:
+    """The per-layer metadata arrays of `config`."""
+    half = config.rope_dim
+    inv_freq = np.asarray(config.rope_inv_freq, np.float32).reshape(config.n_layers, half)
+    return LayerMeta(
+        attn_scale=jnp.asarray(config.attn_scales, jnp.float32),
+        window=jnp.asarray(config.sliding_windows, jnp.int32),
+        rope_inv_freq=jnp.asarray(inv_freq),
+        rope_scale=jnp.asarray(config.rope_scales, jnp.float32),
+    )
+
+
+def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) -> Transformer:
+    """Random weights (normal, std 0.02; norms at identity). Also gives converters their skeleton."""
+    c = config
+    keys = iter(jax.random.split(key, 16))
+    L = c.n_layers
+
+    def dense(d_in, d_out, bias):
+        w = 0.02 * jax.random.normal(next(keys), (L, d_in, d_out), dtype)
+        return Linear(w, jnp.zeros((L, d_out), dtype) if bias else None)
+
+    def norm(d, stacked=True):
+        shape = (L, d) if stacked else (d,)
+        weight = jnp.full(shape, 1.0 - c.norm_offset, dtype)
+        bias = jnp.zeros(shape, dtype) if c.norm == "layernorm" else None
+        return Norm(weight, bias, c.norm, c.norm_eps, c.norm_offset)
+
+    q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    attn = Attention(
+        q_proj=dense(c.d_model, q_dim, c.qkv_bias),
+        k_proj=dense(c.d_model, kv_dim, c.qkv_bias),
+        v_proj=dense(c.d_model, kv_dim, c.qkv_bias),
+        o_proj=dense(q_dim, c.d_model, c.o_bias),
+        q_norm=norm(c.head_dim) if c.qk_norm else None,
+        k_norm=norm(c.head_dim) if c.qk_norm else None,
+        n_heads=c.n_heads,
+        n_kv_heads=c.n_kv_heads,
+        head_dim=c.head_dim,
+        softcap=c.attn_logit_softcap,
+    )
+    mlp = MLP(
+        up_proj=dense(c.d_model, c.d_mlp, c.mlp_bias),
+        down_proj=dense(c.d_mlp, c.d_model, c.mlp_bias),
+        gate_proj=dense(c.d_model, c.d_mlp, c.mlp_bias) if c.gated_mlp else None,
+        activation=c.activation,
+    )
+    blocks = Block(
+        attn_norm=norm(c.d_model),
+        attn=attn,
+        attn_post_norm=norm(c.d_model) if c.post_norms else None,
+        mlp_norm=norm(c.d_model),
+        mlp=mlp,
+        mlp_post_norm=norm(c.d_model) if c.post_norms else None,
+    )
+    embed = 0.02 * jax.random.normal(next(keys), (c.vocab_size, c.d_model), dtype)
+    positions = None
+    if c.positional == "learned":
+        positions = 0.01 * jax.random.normal(next(keys), (c.max_positions, c.d_model), dtype)
+    lm_head = None
+    if not c.tie_word_embeddings:
+        lm_head = 0.02 * jax.random.normal(next(keys), (c.vocab_size, c.d_model), dtype)
+    return Transformer(
+        embed_tokens=embed,
+        embed_positions=positions,
+        blocks=blocks,
+        meta=layer_meta(c),
+        final_norm=norm(c.d_model, stacked=False),
+        lm_head=lm_head,
+        config=c,
+    )
