@@ -50,21 +50,15 @@ def load_checkpoint(directory: str | Path, dtype=None) -> Transformer:
         raise ConversionError(f"{directory} is not a qlens-jax model checkpoint (no {CONFIG_FILE})")
     config = ModelConfig.from_json(config_path.read_text())
     skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
-    params, static = eqx.partition(skeleton, eqx.is_array)
-    params = eqx.tree_at(lambda m: m.meta, params, None)
+    is_shape = lambda x: isinstance(x, jax.ShapeDtypeStruct)
+    params, static = eqx.partition(eqx.tree_at(lambda m: m.meta, skeleton, None), is_shape)
     with ocp.StandardCheckpointer() as checkpointer:
         try:
-            restored = checkpointer.restore(directory / "params")
+            restored = checkpointer.restore(directory / "params", params)
         except Exception as err:
             raise ConversionError(f"cannot restore the Orbax checkpoint in {directory}: {err}") from err
-    restored_leaves = jax.tree.leaves(restored)
-    expected = jax.tree.leaves(params)
-    if len(restored_leaves) != len(expected):
-        raise ConversionError(f"checkpoint {directory} does not match its config (leaf count)")
-    for got, want in zip(restored_leaves, expected):
-        if tuple(got.shape) != tuple(want.shape):
-            raise ConversionError(f"checkpoint {directory} has an array of shape {got.shape}, expected {want.shape}")
-    treedef = jax.tree.structure(params)
-    params = jax.tree.unflatten(treedef, [jnp.asarray(x, dtype or x.dtype) for x in restored_leaves])
+    if dtype is not None:
+        restored = jax.tree.map(lambda x: jnp.asarray(x, dtype), restored)
+    params = restored
     model = eqx.combine(params, static)
     return eqx.tree_at(lambda m: m.meta, model, layer_meta(config), is_leaf=lambda x: x is None)

@@ -205,6 +205,12 @@ def _rope_family(raw: dict, family: str) -> ModelConfig:
     else:
         scale = head_dim**-0.5
         activation = raw.get("hidden_act", "silu")
+    if gemma and raw.get("attn_logit_softcapping") is not None:
+        # transformers' Gemma-3 attention stores this option but never applies it; refuse to guess.
+        raise UnsupportedOptionError(
+            "gemma3_text config option attn_logit_softcapping is set, but transformers' Gemma-3 does "
+            "not apply it; remove it from config.json (official Gemma-3 configs have null)"
+        )
     bias = bool(raw.get("attention_bias", False))
     tie_default = gemma
     return ModelConfig(
@@ -230,7 +236,6 @@ def _rope_family(raw: dict, family: str) -> ModelConfig:
         qk_norm=family in ("qwen3", "gemma3_text"),
         post_norms=gemma,
         embed_scale=math.sqrt(d) if gemma else 1.0,
-        attn_logit_softcap=raw.get("attn_logit_softcapping") if gemma else None,
         final_logit_softcap=raw.get("final_logit_softcapping") if gemma else None,
         attn_scales=(scale,) * n_layers,
         sliding_windows=windows,

@@ -1,0 +1,129 @@
+"""Every bad input to `load_model` fails early with an error naming the offending thing."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import converters
+from converters import ConversionError, UnsupportedOptionError
+from tiny_models import build_hf_model, save_hf_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    return save_hf_model(build_hf_model("gpt2", seed=5), tmp_path_factory.mktemp("gpt2"))
+
+
+def _copy(saved, tmp_path, edit_config=None, edit_weights=None):
+    target = tmp_path / "model"
+    target.mkdir()
+    config = json.loads((saved / "config.json").read_text())
+    if edit_config:
+        edit_config(config)
+    (target / "config.json").write_text(json.dumps(config))
+    weights = load_file(saved / "model.safetensors")
+    if edit_weights:
+        edit_weights(weights)
+    save_file(weights, target / "model.safetensors")
+    return target
+
+
+def test_missing_weight_file(saved, tmp_path):
+    target = _copy(saved, tmp_path)
+    (target / "model.safetensors").unlink()
+    with pytest.raises(ConversionError, match="no weights in"):
+        converters.load_model(target)
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(ConversionError, match="no config.json"):
+        converters.load_model(tmp_path)
+
+
+def test_truncated_weight_file(saved, tmp_path):
+    target = _copy(saved, tmp_path)
+    path = target / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match="model.safetensors"):
+        converters.load_model(target)
+
+
+def test_unknown_model_type(saved, tmp_path):
+    target = _copy(saved, tmp_path, edit_config=lambda c: c.update(model_type="mamba"))
+    with pytest.raises(UnsupportedOptionError, match="unknown model_type 'mamba'"):
+        converters.load_model(target)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("add_cross_attention", True), ("some_new_option", 3), ("activation_function", "swiglu_v9")],
+)
+def test_unsupported_option_is_named(saved, tmp_path, key, value):
+    target = _copy(saved, tmp_path, edit_config=lambda c: c.update({key: value}))
+    with pytest.raises(UnsupportedOptionError, match=key if key != "activation_function" else "swiglu_v9"):
+        converters.load_model(target)
+
+
+def test_unsupported_rope_type():
+    raw = build_hf_model("llama-mha-tied-linear").config.to_dict()
+    raw["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+    with pytest.raises(UnsupportedOptionError, match="dynamic"):
+        converters.model_config_from_hf(raw)
+
+
+def test_gemma_attention_softcap_refused():
+    raw = build_hf_model("gemma3-softcap").config.to_dict()
+    raw["attn_logit_softcapping"] = 50.0
+    with pytest.raises(UnsupportedOptionError, match="attn_logit_softcapping"):
+        converters.model_config_from_hf(raw)
+
+
+def test_shapes_disagree_with_config(saved, tmp_path):
+    target = _copy(saved, tmp_path, edit_config=lambda c: c.update(n_inner=64))
+    with pytest.raises(ConversionError, match=r"mlp\.c_fc\.weight.*shape"):
+        converters.load_model(target)
+
+
+def test_missing_tensor(saved, tmp_path):
+    target = _copy(saved, tmp_path, edit_weights=lambda w: w.pop("transformer.h.1.ln_2.bias"))
+    with pytest.raises(ConversionError, match=r"missing weight 'transformer\.h\.1\.ln_2\.bias'"):
+        converters.load_model(target)
+
+
+def test_unexpected_tensor(saved, tmp_path):
+    def add(w):
+        w["transformer.h.7.ln_1.weight"] = np.ones(48, np.float32)
+
+    target = _copy(saved, tmp_path, edit_weights=add)
+    with pytest.raises(ConversionError, match="does not account for"):
+        converters.load_model(target)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights(saved, tmp_path, bad):
+    def poison(w):
+        w["transformer.h.0.attn.c_proj.weight"][3, 4] = bad
+
+    target = _copy(saved, tmp_path, edit_weights=poison)
+    with pytest.raises(ConversionError, match=r"attn\.c_proj\.weight.*NaN or Inf"):
+        converters.load_model(target)
+
+
+def test_hub_id_offline_says_pass_a_local_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConversionError, match="pass the local directory"):
+        converters.load_model("qlens-test-org/no-such-model")
+
+
+def test_not_a_path_nor_hub_id():
+    with pytest.raises(ConversionError, match="neither an existing path"):
+        converters.load_model(os.path.join("no", "such", "dir"))
+
+
+def test_unknown_dtype(saved):
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        converters.load_model(saved, dtype="float8")

@@ -1,0 +1,113 @@
+"""Tiny seeded Hugging Face models of every supported architecture, for parity tests.
+
+Weights are random but not tame: norms and biases are perturbed away from their identity
+initialization and the init scale is large enough that logits are O(1), so a wrong norm,
+bias or rotary detail shows up well above the 1e-4 tolerance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ROPE_LLAMA3 = {
+    "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0, "original_max_position_embeddings": 8,
+}
+ROPE_YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8}
+
+# name -> (config class name, model class name, config kwargs)
+ARCHITECTURES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=48, n_layer=3, n_head=4, n_positions=64)),
+    "gpt2-untied-scaled": (
+        "GPT2Config", "GPT2LMHeadModel",
+        dict(n_embd=48, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False,
+             scale_attn_by_inverse_layer_idx=True, activation_function="gelu"),
+    ),
+    "llama-gqa2-llama3rope": (
+        "LlamaConfig", "LlamaForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, attention_bias=True, mlp_bias=True, rope_parameters=ROPE_LLAMA3),
+    ),
+    "llama-mha-tied-linear": (
+        "LlamaConfig", "LlamaForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, tie_word_embeddings=True,
+             rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}),
+    ),
+    "qwen2-yarn": (
+        "Qwen2Config", "Qwen2ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, rope_parameters=ROPE_YARN, max_position_embeddings=32),
+    ),
+    "qwen3-gqa4-tied": (
+        "Qwen3Config", "Qwen3ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=1, head_dim=16, tie_word_embeddings=True),
+    ),
+    "gemma3-sliding": (
+        "Gemma3TextConfig", "Gemma3ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
+             layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                              "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}),
+    ),
+    "gemma3-softcap": (
+        "Gemma3TextConfig", "Gemma3ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
+             num_key_value_heads=1, head_dim=24, sliding_window=3, final_logit_softcapping=3.0,
+             tie_word_embeddings=False),
+    ),
+}
+
+VOCAB = 113
+
+
+def build_hf_model(name: str, seed: int = 0, vocab_size: int = VOCAB):
+    """A seeded random `transformers` model of architecture `name`, in eval mode, float32."""
+    import torch
+    import transformers
+
+    config_cls, model_cls, kwargs = ARCHITECTURES[name]
+    config = getattr(transformers, config_cls)(
+        vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        initializer_range=0.15, attn_implementation="eager", **kwargs,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
+                param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def save_hf_model(model, directory: Path, **kwargs) -> Path:
+    model.save_pretrained(directory, **kwargs)
+    return Path(directory)
+
+
+def padded_batch(vocab: int, batch: int = 3, seq: int = 12, seed: int = 0):
+    """Token ids and a right-padding mask with rows of different lengths."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, size=(batch, seq)).astype(np.int32)
+    lengths = np.linspace(seq, max(2, seq // 2), batch).astype(int)
+    mask = np.arange(seq)[None, :] < lengths[:, None]
+    tokens = np.where(mask, tokens, 0).astype(np.int32)
+    return tokens, mask
+
+
+def hf_forward(model, tokens, mask):
+    """Logits and hidden states of the Hugging Face model, as numpy."""
+    import torch
+
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.as_tensor(tokens, dtype=torch.long),
+            attention_mask=torch.as_tensor(mask, dtype=torch.long),
+            output_hidden_states=True,
+        )
+    return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
