@@ -82,17 +82,15 @@ def attention_mask(
 ) -> Bool[Array, "seq seq"]:
     """Which keys each query may see: causal, valid keys only, and within `window` when > 0.
 
-    Pad queries (right padding) see the valid keys before them, so no row is empty and no
-    NaN reaches a tangent or cotangent through a pad position.
+    A pad query whose window holds no valid key gets an empty row; `dot_product_attention`
+    then attends uniformly, as transformers does.
     """
     seq = mask.shape[0]
     q = jnp.arange(seq)[:, None]
     k = jnp.arange(seq)[None, :]
     allowed = (k <= q) & mask[None, :]
     in_window = (window <= 0) | (q - k < window)
-    allowed = allowed & in_window
-    # Position 0 is always visible to itself so that a fully padded row stays finite.
-    return allowed | ((q == k) & (k == 0))
+    return allowed & in_window
 
 
 def dot_product_attention(
@@ -111,7 +109,11 @@ def dot_product_attention(
     logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         logits = jnp.tanh(logits / softcap) * softcap
-    logits = jnp.where(allowed[None], logits, jnp.finfo(jnp.float32).min)
+    # Additive masking, as transformers' eager attention: identical values, and for a fully
+    # masked row (a pad query with no valid key in its window) the same uniform attention and
+    # the same derivatives, which the reference's first-order key convention lets reach
+    # valid positions.
+    logits = logits + jnp.where(allowed[None], 0.0, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("hqk,khd->qhd", probs, v)
 

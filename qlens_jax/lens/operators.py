@@ -1,0 +1,159 @@
+"""Dense transport operators: every feature of every layer from two linearized sweeps.
+
+`TransportOperators` holds, for one model and token sample (DESIGN.md section 2):
+
+- `value[p]`: rows of `M_p`, the mean transport from point `p` to the final residual, from
+  one reverse sweep with the `d_model` basis cotangents (all points at once);
+- `key[p]`: rows of `K_p`, the mean pull-back from point `p` to the embedding, from one
+  forward sweep with the basis tangents (all points at once, plus the MLPs' normalized inputs);
+- `first_order[m]`: module `m`'s mean Jacobian `A_m` over valid positions, and
+  `first_order_all[m]` the same with outputs summed over *all* positions, pads included
+  (the reference's padding convention for the first-order key lens, DESIGN.md section 1).
+
+Every operator is applied to a batch of feature vectors as `X @ op.T`. Sums over positions
+accumulate in float32 over token chunks; `n_tokens` is the number of valid tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from qlens_jax.lens import transport
+from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
+from qlens_jax.lens.points import n_key_points, n_points
+from qlens_jax.models import Transformer
+from qlens_jax.progress import progress
+
+SWEEPS = ("value", "key", "first_order")
+
+
+class TransportOperators(eqx.Module):
+    value: Float[Array, "points d d"] | None
+    key: Float[Array, "key_points d d"] | None
+    first_order: Float[Array, "modules d d"] | None
+    first_order_all: Float[Array, "modules d d"] | None
+    n_tokens: int = eqx.field(static=True)
+
+
+def _basis(j: Int[Array, ""], d: int, mask: Bool[Array, "b s"]) -> Float[Array, "b s d"]:
+    return jnp.where(mask[..., None], jax.nn.one_hot(j, d, dtype=jnp.float32), 0.0)
+
+
+@eqx.filter_jit
+def value_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int) -> Float[Array, "points d d"]:
+    """Position-summed top-down cotangents at every point, for each basis cotangent."""
+    d = model.config.d_model
+    zeros = jnp.zeros((n_points(model.config.n_layers), d), jnp.float32)
+    _, pull = jax.vjp(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), zeros)
+    dtype = model.embed_tokens.dtype
+    rows = jax.lax.map(lambda i: pull(_basis(i, d, mask).astype(dtype))[0], jnp.arange(d), batch_size=tangent_chunk)
+    return jnp.swapaxes(rows, 0, 1)
+
+
+@eqx.filter_jit
+def key_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int) -> Float[Array, "key_points d d"]:
+    """Position-summed bottom-up tangents at every point, for each basis tangent."""
+    d = model.config.d_model
+    zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
+    stream = lambda d0: transport.masked_sum(transport.points_from_embedding(model, tokens, mask, d0), mask)
+    _, push = jax.linearize(stream, zeros)
+    cols = jax.lax.map(lambda j: push(_basis(j, d, mask)), jnp.arange(d), batch_size=tangent_chunk)
+    return jnp.swapaxes(cols, 0, 1)
+
+
+@eqx.filter_jit
+def first_order_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int):
+    """Each module's Jacobian applied to each broadcast basis vector, summed over positions."""
+    d, n_modules = model.config.d_model, 2 * model.config.n_layers
+    inputs = transport.clean_module_inputs(model, tokens, mask)
+
+    def outputs(deltas):
+        out = transport.module_outputs(model, inputs, mask, deltas)
+        return transport.masked_sum(out, mask), out.astype(jnp.float32).sum(axis=(1, 2))
+
+    _, push = jax.linearize(outputs, jnp.zeros((n_modules, d), jnp.float32))
+    tangent = lambda j: jnp.broadcast_to(jax.nn.one_hot(j, d, dtype=jnp.float32), (n_modules, d))
+    valid, every = jax.lax.map(lambda j: push(tangent(j)), jnp.arange(d), batch_size=tangent_chunk)
+    # [j, m, i] -> A[m, i, j]
+    return jnp.transpose(valid, (1, 2, 0)), jnp.transpose(every, (1, 2, 0))
+
+
+def transport_operators(
+    model: Transformer,
+    tokens: Int[Array, "batch seq"] | np.ndarray,
+    mask: Bool[Array, "batch seq"] | np.ndarray | None = None,
+    *,
+    sweeps: tuple[str, ...] = SWEEPS,
+    plan: ChunkPlan | None = None,
+    memory_budget_gb: float | None = None,
+    quiet: bool = True,
+) -> TransportOperators:
+    """The dense operators of `model` on this token sample (see the module docstring)."""
+    from qlens_jax.lens.validation import check_tokens
+
+    tokens, mask = check_tokens(model, tokens, mask)
+    unknown = set(sweeps) - set(SWEEPS)
+    if unknown:
+        raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
+    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb)
+    n_tokens = int(mask.sum())
+    totals: dict[str, list] = {}
+    functions = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
+    for name in SWEEPS:
+        if name not in sweeps:
+            continue
+        chunks = list(iter_token_chunks(tokens, mask, plan.sequences_per_chunk))
+        for chunk_tokens, chunk_mask in progress(chunks, desc=f"{name} sweep", quiet=quiet, unit="chunk"):
+            result = functions[name](model, chunk_tokens, chunk_mask, plan.tangent_chunk)
+            result = result if isinstance(result, tuple) else (result,)
+            if name not in totals:
+                totals[name] = [jnp.zeros_like(r) for r in result]
+            totals[name] = [t + r for t, r in zip(totals[name], result)]
+    scale = 1.0 / n_tokens
+    first = totals.get("first_order", [None, None])
+    return TransportOperators(
+        value=totals["value"][0] * scale if "value" in totals else None,
+        key=totals["key"][0] * scale if "key" in totals else None,
+        first_order=first[0] * scale if first[0] is not None else None,
+        first_order_all=first[1] * scale if first[1] is not None else None,
+        n_tokens=n_tokens,
+    )
+
+
+def save_operators(operators: TransportOperators, directory: str | Path) -> Path:
+    """Save operators with Orbax (the directory must not exist yet)."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} exists and is not empty; choose a new directory")
+    arrays = {k: getattr(operators, k) for k in ("value", "key", "first_order", "first_order_all")}
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / "arrays", arrays)
+    (directory / "operators.json").write_text(json.dumps({"n_tokens": operators.n_tokens, "arrays": sorted(arrays)}))
+    return directory
+
+
+def load_operators(directory: str | Path) -> TransportOperators:
+    import json
+
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    meta_path = directory / "operators.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{directory} holds no saved transport operators (no operators.json)")
+    meta = json.loads(meta_path.read_text())
+    with ocp.StandardCheckpointer() as checkpointer:
+        arrays = checkpointer.restore(directory / "arrays")
+    get = lambda k: jnp.asarray(arrays[k]) if k in arrays else None
+    return TransportOperators(get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"])

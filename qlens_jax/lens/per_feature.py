@@ -1,0 +1,86 @@
+"""Per-feature transports: linearize once per token chunk, map the linear map over features.
+
+The path for requests with fewer features than `d_model`, the self-check of the dense path,
+and the source of per-position statistics (relative variance). Each function returns sums
+over the chunk's valid positions; callers add chunks and divide by the token count.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from qlens_jax.lens import transport
+from qlens_jax.lens.points import n_points
+from qlens_jax.models import Transformer
+
+
+def _sum_and_square(x: Float[Array, "b s d"], mask: Bool[Array, "b s"]):
+    x = x.astype(jnp.float32)
+    return transport.masked_sum(x, mask), jnp.einsum("bsd,bs->", x * x, mask.astype(jnp.float32))
+
+
+@eqx.filter_jit
+def value_chunk(
+    model: Transformer, tokens, mask, vectors: Float[Array, "n d"], points: Int[Array, " n"], tangent_chunk: int
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """Push each vector forward from its write point: position sums and sums of squares."""
+    shape = (n_points(model.config.n_layers), model.config.d_model)
+    _, push = jax.linearize(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), jnp.zeros(shape, jnp.float32))
+
+    def one(args):
+        vector, point = args
+        return _sum_and_square(push(jnp.zeros(shape, jnp.float32).at[point].set(vector)), mask)
+
+    return jax.lax.map(one, (vectors.astype(jnp.float32), points), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def key_chunk(
+    model: Transformer, tokens, mask, vectors: Float[Array, "n d"], points: Int[Array, " n"], tangent_chunk: int
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """Pull each vector back from its read point to the embedding: sums and sums of squares."""
+    d = model.config.d_model
+    zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
+    stream, pull = jax.vjp(lambda d0: transport.points_from_embedding(model, tokens, mask, d0), zeros)
+    seed_mask = mask[..., None]
+
+    def one(args):
+        vector, point = args
+        seed = jnp.where(seed_mask, vector, 0.0).astype(stream.dtype)
+        cotangent = jnp.zeros_like(stream).at[point].set(seed)
+        return _sum_and_square(pull(cotangent)[0], mask)
+
+    return jax.lax.map(one, (vectors.astype(jnp.float32), points), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def first_order_value_chunk(model: Transformer, tokens, mask, vectors: Float[Array, "n d"], tangent_chunk: int) -> Float[Array, "n modules d"]:
+    """Each module's Jacobian applied to each vector broadcast over valid positions, summed."""
+    n_modules = 2 * model.config.n_layers
+    inputs = transport.clean_module_inputs(model, tokens, mask)
+    zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
+    _, push = jax.linearize(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)
+    one = lambda v: transport.masked_sum(push(jnp.broadcast_to(v, zeros.shape)), mask)
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def first_order_key_chunk(
+    model: Transformer, tokens, mask, vectors: Float[Array, "n d"], tangent_chunk: int, mask_seed: bool
+) -> Float[Array, "n modules d"]:
+    """Each module's VJP of each vector; the seed covers every position unless `mask_seed`
+    (the reference's convention, DESIGN.md section 1), the result only valid ones."""
+    n_modules = 2 * model.config.n_layers
+    inputs = transport.clean_module_inputs(model, tokens, mask)
+    zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
+    outputs, pull = jax.vjp(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)
+    seed_mask = mask[None, ..., None] if mask_seed else jnp.ones((1, *mask.shape, 1), bool)
+
+    def one(v):
+        seed = jnp.where(seed_mask, v, 0.0)
+        return pull(jnp.broadcast_to(seed, outputs.shape).astype(outputs.dtype))[0]
+
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)

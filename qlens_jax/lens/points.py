@@ -1,0 +1,67 @@
+"""Indices of residual-stream points and residual modules.
+
+For `L` blocks the stream has `2L + 1` points and `2L` modules, interleaved:
+
+    point 2b   = resid_pre[b]   --module 2b   (attention b)-->  point 2b+1 = resid_mid[b]
+    point 2b+1 = resid_mid[b]   --module 2b+1 (MLP b)-------->  point 2b+2 = resid_post[b]
+
+so module `m` reads point `m` and writes point `m + 1`; point `2L` is the final residual.
+The key sweep also records the MLPs' normalized inputs (`mlp_in[b]`, where transcoders read)
+as extra points `2L + 1 + b`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def n_points(n_layers: int) -> int:
+    """Residual points `resid_pre[0..L-1]`, `resid_mid[0..L-1]`, final."""
+    return 2 * n_layers + 1
+
+
+def n_key_points(n_layers: int) -> int:
+    """Residual points plus the `L` normalized MLP inputs."""
+    return 3 * n_layers + 1
+
+
+def residual_point(site: str, layer: int, n_layers: int) -> int:
+    if site == "resid_pre":
+        return 2 * layer
+    if site == "resid_mid":
+        return 2 * layer + 1
+    if site in ("resid_post", "mlp_out"):
+        return 2 * layer + 2
+    if site == "mlp_in":
+        return 2 * n_layers + 1 + layer
+    raise ValueError(f"unknown site {site!r}")
+
+
+@dataclass(frozen=True)
+class DictionaryPoints:
+    """Where one dictionary's features are transported from.
+
+    `write`: the residual point its value vectors are added to. `read`: the point whose
+    cotangent its key vectors are (reference convention: a transcoder reads `resid_mid`,
+    the MLP input before its norm; with `exact_norm_jacobian`, the normalized `mlp_in`).
+    `read_residual`: the residual point of `read` (for first-order module ranges).
+    """
+
+    write: int
+    read: int
+    read_residual: int
+
+    def value_modules(self, n_layers: int) -> range:
+        """Modules after the write point."""
+        return range(self.write, 2 * n_layers)
+
+    def key_modules(self) -> range:
+        """Modules before the read point (towards the embedding)."""
+        return range(0, self.read_residual)
+
+
+def dictionary_points(site_in: str, site_out: str, layer: int, n_layers: int, exact_norm_jacobian: bool = False) -> DictionaryPoints:
+    write = residual_point(site_out, layer, n_layers)
+    read_residual = residual_point("resid_mid" if site_in == "mlp_in" else site_in, layer, n_layers)
+    read = residual_point("mlp_in", layer, n_layers) if (site_in == "mlp_in" and exact_norm_jacobian) else read_residual
+    return DictionaryPoints(write=write, read=read, read_residual=read_residual)

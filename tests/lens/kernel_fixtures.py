@@ -1,0 +1,50 @@
+"""Shared setup for kernel tests: a tiny model, a dictionary set at several sites, a sample."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+import converters
+from qlens_jax.dictionaries import Dictionary
+from tiny_models import build_hf_model, padded_batch
+
+N_FEATURES = 40
+FEATURES = [0, 17, 39]  # requested features (same count as the self-check, one compilation)
+
+
+def random_dictionary(d_model, layer, site_in, site_out, kind, seed, n=N_FEATURES):
+    rng = np.random.default_rng(seed)
+    return Dictionary(
+        W_enc=jnp.asarray(rng.normal(size=(d_model, n)), jnp.float32),
+        b_enc=jnp.asarray(rng.normal(size=n), jnp.float32),
+        W_dec=jnp.asarray(rng.normal(size=(n, d_model)), jnp.float32),
+        b_dec=jnp.asarray(rng.normal(size=d_model), jnp.float32),
+        layer=layer, site_in=site_in, site_out=site_out, kind=kind,
+        name=f"{kind}-{site_in}", activation="relu",
+    )
+
+
+def dictionary_set(d_model: int, n_layers: int) -> list:
+    """SAEs at resid_pre / resid_mid / resid_post of different layers, and a transcoder."""
+    last = n_layers - 1
+    return [
+        random_dictionary(d_model, 0, "resid_post", "resid_post", "sae", 1),
+        random_dictionary(d_model, 1, "resid_mid", "resid_mid", "sae", 2),
+        random_dictionary(d_model, last, "resid_pre", "resid_pre", "sae", 3),
+        random_dictionary(d_model, 1, "mlp_in", "mlp_out", "transcoder", 4),
+    ]
+
+
+def reference_site(dictionary) -> tuple[str | None, str]:
+    """(site, kind) as reference_torch names them."""
+    if dictionary.kind == "transcoder":
+        return None, "transcoder"
+    return dictionary.site_in, "sae"
+
+
+def setup(arch: str, seed: int = 0):
+    hf = build_hf_model(arch, seed=seed)
+    model = converters.load_model(hf)
+    tokens, mask = padded_batch(model.config.vocab_size, batch=4, seq=11, seed=seed)
+    return hf, model, dictionary_set(model.config.d_model, model.config.n_layers), tokens, mask
