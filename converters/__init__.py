@@ -15,3 +15,4 @@ __all__ = [
     "model_config_from_hf",
     "save_checkpoint",
 ]
+from converters.dictionaries import load_dictionary, load_dictionaries

@@ -46,30 +46,31 @@ def _basis(j: Int[Array, ""], d: int, mask: Bool[Array, "b s"]) -> Float[Array, 
 
 
 @eqx.filter_jit
-def value_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int) -> Float[Array, "points d d"]:
-    """Position-summed top-down cotangents at every point, for each basis cotangent."""
+def value_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int) -> Float[Array, "points r d"]:
+    """Position-summed top-down cotangents at every point, for each basis cotangent `e_i`, i in `basis`."""
     d = model.config.d_model
     zeros = jnp.zeros((n_points(model.config.n_layers), d), jnp.float32)
     _, pull = jax.vjp(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), zeros)
     dtype = model.embed_tokens.dtype
-    rows = jax.lax.map(lambda i: pull(_basis(i, d, mask).astype(dtype))[0], jnp.arange(d), batch_size=tangent_chunk)
+    rows = jax.lax.map(lambda i: pull(_basis(i, d, mask).astype(dtype))[0], basis, batch_size=tangent_chunk)
     return jnp.swapaxes(rows, 0, 1)
 
 
 @eqx.filter_jit
-def key_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int) -> Float[Array, "key_points d d"]:
-    """Position-summed bottom-up tangents at every point, for each basis tangent."""
+def key_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int) -> Float[Array, "key_points r d"]:
+    """Position-summed bottom-up tangents at every point, for each basis tangent `e_j`, j in `basis`."""
     d = model.config.d_model
     zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
     stream = lambda d0: transport.masked_sum(transport.points_from_embedding(model, tokens, mask, d0), mask)
     _, push = jax.linearize(stream, zeros)
-    cols = jax.lax.map(lambda j: push(_basis(j, d, mask)), jnp.arange(d), batch_size=tangent_chunk)
+    cols = jax.lax.map(lambda j: push(_basis(j, d, mask)), basis, batch_size=tangent_chunk)
     return jnp.swapaxes(cols, 0, 1)
 
 
 @eqx.filter_jit
-def first_order_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int):
-    """Each module's Jacobian applied to each broadcast basis vector, summed over positions."""
+def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int):
+    """Each module's Jacobian applied to each broadcast basis vector `e_j` (j in `basis`),
+    summed over valid positions and over all positions: two `[modules, d, r]` arrays."""
     d, n_modules = model.config.d_model, 2 * model.config.n_layers
     inputs = transport.clean_module_inputs(model, tokens, mask)
 
@@ -79,7 +80,7 @@ def first_order_sweep_chunk(model: Transformer, tokens, mask, tangent_chunk: int
 
     _, push = jax.linearize(outputs, jnp.zeros((n_modules, d), jnp.float32))
     tangent = lambda j: jnp.broadcast_to(jax.nn.one_hot(j, d, dtype=jnp.float32), (n_modules, d))
-    valid, every = jax.lax.map(lambda j: push(tangent(j)), jnp.arange(d), batch_size=tangent_chunk)
+    valid, every = jax.lax.map(lambda j: push(tangent(j)), basis, batch_size=tangent_chunk)
     # [j, m, i] -> A[m, i, j]
     return jnp.transpose(valid, (1, 2, 0)), jnp.transpose(every, (1, 2, 0))
 
@@ -103,6 +104,7 @@ def transport_operators(
         raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
     plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb)
     n_tokens = int(mask.sum())
+    basis = jnp.arange(model.config.d_model)
     totals: dict[str, list] = {}
     functions = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
     for name in SWEEPS:
@@ -110,7 +112,7 @@ def transport_operators(
             continue
         chunks = list(iter_token_chunks(tokens, mask, plan.sequences_per_chunk))
         for chunk_tokens, chunk_mask in progress(chunks, desc=f"{name} sweep", quiet=quiet, unit="chunk"):
-            result = functions[name](model, chunk_tokens, chunk_mask, plan.tangent_chunk)
+            result = functions[name](model, chunk_tokens, chunk_mask, basis, plan.tangent_chunk)
             result = result if isinstance(result, tuple) else (result,)
             if name not in totals:
                 totals[name] = [jnp.zeros_like(r) for r in result]
