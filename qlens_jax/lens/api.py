@@ -150,6 +150,7 @@ def query_lens(
     first_order_key_mask_seed: bool = False,
     exact_norm_jacobian: bool = False,
     operators: TransportOperators | None = None,
+    mesh=None,
     memory_budget_gb: float | None = None,
     sequences_per_chunk: int | None = None,
     tangent_chunk: int | None = None,
@@ -178,6 +179,9 @@ def query_lens(
         exact_norm_jacobian: transcoder keys include the MLP norm's Jacobian (the reference
             reads at the MLP input before its norm).
         operators: precomputed `transport_operators` for this model and sample.
+        mesh: a `qlens_jax.sharding.make_mesh` mesh: dense sweeps split token chunks over
+            `data` and basis vectors over `feature`; readouts split features over all devices.
+            Default: all devices on `data` for the sweeps, readouts on one device.
     """
     lenses = tuple(lenses)
     requests = _validate(model, dictionaries, lenses, k, dtype, path, exact_norm_jacobian, features)
@@ -191,7 +195,7 @@ def query_lens(
     if transport_lenses and path == "dense" and operators is None:
         sweeps = {"query_lens_value": "value", "query_lens_key": "key"}
         needed = tuple(sorted({sweeps.get(lens, "first_order") for lens in transport_lenses}))
-        operators = transport_operators(model, tokens, mask, sweeps=needed, plan=plan, quiet=quiet)
+        operators = transport_operators(model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, quiet=quiet)
     budget = (memory_budget_gb or default_budget_gb()) * 2**30
     context = ReadoutContext(
         model=model,
@@ -199,6 +203,7 @@ def query_lens(
         remove_final_norm_bias=remove_final_norm_bias,
         k=k,
         feature_chunk=feature_chunk or feature_chunk_for(model.config.vocab_size, 0.25 * budget),
+        mesh=mesh,
     )
     n_layers = model.config.n_layers
     signatures = Signatures()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from jaxtyping import Bool, Int
 
 from qlens_jax.models import Transformer
 
@@ -85,7 +86,9 @@ def plan_chunks(
     return ChunkPlan(sequences_per_chunk=sequences_per_chunk, tangent_chunk=tangent_chunk)
 
 
-def iter_token_chunks(tokens: jax.Array, mask: jax.Array, size: int) -> Iterator[tuple[jax.Array, jax.Array]]:
+def iter_token_chunks(
+    tokens: Int[np.ndarray, "batch seq"], mask: Bool[np.ndarray, "batch seq"], size: int
+) -> Iterator[tuple[Int[np.ndarray, "size seq"], Bool[np.ndarray, "size seq"]]]:
     """Chunks of `size` sequences; the last is padded with fully masked rows (same shape,
     one compilation), which contribute nothing to any masked sum."""
     batch = tokens.shape[0]
@@ -95,4 +98,4 @@ def iter_token_chunks(tokens: jax.Array, mask: jax.Array, size: int) -> Iterator
         if missing:
             chunk_tokens = np.concatenate([np.asarray(chunk_tokens), np.zeros((missing, tokens.shape[1]), np.int32)])
             chunk_mask = np.concatenate([np.asarray(chunk_mask), np.zeros((missing, tokens.shape[1]), bool)])
-        yield jax.numpy.asarray(chunk_tokens), jax.numpy.asarray(chunk_mask)
+        yield np.asarray(chunk_tokens), np.asarray(chunk_mask)

@@ -16,13 +16,17 @@ accumulate in float32 over token chunks; `n_tokens` is the number of valid token
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
+
+from qlens_jax import sharding
 
 from qlens_jax.lens import transport
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
@@ -85,6 +89,29 @@ def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, 
     return jnp.transpose(valid, (1, 2, 0)), jnp.transpose(every, (1, 2, 0))
 
 
+FUNCTIONS = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
+# Where the basis axis of each sweep's outputs lies (it is split over the mesh's `feature` axis).
+OUT_SPECS = {
+    "value": P(None, "feature", None),
+    "key": P(None, "feature", None),
+    "first_order": (P(None, None, "feature"), P(None, None, "feature")),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int):
+    """Sweep `name` over the mesh: token chunks split over `data` (contributions summed with
+    `psum`), basis vectors split over `feature`; weights replicated."""
+
+    def local(model, tokens, mask, basis):
+        result = FUNCTIONS[name](model, tokens, mask, basis, tangent_chunk)
+        return jax.tree.map(lambda x: jax.lax.psum(x, "data"), result)
+
+    in_specs = (P(), P("data"), P("data"), P("feature"))
+    # check_vma=False: the linearizations mix values that vary over different mesh axes.
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False))
+
+
 def transport_operators(
     model: Transformer,
     tokens: Int[Array, "batch seq"] | np.ndarray,
@@ -93,30 +120,44 @@ def transport_operators(
     sweeps: tuple[str, ...] = SWEEPS,
     plan: ChunkPlan | None = None,
     memory_budget_gb: float | None = None,
+    mesh: Mesh | None = None,
+    sequences_per_chunk: int | None = None,
     quiet: bool = True,
 ) -> TransportOperators:
-    """The dense operators of `model` on this token sample (see the module docstring)."""
+    """The dense operators of `model` on this token sample (see the module docstring).
+
+    `mesh` (default: all devices on the `data` axis, see `qlens_jax.sharding`) spreads token
+    chunks over `data` and basis vectors over `feature`; the result is the same to float32
+    rounding, with the basis axis of each operator sharded over `feature`.
+    """
     from qlens_jax.lens.validation import check_tokens
 
     tokens, mask = check_tokens(model, tokens, mask)
     unknown = set(sweeps) - set(SWEEPS)
     if unknown:
         raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
-    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb)
+    mesh = mesh or sharding.make_mesh()
+    n_data, n_basis = sharding.axis_size(mesh, "batch"), sharding.axis_size(mesh, "basis")
+    d = model.config.d_model
+    if d % n_basis:
+        raise ValueError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
+    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
     n_tokens = int(mask.sum())
-    basis = jnp.arange(model.config.d_model)
+    model = sharding.replicate(model, mesh)
+    basis = sharding.put(np.arange(d), mesh, "basis")
+    group = plan.sequences_per_chunk * n_data  # sequences per step, one chunk per data device
     totals: dict[str, list] = {}
-    functions = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
     for name in SWEEPS:
         if name not in sweeps:
             continue
-        chunks = list(iter_token_chunks(tokens, mask, plan.sequences_per_chunk))
-        for chunk_tokens, chunk_mask in progress(chunks, desc=f"{name} sweep", quiet=quiet, unit="chunk"):
-            result = functions[name](model, chunk_tokens, chunk_mask, basis, plan.tangent_chunk)
+        sweep = sharded_sweep(name, mesh, plan.tangent_chunk)
+        steps = list(iter_token_chunks(tokens, mask, group))
+        for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
+            step_tokens = sharding.put(step_tokens, mesh, "batch", None)
+            step_mask = sharding.put(step_mask, mesh, "batch", None)
+            result = sweep(model, step_tokens, step_mask, basis)
             result = result if isinstance(result, tuple) else (result,)
-            if name not in totals:
-                totals[name] = [jnp.zeros_like(r) for r in result]
-            totals[name] = [t + r for t, r in zip(totals[name], result)]
+            totals[name] = list(result) if name not in totals else [t + r for t, r in zip(totals[name], result)]
     scale = 1.0 / n_tokens
     first = totals.get("first_order", [None, None])
     return TransportOperators(

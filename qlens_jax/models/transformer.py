@@ -22,10 +22,10 @@ from qlens_jax.models.config import ModelConfig
 
 
 class Linear(eqx.Module):
-    """`x @ weight + bias` with `weight` stored `[d_in, d_out]`."""
+    """`x @ weight + bias` with `weight` stored `[d_in, d_out]` (`*layers` when stacked)."""
 
-    weight: Float[Array, "d_in d_out"]
-    bias: Float[Array, " d_out"] | None
+    weight: Float[Array, "*layers d_in d_out"]
+    bias: Float[Array, "*layers d_out"] | None
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         y = x @ self.weight
@@ -35,8 +35,8 @@ class Linear(eqx.Module):
 class Norm(eqx.Module):
     """LayerNorm or RMSNorm (with Gemma's `1 + w` offset when `offset == 1`)."""
 
-    weight: Float[Array, " d"]
-    bias: Float[Array, " d"] | None
+    weight: Float[Array, "*layers d"]
+    bias: Float[Array, "*layers d"] | None
     kind: str = eqx.field(static=True)
     eps: float = eqx.field(static=True)
     offset: float = eqx.field(static=True, default=0.0)

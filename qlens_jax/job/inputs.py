@@ -1,0 +1,278 @@
+"""Everything `qlens signatures` reads, loaded and checked before any computation.
+
+Each failure raises `InputError` naming the option and the input (`--model SRC: ...`), in
+the order cheapest first: options and paths, the output folder, then the model, tokenizer
+and dictionaries (and whether they fit together), the features, and the token sample.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qlens_jax.corpus import CorpusError, load_token_sample, sample_windows, tokenize_corpus
+from qlens_jax.errors import InputError
+from qlens_jax.io.reference_features import is_feature_sample, read_feature_sample
+from qlens_jax.io.rundir import check_writable
+from qlens_jax.lens.api import DTYPES, PATHS
+from qlens_jax.lens.signatures import LENSES
+
+_RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+
+
+@dataclass
+class Inputs:
+    """The loaded inputs of one run, in run order."""
+
+    model: object
+    model_dir: Path
+    tokenizer: object
+    vocab: np.ndarray  # display string per token id, object array of length vocab_size
+    dictionaries: list  # Dictionary, in --dictionary order (sets expanded), filtered by --layers
+    features: list[np.ndarray]  # sorted feature ids per dictionary
+    feature_strs: list[dict[int, str]]  # reference feature strings from a feature sample, if any
+    tokens: np.ndarray
+    mask: np.ndarray
+    description: dict = field(default_factory=dict)  # what run.json records about the inputs
+
+
+def parse_ranges(text: str, option: str) -> np.ndarray:
+    """`"0-3,7"` -> `[0, 1, 2, 3, 7]` (sorted, unique)."""
+    if not _RANGES.match(text):
+        raise InputError(f"{option} {text!r}: expected integers and ranges like 0-99,250 (or a file)")
+    ids = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        lo, hi = int(lo), int(hi or lo)
+        if hi < lo:
+            raise InputError(f"{option} {text!r}: range {part.strip()} runs backwards")
+        ids.extend(range(lo, hi + 1))
+    return np.unique(np.asarray(ids, np.int64))
+
+
+def parse_lenses(text: str) -> tuple[str, ...]:
+    lenses = LENSES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [lens for lens in lenses if lens not in LENSES]
+    if unknown or not lenses:
+        raise InputError(f"--lenses {text!r}: unknown lens {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(LENSES)} or 'all'")
+    if len(set(lenses)) != len(lenses):
+        raise InputError(f"--lenses {text!r}: a lens is named twice")
+    return lenses
+
+
+def _feature_file(path: Path):
+    """Ids from a .npy / .json / .txt file, or reference records from a pickle."""
+    if is_feature_sample(path):
+        return read_feature_sample(path)
+    try:
+        if path.suffix == ".npy":
+            ids = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            ids = np.asarray(json.loads(path.read_text()))
+        else:
+            ids = np.asarray(path.read_text().replace(",", " ").split(), np.int64)
+    except (ValueError, OSError) as err:
+        raise InputError(f"--features {path}: cannot read feature ids ({err})") from None
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"--features {path}: expected a flat list of integer feature ids")
+    return np.unique(ids.astype(np.int64))
+
+
+def parse_features(text: str | None):
+    """None (all), an id array for every dictionary, or reference `FeatureRef`s."""
+    if text is None or text.strip() == "all":
+        return None
+    path = Path(text).expanduser()
+    if path.is_file():
+        return _feature_file(path)
+    if is_feature_sample(path) or path.suffix in (".npy", ".json", ".txt"):
+        raise InputError(f"--features {text}: no such file")
+    return parse_ranges(text, "--features")
+
+
+def check_options(args) -> None:
+    """Checks that need no file contents."""
+    args.lenses = parse_lenses(args.lenses) if isinstance(args.lenses, str) else args.lenses
+    for name, value in (("--k", args.k), ("--num-samples", args.num_samples), ("--max-length", args.max_length), ("--shard-size", args.shard_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} {value}: must be at least 1")
+    if args.dtype not in DTYPES:
+        raise InputError(f"--dtype {args.dtype!r}: choose from {', '.join(DTYPES)}")
+    if args.path not in PATHS:
+        raise InputError(f"--path {args.path!r}: choose from {', '.join(PATHS)}")
+    if (args.corpus is None) == (args.token_sample is None):
+        raise InputError("give exactly one of --corpus and --token-sample")
+    for option, value in (("--corpus", args.corpus), ("--token-sample", args.token_sample)):
+        if value is not None and not Path(value).expanduser().exists():
+            raise InputError(f"{option} {value}: no such file or directory")
+    if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
+        raise InputError(f"--memory-budget-gb {args.memory_budget_gb}: must be positive")
+    _check_source("--model", args.model)
+    if args.tokenizer:
+        _check_source("--tokenizer", args.tokenizer)
+    for source in args.dictionary:
+        _check_source("--dictionary", source)
+    check_writable(Path(args.out))
+
+
+def _check_source(option: str, source: str) -> None:
+    """A local path must exist; anything else must look like a Hub id (org/name[/path])."""
+    from converters.dictionaries.hub import looks_like_hub_id
+
+    path = Path(source).expanduser()
+    if path.exists():
+        return
+    if path.is_absolute() or source.startswith((".", "~")) or not looks_like_hub_id(source):
+        raise InputError(f"{option} {source}: no such file or directory (and not a Hugging Face Hub id org/name)")
+
+
+def _bos_id(args, tokenizer, model_dir: Path) -> int | None:
+    if args.bos_id is not None:
+        return args.bos_id
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        token = json.loads(config.read_text()).get("bos_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+            return tokenizer.token_to_id(token)
+    config = model_dir / "config.json"
+    if config.is_file():
+        bos = json.loads(config.read_text()).get("bos_token_id")
+        if isinstance(bos, int):
+            return bos
+    return None
+
+
+def _load_model(args):
+    import converters
+    from converters.errors import ConversionError
+    from converters.hub import resolve_local
+    from converters.models import MODEL_FILES
+
+    try:
+        model_dir = resolve_local(args.model, MODEL_FILES)
+        model = converters.load_model(model_dir)
+    except (ConversionError, ValueError, OSError) as err:
+        raise InputError(f"--model {args.model}: {err}") from None
+    source = args.tokenizer or model_dir
+    try:
+        tokenizer = converters.load_tokenizer(source)
+    except (ConversionError, OSError) as err:
+        raise InputError(f"--tokenizer {source}: {err}") from None
+    return model, model_dir, tokenizer
+
+
+def _vocab(tokenizer, vocab_size: int) -> np.ndarray:
+    from qlens_jax.tokens import token_strings
+
+    strings = token_strings(tokenizer)[:vocab_size]
+    strings += [f"<id {i}>" for i in range(len(strings), vocab_size)]  # rows the tokenizer never emits
+    vocab = np.empty(vocab_size, object)
+    vocab[:] = strings
+    return vocab
+
+
+def _load_dictionaries(args, model) -> list:
+    import converters
+    from converters.errors import ConversionError
+    from qlens_jax.dictionaries import DictionaryError, DictionarySet
+
+    loaded = []
+    for source in args.dictionary:
+        try:
+            loaded.extend(converters.load_dictionaries([source], model))
+        except (DictionaryError, ConversionError, OSError) as err:
+            raise InputError(f"--dictionary {source}: {err}") from None
+    try:
+        DictionarySet(loaded, model)  # each (name, layer) once
+    except DictionaryError as err:
+        raise InputError(f"--dictionary: {err}") from None
+    if args.layers is not None:
+        layers = set(parse_ranges(args.layers, "--layers").tolist())
+        missing = sorted(layers - {d.layer for d in loaded})
+        if missing:
+            raise InputError(f"--layers {args.layers}: no dictionary at layer(s) {missing} (have {sorted({d.layer for d in loaded})})")
+        loaded = [d for d in loaded if d.layer in layers]
+    return loaded
+
+
+def _select_features(spec, dictionaries: list, layers_given: bool, option_text: str):
+    """Per dictionary: sorted feature ids and reference feature strings."""
+    features, strings = [], [{} for _ in dictionaries]
+    if spec is None or isinstance(spec, np.ndarray):
+        for d in dictionaries:
+            ids = np.arange(d.d_sae, dtype=np.int64) if spec is None else spec
+            bad = ids[ids >= d.d_sae]
+            if bad.size:
+                raise InputError(f"--features {option_text}: feature {int(bad[0])} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)")
+            features.append(ids)
+        return features, strings
+    chosen = [[] for _ in dictionaries]
+    for ref in spec:
+        at_layer = [i for i, d in enumerate(dictionaries) if d.layer == ref.layer]
+        named = [i for i in at_layer if dictionaries[i].name == ref.name]
+        if not at_layer:
+            if layers_given:
+                continue
+            raise InputError(f"--features {option_text}: has features at layer {ref.layer}, but no --dictionary is at that layer")
+        if len(named) != 1 and len(at_layer) != 1:
+            raise InputError(f"--features {option_text}: {ref.name or 'a feature'} at layer {ref.layer} matches several dictionaries; "
+                             "name them like the sample ({type}-{size})")
+        index = named[0] if len(named) == 1 else at_layer[0]
+        d = dictionaries[index]
+        if not 0 <= ref.feature < d.d_sae:
+            raise InputError(f"--features {option_text}: feature {ref.feature} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)")
+        chosen[index].append(ref.feature)
+        if ref.feature_str:
+            strings[index][ref.feature] = ref.feature_str
+    features = [np.unique(np.asarray(ids, np.int64)) for ids in chosen]
+    return features, strings
+
+
+def _sample(args, tokenizer, model, model_dir: Path, quiet: bool):
+    vocab_size = model.config.vocab_size
+    if args.token_sample is not None:
+        if args.num_samples is not None or args.max_length is not None:
+            raise InputError("--token-sample fixes the sample; drop --num-samples / --max-length")
+        tokens, mask = load_token_sample(args.token_sample, vocab_size)
+        description = {"token_sample": str(Path(args.token_sample).absolute())}
+    else:
+        corpus = tokenize_corpus(
+            Path(args.corpus).expanduser(), tokenizer, fmt=args.corpus_format, text_field=args.text_field,
+            split=args.corpus_split, max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet,
+        )
+        if corpus.n_tokens and corpus.ids.max() >= vocab_size:
+            raise CorpusError(f"--corpus {args.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, beyond the model's vocabulary ({vocab_size})")
+        num_samples, max_length = args.num_samples or 1024, args.max_length or 32
+        bos = _bos_id(args, tokenizer, model_dir) if args.prepend_bos else None
+        tokens, mask = sample_windows(corpus, num_samples, max_length, args.seed, prepend_bos=args.prepend_bos, bos_id=bos, windows=args.windows)
+        description = {
+            "corpus": str(Path(args.corpus).absolute()), "format": corpus.format, "documents": corpus.n_documents,
+            "corpus_tokens": corpus.n_tokens, "num_samples": num_samples, "max_length": max_length, "seed": args.seed,
+            "prepend_bos": args.prepend_bos, "bos_id": bos, "windows": args.windows,
+        }
+    config = model.config
+    if config.positional == "learned" and tokens.shape[1] > config.max_positions:
+        raise InputError(f"--max-length {tokens.shape[1]}: the model has only {config.max_positions} positions")
+    return tokens, mask, description
+
+
+def prepare(args, quiet: bool) -> Inputs:
+    """Check options, load everything, draw the sample; `InputError` on any bad input."""
+    check_options(args)
+    features_spec = parse_features(args.features)
+    model, model_dir, tokenizer = _load_model(args)
+    dictionaries = _load_dictionaries(args, model)
+    features, strings = _select_features(features_spec, dictionaries, args.layers is not None, args.features)
+    if sum(len(f) for f in features) == 0:
+        raise InputError(f"--features {args.features}: selects no feature of the given dictionaries")
+    tokens, mask, sample = _sample(args, tokenizer, model, model_dir, quiet)
+    return Inputs(
+        model=model, model_dir=Path(model_dir), tokenizer=tokenizer, vocab=_vocab(tokenizer, model.config.vocab_size),
+        dictionaries=dictionaries, features=features, feature_strs=strings, tokens=tokens, mask=mask,
+        description={"sample": sample},
+    )

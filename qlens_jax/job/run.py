@@ -1,0 +1,242 @@
+"""`qlens signatures`: the main job, resumable shard by shard.
+
+Stages: inputs (load, check, sample) -> run folder (fingerprint; refuse a different run,
+continue the same one) -> dense transport operators (computed once, cached in DIR) ->
+readout shards, one Parquet file per (lens, dictionary, feature chunk), each written
+atomically as it finishes -> `signatures.parquet` assembled from the shards in a fixed order.
+
+Every shard of a run has the same width (the last chunk of a dictionary is padded with
+repeats of its last feature, dropped before writing), so the readout compiles once per lens.
+The chunk sizes are fixed at the first start and stored in run.json: a resumed run uses
+the same ones, so its output is byte-identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from qlens_jax.io import hashing
+from qlens_jax.io.atomic import publish, temporary_path
+from qlens_jax.io.parquet import assemble, signature_rows, write_table
+from qlens_jax.io.rundir import RunDir
+from qlens_jax.job.inputs import Inputs, prepare
+from qlens_jax.progress import progress
+
+SWEEP_OF_LENS = {"query_lens_value": "value", "query_lens_key": "key", "first_order_value": "first_order", "first_order_key": "first_order"}
+# Options that change the numbers or the shard layout (the rest: --quiet, --memory-budget-gb...).
+OUTPUT_OPTIONS = (
+    "lenses", "k", "dtype", "path", "stats", "shard_size", "remove_final_norm_bias",
+    "first_order_key_mask_seed", "exact_norm_jacobian",
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    lens: str
+    dictionary_index: int
+    chunk: int
+    features: np.ndarray  # the real feature ids of this shard (before padding)
+
+    @property
+    def name(self) -> str:
+        return f"{self.lens}.d{self.dictionary_index:03d}.c{self.chunk:05d}"
+
+
+def shard_plan(lenses, features: list[np.ndarray], shard_size: int) -> list[Shard]:
+    """All shards in output order: lens, then dictionary, then feature chunk."""
+    return [
+        Shard(lens, d, c, ids[start : start + shard_size])
+        for lens in lenses
+        for d, ids in enumerate(features)
+        for c, start in enumerate(range(0, len(ids), shard_size))
+    ]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_value(value):
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
+    dictionaries = [
+        {
+            "source": d.info.source, "format": d.info.format, "name": d.name, "layer": d.layer, "kind": d.kind,
+            "site_in": d.site_in, "site_out": d.site_out, "d_sae": d.d_sae, "sha256": hashing.dictionary_hash(d),
+            "features": int(len(ids)), "features_sha256": hashing.arrays_hash(ids),
+        }
+        for d, ids in zip(inputs.dictionaries, inputs.features)
+    ]
+    sample = dict(inputs.description["sample"])
+    sample["sha256"] = hashing.arrays_hash(inputs.tokens, inputs.mask)
+    sample["shape"] = list(inputs.tokens.shape)
+    sample["valid_tokens"] = int(inputs.mask.sum())
+    corpus = sample.get("corpus") or sample.get("token_sample")
+    sample["file_sha256"] = hashing.path_hash(corpus)
+    model = {"source": args.model, "path": str(inputs.model_dir), "sha256": hashing.model_hash(inputs.model),
+             "config": {k: v for k, v in vars(inputs.model.config).items() if not isinstance(v, tuple)}}
+    tokenizer = {"source": args.tokenizer or args.model, "sha256": hashing.text_hash(inputs.tokenizer.to_str())}
+    options = {key: _json_value(value) for key, value in vars(args).items() if not key.startswith("_")}
+    fingerprint_inputs = {
+        "model": model["sha256"],
+        "tokenizer": tokenizer["sha256"],
+        "dictionaries": [[d["sha256"], d["features_sha256"]] for d in dictionaries],
+        "feature_strs": hashing.json_hash([sorted(s.items()) for s in inputs.feature_strs]),
+        "sample": sample["sha256"],
+        **{key: options[key] for key in OUTPUT_OPTIONS},
+    }
+    return {
+        "command": ["qlens", *argv],
+        "status": "running",
+        "fingerprint": hashing.json_hash(fingerprint_inputs),
+        "fingerprint_inputs": fingerprint_inputs,
+        "inputs": {"model": model, "tokenizer": tokenizer, "dictionaries": dictionaries, "sample": sample},
+        "options": options,
+        "plan": plan,
+        "sessions": [{"started": _now(), "versions": hashing.versions()}],
+    }
+
+
+def _plan(args, inputs: Inputs, model) -> dict:
+    from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
+    from qlens_jax.lens.readout import feature_chunk_for
+
+    budget = args.memory_budget_gb or default_budget_gb()
+    chunks = plan_chunks(model, inputs.tokens.shape, budget)
+    n_features = sum(len(ids) for ids in inputs.features)
+    path = args.path
+    if path == "auto":
+        path = "dense" if n_features >= model.config.d_model else "per-feature"
+    return {
+        "path": path,
+        "memory_budget_gb": budget,
+        "sequences_per_chunk": chunks.sequences_per_chunk,
+        "tangent_chunk": chunks.tangent_chunk,
+        "feature_chunk": feature_chunk_for(model.config.vocab_size, 0.25 * budget * 2**30),
+        "shard_width": int(min(args.shard_size, max(len(ids) for ids in inputs.features))),
+    }
+
+
+def _operators(run: RunDir, model, inputs: Inputs, lenses, plan: dict, quiet: bool):
+    """The dense operators this run's lenses need: loaded from DIR, or computed and saved."""
+    from qlens_jax.lens import ChunkPlan, load_operators, save_operators, transport_operators
+
+    sweeps = tuple(sorted({SWEEP_OF_LENS[lens] for lens in lenses if lens in SWEEP_OF_LENS}))
+    if plan["path"] != "dense" or not sweeps:
+        return None
+    if run.operators.exists():
+        return load_operators(run.operators)
+    chunk_plan = ChunkPlan(plan["sequences_per_chunk"], plan["tangent_chunk"])
+    operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, quiet=quiet)
+    temporary = temporary_path(run.operators)
+    save_operators(operators, temporary)
+    publish(temporary, run.operators)
+    return operators
+
+
+def _slow_shards():
+    """Tests only: QLENS_TEST_SLOW_SHARDS=seconds pauses before each shard is published."""
+    seconds = os.environ.get("QLENS_TEST_SLOW_SHARDS")
+    return (lambda: time.sleep(float(seconds))) if seconds else None
+
+
+def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, shard: Shard, self_check: bool):
+    from qlens_jax.lens import query_lens
+
+    width = plan["shard_width"]
+    ids = shard.features
+    padded = np.concatenate([ids, np.full(width - len(ids), ids[-1])]) if len(ids) < width else ids
+    dictionary = inputs.dictionaries[shard.dictionary_index]
+    (table,) = query_lens(
+        model, [dictionary], inputs.tokens, inputs.mask, lenses=(shard.lens,), features=padded, k=args.k,
+        dtype=args.dtype, path=plan["path"], stats=args.stats, self_check=self_check,
+        remove_final_norm_bias=args.remove_final_norm_bias, first_order_key_mask_seed=args.first_order_key_mask_seed,
+        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators,
+        memory_budget_gb=plan["memory_budget_gb"], sequences_per_chunk=plan["sequences_per_chunk"],
+        tangent_chunk=plan["tangent_chunk"], feature_chunk=plan["feature_chunk"], quiet=True,
+    )
+    reference = inputs.feature_strs[shard.dictionary_index]
+    feature_strs = [reference.get(int(i)) or dictionary.feature_str(int(i)) for i in ids]
+    return signature_rows(table, keep=len(ids), dictionary_index=shard.dictionary_index, feature_strs=feature_strs, vocab=inputs.vocab)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}h{minutes:02d}m{seconds:02.0f}s" if hours else (f"{minutes}m{seconds:02.0f}s" if minutes else f"{seconds:.1f}s")
+
+
+def run_signatures(args, argv) -> int:
+    """The whole job; returns the exit code (0). Bad inputs raise `InputError` before any work."""
+    from qlens_jax.corpus import save_token_sample
+    from qlens_jax.lens import cast_model
+
+    quiet = args.quiet
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    inputs = prepare(args, quiet)
+    timings["inputs"] = time.perf_counter() - start
+    model = cast_model(inputs.model, args.dtype) if args.dtype != "float32" else inputs.model
+    with RunDir.open(args.out, _manifest(args, argv, inputs, _plan(args, inputs, model))) as run:
+        plan, session = run.manifest["plan"], run.manifest["sessions"][-1]
+        run.manifest["status"] = "running"
+        run.save()
+        if not run.sample.exists():
+            temporary = temporary_path(run.sample)
+            save_token_sample(temporary, inputs.tokens, inputs.mask)
+            publish(temporary, run.sample)
+        shards = shard_plan(args.lenses, inputs.features, args.shard_size)
+        remaining = [s for s in shards if not run.shard_path(s.name).exists()]
+        remaining_names = {s.name for s in remaining}
+        session.update(resumed=run.resumed, shards_done_at_start=len(shards) - len(remaining), shards=len(shards))
+
+        t = time.perf_counter()
+        operators = _operators(run, model, inputs, {s.lens for s in remaining}, plan, quiet) if remaining else None
+        timings["operators"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        before_publish = _slow_shards()
+        groups: dict[tuple[str, int], list[Shard]] = {}
+        for shard in shards:
+            groups.setdefault((shard.lens, shard.dictionary_index), []).append(shard)
+        for (lens, index), group in groups.items():
+            todo = [s for s in group if s.name in remaining_names]
+            if not todo:
+                continue
+            dictionary = inputs.dictionaries[index]
+            desc = f"readout {lens} L{dictionary.layer} {dictionary.name}"
+            for shard in progress(todo, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(todo)):
+                rows = _compute_shard(args, inputs, model, operators, plan, shard, self_check=args.self_check and shard.chunk == 0)
+                write_table(run.shard_path(shard.name), rows, before_publish)
+        timings["readout"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        n_rows = assemble([run.shard_path(s.name) for s in shards], run.signatures)
+        timings["assemble"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+        session.update(finished=_now(), timings={k: round(v, 3) for k, v in timings.items()})
+        run.manifest["status"] = "complete"
+        run.manifest["outputs"] = {"signatures.parquet": {"rows": n_rows, "sha256": hashing.path_hash(run.signatures)}}
+        run.save()
+
+    n_features = sum(len(ids) for ids in inputs.features)
+    resumed = f"; resumed with {session['shards_done_at_start']}/{len(shards)} shards done" if run.resumed else ""
+    print(
+        f"qlens: {n_rows} signatures ({n_features} features x {len(args.lenses)} lenses, "
+        f"{len(inputs.dictionaries)} dictionaries) -> {run.signatures} in {_duration(timings['total'])} "
+        f"(inputs {_duration(timings['inputs'])}, operators {_duration(timings['operators'])}, "
+        f"readout {_duration(timings['readout'])}){resumed}",
+        file=sys.stdout,
+    )
+    return 0
