@@ -20,7 +20,7 @@ from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
 from qlens_jax.lens.operators import TransportOperators, transport_operators
-from qlens_jax.lens.points import DictionaryPoints, dictionary_points
+from qlens_jax.lens.points import DictionaryPoints, dictionary_points, n_key_points
 from qlens_jax.lens.readout import centered_embeddings, feature_chunk_for
 from qlens_jax.lens.readouts import ReadoutContext
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES, Signatures, SignatureTable, lens_side
@@ -98,7 +98,12 @@ def _validate(model, dictionaries, lenses, k, dtype, path, exact_norm_jacobian, 
     for index, dictionary in enumerate(_as_list(dictionaries)):
         validate_dictionary(dictionary, model)
         points = dictionary_points(
-            dictionary.site_in, dictionary.site_out, dictionary.layer, model.config.n_layers, exact_norm_jacobian
+            dictionary.site_in,
+            dictionary.site_out,
+            dictionary.layer,
+            model.config.n_layers,
+            exact_norm_jacobian,
+            getattr(dictionary, "input_norm", "none"),
         )
         requests.append(Request(index, dictionary, _feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:
@@ -116,11 +121,14 @@ def cast_model(model: Transformer, dtype: str) -> Transformer:
 
 def _per_feature_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, points, quiet: bool):
     """Mean transported vector and mean squared norm per feature, over the whole sample."""
-    chunk_fn = per_feature.value_chunk if side == "value" else per_feature.key_chunk
     total, total_sq = 0.0, 0.0
     chunks = list(iter_token_chunks(tokens, mask, plan.sequences_per_chunk))
+    needs_norms = bool((np.asarray(points) >= n_key_points(model.config.n_layers)).any())
     for chunk_tokens, chunk_mask in progress(chunks, desc=f"per-feature {side}", quiet=quiet, unit="chunk"):
-        s, sq = chunk_fn(model, chunk_tokens, chunk_mask, vectors, points, plan.tangent_chunk)
+        if side == "value":
+            s, sq = per_feature.value_chunk(model, chunk_tokens, chunk_mask, vectors, points, plan.tangent_chunk)
+        else:
+            s, sq = per_feature.key_chunk(model, chunk_tokens, chunk_mask, vectors, points, plan.tangent_chunk, needs_norms)
         total, total_sq = total + s, total_sq + sq
     n = float(mask.sum())
     return total / n, total_sq / n
@@ -176,8 +184,10 @@ def query_lens(
         remove_final_norm_bias: value readouts without LayerNorm's bias term.
         first_order_key_mask_seed: mask the first-order key seed at pads too (the reference
             seeds every position; DESIGN.md section 1).
-        exact_norm_jacobian: transcoder keys include the MLP norm's Jacobian (the reference
-            reads at the MLP input before its norm).
+        exact_norm_jacobian: keys include the Jacobian of the norm the dictionary's input really
+            passes: the MLP pre-norm for transcoders (the reference reads before it) and the
+            dictionary's own per-token input normalization (`layer_norm`, e.g. OpenAI TopK SAEs,
+            or `constant_norm_rescale`; the reference uses the raw encoder column).
         operators: precomputed `transport_operators` for this model and sample.
         mesh: a `qlens_jax.sharding.make_mesh` mesh: dense sweeps split token chunks over
             `data` and basis vectors over `feature`; readouts split features over all devices.
@@ -192,10 +202,18 @@ def query_lens(
     transport_lenses = [lens for lens in lenses if not lens.startswith("logit_lens")]
     if path == "auto":
         path = "dense" if (operators is not None or n_features >= model.config.d_model) else "per-feature"
+    needs_norms = any(r.points.read >= n_key_points(model.config.n_layers) for r in requests)
+    if needs_norms and operators is not None and operators.key is not None and operators.key.shape[0] <= max(r.points.read for r in requests):
+        raise LensRequestError(
+            "the given operators were computed without input-normalization points; recompute them with "
+            "transport_operators(..., with_input_norms=True) for exact_norm_jacobian on normalizing SAEs"
+        )
     if transport_lenses and path == "dense" and operators is None:
         sweeps = {"query_lens_value": "value", "query_lens_key": "key"}
         needed = tuple(sorted({sweeps.get(lens, "first_order") for lens in transport_lenses}))
-        operators = transport_operators(model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, quiet=quiet)
+        operators = transport_operators(
+            model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, with_input_norms=needs_norms, quiet=quiet
+        )
     budget = (memory_budget_gb or default_budget_gb()) * 2**30
     context = ReadoutContext(
         model=model,

@@ -61,11 +61,15 @@ def value_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"],
 
 
 @eqx.filter_jit
-def key_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int) -> Float[Array, "key_points r d"]:
+def key_sweep_chunk(
+    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, with_input_norms: bool = False
+) -> Float[Array, "key_points r d"]:
     """Position-summed bottom-up tangents at every point, for each basis tangent `e_j`, j in `basis`."""
     d = model.config.d_model
     zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
-    stream = lambda d0: transport.masked_sum(transport.points_from_embedding(model, tokens, mask, d0), mask)
+    stream = lambda d0: transport.masked_sum(
+        transport.points_from_embedding(model, tokens, mask, d0, with_input_norms), mask
+    )
     _, push = jax.linearize(stream, zeros)
     cols = jax.lax.map(lambda j: push(_basis(j, d, mask)), basis, batch_size=tangent_chunk)
     return jnp.swapaxes(cols, 0, 1)
@@ -99,12 +103,13 @@ OUT_SPECS = {
 
 
 @functools.lru_cache(maxsize=None)
-def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int):
+def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False):
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed with
     `psum`), basis vectors split over `feature`; weights replicated."""
+    extra = (with_input_norms,) if name == "key" else ()
 
     def local(model, tokens, mask, basis):
-        result = FUNCTIONS[name](model, tokens, mask, basis, tangent_chunk)
+        result = FUNCTIONS[name](model, tokens, mask, basis, tangent_chunk, *extra)
         return jax.tree.map(lambda x: jax.lax.psum(x, "data"), result)
 
     in_specs = (P(), P("data"), P("data"), P("feature"))
@@ -122,6 +127,7 @@ def transport_operators(
     memory_budget_gb: float | None = None,
     mesh: Mesh | None = None,
     sequences_per_chunk: int | None = None,
+    with_input_norms: bool = False,
     quiet: bool = True,
 ) -> TransportOperators:
     """The dense operators of `model` on this token sample (see the module docstring).
@@ -129,6 +135,8 @@ def transport_operators(
     `mesh` (default: all devices on the `data` axis, see `qlens_jax.sharding`) spreads token
     chunks over `data` and basis vectors over `feature`; the result is the same to float32
     rounding, with the basis axis of each operator sharded over `feature`.
+    `with_input_norms` adds key operators for reading through SAE input normalizations
+    (`exact_norm_jacobian` for OpenAI-style `layer_norm` SAEs).
     """
     from qlens_jax.lens.validation import check_tokens
 
@@ -150,7 +158,7 @@ def transport_operators(
     for name in SWEEPS:
         if name not in sweeps:
             continue
-        sweep = sharded_sweep(name, mesh, plan.tangent_chunk)
+        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms)
         steps = list(iter_token_chunks(tokens, mask, group))
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
             step_tokens = sharding.put(step_tokens, mesh, "batch", None)

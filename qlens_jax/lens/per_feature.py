@@ -39,12 +39,18 @@ def value_chunk(
 
 @eqx.filter_jit
 def key_chunk(
-    model: Transformer, tokens, mask, vectors: Float[Array, "n d"], points: Int[Array, " n"], tangent_chunk: int
+    model: Transformer,
+    tokens,
+    mask,
+    vectors: Float[Array, "n d"],
+    points: Int[Array, " n"],
+    tangent_chunk: int,
+    with_input_norms: bool = False,
 ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
     """Pull each vector back from its read point to the embedding: sums and sums of squares."""
     d = model.config.d_model
     zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
-    stream, pull = jax.vjp(lambda d0: transport.points_from_embedding(model, tokens, mask, d0), zeros)
+    stream, pull = jax.vjp(lambda d0: transport.points_from_embedding(model, tokens, mask, d0, with_input_norms), zeros)
     seed_mask = mask[..., None]
 
     def one(args):

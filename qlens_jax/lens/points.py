@@ -7,12 +7,16 @@ For `L` blocks the stream has `2L + 1` points and `2L` modules, interleaved:
 
 so module `m` reads point `m` and writes point `m + 1`; point `2L` is the final residual.
 The key sweep also records the MLPs' normalized inputs (`mlp_in[b]`, where transcoders read)
-as extra points `2L + 1 + b`.
+as extra points `2L + 1 + b`, and, when asked, every residual point after a dictionary's own
+per-token input normalization (`layer_norm`, `constant_norm_rescale`) as points
+`3L + 1 + i * (2L + 1) + p` for the `i`-th normalization of `INPUT_NORMS_WITH_JACOBIAN`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+INPUT_NORMS_WITH_JACOBIAN = ("layer_norm", "constant_norm_rescale")
 
 
 def n_points(n_layers: int) -> int:
@@ -60,8 +64,22 @@ class DictionaryPoints:
         return range(0, self.read_residual)
 
 
-def dictionary_points(site_in: str, site_out: str, layer: int, n_layers: int, exact_norm_jacobian: bool = False) -> DictionaryPoints:
+def normalized_point(norm: str, point: int, n_layers: int) -> int:
+    """Index of residual point `point` seen through input normalization `norm`."""
+    return n_key_points(n_layers) + INPUT_NORMS_WITH_JACOBIAN.index(norm) * n_points(n_layers) + point
+
+
+def dictionary_points(
+    site_in: str, site_out: str, layer: int, n_layers: int, exact_norm_jacobian: bool = False, input_norm: str = "none"
+) -> DictionaryPoints:
+    """Write and read points of a dictionary. With `exact_norm_jacobian`, keys are read after the
+    norm the dictionary's input really passes: the MLP's pre-norm for transcoders reading
+    `mlp_in`, the dictionary's own per-token input normalization for SAEs that have one."""
     write = residual_point(site_out, layer, n_layers)
     read_residual = residual_point("resid_mid" if site_in == "mlp_in" else site_in, layer, n_layers)
-    read = residual_point("mlp_in", layer, n_layers) if (site_in == "mlp_in" and exact_norm_jacobian) else read_residual
+    read = read_residual
+    if exact_norm_jacobian and site_in == "mlp_in":
+        read = residual_point("mlp_in", layer, n_layers)
+    elif exact_norm_jacobian and input_norm in INPUT_NORMS_WITH_JACOBIAN:
+        read = normalized_point(input_norm, read_residual, n_layers)
     return DictionaryPoints(write=write, read=read, read_residual=read_residual)

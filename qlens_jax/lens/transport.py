@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from qlens_jax.dictionaries.normalization import input_stats, normalize
+from qlens_jax.lens.points import INPUT_NORMS_WITH_JACOBIAN
 from qlens_jax.models import Transformer, attention_residual, mlp_input, mlp_residual
 
 _attention_batch = jax.vmap(attention_residual, in_axes=(None, None, 0, 0))
@@ -68,16 +70,24 @@ def points_from_embedding(
     tokens: Int[Array, "b s"],
     mask: Bool[Array, "b s"],
     delta0: Float[Array, "b s d"],
+    with_input_norms: bool = False,
 ) -> Float[Array, "key_points b s d"]:
     """Every residual point and each MLP's normalized input, with `delta0` added at `resid_pre[0]`.
 
-    Stacked in the order of `points.residual_point`: pre/mid interleaved, final, then mlp_in.
+    Stacked in the order of `points`: pre/mid interleaved, final, mlp_in; with
+    `with_input_norms`, then every residual point through each normalization of
+    `points.INPUT_NORMS_WITH_JACOBIAN`, in that order.
     """
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
     final, pres, mids, mlp_ins = _run(model, tokens, mask, zeros, zeros, delta0)
     interleaved = jnp.stack([pres, mids], axis=1).reshape(2 * n_layers, *final.shape)
-    return jnp.concatenate([interleaved, final[None], mlp_ins], axis=0)
+    residual = jnp.concatenate([interleaved, final[None]], axis=0)
+    extra = []
+    if with_input_norms:
+        for norm in INPUT_NORMS_WITH_JACOBIAN:
+            extra.append(normalize(residual, input_stats(residual, norm)).astype(residual.dtype))
+    return jnp.concatenate([residual, mlp_ins, *extra], axis=0)
 
 
 def clean_module_inputs(model: Transformer, tokens, mask) -> Float[Array, "modules b s d"]:
