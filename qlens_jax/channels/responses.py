@@ -1,0 +1,111 @@
+"""Queries and module responses of the Subspace Channel analysis (DESIGN.md section 6).
+
+A query is the value vector `v` of a sampled feature of a source dictionary. Its response at
+destination block `t` is the mean over valid positions of block `t`'s two residual modules'
+Jacobians (attention and MLP, each at its own clean hidden state) applied to `v` broadcast to
+every valid position, with nothing propagated through the blocks in between:
+
+    y = R_t v,    R_t = A_{2t} + A_{2t+1}
+
+where `A_m` is module `m`'s mean Jacobian, `TransportOperators.first_order[m]` (module 2b is
+the attention of block b, 2b+1 its MLP). Responses of all features at once are one GEMM per
+destination: `Y = V @ R_t.T`.
+
+Destinations of a source are the blocks whose two modules both come after the point where the
+dictionary writes: `t > s` for a dictionary writing `resid_post[s]` (SAEs on `resid_post`,
+transcoders of MLP `s`), `t >= s` for one writing `resid_pre[s]`, and `t > s` for `resid_mid[s]`
+(block `s`'s MLP alone is not a whole block and is left out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from qlens_jax.lens.points import residual_point
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source dictionary and its sampled features; `queries[i]` is feature `feature_ids[i]`'s value vector."""
+
+    name: str
+    layer: int
+    write_point: int
+    feature_ids: np.ndarray  # int64 [n]
+    queries: np.ndarray  # float32 [n, d]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@L{self.layer}"
+
+
+@dataclass(frozen=True)
+class ChannelPair:
+    """A (source, destination block) pair; `source` indexes the list of sources."""
+
+    source: int
+    source_layer: int
+    destination: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.source_layer}->{self.destination}"
+
+
+def destination_blocks(write_point: int, n_layers: int) -> list[int]:
+    """Blocks `t` whose attention (module `2t`) and MLP both come after `write_point`."""
+    return [t for t in range(n_layers) if 2 * t >= write_point]
+
+
+def sample_features(value_vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` distinct feature ids (all when the dictionary has fewer), sorted; features whose
+    value vector is zero (dead or pruned) are never drawn: they have no direction."""
+    alive = np.flatnonzero(np.linalg.norm(value_vectors, axis=1) > 0)
+    if alive.size <= n:
+        return alive.astype(np.int64)
+    return np.sort(rng.choice(alive, size=n, replace=False)).astype(np.int64)
+
+
+def make_sources(dictionaries, n_layers: int, n_features: int, seed: int) -> list[Source]:
+    """Sample `n_features` value vectors of each dictionary (one seeded generator, in order)."""
+    rng = np.random.default_rng(seed)
+    sources = []
+    for d in dictionaries:
+        values = np.asarray(d.value_vectors(), np.float32)
+        ids = sample_features(values, n_features, rng)
+        write = residual_point(d.site_out, d.layer, n_layers)
+        sources.append(Source(d.name, d.layer, write, ids, values[ids]))
+    return sources
+
+
+def channel_pairs(sources: list[Source], n_layers: int) -> list[ChannelPair]:
+    """Every (source, destination) pair, ordered by source then destination."""
+    return [
+        ChannelPair(i, s.layer, t)
+        for i, s in enumerate(sources)
+        for t in destination_blocks(s.write_point, n_layers)
+    ]
+
+
+def block_operator(first_order: Float[ArrayLike, "modules d d"], block: int) -> Float[Array, "d d"]:
+    """`R_t = A_{2t} + A_{2t+1}`, applied as `X @ R_t.T`."""
+    return first_order[2 * block] + first_order[2 * block + 1]
+
+
+@jax.jit
+def _apply(first_order, queries, blocks):
+    ops = first_order[2 * blocks] + first_order[2 * blocks + 1]
+    return jnp.einsum("nd,ted->tne", queries, ops, precision=jax.lax.Precision.HIGHEST)
+
+
+def module_responses(
+    first_order: Float[ArrayLike, "modules d d"], queries: Float[ArrayLike, "n d"], blocks
+) -> Float[Array, "t n d"]:
+    """Responses `Y[k] = queries @ R_{blocks[k]}.T` of every query at every listed block."""
+    blocks = jnp.asarray(np.asarray(blocks, np.int32))
+    return _apply(jnp.asarray(first_order, jnp.float32), jnp.asarray(queries, jnp.float32), blocks)
