@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qlens_jax import sharding
 from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
@@ -283,7 +284,7 @@ def _self_check_indices(n: int, count: int) -> np.ndarray:
 
 
 def _compare(dense, reference, rtol, what):
-    dense, reference = np.asarray(dense), np.asarray(reference)
+    dense, reference = sharding.to_host(dense), sharding.to_host(reference)
     scale = np.linalg.norm(reference, axis=-1)
     err = np.linalg.norm(dense - reference, axis=-1) / np.maximum(scale, 1e-30)
     worst = float(err.max())
