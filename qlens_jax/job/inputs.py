@@ -20,6 +20,7 @@ from qlens_jax.io.reference_features import is_feature_sample, read_feature_samp
 from qlens_jax.io.rundir import check_writable
 from qlens_jax.lens.api import DTYPES, PATHS
 from qlens_jax.lens.signatures import LENSES
+from qlens_jax.lens.validation import LensRequestError, check_tokens
 
 _RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
@@ -97,7 +98,9 @@ def parse_features(text: str | None):
 def check_options(args) -> None:
     """Checks that need no file contents."""
     args.lenses = parse_lenses(args.lenses) if isinstance(args.lenses, str) else args.lenses
-    for name, value in (("--k", args.k), ("--num-samples", args.num_samples), ("--max-length", args.max_length), ("--shard-size", args.shard_size)):
+    sizes = (("--k", args.k), ("--num-samples", args.num_samples), ("--max-length", args.max_length),
+             ("--shard-size", args.shard_size), ("--corpus-max-tokens", args.corpus_max_tokens))
+    for name, value in sizes:
         if value is not None and value < 1:
             raise InputError(f"{name} {value}: must be at least 1")
     if args.dtype not in DTYPES:
@@ -200,15 +203,16 @@ def _load_dictionaries(args, model) -> list:
     return loaded
 
 
-def _select_features(spec, dictionaries: list, layers_given: bool, option_text: str):
+def _select_features(spec, dictionaries: list, layers_given: bool, option_text: str | None):
     """Per dictionary: sorted feature ids and reference feature strings."""
     features, strings = [], [{} for _ in dictionaries]
     if spec is None or isinstance(spec, np.ndarray):
         for d in dictionaries:
             ids = np.arange(d.d_sae, dtype=np.int64) if spec is None else spec
-            bad = ids[ids >= d.d_sae]
+            bad = ids[(ids < 0) | (ids >= d.d_sae)]
             if bad.size:
-                raise InputError(f"--features {option_text}: feature {int(bad[0])} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)")
+                raise InputError(f"--features {option_text}: feature {int(bad[0])} is out of range for {d.name!r} "
+                                 f"(layer {d.layer}, {d.d_sae} features)")
             features.append(ids)
         return features, strings
     chosen = [[] for _ in dictionaries]
@@ -225,7 +229,8 @@ def _select_features(spec, dictionaries: list, layers_given: bool, option_text: 
         index = named[0] if len(named) == 1 else at_layer[0]
         d = dictionaries[index]
         if not 0 <= ref.feature < d.d_sae:
-            raise InputError(f"--features {option_text}: feature {ref.feature} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)")
+            raise InputError(f"--features {option_text}: feature {ref.feature} is out of range for {d.name!r} "
+                             f"(layer {d.layer}, {d.d_sae} features)")
         chosen[index].append(ref.feature)
         if ref.feature_str:
             strings[index][ref.feature] = ref.feature_str
@@ -246,10 +251,12 @@ def _sample(args, tokenizer, model, model_dir: Path, quiet: bool):
             split=args.corpus_split, max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet,
         )
         if corpus.n_tokens and corpus.ids.max() >= vocab_size:
-            raise CorpusError(f"--corpus {args.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, beyond the model's vocabulary ({vocab_size})")
+            raise CorpusError(f"--corpus {args.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, "
+                              f"beyond the model's vocabulary ({vocab_size})")
         num_samples, max_length = args.num_samples or 1024, args.max_length or 32
         bos = _bos_id(args, tokenizer, model_dir) if args.prepend_bos else None
-        tokens, mask = sample_windows(corpus, num_samples, max_length, args.seed, prepend_bos=args.prepend_bos, bos_id=bos, windows=args.windows)
+        tokens, mask = sample_windows(corpus, num_samples, max_length, args.seed, prepend_bos=args.prepend_bos, bos_id=bos,
+                                      windows=args.windows)
         description = {
             "corpus": str(Path(args.corpus).absolute()), "format": corpus.format, "documents": corpus.n_documents,
             "corpus_tokens": corpus.n_tokens, "num_samples": num_samples, "max_length": max_length, "seed": args.seed,
@@ -258,6 +265,11 @@ def _sample(args, tokenizer, model, model_dir: Path, quiet: bool):
     config = model.config
     if config.positional == "learned" and tokens.shape[1] > config.max_positions:
         raise InputError(f"--max-length {tokens.shape[1]}: the model has only {config.max_positions} positions")
+    try:
+        check_tokens(model, tokens, mask)
+    except LensRequestError as err:
+        source = f"--token-sample {args.token_sample}" if args.token_sample is not None else f"--corpus {args.corpus}"
+        raise InputError(f"{source}: the sample does not fit the model: {err}") from None
     return tokens, mask, description
 
 

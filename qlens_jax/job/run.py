@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
@@ -190,16 +189,18 @@ def run_signatures(args, argv) -> int:
     model = cast_model(inputs.model, args.dtype) if args.dtype != "float32" else inputs.model
     with RunDir.open(args.out, _manifest(args, argv, inputs, _plan(args, inputs, model))) as run:
         plan, session = run.manifest["plan"], run.manifest["sessions"][-1]
-        run.manifest["status"] = "running"
-        run.save()
-        if not run.sample.exists():
-            temporary = temporary_path(run.sample)
-            save_token_sample(temporary, inputs.tokens, inputs.mask)
-            publish(temporary, run.sample)
         shards = shard_plan(args.lenses, inputs.features, args.shard_size)
         remaining = [s for s in shards if not run.shard_path(s.name).exists()]
         remaining_names = {s.name for s in remaining}
         session.update(resumed=run.resumed, shards_done_at_start=len(shards) - len(remaining), shards=len(shards))
+        finished = not remaining and run.manifest.get("status") == "complete" and run.signatures.exists()
+        if not finished:  # a finished run stays "complete" for readers (export, view) while restarted
+            run.manifest["status"] = "running"
+            run.save()
+        if not run.sample.exists():
+            temporary = temporary_path(run.sample)
+            save_token_sample(temporary, inputs.tokens, inputs.mask)
+            publish(temporary, run.sample)
 
         t = time.perf_counter()
         operators = _operators(run, model, inputs, {s.lens for s in remaining}, plan, quiet) if remaining else None
@@ -222,12 +223,16 @@ def run_signatures(args, argv) -> int:
         timings["readout"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        n_rows = assemble([run.shard_path(s.name) for s in shards], run.signatures)
+        if finished:
+            n_rows = run.manifest["outputs"]["signatures.parquet"]["rows"]
+        else:
+            n_rows = assemble([run.shard_path(s.name) for s in shards], run.signatures)
         timings["assemble"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         session.update(finished=_now(), timings={k: round(v, 3) for k, v in timings.items()})
         run.manifest["status"] = "complete"
-        run.manifest["outputs"] = {"signatures.parquet": {"rows": n_rows, "sha256": hashing.path_hash(run.signatures)}}
+        if not finished:
+            run.manifest["outputs"] = {"signatures.parquet": {"rows": n_rows, "sha256": hashing.path_hash(run.signatures)}}
         run.save()
 
     n_features = sum(len(ids) for ids in inputs.features)
