@@ -47,9 +47,14 @@ class Request:
     features: np.ndarray
     points: DictionaryPoints
 
-    def vectors(self, side: str) -> jax.Array:
-        full = self.dictionary.value_vectors() if side == "value" else self.dictionary.key_vectors()
-        return jnp.asarray(full)[jnp.asarray(self.features)].astype(jnp.float32)
+    def vectors(self, side: str) -> np.ndarray:
+        """The requested features' value or key vectors, as a host array: a view of the
+        dictionary's weights when every feature is requested (no copy of a million rows)."""
+        d = self.dictionary
+        full = np.asarray(d.W_dec) if side == "value" else np.asarray(d.W_enc).T
+        if len(self.features) == full.shape[0] and (self.features == np.arange(full.shape[0])).all():
+            return full
+        return full[self.features]
 
 
 def _as_list(dictionaries) -> list:
@@ -298,14 +303,14 @@ def _compare(dense, reference, rtol, what):
 
 def _self_check_query_lens(model, tokens, mask, plan, side, vectors, point, op, count, dtype, lens, request):
     pick = _self_check_indices(len(vectors), count)
-    sample = vectors[pick]
+    sample = np.asarray(vectors[pick], np.float32)
     mean, _ = _per_feature_means(model, tokens, mask, plan, side, sample, jnp.full(len(pick), point), True)
     _compare(sample @ op.T, mean, SELF_CHECK_RTOL[dtype], f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})")
 
 
 def _self_check_first_order(model, tokens, mask, plan, side, vectors, request, terms, blocks, n_layers, mask_seed, count, dtype, lens):
     pick = _self_check_indices(len(vectors), count)
-    sample = vectors[pick]
+    sample = np.asarray(vectors[pick], np.float32)
     _, reference = first_order_terms_per_feature(model, tokens, mask, plan, side, sample, request.points, n_layers, mask_seed)
     dense = jnp.einsum("nd,tid->nti", sample, terms)
     _compare(dense.sum(1), reference.sum(1), SELF_CHECK_RTOL[dtype], f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})")

@@ -64,24 +64,42 @@ def _readout_first_order(score_fn, terms_op, chunks, k: int, rows=None):
     return jax.lax.map(one, chunks)
 
 
-def _chunked(x: Float[np.ndarray, "n *rest"], size: int, mesh: Mesh | None) -> tuple[jax.Array, int]:
-    """`[chunks, size, ...]` with zero rows padding the last chunk; on a mesh, each chunk's
-    rows are split over all devices (the `features` logical axis)."""
-    n = x.shape[0]
+def _chunk_size(size: int, n: int, mesh: Mesh | None) -> int:
     devices = 1 if mesh is None else sharding.axis_size(mesh, "features")
     size = max(1, min(size, n))
-    size = -(-size // devices) * devices
+    return -(-size // devices) * devices
+
+
+def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """One chunk on device(s); on a mesh its rows are split over every device (`features`)."""
+    if mesh is None:
+        return jnp.asarray(x)
+    return sharding.put(x, mesh, None, "features", *([None] * (x.ndim - 2)))
+
+
+def _chunked(x: Float[np.ndarray, "n *rest"], size: int, mesh: Mesh | None) -> tuple[jax.Array, int]:
+    """All of `x` as `[chunks, size, ...]` (zero rows pad the last chunk), for small inputs."""
+    n = x.shape[0]
+    size = _chunk_size(size, n, mesh)
     padded = -(-n // size) * size
     x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)]) if padded > n else x
-    x = x.reshape(padded // size, size, *x.shape[1:])
-    if mesh is None:
-        return jnp.asarray(x), n
-    return sharding.put(x, mesh, None, "features", *([None] * (x.ndim - 2))), n
+    return _place(x.reshape(padded // size, size, *x.shape[1:]), mesh), n
 
 
-def _unchunk(a, n):
-    a = sharding.to_host(a)
-    return a.reshape(-1, *a.shape[2:])[:n]
+def _iter_chunks(x: np.ndarray, size: int, mesh: Mesh | None):
+    """`[1, size, ...]` device chunks of `x`, one at a time: only a chunk is ever copied, so the
+    readout's memory is the dictionary plus chunk buffers, whatever the number of features."""
+    n = x.shape[0]
+    size = _chunk_size(size, n, mesh)
+    for start in range(0, n, size):
+        chunk = np.asarray(x[start : start + size], np.float32)
+        if chunk.shape[0] < size:
+            chunk = np.concatenate([chunk, np.zeros((size - chunk.shape[0], *chunk.shape[1:]), np.float32)])
+        yield _place(chunk[None], mesh), min(size, n - start)
+
+
+def _collect(outputs: list, counts: list[int]) -> np.ndarray:
+    return np.concatenate([sharding.to_host(a)[0][:c] for a, c in zip(outputs, counts)])
 
 
 @dataclass
@@ -109,18 +127,31 @@ class ReadoutContext:
 
     def read(self, side: str, vectors, op=None, logit_lens: bool = False) -> dict:
         """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout."""
-        chunks, n = _chunked(sharding.to_host(vectors).astype(np.float32), self.feature_chunk, self.mesh)
-        out = _readout(self.score_fn(side, op, logit_lens), chunks, self.k, self.row_sharding)
-        return dict(zip(TopK._fields, (_unchunk(a, n) for a in out)))
+        score_fn = self.score_fn(side, op, logit_lens)
+        outputs, counts = [], []
+        for chunk, count in _iter_chunks(_host(vectors), self.feature_chunk, self.mesh):
+            outputs.append(_readout(score_fn, chunk, self.k, self.row_sharding))
+            counts.append(count)
+        return {field: _collect([o[i] for o in outputs], counts) for i, field in enumerate(TopK._fields)}
 
     def read_first_order(self, side: str, vectors, terms_op) -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))
-        chunks, n = _chunked(sharding.to_host(vectors).astype(np.float32), size, self.mesh)
-        total, per_term, energy = _readout_first_order(self.score_fn(side), terms_op, chunks, self.k, self.row_sharding)
-        result = dict(zip(TopK._fields, (_unchunk(a, n) for a in total)))
-        for field, array in zip(TopK._fields, per_term):
-            result["layer_" + field] = _unchunk(array, n)
-        result["layer_energy"] = _unchunk(energy, n)
+        score_fn = self.score_fn(side)
+        outputs, counts = [], []
+        for chunk, count in _iter_chunks(_host(vectors), size, self.mesh):
+            outputs.append(_readout_first_order(score_fn, terms_op, chunk, self.k, self.row_sharding))
+            counts.append(count)
+        total = [o[0] for o in outputs]
+        per_term = [o[1] for o in outputs]
+        result = {field: _collect([t[i] for t in total], counts) for i, field in enumerate(TopK._fields)}
+        for i, field in enumerate(TopK._fields):
+            result["layer_" + field] = _collect([t[i] for t in per_term], counts)
+        result["layer_energy"] = _collect([o[2] for o in outputs], counts)
         return result
+
+
+def _host(vectors) -> np.ndarray:
+    """Vectors as a host array without copying where possible (a view of the dictionary)."""
+    return sharding.to_host(vectors)

@@ -1,0 +1,212 @@
+"""A million features at one layer: every feature of a 1,048,576-feature synthetic SAE on
+`resid_post[layer]` of a GPT-2-small-sized model, both Query Lens sides, end to end on one
+device (sweeps, readouts, self-check), within a memory budget.
+
+    python -m benchmarks.million                      # GPT-2 small, 2^20 features, 256 tokens
+    python -m benchmarks.million --size tiny          # seconds
+    nohup python -m benchmarks.million --batch 8 --seq 256 > million.log 2>&1 &   # 2,048 tokens
+
+What is timed: the two dense sweeps (`transport_operators`, independent of the number of
+features: 2 x d_model linearized passes over the sample), then one `query_lens` call per side
+over all features with those operators (`self_check=False`), then a separate small
+`query_lens` call with the self-check on (3 features against per-feature transport) whose
+top-k rows must equal the big call's rows for the same features. Peak memory is this
+process's maximum RSS, sampled per phase; the budget (`--memory-budget-gb`) drives the
+kernel's chunk sizes. The dictionary itself (2 x n_features x d_model float32, 6 GiB at 2^20)
+is an input and is reported separately.
+
+Results: `benchmarks/results/million-<size>-<device>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import threading
+import time
+
+from benchmarks import common
+
+SIZES = {
+    "gpt2-small": dict(hf=common.GPT2_SMALL, features=2**20, layer=6, batch=1, seq=256),
+    "tiny": dict(hf=common.GPT2_TINY, features=2**16, layer=2, batch=2, seq=32),
+}
+
+
+class RssSampler:
+    """Maximum resident size of this process over a phase (sampled every `interval` s)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, common.current_rss_gb())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = common.current_rss_gb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, common.current_rss_gb())
+
+
+def _digest(*arrays) -> str:
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="gpt2-small")
+    parser.add_argument("--features", type=int, help="features in the dictionary (default: 2^20; tiny: 2^16)")
+    parser.add_argument("--layer", type=int, help="dictionary layer (default 6; tiny 2)")
+    parser.add_argument("--batch", type=int, help="sequences in the token sample")
+    parser.add_argument("--seq", type=int, help="tokens per sequence")
+    parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"])
+    parser.add_argument("--vocab", type=int, help="override the vocabulary size (a cheap memory check of the "
+                        "feature-count-dependent buffers: the readout FLOPs scale with the vocabulary)")
+    parser.add_argument("--synthetic-operators", action="store_true",
+                        help="skip the sweeps and use identity operators (readout-only timing and memory check)")
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0, help="the kernel's memory budget (GiB)")
+    parser.add_argument("--feature-chunk", type=int, help="override the readout's feature chunk")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/million-<size>-<device>.json)")
+    args = parser.parse_args(argv)
+
+    import qlens_jax  # noqa: F401  (XLA flags first)
+    import numpy as np
+
+    from qlens_jax import TransportOperators, query_lens, transport_operators
+    from qlens_jax.lens.chunks import plan_chunks
+    from qlens_jax.lens.readout import feature_chunk_for
+
+    size = SIZES[args.size]
+    n_features = args.features or size["features"]
+    layer = size["layer"] if args.layer is None else args.layer
+    batch, seq = args.batch or size["batch"], args.seq or size["seq"]
+    out = {"benchmark": "million", "size": args.size, "machine": common.machine_info(), "args": vars(args)}
+    common.log("machine", out["machine"]["cpu"], out["machine"]["device"], "load", common.loadavg())
+
+    t0 = time.perf_counter()
+    hf = common.hf_gpt2({**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, args.seed)
+    model = common.jax_model(hf)
+    del hf
+    cfg = model.config
+    tokens, mask = common.token_sample(cfg.vocab_size, batch, seq, args.seed)
+    rss_model = common.current_rss_gb()
+    dictionary = common.synthetic_dictionary(cfg.d_model, n_features, layer, args.seed, name=f"synthetic-{n_features}")
+    rss_dict = common.current_rss_gb()
+    plan = plan_chunks(model, tokens.shape, args.memory_budget_gb)
+    feature_chunk = args.feature_chunk or feature_chunk_for(cfg.vocab_size, 0.25 * args.memory_budget_gb * 2**30)
+    out["setup"] = {
+        "seconds": round(time.perf_counter() - t0, 2),
+        "model": dict(d_model=cfg.d_model, n_layers=cfg.n_layers, vocab=cfg.vocab_size),
+        "n_features": n_features,
+        "layer": layer,
+        "tokens": int(mask.sum()),
+        "batch": batch,
+        "seq": seq,
+        "rss_after_model_gb": round(rss_model, 3),
+        "rss_after_dictionary_gb": round(rss_dict, 3),
+        "dictionary_gb": round(2 * n_features * cfg.d_model * 4 / 2**30, 3),
+        "scores_matrix_gb_if_materialized": round(n_features * cfg.vocab_size * 4 / 2**30, 1),
+        "plan": dict(sequences_per_chunk=plan.sequences_per_chunk, tangent_chunk=plan.tangent_chunk, feature_chunk=feature_chunk),
+    }
+    common.log("setup", out["setup"])
+
+    sides = {"query_lens_value": "value", "query_lens_key": "key"}
+    sweeps = {}
+    if args.synthetic_operators:
+        import jax.numpy as jnp
+
+        from qlens_jax.lens.points import n_key_points, n_points
+
+        eye = jnp.eye(cfg.d_model, dtype=jnp.float32)
+        fake = TransportOperators(value=jnp.broadcast_to(eye, (n_points(cfg.n_layers), cfg.d_model, cfg.d_model)),
+                                  key=jnp.broadcast_to(eye, (n_key_points(cfg.n_layers), cfg.d_model, cfg.d_model)),
+                                  first_order=None, first_order_all=None, n_tokens=int(mask.sum()))
+        sweeps = {"value": fake, "key": fake}
+        out["sweeps"] = {"note": "synthetic identity operators: sweeps skipped (readout-only run)"}
+    for lens in ([] if args.synthetic_operators else args.lenses):
+        side = sides[lens]
+        with RssSampler() as rss:
+            ops, seconds = common.timed(
+                transport_operators, model, tokens, mask, sweeps=(side,), plan=plan, quiet=False
+            )
+        sweeps[side] = ops
+        out.setdefault("sweeps", {})[side] = {"seconds": round(seconds, 2), "peak_rss_gb": round(rss.peak, 3), "loadavg": common.loadavg()}
+        common.log(f"{side} sweep", out["sweeps"][side])
+    operators = TransportOperators(
+        value=sweeps["value"].value if "value" in sweeps else None,
+        key=sweeps["key"].key if "key" in sweeps else None,
+        first_order=None,
+        first_order_all=None,
+        n_tokens=int(mask.sum()),
+    )
+
+    readout_flops = 2 * n_features * cfg.d_model * cfg.vocab_size
+    tables = {}
+    for lens in args.lenses:
+        before = common.loadavg()
+        with RssSampler() as rss:
+            sigs, seconds = common.timed(
+                query_lens, model, dictionary, tokens, mask, lenses=(lens,), operators=operators, path="dense",
+                self_check=False, memory_budget_gb=args.memory_budget_gb, feature_chunk=feature_chunk, quiet=True,
+            )
+        table = sigs[0]
+        tables[lens] = table
+        record = {
+            "seconds": round(seconds, 2),
+            "features_per_s": round(n_features / seconds, 1),
+            "readout_flops": readout_flops,
+            "achieved_flops_per_s": readout_flops / seconds,
+            "peak_rss_gb": round(rss.peak, 3),
+            "peak_rss_above_dictionary_gb": round(rss.peak - rss_dict, 3),
+            "top_ids_shape": list(table.top_ids.shape),
+            "digest": _digest(table.top_ids, table.bottom_ids),
+            "loadavg_before": before,
+            "loadavg_after": common.loadavg(),
+        }
+        out.setdefault("readouts", {})[lens] = record
+        common.log(f"{lens} readout", record)
+        common.write_json(_path(args), out)  # partial results survive an interruption
+
+    # Self-check: a few features through query_lens with self_check=True (dense vs per-feature
+    # transport); their rows must equal the big call's rows.
+    picks = np.asarray(common.feature_picks(n_features, 3))
+    with RssSampler() as rss:
+        check, seconds = common.timed(
+            query_lens, model, dictionary, tokens, mask, lenses=tuple(args.lenses), features=picks, operators=operators,
+            path="dense", self_check=not args.synthetic_operators, memory_budget_gb=args.memory_budget_gb, quiet=True,
+        )
+    same = all(np.array_equal(t.top_ids, tables[t.lens].top_ids[picks]) for t in check)
+    out["self_check"] = {"features": picks.tolist(), "passed": None if args.synthetic_operators else True, "rows_equal_full_run": bool(same), "seconds": round(seconds, 2)}
+    common.log("self-check", out["self_check"])
+
+    total = sum(s["seconds"] for s in out["sweeps"].values() if isinstance(s, dict)) + sum(r["seconds"] for r in out["readouts"].values())
+    out["total_seconds"] = round(total, 2)
+    out["peak"] = common.peak_memory()
+    out["loadavg_at_end"] = common.loadavg()
+    path = common.write_json(_path(args), out)
+    common.log(f"done: {n_features} features x {len(args.lenses)} sides in {common.fmt_seconds(total)}; "
+               f"peak RSS {out['peak']['peak_rss_gb']} GiB (dictionary {out['setup']['dictionary_gb']} GiB); wrote {path}")
+    return out
+
+
+def _path(args):
+    vocab = (f"-vocab{args.vocab}" if args.vocab else "") + ("-readout-only" if args.synthetic_operators else "")
+    return args.out or common.RESULTS / f"million-{args.size}{vocab}-{common.device_slug()}.json"
+
+
+if __name__ == "__main__":
+    main()

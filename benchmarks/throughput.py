@@ -1,0 +1,357 @@
+"""Throughput: qlens-jax (dense and per-feature paths) against the per-feature PyTorch reference.
+
+Same weights (a randomly initialised `transformers.GPT2LMHeadModel`, seeded; qlens-jax runs
+its conversion), same token sample (seeded random ids), same features (a synthetic SAE on
+`resid_post` at each benchmarked layer). Each of the three contestants runs in its own
+spawned process, so that its peak memory is its own:
+
+- reference (`benchmarks/reference_torch.py`): one `torch.func` jvp / vjp pass per feature,
+  timed on `--ref-features` features per layer and side;
+- qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer),
+  then `query_lens(..., operators=...)` over ALL features of each benchmarked layer;
+- qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the reference's features.
+
+Before any speed is printed, the top-25 ids of every feature timed with the reference must be
+identical in all three (ties aside: positions whose reference scores differ by less than 1e-4
+of the score scale may swap). Then it reports, per lens and layer, features per second, wall
+time, peak memory and ratios, and the whole-dictionary job (`--features` at each of the
+model's layers, both sides): qlens-jax = sweeps once + readouts per layer (measured at the
+benchmarked layers, interpolated between them); reference = its per-feature times measured in
+this run at the benchmarked layers, interpolated over all layers and multiplied out
+(extrapolated: says so in the output).
+
+    python -m benchmarks.throughput --size tiny                   # seconds
+    python -m benchmarks.throughput --size gpt2-small             # 32,768 features, 2,048 tokens (hours on 2 CPU cores)
+    python -m benchmarks.throughput --size gpt2-small --batch 1 --seq 256   # 256 tokens
+
+Results: `benchmarks/results/throughput-<size>-<device>.json` (machine, device, versions, load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+SIZES = {
+    "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2),
+    "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3),
+}
+SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
+K = 25
+TIE_RTOL = 1e-4
+
+
+def _setup(cfg: dict):
+    hf = common.hf_gpt2(cfg["hf"], cfg["seed"])
+    d = hf.config.n_embd
+    tokens, mask = common.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
+    return hf, d, tokens, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The three contestants (each runs in its own process)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_reference(cfg: dict) -> dict:
+    import torch
+
+    from benchmarks import reference_torch as ref
+
+    hf, d, tokens, mask = _setup(cfg)
+    ref.prepare_model(hf)
+    rss_setup = common.current_rss_gb()
+    out = {"rss_setup_gb": round(rss_setup, 3), "torch_threads": torch.get_num_threads(), "results": {}}
+    for layer in cfg["layers"]:
+        W_enc, W_dec = common.dictionary_arrays(d, cfg["features"], layer, cfg["seed"])
+        for lens in cfg["lenses"]:
+            vectors = W_dec if SIDES[lens] == "value" else W_enc.T
+            rows = []
+            for f in cfg["picks"]:
+                start = time.perf_counter()
+                scores = ref.reference_scores(hf, tokens, mask, lens, vectors[f][None], "resid_post", layer)
+                seconds = time.perf_counter() - start
+                top, top_scores, bottom, bottom_scores = ref.topk_with_scores(scores, K + 1)
+                rows.append({
+                    "feature": f, "seconds": seconds,
+                    "top_ids": top[0].tolist(), "top_scores": top_scores[0].tolist(),
+                    "bottom_ids": bottom[0].tolist(), "bottom_scores": bottom_scores[0].tolist(),
+                    "scale": float(np.abs(scores).max()),
+                })
+            out["results"][f"{lens}/{layer}"] = rows
+    return out
+
+
+def _jax_setup(cfg):
+    import qlens_jax  # noqa: F401
+
+    hf, d, tokens, mask = _setup(cfg)
+    model = common.jax_model(hf)
+    del hf
+    return model, d, tokens, mask
+
+
+def run_dense(cfg: dict) -> dict:
+    from qlens_jax import TransportOperators, query_lens, transport_operators
+
+    model, d, tokens, mask = _jax_setup(cfg)
+    rss_setup = common.current_rss_gb()
+    out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}}
+    needed = [s for s in ("value", "key") if any(SIDES[l] == s and l.startswith("query_lens") for l in cfg["lenses"])]
+    ops = {}
+    for side in needed:
+        result, seconds = common.timed(
+            transport_operators, model, tokens, mask, sweeps=(side,), memory_budget_gb=cfg["budget"], quiet=cfg["quiet"]
+        )
+        ops[side] = result
+        out["sweeps"][side] = {"seconds": seconds, "loadavg": common.loadavg(), "rss_gb": round(common.current_rss_gb(), 3)}
+        common.log(f"dense: {side} sweep {seconds:.1f} s")
+    operators = TransportOperators(
+        value=ops["value"].value if "value" in ops else None,
+        key=ops["key"].key if "key" in ops else None,
+        first_order=None, first_order_all=None, n_tokens=int(mask.sum()),
+    )
+    rss_operators = common.current_rss_gb()
+    out["rss_after_sweeps_gb"] = round(rss_operators, 3)
+    for layer in cfg["layers"]:
+        dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+        for lens in cfg["lenses"]:
+            sigs, seconds = common.timed(
+                query_lens, model, dictionary, tokens, mask, lenses=(lens,), operators=operators, path="dense",
+                self_check=False, k=K, memory_budget_gb=cfg["budget"],
+            )
+            table = sigs[0]
+            out["readouts"][f"{lens}/{layer}"] = {
+                "seconds": seconds,
+                "n_features": int(len(table.feature_ids)),
+                "top_ids": table.top_ids[cfg["picks"]].tolist(),
+                "bottom_ids": table.bottom_ids[cfg["picks"]].tolist(),
+                "loadavg": common.loadavg(),
+            }
+            common.log(f"dense: {lens} layer {layer} readout of {len(table.feature_ids)} features {seconds:.1f} s")
+    return out
+
+
+def run_per_feature(cfg: dict) -> dict:
+    from qlens_jax import query_lens
+
+    model, d, tokens, mask = _jax_setup(cfg)
+    out = {"rss_setup_gb": round(common.current_rss_gb(), 3), "results": {}}
+    picks = np.asarray(cfg["picks"])
+    for layer in cfg["layers"]:
+        dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+        for lens in cfg["lenses"]:
+            # first call compiles (same shapes for every layer); the second is timed
+            _, compile_s = common.timed(
+                query_lens, model, dictionary, tokens, mask, lenses=(lens,), features=picks, path="per-feature",
+                self_check=False, k=K, memory_budget_gb=cfg["budget"],
+            )
+            sigs, seconds = common.timed(
+                query_lens, model, dictionary, tokens, mask, lenses=(lens,), features=picks, path="per-feature",
+                self_check=False, k=K, memory_budget_gb=cfg["budget"],
+            )
+            out["results"][f"{lens}/{layer}"] = {
+                "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
+                "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
+            }
+            common.log(f"per-feature: {lens} layer {layer}: {len(picks)} features {seconds:.1f} s (first call {compile_s:.1f} s)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement
+# ---------------------------------------------------------------------------------------------
+
+
+def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
+    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1)."""
+    ids, ref_ids = list(ids)[:K], list(ref_ids)
+    if ids == ref_ids[:K]:
+        return True, True
+    # ties: every differing position must sit where the reference's scores are within tolerance
+    # of a neighbour's (order swaps) or of the (k+1)-th score (boundary swaps)
+    tol = TIE_RTOL * max(scale, 1e-30)
+    scores = np.asarray(ref_scores)
+    for i, (a, b) in enumerate(zip(ids, ref_ids[:K])):
+        if a == b:
+            continue
+        near = [j for j in range(len(ref_ids)) if abs(scores[j] - scores[i]) <= tol and j != i]
+        if not any(ref_ids[j] == a for j in near):
+            return False, False
+    return False, True
+
+
+def check_agreement(cfg, reference, dense, per_feature) -> dict:
+    report = {"features_checked": 0, "identical": 0, "tie_equivalent": 0, "mismatches": []}
+    for key, rows in reference["results"].items():
+        for idx, row in enumerate(rows):
+            for name, other in (("dense", dense["readouts"][key]), ("per-feature", per_feature["results"][key])):
+                for which in ("top", "bottom"):
+                    ids = other[f"{which}_ids"][idx]
+                    scores = row[f"{which}_scores"]
+                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], scores, row["scale"])
+                    report["features_checked"] += 1
+                    report["identical"] += identical
+                    report["tie_equivalent"] += ok and not identical
+                    if not ok:
+                        report["mismatches"].append({"lens/layer": key, "feature": row["feature"], "path": name, "which": which,
+                                                     "qlens": ids, "reference": row[f"{which}_ids"][:K]})
+    report["passed"] = not report["mismatches"]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def summarize(cfg, n_layers, reference, dense, per_feature) -> dict:
+    n = cfg["features"]
+    layers = list(cfg["layers"])
+    all_layers = np.arange(n_layers)
+    per_lens = {}
+    whole_ref, whole_dense_readouts = 0.0, 0.0
+    for lens in cfg["lenses"]:
+        side = SIDES[lens]
+        sweep = dense["sweeps"].get(side, {}).get("seconds", 0.0) if lens.startswith("query_lens") else 0.0
+        ref_per_layer, rows = [], []
+        readout_per_layer = []
+        for layer in layers:
+            key = f"{lens}/{layer}"
+            ref_s = float(np.mean([r["seconds"] for r in reference["results"][key]]))
+            readout = dense["readouts"][key]["seconds"]
+            pf = per_feature["results"][key]
+            ref_per_layer.append(ref_s)
+            readout_per_layer.append(readout)
+            dense_single = sweep + readout
+            rows.append({
+                "layer": layer,
+                "reference_s_per_feature": ref_s,
+                "reference_features_per_s": 1.0 / ref_s,
+                "dense_single_layer_seconds": dense_single,
+                "dense_readout_seconds": readout,
+                "dense_features_per_s": n / dense_single,
+                "dense_vs_reference": (n / dense_single) * ref_s,
+                "dense_readout_only_features_per_s": n / readout,
+                "per_feature_seconds": pf["seconds"],
+                "per_feature_features_per_s": pf["n_features"] / pf["seconds"],
+                "per_feature_vs_reference": (pf["n_features"] / pf["seconds"]) * ref_s,
+            })
+        ref_all = np.interp(all_layers, layers, ref_per_layer)
+        readout_all = np.interp(all_layers, layers, readout_per_layer)
+        whole_ref += float(ref_all.sum()) * n
+        whole_dense_readouts += float(readout_all.sum())
+        per_lens[lens] = {"sweep_seconds": sweep, "layers": rows}
+    sweeps_total = sum(s["seconds"] for s in dense["sweeps"].values())
+    whole_dense = sweeps_total + whole_dense_readouts
+    return {
+        "per_lens": per_lens,
+        "whole_dictionary": {
+            "job": f"{n} features at each of {n_layers} layers, lenses {list(cfg['lenses'])}, {cfg['tokens']} tokens",
+            "qlens_dense_seconds": whole_dense,
+            "qlens_sweeps_seconds": sweeps_total,
+            "qlens_readouts_seconds": whole_dense_readouts,
+            "reference_seconds_extrapolated": whole_ref,
+            "ratio": whole_ref / whole_dense,
+            "note": (f"reference time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
+                     f"({len(cfg['picks'])} features per layer and side), linearly interpolated over layers 0..{n_layers - 1} "
+                     f"and multiplied by {n} features; qlens-jax = the measured sweeps (once) + readouts measured at layers "
+                     f"{layers} (interpolated over the other layers)"),
+        },
+    }
+
+
+def print_report(summary, agreement, info):
+    print()
+    print(f"agreement: {agreement['features_checked']} top/bottom-{K} lists checked, {agreement['identical']} identical, "
+          f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches")
+    print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
+          f"load {info['loadavg_at_start']} at start")
+    header = f"{'lens':18} {'layer':>5} {'ref feat/s':>11} {'dense feat/s':>13} {'dense/ref':>10} {'readout feat/s':>15} {'per-feat feat/s':>16} {'pf/ref':>7}"
+    print(header)
+    for lens, entry in summary["per_lens"].items():
+        for r in entry["layers"]:
+            print(f"{lens:18} {r['layer']:>5} {r['reference_features_per_s']:>11.3g} {r['dense_features_per_s']:>13.4g} "
+                  f"{r['dense_vs_reference']:>9.0f}x {r['dense_readout_only_features_per_s']:>15.4g} "
+                  f"{r['per_feature_features_per_s']:>16.3g} {r['per_feature_vs_reference']:>6.1f}x")
+        print(f"{'':18} sweep (once, all layers): {entry['sweep_seconds']:.1f} s")
+    w = summary["whole_dictionary"]
+    print()
+    print(f"whole dictionary: {w['job']}")
+    print(f"  qlens-jax dense: {common.fmt_seconds(w['qlens_dense_seconds'])} "
+          f"(sweeps {common.fmt_seconds(w['qlens_sweeps_seconds'])} + readouts {common.fmt_seconds(w['qlens_readouts_seconds'])})")
+    print(f"  reference:       {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED)")
+    print(f"  ratio:           {w['ratio']:.0f}x")
+    print(f"  note: {w['note']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--features", type=int, help="features per dictionary (gpt2-small: 32768)")
+    parser.add_argument("--layers", type=int, nargs="+", help="benchmarked layers (gpt2-small: 0 6 11)")
+    parser.add_argument("--batch", type=int, help="sequences in the token sample (gpt2-small: 8)")
+    parser.add_argument("--seq", type=int, help="tokens per sequence (gpt2-small: 256)")
+    parser.add_argument("--ref-features", type=int, help="features per layer and side timed with the reference")
+    parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"],
+                        choices=sorted(SIDES), help="lenses to benchmark")
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput-<size>-<device>.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    size = SIZES[args.size]
+    cfg = dict(
+        hf=size["hf"], seed=args.seed, features=args.features or size["features"],
+        layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
+        lenses=tuple(args.lenses), budget=args.memory_budget_gb, quiet=args.quiet,
+    )
+    cfg["picks"] = common.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
+    cfg["tokens"] = cfg["batch"] * cfg["seq"]
+    info = common.machine_info()
+    common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
+               f"reference features {cfg['picks']}; load {common.loadavg()}")
+
+    reference = common.run_isolated(run_reference, cfg=cfg)
+    common.log(f"reference done (peak RSS {reference['peak_rss_gb']} GiB)")
+    per_feature = common.run_isolated(run_per_feature, cfg=cfg)
+    common.log(f"per-feature done (peak RSS {per_feature['peak_rss_gb']} GiB)")
+    dense = common.run_isolated(run_dense, cfg=cfg)
+    common.log(f"dense done (peak RSS {dense['peak_rss_gb']} GiB)")
+
+    import transformers
+
+    n_layers = transformers.GPT2Config(**cfg["hf"]).n_layer
+    agreement = check_agreement(cfg, reference, dense, per_feature)
+    out = {
+        "benchmark": "throughput", "size": args.size, "machine": info,
+        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": transformers.GPT2Config(**cfg["hf"]).to_dict()},
+        "agreement": agreement,
+        "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
+                      for name, r in (("reference", reference), ("dense", dense), ("per_feature", per_feature))},
+        "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
+        "loadavg_at_end": common.loadavg(),
+    }
+    path = args.out or common.RESULTS / f"throughput-{args.size}-{common.device_slug()}.json"
+    if not agreement["passed"]:
+        common.write_json(path, out)
+        print(f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the reference; no speed reported.")
+        for m in agreement["mismatches"][:10]:
+            print(m)
+        return 1
+    out["summary"] = summarize(cfg, n_layers, reference, dense, per_feature)
+    common.write_json(path, out)
+    print_report(out["summary"], agreement, info)
+    print(f"peak memory (GiB, RSS of each contestant's process; setup = after model load): {out['memory_gb']}")
+    print(f"load average at end: {out['loadavg_at_end']}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
