@@ -204,6 +204,18 @@ from qlens_jax.channels import cli as _channels  # noqa: E402
 subcommand("channels", _channels.HELP, _channels.DESCRIPTION)(_channels.configure)
 
 
+# ---- qlens evaluate (options and runner in qlens_jax/evaluation/cli.py) ---------------------
+from qlens_jax.evaluation import cli as _evaluate  # noqa: E402
+
+subcommand(
+    "evaluate",
+    "score lenses' signatures with the paper's input and output scores (and baselines)",
+    "Score the signatures of a finished run (and baseline lenses: zero-out, token change, tuned\n"
+    "lens) with the input score I(T) and the output score O(T) of the paper; write Table-1-style\n"
+    "tables (Markdown, CSV) and per-layer figures (PNG). An LLM judge is optional (off by default).",
+)(_evaluate.configure_evaluate)
+
+
 # ---- entry point ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

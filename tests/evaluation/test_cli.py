@@ -1,0 +1,75 @@
+"""`qlens evaluate` end to end on the bundled default model (a few features, tiny settings),
+reading a `qlens signatures` run and computing baselines; bad input gives a clear error."""
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from qlens_jax import default
+from qlens_jax.errors import InputError
+from qlens_jax.evaluation.cli import add_evaluate_command
+
+DICTIONARY = str(default.dictionary_dir("resid-post-2"))
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="qlens")
+    add_evaluate_command(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def _run(argv):
+    args = _parse(argv)
+    return args._run(args, argv)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from qlens_jax.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    code = main(["signatures", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--corpus", str(default.heldout_text_path()),
+                 "--num-samples", "8", "--max-length", "16", "--features", "0-5", "--lenses", "logit_lens_value,logit_lens_key",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_evaluate_run_and_baselines(run_dir, tmp_path):
+    prefixes = tmp_path / "prefixes.txt"
+    prefixes.write_text("It is said that\nThe letter said that\nShe was\n")
+    out = tmp_path / "eval"
+    code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
+                 "--corpus", str(default.heldout_text_path()), "--features", "0-3", "--baselines", "zero_out,tuned_lens",
+                 "--train-tuned-lens", "--tuned-lens-steps", "2", "--max-contexts", "80", "--min-contexts", "2",
+                 "--prefixes", str(prefixes), "--out", str(out), "--quiet"])
+    assert code == 0
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["lens"] for r in rows} == {"logit_lens_value", "logit_lens_key", "zero_out", "tuned_lens"}
+    assert {int(r["feature"]) for r in rows} == {0, 1, 2, 3}
+    assert all(0 <= float(r["output_score"]) <= 1 for r in rows)
+    table = (out / "table.md").read_text()
+    assert "| zero_out |" in table and "I(T)" in table
+    assert (out / "baselines.parquet").is_file() and (out / "tuned_lens" / "tuned_lens.json").is_file()
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["baseline_sample"]["token_sample"].endswith("sample.npy")  # the run's own sample
+    assert len(record["tuned_lens"]["heldout_kl_trained"]) == len(record["tuned_lens"]["points"])
+    assert list(out.glob("figure_*.png"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--judge", "--baselines", "zero_out"], "needs an OpenAI-compatible endpoint"),
+    (["--judge-endpoint", "http://127.0.0.1:9/v1", "--baselines", "zero_out"], "add --judge"),
+    (["--baselines", "zero_in"], "unknown lens 'zero_in'"),
+    (["--baselines", "tuned_lens"], "needs --tuned-lens DIR or --train-tuned-lens"),
+    (["--k", "0", "--baselines", "zero_out"], "--k 0"),
+    ([], "nothing to evaluate"),
+])
+def test_bad_input(tmp_path, extra, message):
+    argv = ["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--corpus", str(default.heldout_text_path()),
+            "--out", str(tmp_path / "eval"), *extra]
+    with pytest.raises(InputError, match=message):
+        _run(argv)
