@@ -98,8 +98,26 @@ def _iter_chunks(x: np.ndarray, size: int, mesh: Mesh | None):
         yield _place(chunk[None], mesh), min(size, n - start)
 
 
-def _collect(outputs: list, counts: list[int]) -> np.ndarray:
-    return np.concatenate([sharding.to_host(a)[0][:c] for a, c in zip(outputs, counts)])
+def _run_chunks(fn, x: np.ndarray, size: int, mesh: Mesh | None) -> list:
+    """`fn(chunk)` for every chunk, fetched to the host as it finishes. At most two chunks are
+    in flight: without this, asynchronous dispatch would queue every chunk's input at once."""
+    results, pending = [], None
+    for chunk, count in _iter_chunks(x, size, mesh):
+        current = (fn(chunk), count)
+        if pending is not None:
+            results.append(_fetch(*pending))
+        pending = current
+    if pending is not None:
+        results.append(_fetch(*pending))
+    return results
+
+
+def _fetch(tree, count: int):
+    return jax.tree.map(lambda a: sharding.to_host(a)[0][:count], tree)
+
+
+def _concat(results: list, pick) -> np.ndarray:
+    return np.concatenate([pick(r) for r in results])
 
 
 @dataclass
@@ -128,27 +146,21 @@ class ReadoutContext:
     def read(self, side: str, vectors, op=None, logit_lens: bool = False) -> dict:
         """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout."""
         score_fn = self.score_fn(side, op, logit_lens)
-        outputs, counts = [], []
-        for chunk, count in _iter_chunks(_host(vectors), self.feature_chunk, self.mesh):
-            outputs.append(_readout(score_fn, chunk, self.k, self.row_sharding))
-            counts.append(count)
-        return {field: _collect([o[i] for o in outputs], counts) for i, field in enumerate(TopK._fields)}
+        fn = lambda chunk: _readout(score_fn, chunk, self.k, self.row_sharding)
+        results = _run_chunks(fn, _host(vectors), self.feature_chunk, self.mesh)
+        return {field: _concat(results, lambda r, i=i: r[i]) for i, field in enumerate(TopK._fields)}
 
     def read_first_order(self, side: str, vectors, terms_op) -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))
         score_fn = self.score_fn(side)
-        outputs, counts = [], []
-        for chunk, count in _iter_chunks(_host(vectors), size, self.mesh):
-            outputs.append(_readout_first_order(score_fn, terms_op, chunk, self.k, self.row_sharding))
-            counts.append(count)
-        total = [o[0] for o in outputs]
-        per_term = [o[1] for o in outputs]
-        result = {field: _collect([t[i] for t in total], counts) for i, field in enumerate(TopK._fields)}
+        fn = lambda chunk: _readout_first_order(score_fn, terms_op, chunk, self.k, self.row_sharding)
+        results = _run_chunks(fn, _host(vectors), size, self.mesh)
+        result = {field: _concat(results, lambda r, i=i: r[0][i]) for i, field in enumerate(TopK._fields)}
         for i, field in enumerate(TopK._fields):
-            result["layer_" + field] = _collect([t[i] for t in per_term], counts)
-        result["layer_energy"] = _collect([o[2] for o in outputs], counts)
+            result["layer_" + field] = _concat(results, lambda r, i=i: r[1][i])
+        result["layer_energy"] = _concat(results, lambda r: r[2])
         return result
 
 
