@@ -23,7 +23,7 @@ from qlens_jax.lens.first_order import first_order_terms_dense, first_order_term
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.points import DictionaryPoints, dictionary_points, n_key_points
 from qlens_jax.lens.readout import centered_embeddings, feature_chunk_for
-from qlens_jax.lens.readouts import ReadoutContext
+from qlens_jax.lens.readouts import FeatureRows, ReadoutContext
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES, Signatures, SignatureTable, lens_side
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
@@ -47,14 +47,11 @@ class Request:
     features: np.ndarray
     points: DictionaryPoints
 
-    def vectors(self, side: str) -> np.ndarray:
-        """The requested features' value or key vectors, as a host array: a view of the
-        dictionary's weights when every feature is requested (no copy of a million rows)."""
+    def vectors(self, side: str) -> FeatureRows:
+        """The requested features' value or key vectors, read chunk by chunk from the
+        dictionary's weights (no copy of a million rows is ever made)."""
         d = self.dictionary
-        full = np.asarray(d.W_dec) if side == "value" else np.asarray(d.W_enc).T
-        if len(self.features) == full.shape[0] and (self.features == np.arange(full.shape[0])).all():
-            return full
-        return full[self.features]
+        return FeatureRows(d.W_dec if side == "value" else d.W_enc, side == "key", self.features)
 
 
 def _as_list(dictionaries) -> list:
@@ -249,14 +246,14 @@ def query_lens(
                         _self_check_query_lens(model, tokens, mask, plan, side, vectors, point, op, self_check_features, dtype, lens, request)
                 else:
                     mean, mean_sq = _per_feature_means(
-                        model, tokens, mask, plan, side, vectors, jnp.full(len(vectors), point), quiet
+                        model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), point), quiet
                     )
                     result = context.read(side, mean, op=None)
                     if stats:
                         table_stats["relative_variance"] = _relative_variance(mean, mean_sq)
                 if stats and "relative_variance" not in table_stats:
                     mean, mean_sq = _per_feature_means(
-                        model, tokens, mask, plan, side, vectors, jnp.full(len(vectors), point), quiet
+                        model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), point), quiet
                     )
                     table_stats["relative_variance"] = _relative_variance(mean, mean_sq)
             else:
@@ -267,7 +264,7 @@ def query_lens(
                     result = context.read_first_order(side, vectors, terms)
                 else:
                     blocks, term_vectors = first_order_terms_per_feature(
-                        model, tokens, mask, plan, side, vectors, request.points, n_layers, first_order_key_mask_seed
+                        model, tokens, mask, plan, side, np.asarray(vectors), request.points, n_layers, first_order_key_mask_seed
                     )
                     result = context.read_first_order(side, term_vectors, None)
             signatures.append(

@@ -86,10 +86,35 @@ def _chunked(x: Float[np.ndarray, "n *rest"], size: int, mesh: Mesh | None) -> t
     return _place(x.reshape(padded // size, size, *x.shape[1:]), mesh), n
 
 
-def _iter_chunks(x: np.ndarray, size: int, mesh: Mesh | None):
+class FeatureRows:
+    """Rows of a dictionary's value vectors (`W_dec` rows) or key vectors (`W_enc` columns) for
+    the features `index`, read on demand: slicing copies only the selected rows to the host."""
+
+    def __init__(self, matrix, transposed: bool, index: np.ndarray):
+        self.matrix, self.transposed, self.index = matrix, transposed, np.asarray(index)
+        self.contiguous = bool(len(self.index)) and (self.index == np.arange(self.index[0], self.index[0] + len(self.index))).all()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, selection) -> np.ndarray:
+        ids = self.index[selection]
+        if self.contiguous and isinstance(selection, slice) and len(ids):
+            rows = slice(int(ids[0]), int(ids[-1]) + 1)
+        else:
+            rows = jnp.asarray(ids)
+        block = self.matrix[:, rows].T if self.transposed else self.matrix[rows]
+        return np.asarray(block, np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = self[:]
+        return full if dtype is None else full.astype(dtype)
+
+
+def _iter_chunks(x, size: int, mesh: Mesh | None):
     """`[1, size, ...]` device chunks of `x`, one at a time: only a chunk is ever copied, so the
     readout's memory is the dictionary plus chunk buffers, whatever the number of features."""
-    n = x.shape[0]
+    n = len(x)
     size = _chunk_size(size, n, mesh)
     for start in range(0, n, size):
         chunk = np.asarray(x[start : start + size], np.float32)
@@ -98,7 +123,7 @@ def _iter_chunks(x: np.ndarray, size: int, mesh: Mesh | None):
         yield _place(chunk[None], mesh), min(size, n - start)
 
 
-def _run_chunks(fn, x: np.ndarray, size: int, mesh: Mesh | None) -> list:
+def _run_chunks(fn, x: "np.ndarray | FeatureRows", size: int, mesh: Mesh | None) -> list:
     """`fn(chunk)` for every chunk, fetched to the host as it finishes. At most two chunks are
     in flight: without this, asynchronous dispatch would queue every chunk's input at once."""
     results, pending = [], None
@@ -164,6 +189,6 @@ class ReadoutContext:
         return result
 
 
-def _host(vectors) -> np.ndarray:
-    """Vectors as a host array without copying where possible (a view of the dictionary)."""
-    return sharding.to_host(vectors)
+def _host(vectors):
+    """Vectors as something sliceable on the host: `FeatureRows` as they are (read per chunk)."""
+    return vectors if isinstance(vectors, FeatureRows) else sharding.to_host(vectors)
