@@ -251,6 +251,36 @@ def matmul_peak(n: int = 4096, repeats: int = 3, dtype: str = "float32") -> dict
     }
 
 
+def _operators_identity(hf_overrides: dict, seed: int, tokens, mask) -> dict:
+    """What saved benchmark operators depend on: the model config and seed, and the sample."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256(np.ascontiguousarray(tokens).tobytes() + np.ascontiguousarray(mask).tobytes()).hexdigest()
+    return {"hf": dict(sorted(hf_overrides.items())), "seed": seed, "sample_sha256": digest, "shape": list(tokens.shape)}
+
+
+def save_benchmark_operators(operators, directory, cfg: dict, tokens, mask) -> None:
+    """Save dense operators with what they were computed from (`load_benchmark_operators` checks it)."""
+    from qlens_jax.lens import save_operators
+
+    save_operators(operators, directory)
+    identity = _operators_identity(cfg["hf"], cfg["seed"], tokens, mask)
+    (Path(directory) / "benchmark.json").write_text(json.dumps(identity, indent=1))
+
+
+def load_benchmark_operators(directory, hf_overrides: dict, seed: int, tokens, mask):
+    """Operators saved by `save_benchmark_operators`, refused if model or sample differ."""
+    from qlens_jax.lens import load_operators
+
+    stored = json.loads((Path(directory) / "benchmark.json").read_text())
+    wanted = _operators_identity(hf_overrides, seed, tokens, mask)
+    if stored != wanted:
+        raise SystemExit(f"--operators {directory}: computed for {stored}, not for this run's {wanted}")
+    return load_operators(directory)
+
+
 # ---------------------------------------------------------------------------------------------
 # Models, dictionaries, token samples
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ def main(argv=None) -> dict:
                         "feature-count-dependent buffers: the readout FLOPs scale with the vocabulary)")
     parser.add_argument("--synthetic-operators", action="store_true",
                         help="skip the sweeps and use identity operators (readout-only timing and memory check)")
+    parser.add_argument("--operators", metavar="DIR",
+                        help="dense operators saved by `benchmarks.throughput --save-operators DIR` for the same model, "
+                             "seed and token sample (their sweep times are read from that run's JSON)")
     parser.add_argument("--memory-budget-gb", type=float, default=8.0, help="the kernel's memory budget (GiB)")
     parser.add_argument("--feature-chunk", type=int, help="override the readout's feature chunk")
     parser.add_argument("--seed", type=int, default=0)
@@ -126,7 +129,13 @@ def main(argv=None) -> dict:
 
     sides = {"query_lens_value": "value", "query_lens_key": "key"}
     sweeps = {}
-    if args.synthetic_operators:
+    if args.operators:
+        loaded = common.load_benchmark_operators(args.operators, size["hf"] | ({"vocab_size": args.vocab} if args.vocab else {}),
+                                                 args.seed, tokens, mask)
+        sweeps = {"value": loaded, "key": loaded}
+        out["sweeps"] = {"note": f"operators loaded from {args.operators} (computed by benchmarks.throughput on the same "
+                                 "model, seed and token sample; its JSON has the sweep times, for all 12 layers)"}
+    elif args.synthetic_operators:
         import jax.numpy as jnp
 
         from qlens_jax.lens.points import n_key_points, n_points
@@ -137,7 +146,7 @@ def main(argv=None) -> dict:
                                   first_order=None, first_order_all=None, n_tokens=int(mask.sum()))
         sweeps = {"value": fake, "key": fake}
         out["sweeps"] = {"note": "synthetic identity operators: sweeps skipped (readout-only run)"}
-    for lens in ([] if args.synthetic_operators else args.lenses):
+    for lens in ([] if sweeps else args.lenses):
         side = sides[lens]
         with RssSampler() as rss:
             ops, seconds = common.timed(
@@ -193,6 +202,12 @@ def main(argv=None) -> dict:
     out["self_check"] = {"features": picks.tolist(), "passed": None if args.synthetic_operators else True, "rows_equal_full_run": bool(same), "seconds": round(seconds, 2)}
     common.log("self-check", out["self_check"])
 
+    peak = common.matmul_peak()
+    out["matmul_peak"] = peak
+    for record in out["readouts"].values():
+        record["fraction_of_matmul_peak"] = round(record["achieved_flops_per_s"] / peak["flops_per_s"], 3)
+    common.log(f"matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s; readout fractions "
+               f"{[r['fraction_of_matmul_peak'] for r in out['readouts'].values()]}")
     total = sum(s["seconds"] for s in out["sweeps"].values() if isinstance(s, dict)) + sum(r["seconds"] for r in out["readouts"].values())
     out["total_seconds"] = round(total, 2)
     out["peak"] = common.peak_memory()

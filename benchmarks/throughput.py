@@ -118,6 +118,9 @@ def run_dense(cfg: dict) -> dict:
     )
     rss_operators = common.current_rss_gb()
     out["rss_after_sweeps_gb"] = round(rss_operators, 3)
+    if cfg.get("save_operators"):
+        common.save_benchmark_operators(operators, cfg["save_operators"], cfg, tokens, mask)
+        common.log(f"dense: operators saved to {cfg['save_operators']}")
     for layer in cfg["layers"]:
         dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
@@ -210,8 +213,12 @@ def check_agreement(cfg, reference, dense, per_feature) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def summarize(cfg, n_layers, reference, dense, per_feature) -> dict:
+def summarize(cfg, model_config, reference, dense, per_feature, peak: float | None) -> dict:
+    """Per lens and layer speeds and ratios; the whole-dictionary job; readout FLOP/s against
+    `peak` (the matmul FLOP/s measured in this run; readout FLOPs = 2 x features x d x vocab,
+    the time includes the first readout's compilation)."""
     n = cfg["features"]
+    n_layers, d_model, vocab = model_config.n_layer, model_config.n_embd, model_config.vocab_size
     layers = list(cfg["layers"])
     all_layers = np.arange(n_layers)
     per_lens = {}
@@ -229,6 +236,7 @@ def summarize(cfg, n_layers, reference, dense, per_feature) -> dict:
             ref_per_layer.append(ref_s)
             readout_per_layer.append(readout)
             dense_single = sweep + readout
+            readout_flops = 2 * n * d_model * vocab
             rows.append({
                 "layer": layer,
                 "reference_s_per_feature": ref_s,
@@ -238,6 +246,8 @@ def summarize(cfg, n_layers, reference, dense, per_feature) -> dict:
                 "dense_features_per_s": n / dense_single,
                 "dense_vs_reference": (n / dense_single) * ref_s,
                 "dense_readout_only_features_per_s": n / readout,
+                "dense_readout_flops_per_s": readout_flops / readout,
+                "dense_readout_fraction_of_matmul_peak": readout_flops / readout / peak if peak else None,
                 "per_feature_seconds": pf["seconds"],
                 "per_feature_features_per_s": pf["n_features"] / pf["seconds"],
                 "per_feature_vs_reference": (pf["n_features"] / pf["seconds"]) * ref_s,
@@ -251,6 +261,7 @@ def summarize(cfg, n_layers, reference, dense, per_feature) -> dict:
     whole_dense = sweeps_total + whole_dense_readouts
     return {
         "per_lens": per_lens,
+        "matmul_peak_flops_per_s": peak,
         "whole_dictionary": {
             "job": f"{n} features at each of {n_layers} layers, lenses {list(cfg['lenses'])}, {cfg['tokens']} tokens",
             "qlens_dense_seconds": whole_dense,
@@ -272,15 +283,19 @@ def print_report(summary, agreement, info):
           f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches")
     print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
           f"load {info['loadavg_at_start']} at start")
-    header = f"{'lens':18} {'layer':>5} {'ref feat/s':>11} {'dense feat/s':>13} {'dense/ref':>10} {'readout feat/s':>15} {'per-feat feat/s':>16} {'pf/ref':>7}"
+    header = (f"{'lens':18} {'layer':>5} {'ref feat/s':>11} {'dense feat/s':>13} {'dense/ref':>10} {'readout feat/s':>15} "
+              f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/ref':>7}")
     print(header)
     for lens, entry in summary["per_lens"].items():
         for r in entry["layers"]:
             print(f"{lens:18} {r['layer']:>5} {r['reference_features_per_s']:>11.3g} {r['dense_features_per_s']:>13.4g} "
                   f"{r['dense_vs_reference']:>9.0f}x {r['dense_readout_only_features_per_s']:>15.4g} "
+                  f"{r['dense_readout_fraction_of_matmul_peak'] or float('nan'):>12.0%} "
                   f"{r['per_feature_features_per_s']:>16.3g} {r['per_feature_vs_reference']:>6.1f}x")
         print(f"{'':18} sweep (once, all layers): {entry['sweep_seconds']:.1f} s")
     w = summary["whole_dictionary"]
+    if summary.get("matmul_peak_flops_per_s"):
+        print(f"matmul peak measured in this run: {summary['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s (float32 4096^3)")
     print()
     print(f"whole dictionary: {w['job']}")
     print(f"  qlens-jax dense: {common.fmt_seconds(w['qlens_dense_seconds'])} "
@@ -304,13 +319,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput-<size>-<device>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--save-operators", metavar="DIR",
+                        help="save the dense path's operators here (reused by `benchmarks.million --operators DIR`)")
     args = parser.parse_args(argv)
 
     size = SIZES[args.size]
     cfg = dict(
         hf=size["hf"], seed=args.seed, features=args.features or size["features"],
         layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
-        lenses=tuple(args.lenses), budget=args.memory_budget_gb, quiet=args.quiet,
+        lenses=tuple(args.lenses), budget=args.memory_budget_gb, quiet=args.quiet, save_operators=args.save_operators,
     )
     cfg["picks"] = common.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
     cfg["tokens"] = cfg["batch"] * cfg["seq"]
@@ -318,16 +335,20 @@ def main(argv=None) -> int:
     common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
                f"reference features {cfg['picks']}; load {common.loadavg()}")
 
+    peak_start = common.run_isolated(common.matmul_peak)
+    common.log(f"matmul peak {peak_start['flops_per_s'] / 1e9:.1f} GFLOP/s")
     reference = common.run_isolated(run_reference, cfg=cfg)
     common.log(f"reference done (peak RSS {reference['peak_rss_gb']} GiB)")
     per_feature = common.run_isolated(run_per_feature, cfg=cfg)
     common.log(f"per-feature done (peak RSS {per_feature['peak_rss_gb']} GiB)")
     dense = common.run_isolated(run_dense, cfg=cfg)
     common.log(f"dense done (peak RSS {dense['peak_rss_gb']} GiB)")
+    peak_end = common.run_isolated(common.matmul_peak)
+    peak = max(peak_start["flops_per_s"], peak_end["flops_per_s"])
 
     import transformers
 
-    n_layers = transformers.GPT2Config(**cfg["hf"]).n_layer
+    model_config = transformers.GPT2Config(**cfg["hf"])
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
         "benchmark": "throughput", "size": args.size, "machine": info,
@@ -335,6 +356,7 @@ def main(argv=None) -> int:
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
                       for name, r in (("reference", reference), ("dense", dense), ("per_feature", per_feature))},
+        "matmul_peak": {"start": peak_start, "end": peak_end},
         "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
         "loadavg_at_end": common.loadavg(),
     }
@@ -345,7 +367,7 @@ def main(argv=None) -> int:
         for m in agreement["mismatches"][:10]:
             print(m)
         return 1
-    out["summary"] = summarize(cfg, n_layers, reference, dense, per_feature)
+    out["summary"] = summarize(cfg, model_config, reference, dense, per_feature, peak)
     common.write_json(path, out)
     print_report(out["summary"], agreement, info)
     print(f"peak memory (GiB, RSS of each contestant's process; setup = after model load): {out['memory_gb']}")
