@@ -13,7 +13,9 @@ over all features with those operators (`self_check=False`), then a separate sma
 top-k rows must equal the big call's rows for the same features. Peak memory is this
 process's maximum RSS, sampled per phase; the budget (`--memory-budget-gb`) drives the
 kernel's chunk sizes. The dictionary itself (2 x n_features x d_model float32, 6 GiB at 2^20)
-is an input and is reported separately.
+is an input and is reported separately: it is built on the device in place and complete before
+`rss_after_dictionary_gb` is read (`common.synthetic_dictionary`), so no part of its
+construction lands in a readout's `peak_rss_above_dictionary_gb`.
 
 Results: `benchmarks/results/million-<size>-<device>.json`.
 """

@@ -123,26 +123,36 @@ def _iter_chunks(x, size: int, mesh: Mesh | None):
         yield _place(chunk[None], mesh), min(size, n - start)
 
 
-def _run_chunks(fn, x: "np.ndarray | FeatureRows", size: int, mesh: Mesh | None) -> list:
-    """`fn(chunk)` for every chunk, fetched to the host as it finishes. At most two chunks are
-    in flight: without this, asynchronous dispatch would queue every chunk's input at once."""
-    results, pending = [], None
+def _run_chunks(fn, x: "np.ndarray | FeatureRows", size: int, mesh: Mesh | None):
+    """`fn(chunk)` for every chunk, as host arrays with one row per row of `x` (the tree of
+    `fn`'s outputs). At most two chunks are in flight: without this, asynchronous dispatch
+    would queue every chunk's input at once. Each chunk's results are copied into the output
+    as they arrive, so they are held once (not as pieces and then their concatenation)."""
+    out, pending = _Rows(len(x)), None
     for chunk, count in _iter_chunks(x, size, mesh):
         current = (fn(chunk), count)
         if pending is not None:
-            results.append(_fetch(*pending))
+            out.append(*pending)
         pending = current
     if pending is not None:
-        results.append(_fetch(*pending))
-    return results
+        out.append(*pending)
+    return out.tree
 
 
-def _fetch(tree, count: int):
-    return jax.tree.map(lambda a: sharding.to_host(a)[0][:count], tree)
+class _Rows:
+    """Host arrays of `n` rows filled in order from chunk results (allocated on the first)."""
 
+    def __init__(self, n: int):
+        self.n, self.filled, self.tree = n, 0, None
 
-def _concat(results: list, pick) -> np.ndarray:
-    return np.concatenate([pick(r) for r in results])
+    def append(self, tree, count: int) -> None:
+        """Fetch a finished chunk's `[1, size, ...]` results and store their first `count` rows."""
+        host = jax.tree.map(lambda a: sharding.to_host(a)[0][:count], tree)
+        if self.tree is None:
+            self.tree = jax.tree.map(lambda a: np.empty((self.n, *a.shape[1:]), a.dtype), host)
+        for out, rows in zip(jax.tree.leaves(self.tree), jax.tree.leaves(host)):
+            out[self.filled : self.filled + count] = rows
+        self.filled += count
 
 
 @dataclass
@@ -172,8 +182,7 @@ class ReadoutContext:
         """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout."""
         score_fn = self.score_fn(side, op, logit_lens)
         fn = lambda chunk: _readout(score_fn, chunk, self.k, self.row_sharding)
-        results = _run_chunks(fn, _host(vectors), self.feature_chunk, self.mesh)
-        return {field: _concat(results, lambda r, i=i: r[i]) for i, field in enumerate(TopK._fields)}
+        return dict(zip(TopK._fields, _run_chunks(fn, _host(vectors), self.feature_chunk, self.mesh)))
 
     def read_first_order(self, side: str, vectors, terms_op) -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
@@ -181,12 +190,10 @@ class ReadoutContext:
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))
         score_fn = self.score_fn(side)
         fn = lambda chunk: _readout_first_order(score_fn, terms_op, chunk, self.k, self.row_sharding)
-        results = _run_chunks(fn, _host(vectors), size, self.mesh)
-        result = {field: _concat(results, lambda r, i=i: r[0][i]) for i, field in enumerate(TopK._fields)}
-        for i, field in enumerate(TopK._fields):
-            result["layer_" + field] = _concat(results, lambda r, i=i: r[1][i])
-        result["layer_energy"] = _concat(results, lambda r: r[2])
-        return result
+        total, per_term, energy = _run_chunks(fn, _host(vectors), size, self.mesh)
+        result = dict(zip(TopK._fields, total))
+        result.update({"layer_" + field: value for field, value in zip(TopK._fields, per_term)})
+        return result | {"layer_energy": energy}
 
 
 def _host(vectors):
