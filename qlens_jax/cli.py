@@ -122,6 +122,16 @@ def _signatures(parser: argparse.ArgumentParser) -> Runner:
     how.add_argument("--remove-final-norm-bias", action="store_true", help="value readouts without the final LayerNorm's bias")
     how.add_argument("--first-order-key-mask-seed", action="store_true", help="mask the first-order key seed at pads (the reference does not)")
     how.add_argument("--exact-norm-jacobian", action="store_true", help="transcoder keys include the MLP norm's Jacobian")
+    scale = parser.add_argument_group("several devices and hosts")
+    scale.add_argument("--mesh", metavar="DATA,FEATURE",
+                       help="device mesh: devices splitting the token sample (data) and the sweeps' basis vectors "
+                            "(feature); readouts split features over all of them (default: every device on data)")
+    scale.add_argument("--distributed", action="store_true",
+                       help="join the other processes of a multi-host job (jax.distributed; Cloud TPU, SLURM, Open MPI "
+                            "and Kubernetes are read from the environment): all compute, process 0 alone writes DIR")
+    scale.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address (default: from the environment)")
+    scale.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: number of processes (default: from the environment)")
+    scale.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0..N-1 (default: from the environment)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (the one-line summary stays)")
 
     def run(args, argv):

@@ -95,8 +95,8 @@ def parse_features(text: str | None):
     return parse_ranges(text, "--features")
 
 
-def check_options(args) -> None:
-    """Checks that need no file contents."""
+def check_options(args, writes_output: bool = True) -> None:
+    """Checks that need no file contents (`writes_output`: this process writes --out)."""
     args.lenses = parse_lenses(args.lenses) if isinstance(args.lenses, str) else args.lenses
     sizes = (("--k", args.k), ("--num-samples", args.num_samples), ("--max-length", args.max_length),
              ("--shard-size", args.shard_size), ("--corpus-max-tokens", args.corpus_max_tokens))
@@ -119,7 +119,39 @@ def check_options(args) -> None:
         _check_source("--tokenizer", args.tokenizer)
     for source in args.dictionary:
         _check_source("--dictionary", source)
-    check_writable(Path(args.out))
+    if args.mesh is not None:
+        parse_mesh(args.mesh)
+    if not args.distributed:
+        for option, value in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+            if value is not None:
+                raise InputError(f"{option} {value}: only used with --distributed")
+    if writes_output:
+        check_writable(Path(args.out))
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+    """`"4,2"` -> (4, 2): devices on the mesh's `data` and `feature` axes."""
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise InputError(f"--mesh {text!r}: expected DATA,FEATURE device counts, e.g. 8,1 or 4,2")
+    return int(parts[0]), int(parts[1])
+
+
+def job_mesh(args, model):
+    """The device mesh of the job: --mesh, else every device on `data`; None on one device."""
+    import jax
+
+    from qlens_jax import sharding
+
+    if args.mesh is None:
+        return sharding.make_mesh() if jax.device_count() > 1 else None
+    data, feature = parse_mesh(args.mesh)
+    if data * feature != jax.device_count():
+        raise InputError(f"--mesh {args.mesh}: needs {data * feature} devices; this job has {jax.device_count()} "
+                         f"({jax.process_count()} process(es) x {jax.local_device_count()} local)")
+    if model.config.d_model % feature:
+        raise InputError(f"--mesh {args.mesh}: the feature axis ({feature}) must divide d_model ({model.config.d_model})")
+    return sharding.make_mesh((data, feature))
 
 
 def _check_source(option: str, source: str) -> None:
@@ -273,9 +305,10 @@ def _sample(args, tokenizer, model, model_dir: Path, quiet: bool):
     return tokens, mask, description
 
 
-def prepare(args, quiet: bool) -> Inputs:
-    """Check options, load everything, draw the sample; `InputError` on any bad input."""
-    check_options(args)
+def prepare(args, quiet: bool, writes_output: bool = True) -> Inputs:
+    """Check options, load everything, draw the sample; `InputError` on any bad input.
+    (`writes_output=False`: a process of a multi-process job that leaves --out to process 0.)"""
+    check_options(args, writes_output)
     features_spec = parse_features(args.features)
     model, model_dir, tokenizer = _load_model(args)
     dictionaries = _load_dictionaries(args, model)

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import jax
 import numpy as np
 
+from qlens_jax import distributed
 from qlens_jax.io import hashing
 from qlens_jax.io.atomic import publish, temporary_path
 from qlens_jax.io.parquet import assemble, signature_rows, write_table
@@ -127,20 +129,35 @@ def _plan(args, inputs: Inputs, model) -> dict:
     }
 
 
-def _operators(run: RunDir, model, inputs: Inputs, lenses, plan: dict, quiet: bool):
-    """The dense operators this run's lenses need: loaded from DIR, or computed and saved."""
-    from qlens_jax.lens import ChunkPlan, load_operators, save_operators, transport_operators
+def _operators(run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, mesh, quiet: bool):
+    """The dense operators this run's lenses need: loaded from DIR, or computed and saved.
+
+    In a multi-process job every process takes part in computing them; process 0 (the only
+    one with `run`) saves them, or loads them and broadcasts them to the others.
+    """
+    from qlens_jax import sharding
+    from qlens_jax.lens import ChunkPlan, TransportOperators, load_operators, save_operators, transport_operators
 
     sweeps = tuple(sorted({SWEEP_OF_LENS[lens] for lens in lenses if lens in SWEEP_OF_LENS}))
     if plan["path"] != "dense" or not sweeps:
         return None
-    if run.operators.exists():
-        return load_operators(run.operators)
+    fields = ("value", "key", "first_order", "first_order_all")
+    if distributed.share(run.operators.exists() if run else None):
+        operators = load_operators(run.operators) if run else None
+        if not distributed.is_multiprocess():
+            return operators
+        n_tokens = distributed.share(operators.n_tokens if run else None)
+        host = {f: np.asarray(getattr(operators, f)) for f in fields if getattr(operators, f) is not None} if run else None
+        host = distributed.share_arrays(host)
+        return TransportOperators(**{f: host.get(f) for f in fields}, n_tokens=n_tokens)
     chunk_plan = ChunkPlan(plan["sequences_per_chunk"], plan["tangent_chunk"])
-    operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, quiet=quiet)
-    temporary = temporary_path(run.operators)
-    save_operators(operators, temporary)
-    publish(temporary, run.operators)
+    operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, mesh=mesh, quiet=quiet)
+    # Gathering to the host is a collective: every process, before process 0 saves alone.
+    host = jax.tree.map(sharding.to_host, operators) if distributed.is_multiprocess() else operators
+    if run:
+        temporary = temporary_path(run.operators)
+        save_operators(host, temporary)
+        publish(temporary, run.operators)
     return operators
 
 
@@ -150,7 +167,7 @@ def _slow_shards():
     return (lambda: time.sleep(float(seconds))) if seconds else None
 
 
-def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, shard: Shard, self_check: bool):
+def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, mesh, shard: Shard, self_check: bool):
     from qlens_jax.lens import query_lens
 
     width = plan["shard_width"]
@@ -161,7 +178,7 @@ def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, shard: Sh
         model, [dictionary], inputs.tokens, inputs.mask, lenses=(shard.lens,), features=padded, k=args.k,
         dtype=args.dtype, path=plan["path"], stats=args.stats, self_check=self_check,
         remove_final_norm_bias=args.remove_final_norm_bias, first_order_key_mask_seed=args.first_order_key_mask_seed,
-        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators,
+        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators, mesh=mesh,
         memory_budget_gb=plan["memory_budget_gb"], sequences_per_chunk=plan["sequences_per_chunk"],
         tangent_chunk=plan["tangent_chunk"], feature_chunk=plan["feature_chunk"], quiet=True,
     )
@@ -176,34 +193,73 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02.0f}s" if hours else (f"{minutes}m{seconds:02.0f}s" if minutes else f"{seconds:.1f}s")
 
 
-def run_signatures(args, argv) -> int:
-    """The whole job; returns the exit code (0). Bad inputs raise `InputError` before any work."""
+def _start_session(run: RunDir, shards: list[Shard], inputs: Inputs, mesh) -> dict:
+    """Process 0: record this session, save the sample; what every process needs to know."""
     from qlens_jax.corpus import save_token_sample
+
+    session = run.manifest["sessions"][-1]
+    remaining = [s.name for s in shards if not run.shard_path(s.name).exists()]
+    session.update(resumed=run.resumed, shards_done_at_start=len(shards) - len(remaining), shards=len(shards),
+                   processes=jax.process_count(), devices=jax.device_count(),
+                   mesh=dict(mesh.shape) if mesh is not None else {"data": 1, "feature": 1})
+    finished = not remaining and run.manifest.get("status") == "complete" and run.signatures.exists()
+    if not finished:  # a finished run stays "complete" for readers (export, view) while restarted
+        run.manifest["status"] = "running"
+        run.save()
+    if not run.sample.exists():
+        temporary = temporary_path(run.sample)
+        save_token_sample(temporary, inputs.tokens, inputs.mask)
+        publish(temporary, run.sample)
+    return {"plan": run.manifest["plan"], "remaining": remaining, "finished": finished}
+
+
+def _finish(run: RunDir, shards: list[Shard], finished: bool, timings: dict, start: float) -> int:
+    """Process 0: assemble `signatures.parquet` from the shards; mark the run complete."""
+    t = time.perf_counter()
+    if finished:
+        n_rows = run.manifest["outputs"]["signatures.parquet"]["rows"]
+    else:
+        n_rows = assemble([run.shard_path(s.name) for s in shards], run.signatures)
+    timings["assemble"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    run.manifest["sessions"][-1].update(finished=_now(), timings={k: round(v, 3) for k, v in timings.items()})
+    run.manifest["status"] = "complete"
+    if not finished:
+        run.manifest["outputs"] = {"signatures.parquet": {"rows": n_rows, "sha256": hashing.path_hash(run.signatures)}}
+    run.save()
+    return n_rows
+
+
+def run_signatures(args, argv) -> int:
+    """The whole job; returns the exit code (0). Bad inputs raise `InputError` before any work.
+
+    With `--distributed` every process runs this function: all of them load the inputs and
+    compute every shard together over a mesh of all devices; process 0 alone opens DIR
+    (run.json, lock, shards, operators, signatures.parquet) and tells the others what is left.
+    """
+    from qlens_jax.job.inputs import job_mesh
     from qlens_jax.lens import cast_model
 
-    quiet = args.quiet
+    if args.distributed:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    writer = distributed.is_writer()
+    quiet = args.quiet or not writer
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    inputs = prepare(args, quiet)
+    inputs = distributed.checked(lambda: prepare(args, quiet, writes_output=writer))
     timings["inputs"] = time.perf_counter() - start
     model = cast_model(inputs.model, args.dtype) if args.dtype != "float32" else inputs.model
-    with RunDir.open(args.out, _manifest(args, argv, inputs, _plan(args, inputs, model))) as run:
-        plan, session = run.manifest["plan"], run.manifest["sessions"][-1]
-        shards = shard_plan(args.lenses, inputs.features, args.shard_size)
-        remaining = [s for s in shards if not run.shard_path(s.name).exists()]
-        remaining_names = {s.name for s in remaining}
-        session.update(resumed=run.resumed, shards_done_at_start=len(shards) - len(remaining), shards=len(shards))
-        finished = not remaining and run.manifest.get("status") == "complete" and run.signatures.exists()
-        if not finished:  # a finished run stays "complete" for readers (export, view) while restarted
-            run.manifest["status"] = "running"
-            run.save()
-        if not run.sample.exists():
-            temporary = temporary_path(run.sample)
-            save_token_sample(temporary, inputs.tokens, inputs.mask)
-            publish(temporary, run.sample)
+    mesh = distributed.checked(lambda: job_mesh(args, model))
+    shards = shard_plan(args.lenses, inputs.features, args.shard_size)
+    run = distributed.checked(
+        lambda: RunDir.open(args.out, _manifest(args, argv, inputs, _plan(args, inputs, model))) if writer else None
+    )
+    try:
+        state = distributed.share(_start_session(run, shards, inputs, mesh) if run else None)
+        plan, todo = state["plan"], set(state["remaining"])
 
         t = time.perf_counter()
-        operators = _operators(run, model, inputs, {s.lens for s in remaining}, plan, quiet) if remaining else None
+        operators = _operators(run, model, inputs, {s.lens for s in shards if s.name in todo}, plan, mesh, quiet) if todo else None
         timings["operators"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -212,34 +268,31 @@ def run_signatures(args, argv) -> int:
         for shard in shards:
             groups.setdefault((shard.lens, shard.dictionary_index), []).append(shard)
         for (lens, index), group in groups.items():
-            todo = [s for s in group if s.name in remaining_names]
-            if not todo:
+            left = [s for s in group if s.name in todo]
+            if not left:
                 continue
             dictionary = inputs.dictionaries[index]
             desc = f"readout {lens} L{dictionary.layer} {dictionary.name}"
-            for shard in progress(todo, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(todo)):
-                rows = _compute_shard(args, inputs, model, operators, plan, shard, self_check=args.self_check and shard.chunk == 0)
-                write_table(run.shard_path(shard.name), rows, before_publish)
+            for shard in progress(left, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(left)):
+                self_check = args.self_check and shard.chunk == 0
+                rows = _compute_shard(args, inputs, model, operators, plan, mesh, shard, self_check)
+                if run:
+                    write_table(run.shard_path(shard.name), rows, before_publish)
         timings["readout"] = time.perf_counter() - t
+        n_rows = _finish(run, shards, state["finished"], timings, start) if run else None
+    finally:
+        if run:
+            run.close()
+    if not writer:
+        return 0
 
-        t = time.perf_counter()
-        if finished:
-            n_rows = run.manifest["outputs"]["signatures.parquet"]["rows"]
-        else:
-            n_rows = assemble([run.shard_path(s.name) for s in shards], run.signatures)
-        timings["assemble"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - start
-        session.update(finished=_now(), timings={k: round(v, 3) for k, v in timings.items()})
-        run.manifest["status"] = "complete"
-        if not finished:
-            run.manifest["outputs"] = {"signatures.parquet": {"rows": n_rows, "sha256": hashing.path_hash(run.signatures)}}
-        run.save()
-
+    session = run.manifest["sessions"][-1]
     n_features = sum(len(ids) for ids in inputs.features)
     resumed = f"; resumed with {session['shards_done_at_start']}/{len(shards)} shards done" if run.resumed else ""
+    processes = f" on {jax.process_count()} processes" if distributed.is_multiprocess() else ""
     print(
         f"qlens: {n_rows} signatures ({n_features} features x {len(args.lenses)} lenses, "
-        f"{len(inputs.dictionaries)} dictionaries) -> {run.signatures} in {_duration(timings['total'])} "
+        f"{len(inputs.dictionaries)} dictionaries) -> {run.signatures} in {_duration(timings['total'])}{processes} "
         f"(inputs {_duration(timings['inputs'])}, operators {_duration(timings['operators'])}, "
         f"readout {_duration(timings['readout'])}){resumed}",
         file=sys.stdout,

@@ -153,7 +153,10 @@ def transport_operators(
     n_tokens = int(mask.sum())
     model = sharding.replicate(model, mesh)
     basis = sharding.put(np.arange(d), mesh, "basis")
-    group = plan.sequences_per_chunk * n_data  # sequences per step, one chunk per data device
+    # Sequences per step, one chunk per data device; never more than the sample fills, so
+    # that data devices do not linearize padding rows.
+    per_device = min(plan.sequences_per_chunk, -(-tokens.shape[0] // n_data))
+    group = per_device * n_data
     totals: dict[str, list] = {}
     for name in SWEEPS:
         if name not in sweeps:
@@ -177,8 +180,18 @@ def transport_operators(
     )
 
 
+def _this_process_only():
+    """Orbax options for a checkpoint written and read by this process alone (in a multi-process
+    job only process 0 keeps the run folder; the others must not wait for it in a barrier)."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def save_operators(operators: TransportOperators, directory: str | Path) -> Path:
-    """Save operators with Orbax (the directory must not exist yet)."""
+    """Save operators with Orbax (the directory must not exist yet), from this process alone;
+    the arrays must be addressable here (`sharding.to_host` them first in a multi-process job)."""
     import json
 
     import orbax.checkpoint as ocp
@@ -188,7 +201,8 @@ def save_operators(operators: TransportOperators, directory: str | Path) -> Path
         raise FileExistsError(f"{directory} exists and is not empty; choose a new directory")
     arrays = {k: getattr(operators, k) for k in ("value", "key", "first_order", "first_order_all")}
     arrays = {k: v for k, v in arrays.items() if v is not None}
-    with ocp.StandardCheckpointer() as checkpointer:
+    arrays = {k: sharding.to_host(v) for k, v in arrays.items()}
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         checkpointer.save(directory / "arrays", arrays)
     (directory / "operators.json").write_text(json.dumps({"n_tokens": operators.n_tokens, "arrays": sorted(arrays)}))
     return directory
@@ -204,7 +218,7 @@ def load_operators(directory: str | Path) -> TransportOperators:
     if not meta_path.exists():
         raise FileNotFoundError(f"{directory} holds no saved transport operators (no operators.json)")
     meta = json.loads(meta_path.read_text())
-    with ocp.StandardCheckpointer() as checkpointer:
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         arrays = checkpointer.restore(directory / "arrays")
     get = lambda k: jnp.asarray(arrays[k]) if k in arrays else None
     return TransportOperators(get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"])

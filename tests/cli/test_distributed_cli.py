@@ -1,0 +1,124 @@
+"""`qlens signatures --distributed`: two local processes joined by jax.distributed (CPU,
+localhost) write the same signatures.parquet as one process, only process 0 touches --out,
+a run resumes with another number of processes, and bad input on one process stops both."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from world import base_args
+
+from qlens_jax.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+# Dense path, both Query Lens sides, three shards per dictionary and lens; self-check on
+# (the per-feature transport runs over the two-process mesh too).
+EXTRA = ("--lenses", "query_lens_value,query_lens_key", "--path", "dense", "--shard-size", "16")
+TIMEOUT = 400
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args_of_process: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Run one `qlens` process per argument list, joined as one distributed job."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    n = len(args_of_process)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "qlens_jax.cli", *args, "--distributed", "--coordinator", f"127.0.0.1:{port}",
+             "--num-processes", str(n), "--process-id", str(i)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i, args in enumerate(args_of_process)
+    ]
+    done = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=TIMEOUT)
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return done
+
+
+def _assert_same_signatures(got: Path, want: Path) -> None:
+    got, want = pq.read_table(got).to_pydict(), pq.read_table(want).to_pydict()
+    assert sorted(got) == sorted(want)
+    for column in want:
+        if "score" in column or column in ("relative_variance",):
+            np.testing.assert_allclose(np.asarray(got[column], float), np.asarray(want[column], float), rtol=1e-5, atol=1e-6)
+        else:
+            assert got[column] == want[column], column
+
+
+@pytest.fixture(scope="module")
+def single(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(base_args(world, out, *EXTRA)) == 0
+    return out
+
+
+def test_two_processes_write_what_one_writes(world, single, tmp_path):
+    out, elsewhere = tmp_path / "run", tmp_path / "process-1-out"
+    results = _launch([base_args(world, out, *EXTRA), base_args(world, elsewhere, *EXTRA)])
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_signatures(out / "signatures.parquet", single / "signatures.parquet")
+    assert not elsewhere.exists(), "only process 0 may touch the output folder"
+    assert "qlens: 240 signatures" in results[0].stdout and "on 2 processes" in results[0].stdout
+    assert "qlens:" not in results[1].stdout  # the summary line comes from process 0 only
+    run = json.loads((out / "run.json").read_text())
+    session = run["sessions"][-1]
+    assert run["status"] == "complete" and session["processes"] == 2 and session["devices"] == 2
+    assert session["mesh"] == {"data": 2, "feature": 1}
+    assert (out / "operators" / "operators.json").is_file()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(p.name for p in (single / "shards").iterdir())
+
+
+def test_one_process_run_resumes_on_two(world, single, tmp_path):
+    """A run stopped with some shards done (and its operators saved) continues on two
+    processes: process 0 loads the operators and tells process 1 which shards are left."""
+    out = tmp_path / "run"
+    shutil.copytree(single, out)
+    (out / "signatures.parquet").unlink()
+    shards = sorted((out / "shards").iterdir())
+    for shard in shards[::2]:
+        shard.unlink()
+    run = json.loads((out / "run.json").read_text())
+    run["status"] = "running"
+    (out / "run.json").write_text(json.dumps(run))
+
+    results = _launch([base_args(world, out, *EXTRA)] * 2)
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_signatures(out / "signatures.parquet", single / "signatures.parquet")
+    session = json.loads((out / "run.json").read_text())["sessions"][-1]
+    assert session["resumed"] and session["processes"] == 2
+    assert session["shards_done_at_start"] == len(shards) - len(shards[::2])
+    for shard in shards[1::2]:  # shards done before are kept as they were
+        assert shard.read_bytes() == (single / "shards" / shard.name).read_bytes()
+
+
+def test_bad_input_on_one_process_stops_both(world, tmp_path):
+    out = tmp_path / "run"
+    good = base_args(world, out, *EXTRA)
+    bad = [str(tmp_path / "missing-sae") if a == str(world.dictionaries[0]) else a for a in good]
+    results = _launch([good, bad])
+    assert [r.returncode for r in results] == [2, 2], [r.stderr[-2000:] for r in results]
+    assert "missing-sae" in results[1].stderr and "Traceback" not in results[1].stderr
+    assert "process 1 stopped on bad input" in results[0].stderr and "Traceback" not in results[0].stderr
+    assert not (out / "run.json").exists()
