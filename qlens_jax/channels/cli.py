@@ -107,14 +107,14 @@ def run_channels(args: argparse.Namespace, argv: list | None = None) -> int:
     from qlens_jax.channels.report import write_outputs
     from qlens_jax.corpus import save_token_sample
     from qlens_jax.errors import InputError
-    from qlens_jax.job.inputs import _load_dictionaries, _load_model, _sample
+    from qlens_jax.job.inputs import load_dictionary_sources, load_model_source, draw_sample
     from qlens_jax.lens import transport_operators
 
     _check(args)
     start = time.perf_counter()
-    model, model_dir, tokenizer = _load_model(args)
-    dictionaries = _load_dictionaries(args, model)
-    tokens, mask, sample = _sample(args, tokenizer, model, model_dir, args.quiet)
+    model, model_dir, tokenizer = load_model_source(args)
+    dictionaries = load_dictionary_sources(args, model)
+    tokens, mask, sample = draw_sample(args, tokenizer, model, model_dir, args.quiet)
     config = ChannelConfig(
         rank=args.rank, n_features=args.features_per_layer, seed=args.seed, validation_fraction=args.validation_fraction,
         train=args.train, epochs=args.epochs, learning_rate=args.learning_rate, n_permutations=args.permutations, control=args.control,

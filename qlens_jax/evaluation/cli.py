@@ -232,7 +232,7 @@ def run_evaluate(args) -> int:
     from qlens_jax.evaluation.report import write_report
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
-    from qlens_jax.job.inputs import _bos_id, _load_dictionaries, _load_model, _vocab
+    from qlens_jax.job.inputs import bos_id, load_dictionary_sources, load_model_source, vocab_strings
     from qlens_jax.lens.signatures import Signatures
 
     started = time.time()
@@ -243,9 +243,9 @@ def run_evaluate(args) -> int:
                                 match=args.match, seed=args.seed)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    model, model_dir, tokenizer = _load_model(args)
-    dictionaries = _load_dictionaries(args, model)
-    vocab = _vocab(tokenizer, model.config.vocab_size)
+    model, model_dir, tokenizer = load_model_source(args)
+    dictionaries = load_dictionary_sources(args, model)
+    vocab = vocab_strings(tokenizer, model.config.vocab_size)
     sigs = load_signatures(args.signatures) if args.signatures else Signatures()
     sigs, features = _select(sigs, dictionaries, args)
     windows, description = _corpus_windows(args, tokenizer, model.config.vocab_size, quiet)
@@ -283,7 +283,7 @@ def run_evaluate(args) -> int:
         prefixes = [line.strip() for line in Path(args.prefixes).read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         prefixes = list(NEUTRAL_PREFIXES)
-    bos = _bos_id(args, tokenizer, Path(model_dir)) if args.prepend_bos else None
+    bos = bos_id(args, tokenizer, Path(model_dir)) if args.prepend_bos else None
     if args.prepend_bos and bos is None:
         raise InputError("--prepend-bos: the tokenizer names no BOS token; give its id with --bos-id")
     prefix_tokens, prefix_mask = prefix_batch(tokenizer, prefixes, bos_id=bos)

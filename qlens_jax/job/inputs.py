@@ -165,7 +165,8 @@ def _check_source(option: str, source: str) -> None:
         raise InputError(f"{option} {source}: no such file or directory (and not a Hugging Face Hub id org/name)")
 
 
-def _bos_id(args, tokenizer, model_dir: Path) -> int | None:
+def bos_id(args, tokenizer, model_dir: Path) -> int | None:
+    """--bos-id, else the tokenizer's BOS token, else config.json's bos_token_id (None if none)."""
     if args.bos_id is not None:
         return args.bos_id
     config = model_dir / "tokenizer_config.json"
@@ -182,7 +183,8 @@ def _bos_id(args, tokenizer, model_dir: Path) -> int | None:
     return None
 
 
-def _load_model(args):
+def load_model_source(args):
+    """(model, its local folder, tokenizer) from --model / --tokenizer; `InputError` naming the option."""
     import converters
     from converters.errors import ConversionError
     from converters.hub import resolve_local
@@ -201,7 +203,8 @@ def _load_model(args):
     return model, model_dir, tokenizer
 
 
-def _vocab(tokenizer, vocab_size: int) -> np.ndarray:
+def vocab_strings(tokenizer, vocab_size: int) -> np.ndarray:
+    """Display string of every token id (object array of `vocab_size`)."""
     from qlens_jax.tokens import token_strings
 
     strings = token_strings(tokenizer)[:vocab_size]
@@ -211,7 +214,8 @@ def _vocab(tokenizer, vocab_size: int) -> np.ndarray:
     return vocab
 
 
-def _load_dictionaries(args, model) -> list:
+def load_dictionary_sources(args, model) -> list:
+    """Every --dictionary (folders of several expanded) checked against `model`, filtered by --layers."""
     import converters
     from converters.errors import ConversionError
     from qlens_jax.dictionaries import DictionaryError, DictionarySet
@@ -270,7 +274,8 @@ def _select_features(spec, dictionaries: list, layers_given: bool, option_text: 
     return features, strings
 
 
-def _sample(args, tokenizer, model, model_dir: Path, quiet: bool):
+def draw_sample(args, tokenizer, model, model_dir: Path, quiet: bool):
+    """(tokens, mask, description): --token-sample as given, or seeded windows of --corpus."""
     vocab_size = model.config.vocab_size
     if args.token_sample is not None:
         if args.num_samples is not None or args.max_length is not None:
@@ -286,7 +291,7 @@ def _sample(args, tokenizer, model, model_dir: Path, quiet: bool):
             raise CorpusError(f"--corpus {args.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, "
                               f"beyond the model's vocabulary ({vocab_size})")
         num_samples, max_length = args.num_samples or 1024, args.max_length or 32
-        bos = _bos_id(args, tokenizer, model_dir) if args.prepend_bos else None
+        bos = bos_id(args, tokenizer, model_dir) if args.prepend_bos else None
         tokens, mask = sample_windows(corpus, num_samples, max_length, args.seed, prepend_bos=args.prepend_bos, bos_id=bos,
                                       windows=args.windows)
         description = {
@@ -310,14 +315,14 @@ def prepare(args, quiet: bool, writes_output: bool = True) -> Inputs:
     (`writes_output=False`: a process of a multi-process job that leaves --out to process 0.)"""
     check_options(args, writes_output)
     features_spec = parse_features(args.features)
-    model, model_dir, tokenizer = _load_model(args)
-    dictionaries = _load_dictionaries(args, model)
+    model, model_dir, tokenizer = load_model_source(args)
+    dictionaries = load_dictionary_sources(args, model)
     features, strings = _select_features(features_spec, dictionaries, args.layers is not None, args.features)
     if sum(len(f) for f in features) == 0:
         raise InputError(f"--features {args.features}: selects no feature of the given dictionaries")
-    tokens, mask, sample = _sample(args, tokenizer, model, model_dir, quiet)
+    tokens, mask, sample = draw_sample(args, tokenizer, model, model_dir, quiet)
     return Inputs(
-        model=model, model_dir=Path(model_dir), tokenizer=tokenizer, vocab=_vocab(tokenizer, model.config.vocab_size),
+        model=model, model_dir=Path(model_dir), tokenizer=tokenizer, vocab=vocab_strings(tokenizer, model.config.vocab_size),
         dictionaries=dictionaries, features=features, feature_strs=strings, tokens=tokens, mask=mask,
         description={"sample": sample},
     )
