@@ -15,6 +15,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jaxtyping import Array, Float
 
 from qlens_jax import sharding
 from qlens_jax.lens import per_feature
@@ -122,6 +124,26 @@ def cast_model(model: Transformer, dtype: str) -> Transformer:
     return eqx.tree_at(lambda m: m.meta, cast, meta)
 
 
+def _maybe_shard_weights(model: Transformer, mesh, shard_weights: bool | None) -> tuple[Transformer, bool]:
+    """The model with its weights split over `mesh` if `shard_weights` asks for it (None: if
+    `sharding.should_shard_weights`), and whether they are. Replicated weights are left where
+    they are (the sweeps replicate them; the per-feature path runs on one device)."""
+    if mesh is None:
+        if shard_weights:
+            raise LensRequestError("shard_weights=True needs a mesh= whose `feature` axis splits the weights")
+        return model, False
+    if shard_weights is None:
+        shard_weights = sharding.should_shard_weights(model, mesh)
+    return (sharding.shard_weights(model, mesh) if shard_weights else model), shard_weights
+
+
+def _key_matrix(model: Transformer, tokens, mask, mesh) -> Float[Array, "vocab d"]:
+    """`centered_embeddings` of the sample; split over `vocab` like the sharded `W_E` when
+    `mesh` is given (they already are, being computed from it; this makes sure)."""
+    matrix = centered_embeddings(model, jnp.asarray(tokens), jnp.asarray(mask))
+    return matrix if mesh is None else jax.device_put(matrix, NamedSharding(mesh, sharding.spec("vocab", None)))
+
+
 def _per_feature_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, points, quiet: bool):
     """Mean transported vector and mean squared norm per feature, over the whole sample."""
     total, total_sq = 0.0, 0.0
@@ -162,6 +184,7 @@ def query_lens(
     exact_norm_jacobian: bool = False,
     operators: TransportOperators | None = None,
     mesh=None,
+    shard_weights: bool | None = None,
     memory_budget_gb: float | None = None,
     sequences_per_chunk: int | None = None,
     tangent_chunk: int | None = None,
@@ -195,11 +218,16 @@ def query_lens(
         mesh: a `qlens_jax.sharding.make_mesh` mesh: dense sweeps split token chunks over
             `data` and basis vectors over `feature`; readouts split features over all devices.
             Default: all devices on `data` for the sweeps, readouts on one device.
+        shard_weights: with a `mesh`, split the model's vocabulary matrices and MLP units over
+            its `feature` axis (`sharding.shard_weights`): sweeps and readouts then run on the
+            split weights, with the same results. False replicates them; None (default) shards
+            when they take more than half of a device's free memory (`should_shard_weights`).
     """
     lenses = tuple(lenses)
     requests = _validate(model, dictionaries, lenses, k, dtype, path, exact_norm_jacobian, features)
     tokens, mask = check_tokens(model, tokens, mask)
     model = cast_model(model, dtype) if dtype != "float32" else model
+    model, shard_weights = _maybe_shard_weights(model, mesh, shard_weights)
     plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, tangent_chunk)
     n_features = sum(len(r.features) for r in requests)
     transport_lenses = [lens for lens in lenses if not lens.startswith("logit_lens")]
@@ -215,12 +243,13 @@ def query_lens(
         sweeps = {"query_lens_value": "value", "query_lens_key": "key"}
         needed = tuple(sorted({sweeps.get(lens, "first_order") for lens in transport_lenses}))
         operators = transport_operators(
-            model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, with_input_norms=needs_norms, quiet=quiet
+            model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, with_input_norms=needs_norms,
+            shard_weights=shard_weights, quiet=quiet,
         )
     budget = (memory_budget_gb or default_budget_gb()) * 2**30
     context = ReadoutContext(
         model=model,
-        key_matrix=centered_embeddings(model, jnp.asarray(tokens), jnp.asarray(mask)),
+        key_matrix=_key_matrix(model, tokens, mask, mesh if shard_weights else None),
         remove_final_norm_bias=remove_final_norm_bias,
         k=k,
         feature_chunk=feature_chunk or feature_chunk_for(model.config.vocab_size, 0.25 * budget),

@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax import sharding
@@ -103,14 +103,26 @@ OUT_SPECS = {
 
 
 @functools.lru_cache(maxsize=None)
-def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False):
-    """Sweep `name` over the mesh: token chunks split over `data` (contributions summed with
-    `psum`), basis vectors split over `feature`; weights replicated."""
+def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False):
+    """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
+    it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
+
+    Replicated weights: a `shard_map`, each device linearizing its own chunk, one `psum`.
+    Sharded weights (`sharding.shard_weights`): the same chunk function under plain `jit`
+    (GSPMD), which keeps the weights split as placed and inserts the collectives (the masked
+    sums over positions reduce across `data`; the MLP and vocabulary shards across `feature`).
+    The basis loop (`lax.map`) is not partitioned then: each `feature` device runs every basis
+    vector through its share of the MLP and embedding work.
+    """
     extra = (with_input_norms,) if name == "key" else ()
+    run = lambda model, tokens, mask, basis: FUNCTIONS[name](model, tokens, mask, basis, tangent_chunk, *extra)
+    if weights_sharded:
+        is_spec = lambda x: isinstance(x, P)
+        out_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), OUT_SPECS[name], is_leaf=is_spec)
+        return jax.jit(run, out_shardings=out_shardings)
 
     def local(model, tokens, mask, basis):
-        result = FUNCTIONS[name](model, tokens, mask, basis, tangent_chunk, *extra)
-        return jax.tree.map(lambda x: jax.lax.psum(x, "data"), result)
+        return jax.tree.map(lambda x: jax.lax.psum(x, "data"), run(model, tokens, mask, basis))
 
     in_specs = (P(), P("data"), P("data"), P("feature"))
     # check_vma=False: the linearizations mix values that vary over different mesh axes.
@@ -128,6 +140,7 @@ def transport_operators(
     mesh: Mesh | None = None,
     sequences_per_chunk: int | None = None,
     with_input_norms: bool = False,
+    shard_weights: bool | None = None,
     quiet: bool = True,
 ) -> TransportOperators:
     """The dense operators of `model` on this token sample (see the module docstring).
@@ -135,6 +148,9 @@ def transport_operators(
     `mesh` (default: all devices on the `data` axis, see `qlens_jax.sharding`) spreads token
     chunks over `data` and basis vectors over `feature`; the result is the same to float32
     rounding, with the basis axis of each operator sharded over `feature`.
+    `shard_weights` splits the model's vocabulary matrices and MLP units over `feature`
+    (`sharding.shard_weights`, for models that do not fit one device); False replicates them;
+    None (default) shards when `sharding.should_shard_weights` finds them too large.
     `with_input_norms` adds key operators for reading through SAE input normalizations
     (`exact_norm_jacobian` for OpenAI-style `layer_norm` SAEs).
     """
@@ -151,7 +167,8 @@ def transport_operators(
         raise ValueError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
     plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
     n_tokens = int(mask.sum())
-    model = sharding.replicate(model, mesh)
+    model = sharding.place_weights(model, mesh, shard_weights)
+    weights_sharded = sharding.vocab_sharded(model)
     basis = sharding.put(np.arange(d), mesh, "basis")
     # Sequences per step, one chunk per data device; never more than the sample fills, so
     # that data devices do not linearize padding rows.
@@ -161,7 +178,7 @@ def transport_operators(
     for name in SWEEPS:
         if name not in sweeps:
             continue
-        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms)
+        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded)
         steps = list(iter_token_chunks(tokens, mask, group))
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
             step_tokens = sharding.put(step_tokens, mesh, "batch", None)

@@ -39,8 +39,8 @@ def main():
             sharding.put(np.arange(model.config.d_model), mesh, "basis"),
         ).compile().as_text()
         context = ReadoutContext(model, centered_embeddings(model, tokens, mask), False, 10, 16, mesh)
-        chunks, _ = _chunked(np.asarray(dictionaries[0].value_vectors()), 16, mesh)
-        readout = _readout(context.score_fn("value", ops.value[2]), chunks, 10, context.row_sharding)
+        chunks, _ = _chunked(np.asarray(dictionaries[0].value_vectors()), 16, context.layout)
+        readout = _readout(context.score_fn("value", ops.value[2]), chunks, 10, context.layout)
         report[str(shape)] = {
             "scores": [t.top_scores.tolist() for t in sigs],
             "ids": [t.top_ids.tolist() for t in sigs],

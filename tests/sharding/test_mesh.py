@@ -1,28 +1,15 @@
 """Signatures on meshes of 8 simulated CPU devices equal single-device ones, and the compiled
 computations really are partitioned (DESIGN.md section 4)."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
+from simulated_devices import run_worker
 
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), str(HERE.parent), str(HERE.parent / "lens")])
-    done = subprocess.run(
-        [sys.executable, str(HERE / "mesh_worker.py")], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
+    return run_worker("mesh_worker.py")
 
 
 @pytest.mark.parametrize("shape", ["(4, 2)", "(2, 4)"])
