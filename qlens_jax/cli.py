@@ -126,6 +126,10 @@ def _signatures(parser: argparse.ArgumentParser) -> Runner:
     scale.add_argument("--mesh", metavar="DATA,FEATURE",
                        help="device mesh: devices splitting the token sample (data) and the sweeps' basis vectors "
                             "(feature); readouts split features over all of them (default: every device on data)")
+    scale.add_argument("--weights", choices=("auto", "sharded", "replicated"), default="auto",
+                       help="on a mesh with a feature axis: split the vocabulary matrices and MLP units over it "
+                            "(for models that do not fit one device), or keep a full copy per device; auto splits "
+                            "when the weights take more than half of a device's free memory")
     scale.add_argument("--distributed", action="store_true",
                        help="join the other processes of a multi-host job (jax.distributed; Cloud TPU, SLURM, Open MPI "
                             "and Kubernetes are read from the environment): all compute, process 0 alone writes DIR")

@@ -144,8 +144,13 @@ def job_mesh(args, model):
     from qlens_jax import sharding
 
     if args.mesh is None:
+        if args.weights == "sharded":
+            raise InputError("--weights sharded: give a --mesh with a feature axis to split the weights over, e.g. --mesh 1,8")
         return sharding.make_mesh() if jax.device_count() > 1 else None
     data, feature = parse_mesh(args.mesh)
+    if args.weights == "sharded" and feature == 1:
+        raise InputError(f"--weights sharded: the mesh {args.mesh} has no feature axis to split the weights over; "
+                         "use e.g. --mesh 1,N")
     if data * feature != jax.device_count():
         raise InputError(f"--mesh {args.mesh}: needs {data * feature} devices; this job has {jax.device_count()} "
                          f"({jax.process_count()} process(es) x {jax.local_device_count()} local)")

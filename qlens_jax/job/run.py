@@ -129,7 +129,11 @@ def _plan(args, inputs: Inputs, model) -> dict:
     }
 
 
-def _operators(run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, mesh, quiet: bool):
+def _shard_weights(args) -> bool | None:
+    return {"auto": None, "sharded": True, "replicated": False}[args.weights]
+
+
+def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, mesh, quiet: bool):
     """The dense operators this run's lenses need: loaded from DIR, or computed and saved.
 
     In a multi-process job every process takes part in computing them; process 0 (the only
@@ -151,7 +155,8 @@ def _operators(run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, me
         host = distributed.share_arrays(host)
         return TransportOperators(**{f: host.get(f) for f in fields}, n_tokens=n_tokens)
     chunk_plan = ChunkPlan(plan["sequences_per_chunk"], plan["tangent_chunk"])
-    operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, mesh=mesh, quiet=quiet)
+    operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, mesh=mesh,
+                                    shard_weights=_shard_weights(args), quiet=quiet)
     # Gathering to the host is a collective: every process, before process 0 saves alone.
     host = jax.tree.map(sharding.to_host, operators) if distributed.is_multiprocess() else operators
     if run:
@@ -178,7 +183,7 @@ def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, mesh, sha
         model, [dictionary], inputs.tokens, inputs.mask, lenses=(shard.lens,), features=padded, k=args.k,
         dtype=args.dtype, path=plan["path"], stats=args.stats, self_check=self_check,
         remove_final_norm_bias=args.remove_final_norm_bias, first_order_key_mask_seed=args.first_order_key_mask_seed,
-        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators, mesh=mesh,
+        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators, mesh=mesh, shard_weights=_shard_weights(args),
         memory_budget_gb=plan["memory_budget_gb"], sequences_per_chunk=plan["sequences_per_chunk"],
         tangent_chunk=plan["tangent_chunk"], feature_chunk=plan["feature_chunk"], quiet=True,
     )
@@ -259,7 +264,7 @@ def run_signatures(args, argv) -> int:
         plan, todo = state["plan"], set(state["remaining"])
 
         t = time.perf_counter()
-        operators = _operators(run, model, inputs, {s.lens for s in shards if s.name in todo}, plan, mesh, quiet) if todo else None
+        operators = _operators(args, run, model, inputs, {s.lens for s in shards if s.name in todo}, plan, mesh, quiet) if todo else None
         timings["operators"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -122,3 +122,32 @@ def test_bad_input_on_one_process_stops_both(world, tmp_path):
     assert "missing-sae" in results[1].stderr and "Traceback" not in results[1].stderr
     assert "process 1 stopped on bad input" in results[0].stderr and "Traceback" not in results[0].stderr
     assert not (out / "run.json").exists()
+
+
+def test_two_processes_with_weights_split_over_both(world, single, tmp_path):
+    """`--mesh 1,2 --weights sharded`: each process holds half the vocabulary rows and MLP units;
+    the sweeps run as one GSPMD program across the two processes; same signatures."""
+    out = tmp_path / "run"
+    args = base_args(world, out, *EXTRA, "--mesh", "1,2", "--weights", "sharded")
+    results = _launch([args, args])
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_signatures(out / "signatures.parquet", single / "signatures.parquet")
+    assert json.loads((out / "run.json").read_text())["sessions"][-1]["mesh"] == {"data": 1, "feature": 2}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--mesh", "2,1"), "--mesh 2,1: needs 2 devices; this job has 1"),
+        (("--mesh", "two"), "--mesh 'two': expected DATA,FEATURE"),
+        (("--weights", "sharded"), "--weights sharded: give a --mesh with a feature axis"),
+        (("--coordinator", "127.0.0.1:1234"), "--coordinator 127.0.0.1:1234: only used with --distributed"),
+        (("--distributed", "--num-processes", "2", "--process-id", "2"), "--process-id 2: must be in 0..1"),
+    ],
+)
+def test_bad_scale_out_options(world, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(base_args(world, out, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "run.json").exists()
