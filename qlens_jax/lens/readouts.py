@@ -65,6 +65,14 @@ def _split_topk(scores: Float[Array, "n vocab"], k: int, vocab_size: int, mesh: 
     return split(scores)
 
 
+def _rowwise_topk(scores: Float[Array, "n vocab"], k: int, vocab_size: int, mesh: Mesh, row_axis: str) -> TopK:
+    """`_topk` of each device's own rows. Left to XLA's partitioner, the scores would be
+    all-gathered before its TopK: every device would hold and rank every row of the chunk."""
+    rows = sharding.spec(row_axis, None)
+    local = lambda block: _topk(block[:, :vocab_size], k)
+    return jax.shard_map(local, mesh=mesh, in_specs=rows, out_specs=TopK(*[rows] * 4))(scores)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where a readout chunk lies (static under `jit`). On one device (`mesh` None); feature
@@ -95,6 +103,8 @@ class Layout:
         """Top and bottom `k` over the real vocabulary (sharded weights pad it to a multiple of the mesh)."""
         if self.split_vocab:
             return _split_topk(scores, k, self.vocab_size, self.mesh, self.row_axis)
+        if self.mesh is not None:
+            return _rowwise_topk(scores, k, self.vocab_size, self.mesh, self.row_axis)
         return _topk(scores[:, : self.vocab_size], k)
 
 
@@ -123,8 +133,10 @@ def _readout_first_order(score_fn, terms_op, chunks, k: int, layout: Layout):
 
 
 def _chunk_size(size: int, n: int, mesh: Mesh | None) -> int:
+    """Rows per chunk: `size` rows per device (the budget is per device), at most the `n`
+    rows there are, rounded up to split evenly over the devices."""
     devices = 1 if mesh is None else sharding.axis_size(mesh, "features")
-    size = max(1, min(size, n))
+    size = max(1, min(size * devices, n))
     return -(-size // devices) * devices
 
 

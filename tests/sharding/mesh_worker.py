@@ -2,6 +2,7 @@
 signatures on several meshes and report numbers and shardings as JSON on stdout."""
 
 import json
+import re
 import sys
 
 import jax
@@ -40,7 +41,10 @@ def main():
         ).compile().as_text()
         context = ReadoutContext(model, centered_embeddings(model, tokens, mask), False, 10, 16, mesh)
         chunks, _ = _chunked(np.asarray(dictionaries[0].value_vectors()), 16, context.layout)
-        readout = _readout(context.score_fn("value", ops.value[2]), chunks, 10, context.layout)
+        score_fn = context.score_fn("value", ops.value[2])
+        readout = _readout(score_fn, chunks, 10, context.layout)
+        readout_hlo = jax.jit(lambda c: _readout(score_fn, c, 10, context.layout)).lower(chunks).compile().as_text()
+        topk_rows = sorted({int(m) for m in re.findall(r"\(f32\[(\d+),10\][^)]*\) custom-call", readout_hlo)})
         report[str(shape)] = {
             "scores": [t.top_scores.tolist() for t in sigs],
             "ids": [t.top_ids.tolist() for t in sigs],
@@ -51,6 +55,8 @@ def main():
             "readout_spec": list(readout.top_ids.sharding.spec),
             "readout_shard_shapes": sorted({tuple(s.data.shape) for s in readout.top_ids.addressable_shards}),
             "readout_shape": list(readout.top_ids.shape),
+            "readout_has_all_gather": "all-gather" in readout_hlo,
+            "readout_topk_rows": topk_rows,
         }
     json.dump(report, sys.stdout)
 

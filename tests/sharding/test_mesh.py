@@ -34,3 +34,14 @@ def test_readout_is_partitioned_over_features(report):
     assert entry["readout_spec"][1] == ["data", "feature"]  # feature rows over every device
     chunks, rows, k = entry["readout_shape"]
     assert entry["readout_shard_shapes"] == [[chunks, rows // 8, k]]
+
+
+def test_readout_ranks_only_its_own_rows(report):
+    """Each device scores and ranks only its rows: no all-gather of a chunk's scores before the
+    top-k (XLA's partitioner inserts one around a TopK unless the ranking runs per device)."""
+    for shape in ("(4, 2)", "(2, 4)"):
+        entry = report[shape]
+        chunks, rows, k = entry["readout_shape"]
+        assert not entry["readout_has_all_gather"]
+        assert entry["readout_topk_rows"] == [rows // 8]
+    assert report["(1, 1)"]["readout_topk_rows"] == [report["(1, 1)"]["readout_shape"][1]]
