@@ -326,6 +326,8 @@ def main(argv=None) -> int:
     path = common.Path(args.out) if args.out else common.RESULTS / f"scaling-{args.size}-{device}.json"
     if args.plot_only:
         results = json.loads(path.read_text())
+        _add_million(results, args.size, device)
+        common.write_json(path, results)
         print("\n".join(plot(results, args.size, device, path.parent)))
         return 0
     tokens = args.tokens or size["tokens"]
@@ -377,18 +379,22 @@ def main(argv=None) -> int:
                                                   for s, x in p["sides"].items()) + f"; peak RSS {p['peak_rss_gb']} GiB")
             save()
     results["matmul_peak"]["end"] = common.run_isolated(common.matmul_peak, n=args.matmul_n)
-    million = common.RESULTS / f"million-{args.size}-{device}.json"
-    if million.exists():
-        m = json.loads(million.read_text())
-        rd = m.get("readouts", {})
-        results["million"] = {"n_features": m["setup"]["n_features"], "peak_rss_gb": m.get("peak", {}).get("peak_rss_gb"),
-                              **{k.split("_")[-1]: v for k, v in rd.items()}}
+    _add_million(results, args.size, device)
     results["loadavg_at_end"] = common.loadavg()
     save()
     for p in plot(results, args.size, device, path.parent):
         print("wrote", p)
     print("wrote", path)
     return 0
+
+
+def _add_million(results: dict, size: str, device: str) -> None:
+    """The point of `benchmarks.million`'s full run (`million-<size>-<device>.json`), if there is one."""
+    million = common.RESULTS / f"million-{size}-{device}.json"
+    if million.exists():
+        m = json.loads(million.read_text())
+        results["million"] = {"n_features": m["setup"]["n_features"], "peak_rss_gb": m.get("peak", {}).get("peak_rss_gb"),
+                              **{k.split("_")[-1]: v for k, v in m.get("readouts", {}).items()}}
 
 
 if __name__ == "__main__":
