@@ -149,15 +149,10 @@ def run_per_feature(cfg: dict) -> dict:
     for layer in cfg["layers"]:
         dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
-            # first call compiles (same shapes for every layer); the second is timed
-            _, compile_s = common.timed(
-                query_lens, model, dictionary, tokens, mask, lenses=(lens,), features=picks, path="per-feature",
-                self_check=False, k=K, memory_budget_gb=cfg["budget"],
-            )
-            sigs, seconds = common.timed(
-                query_lens, model, dictionary, tokens, mask, lenses=(lens,), features=picks, path="per-feature",
-                self_check=False, k=K, memory_budget_gb=cfg["budget"],
-            )
+            run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
+                                     path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"])
+            _, compile_s = common.timed(run)  # first call compiles (same shapes for every layer)
+            sigs, seconds = common.timed(run)  # the second is timed
             out["results"][f"{lens}/{layer}"] = {
                 "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
                 "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
