@@ -8,7 +8,9 @@ spawned process, so that its peak memory is its own:
 - reference (`benchmarks/reference_torch.py`): one `torch.func` jvp / vjp pass per feature,
   timed on `--ref-features` features per layer and side;
 - qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer),
-  then `query_lens(..., operators=...)` over ALL features of each benchmarked layer;
+  then `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
+  the single-layer job, the sweep restricted to the blocks that layer needs (value: the blocks
+  after it; key: the blocks up to it), as `query_lens` on one layer runs it;
 - qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the reference's features.
 
 Before any speed is printed, the top-25 ids of every feature timed with the reference must be
@@ -18,7 +20,11 @@ time, peak memory and ratios, and the whole-dictionary job (`--features` at each
 model's layers, both sides): qlens-jax = sweeps once + readouts per layer (measured at the
 benchmarked layers, interpolated between them); reference = its per-feature times measured in
 this run at the benchmarked layers, interpolated over all layers and multiplied out
-(extrapolated: says so in the output).
+(extrapolated: says so in the output). A single layer's dense time = its restricted sweep +
+its readout of all features. The restricted sweep is timed on the first `--single-layer-seqs`
+sequences (a sweep is a loop over identical one-sequence steps): a first call (compilation +
+run) and a second (run), giving compile + run x batch / seqs; with `--single-layer-seqs`
+equal to `--batch` it is simply timed on the whole sample.
 
     python -m benchmarks.throughput --size tiny                   # seconds
     python -m benchmarks.throughput --size gpt2-small             # 32,768 features, 2,048 tokens (hours on 2 CPU cores)
@@ -121,6 +127,7 @@ def run_dense(cfg: dict) -> dict:
     if cfg.get("save_operators"):
         common.save_benchmark_operators(operators, cfg["save_operators"], cfg, tokens, mask)
         common.log(f"dense: operators saved to {cfg['save_operators']}")
+    out["single_layer_sweeps"] = _single_layer_sweeps(cfg, model, tokens, mask, needed)
     for layer in cfg["layers"]:
         dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
@@ -137,6 +144,37 @@ def run_dense(cfg: dict) -> dict:
                 "loadavg": common.loadavg(),
             }
             common.log(f"dense: {lens} layer {layer} readout of {len(table.feature_ids)} features {seconds:.1f} s")
+    return out
+
+
+def _single_layer_sweeps(cfg, model, tokens, mask, sides) -> dict:
+    """Per layer and side, the sweep one layer's `query_lens` runs (restricted to the blocks it
+    needs), timed on the first `single_layer_seqs` sequences and scaled to the whole sample."""
+    from qlens_jax import transport_operators
+    from qlens_jax.lens.points import residual_point
+
+    seqs = min(cfg["single_layer_seqs"], cfg["batch"])
+    sub_tokens, sub_mask = tokens[:seqs], mask[:seqs]
+    n_layers = model.config.n_layers
+    out = {}
+    for layer in cfg["layers"]:
+        point = residual_point("resid_post", layer, n_layers)
+        for side in sides:
+            bound = {"value_from_point": point} if side == "value" else {"key_to_point": point}
+            run = lambda: transport_operators(
+                model, sub_tokens, sub_mask, sweeps=(side,), memory_budget_gb=cfg["budget"], quiet=True, **bound
+            )
+            ops, first = common.timed(run)
+            _, second = common.timed(run)
+            compile_s = max(first - second, 0.0)
+            estimate = compile_s + second * cfg["batch"] / seqs
+            covered = ops.value_from_point if side == "value" else ops.key_to_point
+            out[f"{side}/{layer}"] = {
+                "first_call_s": first, "second_call_s": second, "sequences_timed": seqs,
+                "seconds_for_sample": estimate, "covered_point": covered, "loadavg": common.loadavg(),
+            }
+            common.log(f"dense: single-layer {side} sweep for layer {layer}: {first:.1f} s, then {second:.1f} s on "
+                       f"{seqs} sequence(s) -> {estimate:.1f} s for {cfg['batch']}")
     return out
 
 
@@ -230,13 +268,17 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             pf = per_feature["results"][key]
             ref_per_layer.append(ref_s)
             readout_per_layer.append(readout)
-            dense_single = sweep + readout
+            restricted = dense.get("single_layer_sweeps", {}).get(f"{side}/{layer}")
+            single_sweep = restricted["seconds_for_sample"] if restricted and lens.startswith("query_lens") else sweep
+            dense_single = single_sweep + readout
             readout_flops = 2 * n * d_model * vocab
             rows.append({
                 "layer": layer,
                 "reference_s_per_feature": ref_s,
                 "reference_features_per_s": 1.0 / ref_s,
+                "dense_single_layer_sweep_seconds": single_sweep,
                 "dense_single_layer_seconds": dense_single,
+                "dense_all_layer_sweep_plus_readout_seconds": sweep + readout,
                 "dense_readout_seconds": readout,
                 "dense_features_per_s": n / dense_single,
                 "dense_vs_reference": (n / dense_single) * ref_s,
@@ -287,7 +329,8 @@ def print_report(summary, agreement, info):
                   f"{r['dense_vs_reference']:>9.0f}x {r['dense_readout_only_features_per_s']:>15.4g} "
                   f"{r['dense_readout_fraction_of_matmul_peak'] or float('nan'):>12.0%} "
                   f"{r['per_feature_features_per_s']:>16.3g} {r['per_feature_vs_reference']:>6.1f}x")
-        print(f"{'':18} sweep (once, all layers): {entry['sweep_seconds']:.1f} s")
+        print(f"{'':18} sweep (once, all layers): {entry['sweep_seconds']:.1f} s; single-layer sweeps: "
+              + ", ".join(f"layer {r['layer']} {r['dense_single_layer_sweep_seconds']:.1f} s" for r in entry["layers"]))
     w = summary["whole_dictionary"]
     if summary.get("matmul_peak_flops_per_s"):
         print(f"matmul peak measured in this run: {summary['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s (float32 4096^3)")
@@ -311,6 +354,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"],
                         choices=sorted(SIDES), help="lenses to benchmark")
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--single-layer-seqs", type=int, default=1,
+                        help="sequences on which each single-layer (restricted) sweep is timed, then scaled to --batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput-<size>-<device>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -323,6 +368,7 @@ def main(argv=None) -> int:
         hf=size["hf"], seed=args.seed, features=args.features or size["features"],
         layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
         lenses=tuple(args.lenses), budget=args.memory_budget_gb, quiet=args.quiet, save_operators=args.save_operators,
+        single_layer_seqs=args.single_layer_seqs,
     )
     cfg["picks"] = common.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
     cfg["tokens"] = cfg["batch"] * cfg["seq"]

@@ -23,6 +23,7 @@ from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
 from qlens_jax.lens.operators import TransportOperators, transport_operators
+from qlens_jax.lens.points import key_residual_point
 from qlens_jax.lens.points import DictionaryPoints, dictionary_points, n_key_points
 from qlens_jax.lens.readout import centered_embeddings, feature_chunk_for
 from qlens_jax.lens.readouts import FeatureRows, ReadoutContext
@@ -165,6 +166,21 @@ def _relative_variance(mean, mean_sq):
     return np.where(mean_sq > 0, 1.0 - (np.asarray(mean) ** 2).sum(-1) / np.where(mean_sq > 0, mean_sq, 1.0), 0.0)
 
 
+def _check_coverage(operators: TransportOperators, requests, transport_lenses, n_layers: int) -> None:
+    """Operators computed for other layers (block-major sweeps stop early) must not be read."""
+    for lens in transport_lenses:
+        if not lens.startswith("query_lens"):
+            continue
+        side = lens_side(lens)
+        for r in requests:
+            point = r.points.write if side == "value" else r.points.read
+            if not operators.covers(side, point, n_layers):
+                raise LensRequestError(
+                    f"the given operators hold no {side} rows for dictionary {r.index} ({r.dictionary.name}, layer {r.dictionary.layer}; point {point}): they were computed "
+                    f"for other layers; call transport_operators without value_from_point / key_to_point"
+                )
+
+
 def query_lens(
     model: Transformer,
     dictionaries,
@@ -233,6 +249,7 @@ def query_lens(
     transport_lenses = [lens for lens in lenses if not lens.startswith("logit_lens")]
     if path == "auto":
         path = "dense" if (operators is not None or n_features >= model.config.d_model) else "per-feature"
+    n_layers = model.config.n_layers
     needs_norms = any(r.points.read >= n_key_points(model.config.n_layers) for r in requests)
     if needs_norms and operators is not None and operators.key is not None and operators.key.shape[0] <= max(r.points.read for r in requests):
         raise LensRequestError(
@@ -244,8 +261,12 @@ def query_lens(
         needed = tuple(sorted({sweeps.get(lens, "first_order") for lens in transport_lenses}))
         operators = transport_operators(
             model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, with_input_norms=needs_norms,
-            shard_weights=shard_weights, quiet=quiet,
+            shard_weights=shard_weights, quiet=quiet, memory_budget_gb=memory_budget_gb,
+            value_from_point=min(r.points.write for r in requests),
+            key_to_point=max(key_residual_point(r.points.read, n_layers) for r in requests),
         )
+    if path == "dense" and operators is not None:
+        _check_coverage(operators, requests, transport_lenses, n_layers)
     budget = (memory_budget_gb or default_budget_gb()) * 2**30
     context = ReadoutContext(
         model=model,
@@ -255,7 +276,6 @@ def query_lens(
         feature_chunk=feature_chunk or feature_chunk_for(model.config.vocab_size, 0.25 * budget),
         mesh=mesh,
     )
-    n_layers = model.config.n_layers
     signatures = Signatures()
     for lens in lenses:
         side = lens_side(lens)

@@ -12,6 +12,12 @@
 
 Every operator is applied to a batch of feature vectors as `X @ op.T`. Sums over positions
 accumulate in float32 over token chunks; `n_tokens` is the number of valid tokens.
+
+Two sweep orders give the same operators: basis-major (one basis vector at a time through
+the whole linearized model; least memory) and block-major (`blockwise`: all basis vectors
+at once, one block at a time, MLPs as explicit per-position Jacobians; fewer FLOPs when the
+tangents fit). Block-major sweeps can also stop at the points a job needs
+(`value_from_point`, `key_to_point`); `TransportOperators.covers` says which points hold rows.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax import sharding
 
-from qlens_jax.lens import transport
-from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
-from qlens_jax.lens.points import n_key_points, n_points
+from qlens_jax.lens import blockwise, transport
+from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
+from qlens_jax.lens.points import key_residual_point, n_key_points, n_points
 from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
 
@@ -43,6 +49,18 @@ class TransportOperators(eqx.Module):
     first_order: Float[Array, "modules d d"] | None
     first_order_all: Float[Array, "modules d d"] | None
     n_tokens: int = eqx.field(static=True)
+    # Residual points the value rows start at (those before are not computed) and the last
+    # residual point the key rows reach (None: all).
+    value_from_point: int = eqx.field(static=True, default=0)
+    key_to_point: int | None = eqx.field(static=True, default=None)
+
+    def covers(self, side: str, point: int, n_layers: int) -> bool:
+        """Whether rows for `point` (value or key side) were computed."""
+        if side == "value":
+            return self.value is not None and point >= self.value_from_point
+        if self.key is None:
+            return False
+        return self.key_to_point is None or key_residual_point(point, n_layers) <= self.key_to_point
 
 
 def _basis(j: Int[Array, ""], d: int, mask: Bool[Array, "b s"]) -> Float[Array, "b s d"]:
@@ -94,6 +112,8 @@ def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, 
 
 
 FUNCTIONS = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
+BLOCKWISE = {"value": blockwise.value_sweep_blockwise, "key": blockwise.key_sweep_blockwise}
+SWEEP_ORDERS = ("auto", "blockwise", "basis")
 # Where the basis axis of each sweep's outputs lies (it is split over the mesh's `feature` axis).
 OUT_SPECS = {
     "value": P(None, "feature", None),
@@ -103,7 +123,10 @@ OUT_SPECS = {
 
 
 @functools.lru_cache(maxsize=None)
-def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False):
+def sharded_sweep(
+    name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False,
+    blocks: tuple[int, int] | None = None,
+):
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
     it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
 
@@ -113,9 +136,16 @@ def sharded_sweep(name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: b
     sums over positions reduce across `data`; the MLP and vocabulary shards across `feature`).
     The basis loop (`lax.map`) is not partitioned then: each `feature` device runs every basis
     vector through its share of the MLP and embedding work.
+    `blocks = (first, stop)`: the block-major sweep over blocks `first .. stop - 1` (value
+    sweeps start at the top, key sweeps at the embedding); None: the basis-major sweep.
     """
     extra = (with_input_norms,) if name == "key" else ()
-    run = lambda model, tokens, mask, basis: FUNCTIONS[name](model, tokens, mask, basis, tangent_chunk, *extra)
+    function = FUNCTIONS[name]
+    if blocks is not None:
+        first, stop = blocks
+        function = BLOCKWISE[name]
+        extra = (first,) if name == "value" else (with_input_norms, stop)
+    run = lambda model, tokens, mask, basis: function(model, tokens, mask, basis, tangent_chunk, *extra)
     if weights_sharded:
         is_spec = lambda x: isinstance(x, P)
         out_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), OUT_SPECS[name], is_leaf=is_spec)
@@ -141,6 +171,9 @@ def transport_operators(
     sequences_per_chunk: int | None = None,
     with_input_norms: bool = False,
     shard_weights: bool | None = None,
+    sweep_order: str = "auto",
+    value_from_point: int = 0,
+    key_to_point: int | None = None,
     quiet: bool = True,
 ) -> TransportOperators:
     """The dense operators of `model` on this token sample (see the module docstring).
@@ -153,6 +186,10 @@ def transport_operators(
     None (default) shards when `sharding.should_shard_weights` finds them too large.
     `with_input_norms` adds key operators for reading through SAE input normalizations
     (`exact_norm_jacobian` for OpenAI-style `layer_norm` SAEs).
+    `sweep_order`: "blockwise", "basis" (see the module docstring) or "auto" (blockwise when
+    `blockwise.worth_it` and one sequence's tangents fit the memory budget).
+    `value_from_point` / `key_to_point`: residual points (`points.residual_point`) that bound
+    what the caller will read; a block-major sweep skips the blocks beyond them.
     """
     from qlens_jax.lens.validation import check_tokens
 
@@ -160,6 +197,13 @@ def transport_operators(
     unknown = set(sweeps) - set(SWEEPS)
     if unknown:
         raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
+    if sweep_order not in SWEEP_ORDERS:
+        raise ValueError(f"unknown sweep_order {sweep_order!r}; choose from {SWEEP_ORDERS}")
+    last_point = n_points(model.config.n_layers) - 1
+    key_to_point = last_point if key_to_point is None else key_to_point
+    for name, point in (("value_from_point", value_from_point), ("key_to_point", key_to_point)):
+        if not 0 <= point <= last_point:
+            raise ValueError(f"{name}={point} is not a residual point of this model (0 .. {last_point})")
     mesh = mesh or sharding.make_mesh()
     n_data, n_basis = sharding.axis_size(mesh, "batch"), sharding.axis_size(mesh, "basis")
     d = model.config.d_model
@@ -173,12 +217,24 @@ def transport_operators(
     # Sequences per step, one chunk per data device; never more than the sample fills, so
     # that data devices do not linearize padding rows.
     per_device = min(plan.sequences_per_chunk, -(-tokens.shape[0] // n_data))
+    budget_gb = memory_budget_gb or default_budget_gb()
+    fitting = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb)
+    use_blockwise = sweep_order == "blockwise" or (
+        sweep_order == "auto" and fitting >= 1 and blockwise.worth_it(model.config, d // n_basis)
+    )
+    if use_blockwise:
+        per_device = max(1, min(per_device, fitting))
+        n_layers = model.config.n_layers
+        block_range = {"value": (value_from_point // 2, n_layers), "key": (0, -(-key_to_point // 2))}
+    else:
+        value_from_point, key_to_point = 0, last_point
     group = per_device * n_data
     totals: dict[str, list] = {}
     for name in SWEEPS:
         if name not in sweeps:
             continue
-        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded)
+        blocks = block_range.get(name) if use_blockwise else None
+        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded, blocks)
         steps = list(iter_token_chunks(tokens, mask, group))
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
             step_tokens = sharding.put(step_tokens, mesh, "batch", None)
@@ -194,6 +250,8 @@ def transport_operators(
         first_order=first[0] * scale if first[0] is not None else None,
         first_order_all=first[1] * scale if first[1] is not None else None,
         n_tokens=n_tokens,
+        value_from_point=2 * block_range["value"][0] if use_blockwise else 0,
+        key_to_point=min(2 * block_range["key"][1], last_point) if use_blockwise else None,
     )
 
 
@@ -221,7 +279,10 @@ def save_operators(operators: TransportOperators, directory: str | Path) -> Path
     arrays = {k: sharding.to_host(v) for k, v in arrays.items()}
     with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         checkpointer.save(directory / "arrays", arrays)
-    (directory / "operators.json").write_text(json.dumps({"n_tokens": operators.n_tokens, "arrays": sorted(arrays)}))
+    (directory / "operators.json").write_text(json.dumps({
+        "n_tokens": operators.n_tokens, "arrays": sorted(arrays),
+        "value_from_point": operators.value_from_point, "key_to_point": operators.key_to_point,
+    }))
     return directory
 
 
@@ -238,4 +299,7 @@ def load_operators(directory: str | Path) -> TransportOperators:
     with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         arrays = checkpointer.restore(directory / "arrays")
     get = lambda k: jnp.asarray(arrays[k]) if k in arrays else None
-    return TransportOperators(get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"])
+    return TransportOperators(
+        get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"],
+        value_from_point=meta.get("value_from_point", 0), key_to_point=meta.get("key_to_point"),
+    )

@@ -64,6 +64,17 @@ class DictionaryPoints:
         return range(0, self.read_residual)
 
 
+def key_residual_point(point: int, n_layers: int) -> int:
+    """The residual point a key point reads from: itself, the `resid_mid` of an MLP input, or
+    the residual point under an input normalization."""
+    residual = n_points(n_layers)
+    if point < residual:
+        return point
+    if point < n_key_points(n_layers):
+        return 2 * (point - residual) + 1
+    return (point - n_key_points(n_layers)) % residual
+
+
 def normalized_point(norm: str, point: int, n_layers: int) -> int:
     """Index of residual point `point` seen through input normalization `norm`."""
     return n_key_points(n_layers) + INPUT_NORMS_WITH_JACOBIAN.index(norm) * n_points(n_layers) + point

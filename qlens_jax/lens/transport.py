@@ -120,5 +120,6 @@ def module_outputs(
 
 
 def masked_sum(x: Float[Array, "*lead b s d"], mask: Bool[Array, "b s"]) -> Float[Array, "*lead d"]:
-    """Sum over valid positions, accumulated in float32."""
-    return jnp.einsum("...bsd,bs->...d", x.astype(jnp.float32), mask.astype(jnp.float32))
+    """Sum over valid positions, accumulated in float32. Pad positions are dropped, not
+    multiplied by zero: a pad whose embedding is zero has a NaN norm Jacobian."""
+    return jnp.where(mask[..., None], x.astype(jnp.float32), 0.0).sum(axis=(-3, -2))

@@ -1,0 +1,202 @@
+"""Block-major sweeps: every basis vector at once, one block at a time, MLPs as explicit Jacobians.
+
+The basis-major sweeps of `operators` push one basis vector at a time through the whole
+linearized model. An MLP then costs `r x (2 or 3) x d_model x d_mlp` multiply-adds per token
+for `r` basis vectors, because every vector goes through the wide hidden layer. The MLP's
+Jacobian at one position is a `d_model x d_model` matrix,
+
+    Q = J_pre^T [W_up diag(s)] W_down J_post^T        (row convention: tangent x -> x @ Q)
+
+(`s` the activation's derivative; gated MLPs fold their two branches into one `W_up`-sized
+factor), and forming it costs `d_model x d_mlp x d_model` once per position, shared by all
+basis vectors, after which each vector costs only `d_model^2`. With the whole basis of
+GPT-2 small (`r = d_model = 768`, `d_mlp = 3072`) that is 5 instead of 8 `d_model^3` per token
+and block, about a quarter of a whole sweep's arithmetic. It needs all `r` tangents of a token
+chunk alive at once (`r x tokens x d_model`), so the planner picks this order only when they fit
+(`chunks.plan_chunks`). Attention still maps the tangents one basis vector at a time through
+its linearization (it mixes positions).
+
+Walking block by block also lets a sweep stop where a job's dictionaries stop needing it: the
+value sweep runs from the top down to `first_block`, the key sweep from the embedding up to
+`n_blocks`. Points outside that range are left zero, and `TransportOperators` records which
+points are valid.
+
+The outputs have exactly the layout of the basis-major sweeps (`operators.value_sweep_chunk`,
+`operators.key_sweep_chunk`), which tests compare against.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from qlens_jax.dictionaries.normalization import input_stats, normalize
+from qlens_jax.lens.points import INPUT_NORMS_WITH_JACOBIAN, n_points
+from qlens_jax.lens.transport import _attention_batch, _run, masked_sum
+from qlens_jax.models import Block, Transformer, mlp_input
+from qlens_jax.models.config import ModelConfig
+from qlens_jax.models.layers import ACTIVATIONS
+
+# Positions whose MLP Jacobians are formed in one step: each holds `d_model x d_mlp` floats.
+TOKEN_CHUNK = 16
+# Cotangents pulled through an attention VJP at once (measured faster than one at a time on CPU).
+VJP_CHUNK = 8
+
+
+def worth_it(config: ModelConfig, basis_per_device: int) -> bool:
+    """Whether explicit MLP Jacobians cost fewer multiply-adds than pushing each basis vector
+    through the hidden layer: `d (d_mlp + r)` against `r x (2 or 3) x d_mlp` per position."""
+    d, ff, r = config.d_model, config.d_mlp, basis_per_device
+    return d * (ff + r) < r * (3 if config.gated_mlp else 2) * ff
+
+
+def sequences_that_fit(model: Transformer, seq_len: int, basis_per_device: int, budget_gb: float) -> int:
+    """Sequences per step whose block-major state fits 80 % of the budget (0: not even one):
+    about five copies of the `r x tokens x d` tangents and one `d x d` Jacobian per position,
+    plus the MLP Jacobians being formed and the clean hidden states."""
+    c = model.config
+    itemsize = max(np.dtype(model.embed_tokens.dtype).itemsize, 4)
+    per_token = (5 * basis_per_device * c.d_model + c.d_model**2 + 4 * c.n_layers * c.d_model) * itemsize
+    forming = 3 * TOKEN_CHUNK * c.d_model * c.d_mlp * itemsize
+    return int(max(0, (0.8 * budget_gb * 2**30 - forming) // (per_token * seq_len)))
+
+
+def mlp_jacobian(block: Block, h: Float[Array, " d"]) -> Float[Array, "d d"]:
+    """The MLP residual module's Jacobian at one position, row convention (`x -> x @ Q`)."""
+    mlp = block.mlp
+    x, pull_norm = jax.vjp(block.mlp_norm, h)
+    act = ACTIVATIONS[mlp.activation]
+    ones = lambda z: jnp.ones_like(z)
+    up = mlp.up_proj(x)
+    if mlp.gate_proj is None:
+        hidden, slope = jax.jvp(act, (up,), (ones(up),))
+        inner = mlp.up_proj.weight * slope
+    else:
+        gate = mlp.gate_proj(x)
+        gated, slope = jax.jvp(act, (gate,), (ones(gate),))
+        hidden = gated * up
+        inner = mlp.gate_proj.weight * (slope * up) + mlp.up_proj.weight * gated
+    # Norm Jacobians act on the d x d product (cheaper than on the d x d_mlp factor):
+    # Q = J_pre^T (inner @ W_down) J_post^T, J_post^T on rows, J_pre^T on columns.
+    product = jnp.matmul(inner, mlp.down_proj.weight, preferred_element_type=jnp.float32).astype(h.dtype)
+    if block.mlp_post_norm is not None:
+        _, push_post = jax.linearize(block.mlp_post_norm, mlp.down_proj(hidden))
+        product = jax.vmap(push_post)(product)
+    return jax.vmap(lambda column: pull_norm(column)[0], in_axes=1, out_axes=1)(product)
+
+
+def apply_rowwise(tangents: Float[Array, "r b s d"], q: Float[Array, "b s d e"], transpose: bool) -> Float[Array, "r b s e"]:
+    """`t @ Q` (or `t @ Q^T`) at every position for every tangent, as one batched GEMM over positions."""
+    by_position = jnp.transpose(tangents, (1, 2, 0, 3))
+    out = jnp.einsum("bsnd,bsed->bsne" if transpose else "bsnd,bsde->bsne", by_position, q)
+    return jnp.transpose(out, (2, 0, 1, 3))
+
+
+def mlp_jacobians(block: Block, h: Float[Array, "b s d"], token_chunk: int = TOKEN_CHUNK) -> Float[Array, "b s d d"]:
+    """`mlp_jacobian` at every position, `token_chunk` positions per step."""
+    d = h.shape[-1]
+    flat = h.reshape(-1, d)
+    q = jax.lax.map(lambda x: mlp_jacobian(block, x), flat, batch_size=min(token_chunk, flat.shape[0]))
+    return q.reshape(*h.shape, d)
+
+
+def _summed_through(f, primal, tangents, mask, tangent_chunk: int) -> Float[Array, "r d"]:
+    """Masked position sums of `J_f(primal) t` for each tangent `t` of `tangents [r, b, s, d]`."""
+    _, push = jax.linearize(f, primal)
+    return jax.lax.map(lambda t: masked_sum(push(t), mask), tangents, batch_size=tangent_chunk)
+
+
+def _basis_tangents(basis: Int[Array, " r"], d: int, mask: Bool[Array, "b s"], dtype) -> Float[Array, "r b s d"]:
+    one_hot = jax.nn.one_hot(basis, d, dtype=jnp.float32)[:, None, None, :]
+    return jnp.where(mask[None, ..., None], one_hot, 0.0).astype(dtype)
+
+
+def _clean_states(model: Transformer, tokens, mask):
+    n_layers, d = model.config.n_layers, model.config.d_model
+    zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
+    final, pres, mids, _ = _run(model, tokens, mask, zeros, zeros, None)
+    return final, pres, mids
+
+
+def _blocks(model: Transformer, start: int, stop: int):
+    take = lambda x: x[start:stop]
+    return jax.tree.map(take, model.blocks), jax.tree.map(take, model.meta)
+
+
+@eqx.filter_jit
+def value_sweep_blockwise(
+    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, first_block: int = 0
+) -> Float[Array, "points r d"]:
+    """As `operators.value_sweep_chunk`, block by block from the top down to `first_block`
+    (points before `resid_pre[first_block]` are zero)."""
+    n_layers, d = model.config.n_layers, model.config.d_model
+    _, pres, mids = _clean_states(model, tokens, mask)
+    top = _basis_tangents(basis, d, mask, model.embed_tokens.dtype)
+    blocks, meta = _blocks(model, first_block, n_layers)
+
+    def step(cotangent, xs):
+        block, meta, pre, mid = xs
+        q = mlp_jacobians(block, mid)
+        cot_mid = cotangent + apply_rowwise(cotangent, q, transpose=True)
+        _, pull = jax.vjp(lambda h: _attention_batch(block, meta, h, mask), pre)
+        cot_pre = cot_mid + jax.lax.map(lambda c: pull(c)[0], cot_mid, batch_size=max(tangent_chunk, VJP_CHUNK))
+        return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask))
+
+    _, (at_pre, at_mid) = jax.lax.scan(step, top, (blocks, meta, pres[first_block:], mids[first_block:]), reverse=True)
+    computed = jnp.stack([at_pre, at_mid], axis=1).reshape(-1, *at_pre.shape[1:])
+    skipped = jnp.zeros((2 * first_block, *computed.shape[1:]), computed.dtype)
+    return jnp.concatenate([skipped, computed, masked_sum(top, mask)[None]], axis=0)
+
+
+@eqx.filter_jit
+def key_sweep_blockwise(
+    model: Transformer,
+    tokens,
+    mask,
+    basis: Int[Array, " r"],
+    tangent_chunk: int,
+    with_input_norms: bool = False,
+    n_blocks: int | None = None,
+) -> Float[Array, "key_points r d"]:
+    """As `operators.key_sweep_chunk`, block by block from the embedding up through block
+    `n_blocks - 1` (residual points after `resid_pre[n_blocks]` and later MLP inputs are zero)."""
+    n_layers, d = model.config.n_layers, model.config.d_model
+    n_blocks = n_layers if n_blocks is None else n_blocks
+    final, pres, mids = _clean_states(model, tokens, mask)
+    bottom = _basis_tangents(basis, d, mask, model.embed_tokens.dtype)
+    blocks, meta = _blocks(model, 0, n_blocks)
+    norms = INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
+    normalizer = lambda kind: lambda h: normalize(h, input_stats(h, kind)).astype(h.dtype)
+    through_norms = lambda primal, tangents: [_summed_through(normalizer(kind), primal, tangents, mask, tangent_chunk) for kind in norms]
+
+    def step(tangent, xs):
+        block, meta, pre, mid = xs
+        _, push = jax.linearize(lambda h: _attention_batch(block, meta, h, mask), pre)
+        tan_mid = tangent + jax.lax.map(push, tangent, batch_size=tangent_chunk)
+        at_mlp_in = _summed_through(lambda h: mlp_input(block, h), mid, tan_mid, mask, tangent_chunk)
+        q = mlp_jacobians(block, mid)
+        tan_post = tan_mid + apply_rowwise(tan_mid, q, transpose=False)
+        sums = (masked_sum(tangent, mask), masked_sum(tan_mid, mask), at_mlp_in)
+        return tan_post, (sums, through_norms(pre, tangent), through_norms(mid, tan_mid))
+
+    last, ((at_pre, at_mid, at_mlp_in), norm_pre, norm_mid) = jax.lax.scan(
+        step, bottom, (blocks, meta, pres[:n_blocks], mids[:n_blocks])
+    )
+    last_primal = final if n_blocks == n_layers else pres[n_blocks]
+
+    def residual_points(pre, mid, last_sum):
+        """Interleave per-block sums into the `2L + 1` residual points, zeros past the last."""
+        computed = jnp.stack([pre, mid], axis=1).reshape(-1, *pre.shape[1:])
+        missing = jnp.zeros((n_points(n_layers) - computed.shape[0] - 1, *computed.shape[1:]), computed.dtype)
+        return jnp.concatenate([computed, last_sum[None], missing], axis=0)
+
+    residual = residual_points(at_pre, at_mid, masked_sum(last, mask))
+    mlp_ins = jnp.concatenate([at_mlp_in, jnp.zeros((n_layers - n_blocks, *at_mlp_in.shape[1:]), at_mlp_in.dtype)])
+    extra = [
+        residual_points(pre, mid, _summed_through(normalizer(kind), last_primal, last, mask, tangent_chunk))
+        for kind, pre, mid in zip(norms, norm_pre, norm_mid)
+    ]
+    return jnp.concatenate([residual, mlp_ins, *extra], axis=0)

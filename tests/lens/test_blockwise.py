@@ -1,0 +1,124 @@
+"""Block-major sweeps (explicit MLP Jacobians, all basis vectors at once) give the operators of
+the basis-major sweeps, and sweeps restricted to the points a request needs give the same rows
+there and refuse to be read elsewhere."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+
+import qlens_jax
+from converters import model_config_from_hf
+from kernel_fixtures import setup
+from qlens_jax.lens import LensRequestError, blockwise, transport_operators
+from qlens_jax.lens.points import key_residual_point, n_key_points, n_points
+from qlens_jax.models import init_transformer, mlp_residual
+
+# A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, and Gemma-3's
+# post-norms with (1 + w) RMSNorm: every shape of MLP Jacobian the block-major sweep forms.
+ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding"]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def both_orders(request):
+    _, model, dictionaries, tokens, mask = setup(request.param)
+    run = lambda order: transport_operators(
+        model, tokens, mask, sweeps=("value", "key"), sweep_order=order, with_input_norms=True
+    )
+    return model, dictionaries, tokens, mask, run("basis"), run("blockwise")
+
+
+def _assert_rows_close(actual, expected, rtol=2e-5):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(actual), finite)
+    scale = np.abs(expected[finite]).max()
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=0, atol=rtol * scale)
+
+
+def test_blockwise_operators_equal_basis_major(both_orders):
+    model, _, _, _, basis_major, block_major = both_orders
+    n_layers = model.config.n_layers
+    assert block_major.value.shape == basis_major.value.shape == (n_points(n_layers), *block_major.value.shape[1:])
+    assert block_major.key.shape == basis_major.key.shape
+    assert block_major.key.shape[0] > n_key_points(n_layers)  # the input-normalization points too
+    _assert_rows_close(block_major.value, basis_major.value)
+    _assert_rows_close(block_major.key, basis_major.key)
+    # Not trivially equal: the operators are far from the identity.
+    assert np.abs(np.asarray(block_major.value[0]) - np.eye(model.config.d_model)).max() > 0.1
+
+
+def test_mlp_jacobian_equals_autodiff(both_orders):
+    model, *_ = both_orders
+    block, _ = model.block(0)
+    h = jax.random.normal(jax.random.key(3), (model.config.d_model,)) * 2.0
+    expected = jax.jacfwd(lambda x: mlp_residual(block, x))(h).T  # row convention
+    np.testing.assert_allclose(blockwise.mlp_jacobian(block, h), expected, rtol=1e-5, atol=1e-5 * float(jnp.abs(expected).max()))
+
+
+def test_restricted_sweeps_keep_the_rows_they_cover(both_orders):
+    model, dictionaries, tokens, mask, full, _ = both_orders
+    n_layers = model.config.n_layers
+    value_from, key_to = 3, 3  # resid_mid[1]: value needs blocks 1.., key blocks 0..1
+    part = transport_operators(
+        model, tokens, mask, sweeps=("value", "key"), sweep_order="blockwise", with_input_norms=True,
+        value_from_point=value_from, key_to_point=key_to,
+    )
+    assert part.value_from_point == 2 and part.key_to_point == 4
+    for p in range(n_points(n_layers)):
+        if part.covers("value", p, n_layers):
+            _assert_rows_close(part.value[p], full.value[p])
+        else:
+            assert p < 2 and not np.asarray(part.value[p]).any()
+    covered = [p for p in range(full.key.shape[0]) if part.covers("key", p, n_layers)]
+    assert set(covered) == {p for p in range(full.key.shape[0]) if key_residual_point(p, n_layers) <= 4}
+    assert len(covered) < full.key.shape[0]
+    for p in covered:
+        _assert_rows_close(part.key[p], full.key[p])
+
+
+def test_query_lens_refuses_operators_without_the_requested_rows(both_orders):
+    model, dictionaries, tokens, mask, *_ = both_orders
+    part = transport_operators(model, tokens, mask, sweeps=("value",), sweep_order="blockwise", value_from_point=4)
+    low = [d for d in dictionaries if d.layer == 0]
+    with pytest.raises(LensRequestError, match="no value rows for dictionary 0"):
+        qlens_jax.query_lens(model, low, tokens, mask, lenses=("query_lens_value",), path="dense", operators=part)
+
+
+def test_query_lens_sweeps_only_the_blocks_it_needs(monkeypatch):
+    """A request for the deepest dictionary alone sweeps values from its write point and keys up
+    to its read point, and its signatures equal those from full operators."""
+    from qlens_jax.lens import api
+
+    _, model, dictionaries, tokens, mask = setup("gpt2")
+    n_layers = model.config.n_layers
+    deepest = [max(dictionaries, key=lambda d: (d.layer, d.site_out == "resid_post"))]
+    kwargs = dict(lenses=("query_lens_value", "query_lens_key"), path="dense")
+    full = transport_operators(model, tokens, mask, sweeps=("value", "key"), sweep_order="basis")
+    expected = qlens_jax.query_lens(model, deepest, tokens, mask, operators=full, **kwargs)
+    computed, original = [], api.transport_operators
+    spy = lambda *args, **kw: computed.append(original(*args, **kw)) or computed[-1]
+    monkeypatch.setattr(api, "transport_operators", spy)
+    got = qlens_jax.query_lens(model, deepest, tokens, mask, **kwargs)
+    assert computed[0].value_from_point > 0  # the blocks before the write point were skipped
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a.top_ids, b.top_ids)
+        np.testing.assert_allclose(a.top_scores, b.top_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_order_choice():
+    config = model_config_from_hf(transformers.GPT2Config().to_dict())
+    assert blockwise.worth_it(config, 768)  # whole basis on one device: 5 d^3 instead of 8 d^3
+    assert not blockwise.worth_it(config, 96)  # basis split over 8 devices: forming Q dominates
+    model = jax.eval_shape(lambda: init_transformer(config, jax.random.key(0)))
+    assert blockwise.sequences_that_fit(model, 256, 768, 8.0) >= 1
+    assert blockwise.sequences_that_fit(model, 1024, 768, 2.0) == 0
+
+
+def test_bad_sweep_options_name_the_option():
+    _, model, _, tokens, mask = setup("gpt2")
+    with pytest.raises(ValueError, match="sweep_order"):
+        transport_operators(model, tokens, mask, sweeps=("value",), sweep_order="sideways")
+    with pytest.raises(ValueError, match="key_to_point=99"):
+        transport_operators(model, tokens, mask, sweeps=("key",), key_to_point=99)
