@@ -141,6 +141,7 @@ def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: di
     """
     from qlens_jax import sharding
     from qlens_jax.lens import ChunkPlan, TransportOperators, load_operators, save_operators, transport_operators
+    from qlens_jax.lens.points import dictionary_points
 
     sweeps = tuple(sorted({SWEEP_OF_LENS[lens] for lens in lenses if lens in SWEEP_OF_LENS}))
     if plan["path"] != "dense" or not sweeps:
@@ -150,13 +151,19 @@ def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: di
         operators = load_operators(run.operators) if run else None
         if not distributed.is_multiprocess():
             return operators
-        n_tokens = distributed.share(operators.n_tokens if run else None)
+        static = ("n_tokens", "value_from_point", "key_to_point")
+        static = distributed.share({f: getattr(operators, f) for f in static} if run else None)
         host = {f: np.asarray(getattr(operators, f)) for f in fields if getattr(operators, f) is not None} if run else None
         host = distributed.share_arrays(host)
-        return TransportOperators(**{f: host.get(f) for f in fields}, n_tokens=n_tokens)
+        return TransportOperators(**{f: host.get(f) for f in fields}, **static)
     chunk_plan = ChunkPlan(plan["sequences_per_chunk"], plan["tangent_chunk"])
+    # Sweep only the blocks between the embedding / the top and this run's dictionaries.
+    n_layers = model.config.n_layers
+    points = [dictionary_points(d.site_in, d.site_out, d.layer, n_layers) for d in inputs.dictionaries]
     operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, mesh=mesh,
-                                    shard_weights=_shard_weights(args), quiet=quiet)
+                                    shard_weights=_shard_weights(args), quiet=quiet,
+                                    memory_budget_gb=plan["memory_budget_gb"], value_from_point=min(p.write for p in points),
+                                    key_to_point=max(p.read_residual for p in points))
     # Gathering to the host is a collective: every process, before process 0 saves alone.
     host = jax.tree.map(sharding.to_host, operators) if distributed.is_multiprocess() else operators
     if run:

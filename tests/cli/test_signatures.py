@@ -97,3 +97,12 @@ def test_different_inputs_into_the_same_folder_are_refused(world, full_run, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("qlens signatures: error: --out") and "different inputs (k);" in err and "\n" not in err
     assert (out / "signatures.parquet").read_bytes() == before
+
+
+def test_operators_cover_only_the_blocks_the_dictionaries_need(full_run):
+    """The sweeps stop at the run's dictionaries: values from the lowest write point
+    (sae-l0 writes resid_post[0]: block 0 is not swept), keys up to the highest read point
+    (sae-l2 reads resid_pre[2]: block 2 is not swept)."""
+    out, *_ = full_run
+    meta = json.loads((out / "operators" / "operators.json").read_text())
+    assert (meta["value_from_point"], meta["key_to_point"]) == (2, 4)
