@@ -35,7 +35,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.dictionaries.normalization import input_stats, normalize
 from qlens_jax.lens.points import INPUT_NORMS_WITH_JACOBIAN, n_points
-from qlens_jax.lens.transport import _attention_batch, _run, masked_sum
+from qlens_jax.lens.transport import _attention_batch, clean_states, masked_sum
 from qlens_jax.models import Block, Transformer, mlp_input
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.layers import ACTIVATIONS
@@ -114,13 +114,6 @@ def _basis_tangents(basis: Int[Array, " r"], d: int, mask: Bool[Array, "b s"], d
     return jnp.where(mask[None, ..., None], one_hot, 0.0).astype(dtype)
 
 
-def _clean_states(model: Transformer, tokens, mask):
-    n_layers, d = model.config.n_layers, model.config.d_model
-    zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
-    final, pres, mids, _ = _run(model, tokens, mask, zeros, zeros, None)
-    return final, pres, mids
-
-
 def _blocks(model: Transformer, start: int, stop: int):
     take = lambda x: x[start:stop]
     return jax.tree.map(take, model.blocks), jax.tree.map(take, model.meta)
@@ -133,7 +126,7 @@ def value_sweep_blockwise(
     """As `operators.value_sweep_chunk`, block by block from the top down to `first_block`
     (points before `resid_pre[first_block]` are zero)."""
     n_layers, d = model.config.n_layers, model.config.d_model
-    _, pres, mids = _clean_states(model, tokens, mask)
+    _, pres, mids = clean_states(model, tokens, mask)
     top = _basis_tangents(basis, d, mask, model.embed_tokens.dtype)
     blocks, meta = _blocks(model, first_block, n_layers)
 
@@ -165,7 +158,7 @@ def key_sweep_blockwise(
     `n_blocks - 1` (residual points after `resid_pre[n_blocks]` and later MLP inputs are zero)."""
     n_layers, d = model.config.n_layers, model.config.d_model
     n_blocks = n_layers if n_blocks is None else n_blocks
-    final, pres, mids = _clean_states(model, tokens, mask)
+    final, pres, mids = clean_states(model, tokens, mask)
     bottom = _basis_tangents(basis, d, mask, model.embed_tokens.dtype)
     blocks, meta = _blocks(model, 0, n_blocks)
     norms = INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()

@@ -222,18 +222,15 @@ def transport_operators(
     use_blockwise = sweep_order == "blockwise" or (
         sweep_order == "auto" and fitting >= 1 and blockwise.worth_it(model.config, d // n_basis)
     )
-    if use_blockwise:
-        per_device = max(1, min(per_device, fitting))
-        n_layers = model.config.n_layers
-        block_range = {"value": (value_from_point // 2, n_layers), "key": (0, -(-key_to_point // 2))}
-    else:
-        value_from_point, key_to_point = 0, last_point
-    group = per_device * n_data
+    n_layers = model.config.n_layers
+    # Block-major value and key sweeps hold every basis vector's tangents: fewer sequences per step.
+    block_range = {"value": (value_from_point // 2, n_layers), "key": (0, -(-key_to_point // 2))} if use_blockwise else {}
     totals: dict[str, list] = {}
     for name in SWEEPS:
         if name not in sweeps:
             continue
-        blocks = block_range.get(name) if use_blockwise else None
+        blocks = block_range.get(name)
+        group = (max(1, min(per_device, fitting)) if blocks else per_device) * n_data
         sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded, blocks)
         steps = list(iter_token_chunks(tokens, mask, group))
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):

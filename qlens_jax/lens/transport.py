@@ -90,12 +90,18 @@ def points_from_embedding(
     return jnp.concatenate([residual, mlp_ins, *extra], axis=0)
 
 
-def clean_module_inputs(model: Transformer, tokens, mask) -> Float[Array, "modules b s d"]:
-    """Each module's clean input: `resid_pre[b]` for attention `b`, `resid_mid[b]` for MLP `b`."""
+def clean_states(model: Transformer, tokens, mask) -> tuple[Float[Array, "b s d"], Float[Array, "L b s d"], Float[Array, "L b s d"]]:
+    """The clean final residual and every block's `resid_pre` and `resid_mid`."""
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
     final, pres, mids, _ = _run(model, tokens, mask, zeros, zeros, None)
-    return jnp.stack([pres, mids], axis=1).reshape(2 * n_layers, *final.shape)
+    return final, pres, mids
+
+
+def clean_module_inputs(model: Transformer, tokens, mask) -> Float[Array, "modules b s d"]:
+    """Each module's clean input: `resid_pre[b]` for attention `b`, `resid_mid[b]` for MLP `b`."""
+    final, pres, mids = clean_states(model, tokens, mask)
+    return jnp.stack([pres, mids], axis=1).reshape(2 * model.config.n_layers, *final.shape)
 
 
 def module_outputs(
