@@ -12,9 +12,10 @@ factor), and forming it costs `d_model x d_mlp x d_model` once per position, sha
 basis vectors, after which each vector costs only `d_model^2`. With the whole basis of
 GPT-2 small (`r = d_model = 768`, `d_mlp = 3072`) that is 5 instead of 8 `d_model^3` per token
 and block, about a quarter of a whole sweep's arithmetic. It needs all `r` tangents of a token
-chunk alive at once (`r x tokens x d_model`), so the planner picks this order only when they fit
-(`chunks.plan_chunks`). Attention still maps the tangents one basis vector at a time through
-its linearization (it mixes positions).
+chunk alive at once (`r x tokens x d_model`), so `operators.transport_operators` picks this
+order only when they fit (`sequences_that_fit`) and it pays (`worth_it`). Attention mixes
+positions, so it still costs a pass per basis vector: its VJP (value side) or the transpose of
+its VJP (key side), `VJP_CHUNK` vectors at a time.
 
 Walking block by block also lets a sweep stop where a job's dictionaries stop needing it: the
 value sweep runs from the top down to `first_block`, the key sweep from the embedding up to
