@@ -7,8 +7,9 @@ spawned process, so that its peak memory is its own:
 
 - reference (`benchmarks/reference_torch.py`): one `torch.func` jvp / vjp pass per feature,
   timed on `--ref-features` features per layer and side;
-- qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer),
-  then `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
+- qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer,
+  over the blocks the whole-dictionary job needs; with the budget to keep every block's MLP
+  Jacobians, one step for both sides that forms each Jacobian once), then `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
   the single-layer job, the sweep restricted to the blocks that layer needs (value: the blocks
   after it; key: the blocks up to it), as `query_lens` on one layer runs it;
 - qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the reference's features.
@@ -44,8 +45,8 @@ import numpy as np
 from benchmarks import common
 
 SIZES = {
-    "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2),
-    "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3),
+    "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2, budget=16.0),
+    "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3, budget=8.0),
 }
 SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
 K = 25
@@ -103,25 +104,26 @@ def _jax_setup(cfg):
 
 
 def run_dense(cfg: dict) -> dict:
-    from qlens_jax import TransportOperators, query_lens, transport_operators
+    from qlens_jax import query_lens, transport_operators
+    from qlens_jax.lens.points import residual_point
 
     model, d, tokens, mask = _jax_setup(cfg)
     rss_setup = common.current_rss_gb()
     out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}}
-    needed = [s for s in ("value", "key") if any(SIDES[l] == s and l.startswith("query_lens") for l in cfg["lenses"])]
-    ops = {}
-    for side in needed:
-        result, seconds = common.timed(
-            transport_operators, model, tokens, mask, sweeps=(side,), memory_budget_gb=cfg["budget"], quiet=cfg["quiet"]
+    needed = tuple(s for s in ("value", "key") if any(SIDES[l] == s and l.startswith("query_lens") for l in cfg["lenses"]))
+    operators = None
+    if needed:
+        # The whole-dictionary job's sweeps, as `qlens signatures` runs them for dictionaries on
+        # resid_post at every layer: values from resid_post[0], keys up to the last resid_post.
+        n_layers = model.config.n_layers
+        bounds = dict(value_from_point=residual_point("resid_post", 0, n_layers),
+                      key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
+        operators, seconds = common.timed(
+            transport_operators, model, tokens, mask, sweeps=needed, memory_budget_gb=cfg["budget"], quiet=cfg["quiet"], **bounds
         )
-        ops[side] = result
-        out["sweeps"][side] = {"seconds": seconds, "loadavg": common.loadavg(), "rss_gb": round(common.current_rss_gb(), 3)}
-        common.log(f"dense: {side} sweep {seconds:.1f} s")
-    operators = TransportOperators(
-        value=ops["value"].value if "value" in ops else None,
-        key=ops["key"].key if "key" in ops else None,
-        first_order=None, first_order_all=None, n_tokens=int(mask.sum()),
-    )
+        name = "+".join(needed)
+        out["sweeps"][name] = {"seconds": seconds, "loadavg": common.loadavg(), "rss_gb": round(common.current_rss_gb(), 3)}
+        common.log(f"dense: {name} sweep {seconds:.1f} s")
     rss_operators = common.current_rss_gb()
     out["rss_after_sweeps_gb"] = round(rss_operators, 3)
     if cfg.get("save_operators"):
@@ -258,7 +260,9 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
     whole_ref, whole_dense_readouts = 0.0, 0.0
     for lens in cfg["lenses"]:
         side = SIDES[lens]
-        sweep = dense["sweeps"].get(side, {}).get("seconds", 0.0) if lens.startswith("query_lens") else 0.0
+        # The one sweep that made this side's operators ("value+key" when both sides shared it).
+        sides_sweep = [v["seconds"] for name, v in dense["sweeps"].items() if side in name.split("+")]
+        sweep = sides_sweep[0] if sides_sweep and lens.startswith("query_lens") else 0.0
         ref_per_layer, rows = [], []
         readout_per_layer = []
         for layer in layers:
@@ -329,7 +333,7 @@ def print_report(summary, agreement, info):
                   f"{r['dense_vs_reference']:>9.0f}x {r['dense_readout_only_features_per_s']:>15.4g} "
                   f"{r['dense_readout_fraction_of_matmul_peak'] or float('nan'):>12.0%} "
                   f"{r['per_feature_features_per_s']:>16.3g} {r['per_feature_vs_reference']:>6.1f}x")
-        print(f"{'':18} sweep (once, all layers): {entry['sweep_seconds']:.1f} s; single-layer sweeps: "
+        print(f"{'':18} sweep (once, all layers, shared by the sides it names): {entry['sweep_seconds']:.1f} s; single-layer sweeps: "
               + ", ".join(f"layer {r['layer']} {r['dense_single_layer_sweep_seconds']:.1f} s" for r in entry["layers"]))
     w = summary["whole_dictionary"]
     if summary.get("matmul_peak_flops_per_s"):
@@ -353,7 +357,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ref-features", type=int, help="features per layer and side timed with the reference")
     parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"],
                         choices=sorted(SIDES), help="lenses to benchmark")
-    parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--memory-budget-gb", type=float,
+                        help="memory budget of the dense path (gpt2-small: 16, enough to share the MLP Jacobians "
+                             "between the two sweeps; tiny: 8)")
     parser.add_argument("--single-layer-seqs", type=int, default=1,
                         help="sequences on which each single-layer (restricted) sweep is timed, then scaled to --batch")
     parser.add_argument("--seed", type=int, default=0)
@@ -367,7 +373,7 @@ def main(argv=None) -> int:
     cfg = dict(
         hf=size["hf"], seed=args.seed, features=args.features or size["features"],
         layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
-        lenses=tuple(args.lenses), budget=args.memory_budget_gb, quiet=args.quiet, save_operators=args.save_operators,
+        lenses=tuple(args.lenses), budget=args.memory_budget_gb or size["budget"], quiet=args.quiet, save_operators=args.save_operators,
         single_layer_seqs=args.single_layer_seqs,
     )
     cfg["picks"] = common.feature_picks(cfg["features"], args.ref_features or size["ref_features"])

@@ -112,12 +112,17 @@ def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, 
 
 
 FUNCTIONS = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
-BLOCKWISE = {"value": blockwise.value_sweep_blockwise, "key": blockwise.key_sweep_blockwise}
+BLOCKWISE = {
+    "value": blockwise.value_sweep_blockwise,
+    "key": blockwise.key_sweep_blockwise,
+    "value+key": blockwise.both_sweeps_blockwise,
+}
 SWEEP_ORDERS = ("auto", "blockwise", "basis")
 # Where the basis axis of each sweep's outputs lies (it is split over the mesh's `feature` axis).
 OUT_SPECS = {
     "value": P(None, "feature", None),
     "key": P(None, "feature", None),
+    "value+key": (P(None, "feature", None), P(None, "feature", None)),
     "first_order": (P(None, None, "feature"), P(None, None, "feature")),
 }
 
@@ -137,14 +142,16 @@ def sharded_sweep(
     The basis loop (`lax.map`) is not partitioned then: each `feature` device runs every basis
     vector through its share of the MLP and embedding work.
     `blocks = (first, stop)`: the block-major sweep over blocks `first .. stop - 1` (value
-    sweeps start at the top, key sweeps at the embedding); None: the basis-major sweep.
+    sweeps start at the top, key sweeps at the embedding; "value+key", both sweeps in one step
+    sharing MLP Jacobians, the value sweep from `first` and the key sweep up to `stop`); None:
+    the basis-major sweep.
     """
-    extra = (with_input_norms,) if name == "key" else ()
-    function = FUNCTIONS[name]
-    if blocks is not None:
+    if blocks is None:
+        function, extra = FUNCTIONS[name], ((with_input_norms,) if name == "key" else ())
+    else:
         first, stop = blocks
         function = BLOCKWISE[name]
-        extra = (first,) if name == "value" else (with_input_norms, stop)
+        extra = {"value": (first,), "key": (with_input_norms, stop), "value+key": (first, with_input_norms, stop)}[name]
     run = lambda model, tokens, mask, basis: function(model, tokens, mask, basis, tangent_chunk, *extra)
     if weights_sharded:
         is_spec = lambda x: isinstance(x, P)
@@ -225,12 +232,20 @@ def transport_operators(
     n_layers = model.config.n_layers
     # Block-major value and key sweeps hold every basis vector's tangents: fewer sequences per step.
     block_range = {"value": (value_from_point // 2, n_layers), "key": (0, -(-key_to_point // 2))} if use_blockwise else {}
+    jobs = [name for name in SWEEPS if name in sweeps]
+    shared = _shared_blocks(block_range) if {"value", "key"} <= set(jobs) else 0
+    # The key sweep keeps the Jacobians of every block it passes.
+    kept = block_range["key"][1] if shared else 0
+    fitting_shared = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb, kept) if shared else 0
+    if fitting_shared >= 1:
+        # Both sweeps in one step, each MLP Jacobian formed once (`both_sweeps_blockwise`).
+        jobs = ["value+key"] + [name for name in jobs if name not in ("value", "key")]
+        block_range["value+key"] = (block_range["value"][0], block_range["key"][1])
     totals: dict[str, list] = {}
-    for name in SWEEPS:
-        if name not in sweeps:
-            continue
+    for name in jobs:
         blocks = block_range.get(name)
-        group = (max(1, min(per_device, fitting)) if blocks else per_device) * n_data
+        fits = fitting_shared if name == "value+key" else fitting
+        group = (max(1, min(per_device, fits)) if blocks else per_device) * n_data
         sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded, blocks)
         steps = list(iter_token_chunks(tokens, mask, group))
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
@@ -239,6 +254,9 @@ def transport_operators(
             result = sweep(model, step_tokens, step_mask, basis)
             result = result if isinstance(result, tuple) else (result,)
             totals[name] = list(result) if name not in totals else [t + r for t, r in zip(totals[name], result)]
+    if "value+key" in totals:
+        value, key = totals.pop("value+key")
+        totals["value"], totals["key"] = [value], [key]
     scale = 1.0 / n_tokens
     first = totals.get("first_order", [None, None])
     return TransportOperators(
@@ -250,6 +268,13 @@ def transport_operators(
         value_from_point=2 * block_range["value"][0] if use_blockwise else 0,
         key_to_point=min(2 * block_range["key"][1], last_point) if use_blockwise else None,
     )
+
+
+def _shared_blocks(block_range: dict) -> int:
+    """Blocks that both the block-major value and key sweeps pass (0 without block-major sweeps)."""
+    if not block_range:
+        return 0
+    return max(0, block_range["key"][1] - block_range["value"][0])
 
 
 def _this_process_only():

@@ -29,6 +29,25 @@ def both_orders(request):
     return model, dictionaries, tokens, mask, run("basis"), run("blockwise")
 
 
+def test_one_step_for_both_sweeps_equals_separate_sweeps(monkeypatch):
+    """With both sides requested the block-major sweeps run as one step that forms each MLP
+    Jacobian once (the value sweep reuses the key sweep's), and give the separate sweeps' rows."""
+    from qlens_jax.lens import operators
+
+    _, model, _, tokens, mask = setup("gpt2")
+    names, original = [], operators.sharded_sweep
+    monkeypatch.setattr(operators, "sharded_sweep", lambda name, *a, **k: names.append(name) or original(name, *a, **k))
+    options = dict(sweep_order="blockwise", with_input_norms=True, value_from_point=2, key_to_point=5)
+    together = transport_operators(model, tokens, mask, sweeps=("value", "key"), **options)
+    assert names == ["value+key"]
+    value = transport_operators(model, tokens, mask, sweeps=("value",), **options)
+    key = transport_operators(model, tokens, mask, sweeps=("key",), **options)
+    assert names[1:] == ["value", "key"]
+    assert (together.value_from_point, together.key_to_point) == (value.value_from_point, key.key_to_point) == (2, 6)
+    _assert_rows_close(together.value, value.value, rtol=1e-6)
+    _assert_rows_close(together.key, key.key, rtol=1e-6)
+
+
 def _assert_rows_close(actual, expected, rtol=2e-5):
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     finite = np.isfinite(expected)
@@ -114,6 +133,9 @@ def test_sweep_order_choice():
     model = jax.eval_shape(lambda: init_transformer(config, jax.random.key(0)))
     assert blockwise.sequences_that_fit(model, 256, 768, 8.0) >= 1
     assert blockwise.sequences_that_fit(model, 1024, 768, 2.0) == 0
+    # Keeping 12 blocks' Jacobians for the value sweep (7 GiB at 256 tokens) needs a larger budget.
+    assert blockwise.sequences_that_fit(model, 256, 768, 8.0, kept_blocks=12) == 0
+    assert blockwise.sequences_that_fit(model, 256, 768, 16.0, kept_blocks=12) >= 1
 
 
 def test_bad_sweep_options_name_the_option():
