@@ -14,11 +14,12 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from qlens_jax.lens.readout import TopK
+from qlens_jax.lens.topk import top_k
 
 
 def _top_and_bottom(scores: Float[Array, "n vocab"], k: int) -> TopK:
-    top_scores, top_ids = jax.lax.top_k(scores, k)
-    neg, bottom_ids = jax.lax.top_k(-scores, k)
+    top_scores, top_ids = top_k(scores, k)
+    neg, bottom_ids = top_k(scores, k, negate=True)
     return TopK(top_ids, top_scores, bottom_ids, -neg)
 
 

@@ -14,6 +14,7 @@ from jaxtyping import Array, Float
 from qlens_jax import sharding
 
 from qlens_jax.lens.readout import TopK, dot_scores, value_scores
+from qlens_jax.lens.topk import top_k
 from qlens_jax.models import Transformer
 
 
@@ -29,9 +30,9 @@ def _key_score(matrix, op, x):
     return dot_scores(matrix, _transported(op, x))
 
 
-def _topk(scores, k) -> TopK:
-    top_scores, top_ids = jax.lax.top_k(scores, k)
-    neg, bottom_ids = jax.lax.top_k(-scores, k)
+def _topk(scores: Float[Array, "n vocab"], k: int) -> TopK:
+    top_scores, top_ids = top_k(scores, k)
+    neg, bottom_ids = top_k(scores, k, negate=True)
     return TopK(top_ids, top_scores, bottom_ids, -neg)
 
 
@@ -48,14 +49,14 @@ def _split_topk(scores: Float[Array, "n vocab"], k: int, vocab_size: int, mesh: 
         offset = jax.lax.axis_index(vocab) * width
         valid = offset + jnp.arange(width) < vocab_size
 
-        def best(values):
-            values, ids = jax.lax.top_k(jnp.where(valid, values, -jnp.inf), min(k, width))
+        def best(negate: bool):
+            values, ids = top_k(jnp.where(valid, block, jnp.inf if negate else -jnp.inf), min(k, width), negate)
             values = jax.lax.all_gather(values, vocab, axis=1, tiled=True)
             ids = jax.lax.all_gather(ids + offset, vocab, axis=1, tiled=True)
             values, pick = jax.lax.top_k(values, k)
             return values, jnp.take_along_axis(ids, pick, axis=1)
 
-        (top, top_ids), (neg, bottom_ids) = best(block), best(-block)
+        (top, top_ids), (neg, bottom_ids) = best(False), best(True)
         return TopK(top_ids, top, bottom_ids, -neg)
 
     rows = sharding.spec(row_axis, None)
