@@ -15,7 +15,10 @@ and block, about a quarter of a whole sweep's arithmetic. It needs all `r` tange
 chunk alive at once (`r x tokens x d_model`), so `operators.transport_operators` picks this
 order only when they fit (`sequences_that_fit`) and it pays (`worth_it`). Attention mixes
 positions, so it still costs a pass per basis vector: its VJP (value side) or the transpose of
-its VJP (key side), `VJP_CHUNK` vectors at a time.
+its VJP (key side), `VJP_CHUNK` vectors at a time. When both sides are wanted,
+`both_sweeps_blockwise` forms each block's Jacobians once for the two sweeps: the key sweep
+(bottom up) keeps them and the value sweep (top down) reuses them, at `blocks x tokens x d^2`
+floats of memory.
 
 Walking block by block also lets a sweep stop where a job's dictionaries stop needing it: the
 value sweep runs from the top down to `first_block`, the key sweep from the embedding up to
