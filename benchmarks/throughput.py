@@ -9,7 +9,8 @@ spawned process, so that its peak memory is its own:
   timed on `--ref-features` features per layer and side;
 - qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer,
   over the blocks the whole-dictionary job needs; with the budget to keep every block's MLP
-  Jacobians, one step for both sides that forms each Jacobian once), then `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
+  Jacobians, one step for both sides that forms each Jacobian once), then
+  `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
   the single-layer job, the sweep restricted to the blocks that layer needs (value: the blocks
   after it; key: the blocks up to it), as `query_lens` on one layer runs it;
 - qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the reference's features.
