@@ -27,8 +27,8 @@ from qlens_jax.baselines.readout import topk_of_differences
 from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import write_point
 from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, point_name
-from qlens_jax.lens.api import _as_list, _feature_ids
 from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
+from qlens_jax.lens.plan import dictionary_list, feature_ids
 from qlens_jax.lens.readout import feature_chunk_for
 from qlens_jax.lens.readouts import ReadoutContext
 from qlens_jax.lens.signatures import Signatures, SignatureTable
@@ -53,7 +53,7 @@ def _validate(model, dictionaries, lenses, k, translators):
         raise LensRequestError(f"a lens is named twice in {list(lenses)}")
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= model.config.vocab_size:
         raise LensRequestError(f"k={k} must be an integer in [1, vocab size {model.config.vocab_size}]")
-    items = _as_list(dictionaries)
+    items = dictionary_list(dictionaries)
     for d in items:
         validate_dictionary(d, model)
     if set(lenses) & set(TUNED_LENSES):
@@ -120,7 +120,7 @@ def baseline_signatures(
     secants = [lens for lens in lenses if is_secant(lens)]
     tables: dict[tuple[str, int], SignatureTable] = {}
     for index, dictionary in enumerate(progress(items, desc="baselines", quiet=quiet, unit="dictionary")):
-        ids = _feature_ids(features, index, dictionary)
+        ids = feature_ids(features, index, dictionary)
         if len(ids) == 0:
             continue
         if secants:

@@ -18,7 +18,7 @@ from qlens_jax.corpus import CorpusError, load_token_sample, sample_windows, tok
 from qlens_jax.errors import InputError
 from qlens_jax.io.reference_features import is_feature_sample, read_feature_sample
 from qlens_jax.io.rundir import check_writable
-from qlens_jax.lens.api import DTYPES, PATHS
+from qlens_jax.lens.options import DTYPES, PATHS
 from qlens_jax.lens.signatures import LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 

@@ -250,7 +250,7 @@ def run_signatures(args, argv) -> int:
     (run.json, lock, shards, operators, signatures.parquet) and tells the others what is left.
     """
     from qlens_jax.job.inputs import job_mesh
-    from qlens_jax.lens import cast_model
+    from qlens_jax.numerics import cast_model
 
     if args.distributed:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
