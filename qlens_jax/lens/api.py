@@ -173,19 +173,10 @@ def query_lens(
 ) -> Signatures:
     """Top-k and bottom-k tokens of each feature under each lens (DESIGN.md section 1).
 
-    Args:
-        model: the converted language model.
-        dictionaries: a `Dictionary`, a `DictionarySet` or a list of dictionaries.
-        tokens, mask: the token sample `[batch, seq]` and its right-padding mask.
-        lenses: any of `LENSES`.
-        features: None (all), ids applied to every dictionary, or a dict from dictionary
-            position (or `(name, layer)`) to ids.
-        options: what changes the numbers (`LensOptions`: k, dtype, precision, stats and the
-            convention options).
-        execution: how it runs (`ExecutionOptions`: path, mesh, memory, chunks, self-check,
-            progress).
+    The arguments are `plan_request`'s (model, dictionaries, sample, lenses, features and the
+    two option groups), plus:
         operators: precomputed `transport_operators` for this model and sample.
-        **option_fields: shorthand for single fields of either group, e.g. `k=10` or
+        **option_fields: shorthand for single fields of either option group, e.g. `k=10` or
             `path="dense"`; a name in neither group raises `TypeError`.
 
     The stages are `plan_request`, `transport_operators_for` and `read_signatures`.
