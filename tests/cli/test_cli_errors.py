@@ -175,3 +175,20 @@ def test_help_explains_every_subcommand(command, capsys):
     assert text.startswith("usage: qlens")
     for fragment in HELP[command]:
         assert fragment in text, fragment
+
+
+def test_the_qlens_script_and_python_m_run_the_cli():
+    import importlib
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    import qlens_jax.cli
+
+    root = Path(__file__).resolve().parents[2]
+    target = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["qlens"]
+    module, _, function = target.partition(":")
+    assert getattr(importlib.import_module(module), function) is qlens_jax.cli.main
+    done = subprocess.run([sys.executable, "-m", "qlens_jax.cli", "--help"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: qlens" in done.stdout and "evaluate" in done.stdout
