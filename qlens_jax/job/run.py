@@ -28,12 +28,13 @@ from qlens_jax.io.atomic import publish, temporary_path
 from qlens_jax.io.parquet import assemble, signature_rows, write_table
 from qlens_jax.io.rundir import RunDir
 from qlens_jax.job.inputs import Inputs, prepare
+from qlens_jax.job.spec import JobOptions, SignaturesJob
 from qlens_jax.progress import progress
 
 SWEEP_OF_LENS = {"query_lens_value": "value", "query_lens_key": "key", "first_order_value": "first_order", "first_order_key": "first_order"}
 # Options that change the numbers or the shard layout (the rest: --quiet, --memory-budget-gb...).
 OUTPUT_OPTIONS = (
-    "lenses", "k", "dtype", "path", "stats", "shard_size", "remove_final_norm_bias",
+    "lenses", "k", "dtype", "precision", "path", "stats", "shard_size", "remove_final_norm_bias",
     "first_order_key_mask_seed", "exact_norm_jacobian",
 )
 
@@ -70,7 +71,7 @@ def _json_value(value):
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
-def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
+def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict) -> dict:
     dictionaries = [
         {
             "source": d.info.source, "format": d.info.format, "name": d.name, "layer": d.layer, "kind": d.kind,
@@ -85,10 +86,10 @@ def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
     sample["valid_tokens"] = int(inputs.mask.sum())
     corpus = sample.get("corpus") or sample.get("token_sample")
     sample["file_sha256"] = hashing.path_hash(corpus)
-    model = {"source": args.model, "path": str(inputs.model_dir), "sha256": hashing.model_hash(inputs.model),
+    model = {"source": job.model.model, "path": str(inputs.model_dir), "sha256": hashing.model_hash(inputs.model),
              "config": {k: v for k, v in vars(inputs.model.config).items() if not isinstance(v, tuple)}}
-    tokenizer = {"source": args.tokenizer or args.model, "sha256": hashing.text_hash(inputs.tokenizer.to_str())}
-    options = {key: _json_value(value) for key, value in vars(args).items() if not key.startswith("_")}
+    tokenizer = {"source": job.model.tokenizer or job.model.model, "sha256": hashing.text_hash(inputs.tokenizer.to_str())}
+    options = {key: _json_value(value) for key, value in job.record().items()}
     fingerprint_inputs = {
         "model": model["sha256"],
         "tokenizer": tokenizer["sha256"],
@@ -109,14 +110,14 @@ def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
     }
 
 
-def _plan(args, inputs: Inputs, model) -> dict:
+def _plan(options: JobOptions, inputs: Inputs, model) -> dict:
     from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
     from qlens_jax.lens.readout import feature_chunk_for
 
-    budget = args.memory_budget_gb or default_budget_gb()
+    budget = options.memory_budget_gb or default_budget_gb()
     chunks = plan_chunks(model, inputs.tokens.shape, budget)
     n_features = sum(len(ids) for ids in inputs.features)
-    path = args.path
+    path = options.path
     if path == "auto":
         path = "dense" if n_features >= model.config.d_model else "per-feature"
     return {
@@ -125,15 +126,34 @@ def _plan(args, inputs: Inputs, model) -> dict:
         "sequences_per_chunk": chunks.sequences_per_chunk,
         "tangent_chunk": chunks.tangent_chunk,
         "feature_chunk": feature_chunk_for(model.config.vocab_size, 0.25 * budget * 2**30),
-        "shard_width": int(min(args.shard_size, max(len(ids) for ids in inputs.features))),
+        "shard_width": int(min(options.shard_size, max(len(ids) for ids in inputs.features))),
     }
 
 
-def _shard_weights(args) -> bool | None:
-    return {"auto": None, "sharded": True, "replicated": False}[args.weights]
+def _shard_weights(options: JobOptions) -> bool | None:
+    return {"auto": None, "sharded": True, "replicated": False}[options.weights]
 
 
-def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, mesh, quiet: bool):
+def precision_kwargs(precision: str) -> dict:
+    """The `precision=` keyword of the kernel entry points (`query_lens`, the baselines, the
+    channel analysis) for `--precision`. The kernels take it once the precision option is
+    merged; until then float32 (their only behaviour) is passed as no keyword at all, so the
+    lead replaces this body by `return {"precision": precision}` when merging."""
+    return {} if precision == "float32" else {"precision": precision}
+
+
+def kernel_options(options: JobOptions) -> dict:
+    """The keyword arguments of `query_lens` that come from the job's options."""
+    return {
+        "k": options.k, "dtype": options.dtype, "stats": options.stats,
+        "remove_final_norm_bias": options.remove_final_norm_bias,
+        "first_order_key_mask_seed": options.first_order_key_mask_seed,
+        "exact_norm_jacobian": options.exact_norm_jacobian, "shard_weights": _shard_weights(options),
+        **precision_kwargs(options.precision),
+    }
+
+
+def _operators(options: JobOptions, run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, mesh, quiet: bool):
     """The dense operators this run's lenses need: loaded from DIR, or computed and saved.
 
     In a multi-process job every process takes part in computing them; process 0 (the only
@@ -161,7 +181,8 @@ def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: di
     n_layers = model.config.n_layers
     points = [dictionary_points(d.site_in, d.site_out, d.layer, n_layers) for d in inputs.dictionaries]
     operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, mesh=mesh,
-                                    shard_weights=_shard_weights(args), quiet=quiet,
+                                    shard_weights=_shard_weights(options), quiet=quiet,
+                                    **precision_kwargs(options.precision),
                                     memory_budget_gb=plan["memory_budget_gb"], value_from_point=min(p.write for p in points),
                                     key_to_point=max(p.read_residual for p in points))
     # Gathering to the host is a collective: every process, before process 0 saves alone.
@@ -179,7 +200,7 @@ def _slow_shards():
     return (lambda: time.sleep(float(seconds))) if seconds else None
 
 
-def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, mesh, shard: Shard, self_check: bool):
+def _compute_shard(options: JobOptions, inputs: Inputs, model, operators, plan: dict, mesh, shard: Shard, self_check: bool):
     from qlens_jax.lens import query_lens
 
     width = plan["shard_width"]
@@ -187,10 +208,8 @@ def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, mesh, sha
     padded = np.concatenate([ids, np.full(width - len(ids), ids[-1])]) if len(ids) < width else ids
     dictionary = inputs.dictionaries[shard.dictionary_index]
     (table,) = query_lens(
-        model, [dictionary], inputs.tokens, inputs.mask, lenses=(shard.lens,), features=padded, k=args.k,
-        dtype=args.dtype, path=plan["path"], stats=args.stats, self_check=self_check,
-        remove_final_norm_bias=args.remove_final_norm_bias, first_order_key_mask_seed=args.first_order_key_mask_seed,
-        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators, mesh=mesh, shard_weights=_shard_weights(args),
+        model, [dictionary], inputs.tokens, inputs.mask, lenses=(shard.lens,), features=padded,
+        path=plan["path"], self_check=self_check, operators=operators, mesh=mesh, **kernel_options(options),
         memory_budget_gb=plan["memory_budget_gb"], sequences_per_chunk=plan["sequences_per_chunk"],
         tangent_chunk=plan["tangent_chunk"], feature_chunk=plan["feature_chunk"], quiet=True,
     )
@@ -242,7 +261,7 @@ def _finish(run: RunDir, shards: list[Shard], finished: bool, timings: dict, sta
     return n_rows
 
 
-def run_signatures(args, argv) -> int:
+def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
     """The whole job; returns the exit code (0). Bad inputs raise `InputError` before any work.
 
     With `--distributed` every process runs this function: all of them load the inputs and
@@ -252,26 +271,27 @@ def run_signatures(args, argv) -> int:
     from qlens_jax.job.inputs import job_mesh
     from qlens_jax.numerics import cast_model
 
-    if args.distributed:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    options = job.options
+    if options.distributed:
+        distributed.initialize(options.coordinator, options.num_processes, options.process_id)
     writer = distributed.is_writer()
-    quiet = args.quiet or not writer
+    quiet = options.quiet or not writer
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    inputs = distributed.checked(lambda: prepare(args, quiet, writes_output=writer))
+    inputs = distributed.checked(lambda: prepare(job, quiet, writes_output=writer))
     timings["inputs"] = time.perf_counter() - start
-    model = cast_model(inputs.model, args.dtype) if args.dtype != "float32" else inputs.model
-    mesh = distributed.checked(lambda: job_mesh(args, model))
-    shards = shard_plan(args.lenses, inputs.features, args.shard_size)
+    model = cast_model(inputs.model, options.dtype) if options.dtype != "float32" else inputs.model
+    mesh = distributed.checked(lambda: job_mesh(options, model))
+    shards = shard_plan(options.lenses, inputs.features, options.shard_size)
     run = distributed.checked(
-        lambda: RunDir.open(args.out, _manifest(args, argv, inputs, _plan(args, inputs, model))) if writer else None
+        lambda: RunDir.open(options.out, _manifest(job, argv, inputs, _plan(options, inputs, model))) if writer else None
     )
     try:
         state = distributed.share(_start_session(run, shards, inputs, mesh) if run else None)
         plan, todo = state["plan"], set(state["remaining"])
 
         t = time.perf_counter()
-        operators = _operators(args, run, model, inputs, {s.lens for s in shards if s.name in todo}, plan, mesh, quiet) if todo else None
+        operators = _operators(options, run, model, inputs, {s.lens for s in shards if s.name in todo}, plan, mesh, quiet) if todo else None
         timings["operators"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -286,8 +306,8 @@ def run_signatures(args, argv) -> int:
             dictionary = inputs.dictionaries[index]
             desc = f"readout {lens} L{dictionary.layer} {dictionary.name}"
             for shard in progress(left, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(left)):
-                self_check = args.self_check and shard.chunk == 0
-                rows = _compute_shard(args, inputs, model, operators, plan, mesh, shard, self_check)
+                self_check = options.self_check and shard.chunk == 0
+                rows = _compute_shard(options, inputs, model, operators, plan, mesh, shard, self_check)
                 if run:
                     write_table(run.shard_path(shard.name), rows, before_publish)
         timings["readout"] = time.perf_counter() - t
@@ -303,7 +323,7 @@ def run_signatures(args, argv) -> int:
     resumed = f"; resumed with {session['shards_done_at_start']}/{len(shards)} shards done" if run.resumed else ""
     processes = f" on {jax.process_count()} processes" if distributed.is_multiprocess() else ""
     print(
-        f"qlens: {n_rows} signatures ({n_features} features x {len(args.lenses)} lenses, "
+        f"qlens: {n_rows} signatures ({n_features} features x {len(options.lenses)} lenses, "
         f"{len(inputs.dictionaries)} dictionaries) -> {run.signatures} in {_duration(timings['total'])}{processes} "
         f"(inputs {_duration(timings['inputs'])}, operators {_duration(timings['operators'])}, "
         f"readout {_duration(timings['readout'])}){resumed}",
