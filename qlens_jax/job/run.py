@@ -111,7 +111,7 @@ def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
 
 def _plan(args, inputs: Inputs, model) -> dict:
     from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
-    from qlens_jax.lens.readout import feature_chunk_for
+    from qlens_jax.readout import feature_chunk_for
 
     budget = args.memory_budget_gb or default_budget_gb()
     chunks = plan_chunks(model, inputs.tokens.shape, budget)

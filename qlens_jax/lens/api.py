@@ -15,7 +15,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
 
 from qlens_jax import sharding
@@ -25,12 +24,11 @@ from qlens_jax.lens.first_order import first_order_terms_dense, first_order_term
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.points import key_residual_point
 from qlens_jax.lens.points import DictionaryPoints, dictionary_points, n_key_points
-from qlens_jax.lens.readout import centered_embeddings, feature_chunk_for
-from qlens_jax.lens.readouts import FeatureRows, ReadoutContext
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES, Signatures, SignatureTable, lens_side
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
+from qlens_jax.readout import FeatureRows, ReadoutContext, centered_embeddings, feature_chunk_for
 
 PATHS = ("auto", "dense", "per-feature")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -142,7 +140,7 @@ def _key_matrix(model: Transformer, tokens, mask, mesh) -> Float[Array, "vocab d
     """`centered_embeddings` of the sample; split over `vocab` like the sharded `W_E` when
     `mesh` is given (they already are, being computed from it; this makes sure)."""
     matrix = centered_embeddings(model, jnp.asarray(tokens), jnp.asarray(mask))
-    return matrix if mesh is None else jax.device_put(matrix, NamedSharding(mesh, sharding.spec("vocab", None)))
+    return matrix if mesh is None else jax.device_put(matrix, sharding.named(mesh, "vocab", None))
 
 
 def _per_feature_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, points, quiet: bool):
