@@ -15,11 +15,14 @@ from qlens_jax.models import Transformer
 from qlens_jax.readout.programs import ScoreFn, first_order_chunks, readout_chunks
 from qlens_jax.readout.scores import key_score_fn, value_score_fn
 from qlens_jax.readout.sharded import Layout
-from qlens_jax.readout.streaming import host_rows, run_chunks
+from qlens_jax.readout.streaming import FeatureRows, host_rows, run_chunks
 from qlens_jax.readout.topk import TopK
 
 
-def read_topk(score_fn: ScoreFn, vectors, k: int, feature_chunk: int, layout: Layout) -> dict[str, np.ndarray]:
+Vectors = Float[Array, "n d"] | Float[np.ndarray, "n d"] | FeatureRows
+
+
+def read_topk(score_fn: ScoreFn, vectors: Vectors, k: int, feature_chunk: int, layout: Layout) -> dict[str, np.ndarray]:
     """Top/bottom-k ids and scores (`TopK`'s fields, `[n, k]` host arrays) of `score_fn(vectors)`,
     `feature_chunk` rows (per device) at a time. `vectors`: `[n, d]` on host or device, or
     `FeatureRows` read from the dictionary chunk by chunk."""
@@ -55,11 +58,12 @@ class ReadoutContext:
             return value_score_fn(self.model, self.remove_final_norm_bias, op)
         return key_score_fn(self.model.W_E if logit_lens else self.key_matrix, op)
 
-    def read(self, side: str, vectors, op: Float[Array, "d d"] | None = None, logit_lens: bool = False) -> dict:
+    def read(self, side: str, vectors: Vectors, op: Float[Array, "d d"] | None = None, logit_lens: bool = False) -> dict:
         """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout."""
         return read_topk(self.score_fn(side, op, logit_lens), vectors, self.k, self.feature_chunk, self.layout)
 
-    def read_first_order(self, side: str, vectors, terms_op) -> dict:
+    def read_first_order(self, side: str, vectors: Vectors | Float[Array, "n T d"] | Float[np.ndarray, "n T d"],
+                         terms_op: Float[Array, "T d d"] | None) -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))
