@@ -114,7 +114,7 @@ def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict) -> dict:
 def _plan(options: JobOptions, inputs: Inputs, first: LensPlan) -> dict:
     """How this run is cut (path, chunk sizes, shard width): fixed at the first start and
     stored in run.json, so a resumed run cuts its work the same way."""
-    from qlens_jax.lens.readout import feature_chunk_for
+    from qlens_jax.readout import feature_chunk_for
 
     budget = first.execution.memory_budget_gb
     return {
