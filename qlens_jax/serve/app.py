@@ -14,6 +14,7 @@ is a 500 with one line too, never a traceback. The app only reads the run folder
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -144,7 +145,7 @@ async def _server_error(request: Request, err: Exception):
     return _error(f"internal error ({type(err).__name__}); the server log has the details", 500)
 
 
-def create_app(run: RunData | str, vocab: list[str] | None = None, allowed_hosts: list[str] | None = None,
+def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowed_hosts: list[str] | None = None,
                reverse_factory=ReverseLookup) -> Starlette:
     """The app over run folder `run`. `vocab`: display string per token id (default: the run's
     tokenizer's); `allowed_hosts`: Host headers accepted (default: any)."""
