@@ -13,6 +13,7 @@ is a 500 with one line too, never a traceback. The app only reads the run folder
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -65,9 +66,9 @@ def _int(request: Request, name: str, default: int | None = None, low: int = 0, 
 class Server:
     """What the endpoints share: the run, its queries, and the reverse lookup (loaded on first use)."""
 
-    def __init__(self, run: RunData, vocab: list[str], reverse_factory=ReverseLookup):
+    def __init__(self, run: RunData, vocab: list[str], reverse_factory=ReverseLookup, index_tokens: bool = True):
         self.run = run
-        self.queries = Queries(run, vocab)
+        self.queries = Queries(run, vocab, token_index=index_tokens)
         self._reverse, self._reverse_factory = None, reverse_factory
         self._reverse_lock = threading.Lock()
 
@@ -88,7 +89,8 @@ class Server:
         return HTMLResponse(render(f"Query Lens: {self.run.summary()['model']}"))
 
     async def run_info(self, request: Request):
-        return JSONResponse(self.run.summary())
+        indexer = self.queries.indexer
+        return JSONResponse(self.run.summary() | {"token_index": indexer.progress() if indexer is not None else None})
 
     async def feature(self, request: Request):
         query = _text(request, "q", required=False)
@@ -146,13 +148,14 @@ async def _server_error(request: Request, err: Exception):
 
 
 def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowed_hosts: list[str] | None = None,
-               reverse_factory=ReverseLookup) -> Starlette:
+               reverse_factory=ReverseLookup, index_tokens: bool = True) -> Starlette:
     """The app over run folder `run`. `vocab`: display string per token id (default: the run's
-    tokenizer's); `allowed_hosts`: Host headers accepted (default: any)."""
+    tokenizer's); `allowed_hosts`: Host headers accepted (default: any); `index_tokens`: build
+    the token index (`token_index`) in the background while serving (False: token search scans)."""
     run = run if isinstance(run, RunData) else RunData(run)
     if vocab is None:
         vocab = run_vocab(run)
-    server = Server(run, vocab, reverse_factory)
+    server = Server(run, vocab, reverse_factory, index_tokens)
     routes = [
         Route("/", server.page),
         Route("/api/run", server.run_info),
@@ -162,7 +165,15 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
         Route("/api/reverse", server.reverse_lookup),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
-    app = Starlette(routes=routes, middleware=middleware,
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if server.queries.indexer is not None and index_tokens:
+            server.queries.indexer.start()
+        yield
+        if server.queries.indexer is not None:
+            server.queries.indexer.stop()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={InputError: _input_error, HTTPException: _http_error, Exception: _server_error})
     app.state.server = server
     return app

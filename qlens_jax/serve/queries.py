@@ -4,7 +4,8 @@ Nothing of the run is loaded into memory: every query scans the files with proje
 row-group pruning (the shards are ordered by lens, dictionary and feature, and their Parquet
 statistics let DuckDB skip row groups). Token search matches token ids, found from the typed
 text with the viewer's rule (case and surrounding spaces ignored), in the stored top-k and
-bottom-k lists of every lens.
+bottom-k lists of every lens: through the token index of each file (`token_index`) once it is
+built, by scanning the file until then.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import duckdb
 
 from qlens_jax.errors import InputError
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
+from qlens_jax.serve.token_index import TokenIndexer
 
 MAX_PAGE = 200
 MAX_TOKEN_IDS = 64  # distinct ids one search may match (normalized spellings of one token)
-_LIST_COLUMNS = ("top_ids", "top_tokens", "top_scores", "bottom_ids", "bottom_tokens", "bottom_scores")
+# Token strings are not read from the files (decompressing them is most of a lookup's cost):
+# they are the run's vocabulary strings of the ids, as the run wrote them.
+_LIST_COLUMNS = ("top_ids", "top_scores", "bottom_ids", "bottom_scores")
 _ABSENT = 1 << 30
 
 
@@ -39,8 +43,11 @@ def normalize_token(text: str) -> str:
 class Queries:
     """DuckDB over one run folder; safe to call from several threads at once."""
 
-    def __init__(self, run: RunData, vocab: list[str], threads: int | None = None):
+    def __init__(self, run: RunData, vocab: list[str], threads: int | None = None, token_index: bool = True):
+        """`token_index`: search through token indexes (`TokenIndexer`; built by `indexer.start()`
+        in the background, or `indexer.index_all()`) where they are ready; False: always scan."""
         self.run = run
+        self.indexer = TokenIndexer(run.parquet_files) if token_index else None
         self.vocab = vocab
         self._by_text: dict[str, list[int]] = defaultdict(list)
         for token_id, text in enumerate(vocab):
@@ -54,18 +61,22 @@ class Queries:
         self._connection.execute("SET parquet_metadata_cache = true")
         self._lock = threading.Lock()
 
-    def _execute(self, sql: str, params: list) -> list[dict]:
-        files = [str(p) for p in self.run.parquet_files()]
-        if not files:
-            return []
+    def _query(self, sql: str, params: dict) -> list[dict]:
         with self._lock:
             cursor = self._connection.cursor()
         try:
-            result = cursor.execute(sql.replace("{files}", "read_parquet($files)"), {"files": files, **dict(params)})
+            result = cursor.execute(sql, params)
             names = [d[0] for d in result.description]
             return [dict(zip(names, row)) for row in result.fetchall()]
         finally:
             cursor.close()
+
+    def _execute(self, sql: str, params: list) -> list[dict]:
+        """`sql` over the run's current signature files (`{files}` in it)."""
+        files = [str(p) for p in self.run.parquet_files()]
+        if not files:
+            return []
+        return self._query(sql.replace("{files}", "read_parquet($files)"), {"files": files, **dict(params)})
 
     # ---- features ---------------------------------------------------------------------------
     def _rows_to_features(self, rows: list[dict]) -> list[dict]:
@@ -76,9 +87,10 @@ class Queries:
                 "dictionary": row["dictionary"], "dictionary_index": row["dictionary_index"], "layer": row["layer"],
                 "feature": row["feature"], "feature_str": row["feature_str"], "lenses": {},
             })
+            lists = {side: {"ids": row[f"{side}_ids"], "tokens": [self.vocab[i] for i in row[f"{side}_ids"]], "scores": row[f"{side}_scores"]}
+                     for side in ("top", "bottom")}
             entry["lenses"][row["lens"]] = {
-                "top": {"ids": row["top_ids"], "tokens": row["top_tokens"], "scores": row["top_scores"]},
-                "bottom": {"ids": row["bottom_ids"], "tokens": row["bottom_tokens"], "scores": row["bottom_scores"]},
+                **lists,
                 "relative_variance": row["relative_variance"],
             }
         return list(features.values())
@@ -131,7 +143,8 @@ class Queries:
         return self._by_text.get(key, [])[:MAX_TOKEN_IDS]
 
     def token_search(self, text: str, lens: str | None = None, limit: int = 50, offset: int = 0) -> dict:
-        """Features with the token in a stored top-k or bottom-k list, best rank first."""
+        """Features with the token in a stored top-k or bottom-k list, best rank first (a top-k
+        list before a bottom-k list; one hit per feature and lens)."""
         if not 1 <= limit <= MAX_PAGE:
             raise QueryError(f"limit {limit}: must be between 1 and {MAX_PAGE}")
         if not 0 <= offset <= 10**7:
@@ -139,30 +152,53 @@ class Queries:
         if lens is not None and lens not in self.run.lenses:
             raise QueryError(f"lens {lens!r}: not a lens of this run ({', '.join(self.run.lenses)})")
         ids = self.token_ids(text)
-        if not ids:
-            return {"token": text, "token_ids": [], "total": 0, "hits": []}
-        params = [("ids", ids), ("limit", limit), ("offset", offset), *((f"t{i}", t) for i, t in enumerate(ids))]
-        position = lambda column: "least(" + ", ".join(f"coalesce(list_position({column}, $t{i}), {_ABSENT})" for i in range(len(ids))) + ")"
+        files = self.run.parquet_files()
+        if not ids or not files:
+            return {"token": text, "token_ids": ids, "total": 0, "hits": []}
+        indexed, scanned = self.indexer.split(files) if self.indexer is not None else ([], files)
+        params = {"limit": limit, "offset": offset, **{f"t{i}": t for i, t in enumerate(ids)}}
         lens_filter = ""
         if lens is not None:
-            lens_filter, params = "lens = $lens AND ", params + [("lens", lens)]
-        rows = self._execute(
+            lens_filter, params["lens"] = "lens = $lens AND ", lens
+        parts = []
+        if indexed:
+            params["indexed"] = [str(f) for f in indexed]
+            wanted = ", ".join(f"$t{i}" for i in range(len(ids)))
+            parts.append(f"SELECT lens, dictionary_index, feature, side, rank, score FROM read_parquet($indexed) "
+                         f"WHERE {lens_filter}token_id IN ({wanted})")
+        if scanned:
+            params["scanned"] = [str(f) for f in scanned]
+            parts.append(self._scan_sql(len(ids), lens_filter))
+        rows = self._query(
             f"""
-            WITH hits AS (
-                SELECT lens, dictionary, dictionary_index, layer, feature, feature_str, top_scores, bottom_scores,
-                       {position('top_ids')} AS rt, {position('bottom_ids')} AS rb
-                FROM {{files}} WHERE {lens_filter}(list_has_any(top_ids, $ids) OR list_has_any(bottom_ids, $ids))
-            )
-            SELECT lens, dictionary, dictionary_index, layer, feature, feature_str,
-                   CASE WHEN rt < {_ABSENT} THEN 'top' ELSE 'bottom' END AS side,
-                   CASE WHEN rt < {_ABSENT} THEN rt ELSE rb END AS rank,
-                   CASE WHEN rt < {_ABSENT} THEN top_scores[rt] ELSE bottom_scores[rb] END AS score,
-                   count(*) OVER () AS total
-            FROM hits ORDER BY side DESC, rank, lens, layer, dictionary_index, feature LIMIT $limit OFFSET $offset
+            WITH hits AS ({" UNION ALL ".join(parts)}),
+            best AS (SELECT * FROM hits QUALIFY row_number() OVER (PARTITION BY lens, dictionary_index, feature ORDER BY side DESC, rank) = 1)
+            SELECT lens, dictionary_index, feature, side, rank, score, count(*) OVER () AS total
+            FROM best ORDER BY side DESC, rank, lens, dictionary_index, feature LIMIT $limit OFFSET $offset
             """,
             params,
         )
         total = rows[0]["total"] if rows else 0
+        hits = []
         for row in rows:
-            del row["total"]
-        return {"token": text, "token_ids": ids, "total": total, "hits": rows}
+            entry = self.run.dictionaries[row["dictionary_index"]]
+            hits.append({"lens": row["lens"], "dictionary": entry.name, "dictionary_index": entry.index, "layer": entry.layer,
+                         "feature": row["feature"], "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
+                         "side": row["side"], "rank": row["rank"], "score": row["score"]})
+        return {"token": text, "token_ids": ids, "total": total, "hits": hits}
+
+    @staticmethod
+    def _scan_sql(n_ids: int, lens_filter: str) -> str:
+        """The best entry of each row of the files not indexed yet that lists one of the ids."""
+        position = lambda column: "least(" + ", ".join(f"coalesce(list_position({column}, $t{i}), {_ABSENT})" for i in range(n_ids)) + ")"
+        # list_contains per id is several times faster in DuckDB than one list_has_any
+        contains = " OR ".join(f"list_contains({column}, $t{i})" for column in ("top_ids", "bottom_ids") for i in range(n_ids))
+        return f"""
+            SELECT lens, dictionary_index, feature,
+                   CASE WHEN rt < {_ABSENT} THEN 'top' ELSE 'bottom' END AS side,
+                   CASE WHEN rt < {_ABSENT} THEN rt ELSE rb END AS rank,
+                   CASE WHEN rt < {_ABSENT} THEN top_scores[rt] ELSE bottom_scores[rb] END AS score
+            FROM (SELECT lens, dictionary_index, feature, top_scores, bottom_scores,
+                         {position('top_ids')} AS rt, {position('bottom_ids')} AS rb
+                  FROM read_parquet($scanned) WHERE {lens_filter}({contains}))
+        """

@@ -61,7 +61,21 @@ def test_pages_of_features(client):
     assert all(len(f["lenses"]) == 3 for f in by_layer["features"])
 
 
-def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, rows):
+def _queries(run_dir, indexed: bool):
+    from qlens_jax.serve.app import run_vocab
+    from qlens_jax.serve.queries import Queries
+    from qlens_jax.serve.rundata import RunData
+
+    run = RunData(run_dir)
+    queries = Queries(run, run_vocab(run), token_index=indexed)
+    if indexed:
+        queries.indexer.index_all()
+        assert queries.indexer.progress() == {"files": 1, "indexed": 1, "error": None}
+    return queries
+
+
+@pytest.mark.parametrize("how", ["server", "token index", "scan"])
+def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, rows, serve_run, how):
     token = next(t for t in rows[0]["top_tokens"] if normalize_token(t).isalpha())
     expected = []
     for r in rows:
@@ -70,16 +84,21 @@ def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, 
             if ranks:
                 expected.append((r["lens"], r["dictionary_index"], r["feature"], side, ranks[0] + 1, r[f"{side}_scores"][ranks[0]]))
                 break
-    answer = client.get("/api/search", params={"token": token.upper() + "  ", "limit": 200}).json()
+    if how == "server":
+        search = lambda **params: client.get("/api/search", params=params).json()  # noqa: E731
+    else:
+        queries = _queries(serve_run[0], how == "token index")
+        search = lambda token, limit=50, offset=0, lens=None: queries.token_search(token, lens, limit, offset)  # noqa: E731
+    answer = search(token=token.upper() + "  ", limit=200)
     got = [(h["lens"], h["dictionary_index"], h["feature"], h["side"], h["rank"], h["score"]) for h in answer["hits"]]
     assert answer["total"] == len(expected) == len(got) > 0
     assert sorted(got) == sorted(expected)
     assert [(h["side"] == "bottom", h["rank"]) for h in answer["hits"]] == sorted((h["side"] == "bottom", h["rank"]) for h in answer["hits"])
-    page = client.get("/api/search", params={"token": token, "limit": 2, "offset": 1}).json()
+    page = search(token=token, limit=2, offset=1)
     assert [h["feature_str"] for h in page["hits"]] == [h["feature_str"] for h in answer["hits"][1:3]] and page["total"] == answer["total"]
-    lens_only = client.get("/api/search", params={"token": token, "lens": "query_lens_key", "limit": 200}).json()
+    lens_only = search(token=token, lens="query_lens_key", limit=200)
     assert lens_only["total"] == sum(1 for e in expected if e[0] == "query_lens_key")
-    assert client.get("/api/search", params={"token": "no-such-token"}).json()["total"] == 0
+    assert search(token="no-such-token")["total"] == 0
 
 
 def test_reverse_lookup_endpoint_equals_the_python_api(client, serve_run):
