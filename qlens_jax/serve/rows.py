@@ -27,7 +27,6 @@ import numpy as np
 from qlens_jax.errors import InputError
 
 CACHE_ENV = "QLENS_CACHE_DIR"
-SIDES = ("value", "key")
 _BLOCK = 1 << 16  # rows per block when writing the cache
 
 
