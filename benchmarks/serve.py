@@ -14,7 +14,7 @@ dictionary into that cache is not part of these numbers).
 
 Measured, against 127.0.0.1 only:
 1. cold `qlens search DIR --promotes TOKEN` (a new process: imports, model, operators, the lookup);
-2. a server started with `qlens serve`, then 8 concurrent clients for 30 s, each sending feature
+2. a server started with `qlens serve`, then one client alone for 10 s, then 8 concurrent clients for 30 s, each sending feature
    lookups (4 in 5) and token searches (1 in 5): p50 / p99 latency of each;
    (after the server has built its token index, whose build time is reported);
 3. reverse lookups in the warm server, one at a time: the first (loads the model and operators,
@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             result["token_index"] = index | {"build_s": round(time.perf_counter() - t - result["server_start_s"], 1)}
             for url in ("/api/feature?dictionary=0&feature=1", "/api/search?token=t1&limit=50"):  # warm-up
                 http.get(url).raise_for_status()
+            common.log("1 client for 10 s: the latency of a request alone")
+            result["single_client"] = _load(base, n, vocab, 1, 10.0, seed=3)
             common.log(f"{args.clients} clients for {args.seconds:.0f} s: feature lookups and token searches")
             result["load"] = _load(base, n, vocab, args.clients, args.seconds, seed=7)
             result["rss_after_load_gib"] = round(_peak_rss_gib(server.pid), 3)
@@ -315,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nqlens serve on {n:,} features x {len(LENSES)} lenses ({result['parquet_bytes'] / 2**20:.0f} MiB of Parquet), "
           f"{args.clients} clients for {args.seconds:.0f} s against 127.0.0.1:")
     for kind in ("feature_lookup_ms", "token_search_ms"):
-        p = load[kind]
-        print(f"  {kind[:-3].replace('_', ' '):<15} {p['count']:>6} requests  p50 {p['p50']:8.1f} ms  p99 {p['p99']:8.1f} ms")
+        p, alone = load[kind], result["single_client"][kind]
+        print(f"  {kind[:-3].replace('_', ' '):<15} {p['count']:>6} requests  p50 {p['p50']:8.1f} ms  p99 {p['p99']:8.1f} ms"
+              f"   (one client alone: p50 {alone['p50']:.1f} ms, p99 {alone['p99']:.1f} ms)")
     for side in ("value", "key"):
         p = result["reverse_warm_s"][side]
-        print(f"  reverse lookup ({side}): first {first[side]:.1f} s (loads model and operators), then p50 {p['p50']:.2f} s  "
+        print(f"  reverse lookup ({side}): first {first[side]:.1f} s (the first also loads what it needs), then p50 {p['p50']:.2f} s  "
               f"p99 {p['p99']:.2f} s over {p['count']}")
     print(f"  cold `qlens search --promotes` (new process): {result['cold_cli_reverse_lookup_s']:.1f} s "
           f"(of which the lookup itself {result['cold_cli_lookup_only_s']:.1f} s)")

@@ -6,11 +6,13 @@ For token `t` and every feature `i` of a dictionary, the exact Query Lens score 
   it), with the model's final norm applied per feature by the forward readout's own function
   (`value_scores`, on the model with its unembedding cut to column `t`);
 - key side: `s_i(t) = <(e_t - c) / ||e_t - c||, K_p k_i>`, the row of the forward readout's
-  centered embeddings (`centered_embeddings`, the run's sample) against the transported key.
+  centered embeddings (`centered_embeddings`, the run's sample) against the transported key;
+  being linear, it is computed as `<r_t K_p, k_i>` (`n x d_model` per lookup).
 
 The operators `M_p` / `K_p` are the run's own (`DIR/operators`), loaded once; the dictionary
-rows are memory-mapped (`rows`) and scored in chunks: `n_features x d_model^2` for the
-transport, `n_features x d_model` for the column, never a `n_features x vocab` matrix.
+rows are memory-mapped (`rows`) and scored in chunks: on the value side `n_features x d_model^2`
+for the transport (the final norm is not linear) and `n_features x d_model` for the column, never a
+`n_features x vocab` matrix.
 """
 
 from __future__ import annotations
@@ -58,8 +60,15 @@ def _value_chunk(model, op: Float[Array, "d d"], rows: Float[Array, "n d"], remo
 
 
 @eqx.filter_jit
-def _key_chunk(readout_row: Float[Array, "1 d"], op: Float[Array, "d d"], rows: Float[Array, "n d"]) -> Float[Array, " n"]:
-    return dot_scores(readout_row, jnp.matmul(rows, op.T.astype(jnp.float32)))[:, 0]
+def _key_chunk(pulled_row: Float[Array, "1 d"], rows: Float[Array, "n d"]) -> Float[Array, " n"]:
+    return dot_scores(pulled_row, rows)[:, 0]
+
+
+def pulled_readout_row(readout_row: Float[Array, "1 d"], op: Float[Array, "d d"]) -> Float[Array, "1 d"]:
+    """The key readout row pulled back through the operator: `<r, K k> = <r K, k>`. The key
+    readout is linear in the transported vector (no norm), so one `d x d` product replaces the
+    transport of every feature (`n x d^2`)."""
+    return jnp.matmul(readout_row, op.astype(jnp.float32))
 
 
 def column_model(model, token: int):
@@ -158,8 +167,8 @@ class ReverseLookup:
         else:
             if self._key_matrix is None:
                 self._key_matrix = centered_embeddings(self.model, jnp.asarray(self.tokens), jnp.asarray(self.mask))
-            readout_row = self._key_matrix[token][None]
-            score = lambda x: _key_chunk(readout_row, op, x)
+            pulled = pulled_readout_row(self._key_matrix[token][None], op)
+            score = lambda x: _key_chunk(pulled, x)
         source = rows.side(side)
         n, out = len(source), []
         for start in range(0, n, self.chunk):
