@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_cli import ROOT, free_port, get_json
+from test_serve_cli import ROOT, free_port, get_json
 from test_viewer import chromium
 
 
