@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from qlens_jax.errors import InputError
 
@@ -83,27 +82,3 @@ def configure_search(parser: argparse.ArgumentParser):
         return 0
 
     return run
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m qlens_jax.serve serve|search ...` (the same as `qlens serve|search ...`)."""
-    from converters.errors import ConversionError
-    from qlens_jax.dictionaries import DictionaryError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="qlens")
-    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for name, configure, help_, description in (("serve", configure_serve, SERVE_HELP, SERVE_DESCRIPTION),
-                                                ("search", configure_search, SEARCH_HELP, SEARCH_DESCRIPTION)):
-        sub = commands.add_parser(name, help=help_, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(_run=configure(sub))
-    args = parser.parse_args(argv)
-    import qlens_jax  # noqa: F401  (XLA flags before JAX starts)
-
-    try:
-        return args._run(args, argv)
-    except (InputError, DictionaryError, ConversionError) as err:
-        print(f"qlens {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130

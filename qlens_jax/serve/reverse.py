@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from qlens_jax.errors import InputError
-from qlens_jax.lens.readout import centered_embeddings, dot_scores, value_scores
+from qlens_jax.readout import centered_embeddings, dot_scores, value_scores
 from qlens_jax.serve.rows import DictionaryRows, open_rows
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
 
@@ -86,7 +86,8 @@ class ReverseLookup:
         from qlens_jax.corpus import CorpusError, load_token_sample
         from qlens_jax.io.hashing import model_hash, text_hash
         from qlens_jax.job.inputs import vocab_strings
-        from qlens_jax.lens import cast_model, load_operators
+        from qlens_jax.lens import load_operators
+        from qlens_jax.numerics import cast_model
 
         run = run if isinstance(run, RunData) else RunData(run)
         self.run, self.chunk = run, chunk

@@ -69,7 +69,7 @@ class _Page(HTMLParser):
 def server(serve_run):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "qlens_jax.serve", "serve", str(serve_run[0]), "--port", str(port)],
+    with subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", "serve", str(serve_run[0]), "--port", str(port)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
         try:
             assert "127.0.0.1" in process.stdout.readline()

@@ -1,4 +1,4 @@
-"""`python -m qlens_jax.serve search|serve` (what `qlens search|serve` run), as processes."""
+"""`qlens search|serve` (as `python -m qlens_jax.cli`), as processes."""
 
 import json
 import os
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def qlens(*args, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "qlens_jax.serve", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    return subprocess.run([sys.executable, "-m", "qlens_jax.cli", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
 def get_json(url: str, timeout: float = 5):
@@ -67,7 +67,7 @@ def test_serve_binds_127_0_0_1_says_so_and_never_writes_into_dir(serve_run):
     before = snapshot(serve_run[0])
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "qlens_jax.serve", "serve", str(serve_run[0]), "--port", str(port)],
+    with subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", "serve", str(serve_run[0]), "--port", str(port)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as server:
         try:
             ask_the_server(server, port)
