@@ -110,15 +110,14 @@ def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
 
 
 def _plan(args, inputs: Inputs, model) -> dict:
+    from qlens_jax.lens import auto
     from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
     from qlens_jax.lens.readout import feature_chunk_for
 
     budget = args.memory_budget_gb or default_budget_gb()
     chunks = plan_chunks(model, inputs.tokens.shape, budget)
     n_features = sum(len(ids) for ids in inputs.features)
-    path = args.path
-    if path == "auto":
-        path = "dense" if n_features >= model.config.d_model else "per-feature"
+    path = auto.path(args.path, n_features, model.config.d_model)
     return {
         "path": path,
         "memory_budget_gb": budget,

@@ -23,8 +23,8 @@ from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
 from qlens_jax.lens.operators import TransportOperators, transport_operators
-from qlens_jax.lens.points import key_residual_point
-from qlens_jax.lens.points import DictionaryPoints, dictionary_points, n_key_points
+from qlens_jax.lens import auto
+from qlens_jax.lens.points import DictionaryPoints, dictionary_points, n_key_points, row
 from qlens_jax.lens.readout import centered_embeddings, feature_chunk_for
 from qlens_jax.lens.readouts import FeatureRows, ReadoutContext
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES, Signatures, SignatureTable, lens_side
@@ -32,7 +32,7 @@ from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
 
-PATHS = ("auto", "dense", "per-feature")
+PATHS = auto.PATHS
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SELF_CHECK_RTOL = {"float32": 1e-4, "bfloat16": 5e-2}
 
@@ -247,11 +247,10 @@ def query_lens(
     plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, tangent_chunk)
     n_features = sum(len(r.features) for r in requests)
     transport_lenses = [lens for lens in lenses if not lens.startswith("logit_lens")]
-    if path == "auto":
-        path = "dense" if (operators is not None or n_features >= model.config.d_model) else "per-feature"
+    path = auto.path(path, n_features, model.config.d_model, have_operators=operators is not None)
     n_layers = model.config.n_layers
-    needs_norms = any(r.points.read >= n_key_points(model.config.n_layers) for r in requests)
-    if needs_norms and operators is not None and operators.key is not None and operators.key.shape[0] <= max(r.points.read for r in requests):
+    needs_norms = any(r.points.read.norm is not None for r in requests)
+    if needs_norms and operators is not None and operators.key is not None and operators.key.shape[0] <= max(row(r.points.read, n_layers) for r in requests):
         raise LensRequestError(
             "the given operators were computed without input-normalization points; recompute them with "
             "transport_operators(..., with_input_norms=True) for exact_norm_jacobian on normalizing SAEs"
@@ -263,7 +262,7 @@ def query_lens(
             model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, with_input_norms=needs_norms,
             shard_weights=shard_weights, quiet=quiet, memory_budget_gb=memory_budget_gb,
             value_from_point=min(r.points.write for r in requests),
-            key_to_point=max(key_residual_point(r.points.read, n_layers) for r in requests),
+            key_to_point=max(r.points.read.residual for r in requests),
         )
     if path == "dense" and operators is not None:
         _check_coverage(operators, requests, transport_lenses, n_layers)
@@ -289,20 +288,20 @@ def query_lens(
                 result = context.read(side, vectors, op=None, logit_lens=True)
             elif lens.startswith("query_lens"):
                 if path == "dense":
-                    op = operators.value[point] if side == "value" else operators.key[point]
+                    op = operators.operator(side, point, n_layers)
                     result = context.read(side, vectors, op=op)
                     if self_check:
                         _self_check_query_lens(model, tokens, mask, plan, side, vectors, point, op, self_check_features, dtype, lens, request)
                 else:
                     mean, mean_sq = _per_feature_means(
-                        model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), point), quiet
+                        model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), row(point, n_layers)), quiet
                     )
                     result = context.read(side, mean, op=None)
                     if stats:
                         table_stats["relative_variance"] = _relative_variance(mean, mean_sq)
                 if stats and "relative_variance" not in table_stats:
                     mean, mean_sq = _per_feature_means(
-                        model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), point), quiet
+                        model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), row(point, n_layers)), quiet
                     )
                     table_stats["relative_variance"] = _relative_variance(mean, mean_sq)
             else:
@@ -350,7 +349,7 @@ def _compare(dense, reference, rtol, what):
 def _self_check_query_lens(model, tokens, mask, plan, side, vectors, point, op, count, dtype, lens, request):
     pick = _self_check_indices(len(vectors), count)
     sample = np.asarray(vectors[pick], np.float32)
-    mean, _ = _per_feature_means(model, tokens, mask, plan, side, sample, jnp.full(len(pick), point), True)
+    mean, _ = _per_feature_means(model, tokens, mask, plan, side, sample, jnp.full(len(pick), row(point, model.config.n_layers)), True)
     _compare(sample @ op.T, mean, SELF_CHECK_RTOL[dtype], f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})")
 
 
