@@ -2,11 +2,12 @@
 
 `TransportOperators` holds, for one model and token sample (DESIGN.md section 2):
 
-- `value[p]`: rows of `M_p`, the mean transport from point `p` to the final residual, from
-  one reverse sweep with the `d_model` basis cotangents (all points at once);
-- `key[p]`: rows of `K_p`, the mean pull-back from point `p` to the embedding, from one
-  forward sweep with the basis tangents (all points at once, plus the MLPs' normalized inputs);
-- `first_order[m]`: module `m`'s mean Jacobian `A_m` over valid positions, and
+- `value[p]`: rows of `M_p`, the mean transport from point `p` (`p = points.row(point)`, in
+  the order of `points.value_points`) to the final residual, from one reverse sweep with the
+  `d_model` basis cotangents (all points at once);
+- `key[p]`: rows of `K_p`, the mean pull-back from point `p` (order of `points.key_points`)
+  to the embedding, from one forward sweep with the basis tangents (all points at once);
+- `first_order[m]`: module `m`'s (`points.module_row`) mean Jacobian `A_m` over valid positions, and
   `first_order_all[m]` the same with outputs summed over *all* positions, pads included
   (the reference's padding convention for the first-order key lens, DESIGN.md section 1).
 
