@@ -19,8 +19,9 @@ with `one` the dictionary cut down to feature `i` (`single_feature`). That is wh
 activation vector per position and feature. `tests/baselines` checks it against the literal
 splice with the full activation vector.
 
-The change is added at the dictionary's write point (a residual point, numbered as in
-`qlens_jax.lens.points`) and the model is run from there to the final residual (`run_from`).
+The change is added at the dictionary's write point (a residual `qlens_jax.lens.points.Point`)
+and the model is run from there to the final residual (`qlens_jax.lens.transport.run_from`,
+the forward pass the lens kernel linearizes).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.lens.points import dictionary_points
-from qlens_jax.models import Residuals, Transformer, block_forward, mlp_residual
+from qlens_jax.lens.points import Point, dictionary_points, row
+from qlens_jax.lens.transport import run_from
+from qlens_jax.models import Residuals, Transformer
 
 # Array fields of `Dictionary` and the axis along which they index features (None: shared).
 _FEATURE_AXIS = {
@@ -75,47 +77,19 @@ def feature_change(
 
 # ---- where a dictionary sits ------------------------------------------------------------------
 def write_point(dictionary: Dictionary, n_layers: int) -> int:
-    """Residual point (`qlens_jax.lens.points` numbering) the dictionary's output is added to."""
-    return dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write
+    """The row (`points.row`, the tuned lens's numbering) of the residual point the
+    dictionary's output is added to."""
+    return row(dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write, n_layers)
 
 
 def site_input(dictionary: Dictionary, residuals: Residuals) -> Float[Array, "b s d"]:
     """What the dictionary reads, from `run_with_residuals`' points (`[layers, b, s, d]`)."""
-    arrays = {"resid_pre": residuals.resid_pre, "resid_mid": residuals.resid_mid,
-              "resid_post": residuals.resid_post, "mlp_in": residuals.mlp_in}
-    return arrays[dictionary.site_in][dictionary.layer]
+    return point_value(residuals, Point(dictionary.site_in, dictionary.layer))
 
 
-def point_value(residuals: Residuals, point: int) -> Float[Array, "b s d"]:
-    """The residual stream at `point` (2b: resid_pre[b], 2b+1: resid_mid[b], 2L: final)."""
-    block, mid = divmod(point, 2)
-    if mid:
-        return residuals.resid_mid[block]
-    n_layers = residuals.resid_pre.shape[0]
-    return residuals.resid_post[n_layers - 1] if block == n_layers else residuals.resid_pre[block]
-
-
-def run_from(
-    model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b s"], point: int
-) -> Float[Array, "b s d"]:
-    """The final residual when the stream at residual point `point` is `h` (point is static)."""
-    n_layers = model.config.n_layers
-    block, mid = divmod(point, 2)
-    if mid:
-        layer, _ = model.block(block)
-        h = h + mlp_residual(layer, h)
-        block += 1
-    if block >= n_layers:
-        return h
-    rest = jax.tree.map(lambda a: a[block:], (model.blocks, model.meta))
-
-    def step(h, block_and_meta):
-        layer, meta = block_and_meta
-        one = lambda hs, ms: block_forward(layer, meta, hs, ms)[0]
-        return jax.vmap(one)(h, mask), None
-
-    final, _ = jax.lax.scan(step, h, rest)
-    return final
+def point_value(residuals: Residuals, point: Point) -> Float[Array, "b s d"]:
+    """The stream at `point` (a residual point or an MLP input) from `run_with_residuals`."""
+    return getattr(residuals, point.site)[point.layer]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +99,14 @@ class SplicePoint:
     x: jax.Array  # [b, s, d_in] what the dictionary reads
     h: jax.Array  # [b, s, d] the residual stream at the write point
     acts: jax.Array  # [b, s, d_sae] clean post-activations
-    point: int
+    point: Point
 
 
 def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask) -> SplicePoint:
     """Run the clean model on a batch and read the dictionary's site (traceable)."""
     _, residuals = model.run_with_residuals(tokens, mask)
     x = site_input(dictionary, residuals)
-    point = write_point(dictionary, model.config.n_layers)
+    point = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, model.config.n_layers).write
     return SplicePoint(x=x, h=point_value(residuals, point), acts=dictionary.encode(x), point=point)
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.baselines.splice import point_value
+from qlens_jax.lens.points import point_at
 from qlens_jax.models import Transformer
 
 
@@ -112,7 +113,7 @@ def lens_kl(model: Transformer, lens: TunedLens, tokens: Int[Array, "b s"], mask
     """
     logits, residuals = model.run_with_residuals(tokens, mask)
     target = jax.lax.stop_gradient(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
-    hidden = jax.lax.stop_gradient(jnp.stack([point_value(residuals, p) for p in lens.points]))
+    hidden = jax.lax.stop_gradient(jnp.stack([point_value(residuals, point_at(p, lens.n_layers)) for p in lens.points]))
     mask = mask.astype(jnp.float32)
     one = jax.checkpoint(lambda args: _kl_from_target(model, target, args[0], mask, args[1], args[2]))
     return jax.lax.map(one, (hidden, lens.weight, lens.bias))

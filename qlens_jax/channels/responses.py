@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from qlens_jax.lens.points import residual_point
+from qlens_jax.lens.points import residual_point, row
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def make_sources(dictionaries, n_layers: int, n_features: int, seed: int) -> lis
     for d in dictionaries:
         values = np.asarray(d.value_vectors(), np.float32)
         ids = sample_features(values, n_features, rng)
-        write = residual_point(d.site_out, d.layer, n_layers)
+        write = row(residual_point(d.site_out, d.layer, n_layers), n_layers)
         sources.append(Source(d.name, d.layer, write, ids, values[ids]))
     return sources
 

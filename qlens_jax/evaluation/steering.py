@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from qlens_jax.baselines.splice import run_from, set_feature, splice_point
+from qlens_jax.baselines.splice import set_feature, splice_point
+from qlens_jax.lens.transport import run_from
 from qlens_jax.dictionaries import Dictionary
 from qlens_jax.models import Transformer
 

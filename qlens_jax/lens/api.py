@@ -25,6 +25,7 @@ from qlens_jax.lens.means import per_feature_means, relative_variance
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.options import ExecutionOptions, LensOptions, split_options
 from qlens_jax.lens.plan import LensPlan, plan_request
+from qlens_jax.lens.points import row
 from qlens_jax.lens.signatures import DEFAULT_LENSES, Signatures, SignatureTable, lens_side
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Transformer
@@ -50,7 +51,7 @@ def check_operators(plan: LensPlan, operators: TransportOperators) -> None:
     """Refuse operators that lack rows the plan reads (computed for other layers, or without
     the input-normalization points), naming the dictionary."""
     n_layers = plan.model.config.n_layers
-    if plan.needs_input_norms and operators.key is not None and operators.key.shape[0] <= max(r.points.read for r in plan.requests):
+    if plan.needs_input_norms and operators.key is not None and operators.key.shape[0] <= max(row(r.points.read, n_layers) for r in plan.requests):
         raise LensRequestError(
             "the given operators were computed without input-normalization points; recompute them with "
             "transport_operators(..., with_input_norms=True) for exact_norm_jacobian on normalizing SAEs"
@@ -115,9 +116,9 @@ def read_signatures(plan: LensPlan, operators: TransportOperators | None = None)
             if lens.startswith("logit_lens"):
                 result = context.read(side, vectors, op=None, logit_lens=True)
             elif lens.startswith("query_lens"):
-                points = jnp.full(len(vectors), point)
+                points = jnp.full(len(vectors), row(point, n_layers))
                 if plan.path == "dense":
-                    op = operators.value[point] if side == "value" else operators.key[point]
+                    op = operators.operator(side, point, n_layers)
                     result = context.read(side, vectors, op=op)
                     if execution.self_check:
                         self_check.check_query_lens(plan, request, side, vectors, point, op, lens)

@@ -37,12 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from qlens_jax.dictionaries.normalization import input_stats, normalize
-from qlens_jax.lens.points import INPUT_NORMS_WITH_JACOBIAN, n_points
-from qlens_jax.lens.transport import _attention_batch, clean_states, masked_sum
+from qlens_jax.lens import points as pts
+from qlens_jax.lens.points import Point
+from qlens_jax.lens.transport import attention_batch, basis_tangents, clean_states, masked_sum, through_input_norm
 from qlens_jax.models import Block, Transformer, mlp_input
 from qlens_jax.models.config import ModelConfig
-from qlens_jax.models.layers import ACTIVATIONS
+from qlens_jax.models.layers import mlp_hidden
 
 # Positions whose MLP Jacobians are formed in one step: each holds `d_model x d_mlp` floats.
 TOKEN_CHUNK = 16
@@ -75,17 +75,17 @@ def mlp_jacobian(block: Block, h: Float[Array, " d"]) -> Float[Array, "d d"]:
     """The MLP residual module's Jacobian at one position, row convention (`x -> x @ Q`)."""
     mlp = block.mlp
     x, pull_norm = jax.vjp(block.mlp_norm, h)
-    act = ACTIVATIONS[mlp.activation]
     ones = lambda z: jnp.ones_like(z)
     up = mlp.up_proj(x)
+    # The hidden layer is elementwise in (up, gate): its Jacobian is a diagonal per branch.
     if mlp.gate_proj is None:
-        hidden, slope = jax.jvp(act, (up,), (ones(up),))
+        hidden, slope = jax.jvp(lambda u: mlp_hidden(mlp.activation, u), (up,), (ones(up),))
         inner = mlp.up_proj.weight * slope
     else:
         gate = mlp.gate_proj(x)
-        gated, slope = jax.jvp(act, (gate,), (ones(gate),))
-        hidden = gated * up
-        inner = mlp.gate_proj.weight * (slope * up) + mlp.up_proj.weight * gated
+        hidden, by_up = jax.jvp(lambda u: mlp_hidden(mlp.activation, u, gate), (up,), (ones(up),))
+        _, by_gate = jax.jvp(lambda g: mlp_hidden(mlp.activation, up, g), (gate,), (ones(gate),))
+        inner = mlp.gate_proj.weight * by_gate + mlp.up_proj.weight * by_up
     # Norm Jacobians act on the d x d product (cheaper than on the d x d_mlp factor):
     # Q = J_pre^T (inner @ W_down) J_post^T, J_post^T on rows, J_pre^T on columns.
     product = jnp.matmul(inner, mlp.down_proj.weight, preferred_element_type=jnp.float32).astype(h.dtype)
@@ -116,11 +116,6 @@ def _summed_through(f, primal, tangents, mask, tangent_chunk: int) -> Float[Arra
     return jax.lax.map(lambda t: masked_sum(push(t), mask), tangents, batch_size=tangent_chunk)
 
 
-def _basis_tangents(basis: Int[Array, " r"], d: int, mask: Bool[Array, "b s"], dtype) -> Float[Array, "r b s d"]:
-    one_hot = jax.nn.one_hot(basis, d, dtype=jnp.float32)[:, None, None, :]
-    return jnp.where(mask[None, ..., None], one_hot, 0.0).astype(dtype)
-
-
 def _blocks(model: Transformer, start: int, stop: int):
     take = lambda x: x[start:stop]
     return jax.tree.map(take, model.blocks), jax.tree.map(take, model.meta)
@@ -136,7 +131,7 @@ def _value_blocks(model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi
         block, meta, pre, mid, index = xs
         q = mlp_jacobians(block, mid) if jacobians is None else jacobians[index]
         cot_mid = cot + apply_rowwise(cot, q, transpose=True)
-        _, pull = jax.vjp(lambda h: _attention_batch(block, meta, h, mask), pre)
+        _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
         cot_pre = cot_mid + jax.lax.map(lambda c: pull(c)[0], cot_mid, batch_size=max(tangent_chunk, VJP_CHUNK))
         return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask))
 
@@ -149,16 +144,26 @@ def _value_sweep(model, mask, basis, tangent_chunk, states, first_block: int, ja
     take their MLP Jacobians from `jacobians` instead of forming them again."""
     n_layers, d = model.config.n_layers, model.config.d_model
     _, pres, mids = states
-    top = _basis_tangents(basis, d, mask, model.embed_tokens.dtype)
+    top = basis_tangents(basis, d, mask, model.embed_tokens.dtype)
     split = min(max(first_block, shared_blocks), n_layers)
     top_sum = masked_sum(top, mask)
-    sums, cot = [], top
+    sums, cot = {"resid_pre": [], "resid_mid": []}, top
     for lo, hi, given in ((split, n_layers, None), (first_block, split, jacobians)):
         if lo < hi:
             cot, (at_pre, at_mid) = _value_blocks(model, mask, tangent_chunk, cot, pres, mids, lo, hi, given)
-            sums.insert(0, jnp.stack([at_pre, at_mid], axis=1).reshape(-1, *top_sum.shape))
-    skipped = jnp.zeros((2 * first_block, *top_sum.shape), top_sum.dtype)
-    return jnp.concatenate([skipped, *sums, top_sum[None]], axis=0)
+            sums["resid_pre"].insert(0, at_pre)
+            sums["resid_mid"].insert(0, at_mid)
+    # Per-block sums of blocks first_block .. n_layers - 1.
+    by_site = {site: jnp.concatenate(parts) for site, parts in sums.items() if parts}
+    final = pts.final_point(n_layers)
+    zero = jnp.zeros_like(top_sum)
+
+    def at(point: Point):
+        if point == final:
+            return top_sum
+        return by_site[point.site][point.layer - first_block] if point.layer >= first_block else zero
+
+    return jnp.stack([at(p) for p in pts.value_points(n_layers)])
 
 
 @eqx.filter_jit
@@ -175,17 +180,18 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
     swept block's MLP Jacobians (`[n_blocks, b, s, d, d]`, else None)."""
     n_layers, d = model.config.n_layers, model.config.d_model
     final, pres, mids = states
-    bottom = _basis_tangents(basis, d, mask, model.embed_tokens.dtype)
+    bottom = basis_tangents(basis, d, mask, model.embed_tokens.dtype)
     blocks, meta = _blocks(model, 0, n_blocks)
-    norms = INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
-    normalizer = lambda kind: lambda h: normalize(h, input_stats(h, kind)).astype(h.dtype)
-    through_norms = lambda primal, tangents: [_summed_through(normalizer(kind), primal, tangents, mask, tangent_chunk) for kind in norms]
+    norms = pts.INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
+    through_norms = lambda primal, tangents: [
+        _summed_through(lambda h: through_input_norm(h, norm), primal, tangents, mask, tangent_chunk) for norm in norms
+    ]
 
     def step(tangent, xs):
         block, meta, pre, mid = xs
         # The JVP as the transpose of the VJP: same numbers, and batches of VJP_CHUNK run
         # faster than the linearized JVP on CPU (8.1 s against 11.1 s per 256-token block).
-        _, pull = jax.vjp(lambda h: _attention_batch(block, meta, h, mask), pre)
+        _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
         push = jax.linear_transpose(lambda c: pull(c)[0], pre)
         tan_mid = tangent + jax.lax.map(lambda t: push(t)[0], tangent, batch_size=max(tangent_chunk, VJP_CHUNK))
         at_mlp_in = _summed_through(lambda h: mlp_input(block, h), mid, tan_mid, mask, tangent_chunk)
@@ -199,19 +205,23 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
     )
     last_primal = final if n_blocks == n_layers else pres[n_blocks]
 
-    def residual_points(pre, mid, last_sum):
-        """Interleave per-block sums into the `2L + 1` residual points, zeros past the last."""
-        computed = jnp.stack([pre, mid], axis=1).reshape(-1, *pre.shape[1:])
-        missing = jnp.zeros((n_points(n_layers) - computed.shape[0] - 1, *computed.shape[1:]), computed.dtype)
-        return jnp.concatenate([computed, last_sum[None], missing], axis=0)
+    # Position sums per norm (None: none) and site over blocks 0 .. n_blocks - 1, and at the
+    # residual point the sweep ends at.
+    sums = {None: {"resid_pre": at_pre, "resid_mid": at_mid, "mlp_in": at_mlp_in}}
+    ends = {None: masked_sum(last, mask)}
+    for norm, pre, mid in zip(norms, norm_pre, norm_mid):
+        sums[norm] = {"resid_pre": pre, "resid_mid": mid}
+        ends[norm] = _summed_through(lambda h: through_input_norm(h, norm), last_primal, last, mask, tangent_chunk)
+    end = pts.block_start(n_blocks, n_layers)
+    zero = jnp.zeros_like(ends[None])
 
-    residual = residual_points(at_pre, at_mid, masked_sum(last, mask))
-    mlp_ins = jnp.concatenate([at_mlp_in, jnp.zeros((n_layers - n_blocks, *at_mlp_in.shape[1:]), at_mlp_in.dtype)])
-    extra = [
-        residual_points(pre, mid, _summed_through(normalizer(kind), last_primal, last, mask, tangent_chunk))
-        for kind, pre, mid in zip(norms, norm_pre, norm_mid)
-    ]
-    return jnp.concatenate([residual, mlp_ins, *extra], axis=0), jacobians
+    def at(point: Point):
+        if point.residual == end:
+            return ends[point.norm]
+        by_site = sums[point.norm]
+        return by_site[point.site][point.layer] if point.layer < n_blocks and point.site in by_site else zero
+
+    return jnp.stack([at(p) for p in pts.key_points(n_layers, with_input_norms)]), jacobians
 
 
 @eqx.filter_jit

@@ -16,15 +16,21 @@ import numpy as np
 from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks
 from qlens_jax.lens.operators import TransportOperators
-from qlens_jax.lens.points import DictionaryPoints
+from qlens_jax.lens import points as pts
+from qlens_jax.lens.points import DictionaryPoints, Module
 
 
-def contributing_modules(points: DictionaryPoints, side: str, n_layers: int) -> range:
-    return points.value_modules(n_layers) if side == "value" else points.key_modules()
+def contributing_modules(points: DictionaryPoints, side: str, n_layers: int) -> tuple[Module, ...]:
+    """The modules whose single-hop terms enter `points`' first-order transport on `side`."""
+    return points.value_modules(n_layers) if side == "value" else points.key_modules(n_layers)
 
 
-def _blocks(modules: range) -> list[int]:
-    return sorted({m // 2 for m in modules})
+def _by_block(modules: tuple[Module, ...], n_layers: int) -> dict[int, list[int]]:
+    """Rows (`points.module_row`) of the contributing modules, grouped by block in order."""
+    groups: dict[int, list[int]] = {}
+    for module in modules:
+        groups.setdefault(module.layer, []).append(pts.module_row(module, n_layers))
+    return dict(sorted(groups.items()))
 
 
 def first_order_terms_dense(
@@ -38,12 +44,12 @@ def first_order_terms_dense(
         # C_m k = mean_valid J_m^T (k seeded at every position), so X @ C_m^T = X @ A_all[m].
         source = operators.first_order if mask_seed else operators.first_order_all
         module_op = lambda m: source[m].T
-    blocks = _blocks(modules)
+    groups = _by_block(modules, n_layers)
     d = operators.first_order.shape[-1]
     terms = [jnp.eye(d, dtype=jnp.float32)]
-    for b in blocks:
-        terms.append(sum(module_op(m) for m in modules if m // 2 == b))
-    return blocks, jnp.stack(terms)
+    for rows in groups.values():
+        terms.append(sum(module_op(m) for m in rows))
+    return list(groups), jnp.stack(terms)
 
 
 def first_order_terms_per_feature(
@@ -59,8 +65,8 @@ def first_order_terms_per_feature(
         total = total + sums
     per_module = total / float(np.asarray(mask).sum())
     modules = contributing_modules(points, side, n_layers)
-    blocks = _blocks(modules)
+    groups = _by_block(modules, n_layers)
     terms = [vectors]
-    for b in blocks:
-        terms.append(sum(per_module[:, m] for m in modules if m // 2 == b))
-    return blocks, jnp.stack(terms, axis=1)
+    for rows in groups.values():
+        terms.append(sum(per_module[:, m] for m in rows))
+    return list(groups), jnp.stack(terms, axis=1)

@@ -2,11 +2,12 @@
 
 `TransportOperators` holds, for one model and token sample (DESIGN.md section 2):
 
-- `value[p]`: rows of `M_p`, the mean transport from point `p` to the final residual, from
-  one reverse sweep with the `d_model` basis cotangents (all points at once);
-- `key[p]`: rows of `K_p`, the mean pull-back from point `p` to the embedding, from one
-  forward sweep with the basis tangents (all points at once, plus the MLPs' normalized inputs);
-- `first_order[m]`: module `m`'s mean Jacobian `A_m` over valid positions, and
+- `value[p]`: rows of `M_p`, the mean transport from point `p` (`p = points.row(point)`, in
+  the order of `points.value_points`) to the final residual, from one reverse sweep with the
+  `d_model` basis cotangents (all points at once);
+- `key[p]`: rows of `K_p`, the mean pull-back from point `p` (order of `points.key_points`)
+  to the embedding, from one forward sweep with the basis tangents (all points at once);
+- `first_order[m]`: module `m`'s (`points.module_row`) mean Jacobian `A_m` over valid positions, and
   `first_order_all[m]` the same with outputs summed over *all* positions, pads included
   (the reference's padding convention for the first-order key lens, DESIGN.md section 1).
 
@@ -34,9 +35,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax import sharding
 
-from qlens_jax.lens import blockwise, transport
+from qlens_jax.lens import auto, blockwise, transport
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
-from qlens_jax.lens.points import key_residual_point, n_key_points, n_points
+from qlens_jax.lens import points as pts
+from qlens_jax.lens.points import Point
 from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
 
@@ -54,27 +56,27 @@ class TransportOperators(eqx.Module):
     value_from_point: int = eqx.field(static=True, default=0)
     key_to_point: int | None = eqx.field(static=True, default=None)
 
-    def covers(self, side: str, point: int, n_layers: int) -> bool:
+    def covers(self, side: str, point: Point, n_layers: int) -> bool:
         """Whether rows for `point` (value or key side) were computed."""
         if side == "value":
-            return self.value is not None and point >= self.value_from_point
+            return self.value is not None and pts.row(point, n_layers) >= self.value_from_point
         if self.key is None:
             return False
-        return self.key_to_point is None or key_residual_point(point, n_layers) <= self.key_to_point
+        return self.key_to_point is None or pts.row(point.residual, n_layers) <= self.key_to_point
 
-
-def _basis(j: Int[Array, ""], d: int, mask: Bool[Array, "b s"]) -> Float[Array, "b s d"]:
-    return jnp.where(mask[..., None], jax.nn.one_hot(j, d, dtype=jnp.float32), 0.0)
+    def operator(self, side: str, point: Point, n_layers: int) -> Float[Array, "d d"]:
+        """The `[d, d]` operator of `point` on the value or key side, applied as `X @ op.T`."""
+        return (self.value if side == "value" else self.key)[pts.row(point, n_layers)]
 
 
 @eqx.filter_jit
 def value_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int) -> Float[Array, "points r d"]:
     """Position-summed top-down cotangents at every point, for each basis cotangent `e_i`, i in `basis`."""
     d = model.config.d_model
-    zeros = jnp.zeros((n_points(model.config.n_layers), d), jnp.float32)
+    zeros = jnp.zeros((pts.n_points(model.config.n_layers), d), jnp.float32)
     _, pull = jax.vjp(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), zeros)
     dtype = model.embed_tokens.dtype
-    rows = jax.lax.map(lambda i: pull(_basis(i, d, mask).astype(dtype))[0], basis, batch_size=tangent_chunk)
+    rows = jax.lax.map(lambda i: pull(transport.basis_tangents(i, d, mask, dtype))[0], basis, batch_size=tangent_chunk)
     return jnp.swapaxes(rows, 0, 1)
 
 
@@ -89,7 +91,7 @@ def key_sweep_chunk(
         transport.points_from_embedding(model, tokens, mask, d0, with_input_norms), mask
     )
     _, push = jax.linearize(stream, zeros)
-    cols = jax.lax.map(lambda j: push(_basis(j, d, mask)), basis, batch_size=tangent_chunk)
+    cols = jax.lax.map(lambda j: push(transport.basis_tangents(j, d, mask)), basis, batch_size=tangent_chunk)
     return jnp.swapaxes(cols, 0, 1)
 
 
@@ -97,7 +99,7 @@ def key_sweep_chunk(
 def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int):
     """Each module's Jacobian applied to each broadcast basis vector `e_j` (j in `basis`),
     summed over valid positions and over all positions: two `[modules, d, r]` arrays."""
-    d, n_modules = model.config.d_model, 2 * model.config.n_layers
+    d, n_modules = model.config.d_model, len(pts.modules(model.config.n_layers))
     inputs = transport.clean_module_inputs(model, tokens, mask)
 
     def outputs(deltas):
@@ -117,7 +119,7 @@ BLOCKWISE = {
     "key": blockwise.key_sweep_blockwise,
     "value+key": blockwise.both_sweeps_blockwise,
 }
-SWEEP_ORDERS = ("auto", "blockwise", "basis")
+SWEEP_ORDERS = auto.SWEEP_ORDERS
 # Where the basis axis of each sweep's outputs lies (split over the mesh like `basis`).
 OUT_SPECS = {
     "value": sharding.spec(None, "basis", None),
@@ -177,8 +179,8 @@ def transport_operators(
     with_input_norms: bool = False,
     shard_weights: bool | None = None,
     sweep_order: str = "auto",
-    value_from_point: int = 0,
-    key_to_point: int | None = None,
+    value_from_point: Point | int | None = None,
+    key_to_point: Point | int | None = None,
     quiet: bool = True,
 ) -> TransportOperators:
     """The dense operators of `model` on this token sample (see the module docstring).
@@ -193,8 +195,9 @@ def transport_operators(
     (`exact_norm_jacobian` for OpenAI-style `layer_norm` SAEs).
     `sweep_order`: "blockwise", "basis" (see the module docstring) or "auto" (blockwise when
     `blockwise.worth_it` and one sequence's tangents fit the memory budget).
-    `value_from_point` / `key_to_point`: residual points (`points.residual_point`) that bound
-    what the caller will read; a block-major sweep skips the blocks beyond them.
+    `value_from_point` / `key_to_point`: residual points (`points.residual_point`, or their
+    rows `points.row`) that bound what the caller will read (None: the first / the final
+    residual); a block-major sweep skips the blocks beyond them.
     """
     from qlens_jax.lens.validation import check_tokens
 
@@ -204,11 +207,9 @@ def transport_operators(
         raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
     if sweep_order not in SWEEP_ORDERS:
         raise ValueError(f"unknown sweep_order {sweep_order!r}; choose from {SWEEP_ORDERS}")
-    last_point = n_points(model.config.n_layers) - 1
-    key_to_point = last_point if key_to_point is None else key_to_point
-    for name, point in (("value_from_point", value_from_point), ("key_to_point", key_to_point)):
-        if not 0 <= point <= last_point:
-            raise ValueError(f"{name}={point} is not a residual point of this model (0 .. {last_point})")
+    n_layers = model.config.n_layers
+    value_from_point = _residual_bound("value_from_point", value_from_point, pts.value_points(n_layers)[0], n_layers)
+    key_to_point = _residual_bound("key_to_point", key_to_point, pts.final_point(n_layers), n_layers)
     mesh = mesh or sharding.make_mesh()
     n_data, n_basis = sharding.axis_size(mesh, "batch"), sharding.axis_size(mesh, "basis")
     d = model.config.d_model
@@ -224,12 +225,12 @@ def transport_operators(
     per_device = min(plan.sequences_per_chunk, -(-tokens.shape[0] // n_data))
     budget_gb = memory_budget_gb or default_budget_gb()
     fitting = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb)
-    use_blockwise = sweep_order == "blockwise" or (
-        sweep_order == "auto" and fitting >= 1 and blockwise.worth_it(model.config, d // n_basis)
-    )
-    n_layers = model.config.n_layers
+    use_blockwise = auto.sweep_order(sweep_order, model.config, d // n_basis, fitting) == "blockwise"
     # Block-major value and key sweeps hold every basis vector's tangents: fewer sequences per step.
-    block_range = {"value": (value_from_point // 2, n_layers), "key": (0, -(-key_to_point // 2))} if use_blockwise else {}
+    block_range = {
+        "value": (pts.value_first_block(value_from_point, n_layers), n_layers),
+        "key": (0, pts.key_block_stop(key_to_point, n_layers)),
+    } if use_blockwise else {}
     jobs = [name for name in SWEEPS if name in sweeps]
     shared = _shared_blocks(block_range) if {"value", "key"} <= set(jobs) else 0
     # The key sweep keeps the Jacobians of every block it passes.
@@ -263,9 +264,20 @@ def transport_operators(
         first_order=first[0] * scale if first[0] is not None else None,
         first_order_all=first[1] * scale if first[1] is not None else None,
         n_tokens=n_tokens,
-        value_from_point=2 * block_range["value"][0] if use_blockwise else 0,
-        key_to_point=min(2 * block_range["key"][1], last_point) if use_blockwise else None,
+        value_from_point=pts.row(pts.block_start(block_range["value"][0], n_layers), n_layers) if use_blockwise else 0,
+        key_to_point=pts.row(pts.block_start(block_range["key"][1], n_layers), n_layers) if use_blockwise else None,
     )
+
+
+def _residual_bound(name: str, bound: Point | int | None, default: Point, n_layers: int) -> Point:
+    """`bound` as a residual `Point` (an int is its row), `default` for None; refuses anything else."""
+    if bound is None:
+        return default
+    residual = pts.value_points(n_layers)
+    point = residual[bound] if isinstance(bound, (int, np.integer)) and 0 <= bound < len(residual) else bound
+    if point not in residual:
+        raise ValueError(f"{name}={bound} is not a residual point of this model (rows 0 .. {len(residual) - 1})")
+    return point
 
 
 def _shared_blocks(block_range: dict) -> int:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.lens import transport
-from qlens_jax.lens.points import n_points
+from qlens_jax.lens import points as pts
 from qlens_jax.models import Transformer
 
 
@@ -26,8 +26,8 @@ def _sum_and_square(x: Float[Array, "b s d"], mask: Bool[Array, "b s"]):
 def value_chunk(
     model: Transformer, tokens, mask, vectors: Float[Array, "n d"], points: Int[Array, " n"], tangent_chunk: int
 ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-    """Push each vector forward from its write point: position sums and sums of squares."""
-    shape = (n_points(model.config.n_layers), model.config.d_model)
+    """Push each vector forward from its write point (`points.row`): position sums and sums of squares."""
+    shape = (pts.n_points(model.config.n_layers), model.config.d_model)
     _, push = jax.linearize(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), jnp.zeros(shape, jnp.float32))
 
     def one(args):
@@ -47,7 +47,7 @@ def key_chunk(
     tangent_chunk: int,
     with_input_norms: bool = False,
 ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
-    """Pull each vector back from its read point to the embedding: sums and sums of squares."""
+    """Pull each vector back from its read point (`points.row`) to the embedding: sums and sums of squares."""
     d = model.config.d_model
     zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
     stream, pull = jax.vjp(lambda d0: transport.points_from_embedding(model, tokens, mask, d0, with_input_norms), zeros)
@@ -65,7 +65,7 @@ def key_chunk(
 @eqx.filter_jit
 def first_order_value_chunk(model: Transformer, tokens, mask, vectors: Float[Array, "n d"], tangent_chunk: int) -> Float[Array, "n modules d"]:
     """Each module's Jacobian applied to each vector broadcast over valid positions, summed."""
-    n_modules = 2 * model.config.n_layers
+    n_modules = len(pts.modules(model.config.n_layers))
     inputs = transport.clean_module_inputs(model, tokens, mask)
     zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
     _, push = jax.linearize(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)
@@ -79,7 +79,7 @@ def first_order_key_chunk(
 ) -> Float[Array, "n modules d"]:
     """Each module's VJP of each vector; the seed covers every position unless `mask_seed`
     (the reference's convention, DESIGN.md section 1), the result only valid ones."""
-    n_modules = 2 * model.config.n_layers
+    n_modules = len(pts.modules(model.config.n_layers))
     inputs = transport.clean_module_inputs(model, tokens, mask)
     zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
     outputs, pull = jax.vjp(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)

@@ -17,7 +17,8 @@ import numpy as np
 from qlens_jax import sharding
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
-from qlens_jax.lens.points import DictionaryPoints, dictionary_points, key_residual_point, n_key_points
+from qlens_jax.lens import auto
+from qlens_jax.lens.points import DictionaryPoints, Point, dictionary_points
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
@@ -82,14 +83,6 @@ def feature_ids(features, index: int, dictionary) -> np.ndarray:
     return ids
 
 
-def choose_path(path: str, n_features: int, d_model: int, have_operators: bool) -> str:
-    """The path "auto" stands for: dense when operators are at hand or when the request has at
-    least `d_model` features (the two sweeps then cost less than one pass per feature)."""
-    if path != "auto":
-        return path
-    return "dense" if (have_operators or n_features >= d_model) else "per-feature"
-
-
 @dataclass(frozen=True)
 class LensPlan:
     """A validated request and how it runs (see the module docstring).
@@ -126,17 +119,17 @@ class LensPlan:
     @property
     def needs_input_norms(self) -> bool:
         """Whether a key is read after an input normalization (extra key-sweep points)."""
-        return any(r.points.read >= n_key_points(self.model.config.n_layers) for r in self.requests)
+        return any(r.points.read.norm is not None for r in self.requests)
 
     @property
-    def value_from_point(self) -> int:
+    def value_from_point(self) -> Point:
         """The first residual point a value sweep must cover."""
         return min(r.points.write for r in self.requests)
 
     @property
-    def key_to_point(self) -> int:
+    def key_to_point(self) -> Point:
         """The last residual point a key sweep must cover."""
-        return max(key_residual_point(r.points.read, self.model.config.n_layers) for r in self.requests)
+        return max(r.points.read.residual for r in self.requests)
 
     def select(self, lenses: Sequence[str] | None = None, features: dict[int, np.ndarray] | None = None) -> LensPlan:
         """This plan for some of its lenses and, per dictionary position, some feature ids
@@ -221,7 +214,7 @@ def plan_request(
             model = sharding.shard_weights(model, execution.mesh)
     chunks = plan_chunks(model, tokens.shape, execution.memory_budget_gb, execution.sequences_per_chunk, execution.tangent_chunk)
     n_features = sum(len(r.features) for r in requests)
-    path = choose_path(execution.path, n_features, model.config.d_model, have_operators)
+    path = auto.path(execution.path, n_features, model.config.d_model, have_operators)
     return LensPlan(
         model=model, tokens=tokens, mask=mask, lenses=lenses, requests=tuple(requests), options=options,
         execution=execution, path=path, chunks=chunks, shard_weights=bool(shard_weights),

@@ -1,44 +1,187 @@
-"""Indices of residual-stream points and residual modules.
+"""Typed points of the forward pass and the residual modules between them.
 
-For `L` blocks the stream has `2L + 1` points and `2L` modules, interleaved:
+A `Point` names a tensor of the forward pass at every position: a residual point
+(`resid_pre[b]`, `resid_mid[b]`, the final residual `resid_post[L-1]`), an MLP's normalized
+input (`mlp_in[b]`, where transcoders read), or a residual point seen through a dictionary's
+own per-token input normalization (`norm`, one of `INPUT_NORMS_WITH_JACOBIAN`). A `Module`
+(attention or MLP of a block) reads one residual point and writes the next:
 
-    point 2b   = resid_pre[b]   --module 2b   (attention b)-->  point 2b+1 = resid_mid[b]
-    point 2b+1 = resid_mid[b]   --module 2b+1 (MLP b)-------->  point 2b+2 = resid_post[b]
+    resid_pre[b] --attn b--> resid_mid[b] --mlp b--> resid_post[b] = resid_pre[b + 1]
 
-so module `m` reads point `m` and writes point `m + 1`; point `2L` is the final residual.
-The key sweep also records the MLPs' normalized inputs (`mlp_in[b]`, where transcoders read)
-as extra points `2L + 1 + b`, and, when asked, every residual point after a dictionary's own
-per-token input normalization (`layer_norm`, `constant_norm_rescale`) as points
-`3L + 1 + i * (2L + 1) + p` for the `i`-th normalization of `INPUT_NORMS_WITH_JACOBIAN`.
+The sweeps record the points of `value_points` (value side) and `key_points` (key side), in
+that order: the row of a point in the operator arrays is its position in `key_points(L, True)`
+(`row`), of which `value_points(L)` is a prefix and the residual points without norms come
+first. This ordered list is the only definition of the saved layout; a new site is a new
+entry in it. `modules(L)` lists the modules in the order of the first-order operators.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 INPUT_NORMS_WITH_JACOBIAN = ("layer_norm", "constant_norm_rescale")
+# Sites of one block in forward order; `mlp_in` is computed from `resid_mid`.
+SITES = ("resid_pre", "resid_mid", "mlp_in", "resid_post")
+RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
+# The residual modules of a block, in forward order.
+MODULE_KINDS = ("attn", "mlp")
+# Dictionary sites that name a residual point under another name.
+SITE_ALIASES = {"mlp_out": "resid_post"}
+
+
+@functools.total_ordering
+@dataclass(frozen=True)
+class Point:
+    """A tensor of the forward pass: `site` of block `layer`, through input norm `norm` if set.
+
+    Ordered along the forward pass (by layer, then site, then norm). Use `residual_point` to
+    build one from a dictionary's site: it gives each residual point a single name.
+    """
+
+    site: str
+    layer: int
+    norm: str | None = None
+
+    def __post_init__(self):
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; expected one of {SITES}")
+        if self.norm is not None and self.norm not in INPUT_NORMS_WITH_JACOBIAN:
+            raise ValueError(f"unknown input norm {self.norm!r}; expected one of {INPUT_NORMS_WITH_JACOBIAN}")
+
+    def _key(self) -> tuple:
+        return (self.layer, SITES.index(self.site), "" if self.norm is None else self.norm)
+
+    def __lt__(self, other: Point) -> bool:
+        if not isinstance(other, Point):
+            return NotImplemented
+        return self._key() < other._key()
+
+    @property
+    def residual(self) -> Point:
+        """The residual point this point is computed from: itself without its norm; `resid_mid`
+        for an MLP input."""
+        return Point("resid_mid" if self.site == "mlp_in" else self.site, self.layer)
+
+    def __str__(self) -> str:
+        name = f"{self.site}[{self.layer}]"
+        return name if self.norm is None else f"{self.norm}({name})"
+
+
+@dataclass(frozen=True)
+class Module:
+    """A residual module: `kind` ("attn" or "mlp") of block `layer`."""
+
+    kind: str
+    layer: int
+
+    def __post_init__(self):
+        if self.kind not in MODULE_KINDS:
+            raise ValueError(f"unknown module kind {self.kind!r}; expected one of {MODULE_KINDS}")
+
+    @property
+    def reads(self) -> Point:
+        """The residual point the module reads (its input before its own pre-norm)."""
+        return Point("resid_pre" if self.kind == "attn" else "resid_mid", self.layer)
+
+    @property
+    def writes(self) -> Point:
+        """The residual point its output is added into (`resid_post[b]` for an MLP)."""
+        return Point("resid_mid" if self.kind == "attn" else "resid_post", self.layer)
+
+
+def final_point(n_layers: int) -> Point:
+    """The final residual, before the final norm."""
+    return Point("resid_post", n_layers - 1)
+
+
+def residual_point(site: str, layer: int, n_layers: int) -> Point:
+    """The point of dictionary site `site` at block `layer`, residual points under one name:
+    `resid_post[b]` is `resid_pre[b + 1]` except for the final residual; `mlp_out` is
+    `resid_post` (where a transcoder's output is added)."""
+    site = SITE_ALIASES.get(site, site)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} is not a block of this model (0 .. {n_layers - 1})")
+    if site == "resid_post" and layer < n_layers - 1:
+        return Point("resid_pre", layer + 1)
+    return Point(site, layer)
+
+
+def modules(n_layers: int) -> tuple[Module, ...]:
+    """Every residual module in forward order: the order of the first-order operators."""
+    return tuple(Module(kind, b) for b in range(n_layers) for kind in MODULE_KINDS)
+
+
+def value_points(n_layers: int) -> tuple[Point, ...]:
+    """The points the value sweep records, in row order: each module's input, then the final
+    residual (`resid_pre[0], resid_mid[0], resid_pre[1], ..., final`)."""
+    return tuple(m.reads for m in modules(n_layers)) + (final_point(n_layers),)
+
+
+def key_points(n_layers: int, with_input_norms: bool = False) -> tuple[Point, ...]:
+    """The points the key sweep records, in row order: `value_points`, each MLP's normalized
+    input, and with `with_input_norms` every residual point through each input norm of
+    `INPUT_NORMS_WITH_JACOBIAN` in that order."""
+    residual = value_points(n_layers)
+    mlp_inputs = tuple(Point("mlp_in", b) for b in range(n_layers))
+    norms = INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
+    normed = tuple(Point(p.site, p.layer, norm) for norm in norms for p in residual)
+    return residual + mlp_inputs + normed
+
+
+@functools.lru_cache(maxsize=64)
+def _rows(n_layers: int) -> dict[Point, int]:
+    return {p: i for i, p in enumerate(key_points(n_layers, with_input_norms=True))}
+
+
+def row(point: Point, n_layers: int) -> int:
+    """Index of `point` in the operator arrays (`TransportOperators.value` / `.key`) and in the
+    per-feature perturbation stacks: its position in `key_points(n_layers, True)`."""
+    rows = _rows(n_layers)
+    if point not in rows:
+        raise ValueError(f"{point} is not a point the sweeps record for {n_layers} layers (see points.key_points)")
+    return rows[point]
+
+
+def point_at(index: int, n_layers: int) -> Point:
+    """The point stored at row `index` (the inverse of `row`)."""
+    points = key_points(n_layers, with_input_norms=True)
+    if not 0 <= index < len(points):
+        raise ValueError(f"row {index} is outside the {len(points)} rows of {n_layers} layers")
+    return points[index]
+
+
+def module_row(module: Module, n_layers: int) -> int:
+    """Index of `module` in the first-order operators: its position in `modules`."""
+    return modules(n_layers).index(module)
 
 
 def n_points(n_layers: int) -> int:
-    """Residual points `resid_pre[0..L-1]`, `resid_mid[0..L-1]`, final."""
-    return 2 * n_layers + 1
+    """Rows of the value operators."""
+    return len(value_points(n_layers))
 
 
 def n_key_points(n_layers: int) -> int:
-    """Residual points plus the `L` normalized MLP inputs."""
-    return 3 * n_layers + 1
+    """Rows of the key operators without input-norm points."""
+    return len(key_points(n_layers))
 
 
-def residual_point(site: str, layer: int, n_layers: int) -> int:
-    if site == "resid_pre":
-        return 2 * layer
-    if site == "resid_mid":
-        return 2 * layer + 1
-    if site in ("resid_post", "mlp_out"):
-        return 2 * layer + 2
-    if site == "mlp_in":
-        return 2 * n_layers + 1 + layer
-    raise ValueError(f"unknown site {site!r}")
+def block_start(block: int, n_layers: int) -> Point:
+    """The residual point before block `block` (the final residual for `block == n_layers`)."""
+    return final_point(n_layers) if block == n_layers else Point("resid_pre", block)
+
+
+def value_first_block(point: Point, n_layers: int) -> int:
+    """The lowest block a value sweep from the top must pass to reach `point`'s residual
+    (`n_layers`: none, for the final residual)."""
+    after = [m.layer for m in modules(n_layers) if m.reads >= point.residual]
+    return min(after, default=n_layers)
+
+
+def key_block_stop(point: Point, n_layers: int) -> int:
+    """How many blocks, from the embedding up, a key sweep must pass to reach `point`'s residual."""
+    before = [m.layer for m in modules(n_layers) if m.writes <= point.residual]
+    return max(before, default=-1) + 1
 
 
 @dataclass(frozen=True)
@@ -51,33 +194,17 @@ class DictionaryPoints:
     `read_residual`: the residual point of `read` (for first-order module ranges).
     """
 
-    write: int
-    read: int
-    read_residual: int
+    write: Point
+    read: Point
+    read_residual: Point
 
-    def value_modules(self, n_layers: int) -> range:
+    def value_modules(self, n_layers: int) -> tuple[Module, ...]:
         """Modules after the write point."""
-        return range(self.write, 2 * n_layers)
+        return tuple(m for m in modules(n_layers) if m.reads >= self.write)
 
-    def key_modules(self) -> range:
+    def key_modules(self, n_layers: int) -> tuple[Module, ...]:
         """Modules before the read point (towards the embedding)."""
-        return range(0, self.read_residual)
-
-
-def key_residual_point(point: int, n_layers: int) -> int:
-    """The residual point a key point reads from: itself, the `resid_mid` of an MLP input, or
-    the residual point under an input normalization."""
-    residual = n_points(n_layers)
-    if point < residual:
-        return point
-    if point < n_key_points(n_layers):
-        return 2 * (point - residual) + 1
-    return (point - n_key_points(n_layers)) % residual
-
-
-def normalized_point(norm: str, point: int, n_layers: int) -> int:
-    """Index of residual point `point` seen through input normalization `norm`."""
-    return n_key_points(n_layers) + INPUT_NORMS_WITH_JACOBIAN.index(norm) * n_points(n_layers) + point
+        return tuple(m for m in modules(n_layers) if m.writes <= self.read_residual)
 
 
 def dictionary_points(
@@ -92,5 +219,5 @@ def dictionary_points(
     if exact_norm_jacobian and site_in == "mlp_in":
         read = residual_point("mlp_in", layer, n_layers)
     elif exact_norm_jacobian and input_norm in INPUT_NORMS_WITH_JACOBIAN:
-        read = normalized_point(input_norm, read_residual, n_layers)
+        read = Point(read_residual.site, read_residual.layer, input_norm)
     return DictionaryPoints(write=write, read=read, read_residual=read_residual)

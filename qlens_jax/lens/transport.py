@@ -13,6 +13,10 @@ perturbation argument once linearized at the clean hidden states:
 - `module_outputs(deltas [2L, d])`: each residual module's output at its own clean input
   plus `deltas[m]` at every valid position: the single-hop (first-order) terms.
 
+Rows of the perturbation and output stacks are those of `points.row` (points) and
+`points.module_row` (modules). `run_from` runs the same forward pass on from any residual
+point: the splice of the secant baselines and of steering.
+
 Masking: perturbations enter only at valid positions. Attention never lets a valid query
 see a pad key and pads sit at the end (right padding), so pad positions never feed valid
 ones; the transports equal the `t <- mask * (t + J t)` recursion of DESIGN.md at every valid
@@ -23,13 +27,39 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.dictionaries.normalization import input_stats, normalize
-from qlens_jax.lens.points import INPUT_NORMS_WITH_JACOBIAN
+from qlens_jax.lens import points as pts
+from qlens_jax.lens.points import Module, Point
 from qlens_jax.models import Transformer, attention_residual, mlp_input, mlp_residual
 
-_attention_batch = jax.vmap(attention_residual, in_axes=(None, None, 0, 0))
+attention_batch = jax.vmap(attention_residual, in_axes=(None, None, 0, 0))
+attention_batch.__doc__ = "`attention_residual` over a batch: `(block, meta, h [b, s, d], mask [b, s])`."
+
+
+def basis_tangents(basis: Int[Array, "*r"], d: int, mask: Bool[Array, "b s"], dtype=jnp.float32) -> Float[Array, "*r b s d"]:
+    """The basis vectors `e_j`, j in `basis`, at every valid position (zero at pads): the
+    tangents and cotangents that the dense sweeps push through the model."""
+    one_hot = jax.nn.one_hot(basis, d, dtype=jnp.float32)[..., None, None, :]
+    return jnp.where(mask[..., None], one_hot, 0.0).astype(dtype)
+
+
+def through_input_norm(h: Float[Array, "*batch d"], norm: str) -> Float[Array, "*batch d"]:
+    """`h` after a dictionary's per-token input normalization `norm` (one of
+    `points.INPUT_NORMS_WITH_JACOBIAN`), in `h`'s dtype: what key points with a `norm` hold."""
+    return normalize(h, input_stats(h, norm)).astype(h.dtype)
+
+
+def attention_step(block, meta, h: Float[Array, "b s d"], mask: Bool[Array, "b s"]) -> Float[Array, "b s d"]:
+    """`resid_mid` from `resid_pre` = `h` on a batch: the attention half of a block."""
+    return h + attention_batch(block, meta, h, mask)
+
+
+def mlp_step(block, h: Float[Array, "b s d"]) -> Float[Array, "b s d"]:
+    """`resid_post` from `resid_mid` = `h` on a batch: the MLP half of a block."""
+    return h + mlp_residual(block, h)
 
 
 def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0):
@@ -45,12 +75,50 @@ def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0):
     def step(h, xs):
         block, meta, d_pre, d_mid = xs
         pre = h + (d_pre * m).astype(dtype)
-        mid = pre + _attention_batch(block, meta, pre, mask) + (d_mid * m).astype(dtype)
-        post = mid + mlp_residual(block, mid)
-        return post, (pre, mid, mlp_input(block, mid))
+        mid = attention_step(block, meta, pre, mask) + (d_mid * m).astype(dtype)
+        return mlp_step(block, mid), (pre, mid, mlp_input(block, mid))
 
     final, (pres, mids, mlp_ins) = jax.lax.scan(step, h, (model.blocks, model.meta, pre_deltas, mid_deltas))
     return final, pres, mids, mlp_ins
+
+
+def run_from(model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b s"], point: Point) -> Float[Array, "b s d"]:
+    """The final residual when the stream at residual point `point` is `h` (a splice: the
+    model run on from where a dictionary writes). `point` is static."""
+    n_layers = model.config.n_layers
+    after = [m for m in pts.modules(n_layers) if m.reads >= point.residual]
+    if not after:
+        return h
+    first = after[0].layer
+    if after[0].kind == "mlp":
+        layer, _ = model.block(first)
+        h, first = mlp_step(layer, h), first + 1
+    rest = jax.tree.map(lambda a: a[first:], (model.blocks, model.meta))
+
+    def step(h, block_and_meta):
+        block, meta = block_and_meta
+        return mlp_step(block, attention_step(block, meta, h, mask)), None
+
+    return jax.lax.scan(step, h, rest)[0]
+
+
+def residual_stack(by_site: dict, n_layers: int) -> Float[Array, "points *rest"]:
+    """Per-block arrays of each site (`by_site[site][b]`) stacked in `points.value_points`
+    order: each block's module inputs, block by block, then the final residual."""
+    sites = [module.reads.site for module in pts.modules(1)]
+    order = tuple(Point(site, b) for b in range(n_layers) for site in sites) + (pts.final_point(n_layers),)
+    assert order == pts.value_points(n_layers)
+    # A stack and a reshape, not a gather of rows: the traced program (and its rounding) the
+    # sweeps have always had.
+    per_block = jnp.stack([by_site[site][:n_layers] for site in sites], axis=1)
+    final = by_site["resid_post"][n_layers - 1]
+    return jnp.concatenate([per_block.reshape(-1, *per_block.shape[2:]), final[None]], axis=0)
+
+
+def _by_site(pres, mids, mlp_ins, final) -> dict:
+    """Per-block arrays of each site (`resid_post[b]` is `resid_pre[b + 1]`, then the final)."""
+    posts = jnp.concatenate([pres[1:], final[None]], axis=0)
+    return {"resid_pre": pres, "resid_mid": mids, "resid_post": posts, "mlp_in": mlp_ins}
 
 
 def final_from_probes(
@@ -59,10 +127,12 @@ def final_from_probes(
     mask: Bool[Array, "b s"],
     deltas: Float[Array, "points d"],
 ) -> Float[Array, "b s d"]:
-    """Final residual with `deltas[p]` added at every valid position of point `p`."""
+    """Final residual with `deltas[p]` added at every valid position of the point of row `p`
+    (rows of `points.value_points`)."""
     n_layers = model.config.n_layers
-    final, *_ = _run(model, tokens, mask, deltas[0 : 2 * n_layers : 2][:, None, None], deltas[1 : 2 * n_layers : 2][:, None, None], None)
-    return final + (deltas[2 * n_layers] * mask[..., None]).astype(final.dtype)
+    at = lambda site: deltas[np.array([pts.row(Point(site, b), n_layers) for b in range(n_layers)])][:, None, None]
+    final, *_ = _run(model, tokens, mask, at("resid_pre"), at("resid_mid"), None)
+    return final + (deltas[pts.row(pts.final_point(n_layers), n_layers)] * mask[..., None]).astype(final.dtype)
 
 
 def points_from_embedding(
@@ -72,22 +142,40 @@ def points_from_embedding(
     delta0: Float[Array, "b s d"],
     with_input_norms: bool = False,
 ) -> Float[Array, "key_points b s d"]:
-    """Every residual point and each MLP's normalized input, with `delta0` added at `resid_pre[0]`.
-
-    Stacked in the order of `points`: pre/mid interleaved, final, mlp_in; with
-    `with_input_norms`, then every residual point through each normalization of
-    `points.INPUT_NORMS_WITH_JACOBIAN`, in that order.
-    """
+    """Every point of `points.key_points(L, with_input_norms)`, in that order, with `delta0`
+    added at `resid_pre[0]`."""
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
     final, pres, mids, mlp_ins = _run(model, tokens, mask, zeros, zeros, delta0)
-    interleaved = jnp.stack([pres, mids], axis=1).reshape(2 * n_layers, *final.shape)
-    residual = jnp.concatenate([interleaved, final[None]], axis=0)
-    extra = []
-    if with_input_norms:
-        for norm in INPUT_NORMS_WITH_JACOBIAN:
-            extra.append(normalize(residual, input_stats(residual, norm)).astype(residual.dtype))
-    return jnp.concatenate([residual, mlp_ins, *extra], axis=0)
+    by_site = _by_site(pres, mids, mlp_ins, final)
+    residual = residual_stack(by_site, n_layers)
+    norms = pts.INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
+    normed = {norm: through_input_norm(residual, norm) for norm in norms}
+
+    def source(point: Point):
+        if point.norm is not None:
+            return normed[point.norm], pts.row(point.residual, n_layers)
+        if point.site == "mlp_in":
+            return mlp_ins, point.layer
+        return residual, pts.row(point, n_layers)
+
+    return assemble(pts.key_points(n_layers, with_input_norms), source)
+
+
+def assemble(points, source) -> Float[Array, "points *rest"]:
+    """`points` stacked from `source(point) = (array, index)`: runs of consecutive indices into
+    one array are taken as one slice, so that whole arrays are concatenated as they are."""
+    parts, run = [], None
+    for point in points:
+        array, index = source(point)
+        if run is not None and run[0] is array and run[2] == index:
+            run[2] += 1
+        else:
+            if run is not None:
+                parts.append(run[0][run[1] : run[2]])
+            run = [array, index, index + 1]
+    parts.append(run[0][run[1] : run[2]])
+    return jnp.concatenate(parts, axis=0)
 
 
 def clean_states(model: Transformer, tokens, mask) -> tuple[Float[Array, "b s d"], Float[Array, "L b s d"], Float[Array, "L b s d"]]:
@@ -101,7 +189,7 @@ def clean_states(model: Transformer, tokens, mask) -> tuple[Float[Array, "b s d"
 def clean_module_inputs(model: Transformer, tokens, mask) -> Float[Array, "modules b s d"]:
     """Each module's clean input: `resid_pre[b]` for attention `b`, `resid_mid[b]` for MLP `b`."""
     final, pres, mids = clean_states(model, tokens, mask)
-    return jnp.stack([pres, mids], axis=1).reshape(2 * model.config.n_layers, *final.shape)
+    return residual_stack(_by_site(pres, mids, None, final), model.config.n_layers)[:-1]
 
 
 def module_outputs(
@@ -113,15 +201,22 @@ def module_outputs(
     """Each module's output at its clean input plus `deltas[m]` at every valid position."""
     m = mask[..., None].astype(jnp.float32)
     n_layers = model.config.n_layers
-    pairs = inputs.reshape(n_layers, 2, *inputs.shape[1:])
-    dpairs = deltas.reshape(n_layers, 2, 1, 1, -1)
+    # rows[b, i]: the module of kind MODULE_KINDS[i] of block b.
+    rows = np.array([[pts.module_row(Module(kind, b), n_layers) for kind in pts.MODULE_KINDS] for b in range(n_layers)])
+    output = {
+        "attn": lambda block, meta, h: attention_batch(block, meta, h, mask),
+        "mlp": lambda block, meta, h: mlp_residual(block, h),
+    }
 
     def block_modules(block, meta, h, dh):
-        attn = _attention_batch(block, meta, h[0] + (dh[0] * m).astype(h.dtype), mask)
-        mlp = mlp_residual(block, h[1] + (dh[1] * m).astype(h.dtype))
-        return jnp.stack([attn, mlp])
+        kinds = enumerate(pts.MODULE_KINDS)
+        return jnp.stack([output[kind](block, meta, h[i] + (dh[i] * m).astype(h.dtype)) for i, kind in kinds])
 
-    out = jax.vmap(block_modules)(model.blocks, model.meta, pairs, dpairs)
+    # Modules are listed block by block (`points.modules`): the rows are a reshape, which
+    # keeps the traced program (and its rounding) that of a plain reshape.
+    assert (rows.reshape(-1) == np.arange(rows.size)).all()
+    pairs = inputs.reshape(*rows.shape, *inputs.shape[1:])
+    out = jax.vmap(block_modules)(model.blocks, model.meta, pairs, deltas.reshape(*rows.shape, 1, 1, -1))
     return out.reshape(inputs.shape)
 
 

@@ -25,6 +25,15 @@ ACTIVATIONS = {
 }
 
 
+def mlp_hidden(
+    activation: str, up: Float[Array, "*batch d_mlp"], gate: Float[Array, "*batch d_mlp"] | None = None
+) -> Float[Array, "*batch d_mlp"]:
+    """An MLP's hidden layer from its up (and gate) projections: `act(up)`, or the gated
+    `act(gate) * up`. The one definition the forward pass and the MLP Jacobian share."""
+    act = ACTIVATIONS[activation]
+    return act(up) if gate is None else act(gate) * up
+
+
 def layer_norm(
     x: Float[Array, "*batch d"],
     weight: Float[Array, " d"] | None,

@@ -87,12 +87,8 @@ class MLP(eqx.Module):
     activation: str = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
-        act = layers.ACTIVATIONS[self.activation]
-        if self.gate_proj is None:
-            hidden = act(self.up_proj(x))
-        else:
-            hidden = act(self.gate_proj(x)) * self.up_proj(x)
-        return self.down_proj(hidden)
+        gate = None if self.gate_proj is None else self.gate_proj(x)
+        return self.down_proj(layers.mlp_hidden(self.activation, self.up_proj(x), gate))
 
 
 class Block(eqx.Module):

@@ -145,18 +145,19 @@ class ReverseLookup:
         return self._rows[entry.index]
 
     def _operator(self, entry: DictionaryEntry, side: str, rows: DictionaryRows):
-        from qlens_jax.lens.points import dictionary_points
+        from qlens_jax.lens.points import dictionary_points, row
 
         meta = rows.meta
         points = dictionary_points(meta["site_in"], meta["site_out"], entry.layer, self.model.config.n_layers,
                                    self.exact_norm_jacobian, meta["input_norm"])
         point = points.write if side == "value" else points.read
+        n_layers = self.model.config.n_layers
         stored = self.operators.value if side == "value" else self.operators.key
-        if stored is None or not self.operators.covers(side, point, self.model.config.n_layers) or point >= stored.shape[0]:
+        if stored is None or not self.operators.covers(side, point, n_layers) or row(point, n_layers) >= stored.shape[0]:
             lens = f"query_lens_{side}"
             raise InputError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
                              f"the reverse lookup on the {side} side needs a run with the {lens} lens")
-        return stored[point]
+        return self.operators.operator(side, point, n_layers)
 
     def scores(self, entry: DictionaryEntry, side: str, token: int) -> np.ndarray:
         """The token's exact score for every feature of `entry`: `[d_sae]` float32."""

@@ -12,7 +12,9 @@ import converters
 from splice_reference import clean_logits, direct_secant, make_dictionary
 from qlens_jax.baselines import baseline_signatures
 from qlens_jax.baselines.secant import mean_differences, secant_spec, sums_logits
-from qlens_jax.baselines.splice import feature_change, point_value, run_from
+from qlens_jax.baselines.splice import feature_change, point_value
+from qlens_jax.lens.points import value_points
+from qlens_jax.lens.transport import run_from
 from tiny_models import build_hf_model, padded_batch
 
 LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10")
@@ -117,6 +119,6 @@ def test_run_from_every_point_is_the_clean_run(gpt2):
     _, residuals = model.run_with_residuals(tokens, mask)
     final = residuals.resid_post[-1]
     jitted = eqx.filter_jit(run_from)
-    for point in range(2 * model.config.n_layers + 1):
+    for point in value_points(model.config.n_layers):
         ours = jitted(model, point_value(residuals, point), mask, point)
         np.testing.assert_allclose(np.asarray(ours)[np.asarray(mask)], np.asarray(final)[np.asarray(mask)], rtol=1e-5, atol=1e-5)

@@ -12,7 +12,7 @@ import qlens_jax
 from converters import model_config_from_hf
 from kernel_fixtures import setup
 from qlens_jax.lens import LensRequestError, blockwise, transport_operators
-from qlens_jax.lens.points import key_residual_point, n_key_points, n_points
+from qlens_jax.lens.points import n_key_points, n_points, point_at, row
 from qlens_jax.models import init_transformer, mlp_residual
 
 # A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, and Gemma-3's
@@ -86,12 +86,12 @@ def test_restricted_sweeps_keep_the_rows_they_cover(both_orders):
     )
     assert part.value_from_point == 2 and part.key_to_point == 4
     for p in range(n_points(n_layers)):
-        if part.covers("value", p, n_layers):
+        if part.covers("value", point_at(p, n_layers), n_layers):
             _assert_rows_close(part.value[p], full.value[p])
         else:
             assert p < 2 and not np.asarray(part.value[p]).any()
-    covered = [p for p in range(full.key.shape[0]) if part.covers("key", p, n_layers)]
-    assert set(covered) == {p for p in range(full.key.shape[0]) if key_residual_point(p, n_layers) <= 4}
+    covered = [p for p in range(full.key.shape[0]) if part.covers("key", point_at(p, n_layers), n_layers)]
+    assert set(covered) == {p for p in range(full.key.shape[0]) if row(point_at(p, n_layers).residual, n_layers) <= 4}
     assert len(covered) < full.key.shape[0]
     for p in covered:
         _assert_rows_close(part.key[p], full.key[p])
