@@ -34,6 +34,7 @@ from qlens_jax.lens.readouts import ReadoutContext
 from qlens_jax.lens.signatures import Signatures, SignatureTable
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
 BASELINE_LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens")
@@ -74,6 +75,7 @@ def _validate(model, dictionaries, lenses, k, translators):
     return items
 
 
+@applies_precision
 def baseline_signatures(
     model: Transformer,
     dictionaries,
@@ -89,6 +91,7 @@ def baseline_signatures(
     config_chunk: int | None = None,
     feature_chunk: int | None = None,
     remove_final_norm_bias: bool = False,
+    precision: str = "float32",
     quiet: bool = True,
 ) -> Signatures:
     """Top-k and bottom-k tokens of each feature under each baseline lens.
@@ -98,7 +101,8 @@ def baseline_signatures(
     means over its valid positions), `features` None (all) / indices for every dictionary / a
     dict from dictionary position or `(name, layer)` to indices. `translators`: a `TunedLens`
     (needed for `tuned_lens`). `remove_final_norm_bias` applies to `tuned_lens` only (in the
-    secant differences the bias cancels).
+    secant differences the bias cancels). `precision`: how matrix products multiply
+    (`qlens_jax.numerics`).
 
     Cost: the secant lenses run the model from each dictionary's write point once per
     (feature, lens) over the whole sample (the quantity is a finite difference; there is no

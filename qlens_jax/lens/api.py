@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,7 @@ from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
 
 from qlens_jax import sharding
+from qlens_jax.numerics import DTYPES, applies_precision, cast_model
 from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
@@ -33,7 +33,6 @@ from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
 
 PATHS = ("auto", "dense", "per-feature")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 SELF_CHECK_RTOL = {"float32": 1e-4, "bfloat16": 5e-2}
 
 
@@ -117,14 +116,6 @@ def _validate(model, dictionaries, lenses, k, dtype, path, exact_norm_jacobian, 
     return requests
 
 
-def cast_model(model: Transformer, dtype: str) -> Transformer:
-    """The model with floating-point parameters in `dtype` (metadata stays float32)."""
-    target = DTYPES[dtype]
-    meta = model.meta
-    cast = jax.tree.map(lambda x: x.astype(target) if eqx.is_inexact_array(x) else x, model)
-    return eqx.tree_at(lambda m: m.meta, cast, meta)
-
-
 def _maybe_shard_weights(model: Transformer, mesh, shard_weights: bool | None) -> tuple[Transformer, bool]:
     """The model with its weights split over `mesh` if `shard_weights` asks for it (None: if
     `sharding.should_shard_weights`), and whether they are. Replicated weights are left where
@@ -181,6 +172,7 @@ def _check_coverage(operators: TransportOperators, requests, transport_lenses, n
                 )
 
 
+@applies_precision
 def query_lens(
     model: Transformer,
     dictionaries,
@@ -191,6 +183,7 @@ def query_lens(
     features=None,
     k: int = 25,
     dtype: str = "float32",
+    precision: str = "float32",
     path: str = "auto",
     stats: bool = False,
     self_check: bool = True,
@@ -217,6 +210,8 @@ def query_lens(
         features: None (all), indices applied to every dictionary, or a dict from dictionary
             position (or `(name, layer)`) to indices.
         dtype: "float32" (reference) or "bfloat16" (speed; sums stay float32).
+        precision: how matrix products multiply: "float32" (true float32 on every backend),
+            "tf32" (NVIDIA GPUs) or "bfloat16" (GPUs, TPUs); see `qlens_jax.numerics`.
         path: "dense" (operators, cost independent of the number of features), "per-feature"
             (one linearized pass per feature), or "auto" (the cheaper one).
         stats: also report each feature's relative variance for the Query Lens lenses (a
@@ -261,7 +256,7 @@ def query_lens(
         needed = tuple(sorted({sweeps.get(lens, "first_order") for lens in transport_lenses}))
         operators = transport_operators(
             model, tokens, mask, sweeps=needed, plan=plan, mesh=mesh, with_input_norms=needs_norms,
-            shard_weights=shard_weights, quiet=quiet, memory_budget_gb=memory_budget_gb,
+            shard_weights=shard_weights, quiet=quiet, memory_budget_gb=memory_budget_gb, precision=precision,
             value_from_point=min(r.points.write for r in requests),
             key_to_point=max(key_residual_point(r.points.read, n_layers) for r in requests),
         )

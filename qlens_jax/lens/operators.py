@@ -38,6 +38,7 @@ from qlens_jax.lens import blockwise, transport
 from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens.points import key_residual_point, n_key_points, n_points
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
 SWEEPS = ("value", "key", "first_order")
@@ -166,6 +167,7 @@ def sharded_sweep(
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False))
 
 
+@applies_precision
 def transport_operators(
     model: Transformer,
     tokens: Int[Array, "batch seq"] | np.ndarray,
@@ -181,6 +183,7 @@ def transport_operators(
     sweep_order: str = "auto",
     value_from_point: int = 0,
     key_to_point: int | None = None,
+    precision: str = "float32",
     quiet: bool = True,
 ) -> TransportOperators:
     """The dense operators of `model` on this token sample (see the module docstring).
@@ -197,6 +200,7 @@ def transport_operators(
     `blockwise.worth_it` and one sequence's tangents fit the memory budget).
     `value_from_point` / `key_to_point`: residual points (`points.residual_point`) that bound
     what the caller will read; a block-major sweep skips the blocks beyond them.
+    `precision`: how the sweeps' matrix products multiply (`qlens_jax.numerics`).
     """
     from qlens_jax.lens.validation import check_tokens
 
