@@ -28,7 +28,8 @@ from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differe
 from qlens_jax.baselines.splice import write_point
 from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, point_name
 from qlens_jax.lens.api import _as_list, _feature_ids
-from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
+from qlens_jax import memory
+from qlens_jax.lens.chunks import plan_chunks
 from qlens_jax.lens.readout import feature_chunk_for
 from qlens_jax.lens.readouts import ReadoutContext
 from qlens_jax.lens.signatures import Signatures, SignatureTable
@@ -112,7 +113,7 @@ def baseline_signatures(
     lenses = tuple(lenses)
     items = _validate(model, dictionaries, lenses, k, translators)
     tokens, mask = check_tokens(model, tokens, mask)
-    budget = (memory_budget_gb or default_budget_gb()) * 2**30
+    budget = memory.budget_bytes(memory_budget_gb)
     plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
     if sequences_per_chunk is None:  # the clean activations of a chunk ([b, s, d_sae]) must fit too
         widest = max(d.d_sae for d in items)

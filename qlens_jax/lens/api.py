@@ -17,10 +17,10 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
 
-from qlens_jax import sharding
+from qlens_jax import memory, sharding
 from qlens_jax.numerics import DTYPES, applies_precision, cast_model
 from qlens_jax.lens import per_feature
-from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
+from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.points import key_residual_point
@@ -33,7 +33,8 @@ from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
 
 PATHS = ("auto", "dense", "per-feature")
-SELF_CHECK_RTOL = {"float32": 1e-4, "bfloat16": 5e-2}
+# By dtype or precision, whichever is looser (`qlens_jax.numerics`).
+SELF_CHECK_RTOL = {"float32": 1e-4, "tf32": 1e-2, "bfloat16": 5e-2}
 
 
 class SelfCheckError(RuntimeError):
@@ -235,11 +236,12 @@ def query_lens(
             when they take more than half of a device's free memory (`should_shard_weights`).
     """
     lenses = tuple(lenses)
+    numbers = max(dtype, precision, key=lambda name: SELF_CHECK_RTOL.get(name, 0.0))
     requests = _validate(model, dictionaries, lenses, k, dtype, path, exact_norm_jacobian, features)
     tokens, mask = check_tokens(model, tokens, mask)
     model = cast_model(model, dtype) if dtype != "float32" else model
     model, shard_weights = _maybe_shard_weights(model, mesh, shard_weights)
-    plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, tangent_chunk)
+    plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, tangent_chunk, device=memory.planning_device(mesh))
     n_features = sum(len(r.features) for r in requests)
     transport_lenses = [lens for lens in lenses if not lens.startswith("logit_lens")]
     if path == "auto":
@@ -262,7 +264,7 @@ def query_lens(
         )
     if path == "dense" and operators is not None:
         _check_coverage(operators, requests, transport_lenses, n_layers)
-    budget = (memory_budget_gb or default_budget_gb()) * 2**30
+    budget = memory.budget_bytes(memory_budget_gb, memory.planning_device(mesh))
     context = ReadoutContext(
         model=model,
         key_matrix=_key_matrix(model, tokens, mask, mesh if shard_weights else None),
@@ -287,7 +289,7 @@ def query_lens(
                     op = operators.value[point] if side == "value" else operators.key[point]
                     result = context.read(side, vectors, op=op)
                     if self_check:
-                        _self_check_query_lens(model, tokens, mask, plan, side, vectors, point, op, self_check_features, dtype, lens, request)
+                        _self_check_query_lens(model, tokens, mask, plan, side, vectors, point, op, self_check_features, numbers, lens, request)
                 else:
                     mean, mean_sq = _per_feature_means(
                         model, tokens, mask, plan, side, np.asarray(vectors), jnp.full(len(vectors), point), quiet
@@ -304,7 +306,7 @@ def query_lens(
                 if path == "dense":
                     blocks, terms = first_order_terms_dense(operators, request.points, side, n_layers, first_order_key_mask_seed)
                     if self_check:
-                        _self_check_first_order(model, tokens, mask, plan, side, vectors, request, terms, blocks, n_layers, first_order_key_mask_seed, self_check_features, dtype, lens)
+                        _self_check_first_order(model, tokens, mask, plan, side, vectors, request, terms, blocks, n_layers, first_order_key_mask_seed, self_check_features, numbers, lens)
                     result = context.read_first_order(side, vectors, terms)
                 else:
                     blocks, term_vectors = first_order_terms_per_feature(

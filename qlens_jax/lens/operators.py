@@ -35,7 +35,8 @@ from jaxtyping import Array, Bool, Float, Int
 from qlens_jax import sharding
 
 from qlens_jax.lens import blockwise, transport
-from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
+from qlens_jax import memory
+from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
 from qlens_jax.lens.points import key_residual_point, n_key_points, n_points
 from qlens_jax.models import Transformer
 from qlens_jax.numerics import applies_precision
@@ -220,7 +221,7 @@ def transport_operators(
     d = model.config.d_model
     if d % n_basis:
         raise ValueError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
-    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
+    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, device=memory.planning_device(mesh))
     n_tokens = int(mask.sum())
     model = sharding.place_weights(model, mesh, shard_weights)
     weights_sharded = sharding.vocab_sharded(model)
@@ -228,7 +229,7 @@ def transport_operators(
     # Sequences per step, one chunk per data device; never more than the sample fills, so
     # that data devices do not linearize padding rows.
     per_device = min(plan.sequences_per_chunk, -(-tokens.shape[0] // n_data))
-    budget_gb = memory_budget_gb or default_budget_gb()
+    budget_gb = memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))
     fitting = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb)
     use_blockwise = sweep_order == "blockwise" or (
         sweep_order == "auto" and fitting >= 1 and blockwise.worth_it(model.config, d // n_basis)
