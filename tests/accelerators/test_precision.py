@@ -21,7 +21,7 @@ import pytest
 
 import converters
 import qlens_jax
-from dumps import EXPECTED, dots_by_module, dumped_modules, off_policy
+from dumps import dots_by_module, dumped_modules, off_policy
 from kernel_fixtures import dictionary_set
 from qlens_jax import numerics, sharding
 from qlens_jax.baselines import TunedLens, baseline_signatures
