@@ -27,7 +27,7 @@ Parts, most important first (`PARTS`):
 
 `--budget-s` (default 420) bounds the whole run: before each part the time it would take is
 estimated from the parts before it, and a part that would not fit is skipped with the reason; a
-part still running when the budget ends is stopped. The results file
+part still running when the budget ends is recorded as stopped and the run ends. The results file
 (`benchmarks/results/device-<card>.json`, `-tiny` appended for `--size tiny`) is rewritten after
 every part, so whatever was measured is kept.
 """
@@ -39,9 +39,9 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,27 +77,6 @@ PART_MODES = {"gpt2_small_2048_float32": "float32", "gpt2_small_32768_float32": 
               "gpt2_small_32768_tf32": "tf32", "gpt2_small_32768_bfloat16": "bfloat16"}
 # Seconds a part needs at least (loading, one compilation) before its estimate is worth anything.
 MIN_PART_S = 5.0
-
-
-class BudgetExhausted(Exception):
-    """The run's time budget ended while a part was running."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float):
-    """Raise `BudgetExhausted` in this (main) thread once `seconds` have passed. Raised between
-    Python bytecodes: a long device computation finishes its current step first."""
-
-    def stop(signum, frame):
-        raise BudgetExhausted
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _block(x):
@@ -462,8 +441,18 @@ def write_json(path: Path, results: dict) -> None:
     partial.replace(path)
 
 
-def run(size: str, budget_s: float, out: Path | None, log=print) -> Path:
-    """Every part in order within `budget_s` seconds; the results file after each (its path)."""
+def _unavailable_or(name: str, status: dict) -> dict:
+    """`status`, unless part `name` runs in a precision mode the backend lacks."""
+    why = available(PART_MODES[name]) if name in PART_MODES else None
+    return {"status": why} if why is not None else status
+
+
+def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit) -> Path:
+    """Every part in order within `budget_s` seconds; the results file after each (its path).
+
+    A part still running when the budget ends is not interrupted (an exception thrown into a
+    running JAX computation can abort the process): a watchdog thread records it as stopped and
+    the rest as skipped, writes the results and ends the process with `exit(0)`."""
     import qlens_jax  # noqa: F401  (its XLA flags before JAX starts)
 
     start = time.monotonic()
@@ -472,32 +461,51 @@ def run(size: str, budget_s: float, out: Path | None, log=print) -> Path:
     results = {"size": size, "budget_s": budget_s, "card": card_name(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "parts": {}}
     parts = results["parts"]
-    for name in PARTS:
-        left = budget_s - (time.monotonic() - start)
-        why = available(PART_MODES[name]) if name in PART_MODES else None
-        guess = estimate_s(name, cfg, parts) if left > MIN_PART_S and why is None else None
-        if why is not None:
-            parts[name] = {"status": why}
-        elif left <= MIN_PART_S or (guess is not None and guess > left):
-            reason = f"needs about {guess:.0f} s, {left:.0f} s left" if guess is not None else f"{left:.0f} s left"
-            parts[name] = {"status": "skipped", "reason": reason}
-        else:
-            begun = time.monotonic()
-            try:
-                with deadline(left):
-                    result = PART_FUNCTIONS[name](cfg, parts)
-                status = result.pop("status", "ok")
-                parts[name] = {"status": status, **result}
-            except BudgetExhausted:
-                parts[name] = {"status": "stopped", "reason": f"the {budget_s:.0f} s budget ran out"}
-            except Exception as err:  # record and go on: later parts may still work
-                parts[name] = {"status": "error", "error": f"{type(err).__name__}: {err}"[:2000]}
-            parts[name]["wall_s"] = time.monotonic() - begun
-            if guess is not None:
-                parts[name]["estimated_s"] = guess
+    lock, overran = threading.Lock(), threading.Event()
+
+    def finish(status: dict) -> None:
+        parts.update({name: _unavailable_or(name, status) for name in PARTS if name not in parts})
         results["elapsed_s"] = time.monotonic() - start
         write_json(out, results)
-        log(f"[{results['elapsed_s']:6.1f} s] {name}: {parts[name]['status']}")
+
+    def overrun(name: str) -> None:
+        with lock:
+            if name in parts:
+                return
+            overran.set()
+            parts[name] = {"status": "stopped", "reason": f"the {budget_s:.0f} s budget ran out", "wall_s": time.monotonic() - begun}
+            finish({"status": "skipped", "reason": "the budget ran out"})
+        log(f"[{results['elapsed_s']:6.1f} s] {name}: stopped; results in {out}")
+        exit(0)
+
+    for name in PARTS:
+        left = budget_s - (time.monotonic() - start)
+        status = _unavailable_or(name, {})
+        guess = estimate_s(name, cfg, parts) if left > MIN_PART_S and not status else None
+        if not status and (left <= MIN_PART_S or (guess is not None and guess > left)):
+            reason = f"needs about {guess:.0f} s, {left:.0f} s left" if guess is not None else f"{left:.0f} s left"
+            status = {"status": "skipped", "reason": reason}
+        if not status:
+            begun = time.monotonic()
+            watchdog = threading.Timer(left, overrun, args=(name,))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                result = PART_FUNCTIONS[name](cfg, parts)
+                status = {"status": result.pop("status", "ok"), **result}
+            except Exception as err:  # record and go on: later parts may still work
+                status = {"status": "error", "error": f"{type(err).__name__}: {err}"[:2000]}
+            watchdog.cancel()
+            status["wall_s"] = time.monotonic() - begun
+            if guess is not None:
+                status["estimated_s"] = guess
+        with lock:
+            if overran.is_set():
+                break
+            parts[name] = status
+            results["elapsed_s"] = time.monotonic() - start
+            write_json(out, results)
+        log(f"[{results['elapsed_s']:6.1f} s] {name}: {status['status']}")
     return out
 
 

@@ -16,6 +16,7 @@ from qlens_jax import sharding
 from qlens_jax.lens.readout import TopK, dot_scores, value_scores
 from qlens_jax.lens.topk import top_k
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import applies_precision
 
 
 def _transported(op, x):
@@ -252,14 +253,17 @@ class ReadoutContext:
         matrix = self.model.W_E if logit_lens else self.key_matrix
         return eqx.Partial(_key_score, matrix, op)
 
-    def read(self, side: str, vectors, op=None, logit_lens: bool = False) -> dict:
-        """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout."""
+    @applies_precision
+    def read(self, side: str, vectors, op=None, logit_lens: bool = False, precision: str = "float32") -> dict:
+        """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout (`precision`:
+        `qlens_jax.numerics`; inside `query_lens`, its mode)."""
         score_fn = self.score_fn(side, op, logit_lens)
         layout = self.layout
         fn = lambda chunk: _readout(score_fn, chunk, self.k, layout)
         return dict(zip(TopK._fields, _run_chunks(fn, _host(vectors), self.feature_chunk, layout)))
 
-    def read_first_order(self, side: str, vectors, terms_op) -> dict:
+    @applies_precision
+    def read_first_order(self, side: str, vectors, terms_op, precision: str = "float32") -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,15 +87,24 @@ def test_parts_that_do_not_fit_are_skipped_and_overruns_stopped(tmp_path, monkey
                     "sweep": {"flops": 1.0}, "readout": {"flops": 1.0}}
         return run
 
+    exited = threading.Event()
+
+    def overrunning(cfg, parts):
+        exited.wait(30)  # the real run's process ends here; this one waits for the watchdog's exit call
+        return {}
+
     fake = dict.fromkeys(device_check.PARTS, job(0.0))
     fake["gpt2_small_2048_float32"] = job(2.0)  # the "32,768"-token estimate (tiny: 64 tokens): 2 x 2 s
-    fake["gemma3_1b_single_layer"] = job(60.0)
+    fake["gemma3_1b_single_layer"] = overrunning
     monkeypatch.setattr(device_check, "PART_FUNCTIONS", fake)
     monkeypatch.setattr(device_check, "MIN_PART_S", 0.1)
     monkeypatch.setattr(device_check, "_gemma_flops", lambda cfg: 0.1)  # estimated 0.1 s: it starts, then overruns
-    path = device_check.run("tiny", 3.5, tmp_path / "r.json", log=lambda line: None)
+    path = device_check.run("tiny", 3.5, tmp_path / "r.json", log=lambda line: None, exit=lambda code: exited.set())
+    assert exited.is_set()
     parts = json.loads(path.read_text())["parts"]
+    assert list(parts) == list(device_check.PARTS)
     assert parts["gpt2_small_2048_float32"]["status"] == "ok"
     assert parts["gpt2_small_32768_float32"]["status"] == "skipped" and "needs about 4 s" in parts["gpt2_small_32768_float32"]["reason"]
+    assert parts["gpt2_small_32768_tf32"]["status"] == "unavailable on cpu"
     assert parts["gemma3_1b_single_layer"]["status"] == "stopped"
     assert parts["gemma3_1b_single_layer"]["wall_s"] < 10

@@ -168,7 +168,8 @@ def test_float32_is_available_everywhere_and_nested_entries_inherit_the_mode(mon
 
 
 @pytest.mark.parametrize("entry", [qlens_jax.query_lens, qlens_jax.transport_operators, baseline_signatures, evaluate,
-                                   channel_data, fit_channels, subspace_channels, module_responses, train_low_rank])
+                                   channel_data, fit_channels, subspace_channels, module_responses, train_low_rank,
+                                   ReadoutContext.read, ReadoutContext.read_first_order])
 def test_every_computing_entry_point_takes_a_precision(entry):
     """Defaults to float32, and is checked (so applied) before the body runs: the body would
     fail differently on the placeholder arguments."""
