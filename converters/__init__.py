@@ -1,6 +1,7 @@
 """Converters: Hugging Face / PyTorch checkpoints and SAE formats into qlens-jax modules."""
 
 from converters.checkpoint import load_checkpoint, save_checkpoint
+from converters.dictionaries import load_dictionaries, load_dictionary
 from converters.errors import ConversionError, UnsupportedOptionError
 from converters.hf_config import model_config_from_hf
 from converters.models import load_model
@@ -10,9 +11,10 @@ __all__ = [
     "ConversionError",
     "UnsupportedOptionError",
     "load_checkpoint",
+    "load_dictionaries",
+    "load_dictionary",
     "load_model",
     "load_tokenizer",
     "model_config_from_hf",
     "save_checkpoint",
 ]
-from converters.dictionaries import load_dictionary, load_dictionaries

@@ -1,7 +1,9 @@
 """Errors raised by converters: each names the offending file, key or option."""
 
+from qlens_jax.errors import InputError
 
-class ConversionError(ValueError):
+
+class ConversionError(InputError):
     """A checkpoint or config that cannot be converted faithfully."""
 
 

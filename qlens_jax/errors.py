@@ -1,5 +1,19 @@
-"""The error a command reports as one line and exit code 2 (bad input, not a bug)."""
+"""The error classes of qlens-jax, under one base.
+
+`QlensError` is the base of every error the project raises on purpose. `InputError` and its
+relatives (`LensRequestError`, `DictionaryError`, `converters.ConversionError`, ...) mean bad
+input: a command reports them as one line and exit code 2. `SelfCheckError` means the numbers
+cannot be trusted (exit code 1).
+"""
 
 
-class InputError(ValueError):
+class QlensError(Exception):
+    """Base of every error raised on purpose by qlens-jax and its converters."""
+
+
+class InputError(QlensError, ValueError):
     """An input or option that cannot be used as given; the message names it."""
+
+
+class SelfCheckError(QlensError, RuntimeError):
+    """The dense path disagrees with the per-feature path: the numbers cannot be trusted."""

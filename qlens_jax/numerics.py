@@ -45,6 +45,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from qlens_jax.errors import InputError
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PRECISIONS = ("float32", "tf32", "bfloat16")
 # What each mode sets as JAX's default matmul precision.
@@ -60,8 +62,8 @@ WHY_NOT = {
 _active = threading.local()
 
 
-class PrecisionError(ValueError):
-    """A precision mode that is unknown, or that the backend cannot honour."""
+class PrecisionError(InputError):
+    """A precision mode (or dtype) that is unknown, or that the backend cannot honour."""
 
 
 def check_precision(mode: str, backend: str | None = None) -> str:

@@ -1,7 +1,9 @@
 """The one exception type for dictionaries: bad files, bad metadata, or a bad fit to a model."""
 
+from qlens_jax.errors import InputError
 
-class DictionaryError(ValueError):
+
+class DictionaryError(InputError):
     """A dictionary (SAE or transcoder) is malformed or does not fit the model it is used with.
 
     Raised for missing or corrupt files, missing keys, wrong shapes, non-finite weights,

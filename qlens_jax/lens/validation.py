@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from qlens_jax.errors import InputError
 from qlens_jax.models import Transformer
 
 
-class LensRequestError(ValueError):
+class LensRequestError(InputError):
     """A Query Lens request that cannot be served as asked."""
 
 

@@ -17,7 +17,7 @@ from kernel_fixtures import dictionary_set
 from qlens_jax import memory
 from qlens_jax.lens import blockwise, operators
 from qlens_jax.lens.chunks import plan_chunks
-from qlens_jax.lens.readout import feature_chunk_for
+from qlens_jax.readout import feature_chunk_for
 from qlens_jax.models import init_transformer
 from tiny_models import build_hf_model, padded_batch
 

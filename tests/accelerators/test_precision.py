@@ -27,8 +27,9 @@ from qlens_jax import numerics, sharding
 from qlens_jax.baselines import TunedLens, baseline_signatures
 from qlens_jax.channels import channel_data, fit_channels, module_responses, subspace_channels, train_low_rank
 from qlens_jax.evaluation.run import evaluate
-from qlens_jax.lens import operators, readouts
-from qlens_jax.lens.readouts import ReadoutContext
+from qlens_jax.lens import operators
+from qlens_jax.readout import ReadoutContext
+from qlens_jax.readout.programs import first_order_chunks, readout_chunks
 from tiny_models import build_hf_model, padded_batch
 
 MODES = ["float32"]
@@ -61,7 +62,7 @@ def test_every_dot_of_query_lens_follows_the_policy(tiny, tmp_path, monkeypatch,
                                  k=5, path=path, precision=mode)
     dots = _check(tmp_path, mode, (
         "_jit_local_",  # the sharded sweeps (block-major value+key, first order)
-        "jit__readout_compile", "jit__readout_first_order",
+        "jit_readout_chunks", "jit_first_order_chunks",
         "jit_value_chunk", "jit_key_chunk", "jit_first_order_value_chunk", "jit_first_order_key_chunk",  # per-feature path
     ))
     assert sum("_jit_local_" in name for name in dots) >= 2
@@ -74,7 +75,7 @@ def test_every_dot_of_the_baselines_follows_the_policy(tiny, tmp_path, monkeypat
     with dumped_modules(tmp_path):
         baseline_signatures(model, dictionaries[:1], tokens, mask, lenses=("zero_out", "token_change_5", "tuned_lens"),
                             features=[1, 2, 3], k=5, translators=translators, precision=mode)
-    dots = _check(tmp_path, mode, ("jit__topk_chunks", "jit__readout_compile"))
+    dots = _check(tmp_path, mode, ("jit_readout_chunks",))
     assert len(dots) >= 3
 
 
@@ -105,9 +106,9 @@ def test_gpu_modes_reach_every_dot_of_the_sweep_and_readout_steps(tiny, mode):
         "block-major sweeps": (operators.sharded_sweep("value+key", mesh, 4, False, False, (0, n_layers)), (model, tokens, mask, basis)),
         "basis-major value sweep": (operators.sharded_sweep("value", mesh, 4), (model, tokens, mask, basis)),
         "first-order sweep": (operators.sharded_sweep("first_order", mesh, 4), (model, tokens, mask, basis)),
-        "value readout": (jax.jit(lambda c: readouts._readout(context.score_fn("value", op), c, 5, context.layout)), (chunks,)),
-        "key readout": (jax.jit(lambda c: readouts._readout(context.score_fn("key", op), c, 5, context.layout)), (chunks,)),
-        "first-order readout": (jax.jit(lambda c: readouts._readout_first_order(context.score_fn("value"), terms, c, 5, context.layout)), (chunks,)),
+        "value readout": (jax.jit(lambda c: readout_chunks(context.score_fn("value", op), c, 5, context.layout)), (chunks,)),
+        "key readout": (jax.jit(lambda c: readout_chunks(context.score_fn("key", op), c, 5, context.layout)), (chunks,)),
+        "first-order readout": (jax.jit(lambda c: first_order_chunks(context.score_fn("value"), terms, c, 5, context.layout)), (chunks,)),
     }
     for name, (step, args) in steps.items():
         with numerics.matmul_precision(mode, backend="gpu"):
@@ -138,7 +139,7 @@ def test_tf32_on_cpu_is_refused_before_any_work(tiny, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("work started before the precision was checked")
 
-    monkeypatch.setattr("qlens_jax.lens.api._validate", fail)
+    monkeypatch.setattr("qlens_jax.dictionaries.validate_dictionary", fail)
     assert jax.default_backend() == "cpu"
     with pytest.raises(numerics.PrecisionError, match="unavailable on the cpu backend"):
         qlens_jax.query_lens(model, dictionaries, tokens, mask, precision="tf32")
@@ -167,7 +168,7 @@ def test_float32_is_available_everywhere_and_nested_entries_inherit_the_mode(mon
     assert numerics.active_precision() is None
 
 
-@pytest.mark.parametrize("entry", [qlens_jax.query_lens, qlens_jax.transport_operators, baseline_signatures, evaluate,
+@pytest.mark.parametrize("entry", [qlens_jax.transport_operators, baseline_signatures, evaluate,
                                    channel_data, fit_channels, subspace_channels, module_responses, train_low_rank,
                                    ReadoutContext.read, ReadoutContext.read_first_order])
 def test_every_computing_entry_point_takes_a_precision(entry):
@@ -178,6 +179,13 @@ def test_every_computing_entry_point_takes_a_precision(entry):
     positional = [p for p in parameters.values() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
     with pytest.raises(numerics.PrecisionError, match="'float64'"):
         entry(*[None] * len(positional), precision="float64")
+
+
+def test_query_lens_takes_its_precision_in_the_lens_options():
+    """`query_lens(..., precision=...)` is a `LensOptions` field; `read_signatures` and
+    `transport_operators_for` apply it (the dump tests above check the dots)."""
+    assert qlens_jax.LensOptions().precision == "float32"
+    assert qlens_jax.LensOptions(precision="tf32").precision == "tf32"
 
 
 def test_no_code_passes_its_own_precision_to_a_product():

@@ -20,7 +20,7 @@ def nothing_compiles(monkeypatch):
         raise AssertionError("work started before the request was validated")
 
     monkeypatch.setattr("qlens_jax.lens.api.transport_operators", fail)
-    monkeypatch.setattr("qlens_jax.lens.api.plan_chunks", fail)
+    monkeypatch.setattr("qlens_jax.lens.plan.plan_chunks", fail)
 
 
 def test_feature_out_of_range(gpt2):

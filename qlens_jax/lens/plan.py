@@ -1,0 +1,229 @@
+"""The first stage of a request: validate everything, then fix how it will run.
+
+`plan_request` checks the lenses, options, dictionaries, features and token sample before
+anything is compiled, casts and places the model, resolves the "auto" path and plans the
+chunk sizes. The result, a `LensPlan`, is what the later stages (`transport_operators_for`,
+`read_signatures`) take; `LensPlan.select` narrows it to a part of the request (the main
+job reads one shard at a time) without validating again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from qlens_jax import memory, sharding
+from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
+from qlens_jax.lens.options import ExecutionOptions, LensOptions
+from qlens_jax.lens.points import DictionaryPoints, dictionary_points, key_residual_point, n_key_points
+from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES
+from qlens_jax.lens.validation import LensRequestError, check_tokens
+from qlens_jax.models import Transformer
+from qlens_jax.readout import FeatureRows
+
+SWEEP_OF_LENS = {
+    "query_lens_value": "value",
+    "query_lens_key": "key",
+    "first_order_value": "first_order",
+    "first_order_key": "first_order",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One dictionary's part of a request: which features, and where they are transported from."""
+
+    index: int
+    dictionary: object
+    features: np.ndarray
+    points: DictionaryPoints
+
+    def vectors(self, side: str) -> FeatureRows:
+        """The requested features' value or key vectors, read chunk by chunk from the
+        dictionary's weights (no copy of a million rows is ever made)."""
+        d = self.dictionary
+        return FeatureRows(d.W_dec if side == "value" else d.W_enc, side == "key", self.features)
+
+    def describe(self) -> str:
+        return f"dictionary {self.index} ({self.dictionary.name}, layer {self.dictionary.layer})"
+
+
+def dictionary_list(dictionaries) -> list:
+    """A `Dictionary`, a `DictionarySet` or a sequence of dictionaries, as a non-empty list."""
+    if hasattr(dictionaries, "W_enc"):
+        return [dictionaries]
+    items = list(dictionaries)
+    if not items:
+        raise LensRequestError("no dictionaries given")
+    return items
+
+
+def feature_ids(features, index: int, dictionary) -> np.ndarray:
+    """The feature ids `features` selects of the `index`-th dictionary: None (all), ids
+    applied to every dictionary, or a dict from dictionary position (or `(name, layer)`) to ids."""
+    if features is None:
+        ids = np.arange(dictionary.d_sae)
+    elif isinstance(features, dict):
+        key = index if index in features else (dictionary.name, dictionary.layer)
+        if key not in features:
+            return np.zeros(0, np.int64)
+        ids = np.asarray(features[key])
+    else:
+        ids = np.asarray(features)
+    ids = ids.astype(np.int64).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= dictionary.d_sae)]
+    if bad.size:
+        raise LensRequestError(
+            f"feature index {int(bad[0])} is out of range for dictionary {dictionary.name!r} "
+            f"(layer {dictionary.layer}) with {dictionary.d_sae} features"
+        )
+    return ids
+
+
+def choose_path(path: str, n_features: int, d_model: int, have_operators: bool) -> str:
+    """The path "auto" stands for: dense when operators are at hand or when the request has at
+    least `d_model` features (the two sweeps then cost less than one pass per feature)."""
+    if path != "auto":
+        return path
+    return "dense" if (have_operators or n_features >= d_model) else "per-feature"
+
+
+@dataclass(frozen=True)
+class LensPlan:
+    """A validated request and how it runs (see the module docstring).
+
+    `model` is cast to `options.dtype` and, when `shard_weights`, split over the mesh;
+    `tokens` / `mask` are the checked sample; `path` is "dense" or "per-feature".
+    """
+
+    model: Transformer
+    tokens: np.ndarray
+    mask: np.ndarray
+    lenses: tuple[str, ...]
+    requests: tuple[Request, ...]
+    options: LensOptions
+    execution: ExecutionOptions
+    path: str
+    chunks: ChunkPlan
+    shard_weights: bool
+
+    @property
+    def n_features(self) -> int:
+        return sum(len(r.features) for r in self.requests)
+
+    @property
+    def transport_lenses(self) -> tuple[str, ...]:
+        """The lenses that need transport (all but Logit Lens)."""
+        return tuple(lens for lens in self.lenses if lens in SWEEP_OF_LENS)
+
+    @property
+    def sweeps(self) -> tuple[str, ...]:
+        """The operator sweeps the transport lenses need, in a fixed order."""
+        return tuple(sorted({SWEEP_OF_LENS[lens] for lens in self.transport_lenses}))
+
+    @property
+    def needs_input_norms(self) -> bool:
+        """Whether a key is read after an input normalization (extra key-sweep points)."""
+        return any(r.points.read >= n_key_points(self.model.config.n_layers) for r in self.requests)
+
+    @property
+    def value_from_point(self) -> int:
+        """The first residual point a value sweep must cover."""
+        return min(r.points.write for r in self.requests)
+
+    @property
+    def key_to_point(self) -> int:
+        """The last residual point a key sweep must cover."""
+        return max(key_residual_point(r.points.read, self.model.config.n_layers) for r in self.requests)
+
+    def select(self, lenses: Sequence[str] | None = None, features: dict[int, np.ndarray] | None = None) -> LensPlan:
+        """This plan for some of its lenses and, per dictionary position, some feature ids
+        (dictionaries not named in `features` are dropped). Path and chunks stay as planned."""
+        requests = self.requests
+        if features is not None:
+            requests = tuple(
+                replace(r, features=feature_ids(features[r.index], r.index, r.dictionary))
+                for r in self.requests
+                if r.index in features
+            )
+        chosen = self.lenses if lenses is None else tuple(lenses)
+        unknown = [lens for lens in chosen if lens not in self.lenses]
+        if unknown:
+            raise LensRequestError(f"lens(es) {unknown} are not part of this plan ({', '.join(self.lenses)})")
+        return replace(self, lenses=chosen, requests=requests)
+
+
+def _check_lenses(lenses: tuple[str, ...]) -> None:
+    if not lenses:
+        raise LensRequestError("no lenses requested")
+    unknown = [lens for lens in lenses if lens not in LENSES]
+    if unknown:
+        raise LensRequestError(f"unknown lens(es) {unknown}; choose from {', '.join(LENSES)}")
+
+
+def plan_request(
+    model: Transformer,
+    dictionaries,
+    tokens,
+    mask=None,
+    *,
+    lenses: Sequence[str] = DEFAULT_LENSES,
+    features=None,
+    options: LensOptions = LensOptions(),
+    execution: ExecutionOptions = ExecutionOptions(),
+    have_operators: bool = False,
+) -> LensPlan:
+    """Validate a request and plan its run (the first stage of `query_lens`).
+
+    Args:
+        model: the converted language model.
+        dictionaries: a `Dictionary`, a `DictionarySet` or a list of dictionaries.
+        tokens, mask: the token sample `[batch, seq]` and its right-padding mask.
+        lenses: any of `LENSES`.
+        features: None (all), ids applied to every dictionary, or a dict from dictionary
+            position (or `(name, layer)`) to ids.
+        options, execution: see `LensOptions` and `ExecutionOptions`.
+        have_operators: the caller brings precomputed operators (the "auto" path is then dense).
+
+    Raises `LensRequestError` (or `DictionaryError`) naming the bad input; nothing is compiled.
+    """
+    from qlens_jax.dictionaries import validate_dictionary
+    from qlens_jax.numerics import cast_model, check_precision
+
+    lenses = tuple(lenses)
+    _check_lenses(lenses)
+    options.check(model.config.vocab_size)
+    execution.check()
+    check_precision(options.precision)
+    requests = []
+    for index, dictionary in enumerate(dictionary_list(dictionaries)):
+        validate_dictionary(dictionary, model)
+        points = dictionary_points(
+            dictionary.site_in,
+            dictionary.site_out,
+            dictionary.layer,
+            model.config.n_layers,
+            options.exact_norm_jacobian,
+            getattr(dictionary, "input_norm", "none"),
+        )
+        requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
+    if sum(len(r.features) for r in requests) == 0:
+        raise LensRequestError("the request selects no features")
+    tokens, mask = check_tokens(model, tokens, mask)
+    model = cast_model(model, options.dtype) if options.dtype != "float32" else model
+    shard_weights = execution.shard_weights
+    if execution.mesh is not None:
+        if shard_weights is None:
+            shard_weights = sharding.should_shard_weights(model, execution.mesh)
+        if shard_weights:
+            model = sharding.shard_weights(model, execution.mesh)
+    chunks = plan_chunks(model, tokens.shape, execution.memory_budget_gb, execution.sequences_per_chunk, execution.tangent_chunk,
+                         device=memory.planning_device(execution.mesh))
+    n_features = sum(len(r.features) for r in requests)
+    path = choose_path(execution.path, n_features, model.config.d_model, have_operators)
+    return LensPlan(
+        model=model, tokens=tokens, mask=mask, lenses=lenses, requests=tuple(requests), options=options,
+        execution=execution, path=path, chunks=chunks, shard_weights=bool(shard_weights),
+    )
