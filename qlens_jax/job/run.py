@@ -131,7 +131,7 @@ def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
     """The kernel's plan of the whole run: every dictionary and feature, validated once; path
     and chunk sizes planned from the budget (what a first start stores in run.json)."""
     from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
-    from qlens_jax.lens.chunks import default_budget_gb
+    from qlens_jax import memory
 
     lens_options = LensOptions(
         k=options.k, dtype=options.dtype, precision=options.precision, stats=options.stats,
@@ -140,7 +140,7 @@ def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
     )
     execution = ExecutionOptions(
         path=options.path, mesh=mesh, shard_weights=_shard_weights(options), self_check=options.self_check, quiet=True,
-        memory_budget_gb=float(options.memory_budget_gb or default_budget_gb()),
+        memory_budget_gb=float(options.memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))),
     )
     return plan_request(
         inputs.model, inputs.dictionaries, inputs.tokens, inputs.mask, lenses=options.lenses,

@@ -16,7 +16,6 @@ import numpy as np
 from jaxtyping import Bool, Int
 
 from qlens_jax import memory
-from qlens_jax.memory import available_memory_gb, default_budget_gb  # noqa: F401  (their former home)
 from qlens_jax.models import Transformer
 
 
