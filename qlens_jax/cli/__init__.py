@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qlens_jax.serve.cli import SEARCH_DESCRIPTION, SEARCH_HELP, SERVE_DESCRIPTION, SERVE_HELP
+
 Runner = Callable[[argparse.Namespace, list], int]
 
 
@@ -83,6 +85,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "lens) with the input score I(T) and the output score O(T) of the paper; write Table-1-style\n"
         "tables (Markdown, CSV) and per-layer figures (PNG). An LLM judge is optional (off by default).",
     ),
+    Subcommand("serve", "qlens_jax.serve.cli:configure_serve", SERVE_HELP, SERVE_DESCRIPTION),
+    Subcommand("search", "qlens_jax.serve.cli:configure_search", SEARCH_HELP, SEARCH_DESCRIPTION),
 )
 
 
