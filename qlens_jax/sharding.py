@@ -118,9 +118,9 @@ def should_shard_weights(model: Transformer, mesh: Mesh, free_gb: float | None =
     if axis_size(mesh, "vocab") == 1:
         return False
     if free_gb is None:
-        from qlens_jax.lens.chunks import available_memory_gb
+        from qlens_jax import memory
 
-        free_gb = available_memory_gb()
+        free_gb = memory.available_memory_gb(memory.planning_device(mesh))
     return weight_bytes(model) > fraction * free_gb * 2**30
 
 

@@ -26,11 +26,13 @@ import numpy as np
 from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import write_point
 from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, point_name
-from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
+from qlens_jax import memory
+from qlens_jax.lens.chunks import plan_chunks
 from qlens_jax.lens.plan import dictionary_list, feature_ids
 from qlens_jax.lens.signatures import Signatures, SignatureTable
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 from qlens_jax.readout import Layout, ReadoutContext, feature_chunk_for, identity_scores, read_topk, unembedding_score_fn
 
@@ -72,6 +74,7 @@ def _validate(model, dictionaries, lenses, k, translators):
     return items
 
 
+@applies_precision
 def baseline_signatures(
     model: Transformer,
     dictionaries,
@@ -87,6 +90,7 @@ def baseline_signatures(
     config_chunk: int | None = None,
     feature_chunk: int | None = None,
     remove_final_norm_bias: bool = False,
+    precision: str = "float32",
     quiet: bool = True,
 ) -> Signatures:
     """Top-k and bottom-k tokens of each feature under each baseline lens.
@@ -96,7 +100,8 @@ def baseline_signatures(
     means over its valid positions), `features` None (all) / indices for every dictionary / a
     dict from dictionary position or `(name, layer)` to indices. `translators`: a `TunedLens`
     (needed for `tuned_lens`). `remove_final_norm_bias` applies to `tuned_lens` only (in the
-    secant differences the bias cancels).
+    secant differences the bias cancels). `precision`: how matrix products multiply
+    (`qlens_jax.numerics`).
 
     Cost: the secant lenses run the model from each dictionary's write point once per
     (feature, lens) over the whole sample (the quantity is a finite difference; there is no
@@ -106,7 +111,7 @@ def baseline_signatures(
     lenses = tuple(lenses)
     items = _validate(model, dictionaries, lenses, k, translators)
     tokens, mask = check_tokens(model, tokens, mask)
-    budget = (memory_budget_gb or default_budget_gb()) * 2**30
+    budget = memory.budget_bytes(memory_budget_gb)
     plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
     if sequences_per_chunk is None:  # the clean activations of a chunk ([b, s, d_sae]) must fit too
         widest = max(d.d_sae for d in items)

@@ -32,6 +32,7 @@ from qlens_jax.channels.overlap import column_basis, overlap, overlap_matrix
 from qlens_jax.channels.responses import ChannelPair, Source, channel_pairs, make_sources, module_responses
 from qlens_jax.channels.stats import DistanceTest, GroupTest, destination_test, distance_test
 from qlens_jax.channels.training import train_low_rank
+from qlens_jax.numerics import applies_precision
 
 # Families of subspaces: the fitted maps' column spaces (closed form, trained, shuffled control)
 # and, as a baseline without any map, the top-r principal subspace of each pair's responses.
@@ -97,8 +98,13 @@ class ChannelResults:
     fits: dict[str, FittedMaps]
 
 
-def channel_data(model, dictionaries, tokens, mask=None, *, n_features: int = 1000, seed: int = 0, operators=None, quiet: bool = True) -> ChannelData:
-    """Sample queries per dictionary and compute their responses at every destination block.
+@applies_precision
+def channel_data(
+    model, dictionaries, tokens, mask=None, *, n_features: int = 1000, seed: int = 0, operators=None,
+    precision: str = "float32", quiet: bool = True,
+) -> ChannelData:
+    """Sample queries per dictionary and compute their responses at every destination block
+    (`precision`: how the sweep's and the responses' products multiply, `qlens_jax.numerics`).
 
     `operators`: `TransportOperators` with `first_order` of this model and sample (computed
     here when not given: one first-order sweep, `d_model` tangents through every module).
@@ -151,7 +157,8 @@ def _family(method, maps, metrics, data: ChannelData, config: ChannelConfig, res
     )
 
 
-def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, quiet: bool = True) -> ChannelResults:
+@applies_precision
+def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, precision: str = "float32", quiet: bool = True) -> ChannelResults:
     """Fit every pair's map (closed form; trained and shuffled control as configured), then overlaps and tests."""
     from qlens_jax.progress import progress
 
@@ -192,7 +199,12 @@ def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, 
     return ChannelResults(data, config, rank, splits, fits)
 
 
-def subspace_channels(model, dictionaries, tokens, mask=None, config: ChannelConfig = ChannelConfig(), *, operators=None, quiet: bool = True) -> ChannelResults:
-    """The whole analysis: responses from the first-order operators, maps, overlaps, tests."""
+@applies_precision
+def subspace_channels(
+    model, dictionaries, tokens, mask=None, config: ChannelConfig = ChannelConfig(), *, operators=None,
+    precision: str = "float32", quiet: bool = True,
+) -> ChannelResults:
+    """The whole analysis: responses from the first-order operators, maps, overlaps, tests
+    (`precision`: how every product multiplies, `qlens_jax.numerics`)."""
     data = channel_data(model, dictionaries, tokens, mask, n_features=config.n_features, seed=config.seed, operators=operators, quiet=quiet)
     return fit_channels(data, config, quiet=quiet)

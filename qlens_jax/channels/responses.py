@@ -27,6 +27,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from qlens_jax.lens.points import residual_point, row
+from qlens_jax.numerics import applies_precision
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,14 @@ def block_operator(first_order: Float[ArrayLike, "modules d d"], block: int) -> 
 @jax.jit
 def _apply(first_order, queries, blocks):
     ops = first_order[2 * blocks] + first_order[2 * blocks + 1]
-    return jnp.einsum("nd,ted->tne", queries, ops, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("nd,ted->tne", queries, ops)
 
 
+@applies_precision
 def module_responses(
-    first_order: Float[ArrayLike, "modules d d"], queries: Float[ArrayLike, "n d"], blocks
+    first_order: Float[ArrayLike, "modules d d"], queries: Float[ArrayLike, "n d"], blocks, precision: str = "float32"
 ) -> Float[Array, "t n d"]:
-    """Responses `Y[k] = queries @ R_{blocks[k]}.T` of every query at every listed block."""
+    """Responses `Y[k] = queries @ R_{blocks[k]}.T` of every query at every listed block
+    (`precision`: how the products multiply, `qlens_jax.numerics`)."""
     blocks = jnp.asarray(np.asarray(blocks, np.int32))
     return _apply(jnp.asarray(first_order, jnp.float32), jnp.asarray(queries, jnp.float32), blocks)

@@ -17,8 +17,7 @@ import numpy as np
 import optax
 
 from qlens_jax.channels.fit import LowRankMap
-
-_HIGHEST = jax.lax.Precision.HIGHEST
+from qlens_jax.numerics import applies_precision
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class TrainedMap:
 
 
 def _mse(params, X, Y):
-    pred = jnp.dot(jnp.dot(X, params["A"].T, precision=_HIGHEST), params["B"].T, precision=_HIGHEST)
+    pred = jnp.dot(jnp.dot(X, params["A"].T), params["B"].T)
     return jnp.mean((pred - Y) ** 2)
 
 
@@ -58,6 +57,7 @@ def _train(key, X, Y, X_val, Y_val, *, rank: int, epochs: int, learning_rate: fl
     return best, best_epoch, losses, vals
 
 
+@applies_precision
 def train_low_rank(
     X_train: np.ndarray,
     Y_train: np.ndarray,
@@ -69,8 +69,10 @@ def train_low_rank(
     learning_rate: float = 1e-3,
     init_scale: float = 0.01,
     seed: int = 0,
+    precision: str = "float32",
 ) -> TrainedMap:
-    """Train `W = B A` of rank `rank` with Adam and keep the best validation epoch."""
+    """Train `W = B A` of rank `rank` with Adam and keep the best validation epoch
+    (`precision`: how the products multiply, `qlens_jax.numerics`; float32 by default)."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     f32 = lambda a: jnp.asarray(a, jnp.float32)

@@ -80,12 +80,13 @@ def sample_spec(args: argparse.Namespace) -> SampleSpec:
 
 
 def check_precision(precision: str) -> None:
-    """`--precision tf32` needs a GPU (TensorFloat-32 exists only on NVIDIA tensor cores)."""
+    """`--precision` must be a mode this machine's backend honours (`qlens_jax.numerics`):
+    tf32 needs a GPU, bfloat16 products a GPU or TPU. Checked before any input is loaded."""
     from qlens_jax.errors import InputError
+    from qlens_jax.numerics import PrecisionError
+    from qlens_jax.numerics import check_precision as check_mode
 
-    if precision == "tf32":
-        import jax
-
-        if jax.default_backend() != "gpu":
-            raise InputError(f"--precision tf32: tf32 needs a GPU (this machine runs JAX on {jax.default_backend()}); "
-                             "use float32 or bfloat16")
+    try:
+        check_mode(precision)
+    except PrecisionError as err:
+        raise InputError(f"--precision {precision}: {err}") from None

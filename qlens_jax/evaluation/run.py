@@ -22,6 +22,7 @@ from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_
 from qlens_jax.evaluation.sources import load_signatures
 from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, summarize
 from qlens_jax.errors import InputError
+from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
 SCORES = ("input_score", "output_score", "judge_score")
@@ -73,6 +74,7 @@ def _context_text(tokens: np.ndarray, row: int, position: int, vocab: np.ndarray
     return "".join(pieces) + "[[" + str(vocab[tokens[row, position]]) + "]]" + "".join(str(vocab[t]) for t in tokens[row, position + 1:hi])
 
 
+@applies_precision
 def evaluate(
     model,
     dictionaries,
@@ -85,6 +87,7 @@ def evaluate(
     options: EvaluationOptions = EvaluationOptions(),
     vocab: np.ndarray | None = None,
     judge: JudgeConfig | None = None,
+    precision: str = "float32",
     quiet: bool = True,
 ) -> EvaluationResult:
     """Score every (lens, feature) of `signatures` (see the module docstring).
@@ -93,6 +96,7 @@ def evaluate(
     `context_tokens [n, seq]`: corpus windows for the input score (non-overlapping windows are
     best); `prefix_tokens`/`prefix_mask`: the neutral prefixes (`prefixes.prefix_batch`);
     `vocab`: display strings per id (needed for `match="strings"` and the judge).
+    `precision`: how the model's matrix products multiply (`qlens_jax.numerics`).
     """
     if judge is not None:
         judge.check()

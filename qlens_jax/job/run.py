@@ -131,7 +131,7 @@ def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
     """The kernel's plan of the whole run: every dictionary and feature, validated once; path
     and chunk sizes planned from the budget (what a first start stores in run.json)."""
     from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
-    from qlens_jax.lens.chunks import default_budget_gb
+    from qlens_jax import memory
 
     lens_options = LensOptions(
         k=options.k, dtype=options.dtype, precision=options.precision, stats=options.stats,
@@ -140,7 +140,7 @@ def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
     )
     execution = ExecutionOptions(
         path=options.path, mesh=mesh, shard_weights=_shard_weights(options), self_check=options.self_check, quiet=True,
-        memory_budget_gb=float(options.memory_budget_gb or default_budget_gb()),
+        memory_budget_gb=float(options.memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))),
     )
     return plan_request(
         inputs.model, inputs.dictionaries, inputs.tokens, inputs.mask, lenses=options.lenses,
@@ -166,11 +166,9 @@ def _shard_weights(options: JobOptions) -> bool | None:
 
 
 def precision_kwargs(precision: str) -> dict:
-    """The `precision=` keyword of the kernel entry points (`query_lens`, the baselines, the
-    channel analysis) for `--precision`. The kernels take it once the precision option is
-    merged; until then float32 (their only behaviour) is passed as no keyword at all, so the
-    lead replaces this body by `return {"precision": precision}` when merging."""
-    return {} if precision == "float32" else {"precision": precision}
+    """The `precision=` keyword of the kernel entry points (the baselines, the channel
+    analysis) for `--precision`."""
+    return {"precision": precision}
 
 
 def _operators(run: RunDir | None, plan: LensPlan, lenses) -> TransportOperators | None:

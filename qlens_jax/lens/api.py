@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from qlens_jax import sharding
+from qlens_jax import memory, sharding
 from qlens_jax.lens import self_check
-from qlens_jax.lens.chunks import default_budget_gb
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
 from qlens_jax.lens.means import per_feature_means, relative_variance
 from qlens_jax.lens.operators import TransportOperators, transport_operators
@@ -29,6 +28,7 @@ from qlens_jax.lens.points import row
 from qlens_jax.lens.signatures import DEFAULT_LENSES, Signatures, SignatureTable, lens_side
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import matmul_precision
 from qlens_jax.progress import progress
 from qlens_jax.readout import ReadoutContext, centered_embeddings, feature_chunk_for
 
@@ -43,7 +43,7 @@ def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
         plan.model, plan.tokens, plan.mask, sweeps=plan.sweeps, plan=plan.chunks, mesh=plan.execution.mesh,
         with_input_norms=plan.needs_input_norms, shard_weights=plan.shard_weights, quiet=plan.execution.quiet,
         memory_budget_gb=plan.execution.memory_budget_gb,
-        value_from_point=plan.value_from_point, key_to_point=plan.key_to_point,
+        value_from_point=plan.value_from_point, key_to_point=plan.key_to_point, precision=plan.options.precision,
     )
 
 
@@ -79,7 +79,7 @@ def _key_matrix(plan: LensPlan) -> Float[Array, "vocab d"]:
 
 
 def _readout_context(plan: LensPlan) -> ReadoutContext:
-    budget = (plan.execution.memory_budget_gb or default_budget_gb()) * 2**30
+    budget = memory.budget_bytes(plan.execution.memory_budget_gb, memory.planning_device(plan.execution.mesh))
     return ReadoutContext(
         model=plan.model,
         key_matrix=_key_matrix(plan),
@@ -91,11 +91,17 @@ def _readout_context(plan: LensPlan) -> ReadoutContext:
 
 
 def read_signatures(plan: LensPlan, operators: TransportOperators | None = None) -> Signatures:
-    """Top-k and bottom-k tokens of each of the plan's features under each of its lenses.
+    """Top-k and bottom-k tokens of each of the plan's features under each of its lenses, every
+    matrix product at the plan's precision (`qlens_jax.numerics`).
 
     `operators` must hold the rows the plan's dense transport lenses read
     (`transport_operators_for(plan)` computes exactly those).
     """
+    with matmul_precision(plan.options.precision):
+        return _read_signatures(plan, operators)
+
+
+def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Signatures:
     if plan.path == "dense" and plan.transport_lenses:
         if operators is None:
             raise LensRequestError("the dense path needs operators: pass transport_operators_for(plan)")

@@ -35,11 +35,13 @@ from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax import sharding
 
+from qlens_jax import memory
 from qlens_jax.lens import auto, blockwise, transport
-from qlens_jax.lens.chunks import ChunkPlan, default_budget_gb, iter_token_chunks, plan_chunks
 from qlens_jax.lens import points as pts
+from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
 from qlens_jax.lens.points import Point
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
 SWEEPS = ("value", "key", "first_order")
@@ -166,6 +168,7 @@ def sharded_sweep(
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False))
 
 
+@applies_precision
 def transport_operators(
     model: Transformer,
     tokens: Int[Array, "batch seq"] | np.ndarray,
@@ -181,6 +184,7 @@ def transport_operators(
     sweep_order: str = "auto",
     value_from_point: Point | int | None = None,
     key_to_point: Point | int | None = None,
+    precision: str = "float32",
     quiet: bool = True,
 ) -> TransportOperators:
     """The dense operators of `model` on this token sample (see the module docstring).
@@ -198,6 +202,7 @@ def transport_operators(
     `value_from_point` / `key_to_point`: residual points (`points.residual_point`, or their
     rows `points.row`) that bound what the caller will read (None: the first / the final
     residual); a block-major sweep skips the blocks beyond them.
+    `precision`: how the sweeps' matrix products multiply (`qlens_jax.numerics`).
     """
     from qlens_jax.lens.validation import check_tokens
 
@@ -215,7 +220,7 @@ def transport_operators(
     d = model.config.d_model
     if d % n_basis:
         raise ValueError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
-    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
+    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, device=memory.planning_device(mesh))
     n_tokens = int(mask.sum())
     model = sharding.place_weights(model, mesh, shard_weights)
     weights_sharded = sharding.vocab_sharded(model)
@@ -223,7 +228,7 @@ def transport_operators(
     # Sequences per step, one chunk per data device; never more than the sample fills, so
     # that data devices do not linearize padding rows.
     per_device = min(plan.sequences_per_chunk, -(-tokens.shape[0] // n_data))
-    budget_gb = memory_budget_gb or default_budget_gb()
+    budget_gb = memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))
     fitting = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb)
     use_blockwise = auto.sweep_order(sweep_order, model.config, d // n_basis, fitting) == "blockwise"
     # Block-major value and key sweeps hold every basis vector's tangents: fewer sequences per step.

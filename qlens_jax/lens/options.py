@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from qlens_jax import numerics
 from qlens_jax.lens.validation import LensRequestError
 
-DTYPES = ("float32", "bfloat16")
-PRECISIONS = ("float32", "tf32", "bfloat16")
+DTYPES = tuple(numerics.DTYPES)
+PRECISIONS = numerics.PRECISIONS
 PATHS = ("auto", "dense", "per-feature")
 
 

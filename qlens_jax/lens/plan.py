@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from qlens_jax import sharding
+from qlens_jax import memory, sharding
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens import auto
@@ -212,7 +212,8 @@ def plan_request(
             shard_weights = sharding.should_shard_weights(model, execution.mesh)
         if shard_weights:
             model = sharding.shard_weights(model, execution.mesh)
-    chunks = plan_chunks(model, tokens.shape, execution.memory_budget_gb, execution.sequences_per_chunk, execution.tangent_chunk)
+    chunks = plan_chunks(model, tokens.shape, execution.memory_budget_gb, execution.sequences_per_chunk, execution.tangent_chunk,
+                         device=memory.planning_device(execution.mesh))
     n_features = sum(len(r.features) for r in requests)
     path = auto.path(execution.path, n_features, model.config.d_model, have_operators)
     return LensPlan(

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 
 from qlens_jax import sharding
 from qlens_jax.models import Transformer
+from qlens_jax.numerics import applies_precision
 from qlens_jax.readout.programs import ScoreFn, first_order_chunks, readout_chunks
 from qlens_jax.readout.scores import key_score_fn, value_score_fn
 from qlens_jax.readout.sharded import Layout
@@ -58,12 +59,16 @@ class ReadoutContext:
             return value_score_fn(self.model, self.remove_final_norm_bias, op)
         return key_score_fn(self.model.W_E if logit_lens else self.key_matrix, op)
 
-    def read(self, side: str, vectors: Vectors, op: Float[Array, "d d"] | None = None, logit_lens: bool = False) -> dict:
-        """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout."""
+    @applies_precision
+    def read(self, side: str, vectors: Vectors, op: Float[Array, "d d"] | None = None, logit_lens: bool = False,
+             precision: str = "float32") -> dict:
+        """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout (`precision`:
+        `qlens_jax.numerics`; inside another entry point, that one's mode)."""
         return read_topk(self.score_fn(side, op, logit_lens), vectors, self.k, self.feature_chunk, self.layout)
 
+    @applies_precision
     def read_first_order(self, side: str, vectors: Vectors | Float[Array, "n T d"] | Float[np.ndarray, "n T d"],
-                         terms_op: Float[Array, "T d d"] | None) -> dict:
+                         terms_op: Float[Array, "T d d"] | None, precision: str = "float32") -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))

@@ -13,7 +13,8 @@ import numpy as np
 import qlens_jax
 from kernel_fixtures import dictionary_set
 from qlens_jax import sharding
-from qlens_jax.lens import chunks, operators
+from qlens_jax import memory
+from qlens_jax.lens import operators
 from qlens_jax.readout import Layout, ReadoutContext, centered_embeddings, top_and_bottom
 from qlens_jax.readout.programs import readout_chunks
 from qlens_jax.readout.streaming import chunked
@@ -113,7 +114,7 @@ def main():
         "large_free": sharding.should_shard_weights(model, mesh, free_gb=1e3),
         "no_feature_axis": sharding.should_shard_weights(model, sharding.make_mesh((8, 1)), free_gb=1e-6),
     }
-    chunks.available_memory_gb = lambda: 1e-6  # what `place_weights` measures by default
+    memory.available_memory_gb = lambda device=None: 1e-6  # what `place_weights` measures by default
     report["auto"]["placed_when_tight"] = shard_shapes(sharding.place_weights(model, mesh).embed_tokens)
     json.dump(report, sys.stdout)
 
