@@ -40,14 +40,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import authors, common, roofline
 
 SIZES = {
     "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2, budget=16.0),
     "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3, budget=8.0),
+    # Modern shapes, random weights: one middle layer, 256 tokens (issue 17).
+    "llama-1b": dict(hf=common.LLAMA_1B, features=16384, layers=(8,), batch=1, seq=256, ref_features=2, budget=8.0),
+    "gemma3-1b": dict(hf=common.GEMMA3_1B, features=16384, layers=(13,), batch=1, seq=256, ref_features=2, budget=8.0),
+    "llama-tiny": dict(hf=common.LLAMA_TINY, features=512, layers=(1,), batch=2, seq=16, ref_features=2, budget=4.0),
+    "gemma3-tiny": dict(hf=common.GEMMA3_TINY, features=512, layers=(3,), batch=2, seq=16, ref_features=2, budget=4.0),
 }
 SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
 K = 25
@@ -55,8 +61,8 @@ TIE_RTOL = 1e-4
 
 
 def _setup(cfg: dict):
-    hf = common.hf_gpt2(cfg["hf"], cfg["seed"])
-    d = hf.config.n_embd
+    hf = common.hf_model(cfg["hf"], cfg["seed"])
+    d = hf.config.hidden_size
     tokens, mask = common.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     return hf, d, tokens, mask
 
@@ -208,10 +214,13 @@ def run_per_feature(cfg: dict) -> dict:
 
 
 def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
-    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1)."""
+    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1). Without
+    scores (the authors' code returns ids only) only identical lists pass."""
     ids, ref_ids = list(ids)[:K], list(ref_ids)
     if ids == ref_ids[:K]:
         return True, True
+    if ref_scores is None:
+        return False, False
     # ties: every differing position must sit where the reference's scores are within tolerance
     # of a neighbour's (order swaps) or of the (k+1)-th score (boundary swaps)
     tol = TIE_RTOL * max(scale, 1e-30)
@@ -232,14 +241,13 @@ def check_agreement(cfg, reference, dense, per_feature) -> dict:
             for name, other in (("dense", dense["readouts"][key]), ("per-feature", per_feature["results"][key])):
                 for which in ("top", "bottom"):
                     ids = other[f"{which}_ids"][idx]
-                    scores = row[f"{which}_scores"]
-                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], scores, row["scale"])
+                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0))
                     report["features_checked"] += 1
                     report["identical"] += identical
                     report["tie_equivalent"] += ok and not identical
                     if not ok:
                         report["mismatches"].append({"lens/layer": key, "feature": row["feature"], "path": name, "which": which,
-                                                     "qlens": ids, "reference": row[f"{which}_ids"][:K]})
+                                                     "qlens": ids, "contestant": row[f"{which}_ids"][:K]})
     report["passed"] = not report["mismatches"]
     return report
 
@@ -254,7 +262,9 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
     `peak` (the matmul FLOP/s measured in this run; readout FLOPs = 2 x features x d x vocab,
     the time includes the first readout's compilation)."""
     n = cfg["features"]
-    n_layers, d_model, vocab = model_config.n_layer, model_config.n_embd, model_config.vocab_size
+    n_layers, d_model, vocab = model_config.num_hidden_layers, model_config.hidden_size, model_config.vocab_size
+    # The authors' run builds its residual cache once per side, for every layer and feature.
+    cache = reference.get("cache_seconds", {})
     layers = list(cfg["layers"])
     all_layers = np.arange(n_layers)
     per_lens = {}
@@ -276,6 +286,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             restricted = dense.get("single_layer_sweeps", {}).get(f"{side}/{layer}")
             single_sweep = restricted["seconds_for_sample"] if restricted and lens.startswith("query_lens") else sweep
             dense_single = single_sweep + readout
+            ref_single = ref_s * n + cache.get(side, 0.0)
             readout_flops = 2 * n * d_model * vocab
             rows.append({
                 "layer": layer,
@@ -286,7 +297,9 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
                 "dense_all_layer_sweep_plus_readout_seconds": sweep + readout,
                 "dense_readout_seconds": readout,
                 "dense_features_per_s": n / dense_single,
-                "dense_vs_reference": (n / dense_single) * ref_s,
+                "reference_cache_seconds": cache.get(side, 0.0),
+                "reference_single_layer_seconds": ref_single,
+                "dense_vs_reference": ref_single / dense_single,
                 "dense_readout_only_features_per_s": n / readout,
                 "dense_readout_flops_per_s": readout_flops / readout,
                 "dense_readout_fraction_of_matmul_peak": readout_flops / readout / peak if peak else None,
@@ -296,7 +309,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             })
         ref_all = np.interp(all_layers, layers, ref_per_layer)
         readout_all = np.interp(all_layers, layers, readout_per_layer)
-        whole_ref += float(ref_all.sum()) * n
+        whole_ref += float(ref_all.sum()) * n + cache.get(side, 0.0)
         whole_dense_readouts += float(readout_all.sum())
         per_lens[lens] = {"sweep_seconds": sweep, "layers": rows}
     sweeps_total = sum(s["seconds"] for s in dense["sweeps"].values())
@@ -310,17 +323,20 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             "qlens_sweeps_seconds": sweeps_total,
             "qlens_readouts_seconds": whole_dense_readouts,
             "reference_seconds_extrapolated": whole_ref,
+            "reference_cache_seconds": cache,
             "ratio": whole_ref / whole_dense,
-            "note": (f"reference time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
+            "note": (f"contestant's time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
                      f"({len(cfg['picks'])} features per layer and side), linearly interpolated over layers 0..{n_layers - 1} "
-                     f"and multiplied by {n} features; qlens-jax = the measured sweeps (once) + readouts measured at layers "
+                     f"and multiplied by {n} features (plus its residual caches, built once per side: {cache or 'none'}); "
+                     f"qlens-jax = the measured sweeps (once) + readouts measured at layers "
                      f"{layers} (interpolated over the other layers)"),
         },
     }
 
 
-def print_report(summary, agreement, info):
+def print_report(summary, agreement, info, contestant: dict):
     print()
+    print(f"contestant: {contestant['label']}")
     print(f"agreement: {agreement['features_checked']} top/bottom-{K} lists checked, {agreement['identical']} identical, "
           f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches")
     print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
@@ -343,9 +359,45 @@ def print_report(summary, agreement, info):
     print(f"whole dictionary: {w['job']}")
     print(f"  qlens-jax dense: {common.fmt_seconds(w['qlens_dense_seconds'])} "
           f"(sweeps {common.fmt_seconds(w['qlens_sweeps_seconds'])} + readouts {common.fmt_seconds(w['qlens_readouts_seconds'])})")
-    print(f"  reference:       {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED)")
+    print(f"  {contestant['name'] + ':':16} {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED"
+          + (f"; residual caches {', '.join(f'{k} {v:.1f} s' for k, v in w['reference_cache_seconds'].items())}" if w["reference_cache_seconds"] else "")
+          + ")")
     print(f"  ratio:           {w['ratio']:.0f}x")
     print(f"  note: {w['note']}")
+
+
+def add_contestant_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--authors-repo` / `--authors-python` (shared with `benchmarks.million`)."""
+    parser.add_argument("--authors-repo", metavar="DIR",
+                        help="a checkout of the authors' code (HYU-NLP/query-lens): the contestant; without it "
+                             "benchmarks/reference_torch.py stands in (and the output says so)")
+    parser.add_argument("--authors-python", metavar="PYTHON", default=sys.executable,
+                        help="interpreter of the authors' environment (`pip install -e '.[authors]'` in a venv of its own; "
+                             "default: this one)")
+    parser.add_argument("--authors-workdir", metavar="DIR",
+                        help="where the inputs shared with the authors' process are written (default: a temporary folder)")
+
+
+def contestant_from_args(args, size: dict) -> dict:
+    """The contestant's description, with the authors' checkout and interpreter checked before any work."""
+    if not args.authors_repo:
+        return dict(authors.REFERENCE)
+    if size["hf"].get("family", "gpt2") != "gpt2":
+        raise SystemExit(f"--authors-repo: the authors' contestant is set up for GPT-2 sizes only, not --size {args.size}")
+    bad = [lens for lens in args.lenses if lens not in authors.SIDES]
+    if bad:
+        raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")
+    return authors.describe(authors.check_repo(args.authors_repo), authors.check_python(args.authors_python))
+
+
+def run_contestant(cfg: dict, contestant: dict, args) -> dict:
+    """The contestant's per-feature results (`run_reference`'s layout; the authors' rows have no scores)."""
+    if contestant["name"] == "reference_torch":
+        return common.run_isolated(run_reference, cfg=cfg)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
+        return authors.run_contestant(cfg, Path(contestant["repo"]), contestant["python"], args.authors_workdir or tmp)
 
 
 def main(argv=None) -> int:
@@ -368,9 +420,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--save-operators", metavar="DIR",
                         help="save the dense path's operators here (reused by `benchmarks.million --operators DIR`)")
+    add_contestant_arguments(parser)
+    parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP accounting of the compiled steps")
     args = parser.parse_args(argv)
 
     size = SIZES[args.size]
+    contestant = contestant_from_args(args, size)
     cfg = dict(
         hf=size["hf"], seed=args.seed, features=args.features or size["features"],
         layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
@@ -381,12 +436,12 @@ def main(argv=None) -> int:
     cfg["tokens"] = cfg["batch"] * cfg["seq"]
     info = common.machine_info()
     common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
-               f"reference features {cfg['picks']}; load {common.loadavg()}")
+               f"contestant {contestant['label']}, its features {cfg['picks']}; load {common.loadavg()}")
 
     peak_start = common.run_isolated(common.matmul_peak)
     common.log(f"matmul peak {peak_start['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    reference = common.run_isolated(run_reference, cfg=cfg)
-    common.log(f"reference done (peak RSS {reference['peak_rss_gb']} GiB)")
+    reference = run_contestant(cfg, contestant, args)
+    common.log(f"contestant done ({contestant['name']}; peak RSS {reference['peak_rss_gb']} GiB)")
     per_feature = common.run_isolated(run_per_feature, cfg=cfg)
     common.log(f"per-feature done (peak RSS {per_feature['peak_rss_gb']} GiB)")
     dense = common.run_isolated(run_dense, cfg=cfg)
@@ -394,13 +449,11 @@ def main(argv=None) -> int:
     peak_end = common.run_isolated(common.matmul_peak)
     peak = max(peak_start["flops_per_s"], peak_end["flops_per_s"])
 
-    import transformers
-
-    model_config = transformers.GPT2Config(**cfg["hf"])
+    model_config = common.hf_config(cfg["hf"])
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
-        "benchmark": "throughput", "size": args.size, "machine": info,
-        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": transformers.GPT2Config(**cfg["hf"]).to_dict()},
+        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": contestant,
+        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict()},
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
                       for name, r in (("reference", reference), ("dense", dense), ("per_feature", per_feature))},
@@ -411,13 +464,18 @@ def main(argv=None) -> int:
     path = args.out or common.RESULTS / f"throughput-{args.size}-{common.device_slug()}.json"
     if not agreement["passed"]:
         common.write_json(path, out)
-        print(f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the reference; no speed reported.")
+        print(f"contestant: {contestant['label']}")
+        print(f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the contestant's; no speed reported.")
         for m in agreement["mismatches"][:10]:
             print(m)
         return 1
     out["summary"] = summarize(cfg, model_config, reference, dense, per_feature, peak)
+    if not args.no_roofline:
+        out["roofline"] = common.run_isolated(roofline.account_throughput, cfg=cfg, dense=dense, peak=peak)
     common.write_json(path, out)
-    print_report(out["summary"], agreement, info)
+    print_report(out["summary"], agreement, info, contestant)
+    if "roofline" in out:
+        roofline.print_report(out["roofline"])
     print(f"peak memory (GiB, RSS of each contestant's process; setup = after model load): {out['memory_gb']}")
     print(f"load average at end: {out['loadavg_at_end']}; wrote {path}")
     return 0
