@@ -1,36 +1,48 @@
-"""Throughput: qlens-jax (dense and per-feature paths) against the per-feature PyTorch reference.
+"""Throughput: qlens-jax (dense and per-feature paths) against a per-feature contestant.
 
-Same weights (a randomly initialised `transformers.GPT2LMHeadModel`, seeded; qlens-jax runs
+Same weights (a randomly initialised `transformers` model of `--size`, seeded; qlens-jax runs
 its conversion), same token sample (seeded random ids), same features (a synthetic SAE on
-`resid_post` at each benchmarked layer). Each of the three contestants runs in its own
-spawned process, so that its peak memory is its own:
+`resid_post` at each benchmarked layer). Each contestant runs in its own process, so that its
+peak memory is its own:
 
-- reference (`benchmarks/reference_torch.py`): one `torch.func` jvp / vjp pass per feature,
-  timed on `--ref-features` features per layer and side;
+- the contestant, timed on `--ref-features` features per layer and side. With
+  `--authors-repo DIR` it is the authors' own code (HYU-NLP/query-lens, imported from DIR in a
+  process started with `--authors-python`, on TransformerLens weights loaded from the same
+  Hugging Face folder and a sae_lens SAE with the same weights; their residual caches are
+  built once per side, timed and reported apart: see `benchmarks/authors.py`). Without it,
+  `benchmarks/reference_torch.py` (one `torch.func` jvp / vjp pass per feature) stands in, and
+  the output and the JSON (`contestant`) say so;
 - qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer,
   over the blocks the whole-dictionary job needs; with the budget to keep every block's MLP
   Jacobians, one step for both sides that forms each Jacobian once), then
   `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
   the single-layer job, the sweep restricted to the blocks that layer needs (value: the blocks
   after it; key: the blocks up to it), as `query_lens` on one layer runs it;
-- qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the reference's features.
+- qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the contestant's features.
 
-Before any speed is printed, the top-25 ids of every feature timed with the reference must be
-identical in all three (ties aside: positions whose reference scores differ by less than 1e-4
-of the score scale may swap). Then it reports, per lens and layer, features per second, wall
+Before any speed is printed, the top-25 ids of every feature timed with the contestant must be
+identical in all three (against `reference_torch.py`, ties aside: positions whose scores differ
+by less than 1e-4 of the score scale may swap; the authors' code returns ids only, so there the
+lists must be identical). Then it reports, per lens and layer, features per second, wall
 time, peak memory and ratios, and the whole-dictionary job (`--features` at each of the
 model's layers, both sides): qlens-jax = sweeps once + readouts per layer (measured at the
-benchmarked layers, interpolated between them); reference = its per-feature times measured in
-this run at the benchmarked layers, interpolated over all layers and multiplied out
-(extrapolated: says so in the output). A single layer's dense time = its restricted sweep +
-its readout of all features. The restricted sweep is timed on the first `--single-layer-seqs`
-sequences (a sweep is a loop over identical one-sequence steps): a first call (compilation +
-run) and a second (run), giving compile + run x batch / seqs; with `--single-layer-seqs`
-equal to `--batch` it is simply timed on the whole sample.
+benchmarked layers, interpolated between them); contestant = its per-feature times measured in
+this run at the benchmarked layers, interpolated over all layers and multiplied out, plus its
+residual caches (extrapolated: says so in the output). A single layer's dense time = its
+restricted sweep + its readout of all features. The restricted sweep is timed on the first
+`--single-layer-seqs` sequences (a sweep is a loop over identical one-sequence steps): a first
+call (compilation + run) and a second (run), giving compile + run x batch / seqs; with
+`--single-layer-seqs` equal to `--batch` it is simply timed on the whole sample. Last, the
+roofline (`benchmarks/roofline.py`): FLOPs of the compiled sweep and readout steps, split into
+attention and MLP, and the fraction of the measured float32 matmul peak achieved.
 
     python -m benchmarks.throughput --size tiny                   # seconds
     python -m benchmarks.throughput --size gpt2-small             # 32,768 features, 2,048 tokens (hours on 2 CPU cores)
     python -m benchmarks.throughput --size gpt2-small --batch 1 --seq 256   # 256 tokens
+    python -m benchmarks.throughput --size gpt2-small --authors-repo /tmp/query-lens \
+        --authors-python /work/venv-authors/bin/python           # against the authors' code
+    python -m benchmarks.throughput --size llama-1b               # Llama-3.2-1B shapes, 16,384 features, 256 tokens
+    python -m benchmarks.throughput --size gemma3-1b              # Gemma-3-1B shapes
 
 Results: `benchmarks/results/throughput-<size>-<device>.json` (machine, device, versions, load).
 """
@@ -341,7 +353,7 @@ def print_report(summary, agreement, info, contestant: dict):
           f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches")
     print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
           f"load {info['loadavg_at_start']} at start")
-    header = (f"{'lens':18} {'layer':>5} {'ref feat/s':>11} {'dense feat/s':>13} {'dense/ref':>10} {'readout feat/s':>15} "
+    header = (f"{'lens':18} {'layer':>5} {'cont feat/s':>11} {'dense feat/s':>13} {'dense/cont':>10} {'readout feat/s':>15} "
               f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/ref':>7}")
     print(header)
     for lens, entry in summary["per_lens"].items():
@@ -364,6 +376,54 @@ def print_report(summary, agreement, info, contestant: dict):
           + ")")
     print(f"  ratio:           {w['ratio']:.0f}x")
     print(f"  note: {w['note']}")
+
+
+def planned_peak_gb(size: str) -> dict:
+    """The dense contestant's planned peak memory for `--size` (GiB), by arithmetic on shapes
+    (`eqx.filter_eval_shape`: no weights are made, nothing runs). Its process holds, at most:
+    the Hugging Face model and its conversion at once (2 x parameters), the kernel's memory
+    budget (the planner sizes the sweeps' residuals and tangents and the readouts' chunks
+    within it: `plan_chunks`, `blockwise.sequences_that_fit`, `feature_chunk_for`), the
+    operators of both sides, the dictionary and the token sample."""
+    import equinox as eqx
+    import jax
+
+    import converters
+    from qlens_jax.lens import blockwise
+    from qlens_jax.lens.chunks import bytes_per_token, plan_chunks
+    from qlens_jax.lens.readout import feature_chunk_for
+    from qlens_jax.lens.points import n_key_points, n_points
+    from qlens_jax.models import init_transformer
+
+    spec = SIZES[size]
+    config = converters.model_config_from_hf(common.hf_config(spec["hf"]).to_dict())
+    skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
+    params = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(skeleton))
+    plan = plan_chunks(skeleton, (spec["batch"], spec["seq"]), spec["budget"])
+    d, gib = config.d_model, 2**30
+    budget = spec["budget"] * gib
+    # What the planner puts inside the budget: the sweep's linearization residuals (a basis-
+    # major sweep: half the budget; a block-major one only where `sequences_that_fit` says
+    # so) and a readout chunk's scores and top-k work (a quarter).
+    residuals = plan.sequences_per_chunk * spec["seq"] * bytes_per_token(skeleton, spec["seq"])
+    blockwise_sequences = blockwise.sequences_that_fit(skeleton, spec["seq"], d, spec["budget"])
+    readout_chunk = feature_chunk_for(config.vocab_size, 0.25 * budget)
+    inside = {
+        "sweep_residuals_gb": residuals / gib,
+        "blockwise_sequences_that_fit": blockwise_sequences,
+        "readout_chunk_features": readout_chunk,
+        "readout_chunk_gb": readout_chunk * config.vocab_size * 4 * 3 / gib,
+    }
+    inside["within_budget"] = bool(residuals <= 0.5 * budget and inside["readout_chunk_gb"] * gib <= 0.25 * budget)
+    parts = {
+        "hf_model_and_converted_gb": 2 * params / gib,
+        "kernel_budget_gb": spec["budget"],
+        "operators_gb": (n_points(config.n_layers) + n_key_points(config.n_layers)) * d * d * 4 / gib,
+        "dictionary_gb": 2 * spec["features"] * d * 4 / gib,
+        "tokens_gb": spec["batch"] * spec["seq"] * 5 / gib,
+    }
+    return parts | {"total_gb": sum(parts.values()), "inside_budget": inside,
+                    "plan": {"sequences_per_chunk": plan.sequences_per_chunk, "tangent_chunk": plan.tangent_chunk}}
 
 
 def add_contestant_arguments(parser: argparse.ArgumentParser) -> None:
@@ -456,7 +516,7 @@ def main(argv=None) -> int:
         "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict()},
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
-                      for name, r in (("reference", reference), ("dense", dense), ("per_feature", per_feature))},
+                      for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))},
         "matmul_peak": {"start": peak_start, "end": peak_end},
         "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
         "loadavg_at_end": common.loadavg(),
@@ -476,7 +536,7 @@ def main(argv=None) -> int:
     print_report(out["summary"], agreement, info, contestant)
     if "roofline" in out:
         roofline.print_report(out["roofline"])
-    print(f"peak memory (GiB, RSS of each contestant's process; setup = after model load): {out['memory_gb']}")
+    print(f"peak memory (GiB, RSS of each process; setup = after model load): {out['memory_gb']}")
     print(f"load average at end: {out['loadavg_at_end']}; wrote {path}")
     return 0
 
