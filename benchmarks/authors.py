@@ -83,8 +83,8 @@ def save_word_tokenizer(vocab: int, folder: Path) -> None:
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token=last, bos_token=last).save_pretrained(folder)
 
 
-def write_sae(W_enc, W_dec, layer: int, folder: Path) -> None:
-    """A sae_lens StandardSAE on `blocks.{layer}.hook_resid_post` with these weights, saved."""
+def make_sae(W_enc, W_dec, layer: int):
+    """A sae_lens StandardSAE on `blocks.{layer}.hook_resid_post` with these weights (copied)."""
     import numpy as np
     import sae_lens
     import torch
@@ -101,7 +101,7 @@ def write_sae(W_enc, W_dec, layer: int, folder: Path) -> None:
         sae.W_dec.copy_(torch.from_numpy(np.ascontiguousarray(W_dec)))
         sae.b_enc.zero_()
         sae.b_dec.zero_()
-    sae.save_model(folder)
+    return sae
 
 
 def write_inputs(cfg: dict, directory: str) -> dict:
@@ -118,10 +118,11 @@ def write_inputs(cfg: dict, directory: str) -> dict:
     np.save(root / "tokens.npy", tokens)
     saes = {}
     for layer in cfg["layers"]:
-        W_enc, W_dec = common.dictionary_arrays(hf.config.n_embd, cfg["features"], layer, cfg["seed"])
+        # the numpy weights are freed once copied: a million-feature SAE is held twice at most
+        sae = make_sae(*common.dictionary_arrays(hf.config.n_embd, cfg["features"], layer, cfg["seed"]), layer)
         saes[str(layer)] = str(root / f"sae-{layer}")
-        write_sae(W_enc, W_dec, layer, Path(saes[str(layer)]))
-        del W_enc, W_dec
+        sae.save_model(saes[str(layer)])
+        del sae
     return {"model": str(model_dir), "tokens": str(root / "tokens.npy"), "saes": saes}
 
 

@@ -93,6 +93,8 @@ def main(argv=None) -> dict:
                         help="features per side timed with the contestant (--authors-repo)")
     throughput.add_contestant_arguments(parser)
     args = parser.parse_args(argv)
+    if args.authors_repo and args.synthetic_operators:
+        raise SystemExit("--authors-repo: not with --synthetic-operators (identity operators cannot agree with a real run)")
     if args.authors_repo:
         bad = [lens for lens in args.lenses if lens not in authors.SIDES]
         if bad:

@@ -354,7 +354,7 @@ def print_report(summary, agreement, info, contestant: dict):
     print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
           f"load {info['loadavg_at_start']} at start")
     header = (f"{'lens':18} {'layer':>5} {'cont feat/s':>11} {'dense feat/s':>13} {'dense/cont':>10} {'readout feat/s':>15} "
-              f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/ref':>7}")
+              f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/cont':>7}")
     print(header)
     for lens, entry in summary["per_lens"].items():
         for r in entry["layers"]:
