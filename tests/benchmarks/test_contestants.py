@@ -114,3 +114,12 @@ def test_bad_contestant_arguments_are_refused_before_any_work(argv, message, fak
         throughput.main(base + argv)
     assert message in str(exit_.value)
     assert capsys.readouterr().out == ""  # nothing started
+
+
+def test_million_refuses_the_authors_contestant_with_identity_operators(fake_repo, capsys):
+    from benchmarks import million
+
+    with pytest.raises(SystemExit) as exit_:
+        million.main(["--size", "tiny", "--authors-repo", str(fake_repo), "--synthetic-operators"])
+    assert "--authors-repo: not with --synthetic-operators" in str(exit_.value)
+    assert capsys.readouterr().out == ""
