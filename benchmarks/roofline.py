@@ -106,26 +106,29 @@ def count_jaxpr(jaxpr, multiplier: int = 1, totals: Counter | None = None, flags
     return totals, flags
 
 
-def step_cost(fn, *args) -> dict:
-    """Both counts for one call of the jitted `fn(*args)` (see the module docstring)."""
+def step_cost(fn, *args, xla: bool = True) -> dict:
+    """Both counts for one call of the jitted `fn(*args)` (see the module docstring);
+    `xla=False` skips the compilation (and XLA's count: None)."""
     import jax
 
-    compiled = fn.lower(*args).compile()
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    analysis = {"flops": None}
+    if xla:
+        analysis = fn.lower(*args).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
     totals, flags = count_jaxpr(jax.make_jaxpr(fn)(*args).jaxpr)
     flops = sum(totals.values())
     return {
-        "xla_flops": float(analysis.get("flops", 0.0)),
+        "xla_flops": None if analysis.get("flops") is None else float(analysis["flops"]),
         "flops": float(flops),
         "split": {k: float(totals.get(k, 0.0)) for k in ("attention", "mlp", "other")},
         "while_loops_counted_once": int(flags["while_loops_counted_once"]),
     }
 
 
-def record_sweep_steps(model, tokens, mask, **kwargs) -> list[dict]:
+def record_sweep_steps(model, tokens, mask, xla: bool = True, **kwargs) -> list[dict]:
     """The steps `transport_operators(model, tokens, mask, **kwargs)` would run, costed, not run:
-    the real planner picks them; each call of a step is answered with zeros of its output shape."""
+    the real planner picks them; each call of a step is answered with zeros of its output shape.
+    `xla=False`: traced only, not compiled (cheap at any size)."""
     import jax
     import jax.numpy as jnp
 
@@ -142,7 +145,7 @@ def record_sweep_steps(model, tokens, mask, **kwargs) -> list[dict]:
             key = (name, repr(a), repr(sorted(kw.items())), tuple(getattr(x, "shape", None) for x in args[1:]))
             if key not in seen:
                 seen[key] = {"name": name, "blocks": repr(a[-1] if a else None),
-                             "shapes": [list(getattr(x, "shape", ())) for x in args[1:]], **step_cost(fn, *args)}
+                             "shapes": [list(getattr(x, "shape", ())) for x in args[1:]], **step_cost(fn, *args, xla=xla)}
             calls[key] += 1
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
@@ -238,3 +241,36 @@ def print_report(roofline: dict) -> None:
         print(f"  readout {key}: {r['flops']:.3g} FLOPs ({r['steps']} steps of {r['rows_per_step']} features; XLA per step "
               f"{r['step']['xla_flops']:.3g}, counted {r['step']['flops']:.3g}) in {r['seconds']:.1f} s = "
               f"{r['fraction_of_peak'] or float('nan'):.0%} of peak")
+
+
+def count_sweeps(size: str, batch: int | None = None, seq: int | None = None) -> dict:
+    """The whole-dictionary sweep of a throughput `--size`, traced and counted (not compiled,
+    not run: seconds, at any size)."""
+    from benchmarks.throughput import SIZES
+    from qlens_jax.lens.points import residual_point
+
+    spec = SIZES[size]
+    model = common.jax_model(common.hf_model(spec["hf"], 0))
+    tokens, mask = common.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
+    n_layers = model.config.n_layers
+    steps = record_sweep_steps(model, tokens, mask, xla=False, sweeps=("value", "key"), memory_budget_gb=spec["budget"],
+                               value_from_point=residual_point("resid_post", 0, n_layers),
+                               key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
+    split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
+    return {"size": size, "tokens": int(mask.sum()), "steps": steps, "flops": sum(split.values()), "split": split}
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Count the FLOPs of a throughput size's two-sided sweep (no run).")
+    parser.add_argument("--size", default="gpt2-small")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--seq", type=int)
+    args = parser.parse_args()
+    result = count_sweeps(args.size, args.batch, args.seq)
+    s = result["split"]
+    print(f"{args.size}, {result['tokens']} tokens, both sides: {result['flops']:.4g} FLOPs "
+          f"(attention {s['attention']:.3g}, MLP {s['mlp']:.3g}, other {s['other']:.3g})")
+    print(json.dumps([{k: v for k, v in step.items()} for step in result["steps"]], indent=1))
