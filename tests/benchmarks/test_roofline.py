@@ -61,3 +61,12 @@ def test_readout_step_is_loop_free_and_dominated_by_the_vocabulary_product(tiny_
         products = 2 * 256 * c.d_model * c.vocab_size + 2 * 256 * c.d_model * c.d_model
         assert products <= cost["flops"] < 1.3 * products
         assert cost["xla_flops"] == pytest.approx(cost["flops"], rel=0.2)
+
+
+def test_counting_without_compiling_gives_the_same_jaxpr_count(tiny_model):
+    tokens, mask = common.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
+    kwargs = dict(sweeps=("value", "key"), memory_budget_gb=4.0)
+    compiled = roofline.record_sweep_steps(tiny_model, tokens, mask, **kwargs)
+    traced = roofline.record_sweep_steps(tiny_model, tokens, mask, xla=False, **kwargs)
+    assert [s["flops"] for s in traced] == [s["flops"] for s in compiled]
+    assert all(s["xla_flops"] is None for s in traced)
