@@ -60,9 +60,15 @@ def check_python(python: str) -> str:
 
 
 def repo_commit(repo: Path) -> str | None:
+    """The checkout's commit; None for a folder that is not the top of a git checkout (an
+    extracted archive), so that an enclosing repository's commit is never reported."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
+        if Path(git("rev-parse", "--show-toplevel") or "/nonexistent").resolve() != repo.resolve():
+            return None
+        return git("rev-parse", "HEAD") or None
     except Exception:
         return None
 
