@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
 
     from qlens_jax import TransportOperators, query_lens, transport_operators
     from qlens_jax.lens.chunks import plan_chunks
-    from qlens_jax.lens.readout import feature_chunk_for
+    from qlens_jax.readout import feature_chunk_for
 
     size = SIZES[args.size]
     n_features = args.features or size["features"]

@@ -11,7 +11,9 @@ document (documents uniform with replacement) and right-pads short documents wit
 Corpus formats: a plain text file (one document: the whole file), a JSONL file (one
 document per line, from `text_field`), a folder written by `datasets`' `save_to_disk`
 (`text_field` of each row; a `DatasetDict` needs `split`), or a `.npy` of token ids (one
-already tokenized, concatenated corpus, 1-D).
+already tokenized, concatenated corpus, 1-D). Text and JSONL files are decoded with
+`encoding` (UTF-8 unless told); a byte that does not decode is an error naming the file and
+the byte's offset.
 
 Token-sample files (`load_token_sample` / `save_token_sample`): a `.npy` int array
 `[num_samples, max_length]` in which negative entries (-1) mark padding; padding must be
@@ -20,6 +22,7 @@ on the right of each row.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,8 +74,55 @@ def detect_format(path: Path) -> str:
     return "text"
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
+def check_encoding(encoding: str) -> None:
+    """`--corpus-encoding`: a text codec Python knows (`utf-8`, `latin-1`, `cp1252`, ...)."""
+    try:
+        "".encode(encoding)
+    except LookupError as err:
+        raise CorpusError(f"--corpus-encoding {encoding!r}: not a text codec Python knows ({err})") from None
+
+
+def first_undecodable_byte(path: Path, encoding: str) -> tuple[int, str] | None:
+    """(offset of the first byte of `path` that `encoding` cannot decode, the codec's reason),
+    or None if the whole file decodes. Reads the file in chunks, so any size works."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes held back from the previous chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                return offset - pending + err.start, err.reason
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def _decode_error(path: Path, encoding: str, err: UnicodeDecodeError) -> CorpusError:
+    found = first_undecodable_byte(path, encoding)
+    offset, reason = found if found else (err.start, err.reason)
+    return CorpusError(f"--corpus {path}: not valid {encoding} text: byte {offset} (0x{_byte_at(path, offset):02x}) "
+                       f"does not decode ({reason}); give the file's encoding with --corpus-encoding, e.g. latin-1")
+
+
+def _byte_at(path: Path, offset: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        byte = f.read(1)
+    return byte[0] if byte else 0
+
+
+def _jsonl_documents(path: Path, text_field: str, encoding: str = "utf-8") -> Iterator[str]:
+    try:
+        yield from _jsonl_records(path, text_field, encoding)
+    except UnicodeDecodeError as err:
+        raise _decode_error(path, encoding, err) from None
+
+
+def _jsonl_records(path: Path, text_field: str, encoding: str) -> Iterator[str]:
+    with open(path, encoding=encoding) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -106,12 +156,17 @@ def _datasets_documents(path: Path, text_field: str, split: str | None) -> Itera
         yield from batch[text_field]
 
 
-def documents(path: Path, fmt: str, text_field: str = "text", split: str | None = None) -> Iterator[str]:
-    """The documents of a text corpus, in order."""
+def documents(path: Path, fmt: str, text_field: str = "text", split: str | None = None,
+              encoding: str = "utf-8") -> Iterator[str]:
+    """The documents of a text corpus, in order (text and JSONL files decoded with `encoding`)."""
     if fmt == "text":
-        yield path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding=encoding)
+        except UnicodeDecodeError as err:
+            raise _decode_error(path, encoding, err) from None
+        yield text
     elif fmt == "jsonl":
-        yield from _jsonl_documents(path, text_field)
+        yield from _jsonl_documents(path, text_field, encoding)
     elif fmt == "datasets":
         yield from _datasets_documents(path, text_field, split)
     else:
@@ -139,8 +194,10 @@ def tokenize_corpus(
     max_tokens: int | None = None,
     vocab_size: int | None = None,
     quiet: bool = True,
+    encoding: str = "utf-8",
 ) -> TokenizedCorpus:
-    """Read and tokenize a corpus (no special tokens); stop after `max_tokens` tokens."""
+    """Read and tokenize a corpus (no special tokens); stop after `max_tokens` tokens.
+    `encoding` (any Python text codec) decodes text and JSONL files."""
     path = Path(path)
     if not path.exists():
         raise CorpusError(f"--corpus {path}: no such file or directory")
@@ -156,7 +213,8 @@ def tokenize_corpus(
         ids = ids[:max_tokens] if max_tokens else ids
         return TokenizedCorpus(str(path), fmt, ids.astype(np.int32), np.asarray([0, ids.size]))
     pieces, lengths, total = [], [], 0
-    docs = progress(documents(path, fmt, text_field, split), desc="sample: tokenize", quiet=quiet, unit="doc")
+    check_encoding(encoding)
+    docs = progress(documents(path, fmt, text_field, split, encoding), desc="sample: tokenize", quiet=quiet, unit="doc")
     for batch in _batches(iter(docs), _BATCH):
         for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
             ids = np.asarray(encoding.ids, np.int32)

@@ -27,7 +27,8 @@ from qlens_jax.models import Transformer
 
 AXES = ("data", "feature")
 
-# Logical axis -> mesh axes. Every PartitionSpec below is derived from this table.
+# Logical axis -> mesh axes. Every PartitionSpec and NamedSharding in qlens_jax is derived
+# from this table (`spec`, `named`, `shardings`, `mesh_axes`).
 LOGICAL = {
     "batch": "data",  # token-chunk sequences in the sweeps
     "basis": "feature",  # basis tangents/cotangents of the dense sweeps
@@ -53,8 +54,23 @@ WEIGHT_AXES = {
 
 
 def spec(*logical: str | None) -> P:
-    """A PartitionSpec from logical axis names (None: not sharded)."""
+    """A PartitionSpec from logical axis names (None: not sharded; no names: replicated)."""
     return P(*(LOGICAL[name] if name is not None else None for name in logical))
+
+
+def named(mesh: Mesh, *logical: str | None) -> NamedSharding:
+    """The NamedSharding on `mesh` of an array whose axes are the `logical` ones (`spec`)."""
+    return NamedSharding(mesh, spec(*logical))
+
+
+def shardings(mesh: Mesh, specs):
+    """A tree of PartitionSpecs (made by `spec`) as NamedShardings on `mesh`."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def mesh_axes(logical: str) -> str | tuple[str, ...] | None:
+    """The mesh axis (or axes) a logical axis is split over: the name collectives reduce over."""
+    return LOGICAL[logical]
 
 
 def make_mesh(shape: tuple[int, int] | None = None, devices=None) -> Mesh:
@@ -80,15 +96,14 @@ def axis_size(mesh: Mesh, logical: str) -> int:
 
 def put(array, mesh: Mesh, *logical: str | None) -> jax.Array:
     """Place a host array (identical on every process) with the sharding of `logical` axes."""
-    sharding = NamedSharding(mesh, spec(*logical))
     array = np.asarray(array)
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+    return jax.make_array_from_callback(array.shape, named(mesh, *logical), lambda index: array[index])
 
 
 def replicate(tree, mesh: Mesh):
     """Every array leaf of `tree` replicated over the mesh."""
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if isinstance(x, jax.Array) else x, tree)
+    everywhere = named(mesh)
+    return jax.tree.map(lambda x: jax.device_put(x, everywhere) if isinstance(x, jax.Array) else x, tree)
 
 
 def weight_bytes(model: Transformer) -> int:
@@ -151,7 +166,7 @@ def shard_weights(model: Transformer, mesh: Mesh) -> Transformer:
         if WEIGHT_AXES.get(name, (None,))[0] == "vocab" and x.shape[0] % n_vocab:
             x = _pad_rows(x, n_vocab)
         axes = _weight_axes(name, x, mesh)
-        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(NamedSharding(mesh, spec(*axes)), x.ndim):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(named(mesh, *axes), x.ndim):
             return x
         return put(x, mesh, *axes)
 

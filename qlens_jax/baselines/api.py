@@ -23,18 +23,16 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from qlens_jax.baselines.readout import topk_of_differences
 from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import write_point
 from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, point_name
 from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
 from qlens_jax.lens.plan import dictionary_list, feature_ids
-from qlens_jax.lens.readout import feature_chunk_for
-from qlens_jax.lens.readouts import ReadoutContext
 from qlens_jax.lens.signatures import Signatures, SignatureTable
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
+from qlens_jax.readout import Layout, ReadoutContext, feature_chunk_for, identity_scores, read_topk, unembedding_score_fn
 
 BASELINE_LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens")
 TUNED_LENSES = ("tuned_lens", "tuned_lens_linear")
@@ -130,9 +128,11 @@ def baseline_signatures(
             group = max(1, int(0.25 * budget // (model.config.vocab_size * 4 * 2))) if logits else None
             diffs = mean_differences(model, dictionary, tokens, mask, np.tile(ids, len(secants)), values, signs,
                                      sequences_per_chunk=plan.sequences_per_chunk, config_chunk=chunk, group_size=group)
-            unembedding = None if logits else model.W_U
+            # differences of mean logits are scores already; of mean final-norm outputs, read by W_U
+            score_fn = identity_scores if logits else unembedding_score_fn(model)
+            layout = Layout(model.config.vocab_size)
             for j, lens in enumerate(secants):
-                result = topk_of_differences(diffs[j * len(ids):(j + 1) * len(ids)], unembedding, k, readout_chunk)
+                result = read_topk(score_fn, diffs[j * len(ids):(j + 1) * len(ids)], k, readout_chunk, layout)
                 tables[(lens, index)] = SignatureTable(lens=lens, dictionary=dictionary.name, layer=dictionary.layer, feature_ids=ids, **result)
         for lens in (lens for lens in lenses if lens in TUNED_LENSES):
             point = write_point(dictionary, model.config.n_layers)

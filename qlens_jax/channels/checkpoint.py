@@ -9,7 +9,7 @@ import numpy as np
 
 from qlens_jax.channels.analysis import ChannelResults
 from qlens_jax.channels.fit import LowRankMap
-from qlens_jax.channels.report import map_labels
+from qlens_jax.channels.labels import map_labels
 
 
 def save_maps(results: ChannelResults, directory: str | Path) -> Path:

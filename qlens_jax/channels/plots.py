@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qlens_jax.channels.analysis import ChannelResults
-from qlens_jax.channels.report import map_labels
+from qlens_jax.channels.labels import map_labels
 
 SHORT = {"closed_form": "closed form", "trained": "Adam", "shuffled_control": "shuffled control", "response_subspace": "response subspace"}
 

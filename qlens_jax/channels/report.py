@@ -12,6 +12,7 @@ import numpy as np
 
 from qlens_jax.channels.analysis import ChannelResults
 from qlens_jax.channels.fit import METRICS
+from qlens_jax.channels.labels import map_labels
 from qlens_jax.channels.overlap import random_subspace_overlap
 
 METHOD_TITLES = {
@@ -31,14 +32,6 @@ CAVEAT = (
     "closed-form map's column space equals that principal subspace exactly (column `OL with response "
     "subspace` below)."
 )
-
-
-def map_labels(results: ChannelResults) -> list[str]:
-    """`"s->t"` per map; prefixed with the dictionary name when two sources share a layer."""
-    data = results.data
-    layers = [s.layer for s in data.sources]
-    shared = len(set(layers)) < len(layers)
-    return [(f"{data.sources[p.source].name}:" if shared else "") + f"{p.source_layer}->{p.destination}" for p in data.pairs]
 
 
 def fit_rows(results: ChannelResults, method: str) -> list[dict]:

@@ -1,7 +1,7 @@
 """Where a dictionary sits: site names, and hook names (TransformerLens and Hugging Face) parsed
 into (layer, site).
 
-Sites follow docs/CONTRACTS.md: SAEs read and write `resid_pre | resid_mid | resid_post` of a
+Sites follow docs/architecture.md: SAEs read and write `resid_pre | resid_mid | resid_post` of a
 layer; transcoders of MLP `l` read the MLP's normalized input `mlp_in` (or, for files that say
 so, the un-normalized MLP block input `resid_mid`) and write `mlp_out` of the same layer.
 Anything else (attention `hook_z`, `attn_out`, MLP-output SAEs, embeddings) is refused by name.

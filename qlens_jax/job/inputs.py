@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qlens_jax.corpus import CorpusError, load_token_sample, sample_windows, tokenize_corpus
+from qlens_jax.corpus import CorpusError, check_encoding, load_token_sample, sample_windows, tokenize_corpus
 from qlens_jax.errors import InputError
 from qlens_jax.io.reference_features import is_feature_sample, read_feature_sample
 from qlens_jax.io.rundir import check_writable
-from qlens_jax.lens.options import DTYPES, PATHS
+from qlens_jax.job.spec import DictionarySources, JobOptions, ModelSource, SampleSpec, SignaturesJob
+from qlens_jax.lens.options import DTYPES, PATHS, PRECISIONS
 from qlens_jax.lens.signatures import LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 
@@ -95,38 +96,55 @@ def parse_features(text: str | None):
     return parse_ranges(text, "--features")
 
 
-def check_options(args, writes_output: bool = True) -> None:
-    """Checks that need no file contents (`writes_output`: this process writes --out)."""
-    args.lenses = parse_lenses(args.lenses) if isinstance(args.lenses, str) else args.lenses
-    sizes = (("--k", args.k), ("--num-samples", args.num_samples), ("--max-length", args.max_length),
-             ("--shard-size", args.shard_size), ("--corpus-max-tokens", args.corpus_max_tokens))
+def check_sample(sample: SampleSpec) -> None:
+    """Checks of the sample options that need no file contents."""
+    sizes = (("--num-samples", sample.num_samples), ("--max-length", sample.max_length),
+             ("--corpus-max-tokens", sample.corpus_max_tokens))
     for name, value in sizes:
         if value is not None and value < 1:
             raise InputError(f"{name} {value}: must be at least 1")
-    if args.dtype not in DTYPES:
-        raise InputError(f"--dtype {args.dtype!r}: choose from {', '.join(DTYPES)}")
-    if args.path not in PATHS:
-        raise InputError(f"--path {args.path!r}: choose from {', '.join(PATHS)}")
-    if (args.corpus is None) == (args.token_sample is None):
+    if (sample.corpus is None) == (sample.token_sample is None):
         raise InputError("give exactly one of --corpus and --token-sample")
-    for option, value in (("--corpus", args.corpus), ("--token-sample", args.token_sample)):
+    for option, value in (("--corpus", sample.corpus), ("--token-sample", sample.token_sample)):
         if value is not None and not Path(value).expanduser().exists():
             raise InputError(f"{option} {value}: no such file or directory")
-    if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
-        raise InputError(f"--memory-budget-gb {args.memory_budget_gb}: must be positive")
-    _check_source("--model", args.model)
-    if args.tokenizer:
-        _check_source("--tokenizer", args.tokenizer)
-    for source in args.dictionary:
-        _check_source("--dictionary", source)
-    if args.mesh is not None:
-        parse_mesh(args.mesh)
-    if not args.distributed:
-        for option, value in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+    check_encoding(sample.corpus_encoding)
+
+
+def check_sources(model: ModelSource, dictionaries: DictionarySources) -> None:
+    """Local sources exist; the others look like Hub ids."""
+    check_source("--model", model.model)
+    if model.tokenizer:
+        check_source("--tokenizer", model.tokenizer)
+    for source in dictionaries.sources:
+        check_source("--dictionary", source)
+
+
+def check_job(job: SignaturesJob, writes_output: bool = True) -> None:
+    """Checks that need no file contents (`writes_output`: this process writes --out)."""
+    options = job.options
+    for name, value in (("--k", options.k), ("--shard-size", options.shard_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} {value}: must be at least 1")
+    if options.dtype not in DTYPES:
+        raise InputError(f"--dtype {options.dtype!r}: choose from {', '.join(DTYPES)}")
+    if options.precision not in PRECISIONS:
+        raise InputError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
+    if options.path not in PATHS:
+        raise InputError(f"--path {options.path!r}: choose from {', '.join(PATHS)}")
+    check_sample(job.sample)
+    if options.memory_budget_gb is not None and options.memory_budget_gb <= 0:
+        raise InputError(f"--memory-budget-gb {options.memory_budget_gb}: must be positive")
+    check_sources(job.model, job.dictionaries)
+    if options.mesh is not None:
+        parse_mesh(options.mesh)
+    if not options.distributed:
+        for option, value in (("--coordinator", options.coordinator), ("--num-processes", options.num_processes),
+                              ("--process-id", options.process_id)):
             if value is not None:
                 raise InputError(f"{option} {value}: only used with --distributed")
     if writes_output:
-        check_writable(Path(args.out))
+        check_writable(Path(options.out))
 
 
 def parse_mesh(text: str) -> tuple[int, int]:
@@ -137,29 +155,29 @@ def parse_mesh(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def job_mesh(args, model):
+def job_mesh(options: JobOptions, model):
     """The device mesh of the job: --mesh, else every device on `data`; None on one device."""
     import jax
 
     from qlens_jax import sharding
 
-    if args.mesh is None:
-        if args.weights == "sharded":
+    if options.mesh is None:
+        if options.weights == "sharded":
             raise InputError("--weights sharded: give a --mesh with a feature axis to split the weights over, e.g. --mesh 1,8")
         return sharding.make_mesh() if jax.device_count() > 1 else None
-    data, feature = parse_mesh(args.mesh)
-    if args.weights == "sharded" and feature == 1:
-        raise InputError(f"--weights sharded: the mesh {args.mesh} has no feature axis to split the weights over; "
+    data, feature = parse_mesh(options.mesh)
+    if options.weights == "sharded" and feature == 1:
+        raise InputError(f"--weights sharded: the mesh {options.mesh} has no feature axis to split the weights over; "
                          "use e.g. --mesh 1,N")
     if data * feature != jax.device_count():
-        raise InputError(f"--mesh {args.mesh}: needs {data * feature} devices; this job has {jax.device_count()} "
+        raise InputError(f"--mesh {options.mesh}: needs {data * feature} devices; this job has {jax.device_count()} "
                          f"({jax.process_count()} process(es) x {jax.local_device_count()} local)")
     if model.config.d_model % feature:
-        raise InputError(f"--mesh {args.mesh}: the feature axis ({feature}) must divide d_model ({model.config.d_model})")
+        raise InputError(f"--mesh {options.mesh}: the feature axis ({feature}) must divide d_model ({model.config.d_model})")
     return sharding.make_mesh((data, feature))
 
 
-def _check_source(option: str, source: str) -> None:
+def check_source(option: str, source: str) -> None:
     """A local path must exist; anything else must look like a Hub id (org/name[/path])."""
     from converters.dictionaries.hub import looks_like_hub_id
 
@@ -170,10 +188,10 @@ def _check_source(option: str, source: str) -> None:
         raise InputError(f"{option} {source}: no such file or directory (and not a Hugging Face Hub id org/name)")
 
 
-def bos_id(args, tokenizer, model_dir: Path) -> int | None:
-    """--bos-id, else the tokenizer's BOS token, else config.json's bos_token_id (None if none)."""
-    if args.bos_id is not None:
-        return args.bos_id
+def bos_token_id(given: int | None, tokenizer, model_dir: Path) -> int | None:
+    """`given` (--bos-id), else the tokenizer's BOS token, else config.json's bos_token_id (None if none)."""
+    if given is not None:
+        return given
     config = model_dir / "tokenizer_config.json"
     if config.is_file():
         token = json.loads(config.read_text()).get("bos_token")
@@ -188,7 +206,7 @@ def bos_id(args, tokenizer, model_dir: Path) -> int | None:
     return None
 
 
-def load_model_source(args):
+def load_model_source(source: ModelSource):
     """(model, its local folder, tokenizer) from --model / --tokenizer; `InputError` naming the option."""
     import converters
     from converters.errors import ConversionError
@@ -196,15 +214,15 @@ def load_model_source(args):
     from converters.models import MODEL_FILES
 
     try:
-        model_dir = resolve_local(args.model, MODEL_FILES)
+        model_dir = resolve_local(source.model, MODEL_FILES)
         model = converters.load_model(model_dir)
     except (ConversionError, ValueError, OSError) as err:
-        raise InputError(f"--model {args.model}: {err}") from None
-    source = args.tokenizer or model_dir
+        raise InputError(f"--model {source.model}: {err}") from None
+    tokenizer_source = source.tokenizer or model_dir
     try:
-        tokenizer = converters.load_tokenizer(source)
+        tokenizer = converters.load_tokenizer(tokenizer_source)
     except (ConversionError, OSError) as err:
-        raise InputError(f"--tokenizer {source}: {err}") from None
+        raise InputError(f"--tokenizer {tokenizer_source}: {err}") from None
     return model, model_dir, tokenizer
 
 
@@ -219,14 +237,14 @@ def vocab_strings(tokenizer, vocab_size: int) -> np.ndarray:
     return vocab
 
 
-def load_dictionary_sources(args, model) -> list:
+def load_dictionary_sources(sources: DictionarySources, model) -> list:
     """Every --dictionary (folders of several expanded) checked against `model`, filtered by --layers."""
     import converters
     from converters.errors import ConversionError
     from qlens_jax.dictionaries import DictionaryError, DictionarySet
 
     loaded = []
-    for source in args.dictionary:
+    for source in sources.sources:
         try:
             loaded.extend(converters.load_dictionaries([source], model))
         except (DictionaryError, ConversionError, OSError) as err:
@@ -235,16 +253,16 @@ def load_dictionary_sources(args, model) -> list:
         DictionarySet(loaded, model)  # each (name, layer) once
     except DictionaryError as err:
         raise InputError(f"--dictionary: {err}") from None
-    if args.layers is not None:
-        layers = set(parse_ranges(args.layers, "--layers").tolist())
+    if sources.layers is not None:
+        layers = set(parse_ranges(sources.layers, "--layers").tolist())
         missing = sorted(layers - {d.layer for d in loaded})
         if missing:
-            raise InputError(f"--layers {args.layers}: no dictionary at layer(s) {missing} (have {sorted({d.layer for d in loaded})})")
+            raise InputError(f"--layers {sources.layers}: no dictionary at layer(s) {missing} (have {sorted({d.layer for d in loaded})})")
         loaded = [d for d in loaded if d.layer in layers]
     return loaded
 
 
-def _select_features(spec, dictionaries: list, layers_given: bool, option_text: str | None):
+def select_features(spec, dictionaries: list, layers_given: bool, option_text: str | None):
     """Per dictionary: sorted feature ids and reference feature strings."""
     features, strings = [], [{} for _ in dictionaries]
     if spec is None or isinstance(spec, np.ndarray):
@@ -279,53 +297,56 @@ def _select_features(spec, dictionaries: list, layers_given: bool, option_text: 
     return features, strings
 
 
-def draw_sample(args, tokenizer, model, model_dir: Path, quiet: bool):
+def draw_sample(sample: SampleSpec, tokenizer, model, model_dir: Path, quiet: bool):
     """(tokens, mask, description): --token-sample as given, or seeded windows of --corpus."""
     vocab_size = model.config.vocab_size
-    if args.token_sample is not None:
-        if args.num_samples is not None or args.max_length is not None:
+    if sample.token_sample is not None:
+        if sample.num_samples is not None or sample.max_length is not None:
             raise InputError("--token-sample fixes the sample; drop --num-samples / --max-length")
-        tokens, mask = load_token_sample(args.token_sample, vocab_size)
-        description = {"token_sample": str(Path(args.token_sample).absolute())}
+        tokens, mask = load_token_sample(sample.token_sample, vocab_size)
+        description = {"token_sample": str(Path(sample.token_sample).absolute())}
     else:
         corpus = tokenize_corpus(
-            Path(args.corpus).expanduser(), tokenizer, fmt=args.corpus_format, text_field=args.text_field,
-            split=args.corpus_split, max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet,
+            Path(sample.corpus).expanduser(), tokenizer, fmt=sample.corpus_format, text_field=sample.text_field,
+            split=sample.corpus_split, max_tokens=sample.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet,
+            encoding=sample.corpus_encoding,
         )
         if corpus.n_tokens and corpus.ids.max() >= vocab_size:
-            raise CorpusError(f"--corpus {args.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, "
+            raise CorpusError(f"--corpus {sample.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, "
                               f"beyond the model's vocabulary ({vocab_size})")
-        num_samples, max_length = args.num_samples or 1024, args.max_length or 32
-        bos = bos_id(args, tokenizer, model_dir) if args.prepend_bos else None
-        tokens, mask = sample_windows(corpus, num_samples, max_length, args.seed, prepend_bos=args.prepend_bos, bos_id=bos,
-                                      windows=args.windows)
+        num_samples, max_length = sample.num_samples or 1024, sample.max_length or 32
+        bos = bos_token_id(sample.bos_id, tokenizer, model_dir) if sample.prepend_bos else None
+        tokens, mask = sample_windows(corpus, num_samples, max_length, sample.seed, prepend_bos=sample.prepend_bos, bos_id=bos,
+                                      windows=sample.windows)
         description = {
-            "corpus": str(Path(args.corpus).absolute()), "format": corpus.format, "documents": corpus.n_documents,
-            "corpus_tokens": corpus.n_tokens, "num_samples": num_samples, "max_length": max_length, "seed": args.seed,
-            "prepend_bos": args.prepend_bos, "bos_id": bos, "windows": args.windows,
+            "corpus": str(Path(sample.corpus).absolute()), "format": corpus.format, "documents": corpus.n_documents,
+            "corpus_tokens": corpus.n_tokens, "num_samples": num_samples, "max_length": max_length, "seed": sample.seed,
+            "prepend_bos": sample.prepend_bos, "bos_id": bos, "windows": sample.windows,
         }
+        if corpus.format in ("text", "jsonl"):
+            description["encoding"] = sample.corpus_encoding
     config = model.config
     if config.positional == "learned" and tokens.shape[1] > config.max_positions:
         raise InputError(f"--max-length {tokens.shape[1]}: the model has only {config.max_positions} positions")
     try:
         check_tokens(model, tokens, mask)
     except LensRequestError as err:
-        source = f"--token-sample {args.token_sample}" if args.token_sample is not None else f"--corpus {args.corpus}"
-        raise InputError(f"{source}: the sample does not fit the model: {err}") from None
+        raise InputError(f"{sample.source_option}: the sample does not fit the model: {err}") from None
     return tokens, mask, description
 
 
-def prepare(args, quiet: bool, writes_output: bool = True) -> Inputs:
+def prepare(job: SignaturesJob, quiet: bool, writes_output: bool = True) -> Inputs:
     """Check options, load everything, draw the sample; `InputError` on any bad input.
     (`writes_output=False`: a process of a multi-process job that leaves --out to process 0.)"""
-    check_options(args, writes_output)
-    features_spec = parse_features(args.features)
-    model, model_dir, tokenizer = load_model_source(args)
-    dictionaries = load_dictionary_sources(args, model)
-    features, strings = _select_features(features_spec, dictionaries, args.layers is not None, args.features)
+    check_job(job, writes_output)
+    features_text = job.options.features
+    features_spec = parse_features(features_text)
+    model, model_dir, tokenizer = load_model_source(job.model)
+    dictionaries = load_dictionary_sources(job.dictionaries, model)
+    features, strings = select_features(features_spec, dictionaries, job.dictionaries.layers is not None, features_text)
     if sum(len(f) for f in features) == 0:
-        raise InputError(f"--features {args.features}: selects no feature of the given dictionaries")
-    tokens, mask, sample = draw_sample(args, tokenizer, model, model_dir, quiet)
+        raise InputError(f"--features {features_text}: selects no feature of the given dictionaries")
+    tokens, mask, sample = draw_sample(job.sample, tokenizer, model, model_dir, quiet)
     return Inputs(
         model=model, model_dir=Path(model_dir), tokenizer=tokenizer, vocab=vocab_strings(tokenizer, model.config.vocab_size),
         dictionaries=dictionaries, features=features, feature_strs=strings, tokens=tokens, mask=mask,

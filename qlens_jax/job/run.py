@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import jax
@@ -28,12 +28,14 @@ from qlens_jax.io.atomic import publish, temporary_path
 from qlens_jax.io.parquet import assemble, signature_rows, write_table
 from qlens_jax.io.rundir import RunDir
 from qlens_jax.job.inputs import Inputs, prepare
+from qlens_jax.job.spec import JobOptions, SignaturesJob
+from qlens_jax.lens.operators import TransportOperators
+from qlens_jax.lens.plan import LensPlan
 from qlens_jax.progress import progress
 
-SWEEP_OF_LENS = {"query_lens_value": "value", "query_lens_key": "key", "first_order_value": "first_order", "first_order_key": "first_order"}
 # Options that change the numbers or the shard layout (the rest: --quiet, --memory-budget-gb...).
 OUTPUT_OPTIONS = (
-    "lenses", "k", "dtype", "path", "stats", "shard_size", "remove_final_norm_bias",
+    "lenses", "k", "dtype", "precision", "path", "stats", "shard_size", "remove_final_norm_bias",
     "first_order_key_mask_seed", "exact_norm_jacobian",
 )
 
@@ -70,7 +72,7 @@ def _json_value(value):
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
-def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
+def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict) -> dict:
     dictionaries = [
         {
             "source": d.info.source, "format": d.info.format, "name": d.name, "layer": d.layer, "kind": d.kind,
@@ -85,10 +87,10 @@ def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
     sample["valid_tokens"] = int(inputs.mask.sum())
     corpus = sample.get("corpus") or sample.get("token_sample")
     sample["file_sha256"] = hashing.path_hash(corpus)
-    model = {"source": args.model, "path": str(inputs.model_dir), "sha256": hashing.model_hash(inputs.model),
+    model = {"source": job.model.model, "path": str(inputs.model_dir), "sha256": hashing.model_hash(inputs.model),
              "config": {k: v for k, v in vars(inputs.model.config).items() if not isinstance(v, tuple)}}
-    tokenizer = {"source": args.tokenizer or args.model, "sha256": hashing.text_hash(inputs.tokenizer.to_str())}
-    options = {key: _json_value(value) for key, value in vars(args).items() if not key.startswith("_")}
+    tokenizer = {"source": job.model.tokenizer or job.model.model, "sha256": hashing.text_hash(inputs.tokenizer.to_str())}
+    options = {key: _json_value(value) for key, value in job.record().items()}
     fingerprint_inputs = {
         "model": model["sha256"],
         "tokenizer": tokenizer["sha256"],
@@ -109,42 +111,79 @@ def _manifest(args, argv, inputs: Inputs, plan: dict) -> dict:
     }
 
 
-def _plan(args, inputs: Inputs, model) -> dict:
-    from qlens_jax.lens.chunks import default_budget_gb, plan_chunks
-    from qlens_jax.lens.readout import feature_chunk_for
+def _plan(options: JobOptions, inputs: Inputs, first: LensPlan) -> dict:
+    """How this run is cut (path, chunk sizes, shard width): fixed at the first start and
+    stored in run.json, so a resumed run cuts its work the same way."""
+    from qlens_jax.readout import feature_chunk_for
 
-    budget = args.memory_budget_gb or default_budget_gb()
-    chunks = plan_chunks(model, inputs.tokens.shape, budget)
-    n_features = sum(len(ids) for ids in inputs.features)
-    path = args.path
-    if path == "auto":
-        path = "dense" if n_features >= model.config.d_model else "per-feature"
+    budget = first.execution.memory_budget_gb
     return {
-        "path": path,
+        "path": first.path,
         "memory_budget_gb": budget,
-        "sequences_per_chunk": chunks.sequences_per_chunk,
-        "tangent_chunk": chunks.tangent_chunk,
-        "feature_chunk": feature_chunk_for(model.config.vocab_size, 0.25 * budget * 2**30),
-        "shard_width": int(min(args.shard_size, max(len(ids) for ids in inputs.features))),
+        "sequences_per_chunk": first.chunks.sequences_per_chunk,
+        "tangent_chunk": first.chunks.tangent_chunk,
+        "feature_chunk": feature_chunk_for(first.model.config.vocab_size, 0.25 * budget * 2**30),
+        "shard_width": int(min(options.shard_size, max(len(ids) for ids in inputs.features))),
     }
 
 
-def _shard_weights(args) -> bool | None:
-    return {"auto": None, "sharded": True, "replicated": False}[args.weights]
+def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
+    """The kernel's plan of the whole run: every dictionary and feature, validated once; path
+    and chunk sizes planned from the budget (what a first start stores in run.json)."""
+    from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
+    from qlens_jax.lens.chunks import default_budget_gb
+
+    lens_options = LensOptions(
+        k=options.k, dtype=options.dtype, precision=options.precision, stats=options.stats,
+        remove_final_norm_bias=options.remove_final_norm_bias,
+        first_order_key_mask_seed=options.first_order_key_mask_seed, exact_norm_jacobian=options.exact_norm_jacobian,
+    )
+    execution = ExecutionOptions(
+        path=options.path, mesh=mesh, shard_weights=_shard_weights(options), self_check=options.self_check, quiet=True,
+        memory_budget_gb=float(options.memory_budget_gb or default_budget_gb()),
+    )
+    return plan_request(
+        inputs.model, inputs.dictionaries, inputs.tokens, inputs.mask, lenses=options.lenses,
+        features=dict(enumerate(inputs.features)), options=lens_options, execution=execution,
+    )
 
 
-def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: dict, mesh, quiet: bool):
-    """The dense operators this run's lenses need: loaded from DIR, or computed and saved.
+def with_stored_plan(plan: LensPlan, stored: dict, quiet: bool) -> LensPlan:
+    """`plan` cut as run.json's stored plan says (a resumed run cuts its work as it started)."""
+    from qlens_jax.lens import ChunkPlan
+
+    execution = replace(
+        plan.execution, path=stored["path"], memory_budget_gb=stored["memory_budget_gb"],
+        sequences_per_chunk=stored["sequences_per_chunk"], tangent_chunk=stored["tangent_chunk"],
+        feature_chunk=stored["feature_chunk"], quiet=quiet,
+    )
+    chunks = ChunkPlan(stored["sequences_per_chunk"], stored["tangent_chunk"])
+    return replace(plan, path=stored["path"], chunks=chunks, execution=execution)
+
+
+def _shard_weights(options: JobOptions) -> bool | None:
+    return {"auto": None, "sharded": True, "replicated": False}[options.weights]
+
+
+def precision_kwargs(precision: str) -> dict:
+    """The `precision=` keyword of the kernel entry points (`query_lens`, the baselines, the
+    channel analysis) for `--precision`. The kernels take it once the precision option is
+    merged; until then float32 (their only behaviour) is passed as no keyword at all, so the
+    lead replaces this body by `return {"precision": precision}` when merging."""
+    return {} if precision == "float32" else {"precision": precision}
+
+
+def _operators(run: RunDir | None, plan: LensPlan, lenses) -> TransportOperators | None:
+    """The dense operators `lenses` need: loaded from DIR, or computed and saved.
 
     In a multi-process job every process takes part in computing them; process 0 (the only
     one with `run`) saves them, or loads them and broadcasts them to the others.
     """
     from qlens_jax import sharding
-    from qlens_jax.lens import ChunkPlan, TransportOperators, load_operators, save_operators, transport_operators
-    from qlens_jax.lens.points import dictionary_points
+    from qlens_jax.lens import TransportOperators, load_operators, save_operators, transport_operators_for
 
-    sweeps = tuple(sorted({SWEEP_OF_LENS[lens] for lens in lenses if lens in SWEEP_OF_LENS}))
-    if plan["path"] != "dense" or not sweeps:
+    plan = plan.select(lenses=tuple(lens for lens in plan.lenses if lens in lenses))
+    if plan.path != "dense" or not plan.transport_lenses:
         return None
     fields = ("value", "key", "first_order", "first_order_all")
     if distributed.share(run.operators.exists() if run else None):
@@ -156,14 +195,8 @@ def _operators(args, run: RunDir | None, model, inputs: Inputs, lenses, plan: di
         host = {f: np.asarray(getattr(operators, f)) for f in fields if getattr(operators, f) is not None} if run else None
         host = distributed.share_arrays(host)
         return TransportOperators(**{f: host.get(f) for f in fields}, **static)
-    chunk_plan = ChunkPlan(plan["sequences_per_chunk"], plan["tangent_chunk"])
-    # Sweep only the blocks between the embedding / the top and this run's dictionaries.
-    n_layers = model.config.n_layers
-    points = [dictionary_points(d.site_in, d.site_out, d.layer, n_layers) for d in inputs.dictionaries]
-    operators = transport_operators(model, inputs.tokens, inputs.mask, sweeps=sweeps, plan=chunk_plan, mesh=mesh,
-                                    shard_weights=_shard_weights(args), quiet=quiet,
-                                    memory_budget_gb=plan["memory_budget_gb"], value_from_point=min(p.write for p in points),
-                                    key_to_point=max(p.read_residual for p in points))
+    # Sweeps only the blocks between the embedding / the top and this run's dictionaries.
+    operators = transport_operators_for(plan)
     # Gathering to the host is a collective: every process, before process 0 saves alone.
     host = jax.tree.map(sharding.to_host, operators) if distributed.is_multiprocess() else operators
     if run:
@@ -179,21 +212,16 @@ def _slow_shards():
     return (lambda: time.sleep(float(seconds))) if seconds else None
 
 
-def _compute_shard(args, inputs: Inputs, model, operators, plan: dict, mesh, shard: Shard, self_check: bool):
-    from qlens_jax.lens import query_lens
+def _compute_shard(inputs: Inputs, plan: LensPlan, operators, shard: Shard, width: int, self_check: bool):
+    """The signature rows of one shard: its features, padded to the run's shard width (one
+    compilation per lens), read out under its lens, the padding dropped."""
+    from qlens_jax.lens import read_signatures
 
-    width = plan["shard_width"]
     ids = shard.features
     padded = np.concatenate([ids, np.full(width - len(ids), ids[-1])]) if len(ids) < width else ids
+    part = plan.select(lenses=(shard.lens,), features={shard.dictionary_index: padded})
+    (table,) = read_signatures(replace(part, execution=replace(part.execution, self_check=self_check)), operators)
     dictionary = inputs.dictionaries[shard.dictionary_index]
-    (table,) = query_lens(
-        model, [dictionary], inputs.tokens, inputs.mask, lenses=(shard.lens,), features=padded, k=args.k,
-        dtype=args.dtype, path=plan["path"], stats=args.stats, self_check=self_check,
-        remove_final_norm_bias=args.remove_final_norm_bias, first_order_key_mask_seed=args.first_order_key_mask_seed,
-        exact_norm_jacobian=args.exact_norm_jacobian, operators=operators, mesh=mesh, shard_weights=_shard_weights(args),
-        memory_budget_gb=plan["memory_budget_gb"], sequences_per_chunk=plan["sequences_per_chunk"],
-        tangent_chunk=plan["tangent_chunk"], feature_chunk=plan["feature_chunk"], quiet=True,
-    )
     reference = inputs.feature_strs[shard.dictionary_index]
     feature_strs = [reference.get(int(i)) or dictionary.feature_str(int(i)) for i in ids]
     return signature_rows(table, keep=len(ids), dictionary_index=shard.dictionary_index, feature_strs=feature_strs, vocab=inputs.vocab)
@@ -242,7 +270,7 @@ def _finish(run: RunDir, shards: list[Shard], finished: bool, timings: dict, sta
     return n_rows
 
 
-def run_signatures(args, argv) -> int:
+def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
     """The whole job; returns the exit code (0). Bad inputs raise `InputError` before any work.
 
     With `--distributed` every process runs this function: all of them load the inputs and
@@ -250,28 +278,29 @@ def run_signatures(args, argv) -> int:
     (run.json, lock, shards, operators, signatures.parquet) and tells the others what is left.
     """
     from qlens_jax.job.inputs import job_mesh
-    from qlens_jax.numerics import cast_model
 
-    if args.distributed:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    options = job.options
+    if options.distributed:
+        distributed.initialize(options.coordinator, options.num_processes, options.process_id)
     writer = distributed.is_writer()
-    quiet = args.quiet or not writer
+    quiet = options.quiet or not writer
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    inputs = distributed.checked(lambda: prepare(args, quiet, writes_output=writer))
+    inputs = distributed.checked(lambda: prepare(job, quiet, writes_output=writer))
     timings["inputs"] = time.perf_counter() - start
-    model = cast_model(inputs.model, args.dtype) if args.dtype != "float32" else inputs.model
-    mesh = distributed.checked(lambda: job_mesh(args, model))
-    shards = shard_plan(args.lenses, inputs.features, args.shard_size)
+    mesh = distributed.checked(lambda: job_mesh(options, inputs.model))
+    first = distributed.checked(lambda: lens_plan(options, inputs, mesh))
+    shards = shard_plan(options.lenses, inputs.features, options.shard_size)
     run = distributed.checked(
-        lambda: RunDir.open(args.out, _manifest(args, argv, inputs, _plan(args, inputs, model))) if writer else None
+        lambda: RunDir.open(options.out, _manifest(job, argv, inputs, _plan(options, inputs, first))) if writer else None
     )
     try:
         state = distributed.share(_start_session(run, shards, inputs, mesh) if run else None)
-        plan, todo = state["plan"], set(state["remaining"])
+        stored, todo = state["plan"], set(state["remaining"])
+        plan = with_stored_plan(first, stored, quiet)
 
         t = time.perf_counter()
-        operators = _operators(args, run, model, inputs, {s.lens for s in shards if s.name in todo}, plan, mesh, quiet) if todo else None
+        operators = _operators(run, plan, {s.lens for s in shards if s.name in todo}) if todo else None
         timings["operators"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -279,6 +308,7 @@ def run_signatures(args, argv) -> int:
         groups: dict[tuple[str, int], list[Shard]] = {}
         for shard in shards:
             groups.setdefault((shard.lens, shard.dictionary_index), []).append(shard)
+        reading = replace(plan, execution=replace(plan.execution, quiet=True))
         for (lens, index), group in groups.items():
             left = [s for s in group if s.name in todo]
             if not left:
@@ -286,8 +316,8 @@ def run_signatures(args, argv) -> int:
             dictionary = inputs.dictionaries[index]
             desc = f"readout {lens} L{dictionary.layer} {dictionary.name}"
             for shard in progress(left, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(left)):
-                self_check = args.self_check and shard.chunk == 0
-                rows = _compute_shard(args, inputs, model, operators, plan, mesh, shard, self_check)
+                self_check = options.self_check and shard.chunk == 0
+                rows = _compute_shard(inputs, reading, operators, shard, stored["shard_width"], self_check)
                 if run:
                     write_table(run.shard_path(shard.name), rows, before_publish)
         timings["readout"] = time.perf_counter() - t
@@ -303,7 +333,7 @@ def run_signatures(args, argv) -> int:
     resumed = f"; resumed with {session['shards_done_at_start']}/{len(shards)} shards done" if run.resumed else ""
     processes = f" on {jax.process_count()} processes" if distributed.is_multiprocess() else ""
     print(
-        f"qlens: {n_rows} signatures ({n_features} features x {len(args.lenses)} lenses, "
+        f"qlens: {n_rows} signatures ({n_features} features x {len(options.lenses)} lenses, "
         f"{len(inputs.dictionaries)} dictionaries) -> {run.signatures} in {_duration(timings['total'])}{processes} "
         f"(inputs {_duration(timings['inputs'])}, operators {_duration(timings['operators'])}, "
         f"readout {_duration(timings['readout'])}){resumed}",

@@ -1,4 +1,4 @@
-"""The Query Lens kernel: transports, dense operators, readouts and the `query_lens` API."""
+"""The Query Lens kernel: residual points, transports, dense operators, first order, and the staged `query_lens` API (readouts live in `qlens_jax.readout`)."""
 
 from qlens_jax.errors import SelfCheckError
 from qlens_jax.lens.api import check_operators, query_lens, read_signatures, transport_operators_for

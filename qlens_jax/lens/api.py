@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
 
 from qlens_jax import sharding
@@ -26,12 +25,11 @@ from qlens_jax.lens.means import per_feature_means, relative_variance
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.options import ExecutionOptions, LensOptions, split_options
 from qlens_jax.lens.plan import LensPlan, plan_request
-from qlens_jax.lens.readout import centered_embeddings, feature_chunk_for
-from qlens_jax.lens.readouts import ReadoutContext
 from qlens_jax.lens.signatures import DEFAULT_LENSES, Signatures, SignatureTable, lens_side
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Transformer
 from qlens_jax.progress import progress
+from qlens_jax.readout import ReadoutContext, centered_embeddings, feature_chunk_for
 
 
 def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
@@ -76,7 +74,7 @@ def _key_matrix(plan: LensPlan) -> Float[Array, "vocab d"]:
     matrix = centered_embeddings(plan.model, jnp.asarray(plan.tokens), jnp.asarray(plan.mask))
     if not plan.shard_weights:
         return matrix
-    return jax.device_put(matrix, NamedSharding(plan.execution.mesh, sharding.spec("vocab", None)))
+    return jax.device_put(matrix, sharding.named(plan.execution.mesh, "vocab", None))
 
 
 def _readout_context(plan: LensPlan) -> ReadoutContext:
@@ -173,19 +171,10 @@ def query_lens(
 ) -> Signatures:
     """Top-k and bottom-k tokens of each feature under each lens (DESIGN.md section 1).
 
-    Args:
-        model: the converted language model.
-        dictionaries: a `Dictionary`, a `DictionarySet` or a list of dictionaries.
-        tokens, mask: the token sample `[batch, seq]` and its right-padding mask.
-        lenses: any of `LENSES`.
-        features: None (all), ids applied to every dictionary, or a dict from dictionary
-            position (or `(name, layer)`) to ids.
-        options: what changes the numbers (`LensOptions`: k, dtype, precision, stats and the
-            convention options).
-        execution: how it runs (`ExecutionOptions`: path, mesh, memory, chunks, self-check,
-            progress).
+    The arguments are `plan_request`'s (model, dictionaries, sample, lenses, features and the
+    two option groups), plus:
         operators: precomputed `transport_operators` for this model and sample.
-        **option_fields: shorthand for single fields of either group, e.g. `k=10` or
+        **option_fields: shorthand for single fields of either option group, e.g. `k=10` or
             `path="dense"`; a name in neither group raises `TypeError`.
 
     The stages are `plan_request`, `transport_operators_for` and `read_signatures`.

@@ -29,7 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax import sharding
@@ -118,12 +118,12 @@ BLOCKWISE = {
     "value+key": blockwise.both_sweeps_blockwise,
 }
 SWEEP_ORDERS = ("auto", "blockwise", "basis")
-# Where the basis axis of each sweep's outputs lies (it is split over the mesh's `feature` axis).
+# Where the basis axis of each sweep's outputs lies (split over the mesh like `basis`).
 OUT_SPECS = {
-    "value": P(None, "feature", None),
-    "key": P(None, "feature", None),
-    "value+key": (P(None, "feature", None), P(None, "feature", None)),
-    "first_order": (P(None, None, "feature"), P(None, None, "feature")),
+    "value": sharding.spec(None, "basis", None),
+    "key": sharding.spec(None, "basis", None),
+    "value+key": (sharding.spec(None, "basis", None), sharding.spec(None, "basis", None)),
+    "first_order": (sharding.spec(None, None, "basis"), sharding.spec(None, None, "basis")),
 }
 
 
@@ -154,14 +154,12 @@ def sharded_sweep(
         extra = {"value": (first,), "key": (with_input_norms, stop), "value+key": (first, with_input_norms, stop)}[name]
     run = lambda model, tokens, mask, basis: function(model, tokens, mask, basis, tangent_chunk, *extra)
     if weights_sharded:
-        is_spec = lambda x: isinstance(x, P)
-        out_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), OUT_SPECS[name], is_leaf=is_spec)
-        return jax.jit(run, out_shardings=out_shardings)
+        return jax.jit(run, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]))
 
     def local(model, tokens, mask, basis):
-        return jax.tree.map(lambda x: jax.lax.psum(x, "data"), run(model, tokens, mask, basis))
+        return jax.tree.map(lambda x: jax.lax.psum(x, sharding.mesh_axes("batch")), run(model, tokens, mask, basis))
 
-    in_specs = (P(), P("data"), P("data"), P("feature"))
+    in_specs = (sharding.spec(), sharding.spec("batch"), sharding.spec("batch"), sharding.spec("basis"))
     # check_vma=False: the linearizations mix values that vary over different mesh axes.
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False))
 

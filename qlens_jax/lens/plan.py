@@ -18,10 +18,10 @@ from qlens_jax import sharding
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.points import DictionaryPoints, dictionary_points, key_residual_point, n_key_points
-from qlens_jax.lens.readouts import FeatureRows
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
+from qlens_jax.readout import FeatureRows
 
 SWEEP_OF_LENS = {
     "query_lens_value": "value",

@@ -24,7 +24,7 @@ from qlens_jax.baselines import (
     train_tuned_lens,
 )
 from qlens_jax.errors import InputError
-from qlens_jax.lens.readout import value_scores
+from qlens_jax.readout import value_scores
 from qlens_jax.lens.validation import LensRequestError
 from tiny_models import build_hf_model
 

@@ -1,14 +1,14 @@
 """`qlens channels` end to end on the CLI tests' tiny world (saved model, sae_lens folders, text corpus)."""
 
-import argparse
 import csv
 import json
 
 import numpy as np
 import pytest
 
-from qlens_jax.channels.cli import add_channels_command, main
 from qlens_jax.channels.checkpoint import load_maps
+from qlens_jax.cli import build_parser
+from qlens_jax.cli import main as qlens_main
 from world import build_world
 
 
@@ -20,6 +20,10 @@ def world(tmp_path_factory):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def main(argv):
+    return qlens_main(["channels", *argv])
 
 
 def channel_args(world, out, *extra):
@@ -71,15 +75,24 @@ def test_bad_inputs_are_one_line_errors(world, tmp_path, capsys):
     assert "--rank 0" in capsys.readouterr().err
 
 
-def test_add_channels_command_registers_the_subcommand():
-    parser = argparse.ArgumentParser(prog="qlens")
-    add_channels_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["channels", "--model", "m", "--dictionary", "d", "--out", "o", "--token-sample", "s.npy"])
-    assert args.command == "channels" and callable(args._run) and args.rank is None and args.features_per_layer == 1000
-
-
 def test_qlens_registers_channels(world, tmp_path, capsys):
-    from qlens_jax.cli import main as qlens_main
-
-    assert qlens_main(["channels", *channel_args(world, tmp_path / "r", "--validation-fraction", "1.5")]) == 2
+    args = build_parser().parse_args(["channels", "--model", "m", "--dictionary", "d", "--out", "o", "--token-sample", "s.npy"])
+    assert args.command == "channels" and callable(args._run) and args.rank is None and args.features_per_layer == 1000
+    assert args.precision == "float32" and args.corpus_encoding == "utf-8"
+    assert main(channel_args(world, tmp_path / "r", "--validation-fraction", "1.5")) == 2
     assert "qlens channels: error: --validation-fraction 1.5" in capsys.readouterr().err
+
+
+def test_bad_bytes_need_their_encoding(world, tmp_path, capsys):
+    corpus = tmp_path / "bytes.txt"
+    corpus.write_bytes(bytes(range(256)) * 64)
+
+    def args(out, *extra):
+        return [a if a != str(world.corpus_text) else str(corpus) for a in channel_args(world, tmp_path / out, "--no-plots", *extra)]
+
+    assert main(args("a")) == 2
+    err = capsys.readouterr().err
+    assert f"--corpus {corpus}: not valid utf-8 text: byte 128 (0x80)" in err and "--corpus-encoding" in err
+    assert main(args("b", "--corpus-encoding", "latin-1")) == 0
+    assert main(args("c", "--corpus-encoding", "latin-1", "--precision", "tf32")) == 2
+    assert "tf32 needs a GPU" in capsys.readouterr().err

@@ -37,6 +37,18 @@ def _jsonl_without_text(world, tmp_path):
     return path
 
 
+def _bytes_corpus(world, tmp_path):
+    path = tmp_path / "bytes.txt"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KB; byte 128 is the first that is not UTF-8
+    return path
+
+
+def _bytes_jsonl(world, tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n' * 3 + b'{"text": "caf\xe9"}\n')
+    return path
+
+
 # name -> (edit of the arguments, expected fragments of the one-line message)
 CASES = {
     "missing model": (lambda a, w, t: _replace(a, "--model", str(t / "no-model")), ["--model", "no-model", "no such file"]),
@@ -73,6 +85,18 @@ CASES = {
     "windows longer than the model's positions": (
         lambda a, w, t: _replace(a, "--max-length", "100"), ["--max-length 100", "64 positions"],
     ),
+    "corpus that is not UTF-8": (
+        lambda a, w, t: _replace(a, "--corpus", str(_bytes_corpus(w, t))),
+        ["--corpus", "bytes.txt", "not valid utf-8 text: byte 128 (0x80)", "--corpus-encoding"],
+    ),
+    "JSONL corpus that is not UTF-8": (
+        lambda a, w, t: _replace(a, "--corpus", str(_bytes_jsonl(w, t))),
+        ["--corpus", "bytes.jsonl", "byte 64 (0xe9)"],
+    ),
+    "unknown corpus encoding": (
+        lambda a, w, t: a + ["--corpus-encoding", "no-such-codec"], ["--corpus-encoding 'no-such-codec'", "not a text codec"],
+    ),
+    "tf32 without a GPU": (lambda a, w, t: a + ["--precision", "tf32"], ["--precision tf32", "tf32 needs a GPU"]),
     "non-positive k": (lambda a, w, t: a + ["--k", "0"], ["--k 0", "at least 1"]),
     "output under a file": (lambda a, w, t: _replace(a, "--out", str(w.corpus_text / "out")), ["--out", "corpus.txt", "not a directory"]),
     "output in a read-only place": (lambda a, w, t: _replace(a, "--out", "/proc/qlens-out"), ["--out", "/proc/qlens-out", "cannot write"]),
@@ -128,13 +152,17 @@ def test_export_and_view_need_a_finished_run(command, world, tmp_path, capsys):
     assert "the run is not finished" in capsys.readouterr().err
 
 
+PRECISION = ["--precision", "tf32 = TensorFloat-32", "GPUs only", "float32 accumulation", "Distinct from --dtype"]
 HELP = {
-    (): ["signatures", "export", "view", "main job"],
+    (): ["signatures", "export", "view", "demo", "channels", "evaluate", "main job"],
     ("signatures",): ["--model", "--dictionary", "--corpus", "--out", "--token-sample", "--num-samples", "--max-length",
                       "--seed", "--prepend-bos", "--lenses", "--layers", "--features", "--k", "--dtype", "--path",
-                      "--memory-budget-gb", "--quiet", "default: 25", "1024", "resumable"],
+                      "--memory-budget-gb", "--quiet", "default: 25", "1024", "resumable", "--corpus-encoding", *PRECISION],
     ("export",): ["feature_analysis.jsonl", "--format", "stream_transition"],
     ("view",): ["self-contained", "#q=", "--out"],
+    ("demo",): ["bundled", "--num-samples", "--out", *PRECISION],
+    ("channels",): ["rank-r map", "--rank", "--corpus", "--corpus-encoding", "--token-sample", "--seed", *PRECISION],
+    ("evaluate",): ["I(T)", "--signatures", "--baselines", "--corpus-encoding", "--judge", *PRECISION],
 }
 
 
@@ -147,3 +175,20 @@ def test_help_explains_every_subcommand(command, capsys):
     assert text.startswith("usage: qlens")
     for fragment in HELP[command]:
         assert fragment in text, fragment
+
+
+def test_the_qlens_script_and_python_m_run_the_cli():
+    import importlib
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    import qlens_jax.cli
+
+    root = Path(__file__).resolve().parents[2]
+    target = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["qlens"]
+    module, _, function = target.partition(":")
+    assert getattr(importlib.import_module(module), function) is qlens_jax.cli.main
+    done = subprocess.run([sys.executable, "-m", "qlens_jax.cli", "--help"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: qlens" in done.stdout and "evaluate" in done.stdout

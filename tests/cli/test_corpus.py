@@ -159,3 +159,21 @@ def test_cli_reads_a_text_corpus_a_token_sample_and_a_jsonl_corpus(world, tmp_pa
     np.testing.assert_array_equal(np.load(from_jsonl / "sample.npy"), tokens)
     sample = json.loads((from_jsonl / "run.json").read_text())["inputs"]["sample"]
     assert (sample["format"], sample["documents"], sample["seed"], sample["prepend_bos"]) == ("jsonl", 40, 5, True)
+
+
+def test_a_corpus_in_another_encoding_runs_with_corpus_encoding(world, tmp_path):
+    """16 KB of the bytes 0..255 is no UTF-8 (exit code 2, see test_cli_errors) but is latin-1:
+    read so, it gives the sample of its decoded text, and run.json records the encoding."""
+    corpus = tmp_path / "bytes.txt"
+    corpus.write_bytes(bytes(range(256)) * 64)
+    out = tmp_path / "latin-1"
+    args = base_args(world, out, *LOGIT_LENSES, "--corpus-encoding", "latin-1")
+    args[args.index("--corpus") + 1] = str(corpus)
+    assert main(args) == 0
+    tokenizer = converters.load_tokenizer(world.model)
+    as_text = tmp_path / "as-text.txt"
+    as_text.write_text(corpus.read_bytes().decode("latin-1"), encoding="utf-8", newline="")
+    tokens, _ = sample_windows(tokenize_corpus(as_text, tokenizer), 6, 10, seed=0)
+    np.testing.assert_array_equal(np.load(out / "sample.npy"), tokens)
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["corpus_encoding"] == "latin-1" and run["inputs"]["sample"]["encoding"] == "latin-1"

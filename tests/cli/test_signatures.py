@@ -6,6 +6,7 @@ folder is refused."""
 import json
 
 import numpy as np
+import pytest
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -62,11 +63,14 @@ def test_run_json_records_the_run(world, full_run):
     assert run["status"] == "complete"
     assert run["command"] == ["qlens", *args]
     assert run["options"]["lenses"] == list(qlens_jax.LENSES) and run["options"]["k"] == 25 and run["options"]["stats"] is True
+    assert run["options"]["precision"] == "float32" and run["fingerprint_inputs"]["precision"] == "float32"
+    assert run["options"]["corpus_encoding"] == "utf-8"
     inputs = run["inputs"]
     assert len(inputs["model"]["sha256"]) == 64 and inputs["model"]["config"]["d_model"] == world.d_model
     assert [d["name"] for d in inputs["dictionaries"]] == ["resid-post-40", "resid-pre-40", "transcoder-40"]
     assert all(len(d["sha256"]) == 64 for d in inputs["dictionaries"])
     sample = inputs["sample"]
+    assert sample["encoding"] == "utf-8"
     assert sample["shape"] == [6, 10] and sample["seed"] == 0 and sample["prepend_bos"] is False and sample["format"] == "text"
     assert len(sample["file_sha256"]) == 64
     assert run["plan"]["path"] == "dense" and run["plan"]["shard_width"] == 40
@@ -89,13 +93,14 @@ def test_restart_of_a_finished_run_changes_nothing(full_run, capsys):
     assert len(json.loads((out / "run.json").read_text())["sessions"]) == 2
 
 
-def test_different_inputs_into_the_same_folder_are_refused(world, full_run, capsys):
+@pytest.mark.parametrize("change, differs", [(["--k", "5"], "k"), (["--precision", "bfloat16"], "precision")])
+def test_different_inputs_into_the_same_folder_are_refused(world, full_run, capsys, change, differs):
     out, args, _ = full_run
     before = (out / "signatures.parquet").read_bytes()
-    changed = args + ["--k", "5"]
+    changed = args + change
     assert main(changed) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("qlens signatures: error: --out") and "different inputs (k);" in err and "\n" not in err
+    assert err.startswith("qlens signatures: error: --out") and f"different inputs ({differs});" in err and "\n" not in err
     assert (out / "signatures.parquet").read_bytes() == before
 
 

@@ -1,27 +1,20 @@
 """`qlens evaluate` end to end on the bundled default model (a few features, tiny settings),
 reading a `qlens signatures` run and computing baselines; bad input gives a clear error."""
 
-import argparse
 import csv
 import json
 
 import pytest
 
 from qlens_jax import default
+from qlens_jax.cli import build_parser
 from qlens_jax.errors import InputError
-from qlens_jax.evaluation.cli import add_evaluate_command
 
 DICTIONARY = str(default.dictionary_dir("resid-post-2"))
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="qlens")
-    add_evaluate_command(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 def _run(argv):
-    args = _parse(argv)
+    args = build_parser().parse_args(argv)
     return args._run(args, argv)
 
 
@@ -66,6 +59,7 @@ def test_evaluate_run_and_baselines(run_dir, tmp_path):
     (["--baselines", "zero_in"], "unknown lens 'zero_in'"),
     (["--baselines", "tuned_lens"], "needs --tuned-lens DIR or --train-tuned-lens"),
     (["--k", "0", "--baselines", "zero_out"], "--k 0"),
+    (["--baselines", "zero_out", "--corpus-encoding", "no-such-codec"], "--corpus-encoding 'no-such-codec'"),
     ([], "nothing to evaluate"),
 ])
 def test_bad_input(tmp_path, extra, message):

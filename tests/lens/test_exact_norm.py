@@ -9,7 +9,7 @@ import pytest
 import qlens_jax
 from kernel_fixtures import FEATURES, setup
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.lens.readout import centered_embeddings
+from qlens_jax.readout import centered_embeddings
 from qlens_jax.models import block_forward
 
 

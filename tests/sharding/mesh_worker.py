@@ -11,8 +11,9 @@ import numpy as np
 import qlens_jax
 from kernel_fixtures import dictionary_set
 from qlens_jax import sharding
-from qlens_jax.lens.readouts import ReadoutContext, _chunked, _readout
-from qlens_jax.lens.readout import centered_embeddings
+from qlens_jax.readout import ReadoutContext, centered_embeddings
+from qlens_jax.readout.programs import readout_chunks
+from qlens_jax.readout.streaming import chunked
 from tiny_models import build_hf_model, padded_batch
 
 import converters
@@ -40,10 +41,10 @@ def main():
             sharding.put(np.arange(model.config.d_model), mesh, "basis"),
         ).compile().as_text()
         context = ReadoutContext(model, centered_embeddings(model, tokens, mask), False, 10, 16, mesh)
-        chunks, _ = _chunked(np.asarray(dictionaries[0].value_vectors()), 16, context.layout)
+        chunks, _ = chunked(np.asarray(dictionaries[0].value_vectors()), 16, context.layout)
         score_fn = context.score_fn("value", ops.value[2])
-        readout = _readout(score_fn, chunks, 10, context.layout)
-        readout_hlo = jax.jit(lambda c: _readout(score_fn, c, 10, context.layout)).lower(chunks).compile().as_text()
+        readout = readout_chunks(score_fn, chunks, 10, context.layout)
+        readout_hlo = jax.jit(lambda c: readout_chunks(score_fn, c, 10, context.layout)).lower(chunks).compile().as_text()
         topk_rows = sorted({int(m) for m in re.findall(r"\(f32\[(\d+),10\][^)]*\) custom-call", readout_hlo)})
         report[str(shape)] = {
             "scores": [t.top_scores.tolist() for t in sigs],

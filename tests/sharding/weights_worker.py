@@ -9,14 +9,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
 import qlens_jax
 from kernel_fixtures import dictionary_set
 from qlens_jax import sharding
 from qlens_jax.lens import chunks, operators
-from qlens_jax.lens.readouts import Layout, ReadoutContext, _chunked, _readout, _topk
-from qlens_jax.lens.readout import centered_embeddings
+from qlens_jax.readout import Layout, ReadoutContext, centered_embeddings, top_and_bottom
+from qlens_jax.readout.programs import readout_chunks
+from qlens_jax.readout.streaming import chunked
 from tiny_models import build_hf_model, padded_batch
 
 import converters
@@ -45,9 +45,9 @@ def compiled_programs(model, placed, mesh, tokens, mask, dictionary, vocab: int)
         sharding.put(np.arange(model.config.d_model), mesh, "basis"),
     ).compile().as_text()
     context = ReadoutContext(placed, centered_embeddings(placed, tokens, mask), False, 10, 16, mesh)
-    chunk, _ = _chunked(np.asarray(dictionary.value_vectors()), 16, context.layout)
+    chunk, _ = chunked(np.asarray(dictionary.value_vectors()), 16, context.layout)
     score_fn = context.score_fn("value")
-    compiled = _readout.lower(score_fn, chunk, 10, context.layout).compile()
+    compiled = readout_chunks.lower(score_fn, chunk, 10, context.layout).compile()
     readout, result = compiled.compiled.as_text(), compiled(score_fn, chunk, 10, context.layout)
     return {
         "sweep_full_vocab": full_vocab_shapes(sweep, vocab, padded),
@@ -67,9 +67,9 @@ def split_topk_matches(mesh, vocab: int, k: int = 40) -> bool:
     scores = np.random.default_rng(0).integers(0, 3, size=(8, -(-vocab // n_vocab) * n_vocab)).astype(np.float32)
     scores[:, vocab:] = np.where(np.arange(scores.shape[1] - vocab) % 2, 99.0, -99.0)
     layout = Layout(vocab, mesh, split_vocab=True)
-    placed = jax.device_put(scores, NamedSharding(mesh, sharding.spec(layout.row_axis, "vocab")))
+    placed = jax.device_put(scores, sharding.named(mesh, layout.row_axis, "vocab"))
     split = jax.jit(lambda s: layout.topk(s, k))(placed)
-    whole = _topk(jnp.asarray(scores[:, :vocab]), k)
+    whole = top_and_bottom(jnp.asarray(scores[:, :vocab]), k)
     return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(split, whole))
 
 

@@ -1,10 +1,5 @@
 """`qlens evaluate`: score lenses' signatures with I(T) and O(T) (and optionally a judge).
 
-Wiring (the CLI owner's choice): `add_evaluate_command(subparsers)` adds the subcommand to an
-argparse subparsers object; `configure_evaluate(parser)` fills a parser and returns the runner
-`(args, argv) -> exit code`, the form `qlens_jax.cli`'s `@subcommand` registry takes;
-`run_evaluate(args)` runs it.
-
 Inputs: the signatures of a finished `qlens signatures` run (its folder or signatures.parquet)
 and/or baseline lenses computed here (`--baselines`), the model and dictionaries they were
 computed for, and a corpus (its non-overlapping windows are the contexts of the input score;
@@ -23,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qlens_jax.cli.options import add_corpus_encoding_argument, add_precision_argument, check_precision, dictionary_sources, model_source
 from qlens_jax.errors import InputError
 
 EPILOG = """\
@@ -37,7 +33,7 @@ judge is off unless --judge is given with --judge-endpoint (any OpenAI-compatibl
 BASELINE_CHOICES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens", "tuned_lens_linear")
 
 
-def configure_evaluate(parser: argparse.ArgumentParser):
+def configure(parser: argparse.ArgumentParser):
     """Declare `qlens evaluate`'s arguments on `parser`; returns the runner."""
     parser.epilog = EPILOG
     io = parser.add_argument_group("inputs and output")
@@ -51,6 +47,7 @@ def configure_evaluate(parser: argparse.ArgumentParser):
     io.add_argument("--text-field", default="text", help="field holding the text in JSONL / datasets corpora")
     io.add_argument("--corpus-split", help="split of a datasets DatasetDict (default: train)")
     io.add_argument("--corpus-max-tokens", type=int, help="read only the first N corpus tokens")
+    add_corpus_encoding_argument(io)
     io.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--features", metavar="RANGES", help="only these feature ids (default: those in the signatures)")
@@ -82,16 +79,9 @@ def configure_evaluate(parser: argparse.ArgumentParser):
     judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     judge.add_argument("--judge-model", default="gpt-4o-mini", help="model name sent to the endpoint")
     judge.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the API key, if the endpoint needs one")
+    add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return lambda args, argv=None: run_evaluate(args)
-
-
-def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
-    """Add `evaluate` to an argparse subparsers object (sets `_run` like the other commands)."""
-    parser = subparsers.add_parser("evaluate", help="score lenses with the input and output scores (the paper's Table 1)",
-                                   description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(_run=configure_evaluate(parser))
-    return parser
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -119,6 +109,8 @@ def _baselines(text: str | None) -> tuple[str, ...]:
 
 
 def _check(args) -> None:
+    from qlens_jax.corpus import check_encoding
+
     for name in ("k", "context_length", "min_contexts", "top_promoted", "num_samples", "max_length", "tuned_lens_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
@@ -142,6 +134,8 @@ def _check(args) -> None:
         _judge_config(args).check()
     elif args.judge_endpoint:
         raise InputError("--judge-endpoint is given but --judge is not; add --judge to ask the judge")
+    check_encoding(args.corpus_encoding)
+    check_precision(args.precision)
 
 
 def _judge_config(args):
@@ -150,11 +144,12 @@ def _judge_config(args):
     return JudgeConfig(endpoint=args.judge_endpoint, model=args.judge_model, api_key_env=args.judge_api_key_env)
 
 
-def _corpus_windows(args, tokenizer, vocab_size: int, quiet: bool) -> tuple[np.ndarray, dict]:
+def _corpus_windows(args, tokenizer, vocab_size: int, quiet: bool):
+    """(context windows, their description, the tokenized corpus) of --corpus."""
     from qlens_jax.corpus import tokenize_corpus
 
     corpus = tokenize_corpus(Path(args.corpus).expanduser(), tokenizer, text_field=args.text_field, split=args.corpus_split,
-                             max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet)
+                             max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet, encoding=args.corpus_encoding)
     if corpus.n_tokens and corpus.ids.max() >= vocab_size:
         raise InputError(f"--corpus {args.corpus}: token ids beyond the model's vocabulary ({vocab_size})")
     n = corpus.n_tokens // args.context_length
@@ -163,8 +158,9 @@ def _corpus_windows(args, tokenizer, vocab_size: int, quiet: bool) -> tuple[np.n
     windows = corpus.ids[: n * args.context_length].reshape(n, args.context_length)
     if args.max_contexts and n > args.max_contexts:
         windows = windows[np.sort(np.random.default_rng(args.seed).choice(n, args.max_contexts, replace=False))]
-    return windows.astype(np.int32), {"corpus": str(Path(args.corpus).absolute()), "corpus_tokens": corpus.n_tokens,
-                                      "context_windows": int(windows.shape[0]), "context_length": args.context_length}
+    description = {"corpus": str(Path(args.corpus).absolute()), "corpus_tokens": corpus.n_tokens,
+                   "context_windows": int(windows.shape[0]), "context_length": args.context_length}
+    return windows.astype(np.int32), description, corpus
 
 
 def _select(sigs, dictionaries, args):
@@ -227,12 +223,12 @@ def run_evaluate(args) -> int:
     from qlens_jax.baselines import (TunedLensTraining, all_points, baseline_signatures, library_points, load_tuned_lens,
                                      save_tuned_lens, train_tuned_lens)
     from qlens_jax.baselines.splice import write_point
-    from qlens_jax.corpus import tokenize_corpus
     from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch
     from qlens_jax.evaluation.report import write_report
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
-    from qlens_jax.job.inputs import bos_id, load_dictionary_sources, load_model_source, vocab_strings
+    from qlens_jax.job.inputs import bos_token_id, load_dictionary_sources, load_model_source, vocab_strings
+    from qlens_jax.job.run import precision_kwargs
     from qlens_jax.lens.signatures import Signatures
 
     started = time.time()
@@ -243,18 +239,16 @@ def run_evaluate(args) -> int:
                                 match=args.match, seed=args.seed)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    model, model_dir, tokenizer = load_model_source(args)
-    dictionaries = load_dictionary_sources(args, model)
+    model, model_dir, tokenizer = load_model_source(model_source(args))
+    dictionaries = load_dictionary_sources(dictionary_sources(args), model)
     vocab = vocab_strings(tokenizer, model.config.vocab_size)
     sigs = load_signatures(args.signatures) if args.signatures else Signatures()
     sigs, features = _select(sigs, dictionaries, args)
-    windows, description = _corpus_windows(args, tokenizer, model.config.vocab_size, quiet)
+    windows, description, corpus = _corpus_windows(args, tokenizer, model.config.vocab_size, quiet)
     record = {"command": sys.argv, "inputs": {"model": str(model_dir), "dictionaries": [f"{d.name}/{d.layer}" for d in dictionaries],
                                               "signatures": args.signatures, **description},
               "options": {k: v for k, v in vars(args).items() if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None), tuple, list))}}
     if args.baselines:
-        corpus = tokenize_corpus(Path(args.corpus).expanduser(), tokenizer, text_field=args.text_field, split=args.corpus_split,
-                                 max_tokens=args.corpus_max_tokens, vocab_size=model.config.vocab_size, quiet=True)
         (tokens, mask), sample = _baseline_sample(args, corpus, model, quiet)
         record["baseline_sample"] = sample
         translators = None
@@ -274,7 +268,7 @@ def run_evaluate(args) -> int:
                                     "heldout_kl_trained": training.heldout_kl_trained}
         wanted = {i: ids for i, ids in enumerate(features) if len(ids)}
         baselines = baseline_signatures(model, dictionaries, tokens, mask, lenses=args.baselines, features=wanted, k=args.k,
-                                        translators=translators, quiet=quiet)
+                                        translators=translators, quiet=quiet, **precision_kwargs(args.precision))
         save_signatures(baselines, out / "baselines.parquet", dictionaries, vocab)
         sigs = Signatures([*sigs, *baselines])
     if not len(sigs):
@@ -283,7 +277,7 @@ def run_evaluate(args) -> int:
         prefixes = [line.strip() for line in Path(args.prefixes).read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         prefixes = list(NEUTRAL_PREFIXES)
-    bos = bos_id(args, tokenizer, Path(model_dir)) if args.prepend_bos else None
+    bos = bos_token_id(args.bos_id, tokenizer, Path(model_dir)) if args.prepend_bos else None
     if args.prepend_bos and bos is None:
         raise InputError("--prepend-bos: the tokenizer names no BOS token; give its id with --bos-id")
     prefix_tokens, prefix_mask = prefix_batch(tokenizer, prefixes, bos_id=bos)

@@ -15,11 +15,22 @@ largest group maximum is zero or denormal, or some maximum is NaN: a call where 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 GROUP = 64
+
+
+class TopK(NamedTuple):
+    """The best and worst `k` tokens of each row, best first (`bottom_scores` ascending)."""
+
+    top_ids: Int[Array, "n k"]
+    top_scores: Float[Array, "n k"]
+    bottom_ids: Int[Array, "n k"]
+    bottom_scores: Float[Array, "n k"]
 
 
 def top_k(x: Float[Array, "n vocab"], k: int, negate: bool = False, group: int = GROUP) -> tuple[Float[Array, "n k"], Int[Array, "n k"]]:
@@ -47,3 +58,10 @@ def top_k(x: Float[Array, "n vocab"], k: int, negate: bool = False, group: int =
     kth = best.min(axis=1)
     exact = jnp.all(jnp.abs(kth) >= jnp.finfo(x.dtype).smallest_normal) & ~jnp.isnan(maxima).any()
     return jax.lax.cond(exact, candidates, whole)
+
+
+def top_and_bottom(scores: Float[Array, "n vocab"], k: int) -> TopK:
+    """The top `k` and bottom `k` entries of each row (ids and scores), by `top_k`."""
+    top_scores, top_ids = top_k(scores, k)
+    neg, bottom_ids = top_k(scores, k, negate=True)
+    return TopK(top_ids, top_scores, bottom_ids, -neg)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from kernel_fixtures import setup
-from qlens_jax.lens import readouts
-from qlens_jax.lens.readout import centered_embeddings
-from qlens_jax.lens.readouts import FeatureRows, ReadoutContext
+from lens.kernel_fixtures import setup
+from qlens_jax.readout import FeatureRows, ReadoutContext, centered_embeddings
+from qlens_jax.readout import context as readout_context
+from qlens_jax.readout.streaming import ResultRows
 
 CHUNK = 8
 
@@ -39,7 +39,7 @@ def gpt2():
 def in_flight(monkeypatch):
     """The most chunks dispatched to the readout and not yet fetched, over one run."""
     counts = {"dispatched": 0, "fetched": 0, "most": 0}
-    readout, append = readouts._readout, readouts._Rows.append
+    readout, append = readout_context.readout_chunks, ResultRows.append
 
     def dispatch(*args, **kwargs):
         counts["dispatched"] += 1
@@ -50,8 +50,8 @@ def in_flight(monkeypatch):
         counts["fetched"] += 1
         return append(self, *args)
 
-    monkeypatch.setattr(readouts, "_readout", dispatch)
-    monkeypatch.setattr(readouts._Rows, "append", fetch)
+    monkeypatch.setattr(readout_context, "readout_chunks", dispatch)
+    monkeypatch.setattr(ResultRows, "append", fetch)
     return counts
 
 

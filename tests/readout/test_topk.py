@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from qlens_jax.lens.topk import top_k
+from qlens_jax.readout.topk import top_k
 
 GROUP = 16
 

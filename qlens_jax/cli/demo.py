@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from qlens_jax import default
+from qlens_jax.cli.options import add_precision_argument
 
 DEMO_LENSES = ("logit_lens_value", "logit_lens_key", "query_lens_value", "query_lens_key")
 # Dictionaries whose clearest feature the summary shows (positions in DICTIONARY_NAMES).
 SHOWN = (1, 3, 4)
 
 
-def signatures_argv(out: Path, num_samples: int, max_length: int, quiet: bool) -> list[str]:
+def signatures_argv(out: Path, num_samples: int, max_length: int, quiet: bool, precision: str = "float32") -> list[str]:
     """The `qlens signatures` command line the demo runs."""
     argv = ["signatures", "--model", str(default.model_dir())]
     for name in default.DICTIONARY_NAMES:
@@ -29,6 +30,7 @@ def signatures_argv(out: Path, num_samples: int, max_length: int, quiet: bool) -
         "--num-samples", str(num_samples),
         "--max-length", str(max_length),
         "--lenses", ",".join(DEMO_LENSES),
+        "--precision", precision,
         "--out", str(out),
     ]
     return argv + (["--quiet"] if quiet else [])
@@ -67,10 +69,11 @@ def _tokens(tokens: list[str], n: int = 8) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """`qlens signatures` then `qlens view` on the bundled inputs; prints example features."""
     from qlens_jax.cli import main
 
     out = Path(args.out)
-    code = main(signatures_argv(out, args.num_samples, args.max_length, args.quiet))
+    code = main(signatures_argv(out, args.num_samples, args.max_length, args.quiet, args.precision))
     if code:
         return code
     code = main(["view", str(out)])
@@ -84,17 +87,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def configure(parser: argparse.ArgumentParser):
+    """Declare `qlens demo`'s options; returns the runner."""
     parser.add_argument("--out", default="qlens-demo", metavar="DIR", help="output folder")
     parser.add_argument("--num-samples", type=int, default=128, metavar="N", help="windows of held-out text in the sample")
     parser.add_argument("--max-length", type=int, default=32, metavar="N", help="tokens per window")
+    add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return lambda args, argv: run_demo(args)
-
-
-HELP = "run the main job on the bundled model and dictionaries (offline, about a minute)"
-DESCRIPTION = (
-    "Compute Logit Lens and Query Lens signatures (both sides) of every feature of the bundled\n"
-    "dictionaries (TopK SAEs on every layer of a small GPT-2 trained by the project, and a\n"
-    "transcoder), on a seeded sample of the bundled held-out text; write the viewer; print a few\n"
-    "example features. Needs no network."
-)

@@ -1,0 +1,91 @@
+"""Options several subcommands share, and their parsed values as `qlens_jax.job.spec` values.
+
+`add_*` declare arguments on a parser or argument group; `model_source`, `dictionary_sources`,
+`sample_spec` build the frozen job values from the parsed namespace; `check_precision` is the
+one check of `--precision` that depends on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from qlens_jax.job.spec import DictionarySources, ModelSource, SampleSpec
+from qlens_jax.lens.options import PRECISIONS
+
+PRECISION_HELP = (
+    "precision of the matrix products: float32 = true float32 on every backend (the reference); "
+    "tf32 = TensorFloat-32 tensor cores (GPUs only); bfloat16 = bfloat16 inputs with float32 accumulation. "
+    "Distinct from --dtype, which is what arrays are stored in"
+)
+
+
+def add_model_arguments(group, model_help: str, dictionary_help: str) -> None:
+    """--model, --tokenizer, --dictionary (repeatable)."""
+    group.add_argument("--model", required=True, metavar="SRC", help=model_help)
+    group.add_argument("--tokenizer", metavar="SRC", help="tokenizer folder or Hub id (default: the model's)")
+    group.add_argument("--dictionary", required=True, action="append", metavar="SRC", help=dictionary_help)
+
+
+def add_layers_argument(group, help: str = "only dictionaries at these layers, e.g. 3,5-7 (default: all)") -> None:
+    group.add_argument("--layers", metavar="RANGES", help=help)
+
+
+def add_corpus_encoding_argument(group) -> None:
+    group.add_argument("--corpus-encoding", default="utf-8", metavar="CODEC",
+                       help="text encoding of text and JSONL corpora: any Python codec name, e.g. latin-1, cp1252")
+
+
+def add_sample_arguments(group, seed: bool = True) -> None:
+    """The token-sample options of `qlens signatures` (`seed`: also declare --seed here)."""
+    group.add_argument("--corpus", metavar="SRC",
+                       help="text file, JSONL file (one document per line), folder saved by datasets' save_to_disk, or .npy of token ids")
+    group.add_argument("--token-sample", metavar="FILE.npy",
+                       help="use this [num_samples, max_length] id array as the sample instead (-1 marks right padding)")
+    group.add_argument("--num-samples", type=int, default=None, metavar="N", help="windows in the sample (default 1024, as in the paper)")
+    group.add_argument("--max-length", type=int, default=None, metavar="N", help="tokens per window (default 32, as in the paper)")
+    if seed:
+        group.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the window sampling")
+    group.add_argument("--prepend-bos", action="store_true", help="start every window with BOS (the reference does not)")
+    group.add_argument("--bos-id", type=int, metavar="ID", help="BOS token id (default: from tokenizer_config.json or config.json)")
+    group.add_argument("--windows", choices=("concat", "document"), default="concat",
+                       help="concat: windows over the concatenated documents (the reference); "
+                            "document: inside one document, short ones right-padded")
+    group.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text in JSONL / datasets corpora")
+    group.add_argument("--corpus-split", metavar="NAME", help="split of a datasets DatasetDict (default: train)")
+    group.add_argument("--corpus-format", choices=("text", "jsonl", "datasets", "npy"), help="force the corpus format (default: detected)")
+    group.add_argument("--corpus-max-tokens", type=int, metavar="N", help="read only the first N tokens of the corpus")
+    add_corpus_encoding_argument(group)
+
+
+def add_precision_argument(group) -> None:
+    group.add_argument("--precision", default="float32", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    return ModelSource(model=args.model, tokenizer=args.tokenizer)
+
+
+def dictionary_sources(args: argparse.Namespace) -> DictionarySources:
+    return DictionarySources(sources=tuple(args.dictionary), layers=args.layers)
+
+
+def sample_spec(args: argparse.Namespace) -> SampleSpec:
+    """The `add_sample_arguments` options (and --seed) as a `SampleSpec`."""
+    return SampleSpec(
+        corpus=args.corpus, token_sample=args.token_sample, num_samples=args.num_samples, max_length=args.max_length,
+        seed=args.seed, prepend_bos=args.prepend_bos, bos_id=args.bos_id, windows=args.windows, text_field=args.text_field,
+        corpus_split=args.corpus_split, corpus_format=args.corpus_format, corpus_max_tokens=args.corpus_max_tokens,
+        corpus_encoding=args.corpus_encoding,
+    )
+
+
+def check_precision(precision: str) -> None:
+    """`--precision tf32` needs a GPU (TensorFloat-32 exists only on NVIDIA tensor cores)."""
+    from qlens_jax.errors import InputError
+
+    if precision == "tf32":
+        import jax
+
+        if jax.default_backend() != "gpu":
+            raise InputError(f"--precision tf32: tf32 needs a GPU (this machine runs JAX on {jax.default_backend()}); "
+                             "use float32 or bfloat16")

@@ -1,0 +1,215 @@
+"""Reverse lookup (DESIGN.md section 8): which features of a run promote a token, or respond to it.
+
+For token `t` and every feature `i` of a dictionary, the exact Query Lens score of `t`:
+
+- value side: `s_i(t) = W_U[:, t]^T LN_final(M_p v_i)` (plus soft-capping where the model has
+  it), with the model's final norm applied per feature by the forward readout's own function
+  (`value_scores`, on the model with its unembedding cut to column `t`);
+- key side: `s_i(t) = <(e_t - c) / ||e_t - c||, K_p k_i>`, the row of the forward readout's
+  centered embeddings (`centered_embeddings`, the run's sample) against the transported key;
+  being linear, it is computed as `<r_t K_p, k_i>` (`n x d_model` per lookup).
+
+The operators `M_p` / `K_p` are the run's own (`DIR/operators`), loaded once; the dictionary
+rows are memory-mapped (`rows`) and scored in chunks: on the value side `n_features x d_model^2`
+for the transport (the final norm is not linear) and `n_features x d_model` for the column, never a
+`n_features x vocab` matrix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from qlens_jax.errors import InputError
+from qlens_jax.lens.readout import centered_embeddings, dot_scores, value_scores
+from qlens_jax.serve.rows import DictionaryRows, open_rows
+from qlens_jax.serve.rundata import DictionaryEntry, RunData
+
+SIDES = {"value": "promotes", "key": "activated-by"}
+CHUNK = 8192
+MAX_TOP = 10_000
+
+
+@dataclass(frozen=True)
+class ReverseHit:
+    """One ranked feature: its dictionary, layer, feature id and the token's exact score."""
+
+    rank: int
+    dictionary: str
+    dictionary_index: int
+    layer: int
+    feature: int
+    score: float
+
+    def as_dict(self) -> dict:
+        return dict(rank=self.rank, dictionary=self.dictionary, dictionary_index=self.dictionary_index, layer=self.layer,
+                    feature=self.feature, score=self.score)
+
+
+@eqx.filter_jit
+def _value_chunk(model, op: Float[Array, "d d"], rows: Float[Array, "n d"], remove_final_norm_bias: bool) -> Float[Array, " n"]:
+    return value_scores(model, jnp.matmul(rows, op.T.astype(jnp.float32)), remove_final_norm_bias)[:, 0]
+
+
+@eqx.filter_jit
+def _key_chunk(pulled_row: Float[Array, "1 d"], rows: Float[Array, "n d"]) -> Float[Array, " n"]:
+    return dot_scores(pulled_row, rows)[:, 0]
+
+
+def pulled_readout_row(readout_row: Float[Array, "1 d"], op: Float[Array, "d d"]) -> Float[Array, "1 d"]:
+    """The key readout row pulled back through the operator: `<r, K k> = <r K, k>`. The key
+    readout is linear in the transported vector (no norm), so one `d x d` product replaces the
+    transport of every feature (`n x d^2`)."""
+    return jnp.matmul(readout_row, op.astype(jnp.float32))
+
+
+def column_model(model, token: int):
+    """`model` with its unembedding cut to the one column `token` (the value readout of one token)."""
+    column = model.W_U[:, token : token + 1].T
+    return eqx.tree_at(lambda m: m.lm_head, model, column, is_leaf=lambda x: x is None)
+
+
+class ReverseLookup:
+    """A run's model, tokenizer, sample and operators, loaded once and checked against run.json;
+    `lookup` ranks every feature of the run's dictionaries by one token's exact score."""
+
+    def __init__(self, run: RunData | str | Path, chunk: int = CHUNK):
+        import converters
+        from qlens_jax.corpus import CorpusError, load_token_sample
+        from qlens_jax.io.hashing import model_hash, text_hash
+        from qlens_jax.job.inputs import vocab_strings
+        from qlens_jax.lens import cast_model, load_operators
+
+        run = run if isinstance(run, RunData) else RunData(run)
+        self.run, self.chunk = run, chunk
+        inputs, options = run.manifest["inputs"], run.manifest["options"]
+        self.model_path = inputs["model"]["path"]
+        try:
+            model = converters.load_model(self.model_path)
+            tokenizer = converters.load_tokenizer(options.get("tokenizer") or self.model_path)
+        except Exception as err:  # noqa: BLE001 (any failure to read the run's model is the same bad input)
+            raise InputError(f"{run.path}: cannot load the run's model {self.model_path} ({err})") from None
+        if model_hash(model) != inputs["model"]["sha256"]:
+            raise InputError(f"{run.path}: the model at {self.model_path} differs from the one the run used")
+        if text_hash(tokenizer.to_str()) != inputs["tokenizer"]["sha256"]:
+            raise InputError(f"{run.path}: the tokenizer of {self.model_path} differs from the one the run used")
+        self.model = cast_model(model, options.get("dtype", "float32")) if options.get("dtype", "float32") != "float32" else model
+        self.tokenizer = tokenizer
+        self.vocab = vocab_strings(tokenizer, model.config.vocab_size)
+        self.remove_final_norm_bias = bool(options.get("remove_final_norm_bias", False))
+        self.exact_norm_jacobian = bool(options.get("exact_norm_jacobian", False))
+        operators = run.path / "operators"
+        if not (operators / "operators.json").is_file():
+            raise InputError(f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
+                             "rerun it with --path dense to look tokens up in reverse")
+        self.operators = load_operators(operators)
+        try:
+            self.tokens, self.mask = load_token_sample(run.path / "sample.npy", model.config.vocab_size)
+        except CorpusError as err:
+            raise InputError(f"{run.path}: {err}") from None
+        self._key_matrix = None
+        self._rows: dict[int, DictionaryRows] = {}
+        self._lock = threading.Lock()
+
+    # ---- tokens -------------------------------------------------------------------------------
+    def token_id(self, text: str, option: str = "token") -> int:
+        """The id of `text` if the tokenizer makes exactly one token of it (`id:N` names an id)."""
+        vocab_size = self.model.config.vocab_size
+        if text.startswith("id:") and text[3:].isdigit():
+            token = int(text[3:])
+            if token >= vocab_size:
+                raise InputError(f"{option} {text!r}: the vocabulary has {vocab_size} ids")
+            return token
+        if not text:
+            raise InputError(f"{option}: empty token")
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if len(ids) != 1:
+            pieces = ", ".join(f"{self.vocab[i]!r} (id {i})" for i in ids) or "nothing"
+            raise InputError(f"{option} {text!r} is {len(ids)} tokens, not one: the tokenizer splits it into {pieces}; "
+                             "give one of them (or id:N)")
+        return int(ids[0])
+
+    # ---- scores -------------------------------------------------------------------------------
+    def rows(self, entry: DictionaryEntry) -> DictionaryRows:
+        if entry.index not in self._rows:
+            self._rows[entry.index] = open_rows(entry, self.model_path)
+        return self._rows[entry.index]
+
+    def _operator(self, entry: DictionaryEntry, side: str, rows: DictionaryRows):
+        from qlens_jax.lens.points import dictionary_points
+
+        meta = rows.meta
+        points = dictionary_points(meta["site_in"], meta["site_out"], entry.layer, self.model.config.n_layers,
+                                   self.exact_norm_jacobian, meta["input_norm"])
+        point = points.write if side == "value" else points.read
+        stored = self.operators.value if side == "value" else self.operators.key
+        if stored is None or not self.operators.covers(side, point, self.model.config.n_layers) or point >= stored.shape[0]:
+            lens = f"query_lens_{side}"
+            raise InputError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
+                             f"the reverse lookup on the {side} side needs a run with the {lens} lens")
+        return stored[point]
+
+    def scores(self, entry: DictionaryEntry, side: str, token: int) -> np.ndarray:
+        """The token's exact score for every feature of `entry`: `[d_sae]` float32."""
+        rows = self.rows(entry)
+        op = self._operator(entry, side, rows)
+        if side == "value":
+            model = column_model(self.model, token)
+            score = lambda x: _value_chunk(model, op, x, self.remove_final_norm_bias)
+        else:
+            if self._key_matrix is None:
+                self._key_matrix = centered_embeddings(self.model, jnp.asarray(self.tokens), jnp.asarray(self.mask))
+            pulled = pulled_readout_row(self._key_matrix[token][None], op)
+            score = lambda x: _key_chunk(pulled, x)
+        source = rows.side(side)
+        n, out = len(source), []
+        for start in range(0, n, self.chunk):
+            block = source.read(start, start + self.chunk)
+            if len(block) < self.chunk:  # one compiled shape for every chunk
+                block = np.concatenate([block, np.zeros((self.chunk - len(block), block.shape[1]), np.float32)])
+            out.append(score(jnp.asarray(block)))  # dispatched asynchronously: the next read overlaps it
+        return np.concatenate([np.asarray(o) for o in out])[:n]
+
+    def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50) -> dict:
+        """The `top` features with the highest score of `token` on `side`, over every dictionary
+        of the run (or the one named), best first, with the time taken."""
+        if side not in SIDES:
+            raise InputError(f"side {side!r}: choose 'value' (promotes) or 'key' (activated-by)")
+        if not isinstance(top, int) or not 1 <= top <= MAX_TOP:
+            raise InputError(f"--top {top}: must be between 1 and {MAX_TOP}")
+        entries = [self.run.dictionary(dictionary)] if dictionary is not None else self.run.dictionaries
+        option = "--promotes" if side == "value" else "--activated-by"
+        token_id = token if isinstance(token, int) else self.token_id(token, option)
+        start = time.perf_counter()
+        candidates = []
+        with self._lock:
+            for entry in entries:
+                scores = self.scores(entry, side, token_id)
+                keep = min(top, len(scores))
+                best = np.argpartition(-scores, keep - 1)[:keep]
+                candidates.extend((float(scores[i]), entry, int(i)) for i in best)
+        candidates.sort(key=lambda c: (-c[0], c[1].index, c[2]))
+        hits = [ReverseHit(r + 1, e.name, e.index, e.layer, f, s) for r, (s, e, f) in enumerate(candidates[:top])]
+        return {"token": self.vocab[token_id], "token_id": token_id, "side": side, "features_scored": sum(e.d_sae for e in entries),
+                "seconds": round(time.perf_counter() - start, 3), "hits": [h.as_dict() for h in hits]}
+
+
+def reverse_lookup(run_dir: str | Path, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50) -> list[ReverseHit]:
+    """Features of the run in `run_dir` ranked by the exact Query Lens score of `token`.
+
+    `side="value"`: the features that promote the token most (QL-value score of the token);
+    `side="key"`: the features the token activates most (QL-key centered cosine). `token` is a
+    string that the run's tokenizer makes exactly one token of (else `InputError` showing the
+    split), `id:N`, or an int id. `dictionary` limits the search to one dictionary of the run.
+    Returns the best `top` as `ReverseHit(rank, dictionary, dictionary_index, layer, feature, score)`.
+    """
+    result = ReverseLookup(run_dir).lookup(token, side, dictionary, top)
+    return [ReverseHit(**hit) for hit in result["hits"]]

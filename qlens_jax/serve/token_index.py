@@ -1,0 +1,105 @@
+"""Token index of a run's signature files, so that token search does not scan every list.
+
+For each Parquet file of a run (`signatures.parquet`, or each finished shard of a run in
+progress) one index file: a row per entry of every stored top-k and bottom-k list
+(`token_id, side, rank, score, lens, dictionary_index, feature`), sorted by token id and written
+in row groups of `ROW_GROUP` rows, so that DuckDB reads only the row groups of the searched ids
+(their Parquet statistics bound the ids). Built by DuckDB from the file itself, in the cache
+(`rows.cache_root()/token-index`), never in the run folder; keyed by the file's path, size and
+modification time, so a rewritten file is indexed again. A background thread indexes the files
+as they appear; until a file has its index, searches scan that file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import duckdb
+
+from qlens_jax.serve.rows import cache_root
+
+INDEX_VERSION = 1
+ROW_GROUP = 65536
+_LIST = """SELECT unnest({side}_ids) AS token_id, '{side}' AS side, unnest(range(1, len({side}_ids) + 1)) AS rank,
+                  unnest({side}_scores) AS score, lens, dictionary_index, feature FROM read_parquet('{source}')"""
+
+
+def index_path(source: Path) -> Path:
+    """Where the index of signature file `source` (as it is now) lives."""
+    stat = source.stat()
+    key = f"{INDEX_VERSION}\0{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return cache_root() / "token-index" / f"{hashlib.sha256(key.encode()).hexdigest()}.parquet"
+
+
+def build_index(source: Path, threads: int = 1, memory_limit: str = "1GB") -> Path:
+    """Write the index of `source` (if missing) and return its path."""
+    target = index_path(source)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    spill = cache_root() / "duckdb-tmp"
+    spill.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
+    quoted = str(source).replace("'", "''")
+    lists = " UNION ALL ".join(_LIST.format(side=side, source=quoted) for side in ("top", "bottom"))
+    connection = duckdb.connect(":memory:", config={"threads": str(threads), "memory_limit": memory_limit,
+                                                   "temp_directory": str(spill), "preserve_insertion_order": "false"})
+    try:
+        target_sql = str(temporary).replace("'", "''")
+        connection.execute(f"COPY (SELECT * FROM ({lists}) ORDER BY token_id, side DESC, rank, lens, dictionary_index, feature) "
+                           f"TO '{target_sql}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
+    finally:
+        connection.close()
+    os.replace(temporary, target)
+    return target
+
+
+class TokenIndexer:
+    """Indexes a run's signature files in a background thread; `split` says which files of a
+    query have their index ready."""
+
+    def __init__(self, list_files, poll_seconds: float = 2.0):
+        self._list_files, self._poll = list_files, poll_seconds
+        self._ready: dict[Path, Path] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def split(self, files: list[Path]) -> tuple[list[Path], list[Path]]:
+        """(index files of the indexed ones, the files still without an index)."""
+        indexed, missing = [], []
+        for f in files:
+            index = self._ready.get(f)
+            (indexed.append(index) if index is not None else missing.append(f))
+        return indexed, missing
+
+    def index_all(self) -> None:
+        """Index every current file now (in this thread)."""
+        for source in self._list_files():
+            if self._stop.is_set():
+                return
+            if source not in self._ready:
+                self._ready[source] = build_index(source)
+
+    def progress(self) -> dict:
+        files = self._list_files()
+        return {"files": len(files), "indexed": sum(1 for f in files if f in self._ready), "error": self.error}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.index_all()
+            except (duckdb.Error, OSError) as err:  # searches keep scanning the files
+                self.error = " ".join(str(err).split())
+            self._stop.wait(self._poll)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="qlens-token-index", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
