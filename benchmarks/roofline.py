@@ -166,8 +166,7 @@ def readout_step_cost(model, tokens, mask, side: str, rows: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from qlens_jax.lens.readout import centered_embeddings, dot_scores, value_scores
-    from qlens_jax.lens.topk import top_k
+    from qlens_jax.readout import centered_embeddings, dot_scores, top_k, value_scores
 
     d = model.config.d_model
     # the model (value side) or the centred embeddings (key side) are arguments, not constants
@@ -191,7 +190,7 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     import qlens_jax  # noqa: F401  (XLA flags first)
 
     from qlens_jax.lens.points import residual_point
-    from qlens_jax.lens.readout import feature_chunk_for
+    from qlens_jax.readout import feature_chunk_for
 
     hf = common.hf_model(cfg["hf"], cfg["seed"])
     model = common.jax_model(hf)

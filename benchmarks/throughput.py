@@ -391,7 +391,7 @@ def planned_peak_gb(size: str) -> dict:
     import converters
     from qlens_jax.lens import blockwise
     from qlens_jax.lens.chunks import bytes_per_token, plan_chunks
-    from qlens_jax.lens.readout import feature_chunk_for
+    from qlens_jax.readout import feature_chunk_for
     from qlens_jax.lens.points import n_key_points, n_points
     from qlens_jax.models import init_transformer
 
