@@ -302,6 +302,61 @@ def hf_gpt2(overrides: dict, seed: int):
     return model
 
 
+# Random-weight stand-ins in the shapes of modern models (`hf_model` builds them): the
+# published configurations of Llama-3.2-1B and Gemma-3-1B (grouped-query attention; Gemma's
+# five sliding-window layers to one global), without Llama's long-context RoPE scaling.
+LLAMA_1B = dict(family="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=64, vocab_size=128256, rope_theta=500000.0, rms_norm_eps=1e-5,
+                max_position_embeddings=8192, tie_word_embeddings=True)
+GEMMA3_1B = dict(family="gemma3", hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                 num_key_value_heads=1, head_dim=256, vocab_size=262144, query_pre_attn_scalar=256, sliding_window=512,
+                 rope_theta=1000000.0, rope_local_base_freq=10000.0, rms_norm_eps=1e-6, max_position_embeddings=32768,
+                 tie_word_embeddings=True)
+# The same families at test size (a window shorter than the tiny sample, so it matters).
+LLAMA_TINY = dict(LLAMA_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=512)
+GEMMA3_TINY = dict(GEMMA3_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=7, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=16, vocab_size=512, query_pre_attn_scalar=16, sliding_window=8)
+
+
+def gemma3_layer_types(n_layers: int) -> list[str]:
+    """Gemma-3's pattern: every sixth layer global, the others sliding-window."""
+    return ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)]
+
+
+def hf_config(spec: dict):
+    """The `transformers` config of a size's `hf` entry (GPT-2 when it names no family)."""
+    import transformers
+
+    spec = dict(spec)
+    family = spec.pop("family", "gpt2")
+    if family == "gpt2":
+        return transformers.GPT2Config(**spec)
+    if family == "llama":
+        theta = spec.pop("rope_theta")
+        return transformers.LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    if family == "gemma3":
+        theta, local = spec.pop("rope_theta"), spec.pop("rope_local_base_freq")
+        rope = {"full_attention": {"rope_type": "default", "rope_theta": theta},
+                "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+        return transformers.Gemma3TextConfig(**spec, rope_parameters=rope, layer_types=gemma3_layer_types(spec["num_hidden_layers"]))
+    raise ValueError(f"unknown model family {family!r} (gpt2, llama, gemma3)")
+
+
+def hf_model(spec: dict, seed: int):
+    """A randomly initialised causal LM of `spec` (float32, eval mode, eager attention)."""
+    if spec.get("family", "gpt2") == "gpt2":
+        return hf_gpt2(spec, seed)
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = hf_config(spec)
+    config._attn_implementation = "eager"
+    cls = transformers.LlamaForCausalLM if spec["family"] == "llama" else transformers.Gemma3ForCausalLM
+    return cls(config).eval()
+
+
 def jax_model(hf_model):
     """The converted qlens-jax model of an in-memory transformers model."""
     import converters

@@ -26,8 +26,11 @@ import argparse
 import hashlib
 import threading
 import time
+from pathlib import Path
 
-from benchmarks import common
+import numpy as np
+
+from benchmarks import authors, common, throughput
 
 SIZES = {
     "gpt2-small": dict(hf=common.GPT2_SMALL, features=2**20, layer=6, batch=1, seq=256),
@@ -86,10 +89,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--feature-chunk", type=int, help="override the readout's feature chunk")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/million-<size>-<device>.json)")
+    parser.add_argument("--contestant-features", type=int, default=3,
+                        help="features per side timed with the contestant (--authors-repo)")
+    throughput.add_contestant_arguments(parser)
     args = parser.parse_args(argv)
+    if args.authors_repo and args.synthetic_operators:
+        raise SystemExit("--authors-repo: not with --synthetic-operators (identity operators cannot agree with a real run)")
+    if args.authors_repo:
+        bad = [lens for lens in args.lenses if lens not in authors.SIDES]
+        if bad:
+            raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")
+        contestant = authors.describe(authors.check_repo(args.authors_repo), authors.check_python(args.authors_python))
+    else:
+        contestant = None
 
     import qlens_jax  # noqa: F401  (XLA flags first)
-    import numpy as np
 
     from qlens_jax import TransportOperators, query_lens, transport_operators
     from qlens_jax.lens.chunks import plan_chunks
@@ -99,8 +113,22 @@ def main(argv=None) -> dict:
     n_features = args.features or size["features"]
     layer = size["layer"] if args.layer is None else args.layer
     batch, seq = args.batch or size["batch"], args.seq or size["seq"]
-    out = {"benchmark": "million", "size": args.size, "machine": common.machine_info(), "args": vars(args)}
+    out = {"benchmark": "million", "size": args.size, "machine": common.machine_info(), "args": vars(args),
+           "contestant": contestant}
     common.log("machine", out["machine"]["cpu"], out["machine"]["device"], "load", common.loadavg())
+    picks = np.asarray(common.feature_picks(n_features, 3))
+    if contestant:
+        # First, before this process holds a model or a dictionary: the shared inputs hold the
+        # whole SAE once more while they are written.
+        import tempfile
+
+        contestant_cfg = dict(hf={**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, seed=args.seed,
+                              features=n_features, layers=(layer,), batch=batch, seq=seq, lenses=tuple(args.lenses),
+                              picks=common.feature_picks(n_features, args.contestant_features))
+        with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
+            out["contestant_run"] = authors.run_contestant(contestant_cfg, Path(contestant["repo"]), contestant["python"],
+                                                           args.authors_workdir or tmp)
+        common.log(f"contestant done: {contestant['label']}; residual caches {out['contestant_run']['cache_seconds']}")
 
     t0 = time.perf_counter()
     hf = common.hf_gpt2({**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, args.seed)
@@ -194,7 +222,6 @@ def main(argv=None) -> dict:
 
     # Self-check: a few features through query_lens with self_check=True (dense vs per-feature
     # transport); their rows must equal the big call's rows.
-    picks = np.asarray(common.feature_picks(n_features, 3))
     with RssSampler() as rss:
         check, seconds = common.timed(
             query_lens, model, dictionary, tokens, mask, lenses=tuple(args.lenses), features=picks, operators=operators,
@@ -212,12 +239,53 @@ def main(argv=None) -> dict:
                f"{[r['fraction_of_matmul_peak'] for r in out['readouts'].values()]}")
     total = sum(s["seconds"] for s in out["sweeps"].values() if isinstance(s, dict)) + sum(r["seconds"] for r in out["readouts"].values())
     out["total_seconds"] = round(total, 2)
+    if contestant:
+        out["comparison"] = compare_with_contestant(out, tables, layer, n_features)
+        if not out["comparison"]["passed"]:
+            path = common.write_json(_path(args), out)
+            print(f"contestant: {contestant['label']}")
+            print(f"AGREEMENT FAILED: {len(out['comparison']['mismatches'])} lists differ from the contestant's; no ratio reported. "
+                  f"Wrote {path}")
+            return out
+        for lens, c in out["comparison"]["sides"].items():
+            common.log(f"{lens}: {contestant['label']}: {common.fmt_seconds(c['contestant_seconds_extrapolated'])} for "
+                       f"{n_features} features (EXTRAPOLATED from {c['features_timed']} features + its residual cache "
+                       f"{c['contestant_cache_seconds']:.1f} s); qlens-jax {common.fmt_seconds(c['qlens_seconds'])}; ratio {c['ratio']:.0f}x")
     out["peak"] = common.peak_memory()
     out["loadavg_at_end"] = common.loadavg()
     path = common.write_json(_path(args), out)
     common.log(f"done: {n_features} features x {len(args.lenses)} sides in {common.fmt_seconds(total)}; "
                f"peak RSS {out['peak']['peak_rss_gb']} GiB (dictionary {out['setup']['dictionary_gb']} GiB); wrote {path}")
     return out
+
+
+def compare_with_contestant(out: dict, tables: dict, layer: int, n_features: int) -> dict:
+    """The contestant's top/bottom-25 ids against this run's rows for the same features (they
+    must be identical before any ratio), then per side the contestant's time for every feature
+    (its mean per-feature time x n_features + its residual cache) against qlens-jax's (the
+    side's sweep + its readout)."""
+    run = out["contestant_run"]
+    report = {"mismatches": [], "sides": {}}
+    for lens, table in tables.items():
+        rows = run["results"][f"{lens}/{layer}"]
+        for row in rows:
+            for which in ("top_ids", "bottom_ids"):
+                ours = [int(i) for i in getattr(table, which)[row["feature"]]]
+                if ours != row[which]:
+                    report["mismatches"].append({"lens": lens, "feature": row["feature"], "which": which,
+                                                 "qlens": ours, "contestant": row[which]})
+        side = authors.SIDES[lens]
+        per_feature = sum(r["seconds"] for r in rows) / len(rows)
+        theirs = per_feature * n_features + run["cache_seconds"][side]
+        sweep = out["sweeps"].get(side, {})
+        ours = (sweep["seconds"] if isinstance(sweep, dict) and "seconds" in sweep else 0.0) + out["readouts"][lens]["seconds"]
+        report["sides"][lens] = {"features_timed": len(rows), "contestant_s_per_feature": per_feature,
+                                 "contestant_cache_seconds": run["cache_seconds"][side],
+                                 "contestant_seconds_extrapolated": theirs, "qlens_seconds": ours, "ratio": theirs / ours}
+    report["passed"] = not report["mismatches"]
+    if not report["passed"]:
+        report.pop("sides")
+    return report
 
 
 def _path(args):

@@ -409,6 +409,16 @@ def _vjp(model, tokens, mask, inject, capture, vec, seed_mask=True):
     return g
 
 
+def _unchanged(model, tokens, mask, vec):
+    """What ``_jvp`` / ``_vjp`` return when the inject and capture points coincide (no module
+    between them): the seed itself at valid positions, without running the model. The
+    authors' code skips the run there too (the value side at the last layer, the key side at
+    ``resid_pre[0]``); the numbers are those of the run (its tangent is the seed unchanged)."""
+    primal = _zeros(model, tokens)
+    vec = _as_tensor(vec, dtype=primal.dtype, device=primal.device)
+    return _broadcast(vec, mask, primal.shape)
+
+
 def _reduce(model, tokens, mask, fn, per_position, batch_size):
     """Run ``fn(tokens_chunk, mask_chunk) -> [b, S, d]`` over chunks of ``batch_size`` sequences
     (all at once if None) and return the mean over all valid positions [d] (accumulated in at
@@ -510,7 +520,10 @@ def value_transport(model, tokens, mask, v, site, layer, per_position=False, *, 
     arch = _arch(model)
     L = arch.n_layers
     w = _write_point(site, layer, kind, L)
-    fn = lambda tk, mk: _jvp(model, tk, mk, w, ("resid_post", L - 1), v)  # noqa: E731
+    if _point_index(w) == 2 * L:  # the final residual: nothing downstream
+        fn = lambda tk, mk: _unchanged(model, tk, mk, v)  # noqa: E731
+    else:
+        fn = lambda tk, mk: _jvp(model, tk, mk, w, ("resid_post", L - 1), v)  # noqa: E731
     return _reduce(model, tokens, mask, fn, per_position, batch_size)
 
 
@@ -524,7 +537,10 @@ def key_transport(
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     r = _read_point(site, layer, kind, arch.n_layers, exact_norm)
-    fn = lambda tk, mk: _vjp(model, tk, mk, ("resid_pre", 0), r, k)  # noqa: E731
+    if _point_index(r) == 0:  # resid_pre[0]: nothing upstream
+        fn = lambda tk, mk: _unchanged(model, tk, mk, k)  # noqa: E731
+    else:
+        fn = lambda tk, mk: _vjp(model, tk, mk, ("resid_pre", 0), r, k)  # noqa: E731
     return _reduce(model, tokens, mask, fn, per_position, batch_size)
 
 

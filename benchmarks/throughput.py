@@ -1,36 +1,48 @@
-"""Throughput: qlens-jax (dense and per-feature paths) against the per-feature PyTorch reference.
+"""Throughput: qlens-jax (dense and per-feature paths) against a per-feature contestant.
 
-Same weights (a randomly initialised `transformers.GPT2LMHeadModel`, seeded; qlens-jax runs
+Same weights (a randomly initialised `transformers` model of `--size`, seeded; qlens-jax runs
 its conversion), same token sample (seeded random ids), same features (a synthetic SAE on
-`resid_post` at each benchmarked layer). Each of the three contestants runs in its own
-spawned process, so that its peak memory is its own:
+`resid_post` at each benchmarked layer). Each contestant runs in its own process, so that its
+peak memory is its own:
 
-- reference (`benchmarks/reference_torch.py`): one `torch.func` jvp / vjp pass per feature,
-  timed on `--ref-features` features per layer and side;
+- the contestant, timed on `--ref-features` features per layer and side. With
+  `--authors-repo DIR` it is the authors' own code (HYU-NLP/query-lens, imported from DIR in a
+  process started with `--authors-python`, on TransformerLens weights loaded from the same
+  Hugging Face folder and a sae_lens SAE with the same weights; their residual caches are
+  built once per side, timed and reported apart: see `benchmarks/authors.py`). Without it,
+  `benchmarks/reference_torch.py` (one `torch.func` jvp / vjp pass per feature) stands in, and
+  the output and the JSON (`contestant`) say so;
 - qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer,
   over the blocks the whole-dictionary job needs; with the budget to keep every block's MLP
   Jacobians, one step for both sides that forms each Jacobian once), then
   `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
   the single-layer job, the sweep restricted to the blocks that layer needs (value: the blocks
   after it; key: the blocks up to it), as `query_lens` on one layer runs it;
-- qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the reference's features.
+- qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the contestant's features.
 
-Before any speed is printed, the top-25 ids of every feature timed with the reference must be
-identical in all three (ties aside: positions whose reference scores differ by less than 1e-4
-of the score scale may swap). Then it reports, per lens and layer, features per second, wall
+Before any speed is printed, the top-25 ids of every feature timed with the contestant must be
+identical in all three (against `reference_torch.py`, ties aside: positions whose scores differ
+by less than 1e-4 of the score scale may swap; the authors' code returns ids only, so there the
+lists must be identical). Then it reports, per lens and layer, features per second, wall
 time, peak memory and ratios, and the whole-dictionary job (`--features` at each of the
 model's layers, both sides): qlens-jax = sweeps once + readouts per layer (measured at the
-benchmarked layers, interpolated between them); reference = its per-feature times measured in
-this run at the benchmarked layers, interpolated over all layers and multiplied out
-(extrapolated: says so in the output). A single layer's dense time = its restricted sweep +
-its readout of all features. The restricted sweep is timed on the first `--single-layer-seqs`
-sequences (a sweep is a loop over identical one-sequence steps): a first call (compilation +
-run) and a second (run), giving compile + run x batch / seqs; with `--single-layer-seqs`
-equal to `--batch` it is simply timed on the whole sample.
+benchmarked layers, interpolated between them); contestant = its per-feature times measured in
+this run at the benchmarked layers, interpolated over all layers and multiplied out, plus its
+residual caches (extrapolated: says so in the output). A single layer's dense time = its
+restricted sweep + its readout of all features. The restricted sweep is timed on the first
+`--single-layer-seqs` sequences (a sweep is a loop over identical one-sequence steps): a first
+call (compilation + run) and a second (run), giving compile + run x batch / seqs; with
+`--single-layer-seqs` equal to `--batch` it is simply timed on the whole sample. Last, the
+roofline (`benchmarks/roofline.py`): FLOPs of the compiled sweep and readout steps, split into
+attention and MLP, and the fraction of the measured float32 matmul peak achieved.
 
     python -m benchmarks.throughput --size tiny                   # seconds
     python -m benchmarks.throughput --size gpt2-small             # 32,768 features, 2,048 tokens (hours on 2 CPU cores)
     python -m benchmarks.throughput --size gpt2-small --batch 1 --seq 256   # 256 tokens
+    python -m benchmarks.throughput --size gpt2-small --authors-repo /tmp/query-lens \
+        --authors-python /work/venv-authors/bin/python           # against the authors' code
+    python -m benchmarks.throughput --size llama-1b               # Llama-3.2-1B shapes, 16,384 features, 256 tokens
+    python -m benchmarks.throughput --size gemma3-1b              # Gemma-3-1B shapes
 
 Results: `benchmarks/results/throughput-<size>-<device>.json` (machine, device, versions, load).
 """
@@ -40,14 +52,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import authors, common, roofline
 
 SIZES = {
     "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2, budget=16.0),
     "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3, budget=8.0),
+    # Modern shapes, random weights: one middle layer, 256 tokens (issue 17).
+    "llama-1b": dict(hf=common.LLAMA_1B, features=16384, layers=(8,), batch=1, seq=256, ref_features=2, budget=8.0),
+    "gemma3-1b": dict(hf=common.GEMMA3_1B, features=16384, layers=(13,), batch=1, seq=256, ref_features=2, budget=8.0),
+    "llama-tiny": dict(hf=common.LLAMA_TINY, features=512, layers=(1,), batch=2, seq=16, ref_features=2, budget=4.0),
+    "gemma3-tiny": dict(hf=common.GEMMA3_TINY, features=512, layers=(3,), batch=2, seq=16, ref_features=2, budget=4.0),
 }
 SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
 K = 25
@@ -55,8 +73,8 @@ TIE_RTOL = 1e-4
 
 
 def _setup(cfg: dict):
-    hf = common.hf_gpt2(cfg["hf"], cfg["seed"])
-    d = hf.config.n_embd
+    hf = common.hf_model(cfg["hf"], cfg["seed"])
+    d = hf.config.hidden_size
     tokens, mask = common.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     return hf, d, tokens, mask
 
@@ -208,10 +226,13 @@ def run_per_feature(cfg: dict) -> dict:
 
 
 def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
-    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1)."""
+    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1). Without
+    scores (the authors' code returns ids only) only identical lists pass."""
     ids, ref_ids = list(ids)[:K], list(ref_ids)
     if ids == ref_ids[:K]:
         return True, True
+    if ref_scores is None:
+        return False, False
     # ties: every differing position must sit where the reference's scores are within tolerance
     # of a neighbour's (order swaps) or of the (k+1)-th score (boundary swaps)
     tol = TIE_RTOL * max(scale, 1e-30)
@@ -232,14 +253,13 @@ def check_agreement(cfg, reference, dense, per_feature) -> dict:
             for name, other in (("dense", dense["readouts"][key]), ("per-feature", per_feature["results"][key])):
                 for which in ("top", "bottom"):
                     ids = other[f"{which}_ids"][idx]
-                    scores = row[f"{which}_scores"]
-                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], scores, row["scale"])
+                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0))
                     report["features_checked"] += 1
                     report["identical"] += identical
                     report["tie_equivalent"] += ok and not identical
                     if not ok:
                         report["mismatches"].append({"lens/layer": key, "feature": row["feature"], "path": name, "which": which,
-                                                     "qlens": ids, "reference": row[f"{which}_ids"][:K]})
+                                                     "qlens": ids, "contestant": row[f"{which}_ids"][:K]})
     report["passed"] = not report["mismatches"]
     return report
 
@@ -254,7 +274,9 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
     `peak` (the matmul FLOP/s measured in this run; readout FLOPs = 2 x features x d x vocab,
     the time includes the first readout's compilation)."""
     n = cfg["features"]
-    n_layers, d_model, vocab = model_config.n_layer, model_config.n_embd, model_config.vocab_size
+    n_layers, d_model, vocab = model_config.num_hidden_layers, model_config.hidden_size, model_config.vocab_size
+    # The authors' run builds its residual cache once per side, for every layer and feature.
+    cache = reference.get("cache_seconds", {})
     layers = list(cfg["layers"])
     all_layers = np.arange(n_layers)
     per_lens = {}
@@ -276,6 +298,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             restricted = dense.get("single_layer_sweeps", {}).get(f"{side}/{layer}")
             single_sweep = restricted["seconds_for_sample"] if restricted and lens.startswith("query_lens") else sweep
             dense_single = single_sweep + readout
+            ref_single = ref_s * n + cache.get(side, 0.0)
             readout_flops = 2 * n * d_model * vocab
             rows.append({
                 "layer": layer,
@@ -286,7 +309,9 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
                 "dense_all_layer_sweep_plus_readout_seconds": sweep + readout,
                 "dense_readout_seconds": readout,
                 "dense_features_per_s": n / dense_single,
-                "dense_vs_reference": (n / dense_single) * ref_s,
+                "reference_cache_seconds": cache.get(side, 0.0),
+                "reference_single_layer_seconds": ref_single,
+                "dense_vs_reference": ref_single / dense_single,
                 "dense_readout_only_features_per_s": n / readout,
                 "dense_readout_flops_per_s": readout_flops / readout,
                 "dense_readout_fraction_of_matmul_peak": readout_flops / readout / peak if peak else None,
@@ -296,7 +321,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             })
         ref_all = np.interp(all_layers, layers, ref_per_layer)
         readout_all = np.interp(all_layers, layers, readout_per_layer)
-        whole_ref += float(ref_all.sum()) * n
+        whole_ref += float(ref_all.sum()) * n + cache.get(side, 0.0)
         whole_dense_readouts += float(readout_all.sum())
         per_lens[lens] = {"sweep_seconds": sweep, "layers": rows}
     sweeps_total = sum(s["seconds"] for s in dense["sweeps"].values())
@@ -310,23 +335,26 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             "qlens_sweeps_seconds": sweeps_total,
             "qlens_readouts_seconds": whole_dense_readouts,
             "reference_seconds_extrapolated": whole_ref,
+            "reference_cache_seconds": cache,
             "ratio": whole_ref / whole_dense,
-            "note": (f"reference time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
+            "note": (f"contestant's time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
                      f"({len(cfg['picks'])} features per layer and side), linearly interpolated over layers 0..{n_layers - 1} "
-                     f"and multiplied by {n} features; qlens-jax = the measured sweeps (once) + readouts measured at layers "
+                     f"and multiplied by {n} features (plus its residual caches, built once per side: {cache or 'none'}); "
+                     f"qlens-jax = the measured sweeps (once) + readouts measured at layers "
                      f"{layers} (interpolated over the other layers)"),
         },
     }
 
 
-def print_report(summary, agreement, info):
+def print_report(summary, agreement, info, contestant: dict):
     print()
+    print(f"contestant: {contestant['label']}")
     print(f"agreement: {agreement['features_checked']} top/bottom-{K} lists checked, {agreement['identical']} identical, "
           f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches")
     print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
           f"load {info['loadavg_at_start']} at start")
-    header = (f"{'lens':18} {'layer':>5} {'ref feat/s':>11} {'dense feat/s':>13} {'dense/ref':>10} {'readout feat/s':>15} "
-              f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/ref':>7}")
+    header = (f"{'lens':18} {'layer':>5} {'cont feat/s':>11} {'dense feat/s':>13} {'dense/cont':>10} {'readout feat/s':>15} "
+              f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/cont':>7}")
     print(header)
     for lens, entry in summary["per_lens"].items():
         for r in entry["layers"]:
@@ -343,9 +371,93 @@ def print_report(summary, agreement, info):
     print(f"whole dictionary: {w['job']}")
     print(f"  qlens-jax dense: {common.fmt_seconds(w['qlens_dense_seconds'])} "
           f"(sweeps {common.fmt_seconds(w['qlens_sweeps_seconds'])} + readouts {common.fmt_seconds(w['qlens_readouts_seconds'])})")
-    print(f"  reference:       {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED)")
+    print(f"  {contestant['name'] + ':':16} {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED"
+          + (f"; residual caches {', '.join(f'{k} {v:.1f} s' for k, v in w['reference_cache_seconds'].items())}" if w["reference_cache_seconds"] else "")
+          + ")")
     print(f"  ratio:           {w['ratio']:.0f}x")
     print(f"  note: {w['note']}")
+
+
+def planned_peak_gb(size: str) -> dict:
+    """The dense contestant's planned peak memory for `--size` (GiB), by arithmetic on shapes
+    (`eqx.filter_eval_shape`: no weights are made, nothing runs). Its process holds, at most:
+    the Hugging Face model and its conversion at once (2 x parameters), the kernel's memory
+    budget (the planner sizes the sweeps' residuals and tangents and the readouts' chunks
+    within it: `plan_chunks`, `blockwise.sequences_that_fit`, `feature_chunk_for`), the
+    operators of both sides, the dictionary and the token sample."""
+    import equinox as eqx
+    import jax
+
+    import converters
+    from qlens_jax.lens import blockwise
+    from qlens_jax.lens.chunks import bytes_per_token, plan_chunks
+    from qlens_jax.readout import feature_chunk_for
+    from qlens_jax.lens.points import n_key_points, n_points
+    from qlens_jax.models import init_transformer
+
+    spec = SIZES[size]
+    config = converters.model_config_from_hf(common.hf_config(spec["hf"]).to_dict())
+    skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
+    params = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(skeleton))
+    plan = plan_chunks(skeleton, (spec["batch"], spec["seq"]), spec["budget"])
+    d, gib = config.d_model, 2**30
+    budget = spec["budget"] * gib
+    # What the planner puts inside the budget: the sweep's linearization residuals (a basis-
+    # major sweep: half the budget; a block-major one only where `sequences_that_fit` says
+    # so) and a readout chunk's scores and top-k work (a quarter).
+    residuals = plan.sequences_per_chunk * spec["seq"] * bytes_per_token(skeleton, spec["seq"])
+    blockwise_sequences = blockwise.sequences_that_fit(skeleton, spec["seq"], d, spec["budget"])
+    readout_chunk = feature_chunk_for(config.vocab_size, 0.25 * budget)
+    inside = {
+        "sweep_residuals_gb": residuals / gib,
+        "blockwise_sequences_that_fit": blockwise_sequences,
+        "readout_chunk_features": readout_chunk,
+        "readout_chunk_gb": readout_chunk * config.vocab_size * 4 * 3 / gib,
+    }
+    inside["within_budget"] = bool(residuals <= 0.5 * budget and inside["readout_chunk_gb"] * gib <= 0.25 * budget)
+    parts = {
+        "hf_model_and_converted_gb": 2 * params / gib,
+        "kernel_budget_gb": spec["budget"],
+        "operators_gb": (n_points(config.n_layers) + n_key_points(config.n_layers)) * d * d * 4 / gib,
+        "dictionary_gb": 2 * spec["features"] * d * 4 / gib,
+        "tokens_gb": spec["batch"] * spec["seq"] * 5 / gib,
+    }
+    return parts | {"total_gb": sum(parts.values()), "inside_budget": inside,
+                    "plan": {"sequences_per_chunk": plan.sequences_per_chunk, "tangent_chunk": plan.tangent_chunk}}
+
+
+def add_contestant_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--authors-repo` / `--authors-python` (shared with `benchmarks.million`)."""
+    parser.add_argument("--authors-repo", metavar="DIR",
+                        help="a checkout of the authors' code (HYU-NLP/query-lens): the contestant; without it "
+                             "benchmarks/reference_torch.py stands in (and the output says so)")
+    parser.add_argument("--authors-python", metavar="PYTHON", default=sys.executable,
+                        help="interpreter of the authors' environment (`pip install -e '.[authors]'` in a venv of its own; "
+                             "default: this one)")
+    parser.add_argument("--authors-workdir", metavar="DIR",
+                        help="where the inputs shared with the authors' process are written (default: a temporary folder)")
+
+
+def contestant_from_args(args, size: dict) -> dict:
+    """The contestant's description, with the authors' checkout and interpreter checked before any work."""
+    if not args.authors_repo:
+        return dict(authors.REFERENCE)
+    if size["hf"].get("family", "gpt2") != "gpt2":
+        raise SystemExit(f"--authors-repo: the authors' contestant is set up for GPT-2 sizes only, not --size {args.size}")
+    bad = [lens for lens in args.lenses if lens not in authors.SIDES]
+    if bad:
+        raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")
+    return authors.describe(authors.check_repo(args.authors_repo), authors.check_python(args.authors_python))
+
+
+def run_contestant(cfg: dict, contestant: dict, args) -> dict:
+    """The contestant's per-feature results (`run_reference`'s layout; the authors' rows have no scores)."""
+    if contestant["name"] == "reference_torch":
+        return common.run_isolated(run_reference, cfg=cfg)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
+        return authors.run_contestant(cfg, Path(contestant["repo"]), contestant["python"], args.authors_workdir or tmp)
 
 
 def main(argv=None) -> int:
@@ -368,9 +480,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--save-operators", metavar="DIR",
                         help="save the dense path's operators here (reused by `benchmarks.million --operators DIR`)")
+    add_contestant_arguments(parser)
+    parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP accounting of the compiled steps")
     args = parser.parse_args(argv)
 
     size = SIZES[args.size]
+    contestant = contestant_from_args(args, size)
     cfg = dict(
         hf=size["hf"], seed=args.seed, features=args.features or size["features"],
         layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
@@ -381,12 +496,12 @@ def main(argv=None) -> int:
     cfg["tokens"] = cfg["batch"] * cfg["seq"]
     info = common.machine_info()
     common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
-               f"reference features {cfg['picks']}; load {common.loadavg()}")
+               f"contestant {contestant['label']}, its features {cfg['picks']}; load {common.loadavg()}")
 
     peak_start = common.run_isolated(common.matmul_peak)
     common.log(f"matmul peak {peak_start['flops_per_s'] / 1e9:.1f} GFLOP/s")
-    reference = common.run_isolated(run_reference, cfg=cfg)
-    common.log(f"reference done (peak RSS {reference['peak_rss_gb']} GiB)")
+    reference = run_contestant(cfg, contestant, args)
+    common.log(f"contestant done ({contestant['name']}; peak RSS {reference['peak_rss_gb']} GiB)")
     per_feature = common.run_isolated(run_per_feature, cfg=cfg)
     common.log(f"per-feature done (peak RSS {per_feature['peak_rss_gb']} GiB)")
     dense = common.run_isolated(run_dense, cfg=cfg)
@@ -394,16 +509,14 @@ def main(argv=None) -> int:
     peak_end = common.run_isolated(common.matmul_peak)
     peak = max(peak_start["flops_per_s"], peak_end["flops_per_s"])
 
-    import transformers
-
-    model_config = transformers.GPT2Config(**cfg["hf"])
+    model_config = common.hf_config(cfg["hf"])
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
-        "benchmark": "throughput", "size": args.size, "machine": info,
-        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": transformers.GPT2Config(**cfg["hf"]).to_dict()},
+        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": contestant,
+        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict()},
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
-                      for name, r in (("reference", reference), ("dense", dense), ("per_feature", per_feature))},
+                      for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))},
         "matmul_peak": {"start": peak_start, "end": peak_end},
         "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
         "loadavg_at_end": common.loadavg(),
@@ -411,14 +524,19 @@ def main(argv=None) -> int:
     path = args.out or common.RESULTS / f"throughput-{args.size}-{common.device_slug()}.json"
     if not agreement["passed"]:
         common.write_json(path, out)
-        print(f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the reference; no speed reported.")
+        print(f"contestant: {contestant['label']}")
+        print(f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the contestant's; no speed reported.")
         for m in agreement["mismatches"][:10]:
             print(m)
         return 1
     out["summary"] = summarize(cfg, model_config, reference, dense, per_feature, peak)
+    if not args.no_roofline:
+        out["roofline"] = common.run_isolated(roofline.account_throughput, cfg=cfg, dense=dense, peak=peak)
     common.write_json(path, out)
-    print_report(out["summary"], agreement, info)
-    print(f"peak memory (GiB, RSS of each contestant's process; setup = after model load): {out['memory_gb']}")
+    print_report(out["summary"], agreement, info, contestant)
+    if "roofline" in out:
+        roofline.print_report(out["roofline"])
+    print(f"peak memory (GiB, RSS of each process; setup = after model load): {out['memory_gb']}")
     print(f"load average at end: {out['loadavg_at_end']}; wrote {path}")
     return 0
 

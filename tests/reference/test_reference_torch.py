@@ -338,6 +338,39 @@ def test_key_transport_matches_autograd(arch, read):
     no_hooks_left(model)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("side", ["value", "key"])
+def test_transport_with_nothing_between_skips_the_model_run_and_keeps_its_numbers(arch, side):
+    """Value side at the last layer's resid_post, key side at resid_pre[0]: no module lies
+    between the seed and the captured point, so the model is not run (as in the authors'
+    code), and the result is bit for bit what running it gave."""
+    model = model_of(arch)
+    tokens, mask = batch()
+    L = len(layers_of(model))
+    v = vec(7).float()
+    if side == "value":
+        point, seed = ("resid_post", L - 1), ("resid_post", L - 1)
+        run = lambda tk, mk: rt._jvp(model, tk, mk, point, ("resid_post", L - 1), v)  # noqa: E731
+        transport = lambda **kw: rt.value_transport(model, tokens, mask, v, *point, **kw)  # noqa: E731
+    else:
+        point = ("resid_pre", 0)
+        run = lambda tk, mk: rt._vjp(model, tk, mk, ("resid_pre", 0), point, v)  # noqa: E731
+        transport = lambda **kw: rt.key_transport(model, tokens, mask, v, *point, **kw)  # noqa: E731
+    tk, mk = rt._prep_batch(model, tokens, mask)
+    ran = {per: rt._reduce(model, tk, mk, run, per, None) for per in (False, True)}
+    calls = []
+    handle = layers_of(model)[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        skipped = {per: transport(per_position=per) for per in (False, True)}
+    finally:
+        handle.remove()
+    assert calls == []
+    for per in (False, True):
+        assert skipped[per].dtype == ran[per].dtype
+        np.testing.assert_array_equal(skipped[per], ran[per])
+    np.testing.assert_array_equal(skipped[True], np.broadcast_to(v.numpy(), (int(mask.sum()), D)))
+
+
 def test_float32_agrees_with_float64():
     tokens, mask = batch()
     v = vec(4)
