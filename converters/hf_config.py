@@ -64,20 +64,40 @@ FAMILY_KEYS: dict[str, frozenset] = {
     ),
 }
 
-SUPPORTED_MODEL_TYPES = tuple(FAMILY_KEYS)
+# transformers' `Gemma3TextConfig` defaults of the options that change the math. Official
+# multimodal checkpoints (Gemma-3 4B/12B/27B) write a sparse `text_config` that relies on them.
+GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True, "attention_bias": False, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
+}
+
+# Multimodal wrappers whose language model is converted: wrapper model_type -> text family.
+MULTIMODAL_TEXT_FAMILIES = {"gemma3": "gemma3_text"}
+
+# Top-level options of a multimodal wrapper that only concern image inputs, which a text-only
+# forward pass never reads (the vision tower and projector are not converted).
+# `image_token_index` only matters for ids >= vocab_size, which text inputs cannot hold.
+MULTIMODAL_IMAGE_KEYS = frozenset(
+    "vision_config mm_tokens_per_image boi_token_index eoi_token_index image_token_index".split()
+)
+
+SUPPORTED_MODEL_TYPES = tuple(FAMILY_KEYS) + tuple(MULTIMODAL_TEXT_FAMILIES)
 
 
-def _check_keys(raw: dict[str, Any], family: str) -> None:
+def _check_keys(raw: dict[str, Any], family: str, label: str) -> None:
     known = FAMILY_KEYS[family] | HARMLESS_KEYS | set(REQUIRED_VALUES[family])
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
         raise UnsupportedOptionError(
-            f"{family} config option(s) not supported by the converter: {', '.join(unknown)}"
+            f"{label} option(s) not supported by the converter: {', '.join(unknown)}"
         )
     for key, allowed in REQUIRED_VALUES[family].items():
         if key in raw and raw[key] not in allowed:
             raise UnsupportedOptionError(
-                f"{family} config option {key}={raw[key]!r} is not supported (supported: {allowed})"
+                f"{label} option {key}={raw[key]!r} is not supported (supported: {allowed})"
             )
 
 
@@ -136,19 +156,65 @@ def _rope_tables(raw, family, layer_types, head_dim, max_positions):
     return inv, scales
 
 
-def model_config_from_hf(raw: dict[str, Any]) -> ModelConfig:
-    """Build a `ModelConfig` from a Hugging Face config dict (as in `config.json`)."""
-    family = raw.get("model_type")
-    if family == "gemma3":
+def is_multimodal(raw: dict[str, Any]) -> bool:
+    """Whether `raw` is a multimodal wrapper's config, of which only the language model converts."""
+    return raw.get("model_type") in MULTIMODAL_TEXT_FAMILIES
+
+
+def language_model_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The text config of a multimodal wrapper's config, after checking the wrapper's own options.
+
+    Only what a text-only forward pass reads is accepted: the wrapper's image options
+    (`MULTIMODAL_IMAGE_KEYS`) and bookkeeping; any other top-level option raises
+    `UnsupportedOptionError` naming it. The text config is then checked like a text model's.
+    """
+    wrapper = raw["model_type"]
+    family = MULTIMODAL_TEXT_FAMILIES[wrapper]
+    known = MULTIMODAL_IMAGE_KEYS | HARMLESS_KEYS | {"text_config"}
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
         raise UnsupportedOptionError(
-            "model_type 'gemma3' (the multimodal wrapper) is not supported yet; "
-            "convert its text model (model_type 'gemma3_text', e.g. Gemma-3 270m/1b checkpoints)"
+            f"{wrapper} (multimodal) config option(s) not supported by the converter: {', '.join(unknown)}"
         )
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        raise ConversionError(f"{wrapper} (multimodal) config has no text_config: cannot convert its language model")
+    text = dict(text)
+    if text.setdefault("model_type", family) != family:
+        raise UnsupportedOptionError(
+            f"{wrapper} (multimodal) config has a text_config of model_type {text['model_type']!r}; "
+            f"only {family!r} is supported"
+        )
+    if text.get("final_logit_softcapping") is not None:
+        # Gemma3ForConditionalGeneration returns lm_head(h) without the soft-cap its text model's
+        # config names (Gemma3ForCausalLM applies it); refuse to pick one.
+        raise UnsupportedOptionError(
+            f"{wrapper} (multimodal) text_config option final_logit_softcapping is set, but transformers' "
+            "Gemma3ForConditionalGeneration does not apply it; remove it (official Gemma-3 configs have null)"
+        )
+    # transformers ties the wrapper's lm_head by the top-level value (default True); the text
+    # config's own value belongs to its headless language model and is never read.
+    text["tie_word_embeddings"] = raw.get("tie_word_embeddings", True)
+    return text
+
+
+def model_config_from_hf(raw: dict[str, Any]) -> ModelConfig:
+    """Build a `ModelConfig` from a Hugging Face config dict (as in `config.json`).
+
+    A multimodal wrapper (`gemma3` with a `text_config`) gives the config of its language model.
+    """
+    label = f"{raw.get('model_type')} config"
+    if is_multimodal(raw):
+        label = f"{raw['model_type']} (multimodal) text_config"
+        raw = language_model_config(raw)
+    family = raw.get("model_type")
     if family not in FAMILY_KEYS:
         raise UnsupportedOptionError(
             f"unknown model_type {family!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
-    _check_keys(raw, family)
+    if family == "gemma3_text":
+        raw = {**GEMMA3_TEXT_DEFAULTS, **raw}
+    _check_keys(raw, family, label)
     if family == "gpt2":
         return _gpt2(raw)
     return _rope_family(raw, family)

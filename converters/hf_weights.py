@@ -1,8 +1,10 @@
 """Hugging Face weight names -> the Equinox transformer's leaves, as data.
 
 `weight_plan(config)` lists, for every leaf of the model, which checkpoint tensor(s) fill
-it and how (transpose, split). `fill_model` reads them one at a time, checks shape and
-finiteness, and asserts that every leaf was filled and every checkpoint key consumed.
+it and how (transpose, split). `key_layout` says where the checkpoint keeps them (the base
+model's key prefix, the unembedding's key, and, in a multimodal checkpoint, the parts that
+are not converted). `fill_model` reads them one at a time, checks shape and finiteness, and
+asserts that every leaf was filled and every checkpoint key consumed or explicitly ignored.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from qlens_jax.models.transformer import layer_meta
 
 # Buffers some checkpoints carry that are not parameters.
 IGNORED_KEYS = re.compile(r".*(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
+
+# The plans' key of the unembedding; `KeyLayout.lm_head` says where a checkpoint stores it.
+LM_HEAD = "lm_head.weight"
 
 identity = lambda x: x
 transpose = lambda x: x.T
@@ -63,7 +68,7 @@ def _gpt2_plan(c: ModelConfig) -> dict[str, Source]:
         plan[f"blocks.attn.{name}_proj.weight"] = Source(h + "attn.c_attn.weight", _split(part))
         plan[f"blocks.attn.{name}_proj.bias"] = Source(h + "attn.c_attn.bias", _split(part))
     if not c.tie_word_embeddings:
-        plan["lm_head"] = Source("lm_head.weight")
+        plan["lm_head"] = Source(LM_HEAD)
     return plan
 
 
@@ -90,7 +95,7 @@ def _rope_family_plan(c: ModelConfig) -> dict[str, Source]:
     else:
         plan["blocks.mlp_norm.weight"] = Source(layer + "post_attention_layernorm.weight")
     if not c.tie_word_embeddings:
-        plan["lm_head"] = Source("lm_head.weight")
+        plan["lm_head"] = Source(LM_HEAD)
     return plan
 
 
@@ -102,25 +107,68 @@ def _leaf_name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
-def _key_prefix(keys: list[str], config: ModelConfig) -> str:
-    """The prefix in front of the base-model keys (`transformer.`, `model.`, or none)."""
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where a checkpoint keeps the converted model's tensors."""
+
+    base: str  # prefix of the base model's keys (`transformer.`, `model.`, ...)
+    lm_head: str = LM_HEAD  # key of the untied unembedding
+    ignored: tuple[str, ...] = ()  # key prefixes of the parts not converted (vision tower, ...)
+
+
+# Gemma3ForConditionalGeneration: files keep the original layout (transformers renames keys on
+# load and back on save), the in-memory state dict has the module layout.
+GEMMA3_MULTIMODAL_LAYOUTS = (
+    KeyLayout("language_model.model.", "language_model.lm_head.weight", ("vision_tower.", "multi_modal_projector.")),
+    KeyLayout("model.language_model.", LM_HEAD, ("model.vision_tower.", "model.multi_modal_projector.")),
+)
+MULTIMODAL_LAYOUTS = {"gemma3_text": GEMMA3_MULTIMODAL_LAYOUTS}
+
+
+def key_layout(
+    keys: list[str], config: ModelConfig, multimodal: bool = False, where: str = "checkpoint"
+) -> KeyLayout:
+    """Where the tensors of `config`'s model are among checkpoint `keys`.
+
+    A text model's base keys are found by their embedding, whatever the prefix; a multimodal
+    checkpoint (`multimodal=True`) must match one of its wrapper's known layouts.
+    """
     probe = "wte.weight" if config.model_type == "gpt2" else "embed_tokens.weight"
+    if multimodal:
+        layouts = MULTIMODAL_LAYOUTS.get(config.model_type)
+        if layouts is None:
+            raise ConversionError(f"no multimodal checkpoint layout for {config.model_type} (converter bug)")
+        for layout in layouts:
+            if layout.base + probe in keys:
+                return layout
+        expected = " or ".join(repr(layout.base + probe) for layout in layouts)
+        raise ConversionError(f"{where} (multimodal) has no {expected} tensor: where is its language model?")
     for key in keys:
         if key.endswith(probe):
-            return key[: -len(probe)]
-    raise ConversionError(f"checkpoint has no '{probe}' tensor: is it a {config.model_type} checkpoint?")
+            return KeyLayout(key[: -len(probe)])
+    raise ConversionError(f"{where} has no '{probe}' tensor: is it a {config.model_type} checkpoint?")
 
 
-def fill_model(config: ModelConfig, tensors: TensorSource, dtype=jnp.float32, where: str = "checkpoint") -> Transformer:
-    """Build the Equinox model of `config` from checkpoint tensors, checking everything."""
+def fill_model(
+    config: ModelConfig,
+    tensors: TensorSource,
+    dtype=jnp.float32,
+    where: str = "checkpoint",
+    multimodal: bool = False,
+) -> Transformer:
+    """Build the Equinox model of `config` from checkpoint tensors, checking everything.
+
+    `multimodal`: the tensors are a multimodal wrapper's (`converters.hf_config.is_multimodal`);
+    its language model is converted and the keys of its other parts are ignored.
+    """
     skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0), dtype)
     keys = tensors.keys()
-    prefix = _key_prefix(keys, config)
+    layout = key_layout(keys, config, multimodal, where)
     plan = weight_plan(config)
     consumed: set[str] = set()
 
     def read(key: str, transform, expected_shape) -> np.ndarray:
-        full = key if key.startswith("lm_head") else prefix + key
+        full = layout.lm_head if key == LM_HEAD else layout.base + key
         if full not in keys:
             raise ConversionError(f"{where} is missing weight {full!r}")
         array = transform(tensors.get(full))
@@ -150,9 +198,10 @@ def fill_model(config: ModelConfig, tensors: TensorSource, dtype=jnp.float32, wh
 
     model = jax.tree_util.tree_map_with_path(fill, skeleton)
     model = eqx.tree_at(lambda m: m.meta, model, layer_meta(config))
-    leftover = sorted(k for k in keys if k not in consumed and not IGNORED_KEYS.match(k))
+    not_converted = lambda k: IGNORED_KEYS.match(k) or k.startswith(layout.ignored)
+    leftover = sorted(k for k in keys if k not in consumed and not not_converted(k))
     if config.tie_word_embeddings:
-        leftover = [k for k in leftover if k != "lm_head.weight"]
+        leftover = [k for k in leftover if k != layout.lm_head]
     if leftover:
         raise ConversionError(
             f"{where} has weights the config does not account for: {leftover[:8]}"

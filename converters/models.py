@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from converters.checkpoint_files import StateDictSource, open_checkpoint
 from converters.errors import ConversionError
 from converters.checkpoint import is_orbax_checkpoint, load_checkpoint
-from converters.hf_config import model_config_from_hf
+from converters.hf_config import is_multimodal, model_config_from_hf
 from converters.hf_weights import fill_model
 from converters.hub import resolve_local
 from qlens_jax.models import Transformer
@@ -45,15 +45,18 @@ def load_model(source: Any, dtype: Any = "float32") -> Transformer:
     `source`: a local checkpoint directory (config.json + model.safetensors, sharded
     safetensors with an index, or pytorch_model.bin), a directory written by
     `converters.save_checkpoint` (Orbax), a `transformers` model object, or a hub id.
+    A multimodal Gemma-3 checkpoint (`Gemma3ForConditionalGeneration`) gives its language model.
     """
     dtype = _dtype(dtype)
     if hasattr(source, "state_dict") and hasattr(source, "config"):
         raw = source.config.to_dict()
         config = model_config_from_hf(raw)
-        return fill_model(config, StateDictSource(source.state_dict()), dtype, where="the in-memory model")
+        state = StateDictSource(source.state_dict())
+        return fill_model(config, state, dtype, where="the in-memory model", multimodal=is_multimodal(raw))
     directory = resolve_local(source, MODEL_FILES)
     if is_orbax_checkpoint(directory):
         return load_checkpoint(directory, dtype=dtype)
-    config = model_config_from_hf(read_hf_config(directory))
+    raw = read_hf_config(directory)
+    config = model_config_from_hf(raw)
     tensors = open_checkpoint(directory)
-    return fill_model(config, tensors, dtype, where=str(directory))
+    return fill_model(config, tensors, dtype, where=str(directory), multimodal=is_multimodal(raw))

@@ -111,3 +111,40 @@ def hf_forward(model, tokens, mask):
             output_hidden_states=True,
         )
     return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
+
+
+# Gemma3ForConditionalGeneration: the text model of "gemma3-sliding" (local and global layers,
+# window shorter than the test sequences) and a one-layer vision tower, so it builds fast.
+GEMMA3_MULTIMODAL_TEXT = ARCHITECTURES["gemma3-sliding"][2]
+GEMMA3_TINY_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=28, patch_size=14)
+
+
+def gemma3_multimodal_config(vocab_size: int = VOCAB, tie_word_embeddings: bool = True, **text_options):
+    """A tiny `transformers.Gemma3Config` (multimodal) whose text config is "gemma3-sliding"'s."""
+    import transformers
+
+    text = dict(GEMMA3_MULTIMODAL_TEXT, vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                initializer_range=0.15, **text_options)
+    return transformers.Gemma3Config(
+        text_config=text, vision_config=GEMMA3_TINY_VISION, mm_tokens_per_image=4,
+        boi_token_index=vocab_size - 3, eoi_token_index=vocab_size - 2, image_token_index=vocab_size - 1,
+        tie_word_embeddings=tie_word_embeddings, initializer_range=0.15, attn_implementation="eager",
+    )
+
+
+def build_hf_gemma3_multimodal(seed: int = 0, tie_word_embeddings: bool = True):
+    """A seeded random `Gemma3ForConditionalGeneration`, in eval mode, float32, perturbed as
+    `build_hf_model` does (norms and biases away from identity)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = gemma3_multimodal_config(tie_word_embeddings=tie_word_embeddings)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
+                param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    return model

@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 
 import converters
 from converters import ConversionError, UnsupportedOptionError
-from tiny_models import build_hf_model, save_hf_model
+from tiny_models import build_hf_model, gemma3_multimodal_config, save_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,42 @@ def test_gemma_attention_softcap_refused():
     raw = build_hf_model("gemma3-softcap").config.to_dict()
     raw["attn_logit_softcapping"] = 50.0
     with pytest.raises(UnsupportedOptionError, match="attn_logit_softcapping"):
+        converters.model_config_from_hf(raw)
+
+
+@pytest.mark.parametrize(
+    "key, value", [("some_new_option", 3), ("use_bidirectional_attention", True), ("hidden_activation", "swiglu_v9")]
+)
+def test_gemma3_multimodal_text_config_option_is_named(key, value):
+    raw = gemma3_multimodal_config().to_dict()
+    raw["text_config"][key] = value
+    with pytest.raises(UnsupportedOptionError, match=key if key != "hidden_activation" else "swiglu_v9") as err:
+        converters.model_config_from_hf(raw)
+    if key != "hidden_activation":
+        assert "gemma3 (multimodal) text_config" in str(err.value)
+
+
+def test_gemma3_multimodal_top_level_option_is_named():
+    raw = gemma3_multimodal_config().to_dict()
+    raw["audio_config"] = {"hidden_size": 8}
+    with pytest.raises(UnsupportedOptionError, match="gemma3 \\(multimodal\\) config option.*audio_config"):
+        converters.model_config_from_hf(raw)
+
+
+def test_gemma3_multimodal_final_softcap_refused():
+    # Gemma3ForConditionalGeneration never applies it, unlike Gemma3ForCausalLM.
+    raw = gemma3_multimodal_config(final_logit_softcapping=30.0).to_dict()
+    with pytest.raises(UnsupportedOptionError, match="final_logit_softcapping"):
+        converters.model_config_from_hf(raw)
+
+
+def test_gemma3_multimodal_needs_a_gemma3_text_config():
+    raw = gemma3_multimodal_config().to_dict()
+    raw["text_config"]["model_type"] = "gemma3n_text"
+    with pytest.raises(UnsupportedOptionError, match="'gemma3n_text'"):
+        converters.model_config_from_hf(raw)
+    del raw["text_config"]
+    with pytest.raises(ConversionError, match="no text_config"):
         converters.model_config_from_hf(raw)
 
 
