@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.baselines.splice import point_value
-from qlens_jax.lens.points import point_at
+from qlens_jax.lens.points import Point, final_point, point_at, row, value_points
 from qlens_jax.models import Transformer
 
 
@@ -34,20 +34,24 @@ TUNED_LENS_HINT = ("Train translators there with train_tuned_lens(..., points=..
 
 
 def library_points(n_layers: int) -> tuple[int, ...]:
-    """The tuned-lens library's translators: Hugging Face hidden states 0..L-1 = resid_pre[0..L-1]."""
-    return tuple(range(0, 2 * n_layers, 2))
+    """The tuned-lens library's translators: Hugging Face hidden states 0..L-1 = resid_pre[0..L-1]
+    (as operator rows, `points.row`, the numbering translator files store)."""
+    return tuple(row(Point("resid_pre", block), n_layers) for block in range(n_layers))
 
 
 def all_points(n_layers: int) -> tuple[int, ...]:
-    """Every residual point below the final one (resid_pre and resid_mid of every block)."""
-    return tuple(range(0, 2 * n_layers))
+    """Every residual point below the final one (resid_pre and resid_mid of every block), as rows."""
+    return tuple(row(p, n_layers) for p in value_points(n_layers) if p != final_point(n_layers))
+
+
+def final_row(n_layers: int) -> int:
+    """The row of the final residual, where no translator is needed (the identity)."""
+    return row(final_point(n_layers), n_layers)
 
 
 def point_name(point: int, n_layers: int) -> str:
-    block, mid = divmod(point, 2)
-    if point == 2 * n_layers:
-        return "final"
-    return f"resid_mid[{block}]" if mid else f"resid_pre[{block}]"
+    """`resid_pre[b]`, `resid_mid[b]` or `final` for the residual point of row `point`."""
+    return "final" if point == final_row(n_layers) else str(point_at(point, n_layers))
 
 
 class TunedLens(eqx.Module):
@@ -62,8 +66,9 @@ class TunedLens(eqx.Module):
         n, d = len(self.points), self.bias.shape[-1]
         if self.weight.shape != (n, d, d) or self.bias.shape != (n, d):
             raise ValueError(f"TunedLens: weight {self.weight.shape} / bias {self.bias.shape} do not fit {n} points of width {d}")
-        if sorted(set(self.points)) != list(self.points) or any(not 0 <= p < 2 * self.n_layers for p in self.points):
-            raise ValueError(f"TunedLens: points {self.points} must be increasing residual points below the final one (2L = {2 * self.n_layers})")
+        final = final_row(self.n_layers)
+        if sorted(set(self.points)) != list(self.points) or any(not 0 <= p < final for p in self.points):
+            raise ValueError(f"TunedLens: points {self.points} must be increasing residual points below the final one (row {final})")
 
     @classmethod
     def identity(cls, n_layers: int, d_model: int, points: tuple[int, ...] | None = None) -> "TunedLens":

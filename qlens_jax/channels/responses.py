@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from qlens_jax.lens.points import residual_point, row
+from qlens_jax.lens.points import MODULE_KINDS, Module, module_row, residual_point, row
 from qlens_jax.numerics import applies_precision
 
 
@@ -59,8 +59,8 @@ class ChannelPair:
 
 
 def destination_blocks(write_point: int, n_layers: int) -> list[int]:
-    """Blocks `t` whose attention (module `2t`) and MLP both come after `write_point`."""
-    return [t for t in range(n_layers) if 2 * t >= write_point]
+    """Blocks `t` whose attention and MLP both come after `write_point` (a row, `points.row`)."""
+    return [t for t in range(n_layers) if row(Module("attn", t).reads, n_layers) >= write_point]
 
 
 def sample_features(value_vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,8 +94,9 @@ def channel_pairs(sources: list[Source], n_layers: int) -> list[ChannelPair]:
 
 
 def block_operator(first_order: Float[ArrayLike, "modules d d"], block: int) -> Float[Array, "d d"]:
-    """`R_t = A_{2t} + A_{2t+1}`, applied as `X @ R_t.T`."""
-    return first_order[2 * block] + first_order[2 * block + 1]
+    """`R_t = A_attn(t) + A_mlp(t)`, the first-order operator of block `t`, applied as `X @ R_t.T`."""
+    n_layers = len(first_order) // len(MODULE_KINDS)
+    return sum(first_order[module_row(Module(kind, block), n_layers)] for kind in MODULE_KINDS)
 
 
 @jax.jit

@@ -223,6 +223,7 @@ def run_evaluate(args) -> int:
     from qlens_jax.baselines import (TunedLensTraining, all_points, baseline_signatures, library_points, load_tuned_lens,
                                      save_tuned_lens, train_tuned_lens)
     from qlens_jax.baselines.splice import write_point
+    from qlens_jax.baselines.tuned_lens import final_row
     from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch
     from qlens_jax.evaluation.report import write_report
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
@@ -255,7 +256,7 @@ def run_evaluate(args) -> int:
         if args.tuned_lens:
             translators = load_tuned_lens(args.tuned_lens, model)
         elif args.train_tuned_lens:
-            points = sorted({write_point(d, model.config.n_layers) for d in dictionaries} - {2 * model.config.n_layers})
+            points = sorted({write_point(d, model.config.n_layers) for d in dictionaries} - {final_row(model.config.n_layers)})
             use = library_points(model.config.n_layers) if set(points) <= set(library_points(model.config.n_layers)) else all_points(model.config.n_layers)
             split = max(1, int(0.9 * len(windows)))
             translators, training = train_tuned_lens(model, windows[:split], points=use, options=TunedLensTraining(steps=args.tuned_lens_steps, seed=args.seed),
