@@ -7,7 +7,7 @@ machine cannot go faster than 2 devices' worth). With `--real` the job uses the 
 own accelerators (e.g. 8 GPUs of one node, or a TPU slice), meshes up to their number.
 
 Per mesh: the two dense sweeps (`transport_operators(..., mesh=mesh)`, tokens per second)
-and the readout of every feature of a synthetic SAE (`query_lens(..., mesh=mesh)`, features
+and the readout of every feature of a synthetic SAE (`read_signatures` of a plan on the mesh, features
 per second), each timed on a second call after a compiling first call. Every mesh's top-k ids
 must equal the 1-device run's (up to swaps of features whose scores differ by less than 1e-5
 of the scale: the token chunks are summed in another order), and the operators' and readout's shardings are recorded (the
@@ -48,7 +48,7 @@ def worker(size: str, mesh: str, seed: int, budget: float) -> dict:
     import jax
     import numpy as np
 
-    from qlens_jax import query_lens, sharding, transport_operators
+    from qlens_jax import ExecutionOptions, plan_request, read_signatures, sharding, transport_operators
 
     cfg = SIZES[size]
     data, feature = _shape(mesh)
@@ -62,8 +62,9 @@ def worker(size: str, mesh: str, seed: int, budget: float) -> dict:
                                              memory_budget_gb=budget)
     _, sweeps_first = common.timed(run_sweeps)
     operators, sweeps_s = common.timed(run_sweeps)
-    run_readout = lambda: query_lens(model, dictionary, tokens, mask, operators=operators, path="dense", mesh=the_mesh,
-                                     self_check=False, memory_budget_gb=budget)
+    plan = plan_request(model, dictionary, tokens, mask, execution=ExecutionOptions(
+        path="dense", mesh=the_mesh, self_check=False, memory_budget_gb=float(budget)))
+    run_readout = lambda: read_signatures(plan, operators)  # noqa: E731  (the readout stage alone)
     _, readout_first = common.timed(run_readout)
     signatures, readout_s = common.timed(run_readout)
     n_tokens, n_features = int(mask.sum()), cfg["features"] * len(signatures)

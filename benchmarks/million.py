@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
 
     import qlens_jax  # noqa: F401  (XLA flags first)
 
-    from qlens_jax import TransportOperators, query_lens, transport_operators
+    from qlens_jax import ExecutionOptions, TransportOperators, plan_request, query_lens, read_signatures, transport_operators
     from qlens_jax.lens.chunks import plan_chunks
     from qlens_jax.readout import feature_chunk_for
 
@@ -198,10 +198,9 @@ def main(argv=None) -> dict:
     for lens in args.lenses:
         before = common.loadavg()
         with RssSampler() as rss:
-            sigs, seconds = common.timed(
-                query_lens, model, dictionary, tokens, mask, lenses=(lens,), operators=operators, path="dense",
-                self_check=False, memory_budget_gb=args.memory_budget_gb, feature_chunk=feature_chunk, quiet=True,
-            )
+            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), execution=ExecutionOptions(
+                path="dense", self_check=False, memory_budget_gb=args.memory_budget_gb, feature_chunk=feature_chunk))
+            sigs, seconds = common.timed(read_signatures, plan, operators)  # the readout stage alone
         table = sigs[0]
         tables[lens] = table
         record = {

@@ -3,7 +3,7 @@
 Axes (each point runs in its own spawned process, so its peak memory is its own):
 
 - `features`: features per layer (1K .. 2^20, synthetic dictionaries). Readout only: one
-  `query_lens(..., operators=...)` call per side with fixed (synthetic) operators, i.e. the
+  `read_signatures(plan, operators)` call per side with fixed (synthetic) operators, i.e. the
   kernel's real readout path; the sweeps do not depend on the number of features and are
   measured once (`tokens` axis at `--tokens`). Reported: time, peak RSS (and RSS above
   setup), and the readout's achieved FLOP/s (`2 * n_features * d_model * vocab` per side)
@@ -86,7 +86,7 @@ def _tokens(vocab, n_tokens, seed=0):
 def measure_readout(size: dict, n_features: int, vocab: int | None, sides: list[str], budget: float, repeat: bool) -> dict:
     import jax.numpy as jnp
 
-    from qlens_jax import TransportOperators, query_lens
+    from qlens_jax import ExecutionOptions, TransportOperators, plan_request, read_signatures
     from qlens_jax.lens.points import n_key_points, n_points
 
     model = _model(size, n_layers=1, vocab=vocab)
@@ -105,8 +105,9 @@ def measure_readout(size: dict, n_features: int, vocab: int | None, sides: list[
     flops = 2 * n_features * d * V
     for side in sides:
         lens = f"query_lens_{side}"
-        call = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), operators=operators, path="dense",
-                                  self_check=False, memory_budget_gb=budget)
+        plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,),
+                            execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(budget)))
+        call = lambda: read_signatures(plan, operators)  # noqa: E731  (the readout stage alone)
         _, first = common.timed(call)
         times = [first]
         if repeat and first < 60:

@@ -15,7 +15,7 @@ peak memory is its own:
 - qlens-jax dense path: the two sweeps (`transport_operators`, once, shared by every layer,
   over the blocks the whole-dictionary job needs; with the budget to keep every block's MLP
   Jacobians, one step for both sides that forms each Jacobian once), then
-  `query_lens(..., operators=...)` over ALL features of each benchmarked layer; and, for
+  the readout stage (`read_signatures(plan, operators)`) over ALL features of each benchmarked layer; and, for
   the single-layer job, the sweep restricted to the blocks that layer needs (value: the blocks
   after it; key: the blocks up to it), as `query_lens` on one layer runs it;
 - qlens-jax per-feature path: `query_lens(..., path="per-feature")` on the contestant's features.
@@ -123,7 +123,7 @@ def _jax_setup(cfg):
 
 
 def run_dense(cfg: dict) -> dict:
-    from qlens_jax import query_lens, transport_operators
+    from qlens_jax import ExecutionOptions, LensOptions, plan_request, read_signatures, transport_operators
     from qlens_jax.lens.points import residual_point
 
     model, d, tokens, mask = _jax_setup(cfg)
@@ -152,10 +152,10 @@ def run_dense(cfg: dict) -> dict:
     for layer in cfg["layers"]:
         dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
-            sigs, seconds = common.timed(
-                query_lens, model, dictionary, tokens, mask, lenses=(lens,), operators=operators, path="dense",
-                self_check=False, k=K, memory_budget_gb=cfg["budget"],
-            )
+            # The readout stage alone: the plan (validation) is made before the clock starts.
+            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K),
+                                execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(cfg["budget"])))
+            sigs, seconds = common.timed(read_signatures, plan, operators)
             table = sigs[0]
             out["readouts"][f"{lens}/{layer}"] = {
                 "seconds": seconds,
