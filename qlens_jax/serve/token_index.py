@@ -6,8 +6,8 @@ progress) one index file: a row per entry of every stored top-k and bottom-k lis
 in row groups of `ROW_GROUP` rows, so that DuckDB reads only the row groups of the searched ids
 (their Parquet statistics bound the ids). Built by DuckDB from the file itself, in the cache
 (`rows.cache_root()/token-index`), never in the run folder; keyed by the file's path, size and
-modification time, so a rewritten file is indexed again. A background thread indexes the files
-as they appear; until a file has its index, searches scan that file instead.
+modification time, so a rewritten file is indexed again. A background thread (`indexer`) indexes
+the files as they appear; until a file has its index, searches scan that file instead.
 """
 
 from __future__ import annotations
@@ -55,51 +55,3 @@ def build_index(source: Path, threads: int = 1, memory_limit: str = "1GB") -> Pa
         connection.close()
     os.replace(temporary, target)
     return target
-
-
-class TokenIndexer:
-    """Indexes a run's signature files in a background thread; `split` says which files of a
-    query have their index ready."""
-
-    def __init__(self, list_files, poll_seconds: float = 2.0):
-        self._list_files, self._poll = list_files, poll_seconds
-        self._ready: dict[Path, Path] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: str | None = None
-
-    def split(self, files: list[Path]) -> tuple[list[Path], list[Path]]:
-        """(index files of the indexed ones, the files still without an index)."""
-        indexed, missing = [], []
-        for f in files:
-            index = self._ready.get(f)
-            (indexed.append(index) if index is not None else missing.append(f))
-        return indexed, missing
-
-    def index_all(self) -> None:
-        """Index every current file now (in this thread)."""
-        for source in self._list_files():
-            if self._stop.is_set():
-                return
-            if source not in self._ready:
-                self._ready[source] = build_index(source)
-
-    def progress(self) -> dict:
-        files = self._list_files()
-        return {"files": len(files), "indexed": sum(1 for f in files if f in self._ready), "error": self.error}
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.index_all()
-            except (duckdb.Error, OSError) as err:  # searches keep scanning the files
-                self.error = " ".join(str(err).split())
-            self._stop.wait(self._poll)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="qlens-token-index", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -70,8 +70,19 @@ def _queries(run_dir, indexed: bool):
     queries = Queries(run, run_vocab(run), token_index=indexed)
     if indexed:
         queries.indexer.index_all()
-        assert queries.indexer.progress() == {"files": 1, "indexed": 1, "error": None}
+        for kind in ("feature", "token"):
+            assert queries.indexer.progress(kind) == {"files": 1, "indexed": 1, "error": None}
+            assert queries.indexer.split(run.parquet_files(), kind)[1] == []
     return queries
+
+
+def test_feature_lookups_through_the_feature_index_equal_the_file(serve_run):
+    """Every feature of every dictionary, answered from the feature index and by DuckDB over the
+    file: the same answer (lists, scores, relative variance, feature string, lens order)."""
+    indexed, scanned = _queries(serve_run[0], True), _queries(serve_run[0], False)
+    for entry in indexed.run.dictionaries:
+        for feature in range(entry.d_sae):
+            assert indexed.feature(entry, feature) == scanned.feature(entry, feature)
 
 
 @pytest.mark.parametrize("how", ["server", "token index", "scan"])
