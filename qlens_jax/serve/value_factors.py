@@ -14,7 +14,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from qlens_jax.models import layers
 from qlens_jax.models.transformer import Norm, Transformer
@@ -44,8 +44,14 @@ class ValueFactors(eqx.Module):
     softcap: float | None = eqx.field(static=True)
 
 
-def value_factors(model: Transformer, op: Float[Array, "d d"], token: int, remove_final_norm_bias: bool = False) -> ValueFactors:
+def value_factors(model: Transformer, op: Float[Array, "d d"], token: int | Int[Array, ""], remove_final_norm_bias: bool = False) -> ValueFactors:
     """`ValueFactors` of `token` with the model's final norm (its weight, bias, offset) and soft-capping."""
+    return _value_factors(model, op, jnp.asarray(token, jnp.int32), remove_final_norm_bias)
+
+
+@eqx.filter_jit
+def _value_factors(model: Transformer, op: Float[Array, "d d"], token: Int[Array, ""], remove_final_norm_bias: bool) -> ValueFactors:
+    # jitted with a traced token: one compilation for every token, and W_U's column read in place
     norm = model.final_norm
     column = model.W_U[:, token].astype(jnp.float32)
     scale = jnp.ones_like(column) if norm.weight is None else norm.offset + norm.weight.astype(jnp.float32)
