@@ -166,7 +166,10 @@ class ReverseLookup:
             stats = load_statistics(path, len(rows.value))
             if stats is None:
                 stats = self._map_chunks(rows.value, lambda start, x: _statistics_chunk(self.model, op, x))
-                save_statistics(path, stats)
+                try:
+                    save_statistics(path, stats)
+                except OSError:  # a read-only cache: this process keeps them in memory all the same
+                    pass
             self._statistics[entry.index] = stats  # 8 bytes a feature
         return self._statistics[entry.index]
 

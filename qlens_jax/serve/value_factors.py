@@ -73,7 +73,9 @@ def factored_value_scores(factors: ValueFactors, statistics: Float[Array, "n 2"]
     so with `mu_i, rstd_i` known (`norm_statistics` of `M_p v_i`, token independent) the score is
     linear in `v_i`: one `d x d` product per token (`value_factors`) and `n x d` per lookup.
     RMSNorm is the case `mu_i = 0`, `beta = 0`, with `g` Gemma's `1 + w` where the model has
-    it; `remove_final_norm_bias` drops `<beta, w_t>`; soft-capping is applied after.
+    it; `remove_final_norm_bias` drops `<beta, w_t>`; soft-capping is applied after. Everything
+    runs in float32 (for a bfloat16 model the forward readout also rounds the normalized vector
+    to bfloat16 before the unembedding; the two then differ by that rounding).
     """
     dots = jnp.matmul(rows.astype(jnp.float32), factors.pulled)
     mean, rstd = statistics[:, 0], statistics[:, 1]
