@@ -122,6 +122,11 @@ class Queries:
             raise QueryError(f"feature {dictionary.name}/{dictionary.layer}/{feature} has no signatures in this run{state}", 404)
         return self._rows_to_features(rows)[0]
 
+    def features_indexed(self) -> bool:
+        """Whether every current file has its feature index (a feature lookup then only reads a
+        few hundred bytes: cheap enough to answer without a worker thread)."""
+        return self.indexer is not None and not self.indexer.split(self.run.parquet_files(), "feature")[1]
+
     def _feature_index(self, folder: Path) -> FeatureIndex:
         index = self._feature_indexes.get(folder)
         if index is None:
