@@ -22,6 +22,7 @@ from qlens_jax.errors import InputError
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
 from qlens_jax.serve.feature_index import FeatureIndex
 from qlens_jax.serve.indexer import Indexer
+from qlens_jax.serve.token_index import TokenIndex
 
 MAX_PAGE = 200
 MAX_TOKEN_IDS = 64  # distinct ids one search may match (normalized spellings of one token)
@@ -54,6 +55,7 @@ class Queries:
         self.run = run
         self.indexer = Indexer(run.parquet_files) if token_index else None
         self._feature_indexes: dict[Path, FeatureIndex] = {}
+        self._token_indexes: dict[Path, TokenIndex] = {}
         self.vocab = vocab
         self._by_text: dict[str, list[int]] = defaultdict(list)
         for token_id, text in enumerate(vocab):
@@ -180,6 +182,22 @@ class Queries:
         if not ids or not files:
             return {"token": text, "token_ids": ids, "total": 0, "hits": []}
         indexed, scanned = self.indexer.split(files, "token") if self.indexer is not None else ([], files)
+        if not scanned:
+            rows = self._indexed_search(indexed, ids, lens, limit, offset)
+        else:
+            rows = self._sql_search(indexed, scanned, ids, lens, limit, offset)
+        total = rows[0]["total"] if rows else 0
+        hits = []
+        for row in rows:
+            entry = self.run.dictionaries[row["dictionary_index"]]
+            hits.append({"lens": row["lens"], "dictionary": entry.name, "dictionary_index": entry.index, "layer": entry.layer,
+                         "feature": row["feature"], "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
+                         "side": row["side"], "rank": row["rank"], "score": row["score"]})
+        return {"token": text, "token_ids": ids, "total": total, "hits": hits}
+
+    def _sql_search(self, indexed: list[Path], scanned: list[Path], ids: list[int], lens: str | None, limit: int, offset: int) -> list[dict]:
+        """`token_search`'s rows by DuckDB, over token indexes and files not indexed yet: the best
+        entry (top list first, then lowest rank) per lens and feature, ordered, with the total."""
         params = {"limit": limit, "offset": offset, **{f"t{i}": t for i, t in enumerate(ids)}}
         lens_filter = ""
         if lens is not None:
@@ -193,7 +211,7 @@ class Queries:
         if scanned:
             params["scanned"] = [str(f) for f in scanned]
             parts.append(self._scan_sql(len(ids), lens_filter))
-        rows = self._query(
+        return self._query(
             f"""
             WITH hits AS ({" UNION ALL ".join(parts)}),
             best AS (SELECT * FROM hits QUALIFY row_number() OVER (PARTITION BY lens, dictionary_index, feature ORDER BY side DESC, rank) = 1)
@@ -202,14 +220,27 @@ class Queries:
             """,
             params,
         )
-        total = rows[0]["total"] if rows else 0
-        hits = []
-        for row in rows:
-            entry = self.run.dictionaries[row["dictionary_index"]]
-            hits.append({"lens": row["lens"], "dictionary": entry.name, "dictionary_index": entry.index, "layer": entry.layer,
-                         "feature": row["feature"], "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
-                         "side": row["side"], "rank": row["rank"], "score": row["score"]})
-        return {"token": text, "token_ids": ids, "total": total, "hits": hits}
+
+    def _indexed_search(self, indexed: list[Path], ids: list[int], lens: str | None, limit: int, offset: int) -> list[dict]:
+        """`_sql_search`'s rows when every file has its token index: the few row groups of the
+        ids read with pyarrow (`TokenIndex`), the best entry per lens and feature kept here."""
+        best: dict[tuple, tuple] = {}
+        for path in indexed:
+            columns = self._token_index(path).entries(ids, lens)
+            for row in zip(columns["lens"], columns["dictionary_index"], columns["feature"], columns["side"], columns["rank"], columns["score"]):
+                key, order = row[:3], (row[3] != "top", row[4])
+                if key not in best or order < best[key][0]:
+                    best[key] = (order, row)
+        ranked = sorted(best.values(), key=lambda entry: (*entry[0], *entry[1][:3]))
+        names = ("lens", "dictionary_index", "feature", "side", "rank", "score")
+        return [dict(zip(names, row), total=len(ranked)) for _, row in ranked[offset : offset + limit]]
+
+    def _token_index(self, path: Path) -> TokenIndex:
+        index = self._token_indexes.get(path)
+        if index is None:
+            with self._lock:
+                index = self._token_indexes.setdefault(path, TokenIndex(path))
+        return index
 
     @staticmethod
     def _scan_sql(n_ids: int, lens_filter: str) -> str:

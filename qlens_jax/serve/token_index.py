@@ -55,3 +55,43 @@ def build_index(source: Path, threads: int = 1, memory_limit: str = "1GB") -> Pa
         connection.close()
     os.replace(temporary, target)
     return target
+
+
+class TokenIndex:
+    """A token index opened for reading: the row groups holding some token ids, read with pyarrow.
+
+    The index is sorted by token id, so the row groups' statistics bound the ids they hold; they
+    are read once here, and a search reads only the row groups of its ids (one, usually), without
+    a query engine's planning per search.
+    """
+
+    def __init__(self, path: Path):
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        self.path = path
+        self._metadata = pq.ParquetFile(path).metadata
+        column = self._metadata.schema.names.index("token_id")
+        bounds = [self._metadata.row_group(g).column(column).statistics for g in range(self._metadata.num_row_groups)]
+        if any(s is None or not s.has_min_max for s in bounds):
+            raise ValueError(f"{path}: a row group without token id statistics")
+        self._low = np.asarray([s.min for s in bounds], np.int64)
+        self._high = np.asarray([s.max for s in bounds], np.int64)
+
+    def entries(self, token_ids: list[int], lens: str | None = None) -> dict[str, list]:
+        """The index rows of these ids (and of `lens` only, when given), as columns:
+        `token_id, side, rank, score, lens, dictionary_index, feature`."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        ids = np.asarray(token_ids, np.int64)
+        groups = np.flatnonzero(((self._low[:, None] <= ids[None, :]) & (ids[None, :] <= self._high[:, None])).any(axis=1))
+        if not len(groups):
+            return {name: [] for name in self._metadata.schema.names}
+        table = pq.ParquetFile(self.path, metadata=self._metadata).read_row_groups(groups.tolist(), use_threads=False)
+        keep = pc.is_in(table.column("token_id"), value_set=pa.array(ids, pa.int32()))
+        if lens is not None:
+            keep = pc.and_(keep, pc.equal(table.column("lens"), lens))
+        return table.filter(keep).to_pydict()

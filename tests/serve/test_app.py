@@ -112,6 +112,19 @@ def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, 
     assert search(token="no-such-token")["total"] == 0
 
 
+def test_token_search_through_the_indexes_equals_the_scan_of_the_file(serve_run, rows):
+    """Every file indexed (the token indexes read with pyarrow) or none (DuckDB over the file):
+    the same hits, order, totals, pages and lens filters, for many tokens."""
+    indexed, scanned = _queries(serve_run[0], True), _queries(serve_run[0], False)
+    assert not indexed.indexer.split(indexed.run.parquet_files(), "token")[1]
+    tokens = sorted({indexed.vocab[t] for r in rows[:40] for t in r["top_ids"][:3] + r["bottom_ids"][:2] if normalize_token(indexed.vocab[t])})
+    assert len(tokens) > 20
+    for token in tokens:
+        for lens in (None, "query_lens_key"):
+            for limit, offset in ((200, 0), (3, 2)):
+                assert indexed.token_search(token, lens, limit, offset) == scanned.token_search(token, lens, limit, offset)
+
+
 def test_reverse_lookup_endpoint_equals_the_python_api(client, serve_run):
     answer = client.get("/api/reverse", params={"token": " the", "side": "key", "top": 7}).json()
     direct = ReverseLookup(serve_run[0]).lookup(" the", "key", top=7)
