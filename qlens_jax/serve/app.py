@@ -90,7 +90,8 @@ class Server:
 
     async def run_info(self, request: Request):
         indexer = self.queries.indexer
-        return JSONResponse(self.run.summary() | {"token_index": indexer.progress() if indexer is not None else None})
+        progress = {f"{kind}_index": indexer.progress(kind) if indexer is not None else None for kind in ("feature", "token")}
+        return JSONResponse(self.run.summary() | progress)
 
     async def feature(self, request: Request):
         query = _text(request, "q", required=False)
@@ -101,6 +102,8 @@ class Server:
             entry, feature = parsed
         else:
             entry, feature = self.dictionary(_text(request, "dictionary")), _int(request, "feature")
+        if self.queries.features_indexed():  # 0.1 ms: a hop to a worker thread would cost more
+            return JSONResponse(self.queries.feature(entry, feature))
         return JSONResponse(await run_in_threadpool(self.queries.feature, entry, feature))
 
     async def features(self, request: Request):
@@ -151,7 +154,8 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
                reverse_factory=ReverseLookup, index_tokens: bool = True) -> Starlette:
     """The app over run folder `run`. `vocab`: display string per token id (default: the run's
     tokenizer's); `allowed_hosts`: Host headers accepted (default: any); `index_tokens`: build
-    the token index (`token_index`) in the background while serving (False: token search scans)."""
+    the feature and token indexes (`indexer`) in the background while serving (False: queries
+    read the files)."""
     run = run if isinstance(run, RunData) else RunData(run)
     if vocab is None:
         vocab = run_vocab(run)

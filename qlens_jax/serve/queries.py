@@ -1,23 +1,28 @@
-"""The browsing queries of `qlens serve`, answered by DuckDB over the run's Parquet files.
+"""The browsing queries of `qlens serve`, answered from the run's Parquet files (DuckDB) and their indexes.
 
 Nothing of the run is loaded into memory: every query scans the files with projection and
 row-group pruning (the shards are ordered by lens, dictionary and feature, and their Parquet
-statistics let DuckDB skip row groups). Token search matches token ids, found from the typed
-text with the viewer's rule (case and surrounding spaces ignored), in the stored top-k and
-bottom-k lists of every lens: through the token index of each file (`token_index`) once it is
-built, by scanning the file until then.
+statistics let DuckDB skip row groups). A feature lookup reads the feature index of each file
+(`feature_index`: its rows uncompressed at known offsets) once it is built, and the file's row
+groups until then. Token search matches token ids, found from the typed text with the viewer's
+rule (case and surrounding spaces ignored), in the stored top-k and bottom-k lists of every lens:
+through the token index of each file (`token_index`) once it is built, by scanning the file until
+then. Both indexes are built in the background (`indexer`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 import duckdb
 
 from qlens_jax.errors import InputError
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
-from qlens_jax.serve.token_index import TokenIndexer
+from qlens_jax.serve.feature_index import FeatureIndex
+from qlens_jax.serve.indexer import Indexer
+from qlens_jax.serve.token_index import TokenIndex
 
 MAX_PAGE = 200
 MAX_TOKEN_IDS = 64  # distinct ids one search may match (normalized spellings of one token)
@@ -44,10 +49,13 @@ class Queries:
     """DuckDB over one run folder; safe to call from several threads at once."""
 
     def __init__(self, run: RunData, vocab: list[str], threads: int | None = None, token_index: bool = True):
-        """`token_index`: search through token indexes (`TokenIndexer`; built by `indexer.start()`
-        in the background, or `indexer.index_all()`) where they are ready; False: always scan."""
+        """`token_index`: look features up and search tokens through the files' indexes (`Indexer`;
+        built by `indexer.start()` in the background, or `indexer.index_all()`) where they are
+        ready; False: always read the files."""
         self.run = run
-        self.indexer = TokenIndexer(run.parquet_files) if token_index else None
+        self.indexer = Indexer(run.parquet_files) if token_index else None
+        self._feature_indexes: dict[Path, FeatureIndex] = {}
+        self._token_indexes: dict[Path, TokenIndex] = {}
         self.vocab = vocab
         self._by_text: dict[str, list[int]] = defaultdict(list)
         for token_id, text in enumerate(vocab):
@@ -73,9 +81,9 @@ class Queries:
         finally:
             cursor.close()
 
-    def _execute(self, sql: str, params: list) -> list[dict]:
-        """`sql` over the run's current signature files (`{files}` in it)."""
-        files = [str(p) for p in self.run.parquet_files()]
+    def _execute(self, sql: str, params: list, files: list[Path] | None = None) -> list[dict]:
+        """`sql` over `files` (`{files}` in it; default: the run's current signature files)."""
+        files = [str(p) for p in (self.run.parquet_files() if files is None else files)]
         if not files:
             return []
         return self._query(sql.replace("{files}", "read_parquet($files)"), {"files": files, **dict(params)})
@@ -101,16 +109,32 @@ class Queries:
         """Every lens's lists of one feature; `QueryError` 404 when the run has none for it."""
         if not 0 <= feature < dictionary.d_sae:
             raise QueryError(f"feature {feature} is out of range for {dictionary.name}/{dictionary.layer} ({dictionary.d_sae} features)", 404)
-        rows = self._execute(
+        files = self.run.parquet_files()
+        indexed, scanned = self.indexer.split(files, "feature") if self.indexer is not None else ([], files)
+        rows = [row for folder in indexed for row in self._feature_index(folder).rows(dictionary.index, feature)]
+        rows += self._execute(
             "SELECT lens, dictionary, dictionary_index, layer, feature, feature_str, relative_variance, "
             + ", ".join(_LIST_COLUMNS)
-            + " FROM {files} WHERE dictionary_index = $d AND feature = $f ORDER BY lens",
-            [("d", dictionary.index), ("f", feature)],
+            + " FROM {files} WHERE dictionary_index = $d AND feature = $f",
+            [("d", dictionary.index), ("f", feature)], scanned,
         )
+        rows.sort(key=lambda row: row["lens"])
         if not rows:
             state = "" if self.run.complete else " (yet: the run is still in progress)"
             raise QueryError(f"feature {dictionary.name}/{dictionary.layer}/{feature} has no signatures in this run{state}", 404)
         return self._rows_to_features(rows)[0]
+
+    def features_indexed(self) -> bool:
+        """Whether every current file has its feature index (a feature lookup then only reads a
+        few hundred bytes: cheap enough to answer without a worker thread)."""
+        return self.indexer is not None and not self.indexer.split(self.run.parquet_files(), "feature")[1]
+
+    def _feature_index(self, folder: Path) -> FeatureIndex:
+        index = self._feature_indexes.get(folder)
+        if index is None:
+            with self._lock:
+                index = self._feature_indexes.setdefault(folder, FeatureIndex(folder))
+        return index
 
     def page(self, dictionaries: list[DictionaryEntry], start: int = 0, limit: int = 50) -> dict:
         """Up to `limit` features with id >= `start` of these dictionaries, by feature id."""
@@ -157,7 +181,23 @@ class Queries:
         files = self.run.parquet_files()
         if not ids or not files:
             return {"token": text, "token_ids": ids, "total": 0, "hits": []}
-        indexed, scanned = self.indexer.split(files) if self.indexer is not None else ([], files)
+        indexed, scanned = self.indexer.split(files, "token") if self.indexer is not None else ([], files)
+        if not scanned:
+            rows = self._indexed_search(indexed, ids, lens, limit, offset)
+        else:
+            rows = self._sql_search(indexed, scanned, ids, lens, limit, offset)
+        total = rows[0]["total"] if rows else 0
+        hits = []
+        for row in rows:
+            entry = self.run.dictionaries[row["dictionary_index"]]
+            hits.append({"lens": row["lens"], "dictionary": entry.name, "dictionary_index": entry.index, "layer": entry.layer,
+                         "feature": row["feature"], "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
+                         "side": row["side"], "rank": row["rank"], "score": row["score"]})
+        return {"token": text, "token_ids": ids, "total": total, "hits": hits}
+
+    def _sql_search(self, indexed: list[Path], scanned: list[Path], ids: list[int], lens: str | None, limit: int, offset: int) -> list[dict]:
+        """`token_search`'s rows by DuckDB, over token indexes and files not indexed yet: the best
+        entry (top list first, then lowest rank) per lens and feature, ordered, with the total."""
         params = {"limit": limit, "offset": offset, **{f"t{i}": t for i, t in enumerate(ids)}}
         lens_filter = ""
         if lens is not None:
@@ -171,7 +211,7 @@ class Queries:
         if scanned:
             params["scanned"] = [str(f) for f in scanned]
             parts.append(self._scan_sql(len(ids), lens_filter))
-        rows = self._query(
+        return self._query(
             f"""
             WITH hits AS ({" UNION ALL ".join(parts)}),
             best AS (SELECT * FROM hits QUALIFY row_number() OVER (PARTITION BY lens, dictionary_index, feature ORDER BY side DESC, rank) = 1)
@@ -180,14 +220,27 @@ class Queries:
             """,
             params,
         )
-        total = rows[0]["total"] if rows else 0
-        hits = []
-        for row in rows:
-            entry = self.run.dictionaries[row["dictionary_index"]]
-            hits.append({"lens": row["lens"], "dictionary": entry.name, "dictionary_index": entry.index, "layer": entry.layer,
-                         "feature": row["feature"], "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
-                         "side": row["side"], "rank": row["rank"], "score": row["score"]})
-        return {"token": text, "token_ids": ids, "total": total, "hits": hits}
+
+    def _indexed_search(self, indexed: list[Path], ids: list[int], lens: str | None, limit: int, offset: int) -> list[dict]:
+        """`_sql_search`'s rows when every file has its token index: the few row groups of the
+        ids read with pyarrow (`TokenIndex`), the best entry per lens and feature kept here."""
+        best: dict[tuple, tuple] = {}
+        for path in indexed:
+            columns = self._token_index(path).entries(ids, lens)
+            for row in zip(columns["lens"], columns["dictionary_index"], columns["feature"], columns["side"], columns["rank"], columns["score"]):
+                key, order = row[:3], (row[3] != "top", row[4])
+                if key not in best or order < best[key][0]:
+                    best[key] = (order, row)
+        ranked = sorted(best.values(), key=lambda entry: (*entry[0], *entry[1][:3]))
+        names = ("lens", "dictionary_index", "feature", "side", "rank", "score")
+        return [dict(zip(names, row), total=len(ranked)) for _, row in ranked[offset : offset + limit]]
+
+    def _token_index(self, path: Path) -> TokenIndex:
+        index = self._token_indexes.get(path)
+        if index is None:
+            with self._lock:
+                index = self._token_indexes.setdefault(path, TokenIndex(path))
+        return index
 
     @staticmethod
     def _scan_sql(n_ids: int, lens_filter: str) -> str:

@@ -3,16 +3,16 @@
 For token `t` and every feature `i` of a dictionary, the exact Query Lens score of `t`:
 
 - value side: `s_i(t) = W_U[:, t]^T LN_final(M_p v_i)` (plus soft-capping where the model has
-  it), with the model's final norm applied per feature by the forward readout's own function
-  (`value_scores`, on the model with its unembedding cut to column `t`);
+  it), the final norm applied per feature exactly, factored through its per-feature statistics
+  (`value_factors`): those are computed once per dictionary and operator (the transport of every
+  feature, `n_features x d_model^2`), kept in memory and in the row cache (`norm_cache`), and
+  every lookup then costs `n_features x d_model`;
 - key side: `s_i(t) = <(e_t - c) / ||e_t - c||, K_p k_i>`, the row of the forward readout's
   centered embeddings (`centered_embeddings`, the run's sample) against the transported key;
   being linear, it is computed as `<r_t K_p, k_i>` (`n x d_model` per lookup).
 
 The operators `M_p` / `K_p` are the run's own (`DIR/operators`), loaded once; the dictionary
-rows are memory-mapped (`rows`) and scored in chunks: on the value side `n_features x d_model^2`
-for the transport (the final norm is not linear) and `n_features x d_model` for the column, never a
-`n_features x vocab` matrix.
+rows are memory-mapped (`rows`) and scored in chunks, never a `n_features x vocab` matrix.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from qlens_jax.errors import InputError
-from qlens_jax.readout import centered_embeddings, dot_scores, value_scores
-from qlens_jax.serve.rows import DictionaryRows, open_rows
+from qlens_jax.readout import centered_embeddings, dot_scores
+from qlens_jax.readout.scores import transported
+from qlens_jax.serve.norm_cache import load_statistics, save_statistics, statistics_path
+from qlens_jax.serve.rows import DictionaryRows, RowFile, open_rows
+from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
 
 SIDES = {"value": "promotes", "key": "activated-by"}
@@ -55,8 +57,8 @@ class ReverseHit:
 
 
 @eqx.filter_jit
-def _value_chunk(model, op: Float[Array, "d d"], rows: Float[Array, "n d"], remove_final_norm_bias: bool) -> Float[Array, " n"]:
-    return value_scores(model, jnp.matmul(rows, op.T.astype(jnp.float32)), remove_final_norm_bias)[:, 0]
+def _statistics_chunk(model, op: Float[Array, "d d"], rows: Float[Array, "n d"]) -> Float[Array, "n 2"]:
+    return norm_statistics(model.final_norm, transported(op, rows).astype(model.embed_tokens.dtype))  # cast as value_scores does
 
 
 @eqx.filter_jit
@@ -69,12 +71,6 @@ def pulled_readout_row(readout_row: Float[Array, "1 d"], op: Float[Array, "d d"]
     readout is linear in the transported vector (no norm), so one `d x d` product replaces the
     transport of every feature (`n x d^2`)."""
     return jnp.matmul(readout_row, op.astype(jnp.float32))
-
-
-def column_model(model, token: int):
-    """`model` with its unembedding cut to the one column `token` (the value readout of one token)."""
-    column = model.W_U[:, token : token + 1].T
-    return eqx.tree_at(lambda m: m.lm_head, model, column, is_leaf=lambda x: x is None)
 
 
 class ReverseLookup:
@@ -117,6 +113,7 @@ class ReverseLookup:
         except CorpusError as err:
             raise InputError(f"{run.path}: {err}") from None
         self._key_matrix = None
+        self._statistics: dict[int, np.ndarray] = {}  # by dictionary index (the operators are fixed)
         self._rows: dict[int, DictionaryRows] = {}
         self._lock = threading.Lock()
 
@@ -144,10 +141,11 @@ class ReverseLookup:
             self._rows[entry.index] = open_rows(entry, self.model_path)
         return self._rows[entry.index]
 
-    def _operator(self, entry: DictionaryEntry, side: str, rows: DictionaryRows):
+    def operator(self, entry: DictionaryEntry, side: str) -> Float[Array, "d d"]:
+        """The run's `[d, d]` operator that transports `entry`'s vectors on `side` (`InputError` if it has none)."""
         from qlens_jax.lens.points import dictionary_points, row
 
-        meta = rows.meta
+        meta = self.rows(entry).meta
         points = dictionary_points(meta["site_in"], meta["site_out"], entry.layer, self.model.config.n_layers,
                                    self.exact_norm_jacobian, meta["input_norm"])
         point = points.write if side == "value" else points.read
@@ -159,25 +157,52 @@ class ReverseLookup:
                              f"the reverse lookup on the {side} side needs a run with the {lens} lens")
         return self.operators.operator(side, point, n_layers)
 
+    def norm_statistics(self, entry: DictionaryEntry) -> np.ndarray:
+        """`[d_sae, 2]` float32: the final norm's `(mu_i, rstd_i)` of every transported value vector
+        `M_p v_i` of `entry` (`value_factors.norm_statistics`). Computed once (the transport of every
+        feature), then kept in memory and in the row cache (`norm_cache`) for later processes."""
+        if entry.index not in self._statistics:
+            rows, path, op = self.rows(entry), self.statistics_path(entry), self.operator(entry, "value")
+            stats = load_statistics(path, len(rows.value))
+            if stats is None:
+                stats = self._map_chunks(rows.value, lambda start, x: _statistics_chunk(self.model, op, x))
+                try:
+                    save_statistics(path, stats)
+                except OSError:  # a read-only cache: this process keeps them in memory all the same
+                    pass
+            self._statistics[entry.index] = stats  # 8 bytes a feature
+        return self._statistics[entry.index]
+
+    def statistics_path(self, entry: DictionaryEntry) -> Path:
+        """Where `norm_statistics(entry)` are kept: beside the dictionary's rows, named by the
+        operator and the final norm (`norm_cache.statistics_path`)."""
+        folder = self.rows(entry).value.path.parent
+        return statistics_path(folder, np.asarray(self.operator(entry, "value")), self.model.final_norm, str(self.model.embed_tokens.dtype))
+
     def scores(self, entry: DictionaryEntry, side: str, token: int) -> np.ndarray:
         """The token's exact score for every feature of `entry`: `[d_sae]` float32."""
         rows = self.rows(entry)
-        op = self._operator(entry, side, rows)
+        op = self.operator(entry, side)
         if side == "value":
-            model = column_model(self.model, token)
-            score = lambda x: _value_chunk(model, op, x, self.remove_final_norm_bias)
-        else:
-            if self._key_matrix is None:
-                self._key_matrix = centered_embeddings(self.model, jnp.asarray(self.tokens), jnp.asarray(self.mask))
-            pulled = pulled_readout_row(self._key_matrix[token][None], op)
-            score = lambda x: _key_chunk(pulled, x)
-        source = rows.side(side)
+            stats = self.norm_statistics(entry)
+            factors = value_factors(self.model, op, token, self.remove_final_norm_bias)
+            return self._map_chunks(rows.value, lambda start, x: factored_value_scores(factors, self._padded(stats[start:]), x))
+        if self._key_matrix is None:
+            self._key_matrix = centered_embeddings(self.model, jnp.asarray(self.tokens), jnp.asarray(self.mask))
+        pulled = pulled_readout_row(self._key_matrix[token][None], op)
+        return self._map_chunks(rows.key, lambda start, x: _key_chunk(pulled, x))
+
+    def _padded(self, array: np.ndarray) -> np.ndarray:
+        """The first `chunk` rows of `array`, zero-padded to `chunk` (one compiled shape for every chunk)."""
+        block = array[: self.chunk]
+        return block if len(block) == self.chunk else np.concatenate([block, np.zeros((self.chunk - len(block), *block.shape[1:]), block.dtype)])
+
+    def _map_chunks(self, source: RowFile, score) -> np.ndarray:
+        """`score(start, rows)` of the rows of `source`, chunk by chunk in order, concatenated."""
         n, out = len(source), []
         for start in range(0, n, self.chunk):
-            block = source.read(start, start + self.chunk)
-            if len(block) < self.chunk:  # one compiled shape for every chunk
-                block = np.concatenate([block, np.zeros((self.chunk - len(block), block.shape[1]), np.float32)])
-            out.append(score(jnp.asarray(block)))  # dispatched asynchronously: the next read overlaps it
+            block = self._padded(source.read(start, start + self.chunk))
+            out.append(score(start, jnp.asarray(block)))  # dispatched asynchronously: the next read overlaps it
         return np.concatenate([np.asarray(o) for o in out])[:n]
 
     def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50) -> dict:

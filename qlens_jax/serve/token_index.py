@@ -6,8 +6,8 @@ progress) one index file: a row per entry of every stored top-k and bottom-k lis
 in row groups of `ROW_GROUP` rows, so that DuckDB reads only the row groups of the searched ids
 (their Parquet statistics bound the ids). Built by DuckDB from the file itself, in the cache
 (`rows.cache_root()/token-index`), never in the run folder; keyed by the file's path, size and
-modification time, so a rewritten file is indexed again. A background thread indexes the files
-as they appear; until a file has its index, searches scan that file instead.
+modification time, so a rewritten file is indexed again. A background thread (`indexer`) indexes
+the files as they appear; until a file has its index, searches scan that file instead.
 """
 
 from __future__ import annotations
@@ -57,49 +57,41 @@ def build_index(source: Path, threads: int = 1, memory_limit: str = "1GB") -> Pa
     return target
 
 
-class TokenIndexer:
-    """Indexes a run's signature files in a background thread; `split` says which files of a
-    query have their index ready."""
+class TokenIndex:
+    """A token index opened for reading: the row groups holding some token ids, read with pyarrow.
 
-    def __init__(self, list_files, poll_seconds: float = 2.0):
-        self._list_files, self._poll = list_files, poll_seconds
-        self._ready: dict[Path, Path] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: str | None = None
+    The index is sorted by token id, so the row groups' statistics bound the ids they hold; they
+    are read once here, and a search reads only the row groups of its ids (one, usually), without
+    a query engine's planning per search.
+    """
 
-    def split(self, files: list[Path]) -> tuple[list[Path], list[Path]]:
-        """(index files of the indexed ones, the files still without an index)."""
-        indexed, missing = [], []
-        for f in files:
-            index = self._ready.get(f)
-            (indexed.append(index) if index is not None else missing.append(f))
-        return indexed, missing
+    def __init__(self, path: Path):
+        import numpy as np
+        import pyarrow.parquet as pq
 
-    def index_all(self) -> None:
-        """Index every current file now (in this thread)."""
-        for source in self._list_files():
-            if self._stop.is_set():
-                return
-            if source not in self._ready:
-                self._ready[source] = build_index(source)
+        self.path = path
+        self._metadata = pq.ParquetFile(path).metadata
+        column = self._metadata.schema.names.index("token_id")
+        bounds = [self._metadata.row_group(g).column(column).statistics for g in range(self._metadata.num_row_groups)]
+        if any(s is None or not s.has_min_max for s in bounds):
+            raise ValueError(f"{path}: a row group without token id statistics")
+        self._low = np.asarray([s.min for s in bounds], np.int64)
+        self._high = np.asarray([s.max for s in bounds], np.int64)
 
-    def progress(self) -> dict:
-        files = self._list_files()
-        return {"files": len(files), "indexed": sum(1 for f in files if f in self._ready), "error": self.error}
+    def entries(self, token_ids: list[int], lens: str | None = None) -> dict[str, list]:
+        """The index rows of these ids (and of `lens` only, when given), as columns:
+        `token_id, side, rank, score, lens, dictionary_index, feature`."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.index_all()
-            except (duckdb.Error, OSError) as err:  # searches keep scanning the files
-                self.error = " ".join(str(err).split())
-            self._stop.wait(self._poll)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="qlens-token-index", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+        ids = np.asarray(token_ids, np.int64)
+        groups = np.flatnonzero(((self._low[:, None] <= ids[None, :]) & (ids[None, :] <= self._high[:, None])).any(axis=1))
+        if not len(groups):
+            return {name: [] for name in self._metadata.schema.names}
+        table = pq.ParquetFile(self.path, metadata=self._metadata).read_row_groups(groups.tolist(), use_threads=False)
+        keep = pc.is_in(table.column("token_id"), value_set=pa.array(ids, pa.int32()))
+        if lens is not None:
+            keep = pc.and_(keep, pc.equal(table.column("lens"), lens))
+        return table.filter(keep).to_pydict()

@@ -70,8 +70,19 @@ def _queries(run_dir, indexed: bool):
     queries = Queries(run, run_vocab(run), token_index=indexed)
     if indexed:
         queries.indexer.index_all()
-        assert queries.indexer.progress() == {"files": 1, "indexed": 1, "error": None}
+        for kind in ("feature", "token"):
+            assert queries.indexer.progress(kind) == {"files": 1, "indexed": 1, "error": None}
+            assert queries.indexer.split(run.parquet_files(), kind)[1] == []
     return queries
+
+
+def test_feature_lookups_through_the_feature_index_equal_the_file(serve_run):
+    """Every feature of every dictionary, answered from the feature index and by DuckDB over the
+    file: the same answer (lists, scores, relative variance, feature string, lens order)."""
+    indexed, scanned = _queries(serve_run[0], True), _queries(serve_run[0], False)
+    for entry in indexed.run.dictionaries:
+        for feature in range(entry.d_sae):
+            assert indexed.feature(entry, feature) == scanned.feature(entry, feature)
 
 
 @pytest.mark.parametrize("how", ["server", "token index", "scan"])
@@ -99,6 +110,19 @@ def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, 
     lens_only = search(token=token, lens="query_lens_key", limit=200)
     assert lens_only["total"] == sum(1 for e in expected if e[0] == "query_lens_key")
     assert search(token="no-such-token")["total"] == 0
+
+
+def test_token_search_through_the_indexes_equals_the_scan_of_the_file(serve_run, rows):
+    """Every file indexed (the token indexes read with pyarrow) or none (DuckDB over the file):
+    the same hits, order, totals, pages and lens filters, for many tokens."""
+    indexed, scanned = _queries(serve_run[0], True), _queries(serve_run[0], False)
+    assert not indexed.indexer.split(indexed.run.parquet_files(), "token")[1]
+    tokens = sorted({indexed.vocab[t] for r in rows[:40] for t in r["top_ids"][:3] + r["bottom_ids"][:2] if normalize_token(indexed.vocab[t])})
+    assert len(tokens) > 20
+    for token in tokens:
+        for lens in (None, "query_lens_key"):
+            for limit, offset in ((200, 0), (3, 2)):
+                assert indexed.token_search(token, lens, limit, offset) == scanned.token_search(token, lens, limit, offset)
 
 
 def test_reverse_lookup_endpoint_equals_the_python_api(client, serve_run):
