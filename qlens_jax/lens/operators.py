@@ -184,7 +184,7 @@ def sharded_sweep(
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
     it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
 
-    The step is `step(model, tokens, mask, basis, totals=None)`. With `totals` (an accumulator
+    The step is `sweep_step(model, tokens, mask, basis, totals=None)`. With `totals` (an accumulator
     laid out as the outputs, e.g. from `empty_sums`) it returns `totals + sums`, computed into
     `totals`' buffers, which it takes donated (they are invalid afterwards); without, the sums.
 
@@ -217,11 +217,11 @@ def sharded_sweep(
         # check_vma=False: the linearizations mix values that vary over different mesh axes.
         sums = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False)
 
-    def step(model, tokens, mask, basis, totals=None):
+    def sweep_step(model, tokens, mask, basis, totals=None):
         out = sums(model, tokens, mask, basis)
         return out if totals is None else _add(totals, out)
 
-    return jax.jit(step, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]), donate_argnames="totals")
+    return jax.jit(sweep_step, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]), donate_argnames="totals")
 
 
 @applies_precision
