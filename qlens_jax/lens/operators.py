@@ -184,9 +184,10 @@ def sharded_sweep(
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
     it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
 
-    The step is `sweep_step(model, tokens, mask, basis, totals=None)`. With `totals` (an accumulator
-    laid out as the outputs, e.g. from `empty_sums`) it returns `totals + sums`, computed into
-    `totals`' buffers, which it takes donated (they are invalid afterwards); without, the sums.
+    The step is `sweep_step(model, tokens, mask, basis, totals=None)`. With `totals` (an
+    accumulator laid out as the outputs, e.g. from `empty_sums`) it returns `totals + sums`,
+    computed into `totals`' buffers, which it takes donated (they are invalid afterwards);
+    without, the sums.
 
     Replicated weights: a `shard_map`, each device linearizing its own chunk, one `psum`.
     Sharded weights (`sharding.shard_weights`): the same chunk function under plain `jit`
