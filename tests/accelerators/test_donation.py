@@ -77,7 +77,8 @@ def test_each_step_adds_into_its_donated_accumulator(tiny, name, blocks):
     lowered = step.lower(*args)
     types = [f"tensor<{'x'.join(map(str, t.shape))}xf32>" for t in totals]
     assert aliased_argument_types(lowered.as_text()) == types
-    assert sorted(aliased_outputs(lowered.compile().as_text())) == ([""] if len(totals) == 1 else [str(i) for i in range(len(totals))])
+    outputs = [""] if len(totals) == 1 else [str(i) for i in range(len(totals))]  # HLO's output indices
+    assert sorted(aliased_outputs(lowered.compile().as_text())) == outputs
 
     sums = jax.tree.leaves(step(*args[:-1]))  # the same step without an accumulator
     with warnings.catch_warnings():
@@ -163,7 +164,8 @@ def on_a_mesh():
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent), str(HERE.parent), str(HERE.parent / "lens")])
-    done = subprocess.run([sys.executable, "-W", "error", str(HERE / "donation_worker.py")], env=env, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-W", "error", str(HERE / "donation_worker.py")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
 
