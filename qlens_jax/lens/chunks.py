@@ -59,13 +59,15 @@ def plan_chunks(
 def iter_token_chunks(
     tokens: Int[np.ndarray, "batch seq"], mask: Bool[np.ndarray, "batch seq"], size: int
 ) -> Iterator[tuple[Int[np.ndarray, "size seq"], Bool[np.ndarray, "size seq"]]]:
-    """Chunks of `size` sequences; the last is padded with fully masked rows (same shape,
-    one compilation), which contribute nothing to any masked sum."""
+    """Chunks of `size` sequences, host arrays; the last is padded with fully masked rows (same
+    shape, one compilation), which contribute nothing to any masked sum. The sample is read to
+    the host once, before the first chunk, never chunk by chunk inside a sweep."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
     batch = tokens.shape[0]
     for start in range(0, batch, size):
         chunk_tokens, chunk_mask = tokens[start : start + size], mask[start : start + size]
         missing = size - chunk_tokens.shape[0]
         if missing:
-            chunk_tokens = np.concatenate([np.asarray(chunk_tokens), np.zeros((missing, tokens.shape[1]), np.int32)])
-            chunk_mask = np.concatenate([np.asarray(chunk_mask), np.zeros((missing, tokens.shape[1]), bool)])
-        yield np.asarray(chunk_tokens), np.asarray(chunk_mask)
+            chunk_tokens = np.concatenate([chunk_tokens, np.zeros((missing, tokens.shape[1]), np.int32)])
+            chunk_mask = np.concatenate([chunk_mask, np.zeros((missing, tokens.shape[1]), bool)])
+        yield chunk_tokens, chunk_mask

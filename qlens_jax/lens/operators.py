@@ -19,6 +19,10 @@ the whole linearized model; least memory) and block-major (`blockwise`: all basi
 at once, one block at a time, MLPs as explicit per-position Jacobians; fewer FLOPs when the
 tangents fit). Block-major sweeps can also stop at the points a job needs
 (`value_from_point`, `key_to_point`); `TransportOperators.covers` says which points hold rows.
+
+Each token chunk's step adds its sums into a float32 accumulator that it receives donated, so
+the `[points, d, d]` sums are updated in place (DESIGN.md section 2), and nothing returns to
+the host until the caller reads the operators: the loop over token chunks only dispatches.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from qlens_jax import sharding
 
@@ -41,6 +45,7 @@ from qlens_jax.lens import points as pts
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
 from qlens_jax.lens.points import Point
 from qlens_jax.models import Transformer
+from qlens_jax.models.config import ModelConfig
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
@@ -131,6 +136,46 @@ OUT_SPECS = {
 }
 
 
+def sweep_output_shapes(name: str, config: ModelConfig, with_input_norms: bool = False) -> PyTree[jax.ShapeDtypeStruct]:
+    """The float32 shapes of sweep `name`'s outputs (`jax.ShapeDtypeStruct`s, a tuple of two
+    for "first_order" and "value+key"), all `d_model` basis vectors included: the layout of
+    the accumulator that `sharded_sweep`'s step adds into."""
+    n_layers, d = config.n_layers, config.d_model
+    rows = lambda n: jax.ShapeDtypeStruct((n, d, d), jnp.float32)
+    value, key = rows(pts.n_points(n_layers)), rows(len(pts.key_points(n_layers, with_input_norms)))
+    modules = rows(len(pts.modules(n_layers)))
+    return {"value": value, "key": key, "value+key": (value, key), "first_order": (modules, modules)}[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _filler(name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool):
+    shapes = sweep_output_shapes(name, config, with_input_norms)
+    fill = lambda: jax.tree.map(lambda s: jnp.full(s.shape, -0.0, s.dtype), shapes)
+    return jax.jit(fill, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]))
+
+
+def empty_sums(name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool = False) -> PyTree[Float[Array, "..."]]:
+    """An accumulator for sweep `name` (`sweep_output_shapes`), created on the devices, placed
+    as the sweep's outputs and filled with -0.0, the identity of IEEE addition (`-0.0 + x` is
+    `x` for every `x`, +0.0 included), so that the first step's sums come out bit for bit."""
+    return _filler(name, mesh, config, with_input_norms)()
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def scaled(sums: PyTree[Float[Array, "..."]], scale: Float[Array, ""] | float) -> PyTree[Float[Array, "..."]]:
+    """Every array of `sums` times `scale`, written over `sums` (donated)."""
+    return jax.tree.map(lambda x: x * scale, sums)
+
+
+def _add(totals, sums):
+    """`totals + sums` leaf by leaf; refuses an accumulator laid out unlike the sums (at trace
+    time), which would otherwise broadcast or be copied instead of updated in place."""
+    layout = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+    if layout(totals) != layout(sums):
+        raise ValueError(f"the sweep's accumulator {layout(totals)} does not match its sums {layout(sums)}")
+    return jax.tree.map(jnp.add, totals, sums)
+
+
 @functools.lru_cache(maxsize=None)
 def sharded_sweep(
     name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False,
@@ -138,6 +183,11 @@ def sharded_sweep(
 ):
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
     it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
+
+    The step is `sweep_step(model, tokens, mask, basis, totals=None)`. With `totals` (an
+    accumulator laid out as the outputs, e.g. from `empty_sums`) it returns `totals + sums`,
+    computed into `totals`' buffers, which it takes donated (they are invalid afterwards);
+    without, the sums.
 
     Replicated weights: a `shard_map`, each device linearizing its own chunk, one `psum`.
     Sharded weights (`sharding.shard_weights`): the same chunk function under plain `jit`
@@ -158,14 +208,21 @@ def sharded_sweep(
         extra = {"value": (first,), "key": (with_input_norms, stop), "value+key": (first, with_input_norms, stop)}[name]
     run = lambda model, tokens, mask, basis: function(model, tokens, mask, basis, tangent_chunk, *extra)
     if weights_sharded:
-        return jax.jit(run, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]))
+        sums = run
+    else:
 
-    def local(model, tokens, mask, basis):
-        return jax.tree.map(lambda x: jax.lax.psum(x, sharding.mesh_axes("batch")), run(model, tokens, mask, basis))
+        def local(model, tokens, mask, basis):
+            return jax.tree.map(lambda x: jax.lax.psum(x, sharding.mesh_axes("batch")), run(model, tokens, mask, basis))
 
-    in_specs = (sharding.spec(), sharding.spec("batch"), sharding.spec("batch"), sharding.spec("basis"))
-    # check_vma=False: the linearizations mix values that vary over different mesh axes.
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False))
+        in_specs = (sharding.spec(), sharding.spec("batch"), sharding.spec("batch"), sharding.spec("basis"))
+        # check_vma=False: the linearizations mix values that vary over different mesh axes.
+        sums = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=OUT_SPECS[name], check_vma=False)
+
+    def sweep_step(model, tokens, mask, basis, totals=None):
+        out = sums(model, tokens, mask, basis)
+        return out if totals is None else _add(totals, out)
+
+    return jax.jit(sweep_step, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]), donate_argnames="totals")
 
 
 @applies_precision
@@ -245,29 +302,30 @@ def transport_operators(
         # Both sweeps in one step, each MLP Jacobian formed once (`both_sweeps_blockwise`).
         jobs = ["value+key"] + [name for name in jobs if name not in ("value", "key")]
         block_range["value+key"] = (block_range["value"][0], block_range["key"][1])
-    totals: dict[str, list] = {}
+    totals: dict[str, tuple] = {}
     for name in jobs:
         blocks = block_range.get(name)
         fits = fitting_shared if name == "value+key" else fitting
         group = (max(1, min(per_device, fits)) if blocks else per_device) * n_data
         sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded, blocks)
         steps = list(iter_token_chunks(tokens, mask, group))
+        # Dispatch only: every step adds into `sums` in place, and nothing is read back here.
+        sums = empty_sums(name, mesh, model.config, with_input_norms)
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
             step_tokens = sharding.put(step_tokens, mesh, "batch", None)
             step_mask = sharding.put(step_mask, mesh, "batch", None)
-            result = sweep(model, step_tokens, step_mask, basis)
-            result = result if isinstance(result, tuple) else (result,)
-            totals[name] = list(result) if name not in totals else [t + r for t, r in zip(totals[name], result)]
+            sums = sweep(model, step_tokens, step_mask, basis, sums)
+        totals[name] = sums if isinstance(sums, tuple) else (sums,)
     if "value+key" in totals:
         value, key = totals.pop("value+key")
-        totals["value"], totals["key"] = [value], [key]
-    scale = 1.0 / n_tokens
-    first = totals.get("first_order", [None, None])
+        totals["value"], totals["key"] = (value,), (key,)
+    totals = scaled(totals, 1.0 / n_tokens)
+    first = totals.get("first_order", (None, None))
     return TransportOperators(
-        value=totals["value"][0] * scale if "value" in totals else None,
-        key=totals["key"][0] * scale if "key" in totals else None,
-        first_order=first[0] * scale if first[0] is not None else None,
-        first_order_all=first[1] * scale if first[1] is not None else None,
+        value=totals["value"][0] if "value" in totals else None,
+        key=totals["key"][0] if "key" in totals else None,
+        first_order=first[0],
+        first_order_all=first[1],
         n_tokens=n_tokens,
         value_from_point=pts.row(pts.block_start(block_range["value"][0], n_layers), n_layers) if use_blockwise else 0,
         key_to_point=pts.row(pts.block_start(block_range["key"][1], n_layers), n_layers) if use_blockwise else None,

@@ -61,11 +61,11 @@ def test_every_dot_of_query_lens_follows_the_policy(tiny, tmp_path, monkeypatch,
             qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=qlens_jax.LENSES, features=[0, 5, 7, 9, 11],
                                  k=5, path=path, precision=mode)
     dots = _check(tmp_path, mode, (
-        "_jit_local_",  # the sharded sweeps (block-major value+key, first order)
+        "jit_sweep_step",  # the sharded sweeps (block-major value+key, first order)
         "jit_readout_chunks", "jit_first_order_chunks",
         "jit_value_chunk", "jit_key_chunk", "jit_first_order_value_chunk", "jit_first_order_key_chunk",  # per-feature path
     ))
-    assert sum("_jit_local_" in name for name in dots) >= 2
+    assert sum("jit_sweep_step" in name for name in dots) >= 2
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -88,7 +88,7 @@ def test_every_dot_of_a_channels_fit_follows_the_policy(tiny, tmp_path, monkeypa
         X, Y = rng.normal(size=(12, 6)), rng.normal(size=(12, 5))
         train_low_rank(X[:9], Y[:9], X[9:], Y[9:], 2, epochs=3, precision=mode)
     assert data.responses
-    _check(tmp_path, mode, ("_jit_local_", "jit__apply", "jit__train"))
+    _check(tmp_path, mode, ("jit_sweep_step", "jit__apply", "jit__train"))
 
 
 @pytest.mark.parametrize("mode", ["tf32", "bfloat16"])
