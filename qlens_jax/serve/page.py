@@ -10,9 +10,9 @@ lookup of that token on that side.
 
 from __future__ import annotations
 
-import html
 
 from qlens_jax.viewer.page import CSS as VIEWER_CSS
+from qlens_jax.viewer.page import html_page
 
 CSS = VIEWER_CSS + """
 table.hits { border-collapse: collapse; width: 100%; font-size: .85rem; }
@@ -184,25 +184,6 @@ start();
 
 def render(title: str) -> str:
     """The page (no data in it: everything comes from the API)."""
-    title = html.escape(title)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header>
-<h1>{title}</h1>
-<p id="summary"></p>
-</header>
-<input id="search" type="search" autofocus placeholder="feature (123, L3/123, NAME/3/123), token (the), or a reverse lookup (promotes: Paris, activated-by: Paris)">
-<p id="status"></p>
-<p id="error"></p>
-<main id="results"></main>
-<script>{JS}</script>
-</body>
-</html>
-"""
+    placeholder = ("feature (123, L3/123, NAME/3/123), token (the), or a reverse lookup "
+                   "(promotes: Paris, activated-by: Paris)")
+    return html_page(title, placeholder, JS, notices='<p id="error"></p>\n', css=CSS)

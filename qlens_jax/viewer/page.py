@@ -166,26 +166,36 @@ def _embed(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def render(data: dict) -> str:
-    title = html.escape(data["title"])
+def html_page(title: str, placeholder: str, script: str, notices: str = "", data_script: str = "", css: str = CSS) -> str:
+    """The page shell the viewer and `qlens serve` share: header, search box, status line,
+    results, then `data_script` (embedded data, if any) and `script`; `css` is the viewer's unless
+    given. `title` is escaped here."""
+    title = html.escape(title)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
-<style>{CSS}</style>
+<style>{css}</style>
 </head>
 <body>
 <header>
 <h1>{title}</h1>
 <p id="summary"></p>
 </header>
-<input id="search" type="search" autofocus placeholder="feature index (123), layer/feature (3/123), feature string, or a token (token:the)">
+<input id="search" type="search" autofocus placeholder="{placeholder}">
 <p id="status"></p>
-<main id="results"></main>
-<script type="application/json" id="qlens-data">{_embed(data)}</script>
-<script>{JS}</script>
+{notices}<main id="results"></main>
+{data_script}<script>{script}</script>
 </body>
 </html>
 """
+
+
+def render(data: dict) -> str:
+    """The self-contained viewer: the signatures embedded as JSON."""
+    return html_page(
+        data["title"], "feature index (123), layer/feature (3/123), feature string, or a token (token:the)", JS,
+        data_script=f'<script type="application/json" id="qlens-data">{_embed(data)}</script>\n',
+    )
