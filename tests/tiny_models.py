@@ -77,6 +77,14 @@ def build_hf_model(name: str, seed: int = 0, vocab_size: int = VOCAB):
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()
+    return perturbed(model, seed)
+
+
+def perturbed(model, seed: int):
+    """`model` with its norm weights and biases moved away from identity / zero (seeded), so that
+    parity tests exercise them."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for pname, param in model.named_parameters():
@@ -142,9 +150,4 @@ def build_hf_gemma3_multimodal(seed: int = 0, tie_word_embeddings: bool = True):
     torch.manual_seed(seed)
     config = gemma3_multimodal_config(tie_word_embeddings=tie_word_embeddings)
     model = transformers.Gemma3ForConditionalGeneration(config).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if "norm" in pname or "ln" in pname or pname.endswith("bias"):
-                param.add_(0.2 * torch.randn(param.shape, generator=generator))
-    return model
+    return perturbed(model, seed)
