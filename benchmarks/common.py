@@ -73,12 +73,13 @@ def _mem_total_gb() -> float | None:
     return None
 
 
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
+def package_version(name: str) -> str | None:
+    """The installed version of package `name`, or None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version(name)
-    except Exception:
+    except PackageNotFoundError:
         return None
 
 
@@ -124,7 +125,7 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "device": device_info(),
-        "versions": {n: _version(n) for n in ("jax", "jaxlib", "equinox", "numpy", "torch", "transformers")},
+        "versions": {n: package_version(n) for n in ("jax", "jaxlib", "equinox", "numpy", "torch", "transformers")},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git": _git(),
         "loadavg_at_start": loadavg(),

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import common
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "device_check"
 RESULTS = REPO / "benchmarks" / "results"
@@ -112,15 +114,6 @@ def available(mode: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def _run(*command: str) -> str | None:
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=20, cwd=REPO)
@@ -155,7 +148,7 @@ def part_versions(cfg: dict, parts: dict) -> dict:
         "memory_stats": stats,
         "driver": _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"),
         "python": platform.python_version(),
-        "packages": {name: _version(name) for name in packages},
+        "packages": {name: common.package_version(name) for name in packages},
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": _run("git", "rev-parse", "HEAD"),

@@ -8,7 +8,7 @@ numerical tolerance of DESIGN.md section 3 whatever they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -117,8 +117,6 @@ class ExecutionOptions:
 def split_options(overrides: dict[str, Any], options: LensOptions, execution: ExecutionOptions) -> tuple[LensOptions, ExecutionOptions]:
     """`options` and `execution` with the fields named in `overrides` replaced (the keyword
     shorthand of `query_lens`); a name that is in neither raises `TypeError`."""
-    from dataclasses import replace
-
     lens_names = {f.name for f in fields(LensOptions)}
     execution_names = {f.name for f in fields(ExecutionOptions)}
     unknown = sorted(set(overrides) - lens_names - execution_names)

@@ -6,29 +6,17 @@ them. The full run's fixture also calls `qlens_jax.query_lens` directly on the r
 in the process that compiled everything for the run, and keeps the result for the parity test.
 """
 
-import os
 import pickle
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from world import base_args, build_world, world_at
-
-
-def _shared(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+from world import base_args, shared_temp, shared_world
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
-    shared = _shared(tmp_path_factory)
-    root, done = shared / "cli-world", shared / "cli-world.done"
-    with FileLock(str(shared / "cli-world.lock")):
-        if not done.exists():
-            build_world(root)
-            done.touch()
-    return world_at(root)
+    return shared_world(tmp_path_factory)
 
 
 def _direct_signatures(world, out: Path) -> list:
@@ -49,7 +37,7 @@ def full_run(world, tmp_path_factory):
     """Every lens, with statistics, over all three dictionaries (one shard each): (DIR, the
     command's arguments, `query_lens`'s own signatures). The self-check is off here (it runs
     in the resume test) to keep compilations few."""
-    shared = _shared(tmp_path_factory)
+    shared = shared_temp(tmp_path_factory)
     out, direct = shared / "cli-full-run", shared / "cli-full-run-direct.pkl"
     args = base_args(world, out, "--lenses", "all", "--stats", "--no-self-check")
     with FileLock(str(shared / "cli-full-run.lock")):

@@ -129,3 +129,24 @@ def drop(args: list[str], *options: str) -> list[str]:
         else:
             out.append(a)
     return out
+
+
+def shared_temp(tmp_path_factory) -> Path:
+    """The session's temporary folder that every pytest-xdist worker shares."""
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_world(tmp_path_factory) -> World:
+    """The world, built once per session by whichever worker gets there first."""
+    from filelock import FileLock
+
+    shared = shared_temp(tmp_path_factory)
+    root, done = shared / "cli-world", shared / "cli-world.done"
+    with FileLock(str(shared / "cli-world.lock")):
+        if not done.exists():
+            build_world(root)
+            done.touch()
+    return world_at(root)

@@ -11,31 +11,20 @@ from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cli"))
 
-from world import base_args, build_world, world_at  # noqa: E402
+from world import base_args, shared_temp, shared_world  # noqa: E402
 
 LENSES = "query_lens_value,query_lens_key,logit_lens_value"
 
 
-def _shared(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
-    shared = _shared(tmp_path_factory)
-    root, done = shared / "cli-world", shared / "cli-world.done"
-    with FileLock(str(shared / "cli-world.lock")):
-        if not done.exists():
-            build_world(root)
-            done.touch()
-    return world_at(root)
+    return shared_world(tmp_path_factory)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def row_cache(tmp_path_factory):
     """Converted dictionary rows go to a session folder, never to the user's cache."""
-    folder = _shared(tmp_path_factory) / "serve-row-cache"
+    folder = shared_temp(tmp_path_factory) / "serve-row-cache"
     old = os.environ.get("QLENS_CACHE_DIR")
     os.environ["QLENS_CACHE_DIR"] = str(folder)
     yield folder
@@ -48,7 +37,7 @@ def row_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serve_run(world, tmp_path_factory):
     """A finished run for the serve tests: (DIR, the command's arguments)."""
-    shared = _shared(tmp_path_factory)
+    shared = shared_temp(tmp_path_factory)
     out = shared / "serve-run"
     args = base_args(world, out, "--lenses", LENSES, "--no-self-check")
     with FileLock(str(shared / "serve-run.lock")):
