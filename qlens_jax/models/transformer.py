@@ -59,13 +59,15 @@ class Attention(eqx.Module):
     head_dim: int = eqx.field(static=True)
     softcap: float | None = eqx.field(static=True, default=None)
 
-    def __call__(
+    def heads(
         self,
         x: Float[Array, "seq d_model"],
         allowed: Bool[Array, "seq seq"],
         rope: tuple[Float[Array, "seq hd"], Float[Array, "seq hd"]] | None,
         scale: Float[Array, ""],
-    ) -> Float[Array, "seq d_model"]:
+    ) -> Float[Array, "seq q_dim"]:
+        """Every head's output, heads concatenated (TransformerLens `hook_z` flattened): the
+        input of the output projection."""
         seq = x.shape[0]
         q = self.q_proj(x).reshape(seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(seq, self.n_kv_heads, self.head_dim)
@@ -75,7 +77,16 @@ class Attention(eqx.Module):
         if rope is not None:
             q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
         out = layers.dot_product_attention(q, k, v, allowed, scale, self.softcap)
-        return self.o_proj(out.reshape(seq, self.n_heads * self.head_dim))
+        return out.reshape(seq, self.n_heads * self.head_dim)
+
+    def __call__(
+        self,
+        x: Float[Array, "seq d_model"],
+        allowed: Bool[Array, "seq seq"],
+        rope: tuple[Float[Array, "seq hd"], Float[Array, "seq hd"]] | None,
+        scale: Float[Array, ""],
+    ) -> Float[Array, "seq d_model"]:
+        return self.o_proj(self.heads(x, allowed, rope, scale))
 
 
 class MLP(eqx.Module):
@@ -110,7 +121,9 @@ class LayerMeta(eqx.Module):
 
 
 class Residuals(NamedTuple):
-    """Residual stream points of every block, each `[layers, batch, seq, d_model]`."""
+    """Points of every block: the residual stream, the MLP's normalized input and both
+    modules' outputs, each `[layers, batch, seq, d_model]`; `z`, every head's output before
+    the output projection, `[layers, batch, seq, n_heads, head_dim]`."""
 
     resid_pre: Array
     resid_mid: Array
@@ -118,19 +131,34 @@ class Residuals(NamedTuple):
     attn_out: Array
     mlp_in: Array
     mlp_out: Array
+    z: Array
+
+
+def attention_z(
+    block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
+) -> Float[Array, "seq q_dim"]:
+    """`z`: every head's output at residual `h`, heads concatenated, before the output
+    projection (TransformerLens `attn.hook_z` flattened; transformers' `o_proj` input)."""
+    seq = h.shape[0]
+    rope = None
+    if meta.rope_inv_freq.shape[-1] > 0:
+        rope = layers.rope_cos_sin(jnp.arange(seq), meta.rope_inv_freq, meta.rope_scale)
+    allowed = layers.attention_mask(mask, meta.window)
+    return block.attn.heads(block.attn_norm(h), allowed, rope, meta.attn_scale)
+
+
+def attention_output(block: Block, z: Float[Array, "*seq q_dim"]) -> Float[Array, "*seq d_model"]:
+    """What the attention module adds to the residual given its heads' outputs `z`:
+    `post_norm(o_proj(z))` (per position)."""
+    out = block.attn.o_proj(z)
+    return out if block.attn_post_norm is None else block.attn_post_norm(out)
 
 
 def attention_residual(
     block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
 ) -> Float[Array, "seq d_model"]:
     """The attention module's contribution to the residual: `post_norm(attn(pre_norm(h)))`."""
-    seq = h.shape[0]
-    rope = None
-    if meta.rope_inv_freq.shape[-1] > 0:
-        rope = layers.rope_cos_sin(jnp.arange(seq), meta.rope_inv_freq, meta.rope_scale)
-    allowed = layers.attention_mask(mask, meta.window)
-    out = block.attn(block.attn_norm(h), allowed, rope, meta.attn_scale)
-    return out if block.attn_post_norm is None else block.attn_post_norm(out)
+    return attention_output(block, attention_z(block, meta, h, mask))
 
 
 def mlp_input(block: Block, h: Float[Array, "*seq d_model"]) -> Float[Array, "*seq d_model"]:
@@ -148,12 +176,14 @@ def block_forward(
     block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
 ) -> tuple[Float[Array, "seq d_model"], Residuals]:
     """One block; returns `resid_post` and this block's points (without the layer axis)."""
-    attn_out = attention_residual(block, meta, h, mask)
+    z = attention_z(block, meta, h, mask)
+    attn_out = attention_output(block, z)
     mid = h + attn_out
     mlp_in = mlp_input(block, mid)
     mlp_out = mlp_residual(block, mid)
     post = mid + mlp_out
-    return post, Residuals(h, mid, post, attn_out, mlp_in, mlp_out)
+    heads = z.reshape(*z.shape[:-1], block.attn.n_heads, block.attn.head_dim)
+    return post, Residuals(h, mid, post, attn_out, mlp_in, mlp_out, heads)
 
 
 class Transformer(eqx.Module):
@@ -219,7 +249,8 @@ class Transformer(eqx.Module):
     def run_with_residuals(
         self, tokens: Int[Array, "batch seq"], mask: Bool[Array, "batch seq"] | None = None
     ) -> tuple[Float[Array, "batch seq vocab"], Residuals]:
-        """Logits and the residual stream; residual arrays are `[layers, batch, seq, d_model]`."""
+        """Logits and every block's points (`Residuals`): residual arrays `[layers, batch, seq,
+        d_model]`, `z` `[layers, batch, seq, n_heads, head_dim]`."""
         if mask is None:
             mask = jnp.ones(tokens.shape, bool)
         logits, points = jax.vmap(self.forward_one)(tokens, mask)
