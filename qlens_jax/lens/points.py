@@ -2,11 +2,17 @@
 
 A `Point` names a tensor of the forward pass at every position: a residual point
 (`resid_pre[b]`, `resid_mid[b]`, the final residual `resid_post[L-1]`), an MLP's normalized
-input (`mlp_in[b]`, where transcoders read), or a residual point seen through a dictionary's
-own per-token input normalization (`norm`, one of `INPUT_NORMS_WITH_JACOBIAN`). A `Module`
-(attention or MLP of a block) reads one residual point and writes the next:
+input (`mlp_in[b]`, where transcoders read), a residual point seen through a dictionary's
+own per-token input normalization (`norm`, one of `INPUT_NORMS_WITH_JACOBIAN`), or a module
+output (`MODULE_OUTPUT_SITES`: the heads' outputs `z[b]` before the output projection, the
+attention output `attn_out[b]` and the MLP output `mlp_out[b]` as added to the residual, after
+any post-norm). A `Module` (attention or MLP of a block) reads one residual point and writes
+the next:
 
-    resid_pre[b] --attn b--> resid_mid[b] --mlp b--> resid_post[b] = resid_pre[b + 1]
+    resid_pre[b] --attn b (z[b] -> attn_out[b])--> resid_mid[b] --mlp b (mlp_out[b])--> resid_post[b] = resid_pre[b + 1]
+
+Module outputs have no rows in the operator stacks (`z` is not `d_model` wide): the sweeps
+record the ones a request reads in a separate array (`operators.TransportOperators`).
 
 The sweeps record the points of `value_points` (value side) and `key_points` (key side), in
 that order: the row of a point in the operator arrays is its position in `key_points(L, True)`
@@ -22,12 +28,15 @@ from dataclasses import dataclass
 
 INPUT_NORMS_WITH_JACOBIAN = ("layer_norm", "constant_norm_rescale")
 # Sites of one block in forward order; `mlp_in` is computed from `resid_mid`.
-SITES = ("resid_pre", "resid_mid", "mlp_in", "resid_post")
+SITES = ("resid_pre", "z", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
 RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
+MODULE_OUTPUT_SITES = ("z", "attn_out", "mlp_out")
 # The residual modules of a block, in forward order.
 MODULE_KINDS = ("attn", "mlp")
-# Dictionary sites that name a residual point under another name.
-SITE_ALIASES = {"mlp_out": "resid_post"}
+# Where a dictionary's output is added to the residual, for sites that are not residual
+# points: a module output is added straight to the residual after it (`z` is not: its value
+# vectors pass the output projection first, see `dictionary_points`).
+WRITES_INTO = {"mlp_out": "resid_post", "attn_out": "resid_mid"}
 
 
 @functools.total_ordering
@@ -60,8 +69,19 @@ class Point:
     @property
     def residual(self) -> Point:
         """The residual point this point is computed from: itself without its norm; `resid_mid`
-        for an MLP input."""
+        for an MLP input; for a module output, the residual point it is added into
+        (`resid_mid[b]` for `z` and `attn_out`, `resid_post[b]` for `mlp_out`: use
+        `flows_into` for the residual point's single name)."""
+        if self.site in MODULE_OUTPUT_SITES:
+            return Point("resid_post" if self.site == "mlp_out" else "resid_mid", self.layer)
         return Point("resid_mid" if self.site == "mlp_in" else self.site, self.layer)
+
+    @property
+    def module(self) -> Module | None:
+        """The module whose output this point is (None for residual points and MLP inputs)."""
+        if self.site not in MODULE_OUTPUT_SITES:
+            return None
+        return Module("mlp" if self.site == "mlp_out" else "attn", self.layer)
 
     def __str__(self) -> str:
         name = f"{self.site}[{self.layer}]"
@@ -96,15 +116,25 @@ def final_point(n_layers: int) -> Point:
 
 
 def residual_point(site: str, layer: int, n_layers: int) -> Point:
-    """The point of dictionary site `site` at block `layer`, residual points under one name:
-    `resid_post[b]` is `resid_pre[b + 1]` except for the final residual; `mlp_out` is
-    `resid_post` (where a transcoder's output is added)."""
-    site = SITE_ALIASES.get(site, site)
+    """The point of site `site` at block `layer`, residual points under one name:
+    `resid_post[b]` is `resid_pre[b + 1]` except for the final residual."""
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is not a block of this model (0 .. {n_layers - 1})")
     if site == "resid_post" and layer < n_layers - 1:
         return Point("resid_pre", layer + 1)
     return Point(site, layer)
+
+
+def flows_into(point: Point, n_layers: int) -> Point:
+    """The residual point (single name, `residual_point`) that `point` is computed from or
+    added into: how far a sweep must reach to record `point`."""
+    residual = point.residual
+    return residual_point(residual.site, residual.layer, n_layers)
+
+
+def site_width(point: Point, config) -> int:
+    """Width of the vectors at `point`: `n_heads x head_dim` for `z`, else `d_model`."""
+    return config.n_heads * config.head_dim if point.site == "z" else config.d_model
 
 
 def modules(n_layers: int) -> tuple[Module, ...]:
@@ -188,10 +218,13 @@ def key_block_stop(point: Point, n_layers: int) -> int:
 class DictionaryPoints:
     """Where one dictionary's features are transported from.
 
-    `write`: the residual point its value vectors are added to. `read`: the point whose
-    cotangent its key vectors are (reference convention: a transcoder reads `resid_mid`,
-    the MLP input before its norm; with `exact_norm_jacobian`, the normalized `mlp_in`).
-    `read_residual`: the residual point of `read` (for first-order module ranges).
+    `write`: the point its value vectors are added to (a residual point; `z` for dictionaries
+    on the heads' outputs). `read`: the point whose cotangent its key vectors are (reference
+    convention: a transcoder reads `resid_mid`, the MLP input before its norm; with
+    `exact_norm_jacobian`, the normalized `mlp_in`; a module-output dictionary reads the
+    module output). `read_residual`: the residual point the first-order key terms start from
+    (for a module output, the module's input: the one hop through the module comes first,
+    DESIGN.md section 1b).
     """
 
     write: Point
@@ -213,7 +246,10 @@ def dictionary_points(
     """Write and read points of a dictionary. With `exact_norm_jacobian`, keys are read after the
     norm the dictionary's input really passes: the MLP's pre-norm for transcoders reading
     `mlp_in`, the dictionary's own per-token input normalization for SAEs that have one."""
-    write = residual_point(site_out, layer, n_layers)
+    write = residual_point(WRITES_INTO.get(site_out, site_out), layer, n_layers)
+    if site_in in MODULE_OUTPUT_SITES:
+        read = residual_point(site_in, layer, n_layers)
+        return DictionaryPoints(write=write, read=read, read_residual=read.module.reads)
     read_residual = residual_point("resid_mid" if site_in == "mlp_in" else site_in, layer, n_layers)
     read = read_residual
     if exact_norm_jacobian and site_in == "mlp_in":
