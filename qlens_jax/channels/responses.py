@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from qlens_jax.lens.points import MODULE_KINDS, Module, module_row, residual_point, row
+from qlens_jax.lens.points import MODULE_KINDS, Module, dictionary_points, module_row, row
 from qlens_jax.numerics import applies_precision
 
 
@@ -79,7 +79,7 @@ def make_sources(dictionaries, n_layers: int, n_features: int, seed: int) -> lis
     for d in dictionaries:
         values = np.asarray(d.value_vectors(), np.float32)
         ids = sample_features(values, n_features, rng)
-        write = row(residual_point(d.site_out, d.layer, n_layers), n_layers)
+        write = row(dictionary_points(d.site_in, d.site_out, d.layer, n_layers).write, n_layers)
         sources.append(Source(d.name, d.layer, write, ids, values[ids]))
     return sources
 
