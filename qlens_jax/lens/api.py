@@ -43,7 +43,8 @@ def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
         plan.model, plan.tokens, plan.mask, sweeps=plan.sweeps, plan=plan.chunks, mesh=plan.execution.mesh,
         with_input_norms=plan.needs_input_norms, shard_weights=plan.shard_weights, quiet=plan.execution.quiet,
         memory_budget_gb=plan.execution.memory_budget_gb,
-        value_from_point=plan.value_from_point, key_to_point=plan.key_to_point, precision=plan.options.precision,
+        value_from_point=plan.value_from_point, key_to_point=plan.key_to_point, sites=plan.sites,
+        precision=plan.options.precision,
     )
 
 
@@ -51,7 +52,8 @@ def check_operators(plan: LensPlan, operators: TransportOperators) -> None:
     """Refuse operators that lack rows the plan reads (computed for other layers, or without
     the input-normalization points), naming the dictionary."""
     n_layers = plan.model.config.n_layers
-    if plan.needs_input_norms and operators.key is not None and operators.key.shape[0] <= max(row(r.points.read, n_layers) for r in plan.requests):
+    normed = [r.points.read for r in plan.requests if r.points.read.norm is not None]
+    if normed and operators.key is not None and operators.key.shape[0] <= max(row(p, n_layers) for p in normed):
         raise LensRequestError(
             "the given operators were computed without input-normalization points; recompute them with "
             "transport_operators(..., with_input_norms=True) for exact_norm_jacobian on normalizing SAEs"
@@ -65,7 +67,8 @@ def check_operators(plan: LensPlan, operators: TransportOperators) -> None:
             if not operators.covers(side, point, n_layers):
                 raise LensRequestError(
                     f"the given operators hold no {side} rows for {r.describe()}; point {point}): they were computed "
-                    f"for other layers; call transport_operators without value_from_point / key_to_point"
+                    f"for other layers or sites; call transport_operators without value_from_point / key_to_point "
+                    f"and with sites={plan.sites}"
                 )
 
 
@@ -120,19 +123,18 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             table_stats: dict[str, np.ndarray] = {}
             extra = {}
             if lens.startswith("logit_lens"):
-                result = context.read(side, vectors, op=None, logit_lens=True)
+                result = context.read(side, vectors, op=_logit_lens_op(plan, point), logit_lens=True)
             elif lens.startswith("query_lens"):
-                points = jnp.full(len(vectors), row(point, n_layers))
                 if plan.path == "dense":
-                    op = operators.operator(side, point, n_layers)
+                    op = operators.operator(side, point, n_layers, plan.model.config)
                     result = context.read(side, vectors, op=op)
                     if execution.self_check:
                         self_check.check_query_lens(plan, request, side, vectors, point, op, lens)
                     if options.stats:
-                        mean, mean_sq = per_feature_means(plan, side, np.asarray(vectors), points, execution.quiet)
+                        mean, mean_sq = per_feature_means(plan, side, np.asarray(vectors), point, execution.quiet)
                         table_stats["relative_variance"] = relative_variance(mean, mean_sq)
                 else:
-                    mean, mean_sq = per_feature_means(plan, side, np.asarray(vectors), points, execution.quiet)
+                    mean, mean_sq = per_feature_means(plan, side, np.asarray(vectors), point, execution.quiet)
                     result = context.read(side, mean, op=None)
                     if options.stats:
                         table_stats["relative_variance"] = relative_variance(mean, mean_sq)
@@ -161,6 +163,14 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                 )
             )
     return signatures
+
+
+def _logit_lens_op(plan: LensPlan, point) -> Float[Array, "d q"] | None:
+    """Logit Lens's map into the residual: `W_O` for value vectors at `z` (as `X @ op.T`), else
+    none (DESIGN.md section 1b; the key side at `z` is refused by `plan_request`)."""
+    if point.site != "z":
+        return None
+    return plan.model.blocks.attn.o_proj.weight[point.layer].T
 
 
 def query_lens(

@@ -39,8 +39,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Point
-from qlens_jax.lens.transport import attention_batch, basis_tangents, clean_states, masked_sum, through_input_norm
-from qlens_jax.models import Block, Transformer, mlp_input
+from qlens_jax.lens.transport import (
+    attention_batch, attention_z_batch, basis_tangents, clean_states, masked_sum, through_input_norm,
+)
+from qlens_jax.models import Block, Transformer, attention_output, mlp_input
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.layers import mlp_hidden
 
@@ -124,40 +126,51 @@ def _blocks(model: Transformer, start: int, stop: int):
     return jax.tree.map(take, model.blocks), jax.tree.map(take, model.meta)
 
 
-def _value_blocks(model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi: int, jacobians=None):
+def _value_blocks(model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi: int, jacobians=None, record_z: bool = False):
     """Pull `cotangent` (at `resid_post[hi - 1]`) down through blocks `hi - 1 .. lo`: the
-    cotangent at `resid_pre[lo]` and each block's position sums at its `resid_pre` and
-    `resid_mid`. `jacobians[b]`: block `b`'s MLP Jacobians, formed here when None."""
+    cotangent at `resid_pre[lo]` and each block's position sums at its `resid_pre`,
+    `resid_mid` and, with `record_z`, its `z` (else None). `jacobians[b]`: block `b`'s MLP
+    Jacobians, formed here when None."""
     blocks, meta = _blocks(model, lo, hi)
+    chunk = max(tangent_chunk, VJP_CHUNK)
 
     def step(cot, xs):
         block, meta, pre, mid, index = xs
         q = mlp_jacobians(block, mid) if jacobians is None else jacobians[index]
         cot_mid = cot + apply_rowwise(cot, q, transpose=True)
-        _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
-        cot_pre = cot_mid + jax.lax.map(lambda c: pull(c)[0], cot_mid, batch_size=max(tangent_chunk, VJP_CHUNK))
-        return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask))
+        if not record_z:
+            _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
+            cot_pre = cot_mid + jax.lax.map(lambda c: pull(c)[0], cot_mid, batch_size=chunk)
+            return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask), None)
+        z, pull_z = jax.vjp(lambda h: attention_z_batch(block, meta, h, mask), pre)
+        _, pull_out = jax.vjp(lambda heads: attention_output(block, heads), z)
+        cot_z = jax.lax.map(lambda c: pull_out(c)[0], cot_mid, batch_size=chunk)
+        cot_pre = cot_mid + jax.lax.map(lambda c: pull_z(c)[0], cot_z, batch_size=chunk)
+        return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask), masked_sum(cot_z, mask))
 
     xs = (blocks, meta, pres[lo:hi], mids[lo:hi], jnp.arange(lo, hi))
     return jax.lax.scan(step, cotangent, xs, reverse=True)
 
 
-def _value_sweep(model, mask, basis, tangent_chunk, states, first_block: int, jacobians=None, shared_blocks: int = 0):
+def _value_sweep(model, mask, basis, tangent_chunk, states, first_block: int, jacobians=None, shared_blocks: int = 0,
+                 sites: tuple[Point, ...] = ()):
     """The value sweep's outputs (see `value_sweep_blockwise`); blocks below `shared_blocks`
     take their MLP Jacobians from `jacobians` instead of forming them again."""
     n_layers, d = model.config.n_layers, model.config.d_model
     _, pres, mids = states
+    z_sites = pts.value_sites(sites)
     top = basis_tangents(basis, d, mask, model.embed_tokens.dtype)
     split = min(max(first_block, shared_blocks), n_layers)
     top_sum = masked_sum(top, mask)
-    sums, cot = {"resid_pre": [], "resid_mid": []}, top
+    sums, cot = {"resid_pre": [], "resid_mid": [], "z": []}, top
     for lo, hi, given in ((split, n_layers, None), (first_block, split, jacobians)):
         if lo < hi:
-            cot, (at_pre, at_mid) = _value_blocks(model, mask, tangent_chunk, cot, pres, mids, lo, hi, given)
+            cot, (at_pre, at_mid, at_z) = _value_blocks(model, mask, tangent_chunk, cot, pres, mids, lo, hi, given, bool(z_sites))
             sums["resid_pre"].insert(0, at_pre)
             sums["resid_mid"].insert(0, at_mid)
+            sums["z"].insert(0, at_z)
     # Per-block sums of blocks first_block .. n_layers - 1.
-    by_site = {site: jnp.concatenate(parts) for site, parts in sums.items() if parts}
+    by_site = {site: jnp.concatenate(parts) for site, parts in sums.items() if parts and parts[0] is not None}
     final = pts.final_point(n_layers)
     zero = jnp.zeros_like(top_sum)
 
@@ -166,19 +179,27 @@ def _value_sweep(model, mask, basis, tangent_chunk, states, first_block: int, ja
             return top_sum
         return by_site[point.site][point.layer - first_block] if point.layer >= first_block else zero
 
-    return jnp.stack([at(p) for p in pts.value_points(n_layers)])
+    stack = jnp.stack([at(p) for p in pts.value_points(n_layers)])
+    return stack, _side_by_side([at(p) for p in z_sites], top_sum)
+
+
+def _side_by_side(parts: list, like: Float[Array, "r d"]) -> Float[Array, "r width"]:
+    """Per-site `[r, width]` sums concatenated along the last axis (`[r, 0]` without any)."""
+    return jnp.concatenate(parts, axis=-1) if parts else jnp.zeros((like.shape[0], 0), jnp.float32)
 
 
 @eqx.filter_jit
 def value_sweep_blockwise(
-    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, first_block: int = 0
-) -> Float[Array, "points r d"]:
+    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, first_block: int = 0,
+    sites: tuple[Point, ...] = (),
+) -> tuple[Float[Array, "points r d"], Float[Array, "r width"]]:
     """As `operators.value_sweep_chunk`, block by block from the top down to `first_block`
     (points before `resid_pre[first_block]` are zero)."""
-    return _value_sweep(model, mask, basis, tangent_chunk, clean_states(model, tokens, mask), first_block)
+    return _value_sweep(model, mask, basis, tangent_chunk, clean_states(model, tokens, mask), first_block, sites=sites)
 
 
-def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool, n_blocks: int, keep_jacobians: bool):
+def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool, n_blocks: int, keep_jacobians: bool,
+               sites: tuple[Point, ...] = ()):
     """The key sweep's outputs (see `key_sweep_blockwise`) and, when `keep_jacobians`, every
     swept block's MLP Jacobians (`[n_blocks, b, s, d, d]`, else None)."""
     n_layers, d = model.config.n_layers, model.config.d_model
@@ -186,24 +207,43 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
     bottom = basis_tangents(basis, d, mask, model.embed_tokens.dtype)
     blocks, meta = _blocks(model, 0, n_blocks)
     norms = pts.INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
+    recorded = {p.site for p in sites}
+    chunk = max(tangent_chunk, VJP_CHUNK)
     through_norms = lambda primal, tangents: [
         _summed_through(lambda h: through_input_norm(h, norm), primal, tangents, mask, tangent_chunk) for norm in norms
     ]
 
+    def attention(block, meta, pre, tangent):
+        """The attention module's output tangents and, when recorded, its `z` tangents' sums."""
+        if "z" not in recorded:
+            # The JVP as the transpose of the VJP: same numbers, and batches of VJP_CHUNK run
+            # faster than the linearized JVP on CPU (8.1 s against 11.1 s per 256-token block).
+            _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
+            push = jax.linear_transpose(lambda c: pull(c)[0], pre)
+            return jax.lax.map(lambda t: push(t)[0], tangent, batch_size=chunk), None
+        z, pull_z = jax.vjp(lambda h: attention_z_batch(block, meta, h, mask), pre)
+        push_z = jax.linear_transpose(lambda c: pull_z(c)[0], z)
+        tan_z = jax.lax.map(lambda t: push_z(t)[0], tangent, batch_size=chunk)
+        _, push_out = jax.linearize(lambda heads: attention_output(block, heads), z)
+        return jax.lax.map(push_out, tan_z, batch_size=chunk), masked_sum(tan_z, mask)
+
     def step(tangent, xs):
         block, meta, pre, mid = xs
-        # The JVP as the transpose of the VJP: same numbers, and batches of VJP_CHUNK run
-        # faster than the linearized JVP on CPU (8.1 s against 11.1 s per 256-token block).
-        _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
-        push = jax.linear_transpose(lambda c: pull(c)[0], pre)
-        tan_mid = tangent + jax.lax.map(lambda t: push(t)[0], tangent, batch_size=max(tangent_chunk, VJP_CHUNK))
+        tan_attn, at_z = attention(block, meta, pre, tangent)
+        tan_mid = tangent + tan_attn
         at_mlp_in = _summed_through(lambda h: mlp_input(block, h), mid, tan_mid, mask, tangent_chunk)
         q = mlp_jacobians(block, mid)
-        tan_post = tan_mid + apply_rowwise(tan_mid, q, transpose=False)
+        tan_mlp = apply_rowwise(tan_mid, q, transpose=False)
+        tan_post = tan_mid + tan_mlp
         sums = (masked_sum(tangent, mask), masked_sum(tan_mid, mask), at_mlp_in)
-        return tan_post, (sums, through_norms(pre, tangent), through_norms(mid, tan_mid), q if keep_jacobians else None)
+        outputs = {
+            "z": at_z,
+            "attn_out": masked_sum(tan_attn, mask) if "attn_out" in recorded else None,
+            "mlp_out": masked_sum(tan_mlp, mask) if "mlp_out" in recorded else None,
+        }
+        return tan_post, (sums, through_norms(pre, tangent), through_norms(mid, tan_mid), outputs, q if keep_jacobians else None)
 
-    last, ((at_pre, at_mid, at_mlp_in), norm_pre, norm_mid, jacobians) = jax.lax.scan(
+    last, ((at_pre, at_mid, at_mlp_in), norm_pre, norm_mid, outputs, jacobians) = jax.lax.scan(
         step, bottom, (blocks, meta, pres[:n_blocks], mids[:n_blocks])
     )
     last_primal = final if n_blocks == n_layers else pres[n_blocks]
@@ -224,7 +264,9 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
         by_site = sums[point.norm]
         return by_site[point.site][point.layer] if point.layer < n_blocks and point.site in by_site else zero
 
-    return jnp.stack([at(p) for p in pts.key_points(n_layers, with_input_norms)]), jacobians
+    stack = jnp.stack([at(p) for p in pts.key_points(n_layers, with_input_norms)])
+    at_sites = _side_by_side([outputs[p.site][p.layer] for p in sites], ends[None])
+    return (stack, at_sites), jacobians
 
 
 @eqx.filter_jit
@@ -236,12 +278,14 @@ def key_sweep_blockwise(
     tangent_chunk: int,
     with_input_norms: bool = False,
     n_blocks: int | None = None,
-) -> Float[Array, "key_points r d"]:
+    sites: tuple[Point, ...] = (),
+) -> tuple[Float[Array, "key_points r d"], Float[Array, "r width"]]:
     """As `operators.key_sweep_chunk`, block by block from the embedding up through block
-    `n_blocks - 1` (residual points after `resid_pre[n_blocks]` and later MLP inputs are zero)."""
+    `n_blocks - 1` (residual points after `resid_pre[n_blocks]` and later MLP inputs are zero;
+    `sites` must lie in those blocks)."""
     n_blocks = model.config.n_layers if n_blocks is None else n_blocks
     states = clean_states(model, tokens, mask)
-    return _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=False)[0]
+    return _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=False, sites=sites)[0]
 
 
 @eqx.filter_jit
@@ -254,13 +298,14 @@ def both_sweeps_blockwise(
     first_block: int = 0,
     with_input_norms: bool = False,
     n_blocks: int | None = None,
-) -> tuple[Float[Array, "points r d"], Float[Array, "key_points r d"]]:
+    sites: tuple[Point, ...] = (),
+) -> tuple[tuple[Float[Array, "points r d"], Float[Array, "r v"]], tuple[Float[Array, "key_points r d"], Float[Array, "r k"]]]:
     """`value_sweep_blockwise` and `key_sweep_blockwise` in one step that forms each MLP
     Jacobian once: the key sweep keeps those of its blocks (`n_blocks x tokens x d^2` floats)
     and the value sweep reuses them, so the blocks both sweep cost 4 instead of 8 `d^3` of
     Jacobian per token."""
     n_blocks = model.config.n_layers if n_blocks is None else n_blocks
     states = clean_states(model, tokens, mask)
-    key, jacobians = _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=True)
-    value = _value_sweep(model, mask, basis, tangent_chunk, states, first_block, jacobians, shared_blocks=n_blocks)
+    key, jacobians = _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=True, sites=sites)
+    value = _value_sweep(model, mask, basis, tangent_chunk, states, first_block, jacobians, shared_blocks=n_blocks, sites=sites)
     return value, key

@@ -4,8 +4,14 @@
 `w = k + sum over modules before the read point of C_m k` (key side), each `A_m` the
 module's mean Jacobian at its own hidden state (DESIGN.md section 1). Terms are grouped by
 block: term 0 is the direct/identity term, then one term per block that contributes.
-Both paths return the same grouping; the dense one as `[T, d, d]` operators (`X @ op.T`),
+Both paths return the same grouping; the dense one as `[T, d, w]` operators (`X @ op.T`),
 the per-feature one as `[n, T, d]` vectors.
+
+A dictionary on a module output first takes the one hop that reaches the residual
+(DESIGN.md section 1b): a key vector at `attn_out` / `mlp_out` / `z` goes back through the
+module that produces the site (`u = mean_pos J^T k`), a value vector at `z` through the
+output projection and any post-norm (`v = mean_pos J_out u`); term 0 is then that hop
+instead of the identity, and every later term is applied to its result.
 """
 
 from __future__ import annotations
@@ -33,10 +39,22 @@ def _by_block(modules: tuple[Module, ...], n_layers: int) -> dict[int, list[int]
     return dict(sorted(groups.items()))
 
 
+def hop_kind(points: DictionaryPoints, side: str) -> str | None:
+    """Which first hop the dictionary's vectors take on `side`: "z" (through the output
+    projection or the attention up to `z`), "module" (back through the module producing
+    `attn_out` / `mlp_out`), or None (they start in the residual)."""
+    if side == "value":
+        return "z" if points.write.site == "z" else None
+    if points.read.module is None:
+        return None
+    return "z" if points.read.site == "z" else "module"
+
+
 def first_order_terms_dense(
     operators: TransportOperators, points: DictionaryPoints, side: str, n_layers: int, mask_seed: bool
 ) -> tuple[list[int], jnp.ndarray]:
-    """Per-block first-order operators `[T, d, d]` (term 0 the identity), applied as `X @ op.T`."""
+    """Per-block first-order operators `[T, d, w]` (term 0 the identity, or the hop of a
+    module-output dictionary), applied as `X @ op.T`."""
     modules = contributing_modules(points, side, n_layers)
     if side == "value":
         module_op = lambda m: operators.first_order[m]
@@ -46,16 +64,36 @@ def first_order_terms_dense(
         module_op = lambda m: source[m].T
     groups = _by_block(modules, n_layers)
     d = operators.first_order.shape[-1]
-    terms = [jnp.eye(d, dtype=jnp.float32)]
-    for rows in groups.values():
-        terms.append(sum(module_op(m) for m in rows))
+    kind = hop_kind(points, side)
+    if kind is None:
+        terms = [jnp.eye(d, dtype=jnp.float32)]
+        terms += [sum(module_op(m) for m in rows) for rows in groups.values()]
+        return list(groups), jnp.stack(terms)
+    site = points.write if side == "value" else points.read
+    hop = operators.z_hop(side, site, mask_seed) if kind == "z" else module_op(pts.module_row(site.module, n_layers))
+    terms = [hop] + [sum(module_op(m) for m in rows) @ hop for rows in groups.values()]
     return list(groups), jnp.stack(terms)
 
 
 def first_order_terms_per_feature(
     model, tokens, mask, plan: ChunkPlan, side: str, vectors, points: DictionaryPoints, n_layers: int, mask_seed: bool
 ) -> tuple[list[int], jnp.ndarray]:
-    """Per-block first-order vectors `[n, T, d]` (term 0 the feature vector itself)."""
+    """Per-block first-order vectors `[n, T, d]` (term 0 the feature vector itself, or its
+    hop for a module-output dictionary)."""
+    kind = hop_kind(points, side)
+    if kind is not None:
+        vectors = _hop_per_feature(model, tokens, mask, plan, side, vectors, points, n_layers, mask_seed, kind)
+    per_module = _module_means(model, tokens, mask, plan, side, vectors, mask_seed)
+    modules = contributing_modules(points, side, n_layers)
+    groups = _by_block(modules, n_layers)
+    terms = [vectors]
+    for rows in groups.values():
+        terms.append(sum(per_module[:, m] for m in rows))
+    return list(groups), jnp.stack(terms, axis=1)
+
+
+def _module_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, mask_seed: bool) -> jnp.ndarray:
+    """Each module's single-hop term of each vector, mean over valid positions: `[n, modules, d]`."""
     total = 0.0
     for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, plan.sequences_per_chunk):
         if side == "value":
@@ -63,10 +101,17 @@ def first_order_terms_per_feature(
         else:
             sums = per_feature.first_order_key_chunk(model, chunk_tokens, chunk_mask, vectors, plan.tangent_chunk, mask_seed)
         total = total + sums
-    per_module = total / float(np.asarray(mask).sum())
-    modules = contributing_modules(points, side, n_layers)
-    groups = _by_block(modules, n_layers)
-    terms = [vectors]
-    for rows in groups.values():
-        terms.append(sum(per_module[:, m] for m in rows))
-    return list(groups), jnp.stack(terms, axis=1)
+    return total / float(np.asarray(mask).sum())
+
+
+def _hop_per_feature(model, tokens, mask, plan: ChunkPlan, side: str, vectors, points: DictionaryPoints, n_layers: int,
+                     mask_seed: bool, kind: str) -> jnp.ndarray:
+    """The first hop of each module-output vector into the residual (`hop_kind`): `[n, d]`."""
+    site = points.write if side == "value" else points.read
+    if kind == "module":
+        return _module_means(model, tokens, mask, plan, side, vectors, mask_seed)[:, pts.module_row(site.module, n_layers)]
+    total = 0.0
+    for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, plan.sequences_per_chunk):
+        args = (model, chunk_tokens, chunk_mask, vectors, site.layer, plan.tangent_chunk)
+        total = total + (per_feature.z_hop_value_chunk(*args) if side == "value" else per_feature.z_hop_key_chunk(*args, mask_seed))
+    return total / float(np.asarray(mask).sum())

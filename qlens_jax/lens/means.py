@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import numpy as np
 
+import jax.numpy as jnp
+
 from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import iter_token_chunks
-from qlens_jax.lens.points import n_key_points
+from qlens_jax.lens.points import MODULE_OUTPUT_SITES, Point, n_key_points, row
 from qlens_jax.progress import progress
 
 
-def per_feature_means(plan, side: str, vectors, points, quiet: bool):
+def per_feature_means(plan, side: str, vectors, point: Point, quiet: bool):
     """Mean transported vector `[n, d]` and mean squared norm `[n]` per feature over the
-    plan's sample (one linearized pass per feature, token chunk by token chunk)."""
+    plan's sample (one linearized pass per feature, token chunk by token chunk), every vector
+    transported from `point` (the write point on the value side, the read point on the key side)."""
     model, chunks = plan.model, plan.chunks
+    n_layers = model.config.n_layers
     total, total_sq = 0.0, 0.0
     token_chunks = list(iter_token_chunks(plan.tokens, plan.mask, chunks.sequences_per_chunk))
-    needs_norms = bool((np.asarray(points) >= n_key_points(model.config.n_layers)).any())
+    rows = None if point.site in MODULE_OUTPUT_SITES else jnp.full(len(vectors), row(point, n_layers))
     for chunk_tokens, chunk_mask in progress(token_chunks, desc=f"per-feature {side}", quiet=quiet, unit="chunk"):
-        if side == "value":
-            s, sq = per_feature.value_chunk(model, chunk_tokens, chunk_mask, vectors, points, chunks.tangent_chunk)
+        args = (model, chunk_tokens, chunk_mask, vectors)
+        if side == "value" and point.site == "z":
+            s, sq = per_feature.z_value_chunk(*args, point.layer, chunks.tangent_chunk)
+        elif side == "value":
+            s, sq = per_feature.value_chunk(*args, rows, chunks.tangent_chunk)
+        elif rows is None:
+            s, sq = per_feature.site_key_chunk(*args, point, chunks.tangent_chunk)
         else:
-            s, sq = per_feature.key_chunk(model, chunk_tokens, chunk_mask, vectors, points, chunks.tangent_chunk, needs_norms)
+            needs_norms = row(point, n_layers) >= n_key_points(n_layers)
+            s, sq = per_feature.key_chunk(*args, rows, chunks.tangent_chunk, needs_norms)
         total, total_sq = total + s, total_sq + sq
     n = float(plan.mask.sum())
     return total / n, total_sq / n

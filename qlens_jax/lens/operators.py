@@ -62,51 +62,105 @@ class TransportOperators(eqx.Module):
     # residual point the key rows reach (None: all).
     value_from_point: int = eqx.field(static=True, default=0)
     key_to_point: int | None = eqx.field(static=True, default=None)
+    # Module outputs (`points.MODULE_OUTPUT_SITES`) the sweeps recorded, side by side along
+    # the last axis (`points.site_columns`): the value side holds the `z` points of `sites`
+    # (`points.value_sites`), the key side all of them.
+    sites: tuple[Point, ...] = eqx.field(static=True, default=())
+    value_at_sites: Float[Array, "d value_width"] | None = None
+    key_at_sites: Float[Array, "d key_width"] | None = None
+    # First-order hops at the `z` points of `sites` (`[n_z, q, d]`, applied as `X @ hop[i].T`):
+    # into the residual (value side) and back to the block input, summed over valid / all
+    # output positions (key side, as `first_order` / `first_order_all`).
+    z_hop_value: Float[Array, "n_z q d"] | None = None
+    z_hop_key: Float[Array, "n_z q d"] | None = None
+    z_hop_key_all: Float[Array, "n_z q d"] | None = None
 
     def covers(self, side: str, point: Point, n_layers: int) -> bool:
         """Whether rows for `point` (value or key side) were computed."""
+        if point.site in pts.MODULE_OUTPUT_SITES:
+            recorded = pts.value_sites(self.sites) if side == "value" else self.sites
+            point = point if point in recorded else None
+            if point is None or (self.value_at_sites if side == "value" else self.key_at_sites) is None:
+                return False
         if side == "value":
-            return self.value is not None and pts.row(point, n_layers) >= self.value_from_point
+            return self.value is not None and pts.row(pts.flows_into(point, n_layers), n_layers) >= self.value_from_point
         if self.key is None:
             return False
-        return self.key_to_point is None or pts.row(point.residual, n_layers) <= self.key_to_point
+        return self.key_to_point is None or pts.row(pts.flows_into(point, n_layers), n_layers) <= self.key_to_point
 
-    def operator(self, side: str, point: Point, n_layers: int) -> Float[Array, "d d"]:
-        """The `[d, d]` operator of `point` on the value or key side, applied as `X @ op.T`."""
+    def operator(self, side: str, point: Point, n_layers: int, config=None) -> Float[Array, "d w"]:
+        """The operator of `point` on the value or key side, applied as `X @ op.T`: `[d, d]`
+        for residual points, `[d, width]` for module outputs (`config` needed for those)."""
+        if point.site in pts.MODULE_OUTPUT_SITES:
+            recorded = pts.value_sites(self.sites) if side == "value" else self.sites
+            columns = pts.site_columns(recorded, config)[point]
+            return (self.value_at_sites if side == "value" else self.key_at_sites)[:, columns]
         return (self.value if side == "value" else self.key)[pts.row(point, n_layers)]
+
+    def z_hop(self, side: str, point: Point, mask_seed: bool = True) -> Float[Array, "d q"]:
+        """The first-order hop at `z` point `point` as an operator (`X @ op.T`): `[d, q]`."""
+        index = pts.value_sites(self.sites).index(point)
+        hops = self.z_hop_value if side == "value" else (self.z_hop_key if mask_seed else self.z_hop_key_all)
+        return hops[index].T
 
 
 @eqx.filter_jit
-def value_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int) -> Float[Array, "points r d"]:
-    """Position-summed top-down cotangents at every point, for each basis cotangent `e_i`, i in `basis`."""
-    d = model.config.d_model
-    zeros = jnp.zeros((pts.n_points(model.config.n_layers), d), jnp.float32)
-    _, pull = jax.vjp(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), zeros)
+def value_sweep_chunk(
+    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, sites: tuple[Point, ...] = ()
+) -> tuple[Float[Array, "points r d"], Float[Array, "r width"]]:
+    """Position-summed top-down cotangents at every point, for each basis cotangent `e_i`, i in
+    `basis`; and at the `z` points of `sites` side by side (`points.value_sites`)."""
+    c = model.config
+    d, z_sites = c.d_model, pts.value_sites(sites)
+    zeros = jnp.zeros((pts.n_points(c.n_layers), d), jnp.float32)
+    z_zeros = jnp.zeros((c.n_layers, c.n_heads * c.head_dim), jnp.float32) if z_sites else None
+    _, pull = jax.vjp(lambda deltas, z_deltas: transport.final_from_probes(model, tokens, mask, deltas, z_deltas), zeros, z_zeros)
     dtype = model.embed_tokens.dtype
-    rows = jax.lax.map(lambda i: pull(transport.basis_tangents(i, d, mask, dtype))[0], basis, batch_size=tangent_chunk)
-    return jnp.swapaxes(rows, 0, 1)
+
+    def one(i):
+        at_points, at_z = pull(transport.basis_tangents(i, d, mask, dtype))
+        return at_points, (jnp.concatenate([at_z[p.layer] for p in z_sites], axis=-1) if z_sites else None)
+
+    rows, at_sites = jax.lax.map(one, basis, batch_size=tangent_chunk)
+    return jnp.swapaxes(rows, 0, 1), _no_sites(basis) if at_sites is None else at_sites
+
+
+def _no_sites(basis: Int[Array, " r"]) -> Float[Array, "r 0"]:
+    """The site sums of a sweep that records no module outputs (made outside `lax.map`, which
+    cannot batch zero-sized outputs)."""
+    return jnp.zeros((basis.shape[0], 0), jnp.float32)
 
 
 @eqx.filter_jit
 def key_sweep_chunk(
-    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, with_input_norms: bool = False
-) -> Float[Array, "key_points r d"]:
-    """Position-summed bottom-up tangents at every point, for each basis tangent `e_j`, j in `basis`."""
+    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, with_input_norms: bool = False,
+    sites: tuple[Point, ...] = (),
+) -> tuple[Float[Array, "key_points r d"], Float[Array, "r width"]]:
+    """Position-summed bottom-up tangents at every point, for each basis tangent `e_j`, j in
+    `basis`; and at the module outputs `sites` side by side."""
     d = model.config.d_model
     zeros = jnp.zeros((*tokens.shape, d), jnp.float32)
-    stream = lambda d0: transport.masked_sum(
-        transport.points_from_embedding(model, tokens, mask, d0, with_input_norms), mask
-    )
+
+    def stream(d0):
+        stack, values = transport.points_and_sites_from_embedding(model, tokens, mask, d0, with_input_norms, sites)
+        return transport.masked_sum(stack, mask), (transport.masked_sum(values, mask) if sites else None)
+
     _, push = jax.linearize(stream, zeros)
-    cols = jax.lax.map(lambda j: push(transport.basis_tangents(j, d, mask)), basis, batch_size=tangent_chunk)
-    return jnp.swapaxes(cols, 0, 1)
+    cols, at_sites = jax.lax.map(lambda j: push(transport.basis_tangents(j, d, mask)), basis, batch_size=tangent_chunk)
+    return jnp.swapaxes(cols, 0, 1), _no_sites(basis) if at_sites is None else at_sites
 
 
 @eqx.filter_jit
-def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int):
+def first_order_sweep_chunk(
+    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, z_layers: tuple[int, ...] = ()
+):
     """Each module's Jacobian applied to each broadcast basis vector `e_j` (j in `basis`),
-    summed over valid positions and over all positions: two `[modules, d, r]` arrays."""
-    d, n_modules = model.config.d_model, len(pts.modules(model.config.n_layers))
+    summed over valid positions and over all positions: two `[modules, d, r]` arrays; and the
+    first-order hops at `z` of blocks `z_layers` (`[n_z, q, r]` each): out of `z` into the
+    residual (rows from the basis cotangents), and into `z` from the block input, summed over
+    valid and over all positions."""
+    c = model.config
+    d, n_modules = c.d_model, len(pts.modules(c.n_layers))
     inputs = transport.clean_module_inputs(model, tokens, mask)
 
     def outputs(deltas):
@@ -116,8 +170,31 @@ def first_order_sweep_chunk(model: Transformer, tokens, mask, basis: Int[Array, 
     _, push = jax.linearize(outputs, jnp.zeros((n_modules, d), jnp.float32))
     tangent = lambda j: jnp.broadcast_to(jax.nn.one_hot(j, d, dtype=jnp.float32), (n_modules, d))
     valid, every = jax.lax.map(lambda j: push(tangent(j)), basis, batch_size=tangent_chunk)
+    hops = _z_hops(model, tokens, mask, basis, tangent_chunk, z_layers)
     # [j, m, i] -> A[m, i, j]
-    return jnp.transpose(valid, (1, 2, 0)), jnp.transpose(every, (1, 2, 0))
+    return (jnp.transpose(valid, (1, 2, 0)), jnp.transpose(every, (1, 2, 0)), *hops)
+
+
+def _z_hops(model: Transformer, tokens, mask, basis, tangent_chunk: int, z_layers: tuple[int, ...]):
+    """`first_order_sweep_chunk`'s `z` hops: three `[n_z, q, r]` arrays."""
+    c = model.config
+    d, q = c.d_model, c.n_heads * c.head_dim
+    if not z_layers:
+        empty = jnp.zeros((0, q, basis.shape[0]), jnp.float32)
+        return empty, empty, empty
+    pres, zs = transport.clean_z(model, tokens, mask, z_layers)
+    into, from_valid, from_all = [], [], []
+    for index, layer in enumerate(z_layers):
+        _, pull = jax.vjp(lambda dz: transport.output_from_z(model, layer, zs[index], mask, dz), jnp.zeros(q, jnp.float32))
+        cotangent = lambda i: transport.basis_tangents(i, d, mask, zs.dtype)
+        into.append(jax.lax.map(lambda i: pull(cotangent(i))[0], basis, batch_size=tangent_chunk))
+        _, push = jax.linearize(lambda dh: transport.z_from_input(model, layer, pres[index], mask, dh), jnp.zeros(d, jnp.float32))
+        sums = lambda out: (transport.masked_sum(out, mask), out.astype(jnp.float32).sum(axis=(0, 1)))
+        valid, every = jax.lax.map(lambda j: sums(push(jax.nn.one_hot(j, d, dtype=jnp.float32))), basis, batch_size=tangent_chunk)
+        from_valid.append(valid)
+        from_all.append(every)
+    # [n_z, r, q] -> [n_z, q, r]
+    return tuple(jnp.swapaxes(jnp.stack(parts), 1, 2) for parts in (into, from_valid, from_all))
 
 
 FUNCTIONS = {"value": value_sweep_chunk, "key": key_sweep_chunk, "first_order": first_order_sweep_chunk}
@@ -128,37 +205,50 @@ BLOCKWISE = {
 }
 SWEEP_ORDERS = auto.SWEEP_ORDERS
 # Where the basis axis of each sweep's outputs lies (split over the mesh like `basis`).
+_STACK_SPEC = sharding.spec(None, "basis", None)
+_SITES_SPEC = sharding.spec("basis", None)
+_FIRST_ORDER_SPEC = sharding.spec(None, None, "basis")
 OUT_SPECS = {
-    "value": sharding.spec(None, "basis", None),
-    "key": sharding.spec(None, "basis", None),
-    "value+key": (sharding.spec(None, "basis", None), sharding.spec(None, "basis", None)),
-    "first_order": (sharding.spec(None, None, "basis"), sharding.spec(None, None, "basis")),
+    "value": (_STACK_SPEC, _SITES_SPEC),
+    "key": (_STACK_SPEC, _SITES_SPEC),
+    "value+key": ((_STACK_SPEC, _SITES_SPEC), (_STACK_SPEC, _SITES_SPEC)),
+    "first_order": (_FIRST_ORDER_SPEC,) * 5,
 }
 
 
-def sweep_output_shapes(name: str, config: ModelConfig, with_input_norms: bool = False) -> PyTree[jax.ShapeDtypeStruct]:
-    """The float32 shapes of sweep `name`'s outputs (`jax.ShapeDtypeStruct`s, a tuple of two
-    for "first_order" and "value+key"), all `d_model` basis vectors included: the layout of
-    the accumulator that `sharded_sweep`'s step adds into."""
+def sweep_output_shapes(
+    name: str, config: ModelConfig, with_input_norms: bool = False, sites: tuple[Point, ...] = ()
+) -> PyTree[jax.ShapeDtypeStruct]:
+    """The float32 shapes of sweep `name`'s outputs (`jax.ShapeDtypeStruct`s), all `d_model`
+    basis vectors included: the layout of the accumulator that `sharded_sweep`'s step adds
+    into. The value and key sweeps give a `[points, d, d]` stack and the module outputs
+    `sites` side by side `[d, width]`; the first-order sweep two `[modules, d, d]` arrays and
+    three `[n_z, q, d]` hops."""
     n_layers, d = config.n_layers, config.d_model
-    rows = lambda n: jax.ShapeDtypeStruct((n, d, d), jnp.float32)
-    value, key = rows(pts.n_points(n_layers)), rows(len(pts.key_points(n_layers, with_input_norms)))
-    modules = rows(len(pts.modules(n_layers)))
-    return {"value": value, "key": key, "value+key": (value, key), "first_order": (modules, modules)}[name]
+    shape = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.float32)
+    width = lambda points: sum(pts.site_width(p, config) for p in points)
+    z_sites = pts.value_sites(sites)
+    value = (shape(pts.n_points(n_layers), d, d), shape(d, width(z_sites)))
+    key = (shape(len(pts.key_points(n_layers, with_input_norms)), d, d), shape(d, width(sites)))
+    modules = shape(len(pts.modules(n_layers)), d, d)
+    hop = shape(len(z_sites), config.n_heads * config.head_dim, d)
+    return {"value": value, "key": key, "value+key": (value, key), "first_order": (modules, modules, hop, hop, hop)}[name]
 
 
 @functools.lru_cache(maxsize=None)
-def _filler(name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool):
-    shapes = sweep_output_shapes(name, config, with_input_norms)
+def _filler(name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool, sites: tuple[Point, ...]):
+    shapes = sweep_output_shapes(name, config, with_input_norms, sites)
     fill = lambda: jax.tree.map(lambda s: jnp.full(s.shape, -0.0, s.dtype), shapes)
     return jax.jit(fill, out_shardings=sharding.shardings(mesh, OUT_SPECS[name]))
 
 
-def empty_sums(name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool = False) -> PyTree[Float[Array, "..."]]:
+def empty_sums(
+    name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool = False, sites: tuple[Point, ...] = ()
+) -> PyTree[Float[Array, "..."]]:
     """An accumulator for sweep `name` (`sweep_output_shapes`), created on the devices, placed
     as the sweep's outputs and filled with -0.0, the identity of IEEE addition (`-0.0 + x` is
     `x` for every `x`, +0.0 included), so that the first step's sums come out bit for bit."""
-    return _filler(name, mesh, config, with_input_norms)()
+    return _filler(name, mesh, config, with_input_norms, tuple(sites))()
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -179,7 +269,7 @@ def _add(totals, sums):
 @functools.lru_cache(maxsize=None)
 def sharded_sweep(
     name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False,
-    blocks: tuple[int, int] | None = None,
+    blocks: tuple[int, int] | None = None, sites: tuple[Point, ...] = (),
 ):
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
     it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
@@ -198,14 +288,18 @@ def sharded_sweep(
     `blocks = (first, stop)`: the block-major sweep over blocks `first .. stop - 1` (value
     sweeps start at the top, key sweeps at the embedding; "value+key", both sweeps in one step
     sharing MLP Jacobians, the value sweep from `first` and the key sweep up to `stop`); None:
-    the basis-major sweep.
+    the basis-major sweep. `sites`: the module outputs to record (`sweep_output_shapes`).
     """
+    z_layers = tuple(p.layer for p in pts.value_sites(sites))
     if blocks is None:
-        function, extra = FUNCTIONS[name], ((with_input_norms,) if name == "key" else ())
+        function = FUNCTIONS[name]
+        extra = {"value": (sites,), "key": (with_input_norms, sites), "first_order": (z_layers,)}[name]
     else:
         first, stop = blocks
         function = BLOCKWISE[name]
-        extra = {"value": (first,), "key": (with_input_norms, stop), "value+key": (first, with_input_norms, stop)}[name]
+        extra = {
+            "value": (first, sites), "key": (with_input_norms, stop, sites), "value+key": (first, with_input_norms, stop, sites),
+        }[name]
     run = lambda model, tokens, mask, basis: function(model, tokens, mask, basis, tangent_chunk, *extra)
     if weights_sharded:
         sums = run
@@ -241,6 +335,7 @@ def transport_operators(
     sweep_order: str = "auto",
     value_from_point: Point | int | None = None,
     key_to_point: Point | int | None = None,
+    sites: tuple[Point, ...] = (),
     precision: str = "float32",
     quiet: bool = True,
 ) -> TransportOperators:
@@ -259,11 +354,15 @@ def transport_operators(
     `value_from_point` / `key_to_point`: residual points (`points.residual_point`, or their
     rows `points.row`) that bound what the caller will read (None: the first / the final
     residual); a block-major sweep skips the blocks beyond them.
+    `sites`: module outputs (`points.MODULE_OUTPUT_SITES`) whose operators to record as well,
+    within those bounds: the key sweep records all of them, the value sweep and the first-order
+    sweep the `z` points (`TransportOperators.value_at_sites`, `.key_at_sites`, `.z_hop_*`).
     `precision`: how the sweeps' matrix products multiply (`qlens_jax.numerics`).
     """
     from qlens_jax.lens.validation import check_tokens
 
     tokens, mask = check_tokens(model, tokens, mask)
+    sites = _check_sites(sites, model.config.n_layers)
     unknown = set(sweeps) - set(SWEEPS)
     if unknown:
         raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
@@ -307,29 +406,44 @@ def transport_operators(
         blocks = block_range.get(name)
         fits = fitting_shared if name == "value+key" else fitting
         group = (max(1, min(per_device, fits)) if blocks else per_device) * n_data
-        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded, blocks)
+        sweep = sharded_sweep(name, mesh, plan.tangent_chunk, with_input_norms, weights_sharded, blocks, sites)
         steps = list(iter_token_chunks(tokens, mask, group))
         # Dispatch only: every step adds into `sums` in place, and nothing is read back here.
-        sums = empty_sums(name, mesh, model.config, with_input_norms)
+        sums = empty_sums(name, mesh, model.config, with_input_norms, sites)
         for step_tokens, step_mask in progress(steps, desc=f"{name} sweep", quiet=quiet, unit="step"):
             step_tokens = sharding.put(step_tokens, mesh, "batch", None)
             step_mask = sharding.put(step_mask, mesh, "batch", None)
             sums = sweep(model, step_tokens, step_mask, basis, sums)
-        totals[name] = sums if isinstance(sums, tuple) else (sums,)
+        totals[name] = sums
     if "value+key" in totals:
-        value, key = totals.pop("value+key")
-        totals["value"], totals["key"] = (value,), (key,)
+        totals["value"], totals["key"] = totals.pop("value+key")
     totals = scaled(totals, 1.0 / n_tokens)
-    first = totals.get("first_order", (None, None))
+    value, key = totals.get("value", (None, None)), totals.get("key", (None, None))
+    first = totals.get("first_order", (None,) * 5)
     return TransportOperators(
-        value=totals["value"][0] if "value" in totals else None,
-        key=totals["key"][0] if "key" in totals else None,
+        value=value[0],
+        key=key[0],
         first_order=first[0],
         first_order_all=first[1],
         n_tokens=n_tokens,
         value_from_point=pts.row(pts.block_start(block_range["value"][0], n_layers), n_layers) if use_blockwise else 0,
         key_to_point=pts.row(pts.block_start(block_range["key"][1], n_layers), n_layers) if use_blockwise else None,
+        sites=sites,
+        value_at_sites=value[1],
+        key_at_sites=key[1],
+        z_hop_value=first[2],
+        z_hop_key=first[3],
+        z_hop_key_all=first[4],
     )
+
+
+def _check_sites(sites, n_layers: int) -> tuple[Point, ...]:
+    """`sites` as a sorted tuple of distinct module-output points of this model; refuses anything else."""
+    sites = tuple(sorted(set(sites)))
+    for point in sites:
+        if not isinstance(point, Point) or point.site not in pts.MODULE_OUTPUT_SITES or not 0 <= point.layer < n_layers:
+            raise ValueError(f"sites must be module outputs {pts.MODULE_OUTPUT_SITES} of blocks 0 .. {n_layers - 1}; got {point}")
+    return sites
 
 
 def _residual_bound(name: str, bound: Point | int | None, default: Point, n_layers: int) -> Point:
@@ -348,6 +462,10 @@ def _shared_blocks(block_range: dict) -> int:
     if not block_range:
         return 0
     return max(0, block_range["key"][1] - block_range["value"][0])
+
+
+_SAVED_ARRAYS = ("value", "key", "first_order", "first_order_all", "value_at_sites", "key_at_sites", "z_hop_value",
+                 "z_hop_key", "z_hop_key_all")
 
 
 def _this_process_only():
@@ -369,14 +487,15 @@ def save_operators(operators: TransportOperators, directory: str | Path) -> Path
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty; choose a new directory")
-    arrays = {k: getattr(operators, k) for k in ("value", "key", "first_order", "first_order_all")}
-    arrays = {k: v for k, v in arrays.items() if v is not None}
+    arrays = {k: getattr(operators, k) for k in _SAVED_ARRAYS}
+    arrays = {k: v for k, v in arrays.items() if v is not None and v.size}
     arrays = {k: sharding.to_host(v) for k, v in arrays.items()}
     with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
         checkpointer.save(directory / "arrays", arrays)
     (directory / "operators.json").write_text(json.dumps({
         "n_tokens": operators.n_tokens, "arrays": sorted(arrays),
         "value_from_point": operators.value_from_point, "key_to_point": operators.key_to_point,
+        "sites": [[p.site, p.layer] for p in operators.sites],
     }))
     return directory
 
@@ -397,4 +516,6 @@ def load_operators(directory: str | Path) -> TransportOperators:
     return TransportOperators(
         get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"],
         value_from_point=meta.get("value_from_point", 0), key_to_point=meta.get("key_to_point"),
+        sites=tuple(Point(site, layer) for site, layer in meta.get("sites", [])),
+        **{k: get(k) for k in _SAVED_ARRAYS[4:]},
     )

@@ -90,3 +90,56 @@ def first_order_key_chunk(
         return pull(jnp.broadcast_to(seed, outputs.shape).astype(outputs.dtype))[0]
 
     return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def z_value_chunk(
+    model: Transformer, tokens, mask, vectors: Float[Array, "n q"], layer: int, tangent_chunk: int
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """Push each vector forward from `z[layer]` (through the output projection, any post-norm
+    and every later module): position sums and sums of squares."""
+    c = model.config
+    deltas = jnp.zeros((pts.n_points(c.n_layers), c.d_model), jnp.float32)
+    zeros = jnp.zeros((c.n_layers, c.n_heads * c.head_dim), jnp.float32)
+    _, push = jax.linearize(lambda z_deltas: transport.final_from_probes(model, tokens, mask, deltas, z_deltas), zeros)
+    one = lambda vector: _sum_and_square(push(zeros.at[layer].set(vector)), mask)
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def site_key_chunk(
+    model: Transformer, tokens, mask, vectors: Float[Array, "n w"], site: pts.Point, tangent_chunk: int
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """Pull each vector back from module output `site` (static) to the embedding: sums and
+    sums of squares."""
+    zeros = jnp.zeros((*tokens.shape, model.config.d_model), jnp.float32)
+    values, pull = jax.vjp(
+        lambda d0: transport.points_and_sites_from_embedding(model, tokens, mask, d0, sites=(site,))[1], zeros
+    )
+    seed = lambda vector: jnp.where(mask[..., None], vector, 0.0).astype(values.dtype)
+    one = lambda vector: _sum_and_square(pull(seed(vector))[0], mask)
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def z_hop_value_chunk(model: Transformer, tokens, mask, vectors: Float[Array, "n q"], layer: int, tangent_chunk: int) -> Float[Array, "n d"]:
+    """The first-order hop of each value vector from `z[layer]` into the residual: the output
+    projection (and any post-norm) at each valid position, summed."""
+    _, zs = transport.clean_z(model, tokens, mask, (layer,))
+    zeros = jnp.zeros(zs.shape[-1], jnp.float32)
+    _, push = jax.linearize(lambda dz: transport.output_from_z(model, layer, zs[0], mask, dz), zeros)
+    return jax.lax.map(lambda u: transport.masked_sum(push(u), mask), vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def z_hop_key_chunk(
+    model: Transformer, tokens, mask, vectors: Float[Array, "n q"], layer: int, tangent_chunk: int, mask_seed: bool
+) -> Float[Array, "n d"]:
+    """The first-order hop of each key vector from `z[layer]` back to the block's input: the
+    VJP of the attention up to `z`, seeded as `first_order_key_chunk` seeds a module."""
+    pres, _ = transport.clean_z(model, tokens, mask, (layer,))
+    zeros = jnp.zeros(model.config.d_model, jnp.float32)
+    out, pull = jax.vjp(lambda dh: transport.z_from_input(model, layer, pres[0], mask, dh), zeros)
+    seed_mask = mask[..., None] if mask_seed else jnp.ones((*mask.shape, 1), bool)
+    one = lambda k: pull(jnp.broadcast_to(jnp.where(seed_mask, k, 0.0), out.shape).astype(out.dtype))[0]
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)

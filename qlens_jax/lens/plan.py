@@ -18,7 +18,7 @@ from qlens_jax import memory, sharding
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens import auto
-from qlens_jax.lens.points import DictionaryPoints, Point, dictionary_points
+from qlens_jax.lens.points import MODULE_OUTPUT_SITES, DictionaryPoints, Point, dictionary_points, flows_into
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
@@ -124,12 +124,21 @@ class LensPlan:
     @property
     def value_from_point(self) -> Point:
         """The first residual point a value sweep must cover."""
-        return min(r.points.write for r in self.requests)
+        n_layers = self.model.config.n_layers
+        return min(flows_into(r.points.write, n_layers) for r in self.requests)
 
     @property
     def key_to_point(self) -> Point:
         """The last residual point a key sweep must cover."""
-        return max(r.points.read.residual for r in self.requests)
+        n_layers = self.model.config.n_layers
+        return max(flows_into(r.points.read, n_layers) for r in self.requests)
+
+    @property
+    def sites(self) -> tuple[Point, ...]:
+        """The module outputs the sweeps must record for this plan's dictionaries: where they
+        read, and `z` where they write."""
+        points = {p for r in self.requests for p in (r.points.read, r.points.write) if p.site in MODULE_OUTPUT_SITES}
+        return tuple(sorted(points))
 
     def select(self, lenses: Sequence[str] | None = None, features: dict[int, np.ndarray] | None = None) -> LensPlan:
         """This plan for some of its lenses and, per dictionary position, some feature ids
@@ -204,6 +213,13 @@ def plan_request(
         requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:
         raise LensRequestError("the request selects no features")
+    z_readers = [r for r in requests if r.points.read.site == "z"]
+    if "logit_lens_key" in lenses and z_readers:
+        raise LensRequestError(
+            f"logit_lens_key has no definition for {z_readers[0].describe()}: its key vectors live in the heads' "
+            "output space (z, n_heads x head_dim wide), not the residual stream that W_E embeds into; "
+            "drop logit_lens_key for z dictionaries (query_lens_key and first_order_key reach the embedding)"
+        )
     tokens, mask = check_tokens(model, tokens, mask)
     model = cast_model(model, options.dtype) if options.dtype != "float32" else model
     shard_weights = execution.shard_weights

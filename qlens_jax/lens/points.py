@@ -132,6 +132,22 @@ def flows_into(point: Point, n_layers: int) -> Point:
     return residual_point(residual.site, residual.layer, n_layers)
 
 
+def value_sites(sites: tuple[Point, ...]) -> tuple[Point, ...]:
+    """The module outputs among `sites` that the value sweep records: the `z` points (value
+    vectors at `attn_out` / `mlp_out` are added straight to the residual and read its rows)."""
+    return tuple(p for p in sites if p.site == "z")
+
+
+def site_columns(sites: tuple[Point, ...], config) -> dict[Point, slice]:
+    """Where each of `sites` lies along the last axis of the arrays that hold them side by side."""
+    columns, start = {}, 0
+    for point in sites:
+        width = site_width(point, config)
+        columns[point] = slice(start, start + width)
+        start += width
+    return columns
+
+
 def site_width(point: Point, config) -> int:
     """Width of the vectors at `point`: `n_heads x head_dim` for `z`, else `d_model`."""
     return config.n_heads * config.head_dim if point.site == "z" else config.d_model

@@ -14,7 +14,6 @@ from qlens_jax import sharding
 from qlens_jax.errors import SelfCheckError
 from qlens_jax.lens.first_order import first_order_terms_per_feature
 from qlens_jax.lens.means import per_feature_means
-from qlens_jax.lens.points import row
 
 SELF_CHECK_RTOL = {"float32": 1e-4, "bfloat16": 5e-2}
 
@@ -49,7 +48,7 @@ def check_query_lens(plan, request, side: str, vectors, point, op, lens: str) ->
     """Dense `vectors @ op^T` against per-feature means for a few of `vectors`."""
     pick = self_check_indices(len(vectors), plan.execution.self_check_features)
     sample = np.asarray(vectors[pick], np.float32)
-    mean, _ = per_feature_means(plan, side, sample, jnp.full(len(pick), row(point, plan.model.config.n_layers)), quiet=True)
+    mean, _ = per_feature_means(plan, side, sample, point, quiet=True)
     compare(sample @ op.T, mean, tolerance(plan.options.dtype, plan.options.precision), f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})")
 
 

@@ -7,9 +7,12 @@ perturbation argument once linearized at the clean hidden states:
   valid position of point `p`. Its JVP pushes a value vector forward from any point; its VJP
   with a cotangent at the top yields, in one pass, the position-summed cotangent at *every*
   point (the gradient with respect to a broadcast vector is the masked sum over positions).
+  `z_deltas [L, q]` adds vectors at every block's `z` (the heads' outputs) as well.
 - `points_from_embedding(delta0 [b, s, d])`: every residual point (and each MLP's normalized
   input) when `delta0` is added to `resid_pre[0]`. Its JVP pushes a tangent up from the
   embedding; its VJP pulls a key vector back from any point to the embedding.
+  `points_and_sites_from_embedding` also returns requested module outputs (`z`, `attn_out`,
+  `mlp_out` of some blocks, `points.MODULE_OUTPUT_SITES`), side by side along the last axis.
 - `module_outputs(deltas [2L, d])`: each residual module's output at its own clean input
   plus `deltas[m]` at every valid position: the single-hop (first-order) terms.
 
@@ -33,10 +36,12 @@ from jaxtyping import Array, Bool, Float, Int
 from qlens_jax.dictionaries.normalization import input_stats, normalize
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Module, Point
-from qlens_jax.models import Transformer, attention_residual, mlp_input, mlp_residual
+from qlens_jax.models import Transformer, attention_output, attention_residual, attention_z, mlp_input, mlp_residual
 
 attention_batch = jax.vmap(attention_residual, in_axes=(None, None, 0, 0))
 attention_batch.__doc__ = "`attention_residual` over a batch: `(block, meta, h [b, s, d], mask [b, s])`."
+attention_z_batch = jax.vmap(attention_z, in_axes=(None, None, 0, 0))
+attention_z_batch.__doc__ = "`attention_z` over a batch: `(block, meta, h [b, s, d], mask [b, s])` -> `[b, s, q]`."
 
 
 def basis_tangents(basis: Int[Array, "*r"], d: int, mask: Bool[Array, "b s"], dtype=jnp.float32) -> Float[Array, "*r b s d"]:
@@ -62,8 +67,9 @@ def mlp_step(block, h: Float[Array, "b s d"]) -> Float[Array, "b s d"]:
     return h + mlp_residual(block, h)
 
 
-def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0):
-    """Forward pass of a chunk with additive perturbations; returns all points."""
+def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0, z_deltas=None, module_outputs: bool = False):
+    """Forward pass of a chunk with additive perturbations; returns all points and, with
+    `module_outputs` or `z_deltas`, each block's `z`, `attn_out` and `mlp_out` (else None)."""
     # Perturbations are float32; they are broadcast and masked before the cast to the model
     # dtype, so that their transposes (sums over positions) accumulate in float32.
     m = mask[..., None].astype(jnp.float32)
@@ -71,15 +77,25 @@ def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0):
     dtype = h.dtype
     if delta0 is not None:
         h = h + (delta0 * m).astype(dtype)
+    split_attention = module_outputs or z_deltas is not None
 
     def step(h, xs):
-        block, meta, d_pre, d_mid = xs
+        block, meta, d_pre, d_mid, d_z = xs
         pre = h + (d_pre * m).astype(dtype)
-        mid = attention_step(block, meta, pre, mask) + (d_mid * m).astype(dtype)
-        return mlp_step(block, mid), (pre, mid, mlp_input(block, mid))
+        if not split_attention:
+            mid = attention_step(block, meta, pre, mask) + (d_mid * m).astype(dtype)
+            return mlp_step(block, mid), (pre, mid, mlp_input(block, mid), None)
+        z = attention_z_batch(block, meta, pre, mask)
+        if d_z is not None:
+            z = z + (d_z * m).astype(dtype)
+        attn_out = attention_output(block, z)
+        mid = pre + attn_out + (d_mid * m).astype(dtype)
+        mlp_out = mlp_residual(block, mid)
+        return mid + mlp_out, (pre, mid, mlp_input(block, mid), {"z": z, "attn_out": attn_out, "mlp_out": mlp_out})
 
-    final, (pres, mids, mlp_ins) = jax.lax.scan(step, h, (model.blocks, model.meta, pre_deltas, mid_deltas))
-    return final, pres, mids, mlp_ins
+    xs = (model.blocks, model.meta, pre_deltas, mid_deltas, z_deltas)
+    final, (pres, mids, mlp_ins, outputs) = jax.lax.scan(step, h, xs)
+    return final, pres, mids, mlp_ins, outputs
 
 
 def run_from(model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b s"], point: Point) -> Float[Array, "b s d"]:
@@ -126,12 +142,14 @@ def final_from_probes(
     tokens: Int[Array, "b s"],
     mask: Bool[Array, "b s"],
     deltas: Float[Array, "points d"],
+    z_deltas: Float[Array, "layers q"] | None = None,
 ) -> Float[Array, "b s d"]:
     """Final residual with `deltas[p]` added at every valid position of the point of row `p`
-    (rows of `points.value_points`)."""
+    (rows of `points.value_points`) and `z_deltas[b]` at every valid position of `z[b]`."""
     n_layers = model.config.n_layers
     at = lambda site: deltas[np.array([pts.row(Point(site, b), n_layers) for b in range(n_layers)])][:, None, None]
-    final, *_ = _run(model, tokens, mask, at("resid_pre"), at("resid_mid"), None)
+    z_at = None if z_deltas is None else z_deltas[:, None, None]
+    final, *_ = _run(model, tokens, mask, at("resid_pre"), at("resid_mid"), None, z_at)
     return final + (deltas[pts.row(pts.final_point(n_layers), n_layers)] * mask[..., None]).astype(final.dtype)
 
 
@@ -144,9 +162,22 @@ def points_from_embedding(
 ) -> Float[Array, "key_points b s d"]:
     """Every point of `points.key_points(L, with_input_norms)`, in that order, with `delta0`
     added at `resid_pre[0]`."""
+    return points_and_sites_from_embedding(model, tokens, mask, delta0, with_input_norms)[0]
+
+
+def points_and_sites_from_embedding(
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    delta0: Float[Array, "b s d"],
+    with_input_norms: bool = False,
+    sites: tuple[Point, ...] = (),
+) -> tuple[Float[Array, "key_points b s d"], Float[Array, "b s width"]]:
+    """`points_from_embedding`, and the module outputs `sites` (static) side by side along the
+    last axis (`[b, s, 0]` without sites)."""
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
-    final, pres, mids, mlp_ins = _run(model, tokens, mask, zeros, zeros, delta0)
+    final, pres, mids, mlp_ins, outputs = _run(model, tokens, mask, zeros, zeros, delta0, module_outputs=bool(sites))
     by_site = _by_site(pres, mids, mlp_ins, final)
     residual = residual_stack(by_site, n_layers)
     norms = pts.INPUT_NORMS_WITH_JACOBIAN if with_input_norms else ()
@@ -159,7 +190,16 @@ def points_from_embedding(
             return mlp_ins, point.layer
         return residual, pts.row(point, n_layers)
 
-    return assemble(pts.key_points(n_layers, with_input_norms), source)
+    stack = assemble(pts.key_points(n_layers, with_input_norms), source)
+    return stack, side_by_side(outputs, sites, final)
+
+
+def side_by_side(outputs: dict | None, sites: tuple[Point, ...], like: Float[Array, "b s d"]) -> Float[Array, "b s width"]:
+    """The module outputs `sites` picked from `_run`'s per-block `outputs` (`{site: [L, b, s,
+    width]}`), concatenated along the last axis; `[b, s, 0]` without sites."""
+    if not sites:
+        return jnp.zeros((*like.shape[:-1], 0), like.dtype)
+    return jnp.concatenate([outputs[p.site][p.layer] for p in sites], axis=-1)
 
 
 def assemble(points, source) -> Float[Array, "points *rest"]:
@@ -182,7 +222,7 @@ def clean_states(model: Transformer, tokens, mask) -> tuple[Float[Array, "b s d"
     """The clean final residual and every block's `resid_pre` and `resid_mid`."""
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
-    final, pres, mids, _ = _run(model, tokens, mask, zeros, zeros, None)
+    final, pres, mids, *_ = _run(model, tokens, mask, zeros, zeros, None)
     return final, pres, mids
 
 
@@ -218,6 +258,32 @@ def module_outputs(
     pairs = inputs.reshape(*rows.shape, *inputs.shape[1:])
     out = jax.vmap(block_modules)(model.blocks, model.meta, pairs, deltas.reshape(*rows.shape, 1, 1, -1))
     return out.reshape(inputs.shape)
+
+
+def clean_z(model: Transformer, tokens, mask, layers: tuple[int, ...]) -> tuple[Float[Array, "n b s d"], Float[Array, "n b s q"]]:
+    """The clean `resid_pre` and `z` of blocks `layers` (static): where the first-order hops
+    into and out of `z` are linearized."""
+    n_layers, d = model.config.n_layers, model.config.d_model
+    zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
+    _, pres, _, _, outputs = _run(model, tokens, mask, zeros, zeros, None, module_outputs=True)
+    pick = np.asarray(layers, int)
+    return pres[pick], outputs["z"][pick]
+
+
+def z_from_input(model: Transformer, layer: Int[Array, ""] | int, pre: Float[Array, "b s d"], mask: Bool[Array, "b s"],
+                 delta: Float[Array, " d"]) -> Float[Array, "b s q"]:
+    """Block `layer`'s `z` when `delta` is added to its input `pre` at every valid position:
+    the one hop a key vector at `z` takes back to the residual (DESIGN.md section 1b)."""
+    block, meta = model.block(layer)
+    return attention_z_batch(block, meta, pre + (delta * mask[..., None]).astype(pre.dtype), mask)
+
+
+def output_from_z(model: Transformer, layer: Int[Array, ""] | int, z: Float[Array, "b s q"], mask: Bool[Array, "b s"],
+                  delta: Float[Array, " q"]) -> Float[Array, "b s d"]:
+    """What block `layer`'s attention adds to the residual when `delta` is added to its `z`
+    at every valid position: the one hop a value vector at `z` takes into the residual."""
+    block, _ = model.block(layer)
+    return attention_output(block, z + (delta * mask[..., None]).astype(z.dtype))
 
 
 def masked_sum(x: Float[Array, "*lead b s d"], mask: Bool[Array, "b s"]) -> Float[Array, "*lead d"]:

@@ -4,7 +4,8 @@ Modules in `transformer.py` only hold parameters; everything numerical lives her
 the lens kernel can differentiate plain functions of the residual stream. Each function
 handles one example (no batch axis); callers `jax.vmap` over batches.
 
-Numerically sensitive steps (norm statistics, softmax) run in float32 and cast back.
+Numerically sensitive steps (norm statistics, softmax) run in float32 (float64 for float64
+inputs: `compute_dtype`) and cast back.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def mlp_hidden(
     return act(up) if gate is None else act(gate) * up
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+    """Where norm statistics and attention logits are computed: float32, or wider inputs' own dtype."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def layer_norm(
     x: Float[Array, "*batch d"],
     weight: Float[Array, " d"] | None,
@@ -41,14 +47,14 @@ def layer_norm(
     eps: float,
 ) -> Float[Array, "*batch d"]:
     """LayerNorm with biased variance, as torch.nn.LayerNorm."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(compute_dtype(x.dtype))
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
     out = (xf - mean) * jax.lax.rsqrt(var + eps)
     if weight is not None:
-        out = out * weight.astype(jnp.float32)
+        out = out * weight.astype(xf.dtype)
     if bias is not None:
-        out = out + bias.astype(jnp.float32)
+        out = out + bias.astype(xf.dtype)
     return out.astype(x.dtype)
 
 
@@ -59,10 +65,10 @@ def rms_norm(
     offset: float = 0.0,
 ) -> Float[Array, "*batch d"]:
     """RMSNorm. `offset=1` gives Gemma's `(1 + w)` scaling, `offset=0` Llama's `w`."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(compute_dtype(x.dtype))
     out = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)
     if weight is not None:
-        out = out * (offset + weight.astype(jnp.float32))
+        out = out * (offset + weight.astype(xf.dtype))
     return out.astype(x.dtype)
 
 
@@ -115,14 +121,15 @@ def dot_product_attention(
     group = heads // kv_heads
     k = jnp.repeat(k, group, axis=1)
     v = jnp.repeat(v, group, axis=1)
-    logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * scale
+    wide = compute_dtype(q.dtype)
+    logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=wide) * scale
     if softcap is not None:
         logits = jnp.tanh(logits / softcap) * softcap
     # Additive masking, as transformers' eager attention: identical values, and for a fully
     # masked row (a pad query with no valid key in its window) the same uniform attention and
     # the same derivatives, which the reference's first-order key convention lets reach
     # valid positions.
-    logits = logits + jnp.where(allowed[None], 0.0, jnp.finfo(jnp.float32).min)
+    logits = logits + jnp.where(allowed[None], 0.0, jnp.finfo(wide).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("hqk,khd->qhd", probs, v)
 

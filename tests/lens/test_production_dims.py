@@ -34,7 +34,7 @@ def _relative(a, b):
 
 def test_value_rows_equal_single_vjps(gpt2_small):
     model, tokens, mask = gpt2_small
-    rows = operators.value_sweep_chunk(model, tokens, mask, BASIS, len(BASIS))  # [P, r, d]
+    rows, _ = operators.value_sweep_chunk(model, tokens, mask, BASIS, len(BASIS))  # [P, r, d]
     zeros = jnp.zeros((n_points(model.config.n_layers), model.config.d_model))
     _, pull = jax.vjp(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), zeros)
     for r, i in enumerate(np.asarray(BASIS)):
@@ -45,7 +45,7 @@ def test_value_rows_equal_single_vjps(gpt2_small):
 
 def test_key_rows_equal_single_jvps(gpt2_small):
     model, tokens, mask = gpt2_small
-    rows = operators.key_sweep_chunk(model, tokens, mask, BASIS, len(BASIS))  # [KP, r, d]
+    rows, _ = operators.key_sweep_chunk(model, tokens, mask, BASIS, len(BASIS))  # [KP, r, d]
     stream = lambda d0: transport.masked_sum(transport.points_from_embedding(model, tokens, mask, d0), mask)
     zeros = jnp.zeros((*tokens.shape, model.config.d_model))
     for r, j in enumerate(np.asarray(BASIS)):
@@ -56,7 +56,7 @@ def test_key_rows_equal_single_jvps(gpt2_small):
 
 def test_first_order_columns_equal_single_jvps(gpt2_small):
     model, tokens, mask = gpt2_small
-    valid, every = operators.first_order_sweep_chunk(model, tokens, mask, BASIS, len(BASIS))  # [M, d, r]
+    valid, every, *_ = operators.first_order_sweep_chunk(model, tokens, mask, BASIS, len(BASIS))  # [M, d, r]
     inputs = transport.clean_module_inputs(model, tokens, mask)
     n_modules = 2 * model.config.n_layers
     outputs = lambda deltas: transport.masked_sum(transport.module_outputs(model, inputs, mask, deltas), mask)
