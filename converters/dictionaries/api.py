@@ -13,13 +13,14 @@ from typing import Any
 
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionarySet, model_facts
 
-from . import circuit_tracer, gemma_scope, gemma_scope_2, hub, openai, qwen_scope, saelens, sparsify
+from . import circuit_tracer, gemma_scope, gemma_scope_2, hub, llama_scope, openai, qwen_scope, saelens, sparsify
 from .assemble import Options
 
 CONVERTERS = {
     saelens.FORMAT: saelens,
     gemma_scope.FORMAT: gemma_scope,
     gemma_scope_2.FORMAT: gemma_scope_2,
+    llama_scope.FORMAT: llama_scope,
     openai.FORMAT: openai,
     sparsify.FORMAT: sparsify,
     qwen_scope.FORMAT: qwen_scope,
@@ -28,7 +29,8 @@ CONVERTERS = {
 _OPENAI_FILE = re.compile(r"^(\d+)\.pt$")
 _LAYOUTS = (
     "sae_lens: cfg.json + sae_weights.safetensors; Gemma Scope: params.npz; Gemma Scope 2: "
-    "config.json + params.safetensors; sparsify: cfg.json + sae.safetensors; Qwen-Scope: "
+    "config.json + params.safetensors; Llama Scope: hyperparams.json + "
+    "checkpoints/final.safetensors; sparsify: cfg.json + sae.safetensors; Qwen-Scope: "
     "layer{n}.sae.pt; circuit-tracer: config.yaml + layer_{i}.safetensors; OpenAI: {layer}.pt"
 )
 
@@ -56,6 +58,8 @@ def detect(path: Path) -> str:
         return gemma_scope_2.FORMAT
     if (path / gemma_scope.PARAMS_FILE).is_file():
         return gemma_scope.FORMAT
+    if llama_scope.is_llama_scope_dir(path):
+        return llama_scope.FORMAT
     if circuit_tracer.is_circuit_tracer_dir(path):
         return circuit_tracer.FORMAT
     names = sorted(p.name for p in path.iterdir())
@@ -64,6 +68,9 @@ def detect(path: Path) -> str:
                               "nor sae.safetensors (sparsify)")
     if "config.json" in names and "params.safetensors" not in names:
         raise DictionaryError(f"{path}: has config.json but no params.safetensors (Gemma Scope 2)")
+    if llama_scope.CONFIG_FILE in names:
+        raise DictionaryError(f"{path}: has {llama_scope.CONFIG_FILE} but no "
+                              f"{llama_scope.WEIGHTS_FILE} (Llama Scope)")
     raise DictionaryError(f"{path}: no dictionary found (contents: {names[:12]}); expected {_LAYOUTS}")
 
 
@@ -147,6 +154,7 @@ def load_dictionary(source: Any, model=None, *, path: str | None = None, format:
         local = _member_for_layer(_local(source, path, opts, revision, cache_dir), opts.layer)
         if local.is_file() and local.name in hub.FOLDER_FILES and local.name != "params.npz":
             local = local.parent  # a file of a one-dictionary folder: read the folder
+        local = llama_scope.folder_of(local)
         fmt = format or detect(local)
     if fmt not in CONVERTERS:
         raise DictionaryError(f"unknown format {fmt!r}; known: {sorted(CONVERTERS)}")

@@ -5,9 +5,11 @@ Keys `W_enc [d_in, d_sae]`, `W_dec [d_sae, d_out]`, `b_enc`, `b_dec`, `threshold
 subtraction, no normalization (Google's tutorial code and sae_lens's `gemma_2` loader).
 
 Placement comes from the path: `layer_{L}/width_{W}/average_l0_{N}` gives the layer and width,
-and the release name (`gemma-scope-2b-pt-res`, `...-transcoders`, as in a Hugging Face cache
-path) gives the site. Without a release name, pass `site=` (`resid_post` for `-res`,
-`mlp_in` for transcoders).
+and the release name (as in a Hugging Face cache path) gives the site: `-res` is
+`resid_post`, `-mlp` is `mlp_out` (after Gemma 2's post-norm, TransformerLens `hook_mlp_out`),
+`-att` is `z` (`attn.hook_z`, the heads' outputs concatenated, `d_in = n_heads * head_dim`),
+`-transcoders` read `mlp_in`. Without a release name, pass `site=` (`resid_post`, `mlp_out`,
+`z`, or `mlp_in` for transcoders). Embedding SAEs are refused.
 """
 
 import os
@@ -24,18 +26,17 @@ OPTIONS = COMMON_OPTIONS
 PARAMS_FILE = "params.npz"
 
 
-def _release_site(text: str, origin: str) -> Claim | None:
+# Release suffix -> input site (sae_lens `get_gemma_2_config_from_hf`: `res` is
+# `hook_resid_post`, `mlp` is `hook_mlp_out`, `att` is `attn.hook_z`, flattened heads).
+_RELEASE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "z", "transcoders": "mlp_in"}
+
+
+def _release_site(text: str) -> Claim | None:
     """Site claimed by a Gemma Scope release name found in the path."""
     m = re.search(r"gemma-scope-[\w.]+?-(?:pt|it)-(res|mlp|att|transcoders)\b", text)
     if m is None:
         return None
-    kind = m.group(1)
-    if kind in ("mlp", "att"):
-        raise DictionaryError(f"{origin}: Gemma Scope '{kind}' dictionaries "
-                              f"({'hook_mlp_out' if kind == 'mlp' else 'attn.hook_z'}) are not a "
-                              "Query Lens site")
-    site = "resid_post" if kind == "res" else "mlp_in"
-    return Claim(None, site, f"the release name {m.group(0)!r} in the path")
+    return Claim(None, _RELEASE_SITES[m.group(1)], f"the release name {m.group(0)!r} in the path")
 
 
 def load(path: Path, opts: Options) -> Dictionary:
@@ -49,7 +50,7 @@ def load(path: Path, opts: Options) -> Dictionary:
     m = re.search(r"layer_(\d+)", text)
     if m:
         claims.append(Claim(int(m.group(1)), None, f"the folder name {m.group(0)!r}"))
-    release = _release_site(text, origin)
+    release = _release_site(text)
     if release:
         claims.append(release)
     layer, site_in = resolve(claims, layer=opts.layer, site=opts.site, origin=origin)
@@ -68,7 +69,8 @@ def load(path: Path, opts: Options) -> Dictionary:
     if b_enc.ndim != 1 or b_dec.ndim != 1:
         raise DictionaryError(f"{origin}: b_enc {b_enc.shape} and b_dec {b_dec.shape} must be 1-D")
     d_sae, d_out = b_enc.shape[0], b_dec.shape[0]
-    d_in = opts.model.d_model if opts.model is not None else (d_out if kind == "sae" else None)
+    # an SAE's width is its own (checked against the model when the Dictionary is built)
+    d_in = d_out if kind == "sae" else (opts.model.d_model if opts.model is not None else None)
     w_enc = store.take("W_enc")
     if d_in is None:  # a transcoder without a model: the format fixes [d_in, d_sae]
         d_in = w_enc.shape[0]

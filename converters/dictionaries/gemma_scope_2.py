@@ -6,7 +6,11 @@ keys: `w_enc [d_in, d_sae]`, `w_dec [d_sae, d_out]`, `b_enc`, `b_dec`, `threshol
 affine (skip) transcoders `affine_skip_connection [d_in, d_out]`, added as `x @ A`
 (stored here as `W_skip = A.T`). JumpReLU, no `b_dec` subtraction, no normalization.
 Hook points are Hugging Face module paths of Gemma 3 and decide layer and site; the folder
-name (`layer_{L}_width_{W}_l0_{size}`) is cross-checked. Cross-layer transcoders (a `w_dec`
+name (`layer_{L}_width_{W}_l0_{size}`) is cross-checked. SAE folders: `resid_post`
+(`model.layers.L.output`), `mlp_out` (`post_feedforward_layernorm.output`, after the MLP's
+post-norm) and `attn_out`, whose hook is `self_attn.o_proj.input`: the heads' outputs before
+the output projection, so these SAEs sit at `z` (width `n_heads * head_dim`), whatever the
+folder is called (SAE_FORMATS.md a.4). Cross-layer transcoders (a `w_dec`
 with a target-layer axis) are refused: summing that axis is only valid for activations.
 The large `examples.safetensors` next to the weights is never read.
 """
@@ -63,7 +67,8 @@ def load(path: Path, opts: Options) -> Dictionary:
     b_enc, b_dec = store.take("b_enc"), store.take("b_dec")
     d_sae, d_out = b_enc.shape[0], b_dec.shape[0]
     w_enc = store.take("w_enc")
-    d_in = opts.model.d_model if opts.model is not None else (d_out if kind == "sae" else w_enc.shape[0])
+    # an SAE's width is its own (checked against the model when the Dictionary is built)
+    d_in = d_out if kind == "sae" else (opts.model.d_model if opts.model is not None else w_enc.shape[0])
     arrays = {
         "W_enc": expect_shape(w_enc, (d_in, d_sae), origin=origin, key="w_enc", axes="[d_in, d_sae]"),
         "b_enc": expect_shape(b_enc, (d_sae,), origin=origin, key="b_enc", axes="[d_sae]"),

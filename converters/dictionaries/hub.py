@@ -13,7 +13,8 @@ from qlens_jax.dictionaries import DictionaryError
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/.*)?$")
 # Files any supported format keeps in a dictionary's folder.
 FOLDER_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "config.json",
-                "params.safetensors", "params.npz", "sae.safetensors")
+                "params.safetensors", "params.npz", "sae.safetensors", "hyperparams.json",
+                "checkpoints/final.safetensors")
 # Files kept at a repository's root by formats with one file per layer.
 ROOT_FILES = ("config.yaml", "config.json")
 

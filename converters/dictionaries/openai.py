@@ -9,8 +9,9 @@ Their `from_state_dict` turns input normalization on exactly when the activation
 `recons = (W_d latents + pre_bias) * std + mean`.
 
 Placement from the published path `{location}_v5_{32k|128k}/autoencoders/{layer}.pt`:
-`resid_post_mlp` is `resid_post`, `resid_post_attn` is `resid_mid`; the `resid_delta_*`
-(attention / MLP output) SAEs are not a Query Lens site. Elsewhere pass `layer=` and `site=`.
+`resid_post_mlp` is `resid_post`, `resid_post_attn` is `resid_mid`, `resid_delta_attn` is
+`attn_out` and `resid_delta_mlp` is `mlp_out` (GPT-2 adds each module's output straight to the
+residual). Elsewhere pass `layer=` and `site=`.
 (The sae_lens republication of these SAEs is a sae_lens folder; see `saelens`.)
 """
 
@@ -25,7 +26,8 @@ from .readers import TensorStore, read_torch
 
 FORMAT = "openai"
 OPTIONS = COMMON_OPTIONS
-_LOCATIONS = {"resid_post_mlp": "resid_post", "resid_post_attn": "resid_mid"}
+_LOCATIONS = {"resid_post_mlp": "resid_post", "resid_post_attn": "resid_mid",
+              "resid_delta_attn": "attn_out", "resid_delta_mlp": "mlp_out"}
 _TRAINING_STATS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")
 
 
@@ -67,9 +69,6 @@ def load(path: Path, opts: Options) -> Dictionary:
     claims, label = [], None
     m = re.search(r"(resid_post_mlp|resid_post_attn|resid_delta_attn|resid_delta_mlp)_v5_(\w+?)/", text)
     if m:
-        if m.group(1) not in _LOCATIONS:
-            raise DictionaryError(f"{origin}: {m.group(1)} SAEs read an attention/MLP output, "
-                                  "not a Query Lens site")
         claims.append(Claim(None, _LOCATIONS[m.group(1)], f"the folder name {m.group(0)[:-1]!r}"))
         label = m.group(2)
         check_width_label(label, n_latents, origin)

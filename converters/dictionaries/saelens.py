@@ -5,7 +5,10 @@ Covers every architecture the pinned sae_lens (6.54) registers whose encoder is 
 map: standard, gated, jumprelu, topk, abstopk, transcoder, skip_transcoder,
 jumprelu_transcoder, jumprelu_skip_transcoder, and training checkpoints of batchtopk /
 matryoshka_batchtopk (converted to JumpReLU exactly as sae_lens's `save_inference_model` does).
-`temporal` and `matching_pursuit` are refused with the reason. Pre-6.0 flat configs are
+`temporal` and `matching_pursuit` are refused with the reason. SAEs may sit on any site of
+`qlens_jax.dictionaries.SAE_SITES`; an `attn.hook_z` SAE (`reshape_activations: hook_z` or
+not) reads the heads' outputs flattened in TransformerLens order, `[..., n_heads * d_head]`,
+which is what sae_lens's `hook_z` reshaping feeds its encoder. Pre-6.0 flat configs are
 translated as sae_lens's `handle_pre_6_0_config` does, except that anything sae_lens would
 silently drop (a non-ReLU `activation_fn`, for instance) is an error here.
 """
@@ -130,7 +133,23 @@ def _fold_decoder_norms(w_enc, b_enc, w_dec):
             (w_dec.astype(np.float32) / norms[:, None]).astype(w_dec.dtype))
 
 
-def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str) -> tuple[int, str, str]:
+def _refuse_attn_out_or_z(claims: list[Claim], d_in: int, origin: str) -> None:
+    """Older sae_lens conversions of Gemma Scope 2 'attn_out' SAEs name the o_proj input (z)
+    `hook_attn_out`: with both hooks recorded, the file contradicts itself about the site."""
+    by_site = {c.site: c for c in claims if c.site is not None}
+    if "attn_out" in by_site and "z" in by_site:
+        raise DictionaryError(
+            f"{origin}: cannot place this dictionary unambiguously: {by_site['attn_out'].evidence} "
+            f"says attn_out (the attention output, width d_model) but {by_site['z'].evidence} says "
+            f"z (the heads' outputs before the output projection, width n_heads x head_dim); its "
+            f"width is d_in={d_in}. Older sae_lens conversions of Gemma Scope 2 'attn_out' SAEs, "
+            "which read the o_proj input, are labelled so: if it reads the o_proj input, name its "
+            "hook_name 'blocks.L.attn.hook_z'"
+        )
+
+
+def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str,
+               d_in: int) -> tuple[int, str, str]:
     claims_in, claims_out = [], []
     for key, bucket in (("hook_name", claims_in), ("hf_hook_name", claims_in),
                         ("hook_name_out", claims_out), ("hf_hook_name_out", claims_out)):
@@ -138,6 +157,7 @@ def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str) -> 
         if hook:
             layer, site = parse_hook_name(hook, opts.model_type)
             bucket.append(Claim(layer, site, f"{key} {hook!r}"))
+    _refuse_attn_out_or_z(claims_in, d_in, origin)
     for key in ("hook_layer", "hook_point_layer"):
         if cfg.get(key) is not None:
             claims_in.append(Claim(int(cfg[key]), None, f"{key} {cfg[key]}"))
@@ -165,9 +185,10 @@ def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, sour
         raise DictionaryError(f"{cfg_origin}: unknown architecture {arch!r}; supported: "
                               f"{sorted(ARCHITECTURES)}")
     kind, activation, has_skip = ARCHITECTURES[arch]
-    if cfg.get("reshape_activations", "none") not in ("none", None):
-        raise DictionaryError(f"{cfg_origin}: reshape_activations={cfg['reshape_activations']!r} "
-                              "(attention hook_z dictionaries) is not a Query Lens site")
+    reshape = cfg.get("reshape_activations") or "none"
+    if reshape not in ("none", "hook_z"):
+        raise DictionaryError(f"{cfg_origin}: unknown reshape_activations={reshape!r} "
+                              "(sae_lens knows 'none' and 'hook_z')")
     d_in, d_sae = int(require(cfg, "d_in", cfg_origin)), int(require(cfg, "d_sae", cfg_origin))
     d_out = int(require(cfg, "d_out", cfg_origin)) if kind == "transcoder" else d_in
     apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
@@ -242,7 +263,10 @@ def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, sour
         raise DictionaryError(f"{cfg_origin}: norm_scaling_factor given but the config's "
                               f"normalize_activations is {norm!r}")
 
-    layer, site_in, site_out = _placement(cfg, meta, kind, opts, cfg_origin)
+    layer, site_in, site_out = _placement(cfg, meta, kind, opts, cfg_origin, d_in)
+    if reshape == "hook_z" and site_in != "z":
+        raise DictionaryError(f"{cfg_origin}: reshape_activations='hook_z' flattens the heads of "
+                              f"attn.hook_z, but the dictionary reads {site_in}")
     info = DictionaryInfo(
         format=FORMAT, source=source, architecture=arch, model_name=meta.get("model_name"),
         hook_name=meta.get("hook_name"), hook_name_out=meta.get("hook_name_out"),

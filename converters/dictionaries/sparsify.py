@@ -10,15 +10,18 @@ transposes `W_dec` and ties `b_dec` subtraction to `normalize_decoder`):
   with `k`; `decode`: `acts @ W_dec + b_dec`.
 - `num_latents = 0` means `d_in * expansion_factor`.
 
-Placement from the folder name (the hookpoint, a Hugging Face module path): an SAE on
-`layers.N` reads `resid_post`; a transcoder on `layers.N.mlp` reads the MLP input and writes
-its output. Other hookpoints are refused; pass `layer=`/`site=` to confirm, not to override.
+Placement from the folder name (the hookpoint, a Hugging Face module path whose output is
+read): an SAE on `layers.N` reads `resid_post`, on `layers.N.self_attn` (GPT-2 `h.N.attn`)
+`attn_out`, on `layers.N.mlp` `mlp_out` (module outputs: not in Gemma 2/3, which normalize
+them before the residual add; the model's type decides); a transcoder on `layers.N.mlp` reads
+the MLP input and writes its output. Other hookpoints are refused; pass `layer=`/`site=` to
+confirm, not to override.
 """
 
 import re
 from pathlib import Path
 
-from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo
+from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, has_post_norms, parse_hook_name
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, require, resolve
 from .readers import TensorStore, read_json, read_safetensors
@@ -28,11 +31,34 @@ OPTIONS = COMMON_OPTIONS
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae.safetensors"
 # Training-only switches that do not change inference, and ones that do but are unsupported.
 _UNSUPPORTED_IF_SET = ("embed_skip", "gram_lookup", "signed")
-_HOOKPOINT = re.compile(r"^(?:model\.|gpt_neox\.|transformer\.)*(?:layers|h)\.(\d+)(\.mlp)?$")
+_HOOKPOINT = re.compile(r"^(?:model\.|gpt_neox\.|transformer\.)*(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn))?$")
 
 
 def is_sparsify_dir(path: Path) -> bool:
     return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _site(path: Path, transcode: bool, model_type: str | None) -> str:
+    """The input site of the hookpoint folder `path`."""
+    m = _HOOKPOINT.match(path.name)
+    if m is None:
+        raise DictionaryError(f"{path}: hookpoint {path.name!r} is not a Query Lens site "
+                              "(expected 'layers.N', 'layers.N.self_attn' or 'layers.N.mlp')")
+    module = m.group(2)
+    if transcode:
+        if module != "mlp":
+            raise DictionaryError(f"{path}: hookpoint {path.name!r} with transcode=True is not an "
+                                  "MLP transcoder ('layers.N.mlp'), not a Query Lens site")
+        if has_post_norms(model_type):
+            raise DictionaryError(f"{path}: {model_type} normalizes the MLP output after the module, "
+                                  f"so a transcoder on {path.name!r} does not write mlp_out")
+        return "mlp_in"
+    if module is None:
+        return "resid_post"
+    try:
+        return parse_hook_name(f"{path.name}.output", model_type).site
+    except DictionaryError as e:
+        raise DictionaryError(f"{path}: hookpoint {path.name!r}: {e}") from None
 
 
 def load(path: Path, opts: Options) -> Dictionary:
@@ -51,20 +77,8 @@ def load(path: Path, opts: Options) -> Dictionary:
     transcode = bool(cfg.get("transcode", False))
     kind = "transcoder" if transcode else "sae"
 
+    site = _site(path, transcode, opts.model_type)
     m = _HOOKPOINT.match(path.name)
-    if m is None:
-        raise DictionaryError(f"{path}: hookpoint {path.name!r} is not a Query Lens site "
-                              "(expected 'layers.N' for SAEs or 'layers.N.mlp' for transcoders)")
-    is_mlp = m.group(2) is not None
-    if is_mlp != transcode:
-        raise DictionaryError(
-            f"{path}: hookpoint {path.name!r} with transcode={transcode} is "
-            f"{'an MLP-output SAE' if is_mlp else 'a whole-layer transcoder'}, not a Query Lens site"
-        )
-    if is_mlp and opts.model_type is not None and opts.model_type.startswith("gemma"):
-        raise DictionaryError(f"{path}: Gemma normalizes the MLP output after the module, so "
-                              f"{path.name!r} is not mlp_out")
-    site = "mlp_in" if transcode else "resid_post"
     layer, site_in = resolve([Claim(int(m.group(1)), site, f"the hookpoint {path.name!r}")],
                              layer=opts.layer, site=opts.site, origin=str(path))
 
@@ -85,7 +99,7 @@ def load(path: Path, opts: Options) -> Dictionary:
                                         key="W_skip", axes="[d_in, d_in]")
     store.finish()
     info = DictionaryInfo(format=FORMAT, source=str(path), architecture=activation,
-                          hf_hook_name=path.name if not transcode else None)
+                          hf_hook_name=None if transcode else path.name + (".output" if m.group(2) else ""))
     return build(opts, arrays=arrays, layer=layer, site_in=site_in,
                  site_out="mlp_out" if transcode else site_in, kind=kind, activation=activation,
                  info=info, k=k, rectify=True, apply_b_dec_to_input=not transcode)

@@ -10,11 +10,14 @@ from .dictionary_set import DictionarySet
 from .errors import DictionaryError
 from .normalization import estimate_input_scale
 from .sites import (
+    MODULE_OUTPUT_SITES,
+    RESIDUAL_SAE_SITES,
     SAE_SITES,
     TRANSCODER_INPUT_SITES,
     TRANSCODER_OUTPUT_SITES,
     HookSite,
     default_name,
+    has_post_norms,
     parse_hook_name,
     width_label,
 )
@@ -27,7 +30,9 @@ __all__ = [
     "DictionaryInfo",
     "DictionarySet",
     "HookSite",
+    "MODULE_OUTPUT_SITES",
     "ModelFacts",
+    "RESIDUAL_SAE_SITES",
     "SAE_SITES",
     "TRANSCODER_INPUT_SITES",
     "TRANSCODER_OUTPUT_SITES",
@@ -35,6 +40,7 @@ __all__ = [
     "default_name",
     "estimate_input_scale",
     "fold_input_scale",
+    "has_post_norms",
     "model_facts",
     "parse_hook_name",
     "validate_dictionary",

@@ -1,10 +1,14 @@
 """Where a dictionary sits: site names, and hook names (TransformerLens and Hugging Face) parsed
 into (layer, site).
 
-Sites follow docs/architecture.md: SAEs read and write `resid_pre | resid_mid | resid_post` of a
-layer; transcoders of MLP `l` read the MLP's normalized input `mlp_in` (or, for files that say
-so, the un-normalized MLP block input `resid_mid`) and write `mlp_out` of the same layer.
-Anything else (attention `hook_z`, `attn_out`, MLP-output SAEs, embeddings) is refused by name.
+Sites follow docs/dictionaries.md and `qlens_jax.lens.points`: SAEs read and write one site of a
+layer, either a residual point (`resid_pre | resid_mid | resid_post`) or a module output
+(`MODULE_OUTPUT_SITES`: `z`, the heads' outputs concatenated before the attention's output
+projection, width `n_heads x head_dim` in TransformerLens `hook_z` order; `attn_out` and
+`mlp_out`, the attention and MLP outputs as added to the residual, after any post-norm).
+Transcoders of MLP `l` read the MLP's normalized input `mlp_in` (or, for files that say so, the
+un-normalized MLP block input `resid_mid`) and write `mlp_out` of the same layer. Anything
+else (per-head results, attention/MLP internals, embeddings) is refused by name.
 """
 
 import re
@@ -12,7 +16,10 @@ from typing import NamedTuple
 
 from .errors import DictionaryError
 
-SAE_SITES = ("resid_pre", "resid_mid", "resid_post")
+RESIDUAL_SAE_SITES = ("resid_pre", "resid_mid", "resid_post")
+# The module outputs, as `qlens_jax.lens.points.MODULE_OUTPUT_SITES` (kept equal by a test).
+MODULE_OUTPUT_SITES = ("z", "attn_out", "mlp_out")
+SAE_SITES = RESIDUAL_SAE_SITES + MODULE_OUTPUT_SITES
 TRANSCODER_INPUT_SITES = ("mlp_in", "resid_mid")
 TRANSCODER_OUTPUT_SITES = ("mlp_out",)
 KINDS = ("sae", "transcoder")
@@ -33,32 +40,47 @@ _TL_SITES = {
     "ln2.hook_normalized": "mlp_in",
     "mlp.hook_in": "mlp_in",  # circuit-tracer's name for the MLP's (normalized) input
     "hook_mlp_in": "resid_mid",  # TL: the MLP block input *before* ln2, a copy of resid_mid
+    "attn.hook_z": "z",
+    "hook_attn_out": "attn_out",
     "hook_mlp_out": "mlp_out",
     "mlp.hook_out": "mlp_out",
 }
-_TL_UNSUPPORTED = ("attn.hook_z", "hook_attn_out", "attn.hook_result", "hook_attn_in",
-                   "mlp.hook_pre", "mlp.hook_post", "attn.hook_q", "attn.hook_k", "attn.hook_v")
+_TL_UNSUPPORTED = ("attn.hook_result", "hook_attn_in", "mlp.hook_pre", "mlp.hook_post",
+                   "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
 
 _TL = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HF = re.compile(
     r"^(?:model\.|language_model\.|transformer\.|gpt_neox\.)*(?:layers|h)\.(\d+)(?:\.(.+))?$"
 )
+# Hugging Face module paths below `model.layers.{L}`, whatever the family.
+_HF_SITES = {
+    None: "resid_post", "output": "resid_post", "input": "resid_pre",
+    "pre_feedforward_layernorm.output": "mlp_in", "mlp.input": "mlp_in",
+    "post_feedforward_layernorm.output": "mlp_out",  # Gemma 2/3: the MLP's post-norm
+    "self_attn.o_proj.input": "z",  # Llama, Qwen, Gemma: the concatenated heads
+    "attn.c_proj.input": "z",  # GPT-2
+    "attn.output": "attn_out", "attn.c_proj.output": "attn_out",  # GPT-2 has no post-norms
+}
+# Module outputs that are added straight to the residual, except in families with post-norms
+# (Gemma 2/3), where they are the input of the post-norm: the site is the post-norm's output.
+_BEFORE_POST_NORM = {
+    "self_attn.output": ("attn_out", "post_attention_layernorm"),
+    "self_attn.o_proj.output": ("attn_out", "post_attention_layernorm"),
+    "mlp.output": ("mlp_out", "post_feedforward_layernorm"),
+    "mlp.down_proj.output": ("mlp_out", "post_feedforward_layernorm"),
+}
 
 
-def _is_gemma(model_type: str | None) -> bool:
-    return model_type is not None and model_type.startswith("gemma")
+def has_post_norms(model_type: str | None) -> bool:
+    """Whether a model family normalizes attention and MLP outputs before the residual add
+    (Gemma 2 and 3; not Gemma 1, whose `post_attention_layernorm` is the MLP's pre-norm)."""
+    return model_type is not None and model_type.startswith(("gemma2", "gemma3"))
 
 
 def _hf_site(rest: str | None, model_type: str | None, name: str) -> str:
     """Site of a Hugging Face module path below `model.layers.{L}` (None: the layer itself)."""
-    if rest in (None, "output"):
-        return "resid_post"
-    if rest == "input":
-        return "resid_pre"
-    if rest in ("pre_feedforward_layernorm.output", "mlp.input"):
-        return "mlp_in"
-    if rest == "post_feedforward_layernorm.output":
-        return "mlp_out"
+    if rest in _HF_SITES:
+        return _HF_SITES[rest]
     if rest == "post_attention_layernorm.output":
         # Llama/Qwen: the MLP's pre-norm. Gemma 2/3: the attention's post-norm.
         if model_type is None:
@@ -66,30 +88,35 @@ def _hf_site(rest: str | None, model_type: str | None, name: str) -> str:
                 f"hook {name!r}: 'post_attention_layernorm' is the MLP input in Llama/Qwen but "
                 "the attention output norm in Gemma; pass the model so its type decides"
             )
-        if _is_gemma(model_type):
-            raise DictionaryError(
-                f"hook {name!r} is Gemma's attention post-norm output, not a dictionary site "
-                f"Query Lens supports ({SAE_SITES + TRANSCODER_INPUT_SITES})"
-            )
-        return "mlp_in"
-    if rest == "mlp.output" and not _is_gemma(model_type):
+        return "attn_out" if has_post_norms(model_type) else "mlp_in"
+    if rest in _BEFORE_POST_NORM:
+        site, post_norm = _BEFORE_POST_NORM[rest]
         if model_type is None:
             raise DictionaryError(
-                f"hook {name!r}: the MLP module output is mlp_out except in Gemma (which "
-                "normalizes it afterwards); pass the model so its type decides"
+                f"hook {name!r}: this module output is {site} except in Gemma 2/3 (which "
+                f"normalizes it afterwards with {post_norm}); pass the model so its type decides"
             )
-        return "mlp_out"
+        if has_post_norms(model_type):
+            raise DictionaryError(
+                f"hook {name!r} is the {'attention' if site == 'attn_out' else 'MLP'} output "
+                f"BEFORE {model_type}'s {post_norm}, not the {site} stream that is added to the "
+                f"residual; a dictionary reading it cannot be placed at a Query Lens site (the "
+                f"{site} site is '{post_norm}.output')"
+            )
+        return site
     raise DictionaryError(
-        f"hook {name!r} is not a dictionary site Query Lens supports (resid_pre/resid_mid/"
-        "resid_post for SAEs; MLP input -> MLP output for transcoders)"
+        f"hook {name!r} is not a dictionary site Query Lens supports (SAEs: the layer input/"
+        "output, self_attn.o_proj.input (z), the attention and MLP outputs; transcoders: MLP "
+        "input -> MLP output)"
     )
 
 
 def parse_hook_name(name: str, model_type: str | None = None) -> HookSite:
-    """Resolve a TransformerLens (`blocks.3.hook_resid_post`) or Hugging Face
-    (`model.layers.3`, `model.layers.3.post_feedforward_layernorm.output`) hook name.
+    """Resolve a TransformerLens (`blocks.3.hook_resid_post`, `blocks.3.attn.hook_z`) or Hugging
+    Face (`model.layers.3`, `model.layers.3.self_attn.o_proj.input`) hook name.
 
-    `model_type` is needed only for Hugging Face names whose meaning differs by family.
+    `model_type` is needed only for Hugging Face names whose meaning differs by family
+    (`post_attention_layernorm`, and module outputs that Gemma 2/3 normalize afterwards).
     Raises `DictionaryError` for names that are not a supported site, naming the hook.
     """
     m = _TL.match(name)
@@ -100,7 +127,8 @@ def parse_hook_name(name: str, model_type: str | None = None) -> HookSite:
         why = "an attention/MLP-internal point" if suffix in _TL_UNSUPPORTED else "an unknown hook"
         raise DictionaryError(
             f"hook {name!r} is {why}, not a dictionary site Query Lens supports "
-            f"(SAEs: {', '.join('blocks.L.hook_' + s for s in SAE_SITES)}; transcoders: "
+            f"(SAEs: {', '.join('blocks.L.hook_' + s for s in RESIDUAL_SAE_SITES)}, "
+            "blocks.L.attn.hook_z, blocks.L.hook_attn_out, blocks.L.hook_mlp_out; transcoders: "
             "blocks.L.ln2.hook_normalized / mlp.hook_in -> blocks.L.hook_mlp_out)"
         )
     m = _HF.match(name)
@@ -123,7 +151,8 @@ def width_label(d_sae: int) -> str:
 
 def default_name(kind: str, site_in: str, d_sae: int, label: str | None = None) -> str:
     """The dictionary name used in feature strings `Feature {name}/{layer}/{feature}`:
-    `resid-post-32k` for SAEs, `transcoder-16k` for transcoders."""
+    `{site}-{width}` for SAEs (`resid-post-32k`, `attn-out-16k`, `z-24k`, `mlp-out-16k`),
+    `transcoder-16k` for transcoders."""
     size = label or width_label(d_sae)
     kind_part = "transcoder" if kind == "transcoder" else site_in.replace("_", "-")
     return f"{kind_part}-{size}"

@@ -5,15 +5,20 @@ import dataclasses
 import numpy as np
 
 D_IN, D_SAE = 16, 48
+# The heads of the tiny model: z is N_HEADS x D_HEAD = D_Z wide, deliberately not D_IN.
+N_HEADS, D_HEAD = 4, 6
+D_Z = N_HEADS * D_HEAD
 
 
 @dataclasses.dataclass(frozen=True)
 class TinyModelConfig:
-    """Stand-in for ModelConfig: the three facts dictionaries are validated against."""
+    """Stand-in for ModelConfig: the facts dictionaries are validated against."""
 
     d_model: int = D_IN
     n_layers: int = 4
     model_type: str = "gpt2"
+    n_heads: int = N_HEADS
+    head_dim: int = D_HEAD
 
 
 def inputs(shape=(2, 5, D_IN), seed=0, scale=1.5, offset=0.3) -> np.ndarray:

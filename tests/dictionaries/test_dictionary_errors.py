@@ -140,7 +140,8 @@ def test_unsupported_architectures(tmp_path, model, arch, match):
 
 @pytest.mark.parametrize("cfg,match", [
     ({"normalize_activations": "covariance_whitening"}, "covariance_whitening"),
-    ({"reshape_activations": "hook_z"}, "hook_z"),
+    ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z' flattens the heads.*reads resid_post"),
+    ({"reshape_activations": "hook_q"}, "unknown reshape_activations='hook_q'"),
 ])
 def test_unsupported_options(tmp_path, model, cfg, match):
     saelens_dir(tmp_path, **cfg)
@@ -158,8 +159,9 @@ def test_option_that_does_not_apply(tmp_path, model):
 
 # ---- placement ----------------------------------------------------------------------------
 @pytest.mark.parametrize("hook,match", [
-    ("blocks.2.attn.hook_z", "attention/MLP-internal point"),
-    ("blocks.2.hook_mlp_out", "an SAE reads and writes one of"),
+    ("blocks.2.attn.hook_result", "attention/MLP-internal point"),
+    ("blocks.2.mlp.hook_post", "attention/MLP-internal point"),
+    ("blocks.2.ln2.hook_normalized", "an SAE reads and writes one of"),
     ("hook_embed", "neither a TransformerLens"),
 ])
 def test_unsupported_sites(tmp_path, model, hook, match):
@@ -211,11 +213,11 @@ def test_gemma_scope_path_layer_and_release_checks(tmp_path, model):
     np.savez(wide / "params.npz", **gemma_scope_params(0))
     with pytest.raises(DictionaryError, match="width '16k' but the weights have d_sae=48"):
         load_dictionary(wide, model, site="resid_post")
-    mlp = tmp_path / "gemma-scope-2b-pt-mlp" / "layer_2" / "width_48"
-    mlp.mkdir(parents=True)
-    np.savez(mlp / "params.npz", **gemma_scope_params(0))
-    with pytest.raises(DictionaryError, match="'mlp' dictionaries.*not a Query Lens site"):
-        load_dictionary(mlp, model)
+    embedding = tmp_path / "gemma-scope-2b-pt-res" / "embedding" / "width_48"
+    embedding.mkdir(parents=True)
+    np.savez(embedding / "params.npz", **gemma_scope_params(0))
+    with pytest.raises(DictionaryError, match="embedding SAEs are not a Query Lens site"):
+        load_dictionary(embedding, model, layer=0)
 
 
 def test_gemma_scope_2_checks(tmp_path):
@@ -225,10 +227,10 @@ def test_gemma_scope_2_checks(tmp_path):
     expected = "hf_hook_point_in 'model.layers.2.output' gives layer 2, but the folder name"
     with pytest.raises(DictionaryError, match=expected):
         load_dictionary(folder, gemma)
-    attn = tmp_path / "attn"
-    write_gemma_scope_2(attn, kind="sae", hook_in="model.layers.1.self_attn.o_proj.input")
-    with pytest.raises(DictionaryError, match="not a dictionary site"):
-        load_dictionary(attn, gemma)
+    before_norm = tmp_path / "attn"
+    write_gemma_scope_2(before_norm, kind="sae", hook_in="model.layers.1.self_attn.o_proj.output")
+    with pytest.raises(DictionaryError, match="BEFORE gemma3_text's post_attention_layernorm"):
+        load_dictionary(before_norm, gemma)
     lying = tmp_path / "tc"
     write_gemma_scope_2(lying, kind="transcoder", affine=True,
                         hook_in="model.layers.1.pre_feedforward_layernorm.output",
@@ -253,20 +255,18 @@ def test_gemma_scope_2_cross_layer_transcoder_refused(tmp_path):
         load_dictionary(folder, TinyModelConfig(model_type="gemma3_text"))
 
 
-def test_openai_delta_sites_refused(tmp_path, model):
-    path = tmp_path / "resid_delta_mlp_v5_48" / "autoencoders" / "0.pt"
-    write_openai(path)
-    with pytest.raises(DictionaryError, match="resid_delta_mlp SAEs read an attention/MLP output"):
-        load_dictionary(path, model)
-
-
 def test_sparsify_checks(tmp_path, model):
-    write_sparsify(tmp_path / "layers.1.self_attn")
-    with pytest.raises(DictionaryError, match="hookpoint 'layers.1.self_attn' is not a Query Lens site"):
+    write_sparsify(tmp_path / "layers.1.self_attn", transcode=True)
+    with pytest.raises(DictionaryError, match="'layers.1.self_attn' with transcode=True is not an MLP transcoder"):
         load_dictionary(tmp_path / "layers.1.self_attn", model)
     write_sparsify(tmp_path / "layers.1.mlp")
-    with pytest.raises(DictionaryError, match="MLP-output SAE"):
-        load_dictionary(tmp_path / "layers.1.mlp", model)
+    with pytest.raises(DictionaryError, match="'layers.1.mlp.output'.*BEFORE gemma3_text's post_feedforward_layernorm"):
+        load_dictionary(tmp_path / "layers.1.mlp", TinyModelConfig(model_type="gemma3_text"))
+    with pytest.raises(DictionaryError, match="hookpoint 'layers.1.mlp'.*pass the model"):
+        load_dictionary(tmp_path / "layers.1.mlp")
+    write_sparsify(tmp_path / "layers.1.mlp.act_fn")
+    with pytest.raises(DictionaryError, match="hookpoint 'layers.1.mlp.act_fn' is not a Query Lens site"):
+        load_dictionary(tmp_path / "layers.1.mlp.act_fn", model)
     folder = tmp_path / "layers.2"
     write_sparsify(folder)
     cfg = json.loads((folder / "cfg.json").read_text())
@@ -329,7 +329,8 @@ def test_hf_hook_meaning_depends_on_model_type(tmp_path):
                 arch="transcoder", d_out=D_IN, apply_b_dec_to_input=False)
     d = load_dictionary(tmp_path, TinyModelConfig(model_type="qwen3"))
     assert (d.site_in, d.site_out) == ("mlp_in", "mlp_out")
-    with pytest.raises(DictionaryError, match="attention post-norm"):
+    # in Gemma 2/3 it is the attention's post-norm: attn_out, which no transcoder reads
+    with pytest.raises(DictionaryError, match="a transcoder reads .* got attn_out -> mlp_out"):
         load_dictionary(tmp_path, TinyModelConfig(model_type="gemma3_text"))
     with pytest.raises(DictionaryError, match="pass the model"):
         load_dictionary(tmp_path)

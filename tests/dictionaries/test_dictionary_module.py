@@ -219,18 +219,42 @@ def test_recorded_hook_is_rechecked():
     ("model.layers.3.post_feedforward_layernorm.output", None, (3, "mlp_out")),
     ("model.layers.3.post_attention_layernorm.output", "qwen3", (3, "mlp_in")),
     ("model.layers.3.mlp.output", "llama", (3, "mlp_out")),
+    ("blocks.3.attn.hook_z", None, (3, "z")),
+    ("blocks.3.hook_attn_out", None, (3, "attn_out")),
+    ("model.layers.3.self_attn.o_proj.input", None, (3, "z")),
+    ("model.language_model.layers.3.self_attn.o_proj.input", "gemma3", (3, "z")),
+    ("transformer.h.3.attn.c_proj.input", None, (3, "z")),
+    ("transformer.h.3.attn.output", None, (3, "attn_out")),
+    ("transformer.h.3.attn.c_proj.output", None, (3, "attn_out")),
+    ("model.layers.3.self_attn.output", "llama", (3, "attn_out")),
+    ("model.layers.3.self_attn.o_proj.output", "qwen3", (3, "attn_out")),
+    ("model.layers.3.post_attention_layernorm.output", "gemma3_text", (3, "attn_out")),
+    ("model.layers.3.post_attention_layernorm.output", "gemma2", (3, "attn_out")),
+    ("model.layers.3.post_feedforward_layernorm.output", "gemma3_text", (3, "mlp_out")),
+    ("model.layers.3.mlp.down_proj.output", "llama", (3, "mlp_out")),
+    ("transformer.h.3.mlp.output", "gpt2", (3, "mlp_out")),
 ])
 def test_parse_hook_name(name, model_type, expected):
     assert tuple(parse_hook_name(name, model_type)) == expected
 
 
-@pytest.mark.parametrize("name,model_type", [
-    ("blocks.3.attn.hook_z", None), ("blocks.3.hook_attn_out", None), ("hook_embed", None),
-    ("model.layers.3.self_attn.o_proj.input", None), ("model.layers.3.mlp.output", "gemma3_text"),
-    ("model.layers.3.post_attention_layernorm.output", None),
+@pytest.mark.parametrize("name,model_type,why", [
+    ("blocks.3.attn.hook_result", None, "attention/MLP-internal point"),
+    ("blocks.3.hook_attn_in", None, "attention/MLP-internal point"),
+    ("hook_embed", None, "neither a TransformerLens"),
+    ("model.layers.3.self_attn.q_proj.output", None, "not a dictionary site"),
+    ("model.layers.3.post_attention_layernorm.output", None, "pass the model"),
+    # module outputs that Gemma 2/3 normalize before the residual add
+    ("model.layers.3.mlp.output", "gemma3_text", "MLP output BEFORE gemma3_text's post_feedforward_layernorm"),
+    ("model.layers.3.mlp.down_proj.output", "gemma2", "BEFORE gemma2's post_feedforward_layernorm"),
+    ("model.layers.3.self_attn.o_proj.output", "gemma3_text",
+     "attention output BEFORE gemma3_text's post_attention_layernorm.*'post_attention_layernorm.output'"),
+    ("model.layers.3.self_attn.output", "gemma3", "BEFORE gemma3's post_attention_layernorm"),
+    ("model.layers.3.self_attn.o_proj.output", None, "attn_out except in Gemma 2/3.*pass the model"),
+    ("model.layers.3.mlp.output", None, "mlp_out except in Gemma 2/3.*pass the model"),
 ])
-def test_parse_hook_name_refuses(name, model_type):
-    with pytest.raises(DictionaryError, match=name.replace(".", r"\.")):
+def test_parse_hook_name_refuses(name, model_type, why):
+    with pytest.raises(DictionaryError, match=name.replace(".", r"\.") + ".*" + why):
         parse_hook_name(name, model_type)
 
 

@@ -30,10 +30,10 @@ def relu(a):
 
 
 # ---- Gemma Scope (Gemma 2) params.npz ------------------------------------------------------
-def gemma_scope_params(seed, d_sae=D_SAE):
+def gemma_scope_params(seed, d_sae=D_SAE, d_in=D_IN):
     g = rng(seed)
-    return {"W_enc": normal(g, D_IN, d_sae), "W_dec": normal(g, d_sae, D_IN),
-            "b_enc": normal(g, d_sae, scale=0.5), "b_dec": normal(g, D_IN, scale=0.5),
+    return {"W_enc": normal(g, d_in, d_sae), "W_dec": normal(g, d_sae, d_in),
+            "b_enc": normal(g, d_sae, scale=0.5), "b_dec": normal(g, d_in, scale=0.5),
             "threshold": (g.uniform(size=d_sae) * 0.8).astype(np.float32)}
 
 
@@ -75,14 +75,14 @@ def test_gemma_scope_transcoder(tmp_path, model):
 
 
 # ---- Gemma Scope 2 (Gemma 3) config.json + params.safetensors -----------------------------
-def write_gemma_scope_2(folder, *, kind, hook_in, hook_out=None, affine=False, seed=2):
+def write_gemma_scope_2(folder, *, kind, hook_in, hook_out=None, affine=False, seed=2, d_in=D_IN):
     folder.mkdir(parents=True)
     g = rng(seed)
-    p = {"w_enc": normal(g, D_IN, D_SAE), "w_dec": normal(g, D_SAE, D_IN),
-         "b_enc": normal(g, D_SAE, scale=0.5), "b_dec": normal(g, D_IN, scale=0.5),
+    p = {"w_enc": normal(g, d_in, D_SAE), "w_dec": normal(g, D_SAE, d_in),
+         "b_enc": normal(g, D_SAE, scale=0.5), "b_dec": normal(g, d_in, scale=0.5),
          "threshold": (g.uniform(size=D_SAE) * 0.8).astype(np.float32)}
     if affine:
-        p["affine_skip_connection"] = normal(g, D_IN, D_IN, scale=0.2)
+        p["affine_skip_connection"] = normal(g, d_in, d_in, scale=0.2)
     save_file(p, folder / "params.safetensors")
     cfg = {"width": "48", "model_name": "google/gemma-3-270m-pt", "architecture": "jump_relu",
            "l0": "small", "affine_connection": affine, "type": kind, "hf_hook_point_in": hook_in}
