@@ -40,7 +40,7 @@ pre-norm) and capturing the branch output.
 Dictionaries
 ------------
 * ``kind="sae"``: reads and writes ``site`` in {"resid_pre", "resid_mid", "resid_post"} of
-  ``layer``.
+  ``layer``, or one of the module-output sites (DESIGN.md section 1b) below.
 * ``kind="transcoder"`` (of MLP ``layer``): writes at ``resid_post[layer]`` (value side pushed
   through the modules after MLP ``layer``); reads at ``resid_mid[layer]`` (key side pulled back
   through attention ``layer`` and all earlier modules; MLP ``layer`` skipped). The pre-norm
@@ -48,6 +48,27 @@ Dictionaries
   reads at ``mlp_in[layer]`` instead (the MLP's normalized input; includes that norm's Jacobian).
   ``site`` is ignored for transcoders (pass ``None``, "mlp", "mlp_in", "mlp_out", "resid_mid" or
   "resid_post").
+
+Module-output sites of block ``L`` (SAEs that read and write the same tensor):
+
+* ``attn_out[L]``: the attention branch output, what is added to the residual (after Gemma's
+  post-norm; the output of the same module that ``resid_mid`` injects into).
+* ``mlp_out[L]``: the MLP branch output (GPT-2 / Llama / Qwen ``mlp``, Gemma
+  ``post_feedforward_layernorm``).
+* ``z[L]``: every head's output, heads concatenated (width ``n_heads * head_dim``, TransformerLens
+  ``hook_z`` flattened): the input of the attention output projection (GPT-2 ``attn.c_proj``,
+  Llama / Qwen / Gemma ``self_attn.o_proj``), injected and captured with a pre-hook on it.
+
+Value side: the tangent is added at the site itself and pushed to the final residual (for
+``z`` through ``o_proj``, Gemma's post-norm linearized at its input, the add and later blocks).
+Key side: the cotangent is put at the site and pulled back to ``resid_pre[0]`` through the
+module producing it (its pre-norm, and the mixing across positions for attention) and
+everything before. First order: value ``direct`` term = ``v`` (``attn_out``, ``mlp_out``) or
+``mean_valid J_out(z_p) u`` with ``out = post_norm(o_proj(.))`` (``z``), then the single hops
+after ``resid_mid[L]`` / ``resid_post[L]``; key ``identity`` term = ``mean_valid J^T k`` through
+the producing module (attention for ``attn_out`` and ``z``, MLP for ``mlp_out``; seeded like
+every first-order key module), then the single hops before it. Logit Lens value reads
+``u W_O`` for ``z`` (no post-norm); Logit Lens key is refused for ``z``.
 
 Batches are right-padded, ``mask`` is bool ``[B, S]``; pad positions get zero tangents /
 cotangents and are left out of every mean. With causal attention and right padding, pad
@@ -88,6 +109,10 @@ __all__ = [
     "topk",
     "topk_with_scores",
     "module_names",
+    "residual_value_vector",
+    "reference_signatures",
+    "lenses_at_site",
+    "MODULE_OUTPUT_SITES",
 ]
 
 LENSES = (
@@ -100,6 +125,8 @@ LENSES = (
 )
 
 SITES = ("resid_pre", "resid_mid", "resid_post")
+MODULE_OUTPUT_SITES = ("z", "attn_out", "mlp_out")
+SAE_SITES = SITES + MODULE_OUTPUT_SITES
 _TRANSCODER_SITES = (None, "mlp", "mlp_in", "mlp_out", "resid_mid", "resid_post", "transcoder")
 
 
@@ -155,6 +182,28 @@ class _Arch:
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.embed.weight.shape[1]
+
+    def o_proj(self, b):
+        """The attention output projection; its input is ``z`` (heads concatenated)."""
+        layer = self.layers[b]
+        return layer.attn.c_proj if self.style == "gpt2" else layer.self_attn.o_proj
+
+    def z_width(self, b) -> int:
+        """``n_heads * head_dim`` (the input width of the output projection)."""
+        proj = self.o_proj(b)
+        return proj.in_features if isinstance(proj, nn.Linear) else proj.weight.shape[0]  # GPT-2 Conv1D: [in, out]
+
+    def o_proj_weight_applied(self, b, u: torch.Tensor) -> torch.Tensor:
+        """``u W_O``: the output projection without its bias (a linear map of ``z``)."""
+        proj = self.o_proj(b)
+        weight = proj.weight.to(u.dtype)
+        if isinstance(proj, nn.Linear):
+            return u @ weight.T
+        return u @ weight  # transformers' Conv1D computes x @ weight + bias
 
     def attn_pre(self, b):
         layer = self.layers[b]
@@ -298,6 +347,14 @@ def _inject_hook(arch: _Arch, point, state):
         return arch.attn_out(b).register_forward_hook(lambda mod, args, out: _out_replace(out, add))
     if kind == "resid_post":
         return arch.layers[b].register_forward_hook(lambda mod, args, out: _out_replace(out, add))
+    if kind == "attn_out":  # the attention branch output (the hook resid_mid injects with)
+        return arch.attn_out(b).register_forward_hook(lambda mod, args, out: _out_replace(out, add))
+    if kind == "mlp_out":  # the MLP branch output (after Gemma's post-norm)
+        return arch.mlp_out(b).register_forward_hook(lambda mod, args, out: _out_replace(out, add))
+    if kind == "z":  # the output projection's input
+        return arch.o_proj(b).register_forward_pre_hook(
+            lambda mod, args, kwargs: _first_arg_replace(args, kwargs, add), with_kwargs=True
+        )
     if kind == "attn_in":  # branch input of attention b (residual path untouched)
         return arch.attn_pre(b).register_forward_pre_hook(
             lambda mod, args, kwargs: _first_arg_replace(args, kwargs, add), with_kwargs=True
@@ -332,6 +389,10 @@ def _capture_hook(arch: _Arch, point, state):
         return arch.attn_out(b).register_forward_hook(lambda mod, args, out: keep(_out_get(out)))
     if kind == "mlp_out":
         return arch.mlp_out(b).register_forward_hook(lambda mod, args, out: keep(_out_get(out)))
+    if kind == "z":
+        return arch.o_proj(b).register_forward_pre_hook(
+            lambda mod, args, kwargs: keep(_first_arg(args, kwargs)), with_kwargs=True
+        )
     raise ValueError(f"cannot capture at {point}")
 
 
@@ -376,9 +437,15 @@ def _make_fn(model, tokens, mask, inject, capture) -> tuple[Callable, int]:
     return f, arch.n_layers
 
 
-def _zeros(model, tokens):
-    d = model.config.hidden_size
+def _zeros(model, tokens, width=None):
+    d = model.config.hidden_size if width is None else width
     return torch.zeros(*tokens.shape, d, dtype=_param_dtype(model), device=_device(model))
+
+
+def _point_width(arch: _Arch, point) -> int:
+    """Width of the tensor at ``point``: ``n_heads * head_dim`` for ``z``, else d_model."""
+    kind, b = point
+    return arch.z_width(b) if kind == "z" else arch.d_model
 
 
 def _broadcast(vec: torch.Tensor, mask: torch.Tensor | None, shape) -> torch.Tensor:
@@ -390,7 +457,7 @@ def _broadcast(vec: torch.Tensor, mask: torch.Tensor | None, shape) -> torch.Ten
 
 def _jvp(model, tokens, mask, inject, capture, vec, seed_mask=True):
     f, _ = _make_fn(model, tokens, mask, inject, capture)
-    primal = _zeros(model, tokens)
+    primal = _zeros(model, tokens, _point_width(_arch(model), inject))
     vec = _as_tensor(vec, dtype=primal.dtype, device=primal.device)
     tangent = _broadcast(vec, mask if seed_mask else None, primal.shape)
     with torch.no_grad():  # forward-mode only; no outer autograd graph
@@ -400,7 +467,7 @@ def _jvp(model, tokens, mask, inject, capture, vec, seed_mask=True):
 
 def _vjp(model, tokens, mask, inject, capture, vec, seed_mask=True):
     f, _ = _make_fn(model, tokens, mask, inject, capture)
-    primal = _zeros(model, tokens)
+    primal = _zeros(model, tokens, _point_width(_arch(model), inject))
     with torch.no_grad():  # torch.func.vjp ignores the outer no_grad; it only stops the outer graph
         out, vjp_fn = torch.func.vjp(f, primal)
         vec = _as_tensor(vec, dtype=out.dtype, device=out.device)
@@ -458,8 +525,8 @@ def _write_point(site, layer, kind, n_layers):
         return ("resid_post", layer)
     if kind != "sae":
         raise ValueError(f"kind must be 'sae' or 'transcoder', got {kind!r}")
-    if site not in SITES:
-        raise ValueError(f"site must be one of {SITES}, got {site!r}")
+    if site not in SAE_SITES:
+        raise ValueError(f"site must be one of {SAE_SITES}, got {site!r}")
     return (site, layer)
 
 
@@ -475,8 +542,8 @@ def _read_point(site, layer, kind, n_layers, exact_norm=False):
         raise ValueError("exact_norm is only defined for transcoders (the SAE's own input norm is not modelled)")
     if kind != "sae":
         raise ValueError(f"kind must be 'sae' or 'transcoder', got {kind!r}")
-    if site not in SITES:
-        raise ValueError(f"site must be one of {SITES}, got {site!r}")
+    if site not in SAE_SITES:
+        raise ValueError(f"site must be one of {SAE_SITES}, got {site!r}")
     return (site, layer)
 
 
@@ -486,6 +553,40 @@ def _point_index(point) -> int:
     return {"resid_pre": 2 * b, "resid_mid": 2 * b + 1, "resid_post": 2 * b + 2, "mlp_in": 2 * b + 1}[kind]
 
 
+def _first_module_after(point) -> int:
+    """Index of the first module downstream of the residual point that ``point`` writes into
+    (module outputs: ``attn_out`` / ``z`` -> resid_mid, ``mlp_out`` -> resid_post)."""
+    kind, b = point
+    if kind in MODULE_OUTPUT_SITES:
+        return 2 * b + 2 if kind == "mlp_out" else 2 * b + 1
+    return _point_index(point)
+
+
+def _modules_before(point) -> int:
+    """Number of modules upstream of ``point``, not counting the module that produces a
+    module-output site (that hop is the first-order key's ``identity`` term)."""
+    kind, b = point
+    if kind in MODULE_OUTPUT_SITES:
+        return 2 * b + 1 if kind == "mlp_out" else 2 * b
+    return _point_index(point)
+
+
+def _producing_module_input(point):
+    """Branch input of the module whose output (or ``z``) is the module-output site ``point``."""
+    kind, b = point
+    return ("mlp_in_branch", b) if kind == "mlp_out" else ("attn_in", b)
+
+
+def _check_width(arch: _Arch, point, vectors, what: str) -> None:
+    """Refuse vectors whose last axis is not the width of the site at ``point``."""
+    width = _point_width(arch, point)
+    shape = tuple(np.shape(vectors))
+    if not shape or shape[-1] != width:
+        kind, b = point
+        extra = " (n_heads * head_dim)" if kind == "z" else " (d_model)"
+        raise ValueError(f"{what} has shape {shape}; site {kind}[{b}] needs width {width}{extra}")
+
+
 def _module(j: int) -> tuple[str, int]:
     return ("attn" if j % 2 == 0 else "mlp", j // 2)
 
@@ -493,13 +594,15 @@ def _module(j: int) -> tuple[str, int]:
 def module_names(model, site, layer, kind="sae", side="value") -> list[str]:
     """Names ("attn.{b}" / "mlp.{b}") of the modules between the dictionary and the model's end
     (``side="value"``: after the write point) or start (``side="key"``: before the read point),
-    in forward order."""
+    in forward order. Module-output sites: the hop between the site and the residual (``z``'s
+    output projection on the value side, the producing module on the key side) is the first
+    term (``direct`` / ``identity``) of the first-order lenses, not one of these names."""
     n = _arch(model).n_layers
     if side == "value":
-        i = _point_index(_write_point(site, layer, kind, n))
+        i = _first_module_after(_write_point(site, layer, kind, n))
         js = range(i, 2 * n)
     elif side == "key":
-        i = _point_index(_read_point(site, layer, kind, n))
+        i = _modules_before(_read_point(site, layer, kind, n))
         js = range(0, i)
     else:
         raise ValueError("side must be 'value' or 'key'")
@@ -514,13 +617,15 @@ def module_names(model, site, layer, kind="sae", side="value") -> list[str]:
 def value_transport(model, tokens, mask, v, site, layer, per_position=False, *, kind="sae", batch_size=None):
     """QL-value transport: ``m`` [d_model] = mean over valid positions of the final-residual
     tangent (pre-final-norm) when ``v`` is the tangent at every valid position of the write
-    point. ``per_position=True`` returns the per-valid-position tangents [N, d_model]
+    point (module-output sites: at the site itself; ``v`` is [n_heads * head_dim] for ``z``).
+    ``per_position=True`` returns the per-valid-position tangents [N, d_model]
     (rows in (batch, position) order; their mean is ``m``)."""
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     L = arch.n_layers
     w = _write_point(site, layer, kind, L)
-    if _point_index(w) == 2 * L:  # the final residual: nothing downstream
+    _check_width(arch, w, v, "value vector")
+    if w[0] != "z" and _first_module_after(w) == 2 * L:  # writes the final residual: nothing downstream
         fn = lambda tk, mk: _unchanged(model, tk, mk, v)  # noqa: E731
     else:
         fn = lambda tk, mk: _jvp(model, tk, mk, w, ("resid_post", L - 1), v)  # noqa: E731
@@ -532,12 +637,15 @@ def key_transport(
 ):
     """QL-key transport: ``w`` [d_model] = mean over valid positions of the cotangent at
     ``resid_pre[0]`` when ``k`` is the cotangent at every valid position of the read point
-    (seed masked). ``per_position=True`` returns the per-valid-position cotangents [N, d_model].
-    ``exact_norm`` (transcoders): read at the MLP's normalized input instead of resid_mid."""
+    (seed masked; module-output sites: at the site itself, through the module producing it;
+    ``k`` is [n_heads * head_dim] for ``z``). ``per_position=True`` returns the
+    per-valid-position cotangents [N, d_model]. ``exact_norm`` (transcoders): read at the
+    MLP's normalized input instead of resid_mid."""
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     r = _read_point(site, layer, kind, arch.n_layers, exact_norm)
-    if _point_index(r) == 0:  # resid_pre[0]: nothing upstream
+    _check_width(arch, r, k, "key vector")
+    if r == ("resid_pre", 0):  # nothing upstream
         fn = lambda tk, mk: _unchanged(model, tk, mk, k)  # noqa: E731
     else:
         fn = lambda tk, mk: _vjp(model, tk, mk, ("resid_pre", 0), r, k)  # noqa: E731
@@ -564,16 +672,28 @@ def first_order_value_terms(
     """First-order value terms: ``{"direct": v, "attn.{b}"/"mlp.{b}": mean over valid positions
     of mask * J_module(v at valid positions)}`` for every module after the write point (forward
     order), each Jacobian at that module's clean input. Their sum is the first-order vector.
-    ``per_position=True``: each term is [N, d_model] (the direct term is v repeated)."""
+    ``per_position=True``: each term is [N, d_model] (the direct term is v repeated).
+
+    ``z`` sites: ``v`` [n_heads * head_dim] first takes the hop into the residual,
+    ``direct = mean_valid J_out(z_p) v`` with ``out = post_norm(o_proj(.))`` (= ``v W_O``
+    without a post-norm; per position: the rows ``J_out(z_p) v``); the later terms are the
+    single hops after ``resid_mid[layer]`` applied to that ``direct`` vector."""
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     L = arch.n_layers
     acc = _acc_dtype(model)
-    i = _point_index(_write_point(site, layer, kind, L))
-    vt = _as_tensor(v, dtype=acc, device=_device(model)).reshape(-1)
+    w = _write_point(site, layer, kind, L)
+    _check_width(arch, w, v, "value vector")
     n_valid = int(mask.sum())
-    terms = {"direct": _np(vt.expand(n_valid, -1) if per_position else vt)}
-    for j in range(i, 2 * L):
+    if w[0] == "z":
+        hop = lambda tk, mk, u=v: _jvp(model, tk, mk, w, ("attn_out", w[1]), u)  # noqa: E731
+        v = _reduce(model, tokens, mask, hop, False, batch_size)  # the later hops apply to this
+        direct = _reduce(model, tokens, mask, hop, True, batch_size) if per_position else v
+    else:
+        vt = _as_tensor(v, dtype=acc, device=_device(model)).reshape(-1)
+        direct = _np(vt.expand(n_valid, -1) if per_position else vt)
+    terms = {"direct": direct}
+    for j in range(_first_module_after(w), 2 * L):
         fn = lambda tk, mk, j=j: _module_jvp(model, tk, mk, j, v)  # noqa: E731
         terms["%s.%d" % _module(j)] = _reduce(model, tokens, mask, fn, per_position, batch_size)
     return terms
@@ -588,15 +708,29 @@ def first_order_key_terms(
     ``mask_seed=False`` (default, the authors' convention): the cotangent ``k`` is seeded at
     EVERY position, pads included, and masked only after the module's VJP (pad queries that
     attend to valid keys leak into valid positions). ``mask_seed=True``: seeded at valid
-    positions only."""
+    positions only.
+
+    Module-output sites: the hop through the module producing the site is needed to reach the
+    residual, so ``identity = u = mean_valid J^T k`` through it (attention for ``attn_out`` and
+    ``z``, where ``J`` maps ``resid_pre[layer]`` to the site; the MLP for ``mlp_out``), seeded as
+    above (per position: the rows ``J^T k``); the later terms are the single hops through the
+    earlier modules applied to ``u``."""
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     acc = _acc_dtype(model)
-    i = _point_index(_read_point(site, layer, kind, arch.n_layers))
-    kt = _as_tensor(k, dtype=acc, device=_device(model)).reshape(-1)
+    r = _read_point(site, layer, kind, arch.n_layers)
+    _check_width(arch, r, k, "key vector")
     n_valid = int(mask.sum())
-    terms = {"identity": _np(kt.expand(n_valid, -1) if per_position else kt)}
-    for j in range(0, i):
+    if r[0] in MODULE_OUTPUT_SITES:
+        inject = _producing_module_input(r)
+        hop = lambda tk, mk, seed=k: _vjp(model, tk, mk, inject, r, seed, seed_mask=mask_seed)  # noqa: E731
+        k = _reduce(model, tokens, mask, hop, False, batch_size)  # the later hops apply to this
+        identity = _reduce(model, tokens, mask, hop, True, batch_size) if per_position else k
+    else:
+        kt = _as_tensor(k, dtype=acc, device=_device(model)).reshape(-1)
+        identity = _np(kt.expand(n_valid, -1) if per_position else kt)
+    terms = {"identity": identity}
+    for j in range(0, _modules_before(r)):
         fn = lambda tk, mk, j=j: _module_vjp(model, tk, mk, j, k, seed_mask=mask_seed)  # noqa: E731
         terms["%s.%d" % _module(j)] = _reduce(model, tokens, mask, fn, per_position, batch_size)
     return terms
@@ -702,6 +836,35 @@ def logit_lens_key(model, k):
     return _np(_as_tensor(k, dtype=acc, device=E.device) @ E.T)
 
 
+@torch.no_grad()
+def residual_value_vector(model, v, site, layer, kind="sae") -> np.ndarray:
+    """The residual-space vector that Logit Lens reads for value vector(s) ``v`` [..., d_site]:
+    ``v W_O`` at ``z`` (block ``layer``'s output projection without its bias and without any
+    post-norm, DESIGN.md 1b), ``v`` itself at every other site. Returns [..., d_model]."""
+    arch = _arch(model)
+    w = _write_point(site, layer, kind, arch.n_layers)
+    _check_width(arch, w, v, "value vector")
+    if w[0] != "z":
+        return np.asarray(_np(v) if isinstance(v, torch.Tensor) else v)
+    vt = _as_tensor(v, dtype=_acc_dtype(model), device=_device(model))
+    return _np(arch.o_proj_weight_applied(w[1], vt))
+
+
+def _refuse_undefined(lens, site, kind) -> None:
+    if lens == "logit_lens_key" and kind == "sae" and site == "z":
+        raise ValueError(
+            "logit_lens_key is not defined at site 'z': a z key vector (width n_heads * head_dim) does "
+            "not live in the residual stream, so W_E k has no meaning there (DESIGN.md 1b); use "
+            "query_lens_key or first_order_key"
+        )
+
+
+def lenses_at_site(site, kind="sae") -> tuple[str, ...]:
+    """The lenses of ``LENSES`` defined for a dictionary at ``site`` (all but ``logit_lens_key``
+    at ``z``)."""
+    return tuple(lens for lens in LENSES if not (lens == "logit_lens_key" and kind == "sae" and site == "z"))
+
+
 # --------------------------------------------------------------------------------------------
 # Statistics, scores, top-k
 # --------------------------------------------------------------------------------------------
@@ -748,47 +911,99 @@ def _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, op
 _OPTS = {"remove_final_norm_bias", "softcap", "mask_seed", "exact_norm", "batch_size"}
 
 
-def reference_scores(model, tokens, mask, lens, vectors, site, layer, kind="sae", **opts) -> np.ndarray:
-    """Scores [n, vocab] of ``lens`` (one of ``LENSES``) for feature vectors [n, d_model]
-    (value vectors for *_value lenses, key vectors = encoder columns for *_key lenses),
-    computed one feature at a time.
-
-    Options: ``remove_final_norm_bias`` (bool), ``softcap`` (None|False|float) for value
-    readouts; ``mask_seed`` (bool, first_order_key); ``exact_norm`` (bool, transcoder
-    query_lens_key); ``batch_size`` (int|None: sequences per Jacobian pass, results identical)."""
+def _check_request(model, lens, vectors, site, layer, kind, opts) -> np.ndarray:
+    """Validate options, lens, site and vector width before any work; vectors as [n, d_site]."""
     bad = set(opts) - _OPTS
     if bad:
         raise TypeError(f"unknown options {sorted(bad)}")
     if lens not in LENSES:
         raise ValueError(f"lens must be one of {LENSES}, got {lens!r}")
+    arch = _arch(model)
+    point = (_write_point if lens.endswith("value") else _read_point)(site, layer, kind, arch.n_layers)
+    _refuse_undefined(lens, site, kind)
     vectors = np.asarray(_np(vectors) if isinstance(vectors, torch.Tensor) else vectors)
     if vectors.ndim == 1:
         vectors = vectors[None]
+    _check_width(arch, point, vectors, f"{lens} vectors")
+    return vectors
+
+
+def _lens_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts) -> list[np.ndarray]:
+    """Per feature, the vector that ``lens`` reads out: the transported mean vector, or for
+    Logit Lens the residual-space value vector / the key vector itself."""
+    if lens == "logit_lens_value":
+        return [residual_value_vector(model, vec, site, layer, kind) for vec in vectors]
+    if lens == "logit_lens_key":
+        return list(vectors)
+    return _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)
+
+
+def _readout(model, tokens, mask, lens, vecs, opts) -> np.ndarray:
     vopts = dict(
         remove_final_norm_bias=opts.get("remove_final_norm_bias", False), softcap=opts.get("softcap", None)
     )
-    if lens in ("logit_lens_value", "logit_lens_key"):
-        # still validate site/layer/kind
-        n = _arch(model).n_layers
-        (_write_point if lens.endswith("value") else _read_point)(site, layer, kind, n)
-        if lens == "logit_lens_value":
-            return np.stack([logit_lens_value(model, vec, **vopts) for vec in vectors])
-        return np.stack([logit_lens_key(model, vec) for vec in vectors])
-    vecs = _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)
+    if lens == "logit_lens_value":
+        return np.stack([logit_lens_value(model, vec, **vopts) for vec in vecs])
+    if lens == "logit_lens_key":
+        return np.stack([logit_lens_key(model, vec) for vec in vecs])
     if lens.endswith("value"):
         return np.stack([value_readout(model, m, **vopts) for m in vecs])
     return np.stack([key_readout(model, w, tokens, mask) for w in vecs])
 
 
+def reference_scores(model, tokens, mask, lens, vectors, site, layer, kind="sae", **opts) -> np.ndarray:
+    """Scores [n, vocab] of ``lens`` (one of ``LENSES``) for feature vectors [n, d_site]
+    (value vectors for *_value lenses, key vectors = encoder columns for *_key lenses; d_site is
+    d_model, or n_heads * head_dim at ``z``), computed one feature at a time.
+
+    Options: ``remove_final_norm_bias`` (bool), ``softcap`` (None|False|float) for value
+    readouts; ``mask_seed`` (bool, first_order_key); ``exact_norm`` (bool, transcoder
+    query_lens_key); ``batch_size`` (int|None: sequences per Jacobian pass, results identical).
+    ``logit_lens_key`` at ``z`` raises ``ValueError`` (not defined there)."""
+    vectors = _check_request(model, lens, vectors, site, layer, kind, opts)
+    vecs = _lens_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)
+    return _readout(model, tokens, mask, lens, vecs, opts)
+
+
+def reference_signatures(
+    model, tokens, mask, site, layer, value_vectors=None, key_vectors=None, *, kind="sae", lenses=None, k=25,
+    **opts,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Signatures of several features of one dictionary, per lens, computed one feature at a time.
+
+    ``value_vectors`` [n, d_site] (decoder rows) feed the *_value lenses, ``key_vectors``
+    [n, d_site] (encoder columns) the *_key lenses; ``lenses`` defaults to every lens defined
+    at ``site`` (``lenses_at_site``) whose vectors are given. Returns ``{lens: {"vectors":
+    [n, d_model], "scores": [n, vocab], "top_ids", "top_scores", "bottom_ids",
+    "bottom_scores": [n, k]}}`` where "vectors" is what the readout reads: the transported mean
+    vector (Query Lens ``m`` / ``w``, the first-order sum), the residual-space value vector for
+    ``logit_lens_value`` (``v W_O`` at ``z``) or the key vector for ``logit_lens_key``. Options
+    as ``reference_scores``; every request is checked before any transport runs."""
+    given = {"value": value_vectors, "key": key_vectors}
+    if lenses is None:
+        lenses = [lens for lens in lenses_at_site(site, kind) if given[lens.rsplit("_", 1)[1]] is not None]
+    checked = {}
+    for lens in lenses:
+        side = lens.rsplit("_", 1)[-1]
+        if side in given and given[side] is None:
+            raise ValueError(f"{lens} needs {side}_vectors")
+        checked[lens] = _check_request(model, lens, given.get(side), site, layer, kind, opts)
+    out = {}
+    for lens, vectors in checked.items():
+        vecs = _lens_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)
+        scores = _readout(model, tokens, mask, lens, vecs, opts)
+        top, top_scores, bottom, bottom_scores = topk_with_scores(scores, k)
+        out[lens] = {
+            "vectors": np.stack(vecs), "scores": scores, "top_ids": top, "top_scores": top_scores,
+            "bottom_ids": bottom, "bottom_scores": bottom_scores,
+        }
+    return out
+
+
 def reference_relative_variance(model, tokens, mask, lens, vectors, site, layer, kind="sae", **opts) -> np.ndarray:
     """Relative variance [n] of the per-position transported vectors for ``lens`` in
     {first_order_value, first_order_key, query_lens_value, query_lens_key}."""
-    bad = set(opts) - _OPTS
-    if bad:
-        raise TypeError(f"unknown options {sorted(bad)}")
-    vectors = np.asarray(_np(vectors) if isinstance(vectors, torch.Tensor) else vectors)
-    if vectors.ndim == 1:
-        vectors = vectors[None]
+    vectors = _check_request(model, lens, vectors, site, layer, kind, opts)
     per = _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts, per_position=True)
     return np.array([relative_variance(g) for g in per])
 
