@@ -3,7 +3,9 @@
 `spliced_logits` is the literal definition (DESIGN.md section 1): a plain forward pass, block
 by block, where the dictionary's site value is replaced by
 `decode(a', x) + skip(x) + (value - reconstruct(x))` with `a'` the *full* activation vector
-with one entry replaced. It shares only the model's per-block functions with the code under
+with one entry replaced. Every site is a tensor of the pass written out: the residual points,
+the MLP's normalized input and output, and the attention's heads' outputs `z` (before the
+output projection and any post-norm) and output `attn_out` (after them). It shares only the model's per-block functions with the code under
 test, not its splice (`feature_change`, `run_from`).
 """
 
@@ -15,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.models import attention_residual, mlp_input, mlp_residual
+from qlens_jax.models import attention_output, attention_z, mlp_input, mlp_residual
 
 
 def make_dictionary(d_model, layer, site_in, site_out, kind, seed, n=24, **options) -> Dictionary:
+    """A seeded random dictionary `d_model` wide (for `z`: n_heads x head_dim)."""
     rng = np.random.default_rng(seed)
     arrays = dict(
         W_enc=jnp.asarray(rng.normal(size=(d_model, n)) / np.sqrt(d_model), jnp.float32),
@@ -47,6 +50,10 @@ def spliced_logits(model, tokens, mask, dictionary, feature, new_value):
     """Logits `[b, s, V]` of the forward pass with the dictionary spliced in by hand."""
     d, tokens, mask = dictionary, jnp.asarray(tokens), jnp.asarray(mask)
 
+    def at(site, value):
+        """`value` of module-output site `site` in the dictionary's block, spliced if the SAE is there."""
+        return _splice(d, value, value, feature, new_value) if d.kind == "sae" and site == d.site_out else value
+
     def one(seq, m):
         h = model.embed(seq)
         for b in range(model.config.n_layers):
@@ -54,13 +61,21 @@ def spliced_logits(model, tokens, mask, dictionary, feature, new_value):
             here = d.layer == b
             if here and d.site_in == "resid_pre":
                 h = _splice(d, h, h, feature, new_value)
-            mid = h + attention_residual(block, meta, h, m)
+            z = attention_z(block, meta, h, m)  # [s, n_heads * head_dim]
+            if here:
+                z = at("z", z)
+            attn = attention_output(block, z)
+            if here:
+                attn = at("attn_out", attn)
+            mid = h + attn
             if here and d.site_in == "resid_mid" and d.kind == "sae":
                 mid = _splice(d, mid, mid, feature, new_value)
             out = mlp_residual(block, mid)
             if here and d.kind == "transcoder":
                 x = mlp_input(block, mid) if d.site_in == "mlp_in" else mid
                 out = _splice(d, x, out, feature, new_value)
+            elif here:
+                out = at("mlp_out", out)
             h = mid + out
             if here and d.site_in == "resid_post":
                 h = _splice(d, h, h, feature, new_value)

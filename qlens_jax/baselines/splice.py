@@ -7,7 +7,7 @@ by the dictionary's output computed from *modified* activations plus the error t
     out' = decode(a', x) + skip(x) + (out - reconstruct(x)),
 
 where `x` is what the dictionary reads, `out` what the model has where it writes (the
-residual itself for an SAE, the MLP output for a transcoder) and `a'` the activations with one
+site's value for an SAE, the MLP output for a transcoder) and `a'` the activations with one
 feature's post-activation replaced. With `a' = a` this is the clean run. Every supported
 `decode` is affine in the activations for a fixed `x` (a linear map, a per-feature decoder-norm
 rescale, and a per-token de-normalization that depends on `x` only), so
@@ -19,9 +19,15 @@ with `one` the dictionary cut down to feature `i` (`single_feature`). That is wh
 activation vector per position and feature. `tests/baselines` checks it against the literal
 splice with the full activation vector.
 
-The change is added at the dictionary's write point (a residual `qlens_jax.lens.points.Point`)
-and the model is run from there to the final residual (`qlens_jax.lens.transport.run_from`,
-the forward pass the lens kernel linearizes).
+The site decides how the change enters the residual stream (`SplicePoint.spliced`). Residual
+SAEs and transcoders write a residual point or an MLP output, and SAEs on `attn_out[L]` and
+`mlp_out[L]` a module output that is added straight to the residual (after any post-norm):
+for all of these the change is added to the residual point the output goes into
+(`dictionary_points(...).write`). An SAE on `z[L]`, the heads' outputs before the output
+projection, changes `z`, which then passes the output projection and any post-norm (not linear
+for Gemma-3): `resid_mid[L]' = resid_pre[L] + attention_output(block L, z + change)`. Either way
+the model is then run from that residual point to the final residual
+(`qlens_jax.lens.transport.run_from`, the forward pass the lens kernel linearizes).
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.lens.points import Point, dictionary_points, row
+from qlens_jax.lens.points import RESIDUAL_SITES, Point, dictionary_points, flows_into, row
 from qlens_jax.lens.transport import run_from
-from qlens_jax.models import Residuals, Transformer
+from qlens_jax.lens.validation import LensRequestError
+from qlens_jax.models import Block, Residuals, Transformer, attention_output
 
 # Array fields of `Dictionary` and the axis along which they index features (None: shared).
 _FEATURE_AXIS = {
@@ -78,36 +85,65 @@ def feature_change(
 # ---- where a dictionary sits ------------------------------------------------------------------
 def write_point(dictionary: Dictionary, n_layers: int) -> int:
     """The row (`points.row`, the tuned lens's numbering) of the residual point the
-    dictionary's output is added to."""
-    return row(dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write, n_layers)
+    dictionary's output is added to. A `z` dictionary's output is not added to the residual
+    (it passes the output projection first): refused with a `LensRequestError`."""
+    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write
+    if write.site not in RESIDUAL_SITES:
+        raise LensRequestError(
+            f"dictionary {dictionary.name!r} (layer {dictionary.layer}) writes at {write}, the heads' outputs before the "
+            "attention output projection: its output is not added to a residual point, so it has no residual write point "
+            "(the tuned-lens baselines are not defined for it)")
+    return row(write, n_layers)
 
 
-def site_input(dictionary: Dictionary, residuals: Residuals) -> Float[Array, "b s d"]:
-    """What the dictionary reads, from `run_with_residuals`' points (`[layers, b, s, d]`)."""
+def site_input(dictionary: Dictionary, residuals: Residuals) -> Float[Array, "b s d_in"]:
+    """What the dictionary reads, from `run_with_residuals`' points."""
     return point_value(residuals, Point(dictionary.site_in, dictionary.layer))
 
 
 def point_value(residuals: Residuals, point: Point) -> Float[Array, "b s d"]:
-    """The stream at `point` (a residual point or an MLP input) from `run_with_residuals`."""
-    return getattr(residuals, point.site)[point.layer]
+    """The tensor at `point` (a residual point, an MLP input or a module output) from
+    `run_with_residuals`; `z` with its heads concatenated (`[b, s, n_heads * head_dim]`, the
+    order of TransformerLens's `hook_z` flattened)."""
+    value = getattr(residuals, point.site)[point.layer]
+    return value.reshape(*value.shape[:2], -1) if point.site == "z" else value
 
 
 @dataclasses.dataclass(frozen=True)
 class SplicePoint:
-    """A dictionary's spliced site on one token batch: its input, activations and write point."""
+    """A dictionary's spliced site on one token batch: its input, activations, and how a change
+    of its output reaches the residual point `point` the model runs on from.
+
+    `block` and `before` are set for a dictionary on `z` only: the change passes that block's
+    output projection and post-norm and is added to `before` (the block's `resid_pre`)."""
 
     x: jax.Array  # [b, s, d_in] what the dictionary reads
-    h: jax.Array  # [b, s, d] the residual stream at the write point
+    h: jax.Array  # [b, s, d] the clean residual stream at `point`
     acts: jax.Array  # [b, s, d_sae] clean post-activations
-    point: Point
+    point: Point  # a residual point
+    block: Block | None = None
+    before: jax.Array | None = None  # [b, s, d]
+
+    def spliced(self, change: Float[Array, "b s d_out"]) -> Float[Array, "b s d"]:
+        """The residual stream at `point` when `change` is added to the dictionary's output site."""
+        if self.block is None:
+            return self.h + change.astype(self.h.dtype)
+        return self.before + attention_output(self.block, self.x + change.astype(self.x.dtype))
 
 
 def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask) -> SplicePoint:
     """Run the clean model on a batch and read the dictionary's site (traceable)."""
     _, residuals = model.run_with_residuals(tokens, mask)
     x = site_input(dictionary, residuals)
-    point = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, model.config.n_layers).write
-    return SplicePoint(x=x, h=point_value(residuals, point), acts=dictionary.encode(x), point=point)
+    n_layers = model.config.n_layers
+    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write
+    point = flows_into(write, n_layers)
+    through = {}
+    if write.site == "z":
+        through = dict(block=model.block(dictionary.layer)[0], before=residuals.resid_pre[dictionary.layer])
+    elif write.site not in RESIDUAL_SITES:
+        raise ValueError(f"dictionary {dictionary.name!r}: cannot splice at write point {write}")
+    return SplicePoint(x=x, h=point_value(residuals, point), acts=dictionary.encode(x), point=point, **through)
 
 
 def set_feature(
@@ -122,4 +158,4 @@ def set_feature(
     (reconstruction error kept, so everything else is as in the clean run)."""
     change = (value - site.acts[..., feature]) * mask
     delta = feature_change(dictionary, site.x, feature, change)
-    return run_from(model, site.h + delta.astype(site.h.dtype), mask, site.point)
+    return run_from(model, site.spliced(delta), mask, site.point)

@@ -2,7 +2,9 @@
 
 Steering a feature = splicing the dictionary in and clamping the feature's post-activation to
 `alpha` at every valid position of every prefix, keeping the reconstruction error
-(`baselines.splice.set_feature`, the same code as the token-change baseline).
+(`baselines.splice.set_feature`, the same code as the token-change baseline). The splice is at
+the dictionary's own site, a residual point, an MLP output or a module output (`z`,
+`attn_out`, `mlp_out`); `baselines.splice` says how each reaches the residual stream.
 
 - `calibrate_alphas`: for each (feature, target) pair, the `alpha > 0` at which the mean over
   prefixes of `KL(p_clean || p_steered)` of the next-token distribution (after the prefix's

@@ -1,7 +1,9 @@
 """Secant baselines against their definition: two plain forward passes with the dictionary
-spliced in by hand (`baseline_helpers.spliced_logits`), for every site a dictionary can have,
-dictionaries with per-token input normalization, skip connections and JumpReLU/TopK gates,
-and a soft-capped model (logits summed instead of the normed residual)."""
+spliced in by hand (`splice_reference.spliced_logits`), for every site a dictionary can have
+(residual points, transcoders, and SAEs on the module outputs `z`, `attn_out`, `mlp_out` of
+GPT-2 and of Gemma-3, whose post-norms sit between `z` and the residual), dictionaries with
+per-token input normalization, skip connections and JumpReLU/TopK gates, and a soft-capped
+model (logits summed instead of the normed residual)."""
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -12,9 +14,11 @@ import converters
 from splice_reference import clean_logits, direct_secant, make_dictionary
 from qlens_jax.baselines import baseline_signatures
 from qlens_jax.baselines.secant import mean_differences, secant_spec, sums_logits
-from qlens_jax.baselines.splice import feature_change, point_value
+from qlens_jax.baselines.splice import feature_change, point_value, site_input, write_point
 from qlens_jax.lens.points import value_points
 from qlens_jax.lens.transport import run_from
+from qlens_jax.lens.validation import LensRequestError
+from qlens_jax.models import attention_output
 from tiny_models import build_hf_model, padded_batch
 
 LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10")
@@ -32,6 +36,11 @@ def gpt2():
     return _model("gpt2")
 
 
+@pytest.fixture(scope="module")
+def models(gpt2):
+    return {"gpt2": gpt2, "gemma3-sliding": _model("gemma3-sliding")}
+
+
 def _dictionaries(d, n_layers):
     return {
         "sae-resid_pre": make_dictionary(d, 1, "resid_pre", "resid_pre", "sae", 1),
@@ -42,6 +51,17 @@ def _dictionaries(d, n_layers):
         "transcoder-mlp_in-skip": make_dictionary(d, 1, "mlp_in", "mlp_out", "transcoder", 4, skip=True),
         "transcoder-resid_mid": make_dictionary(d, 0, "resid_mid", "mlp_out", "transcoder", 5),
     }
+
+
+def _module_output_dictionary(model, site: str):
+    """An SAE on `site` (`z`, `attn_out` or `mlp_out`) of a middle or the last block, with varied options."""
+    c = model.config
+    width = c.n_heads * c.head_dim if site == "z" else c.d_model
+    options = {"z": dict(activation="jumprelu", input_norm="layer_norm"), "attn_out": dict(skip=True),
+               "mlp_out": dict(rescale_acts_by_decoder_norm=True)}[site]
+    layer = {"z": 1, "attn_out": c.n_layers - 2, "mlp_out": c.n_layers - 1}[site]
+    seed = {"z": 10, "attn_out": 17, "mlp_out": 15}[site]  # seeds whose FEATURES are active somewhere in both models
+    return make_dictionary(width, layer, site, site, "sae", seed, **options)
 
 
 def _scores(model, dictionary, tokens, mask, lenses=LENSES, features=FEATURES):
@@ -71,6 +91,58 @@ def test_secant_lenses_match_hand_splice(gpt2, which):
             expected = direct_secant(model, tokens, mask, dictionary, int(feature), lens)
             assert np.abs(expected).max() > 100 * atol, "degenerate test: the intervention changes nothing"
             np.testing.assert_allclose(ours[i, j], expected, rtol=1e-4, atol=atol, err_msg=f"{lens} feature {feature}")
+
+
+@pytest.mark.parametrize("site", ["z", "attn_out", "mlp_out"])
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3-sliding"])
+def test_module_output_secants_match_hand_splice(models, arch, site):
+    model, tokens, mask = models[arch]
+    dictionary = _module_output_dictionary(model, site)
+    lenses = ("zero_out", "token_change_5")
+    ours = _scores(model, dictionary, tokens, mask, lenses=lenses)
+    atol = _tolerance(model, tokens, mask)
+    for i, lens in enumerate(lenses):
+        for j, feature in enumerate(FEATURES):
+            expected = direct_secant(model, tokens, mask, dictionary, int(feature), lens)
+            assert np.abs(expected).max() > 100 * atol, "degenerate test: the intervention changes nothing"
+            np.testing.assert_allclose(ours[i, j], expected, rtol=1e-4, atol=atol, err_msg=f"{lens} feature {feature}")
+
+
+def test_module_output_sites_are_read_as_written(models):
+    """The site values the splice reads add up to the residual stream: `attn_out` and `mlp_out`
+    are the differences of consecutive residual points, and `z` (heads concatenated) through
+    the output projection and post-norm gives `attn_out`, on a model with post-norms and
+    n_heads x head_dim != d_model."""
+    model, tokens, mask = models["gemma3-sliding"]
+    c = model.config
+    assert c.n_heads * c.head_dim != c.d_model
+    _, residuals = model.run_with_residuals(jnp.asarray(tokens), jnp.asarray(mask))
+    layer = 1
+    attn_out = make_dictionary(c.d_model, layer, "attn_out", "attn_out", "sae", 1)
+    mlp_out = make_dictionary(c.d_model, layer, "mlp_out", "mlp_out", "sae", 2)
+    z = make_dictionary(c.n_heads * c.head_dim, layer, "z", "z", "sae", 3)
+    pre, mid, post = (np.asarray(getattr(residuals, s)[layer]) for s in ("resid_pre", "resid_mid", "resid_post"))
+    valid = np.asarray(mask)
+    np.testing.assert_allclose(np.asarray(site_input(attn_out, residuals))[valid], (mid - pre)[valid], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(site_input(mlp_out, residuals))[valid], (post - mid)[valid], rtol=1e-5, atol=1e-5)
+    x = site_input(z, residuals)
+    assert x.shape == (*tokens.shape, c.n_heads * c.head_dim)
+    block, _ = model.block(layer)
+    np.testing.assert_allclose(np.asarray(attention_output(block, x))[valid], (mid - pre)[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_z_dictionary_has_no_residual_write_point(models):
+    model, _, _ = models["gemma3-sliding"]
+    c = model.config
+    z = make_dictionary(c.n_heads * c.head_dim, 1, "z", "z", "sae", 3)
+    with pytest.raises(LensRequestError, match="z\\[1\\].*tuned-lens"):
+        write_point(z, c.n_layers)
+    attn_out = make_dictionary(c.d_model, 1, "attn_out", "attn_out", "sae", 1)
+    mlp_out = make_dictionary(c.d_model, 1, "mlp_out", "mlp_out", "sae", 2)
+    resid_mid = make_dictionary(c.d_model, 1, "resid_mid", "resid_mid", "sae", 1)
+    resid_post = make_dictionary(c.d_model, 1, "resid_post", "resid_post", "sae", 1)
+    assert write_point(attn_out, c.n_layers) == write_point(resid_mid, c.n_layers)
+    assert write_point(mlp_out, c.n_layers) == write_point(resid_post, c.n_layers)
 
 
 def test_signatures_are_topk_of_the_definition(gpt2):

@@ -1,5 +1,7 @@
 """I(T) and O(T) on hand-checkable cases, the running top-k of contexts against brute force,
-alpha calibration against the hand splice, and `evaluate` end to end with oracle lenses."""
+alpha calibration and rank changes against the hand splice (residual SAEs, and SAEs on the
+module outputs `z`, `attn_out`, `mlp_out` of GPT-2 and Gemma-3), and `evaluate` end to end with
+oracle lenses."""
 
 import jax
 import jax.numpy as jnp
@@ -23,20 +25,36 @@ from qlens_jax.evaluation import (
 from qlens_jax.evaluation.matching import normalize_token
 from qlens_jax.evaluation.steering import rank_percentiles
 from qlens_jax.lens.signatures import Signatures, SignatureTable
+from qlens_jax.models import attention_output
 from splice_reference import clean_logits, make_dictionary, spliced_logits
 from tiny_models import build_hf_model
 
 
-
-@pytest.fixture(scope="module")
-def gpt2():
-    model = converters.load_model(build_hf_model("gpt2", seed=0))
+def _world(arch):
+    model = converters.load_model(build_hf_model(arch, seed=0))
     rng = np.random.default_rng(0)
     windows = rng.integers(3, model.config.vocab_size, size=(40, 10)).astype(np.int32)
     prefixes = rng.integers(3, model.config.vocab_size, size=(6, 5)).astype(np.int32)
     prefix_mask = np.arange(5)[None] < np.array([5, 4, 3, 5, 2, 4])[:, None]
     dictionary = make_dictionary(model.config.d_model, 1, "resid_post", "resid_post", "sae", 11, n=64, activation="topk", k=2)
     return model, dictionary, windows, np.where(prefix_mask, prefixes, 0), prefix_mask
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return _world("gpt2")
+
+
+@pytest.fixture(scope="module")
+def worlds(gpt2):
+    return {"gpt2": gpt2, "gemma3-sliding": _world("gemma3-sliding")}
+
+
+def _module_output_sae(model, site: str, **options):
+    """An SAE on module output `site` of block 1 (`z`: n_heads x head_dim wide)."""
+    c = model.config
+    width = c.n_heads * c.head_dim if site == "z" else c.d_model
+    return make_dictionary(width, 1, site, site, "sae", 21, n=64, **options)
 
 
 # ---- input score -------------------------------------------------------------------------------
@@ -141,11 +159,55 @@ def test_generation_steps_run_and_average(gpt2):
     assert gen.shape == one.shape and np.abs(gen).max() <= 1 and not np.allclose(gen, one)
 
 
+@pytest.mark.parametrize("site", ["z", "attn_out", "mlp_out"])
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3-sliding"])
+def test_module_output_steering_matches_hand_splice(worlds, arch, site):
+    """Calibration and rank changes when the SAE sits on a module output: the steered run is
+    the hand splice at that site (for `z`, before the output projection and Gemma-3's post-norm)."""
+    model, _, _, prefixes, mask = worlds[arch]
+    dictionary = _module_output_sae(model, site)
+    feature = 9
+    cal = calibrate_alphas(model, dictionary, jnp.asarray(prefixes), jnp.asarray(mask), jnp.asarray([feature]), jnp.asarray([0.25]), rtol=0.01)
+    assert np.asarray(cal.reached).all(), cal
+    alpha = float(cal.alphas[0, 0])
+    clean = _last_logprobs(clean_logits(model, jnp.asarray(prefixes), jnp.asarray(mask)), mask)
+    steered = _last_logprobs(spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(feature), jnp.float32(alpha)), mask)
+    kl = float(np.mean(np.sum(np.exp(clean) * (clean - steered), axis=-1)))
+    assert kl == pytest.approx(float(cal.kl[0, 0]), rel=1e-4)
+    assert kl == pytest.approx(0.25, rel=0.011)
+    ours = np.asarray(rank_changes(model, dictionary, jnp.asarray(prefixes), jnp.asarray(mask), jnp.asarray([feature]),
+                                   jnp.asarray([[alpha]]), jax.random.key(0)))
+    pct = lambda lp: np.argsort(np.argsort(lp, -1), -1) / (lp.shape[-1] - 1)
+    np.testing.assert_allclose(ours[0], (pct(np.asarray(steered)) - pct(np.asarray(clean))).mean(0), atol=1e-6)
+
+
+def test_top_contexts_read_z_with_heads_concatenated(worlds):
+    """A `z` SAE's contexts come from the heads' outputs flattened head by head, the input of
+    the output projection (checked through it: o_proj and post-norm give resid_mid - resid_pre)."""
+    model, _, windows, _, _ = worlds["gemma3-sliding"]
+    dictionary = _module_output_sae(model, "z")
+    features = np.array([0, 5, 9, 30])
+    (top,) = top_contexts(model, [dictionary], [features], windows, n_top=4, sequences_per_chunk=16)
+    _, residuals = model.run_with_residuals(jnp.asarray(windows))
+    z = residuals.z[1].reshape(*windows.shape, -1)
+    block, _ = model.block(1)
+    np.testing.assert_allclose(attention_output(block, z), residuals.resid_mid[1] - residuals.resid_pre[1], rtol=1e-5, atol=1e-5)
+    acts = np.asarray(dictionary.encode(z))[..., features]  # [n, s, F]
+    best = acts.max(1)
+    for f in range(len(features)):
+        np.testing.assert_allclose(top.values[f], -np.sort(-best[:, f])[:4], rtol=1e-6)
+    assert top.active.any(), "degenerate test: no feature is active"
+
+
 # ---- end to end ---------------------------------------------------------------------------------
-def test_evaluate_with_oracle_lenses(gpt2):
+@pytest.mark.parametrize("case", ["gpt2-resid_post", "gemma3-sliding-z"])
+def test_evaluate_with_oracle_lenses(worlds, case):
     """A lens listing exactly the activating tokens scores I = 1, one listing the promoted tokens
-    O = 1, one listing neither 0 and 0."""
-    model, dictionary, windows, prefixes, mask = gpt2
+    O = 1, one listing neither 0 and 0 (a residual SAE, and an SAE on `z` of a Gemma-3 model)."""
+    arch, site = case.rsplit("-", 1)
+    model, dictionary, windows, prefixes, mask = worlds[arch]
+    if site == "z":
+        dictionary = _module_output_sae(model, "z")
     features = np.array([0, 3, 7, 15])
     k = 25
     options = EvaluationOptions(k=k, min_contexts=5, top_s=k, sequences_per_chunk=8)
