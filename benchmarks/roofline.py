@@ -29,7 +29,7 @@ from collections import Counter
 
 from benchmarks import common
 
-ATTENTION = frozenset({"attention_residual", "_attention_batch", "dot_product_attention", "apply_rope", "attention_mask", "softcap"})
+ATTENTION = frozenset({"attention_residual", "attention_z", "attention_output", "_attention_batch", "dot_product_attention", "apply_rope", "attention_mask", "softcap"})
 MLP = frozenset({"mlp_residual", "mlp_input", "mlp_jacobian", "mlp_jacobians", "apply_rowwise"})
 # Primitives that move or select data (no arithmetic).
 FREE = frozenset({

@@ -20,7 +20,7 @@ from qlens_jax.readout.streaming import FeatureRows, host_rows, run_chunks
 from qlens_jax.readout.topk import TopK
 
 
-Vectors = Float[Array, "n d"] | Float[np.ndarray, "n d"] | FeatureRows
+Vectors = Float[Array, "n w"] | Float[np.ndarray, "n w"] | FeatureRows
 
 
 def read_topk(score_fn: ScoreFn, vectors: Vectors, k: int, feature_chunk: int, layout: Layout) -> dict[str, np.ndarray]:
@@ -52,7 +52,7 @@ class ReadoutContext:
         split = self.mesh is not None and sharding.vocab_sharded(self.model)
         return Layout(self.model.config.vocab_size, self.mesh, split)
 
-    def score_fn(self, side: str, op: Float[Array, "d d"] | None = None, logit_lens: bool = False) -> eqx.Partial:
+    def score_fn(self, side: str, op: Float[Array, "d w"] | None = None, logit_lens: bool = False) -> eqx.Partial:
         """The side's readout of `vectors @ op.T` (or `vectors`): the value readout, the centered
         key readout, or the logit lens's `W_E` key readout."""
         if side == "value":
@@ -60,7 +60,7 @@ class ReadoutContext:
         return key_score_fn(self.model.W_E if logit_lens else self.key_matrix, op)
 
     @applies_precision
-    def read(self, side: str, vectors: Vectors, op: Float[Array, "d d"] | None = None, logit_lens: bool = False,
+    def read(self, side: str, vectors: Vectors, op: Float[Array, "d w"] | None = None, logit_lens: bool = False,
              precision: str = "float32") -> dict:
         """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout (`precision`:
         `qlens_jax.numerics`; inside another entry point, that one's mode)."""
@@ -68,7 +68,7 @@ class ReadoutContext:
 
     @applies_precision
     def read_first_order(self, side: str, vectors: Vectors | Float[Array, "n T d"] | Float[np.ndarray, "n T d"],
-                         terms_op: Float[Array, "T d d"] | None, precision: str = "float32") -> dict:
+                         terms_op: Float[Array, "T d w"] | None, precision: str = "float32") -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))

@@ -31,7 +31,7 @@ def readout_chunks(score_fn: ScoreFn, chunks: Float[Array, "c n d"], k: int, lay
 
 
 @eqx.filter_jit
-def first_order_chunks(score_fn: ScoreFn, terms_op: Float[Array, "T d d"] | None, chunks: Float[Array, "c n *rest"],
+def first_order_chunks(score_fn: ScoreFn, terms_op: Float[Array, "T d w"] | None, chunks: Float[Array, "c n *rest"],
                        k: int, layout: Layout) -> tuple[TopK, TopK, Float[Array, "c n T"]]:
     """Per chunk: the top/bottom `k` of the total of a feature's first-order terms, of each term
     (`[c, n, T, k]`), and each term's energy `<m_t, m> / <m, m>`. Rows are raw vectors `[n, d]`

@@ -45,31 +45,31 @@ def dot_scores(matrix: Float[Array, "vocab d"], vectors: Float[Array, "n d"]) ->
     return jnp.matmul(vectors.astype(matrix.dtype), matrix.T, preferred_element_type=jnp.float32)
 
 
-def transported(op: Float[Array, "d d"] | None, vectors: Float[Array, "n d"]) -> Float[Array, "n d"]:
+def transported(op: Float[Array, "d w"] | None, vectors: Float[Array, "n w"]) -> Float[Array, "n d"]:
     """`vectors @ op.T` in float32 (a transport operator's rows applied to feature vectors), or
     `vectors` as they are when `op` is None."""
     return vectors if op is None else jnp.matmul(vectors, op.T.astype(jnp.float32))
 
 
-def transported_value_scores(model: Transformer, remove_final_norm_bias: bool, op: Float[Array, "d d"] | None,
-                             vectors: Float[Array, "n d"]) -> Float[Array, "n vocab"]:
+def transported_value_scores(model: Transformer, remove_final_norm_bias: bool, op: Float[Array, "d w"] | None,
+                             vectors: Float[Array, "n w"]) -> Float[Array, "n vocab"]:
     """`value_scores` of the `transported` vectors (arguments ordered for `eqx.Partial`)."""
     return value_scores(model, transported(op, vectors), remove_final_norm_bias)
 
 
-def transported_dot_scores(matrix: Float[Array, "vocab d"], op: Float[Array, "d d"] | None,
-                           vectors: Float[Array, "n d"]) -> Float[Array, "n vocab"]:
+def transported_dot_scores(matrix: Float[Array, "vocab d"], op: Float[Array, "d w"] | None,
+                           vectors: Float[Array, "n w"]) -> Float[Array, "n vocab"]:
     """`dot_scores` of the `transported` vectors (arguments ordered for `eqx.Partial`)."""
     return dot_scores(matrix, transported(op, vectors))
 
 
-def value_score_fn(model: Transformer, remove_final_norm_bias: bool = False, op: Float[Array, "d d"] | None = None) -> eqx.Partial:
+def value_score_fn(model: Transformer, remove_final_norm_bias: bool = False, op: Float[Array, "d w"] | None = None) -> eqx.Partial:
     """The value readout as a function of feature vectors `[n, d] -> [n, vocab]`, a pytree
     (its weights are traced, not baked in) for the jitted chunk programs."""
     return eqx.Partial(transported_value_scores, model, remove_final_norm_bias, op)
 
 
-def key_score_fn(matrix: Float[Array, "vocab d"], op: Float[Array, "d d"] | None = None) -> eqx.Partial:
+def key_score_fn(matrix: Float[Array, "vocab d"], op: Float[Array, "d w"] | None = None) -> eqx.Partial:
     """A key readout (`centered_embeddings`, or `W_E` for the logit lens) as a function of
     feature vectors `[n, d] -> [n, vocab]`, a pytree like `value_score_fn`."""
     return eqx.Partial(transported_dot_scores, matrix, op)
