@@ -103,7 +103,7 @@ def test_the_sweep_order_and_sizes_follow_the_devices_memory(tiny, monkeypatch, 
     monkeypatch.setattr(memory, "planning_device", lambda mesh=None: device)
     seen = {}
 
-    def spy(name, mesh, tangent_chunk, with_input_norms=False, weights_sharded=False, blocks=None):
+    def spy(name, mesh, tangent_chunk, with_input_norms=False, weights_sharded=False, blocks=None, sites=()):
         seen.update(name=name, tangent_chunk=tangent_chunk, blocks=blocks)
         raise Planned
 

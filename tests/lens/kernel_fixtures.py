@@ -14,6 +14,7 @@ FEATURES = [0, 17, 39]  # requested features (same count as the self-check, one 
 
 
 def random_dictionary(d_model, layer, site_in, site_out, kind, seed, n=N_FEATURES):
+    """A seeded ReLU dictionary `d_model` wide (the heads' width for `z`)."""
     rng = np.random.default_rng(seed)
     return Dictionary(
         W_enc=jnp.asarray(rng.normal(size=(d_model, n)), jnp.float32),
@@ -23,6 +24,23 @@ def random_dictionary(d_model, layer, site_in, site_out, kind, seed, n=N_FEATURE
         layer=layer, site_in=site_in, site_out=site_out, kind=kind,
         name=f"{kind}-{site_in}", activation="relu",
     )
+
+
+def module_output_dictionaries(config) -> list:
+    """SAEs on `z` (layer 0), `attn_out` (layer 1) and `mlp_out` (layer 0)."""
+    z_width = config.n_heads * config.head_dim
+    return [
+        random_dictionary(z_width, 0, "z", "z", "sae", 5),
+        random_dictionary(config.d_model, 1, "attn_out", "attn_out", "sae", 6),
+        random_dictionary(config.d_model, 0, "mlp_out", "mlp_out", "sae", 7),
+    ]
+
+
+def lenses_for(dictionary) -> tuple[str, ...]:
+    """The lenses defined for `dictionary` (Logit Lens's key side is not, at `z`)."""
+    import qlens_jax
+
+    return tuple(lens for lens in qlens_jax.LENSES if not (dictionary.site_in == "z" and lens == "logit_lens_key"))
 
 
 def dictionary_set(d_model: int, n_layers: int) -> list:

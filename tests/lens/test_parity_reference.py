@@ -1,24 +1,37 @@
 """Every lens agrees with the independent PyTorch reference (benchmarks/reference_torch.py),
-and the dense and per-feature paths agree with each other, on GPT-2, Qwen-3 and Gemma-3."""
+and the dense and per-feature paths agree with each other, on GPT-2, Llama, Qwen-3 and Gemma-3,
+for residual SAEs, a transcoder and SAEs on module outputs (`z`, `attn_out`, `mlp_out`,
+DESIGN.md section 1b) in one request."""
 
 import numpy as np
 import pytest
 
 import qlens_jax
 from benchmarks import reference_torch as ref
-from kernel_fixtures import FEATURES, reference_site, setup
+from kernel_fixtures import FEATURES, lenses_for, module_output_dictionaries, reference_site, setup
+from qlens_jax.lens.signatures import Signatures
+from qlens_jax.lens.validation import LensRequestError
 
 RTOL = 1e-4
 K = 8
 
 
-@pytest.fixture(scope="module", params=["gpt2", "qwen3-gqa4-tied", "gemma3-sliding"])
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding"])
 def computed(request):
     hf, model, dictionaries, tokens, mask = setup(request.param)
-    common = dict(lenses=qlens_jax.LENSES, features=FEATURES, k=K, sequences_per_chunk=2)
-    dense = qlens_jax.query_lens(model, dictionaries, tokens, mask, path="dense", **common)
-    per_feature = qlens_jax.query_lens(model, dictionaries, tokens, mask, path="per-feature", stats=True, **common)
-    return hf, model, dictionaries, tokens, mask, dense, per_feature
+    dictionaries = dictionaries + module_output_dictionaries(model.config)
+    return (hf, model, dictionaries, tokens, mask, *(run(model, dictionaries, tokens, mask, path) for path in ("dense", "per-feature")))
+
+
+def run(model, dictionaries, tokens, mask, path: str) -> Signatures:
+    """Every lens defined for each dictionary (`logit_lens_key` in a second request without the
+    `z` dictionaries), in the order of `qlens_jax.LENSES`."""
+    common = dict(features=FEATURES, k=K, sequences_per_chunk=2, path=path, stats=path == "per-feature")
+    most = [lens for lens in qlens_jax.LENSES if lens != "logit_lens_key"]
+    tables = list(qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=most, **common))
+    with_keys = [d for d in dictionaries if "logit_lens_key" in lenses_for(d)]
+    tables += list(qlens_jax.query_lens(model, with_keys, tokens, mask, lenses=["logit_lens_key"], **common))
+    return Signatures(sorted(tables, key=lambda t: qlens_jax.LENSES.index(t.lens)))
 
 
 def _reference_scores(hf, dictionary, lens, tokens, mask, **opts):
@@ -41,14 +54,16 @@ def _assert_matches_reference(table, scores):
 def test_lens_matches_reference(computed, lens):
     hf, model, dictionaries, tokens, mask, dense, per_feature = computed
     for dictionary in dictionaries:
+        if lens not in lenses_for(dictionary):
+            continue
         scores = _reference_scores(hf, dictionary, lens, tokens, mask)
         for result in (dense, per_feature):
             _assert_matches_reference(result.get(lens, dictionary.name), scores)
 
 
 def test_dense_and_per_feature_paths_agree(computed):
-    *_, dense, per_feature = computed
-    assert len(dense) == len(per_feature) == len(qlens_jax.LENSES) * 4
+    _, _, dictionaries, *_, dense, per_feature = computed
+    assert len(dense) == len(per_feature) == sum(len(lenses_for(d)) for d in dictionaries)
     for a, b in zip(dense, per_feature):
         assert (a.lens, a.dictionary, a.layer) == (b.lens, b.dictionary, b.layer)
         np.testing.assert_array_equal(a.top_ids, b.top_ids)
@@ -104,14 +119,14 @@ def test_relative_variance_matches_reference(computed):
 
 def test_results_identical_run_to_run(computed):
     hf, model, dictionaries, tokens, mask, dense, _ = computed
-    again = qlens_jax.query_lens(
-        model, dictionaries, tokens, mask, lenses=qlens_jax.LENSES, features=qlens_jax_features(), k=K,
-        path="dense", sequences_per_chunk=2,
-    )
+    again = run(model, dictionaries, tokens, mask, "dense")
     for a, b in zip(dense, again):
         np.testing.assert_array_equal(a.top_scores, b.top_scores)
         np.testing.assert_array_equal(a.bottom_ids, b.bottom_ids)
 
 
-def qlens_jax_features():
-    return FEATURES
+def test_logit_lens_key_is_refused_for_z_dictionaries(computed):
+    _, model, dictionaries, tokens, mask, *_ = computed
+    z = next(i for i, d in enumerate(dictionaries) if d.site_in == "z")
+    with pytest.raises(LensRequestError, match=f"logit_lens_key has no definition for dictionary {z} .*z"):
+        qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=["logit_lens_key"], features=FEATURES)
