@@ -213,6 +213,13 @@ def plan_request(
         requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:
         raise LensRequestError("the request selects no features")
+    normalizing = [r for r in requests if r.points.read.site in MODULE_OUTPUT_SITES and getattr(r.dictionary, "input_norm", "none") not in ("none", "scale")]
+    if options.exact_norm_jacobian and normalizing:
+        raise LensRequestError(
+            f"exact_norm_jacobian is not available for {normalizing[0].describe()}: it normalizes its input "
+            f"({normalizing[0].dictionary.input_norm}) at a module output ({normalizing[0].points.read}), where the "
+            "sweeps record no normalized points; run it without exact_norm_jacobian (the reference convention)"
+        )
     z_readers = [r for r in requests if r.points.read.site == "z"]
     if "logit_lens_key" in lenses and z_readers:
         raise LensRequestError(

@@ -116,3 +116,18 @@ def test_per_feature_transports_equal_float64_finite_differences(world):
                 fd = ((final(eps) - final(-eps)) / (2 * eps) * m).sum((0, 1))
                 value, _ = per_feature.z_value_chunk(wide, tokens, mask, v, point.layer, 1)
                 assert relative_error(value[0], fd) < 1e-6, point
+
+
+def test_exact_norm_jacobian_is_refused_for_normalizing_module_output_dictionaries(world):
+    model, tokens, mask, *_ = world
+    import qlens_jax
+    from qlens_jax.dictionaries import Dictionary
+    from qlens_jax.lens.validation import LensRequestError
+
+    d = model.config.d_model
+    sae = Dictionary(W_enc=jnp.ones((d, 2)), b_enc=jnp.zeros(2), W_dec=jnp.ones((2, d)), b_dec=jnp.zeros(d), layer=0,
+                     site_in="attn_out", site_out="attn_out", kind="sae", name="attn-out-2", activation="relu",
+                     input_norm="layer_norm")
+    with pytest.raises(LensRequestError, match="exact_norm_jacobian is not available .*attn-out-2.*layer_norm.*attn_out\\[0\\]"):
+        qlens_jax.plan_request(model, [sae], tokens, mask, options=qlens_jax.LensOptions(exact_norm_jacobian=True))
+    assert qlens_jax.plan_request(model, [sae], tokens, mask).sites == (Point("attn_out", 0),)
