@@ -22,14 +22,6 @@ B, S, VALID1 = 2, 8, 6  # second row right-padded; pad run shorter than Gemma's 
 LAYER = 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 _MODELS = {}
 
