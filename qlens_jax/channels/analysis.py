@@ -29,7 +29,7 @@ import numpy as np
 
 from qlens_jax.channels.fit import LowRankMap, fit_metrics, reduced_rank_regression, split_indices
 from qlens_jax.channels.overlap import column_basis, overlap, overlap_matrix
-from qlens_jax.channels.responses import ChannelPair, Source, channel_pairs, make_sources, module_responses
+from qlens_jax.channels.responses import ChannelPair, Source, channel_pairs, check_sources, make_sources, module_responses
 from qlens_jax.channels.stats import DistanceTest, GroupTest, destination_test, distance_test
 from qlens_jax.channels.training import train_low_rank
 from qlens_jax.numerics import applies_precision
@@ -108,9 +108,11 @@ def channel_data(
 
     `operators`: `TransportOperators` with `first_order` of this model and sample (computed
     here when not given: one first-order sweep, `d_model` tangents through every module).
+    A `z` dictionary is refused (`InputError`) before the sweep (`responses.check_sources`).
     """
     from qlens_jax.lens import transport_operators
 
+    check_sources(dictionaries)
     if mask is None:
         mask = np.ones(np.shape(tokens), bool)
     if operators is None or operators.first_order is None:

@@ -12,9 +12,12 @@ the attention of block b, 2b+1 its MLP). Responses of all features at once are o
 destination: `Y = V @ R_t.T`.
 
 Destinations of a source are the blocks whose two modules both come after the point where the
-dictionary writes: `t > s` for a dictionary writing `resid_post[s]` (SAEs on `resid_post`,
-transcoders of MLP `s`), `t >= s` for one writing `resid_pre[s]`, and `t > s` for `resid_mid[s]`
-(block `s`'s MLP alone is not a whole block and is left out).
+dictionary writes: `t > s` for a dictionary writing `resid_post[s]` (SAEs on `resid_post` and
+`mlp_out`, transcoders of MLP `s`), `t >= s` for one writing `resid_pre[s]`, and `t > s` for
+`resid_mid[s]` (SAEs on `attn_out`; block `s`'s MLP alone is not a whole block and is left out).
+A module output is added straight to the residual, so its value vectors are queries there as they
+are. A `z` dictionary's value vectors live in the heads' output space, before the output
+projection: they are no residual vectors, and the analysis refuses them (`check_sources`).
 """
 
 from __future__ import annotations
@@ -72,8 +75,23 @@ def sample_features(value_vectors: np.ndarray, n: int, rng: np.random.Generator)
     return np.sort(rng.choice(alive, size=n, replace=False)).astype(np.int64)
 
 
+def check_sources(dictionaries) -> None:
+    """Refuse, before any work, a dictionary whose value vectors are not residual vectors: one
+    on `z` (the heads' outputs, `n_heads x head_dim` wide, before `W_O`), naming it."""
+    from qlens_jax.errors import InputError
+
+    for d in dictionaries:
+        if d.site_out == "z":
+            raise InputError(
+                f"dictionary {d.name!r} (layer {d.layer}) writes z, the heads' outputs before the attention's output "
+                "projection: its value vectors are not residual vectors, so they have no module responses to map; "
+                "the channel analysis takes dictionaries on residual points, attn_out, mlp_out and transcoders; drop it"
+            )
+
+
 def make_sources(dictionaries, n_layers: int, n_features: int, seed: int) -> list[Source]:
     """Sample `n_features` value vectors of each dictionary (one seeded generator, in order)."""
+    check_sources(dictionaries)
     rng = np.random.default_rng(seed)
     sources = []
     for d in dictionaries:

@@ -75,6 +75,7 @@ def run_channels(args: argparse.Namespace, argv: list | None = None) -> int:
 
     from qlens_jax.channels.analysis import ChannelConfig, channel_data, fit_channels
     from qlens_jax.channels.report import write_outputs
+    from qlens_jax.channels.responses import check_sources
     from qlens_jax.corpus import save_token_sample
     from qlens_jax.errors import InputError
     from qlens_jax.job.inputs import draw_sample, load_dictionary_sources, load_model_source
@@ -85,6 +86,7 @@ def run_channels(args: argparse.Namespace, argv: list | None = None) -> int:
     start = time.perf_counter()
     model, model_dir, tokenizer = load_model_source(model_source(args))
     dictionaries = load_dictionary_sources(dictionary_sources(args), model)
+    check_sources(dictionaries)
     tokens, mask, sample = draw_sample(sample_spec(args), tokenizer, model, model_dir, args.quiet)
     precision = precision_kwargs(args.precision)
     config = ChannelConfig(

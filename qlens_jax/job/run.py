@@ -28,9 +28,11 @@ from qlens_jax.io.atomic import publish, temporary_path
 from qlens_jax.io.parquet import assemble, signature_rows, write_table
 from qlens_jax.io.rundir import RunDir
 from qlens_jax.job.inputs import Inputs, prepare
+from qlens_jax.job.lenses import RunPlans, Skipped, run_plans, skipped_lenses
 from qlens_jax.job.spec import JobOptions, SignaturesJob
 from qlens_jax.lens.operators import TransportOperators
 from qlens_jax.lens.plan import LensPlan
+from qlens_jax.lens.points import Point
 from qlens_jax.progress import progress
 
 # Options that change the numbers or the shard layout (the rest: --quiet, --memory-budget-gb...).
@@ -52,12 +54,15 @@ class Shard:
         return f"{self.lens}.d{self.dictionary_index:03d}.c{self.chunk:05d}"
 
 
-def shard_plan(lenses, features: list[np.ndarray], shard_size: int) -> list[Shard]:
-    """All shards in output order: lens, then dictionary, then feature chunk."""
+def shard_plan(lenses, features: list[np.ndarray], shard_size: int, skipped: list[Skipped] = ()) -> list[Shard]:
+    """All shards in output order: lens, then dictionary, then feature chunk (none for the
+    `skipped` lens and dictionary pairs)."""
+    left_out = {(s.lens, s.dictionary_index) for s in skipped}
     return [
         Shard(lens, d, c, ids[start : start + shard_size])
         for lens in lenses
         for d, ids in enumerate(features)
+        if (lens, d) not in left_out
         for c, start in enumerate(range(0, len(ids), shard_size))
     ]
 
@@ -72,7 +77,7 @@ def _json_value(value):
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
-def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict) -> dict:
+def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict, skipped: list[Skipped]) -> dict:
     dictionaries = [
         {
             "source": d.info.source, "format": d.info.format, "name": d.name, "layer": d.layer, "kind": d.kind,
@@ -107,6 +112,7 @@ def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict) -> dict:
         "inputs": {"model": model, "tokenizer": tokenizer, "dictionaries": dictionaries, "sample": sample},
         "options": options,
         "plan": plan,
+        "skipped": [s.record() for s in skipped],
         "sessions": [{"started": _now(), "versions": hashing.versions()}],
     }
 
@@ -127,12 +133,16 @@ def _plan(options: JobOptions, inputs: Inputs, first: LensPlan) -> dict:
     }
 
 
-def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
-    """The kernel's plan of the whole run: every dictionary and feature, validated once; path
-    and chunk sizes planned from the budget (what a first start stores in run.json)."""
+def lens_plan(options: JobOptions, inputs: Inputs, mesh, lenses: tuple[str, ...] | None = None,
+              positions: list[int] | None = None, model=None) -> LensPlan:
+    """The kernel's plan of the whole run (or of `lenses` over the dictionaries at run
+    `positions`): every dictionary and feature validated once; path and chunk sizes planned
+    from the budget (what a first start stores in run.json). `model`: the model to plan with
+    (another plan's, already cast and placed), else the run's."""
     from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
     from qlens_jax import memory
 
+    positions = list(range(len(inputs.dictionaries))) if positions is None else positions
     lens_options = LensOptions(
         k=options.k, dtype=options.dtype, precision=options.precision, stats=options.stats,
         remove_final_norm_bias=options.remove_final_norm_bias,
@@ -143,9 +153,24 @@ def lens_plan(options: JobOptions, inputs: Inputs, mesh) -> LensPlan:
         memory_budget_gb=float(options.memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))),
     )
     return plan_request(
-        inputs.model, inputs.dictionaries, inputs.tokens, inputs.mask, lenses=options.lenses,
-        features=dict(enumerate(inputs.features)), options=lens_options, execution=execution,
+        inputs.model if model is None else model, [inputs.dictionaries[i] for i in positions], inputs.tokens, inputs.mask,
+        lenses=options.lenses if lenses is None else lenses,
+        features={n: inputs.features[i] for n, i in enumerate(positions)}, options=lens_options, execution=execution,
     )
+
+
+def lens_plans(options: JobOptions, inputs: Inputs, mesh, skipped: list[Skipped]) -> RunPlans:
+    """The run's kernel plans (`job.lenses.RunPlans`): one for the lenses every dictionary has,
+    one per lens skipped for some dictionaries (over the others), all with one model."""
+    model = None
+
+    def plan(lenses, positions):
+        nonlocal model
+        made = lens_plan(options, inputs, mesh, lenses, positions, model)
+        model = made.model
+        return made
+
+    return run_plans(options.lenses, inputs.dictionaries, skipped, plan)
 
 
 def with_stored_plan(plan: LensPlan, stored: dict, quiet: bool) -> LensPlan:
@@ -183,16 +208,18 @@ def _operators(run: RunDir | None, plan: LensPlan, lenses) -> TransportOperators
     plan = plan.select(lenses=tuple(lens for lens in plan.lenses if lens in lenses))
     if plan.path != "dense" or not plan.transport_lenses:
         return None
-    fields = ("value", "key", "first_order", "first_order_all")
+    fields = ("value", "key", "first_order", "first_order_all", "value_at_sites", "key_at_sites", "z_hop_value", "z_hop_key",
+              "z_hop_key_all")
     if distributed.share(run.operators.exists() if run else None):
         operators = load_operators(run.operators) if run else None
         if not distributed.is_multiprocess():
             return operators
         static = ("n_tokens", "value_from_point", "key_to_point")
         static = distributed.share({f: getattr(operators, f) for f in static} if run else None)
+        sites = distributed.share([[p.site, p.layer] for p in operators.sites] if run else None)
         host = {f: np.asarray(getattr(operators, f)) for f in fields if getattr(operators, f) is not None} if run else None
         host = distributed.share_arrays(host)
-        return TransportOperators(**{f: host.get(f) for f in fields}, **static)
+        return TransportOperators(**{f: host.get(f) for f in fields}, **static, sites=tuple(Point(*p) for p in sites))
     # Sweeps only the blocks between the embedding / the top and this run's dictionaries.
     operators = transport_operators_for(plan)
     # Gathering to the host is a collective: every process, before process 0 saves alone.
@@ -210,14 +237,15 @@ def _slow_shards():
     return (lambda: time.sleep(float(seconds))) if seconds else None
 
 
-def _compute_shard(inputs: Inputs, plan: LensPlan, operators, shard: Shard, width: int, self_check: bool):
+def _compute_shard(inputs: Inputs, plans: RunPlans, operators, shard: Shard, width: int, self_check: bool):
     """The signature rows of one shard: its features, padded to the run's shard width (one
     compilation per lens), read out under its lens, the padding dropped."""
     from qlens_jax.lens import read_signatures
 
     ids = shard.features
     padded = np.concatenate([ids, np.full(width - len(ids), ids[-1])]) if len(ids) < width else ids
-    part = plan.select(lenses=(shard.lens,), features={shard.dictionary_index: padded})
+    plan, position = plans.for_lens(shard.lens, shard.dictionary_index)
+    part = plan.select(lenses=(shard.lens,), features={position: padded})
     (table,) = read_signatures(replace(part, execution=replace(part.execution, self_check=self_check)), operators)
     dictionary = inputs.dictionaries[shard.dictionary_index]
     reference = inputs.feature_strs[shard.dictionary_index]
@@ -286,19 +314,24 @@ def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
     start = time.perf_counter()
     inputs = distributed.checked(lambda: prepare(job, quiet, writes_output=writer))
     timings["inputs"] = time.perf_counter() - start
+    skipped = distributed.checked(lambda: skipped_lenses(options.lenses, inputs.dictionaries))
     mesh = distributed.checked(lambda: job_mesh(options, inputs.model))
-    first = distributed.checked(lambda: lens_plan(options, inputs, mesh))
-    shards = shard_plan(options.lenses, inputs.features, options.shard_size)
+    planned = distributed.checked(lambda: lens_plans(options, inputs, mesh, skipped))
+    shards = shard_plan(options.lenses, inputs.features, options.shard_size, skipped)
     run = distributed.checked(
-        lambda: RunDir.open(options.out, _manifest(job, argv, inputs, _plan(options, inputs, first))) if writer else None
+        lambda: RunDir.open(options.out, _manifest(job, argv, inputs, _plan(options, inputs, planned.first), skipped)) if writer else None
     )
+    if writer:  # one line per skipped pair, --quiet or not: it says what the output lacks
+        for s in skipped:
+            print(s.note(), file=sys.stderr)
     try:
         state = distributed.share(_start_session(run, shards, inputs, mesh) if run else None)
         stored, todo = state["plan"], set(state["remaining"])
-        plan = with_stored_plan(first, stored, quiet)
+        plans = planned.map(lambda plan: with_stored_plan(plan, stored, quiet))
 
         t = time.perf_counter()
-        operators = _operators(run, plan, {s.lens for s in shards if s.name in todo}) if todo else None
+        todo_lenses = {s.lens for s in shards if s.name in todo}
+        operators = _operators(run, plans.full, todo_lenses) if todo and plans.full is not None else None
         timings["operators"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -306,7 +339,7 @@ def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
         groups: dict[tuple[str, int], list[Shard]] = {}
         for shard in shards:
             groups.setdefault((shard.lens, shard.dictionary_index), []).append(shard)
-        reading = replace(plan, execution=replace(plan.execution, quiet=True))
+        reading = plans.map(lambda plan: replace(plan, execution=replace(plan.execution, quiet=True)))
         for (lens, index), group in groups.items():
             left = [s for s in group if s.name in todo]
             if not left:

@@ -13,6 +13,9 @@ For token `t` and every feature `i` of a dictionary, the exact Query Lens score 
 
 The operators `M_p` / `K_p` are the run's own (`DIR/operators`), loaded once; the dictionary
 rows are memory-mapped (`rows`) and scored in chunks, never a `n_features x vocab` matrix.
+For a dictionary on a module output they are its site's (DESIGN.md section 1b): `attn_out` /
+`mlp_out` value vectors use the residual point they are added into; at `z` both operators are
+`[d_model, n_heads x head_dim]` (the value one includes `W_O` and any post-norm).
 """
 
 from __future__ import annotations
@@ -57,19 +60,19 @@ class ReverseHit:
 
 
 @eqx.filter_jit
-def _statistics_chunk(model, op: Float[Array, "d d"], rows: Float[Array, "n d"]) -> Float[Array, "n 2"]:
+def _statistics_chunk(model, op: Float[Array, "d w"], rows: Float[Array, "n w"]) -> Float[Array, "n 2"]:
     return norm_statistics(model.final_norm, transported(op, rows).astype(model.embed_tokens.dtype))  # cast as value_scores does
 
 
 @eqx.filter_jit
-def _key_chunk(pulled_row: Float[Array, "1 d"], rows: Float[Array, "n d"]) -> Float[Array, " n"]:
+def _key_chunk(pulled_row: Float[Array, "1 w"], rows: Float[Array, "n w"]) -> Float[Array, " n"]:
     return dot_scores(pulled_row, rows)[:, 0]
 
 
-def pulled_readout_row(readout_row: Float[Array, "1 d"], op: Float[Array, "d d"]) -> Float[Array, "1 d"]:
+def pulled_readout_row(readout_row: Float[Array, "1 d"], op: Float[Array, "d w"]) -> Float[Array, "1 w"]:
     """The key readout row pulled back through the operator: `<r, K k> = <r K, k>`. The key
-    readout is linear in the transported vector (no norm), so one `d x d` product replaces the
-    transport of every feature (`n x d^2`)."""
+    readout is linear in the transported vector (no norm), so one `d x w` product replaces the
+    transport of every feature (`n x d x w`; `w` is the width of the dictionary's site)."""
     return jnp.matmul(readout_row, op.astype(jnp.float32))
 
 
@@ -141,21 +144,27 @@ class ReverseLookup:
             self._rows[entry.index] = open_rows(entry, self.model_path)
         return self._rows[entry.index]
 
-    def operator(self, entry: DictionaryEntry, side: str) -> Float[Array, "d d"]:
-        """The run's `[d, d]` operator that transports `entry`'s vectors on `side` (`InputError` if it has none)."""
-        from qlens_jax.lens.points import dictionary_points, row
+    def operator(self, entry: DictionaryEntry, side: str) -> Float[Array, "d w"]:
+        """The run's operator that transports `entry`'s vectors on `side`, applied as `X @ op.T`
+        (`InputError` if it has none): `[d_model, d_model]` at a residual point; at a module
+        output `[d_model, width]` (`TransportOperators.operator`): a `z` dictionary's value
+        vectors pass `W_O` and what follows, its keys pull back to the heads' outputs
+        (`n_heads x head_dim` wide); `attn_out` / `mlp_out` value vectors use the rows of the
+        residual point they are added into."""
+        from qlens_jax.lens.points import MODULE_OUTPUT_SITES, dictionary_points, row
 
         meta = self.rows(entry).meta
-        points = dictionary_points(meta["site_in"], meta["site_out"], entry.layer, self.model.config.n_layers,
-                                   self.exact_norm_jacobian, meta["input_norm"])
-        point = points.write if side == "value" else points.read
         n_layers = self.model.config.n_layers
+        points = dictionary_points(meta["site_in"], meta["site_out"], entry.layer, n_layers, self.exact_norm_jacobian, meta["input_norm"])
+        point = points.write if side == "value" else points.read
         stored = self.operators.value if side == "value" else self.operators.key
-        if stored is None or not self.operators.covers(side, point, n_layers) or row(point, n_layers) >= stored.shape[0]:
+        residual = point.site not in MODULE_OUTPUT_SITES
+        if (stored is None or not self.operators.covers(side, point, n_layers)
+                or (residual and row(point, n_layers) >= stored.shape[0])):
             lens = f"query_lens_{side}"
             raise InputError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
                              f"the reverse lookup on the {side} side needs a run with the {lens} lens")
-        return self.operators.operator(side, point, n_layers)
+        return self.operators.operator(side, point, n_layers, self.model.config)
 
     def norm_statistics(self, entry: DictionaryEntry) -> np.ndarray:
         """`[d_sae, 2]` float32: the final norm's `(mu_i, rstd_i)` of every transported value vector

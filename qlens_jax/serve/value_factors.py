@@ -38,19 +38,21 @@ def norm_statistics(norm: Norm, vectors: Float[Array, "n d"]) -> Float[Array, "n
 class ValueFactors(eqx.Module):
     """The token-dependent pieces of `factored_value_scores` for one token `t` and operator `M_p`."""
 
-    pulled: Float[Array, " d"]  # M_p^T (g * w_t): the norm's scale times the unembedding column, pulled back
+    pulled: Float[Array, " w"]  # M_p^T (g * w_t): the norm's scale times the unembedding column, pulled back
     scale_sum: Float[Array, ""]  # <1, g * w_t>, multiplied by mu_i (0 for RMSNorm)
     constant: Float[Array, ""]  # <beta, w_t>: the norm's bias read out (0 without one, or when removed)
     softcap: float | None = eqx.field(static=True)
 
 
-def value_factors(model: Transformer, op: Float[Array, "d d"], token: int | Int[Array, ""], remove_final_norm_bias: bool = False) -> ValueFactors:
-    """`ValueFactors` of `token` with the model's final norm (its weight, bias, offset) and soft-capping."""
+def value_factors(model: Transformer, op: Float[Array, "d w"], token: int | Int[Array, ""], remove_final_norm_bias: bool = False) -> ValueFactors:
+    """`ValueFactors` of `token` with the model's final norm (its weight, bias, offset) and soft-capping.
+    `op` maps the dictionary's value vectors (`w` wide: `d_model`, or `n_heads x head_dim` at `z`)
+    to the final residual (`X @ op.T`)."""
     return _value_factors(model, op, jnp.asarray(token, jnp.int32), remove_final_norm_bias)
 
 
 @eqx.filter_jit
-def _value_factors(model: Transformer, op: Float[Array, "d d"], token: Int[Array, ""], remove_final_norm_bias: bool) -> ValueFactors:
+def _value_factors(model: Transformer, op: Float[Array, "d w"], token: Int[Array, ""], remove_final_norm_bias: bool) -> ValueFactors:
     # jitted with a traced token: one compilation for every token, and W_U's column read in place
     norm = model.final_norm
     column = model.W_U[:, token].astype(jnp.float32)
@@ -62,7 +64,7 @@ def _value_factors(model: Transformer, op: Float[Array, "d d"], token: Int[Array
 
 
 @eqx.filter_jit
-def factored_value_scores(factors: ValueFactors, statistics: Float[Array, "n 2"], rows: Float[Array, "n d"]) -> Float[Array, " n"]:
+def factored_value_scores(factors: ValueFactors, statistics: Float[Array, "n 2"], rows: Float[Array, "n w"]) -> Float[Array, " n"]:
     """`s_i(t)` for rows `v_i`, exactly the `value_scores` entry of `t` for `m_i = M_p v_i`.
 
     With LayerNorm `LN(m) = g * (m - mu(m)) * rstd(m) + beta`, column `w_t = W_U[:, t]`:
@@ -71,7 +73,8 @@ def factored_value_scores(factors: ValueFactors, statistics: Float[Array, "n 2"]
         <m_i, g*w_t>  = <M_p v_i, g*w_t> = <v_i, M_p^T (g*w_t)>
 
     so with `mu_i, rstd_i` known (`norm_statistics` of `M_p v_i`, token independent) the score is
-    linear in `v_i`: one `d x d` product per token (`value_factors`) and `n x d` per lookup.
+    linear in `v_i`: one `d x w` product per token (`value_factors`) and `n x w` per lookup (`w`:
+    the width of the dictionary's site, `n_heads x head_dim` at `z`).
     RMSNorm is the case `mu_i = 0`, `beta = 0`, with `g` Gemma's `1 + w` where the model has
     it; `remove_final_norm_bias` drops `<beta, w_t>`; soft-capping is applied after. Everything
     runs in float32 (for a bfloat16 model the forward readout also rounds the normalized vector

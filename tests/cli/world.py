@@ -63,8 +63,11 @@ def train_tokenizer(documents: list[str], vocab_size: int = 320):
     return tokenizer
 
 
-def write_saelens(path: Path, d_model: int, *, hook: str, seed: int, hook_out: str | None = None, d_sae: int = N_FEATURES) -> Path:
-    """A sae_lens v6 folder (an SAE, or a transcoder when `hook_out` is given)."""
+def write_saelens(path: Path, d_model: int, *, hook: str, seed: int, hook_out: str | None = None, d_sae: int = N_FEATURES,
+                  reshape_activations: str | None = None) -> Path:
+    """A sae_lens v6 folder (an SAE, or a transcoder when `hook_out` is given). `d_model` is the
+    width of the hook (`n_heads x head_dim` for `attn.hook_z`); `reshape_activations="hook_z"`
+    is how sae_lens marks an SAE that flattens the heads of `hook_z`."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     weights = {
@@ -75,6 +78,8 @@ def write_saelens(path: Path, d_model: int, *, hook: str, seed: int, hook_out: s
     metadata = {"sae_lens_version": "6.54.12", "hook_name": hook}
     config = {"architecture": "standard", "d_in": d_model, "d_sae": d_sae, "dtype": "float32",
               "apply_b_dec_to_input": True, "normalize_activations": "none"}
+    if reshape_activations is not None:
+        config["reshape_activations"] = reshape_activations
     if hook_out is not None:
         metadata["hook_name_out"] = hook_out
         config.update(architecture="transcoder", d_out=d_model, apply_b_dec_to_input=False)
@@ -109,7 +114,53 @@ def build_world(root: Path) -> World:
     return World(root, model_dir, dictionaries, corpus_text, corpus_jsonl, vocab_size, d_model)
 
 
-def base_args(world: World, out: Path, *extra: str) -> list[str]:
+@dataclass(frozen=True)
+class ModuleWorld:
+    """A tiny Gemma-3 model (post-norms; `z` is n_heads x head_dim = 64 wide, d_model 48) with the
+    world's tokenizer, and sae_lens folders on module outputs mixed with a residual SAE."""
+
+    root: Path
+    model: Path
+    dictionaries: tuple[Path, ...]
+    corpus_text: Path
+    vocab_size: int
+    d_model: int
+    d_z: int
+
+
+# (folder, hook, width key, reshape_activations): a residual SAE, then one SAE per module output.
+MODULE_DICTIONARIES = (
+    ("sae-resid-l1", "blocks.1.hook_resid_post", "d_model", None),
+    ("sae-attn-out-l1", "blocks.1.hook_attn_out", "d_model", None),
+    ("sae-z-l2", "blocks.2.attn.hook_z", "d_z", "hook_z"),
+    ("sae-mlp-out-l0", "blocks.0.hook_mlp_out", "d_model", None),
+)
+MODULE_ARCHITECTURE = "gemma3-sliding"
+
+
+def module_world_at(root: Path) -> ModuleWorld:
+    """The world `build_module_world(root)` wrote, without building it again."""
+    config = json.loads((root / "model" / "config.json").read_text())
+    return ModuleWorld(root, root / "model", tuple(root / folder for folder, *_ in MODULE_DICTIONARIES), root / "corpus.txt",
+                       config["vocab_size"], config["hidden_size"], config["num_attention_heads"] * config["head_dim"])
+
+
+def build_module_world(root: Path) -> ModuleWorld:
+    root.mkdir(parents=True, exist_ok=True)
+    documents = corpus_documents()
+    tokenizer = train_tokenizer(documents)
+    model_dir = save_hf_model(build_hf_model(MODULE_ARCHITECTURE, seed=0, vocab_size=tokenizer.get_vocab_size()), root / "model")
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    (root / "corpus.txt").write_text("\n\n".join(documents))
+    world = module_world_at(root)
+    assert world.d_z != world.d_model  # a width mix-up between z and the residual must show
+    widths = {"d_model": world.d_model, "d_z": world.d_z}
+    for seed, (folder, hook, width, reshape) in enumerate(MODULE_DICTIONARIES, start=11):
+        write_saelens(root / folder, widths[width], hook=hook, seed=seed, reshape_activations=reshape)
+    return world
+
+
+def base_args(world: World | ModuleWorld, out: Path, *extra: str) -> list[str]:
     """`qlens signatures` arguments on the tiny world (small sample, quiet)."""
     args = ["signatures", "--model", str(world.model), "--out", str(out), "--corpus", str(world.corpus_text),
             "--num-samples", "6", "--max-length", "10", "--memory-budget-gb", "1", "--quiet"]
@@ -139,6 +190,19 @@ def shared_temp(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def shared_module_world(tmp_path_factory) -> ModuleWorld:
+    """The module-output world, built once per session (as `shared_world`)."""
+    from filelock import FileLock
+
+    shared = shared_temp(tmp_path_factory)
+    root, done = shared / "module-world", shared / "module-world.done"
+    with FileLock(str(shared / "module-world.lock")):
+        if not done.exists():
+            build_module_world(root)
+            done.touch()
+    return module_world_at(root)
+
+
 def shared_world(tmp_path_factory) -> World:
     """The world, built once per session by whichever worker gets there first."""
     from filelock import FileLock
@@ -150,3 +214,30 @@ def shared_world(tmp_path_factory) -> World:
             build_world(root)
             done.touch()
     return world_at(root)
+
+
+# The module-output run that the CLI and serve tests share: every lens (Logit Lens's key side is
+# skipped for the z dictionary), dense path, no self-check (the kernel tests cover it).
+MODULE_RUN_OPTIONS = ("--lenses", "all", "--no-self-check")
+
+
+def shared_module_run(tmp_path_factory, world: ModuleWorld) -> tuple[Path, list[str], str]:
+    """`qlens signatures` over the module-output world, run once per session: (DIR, the
+    command's arguments, what the first run wrote to stderr)."""
+    import contextlib
+    import io
+
+    from filelock import FileLock
+
+    shared = shared_temp(tmp_path_factory)
+    out, log = shared / "module-run", shared / "module-run.stderr"
+    args = base_args(world, out, *MODULE_RUN_OPTIONS)
+    with FileLock(str(shared / "module-run.lock")):
+        if not (out / "signatures.parquet").exists():
+            from qlens_jax.cli import main
+
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                assert main(args) == 0, stderr.getvalue()
+            log.write_text(stderr.getvalue())
+    return out, args, log.read_text()
