@@ -79,8 +79,8 @@ class TransportOperators(eqx.Module):
         """Whether rows for `point` (value or key side) were computed."""
         if point.site in pts.MODULE_OUTPUT_SITES:
             recorded = pts.value_sites(self.sites) if side == "value" else self.sites
-            point = point if point in recorded else None
-            if point is None or (self.value_at_sites if side == "value" else self.key_at_sites) is None:
+            at_sites = self.value_at_sites if side == "value" else self.key_at_sites
+            if point not in recorded or at_sites is None:
                 return False
         if side == "value":
             return self.value is not None and pts.row(pts.flows_into(point, n_layers), n_layers) >= self.value_from_point
