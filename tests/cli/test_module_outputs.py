@@ -4,7 +4,7 @@ tiny Gemma-3 (post-norms; `z` is 64 wide, `d_model` 48): the Parquet output equa
 `qlens_jax.query_lens` on the run's sample, Logit Lens's key side is skipped for the `z`
 dictionary with a note (and refused when no dictionary has it), an interrupted run resumes to
 the same bytes with its stored plan and operators, a changed dictionary is refused by the
-fingerprint, and `qlens export` / `qlens view` read the run."""
+fingerprint, `qlens export` / `qlens view` read the run and `qlens evaluate` scores it."""
 
 import json
 import shutil
@@ -166,3 +166,23 @@ def test_viewer_shows_every_feature_with_the_lenses_it_has(run, tmp_path):
         lenses = set(feature["L"])
         expected = set(qlens_jax.LENSES) - ({"logit_lens_key"} if feature["d"] == 2 else set())
         assert lenses == expected, feature["s"]
+
+
+def test_evaluate_scores_every_dictionary_of_the_run(world, run, tmp_path):
+    """`qlens evaluate` reads the mixed run and splices the zero-out baseline at every site."""
+    import csv
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(world.model), "--signatures", str(run[0]), "--corpus", str(world.corpus_text),
+            "--features", "0-1", "--baselines", "zero_out", "--max-contexts", "40", "--min-contexts", "1",
+            "--out", str(out), "--quiet"]
+    for d in world.dictionaries:
+        args += ["--dictionary", str(d)]
+    assert main(args) == 0
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    pairs = {(r["dictionary"], r["lens"]) for r in rows}
+    for name in NAMES:
+        assert {(name, "zero_out"), (name, "query_lens_value"), (name, "first_order_key")} <= pairs
+    assert ("z-40", "logit_lens_key") not in pairs and ("attn-out-40", "logit_lens_key") in pairs
+    assert all(0 <= float(r["output_score"]) <= 1 for r in rows if r["output_score"])
