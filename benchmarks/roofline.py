@@ -56,9 +56,11 @@ def _dot_flops(eqn) -> int:
 def _module_of(eqn) -> str:
     traceback = getattr(eqn.source_info, "traceback", None)
     for frame in (traceback.frames if traceback is not None else ()):
-        if frame.function_name in ATTENTION:
+        # A nested function is named after the one it sits in: "apply_rowwise.<locals>.one_position".
+        function = frame.function_name.split(".")[0]
+        if function in ATTENTION:
             return "attention"
-        if frame.function_name in MLP:
+        if function in MLP:
             return "mlp"
     return "other"
 
