@@ -42,14 +42,21 @@ from qlens_jax.lens.points import Point
 from qlens_jax.lens.transport import (
     attention_batch, attention_z_batch, basis_tangents, clean_states, masked_sum, through_input_norm,
 )
+from qlens_jax.memory import is_cpu
 from qlens_jax.models import Block, Transformer, attention_output, mlp_input
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.layers import mlp_hidden
 
 # Positions whose MLP Jacobians are formed in one step: each holds `d_model x d_mlp` floats.
-# One at a time is fastest on CPU (plain GEMMs: 380 GFLOP/s against 310 for 16 positions on
-# 2 Zen 5 cores at GPT-2-small width).
-TOKEN_CHUNK = 1
+# On CPU one at a time is fastest (plain GEMMs: 380 GFLOP/s against 310 for 16 positions on
+# 2 Zen 5 cores at GPT-2-small width); accelerators keep batched products.
+TOKEN_CHUNK = 16
+CPU_TOKEN_CHUNK = 1
+
+
+def token_chunk() -> int:
+    """Positions per MLP-Jacobian step on the default backend."""
+    return CPU_TOKEN_CHUNK if is_cpu() else TOKEN_CHUNK
 # Vectors mapped through an attention VJP (or its transpose) at once: faster than one at a
 # time on CPU.
 VJP_CHUNK = 8
@@ -74,7 +81,7 @@ def sequences_that_fit(model: Transformer, seq_len: int, basis_per_device: int, 
     itemsize = max(np.dtype(model.embed_tokens.dtype).itemsize, 4)
     jacobians = (1 + kept_blocks) * c.d_model**2
     per_token = (5 * basis_per_device * c.d_model + jacobians + 4 * c.n_layers * c.d_model) * itemsize
-    forming = 3 * TOKEN_CHUNK * c.d_model * c.d_mlp * itemsize
+    forming = 3 * token_chunk() * c.d_model * c.d_mlp * itemsize
     return int(max(0, (0.8 * budget_gb * 2**30 - forming) // (per_token * seq_len)))
 
 
@@ -103,9 +110,14 @@ def mlp_jacobian(block: Block, h: Float[Array, " d"]) -> Float[Array, "d d"]:
 
 
 def apply_rowwise(tangents: Float[Array, "r b s d"], q: Float[Array, "b s d e"], transpose: bool) -> Float[Array, "r b s e"]:
-    """`t @ Q` (or `t @ Q^T`) at every position for every tangent: one `[r, d] x [d, e]` GEMM
-    per position, written in place. On CPU this runs at 80 % of the float32 matmul peak, where
-    one batched GEMM over positions (with the transposes it needs) ran at 50 %."""
+    """`t @ Q` (or `t @ Q^T`) at every position for every tangent. On CPU: one `[r, d] x [d, e]`
+    GEMM per position, written in place (80 % of the float32 matmul peak, where one batched
+    GEMM over positions with the transposes it needs ran at 50 %). Elsewhere: that one batched
+    GEMM, since a loop over positions would serialize small kernels on an accelerator."""
+    if not is_cpu():
+        by_position = jnp.transpose(tangents, (1, 2, 0, 3))
+        out = jnp.einsum("bsnd,bsed->bsne" if transpose else "bsnd,bsde->bsne", by_position, q)
+        return jnp.transpose(out, (2, 0, 1, 3))
     r, b, s, d = tangents.shape
     e = q.shape[-1]
     # Contract the tangent's `d` with Q's rows (`t @ Q`) or columns (`t @ Q^T`, no transpose made).
@@ -121,11 +133,12 @@ def apply_rowwise(tangents: Float[Array, "r b s d"], q: Float[Array, "b s d e"],
     return jax.lax.fori_loop(0, b * s, one_position, jnp.zeros((r, b, s, e), tangents.dtype))
 
 
-def mlp_jacobians(block: Block, h: Float[Array, "b s d"], token_chunk: int = TOKEN_CHUNK) -> Float[Array, "b s d d"]:
-    """`mlp_jacobian` at every position, `token_chunk` positions per step."""
+def mlp_jacobians(block: Block, h: Float[Array, "b s d"], positions_per_step: int | None = None) -> Float[Array, "b s d d"]:
+    """`mlp_jacobian` at every position, `positions_per_step` (default: `token_chunk()`) per step."""
     d = h.shape[-1]
     flat = h.reshape(-1, d)
-    q = jax.lax.map(lambda x: mlp_jacobian(block, x), flat, batch_size=min(token_chunk, flat.shape[0]))
+    per_step = token_chunk() if positions_per_step is None else positions_per_step
+    q = jax.lax.map(lambda x: mlp_jacobian(block, x), flat, batch_size=min(per_step, flat.shape[0]))
     return q.reshape(*h.shape, d)
 
 

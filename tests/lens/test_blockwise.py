@@ -144,3 +144,27 @@ def test_bad_sweep_options_name_the_option():
         transport_operators(model, tokens, mask, sweeps=("value",), sweep_order="sideways")
     with pytest.raises(ValueError, match="key_to_point=99"):
         transport_operators(model, tokens, mask, sweeps=("key",), key_to_point=99)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_per_position_products_equal_the_batched_product_of_accelerators(monkeypatch, transpose):
+    """On CPU `apply_rowwise` loops over positions and `mlp_jacobians` forms one position per
+    step; on accelerators both stay batched. The two give the same numbers."""
+    tangents = jax.random.normal(jax.random.PRNGKey(0), (6, 2, 5, 8))
+    q = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 8, 8))
+    exact = np.einsum("nbsd,bsed->nbse" if transpose else "nbsd,bsde->nbse", np.float64(tangents), np.float64(q))
+    on_cpu = blockwise.apply_rowwise(tangents, q, transpose)
+    monkeypatch.setattr(blockwise, "is_cpu", lambda: False)
+    batched = blockwise.apply_rowwise(tangents, q, transpose)
+    np.testing.assert_allclose(on_cpu, exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched, exact, rtol=1e-5, atol=1e-5)
+    assert blockwise.token_chunk() == blockwise.TOKEN_CHUNK
+
+
+def test_mlp_jacobians_do_not_depend_on_positions_per_step():
+    """One position per step (CPU) and 16 (accelerators) form the same Jacobians."""
+    _, model, _, tokens, mask = setup("gpt2")
+    block, _ = model.block(0)
+    h = jax.random.normal(jax.random.PRNGKey(2), (2, 5, model.config.d_model))
+    assert blockwise.token_chunk() == blockwise.CPU_TOKEN_CHUNK
+    np.testing.assert_allclose(blockwise.mlp_jacobians(block, h, 1), blockwise.mlp_jacobians(block, h, 16), rtol=1e-5, atol=1e-6)
