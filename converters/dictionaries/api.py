@@ -13,8 +13,12 @@ from typing import Any
 
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionarySet, model_facts
 
-from . import circuit_tracer, gemma_scope, gemma_scope_2, hub, llama_scope, openai, qwen_scope, saelens, sparsify
+from . import (
+    circuit_tracer, clt, registry, deepseek_r1, dictionary_learning, gemma_scope, gemma_scope_2, goodfire, hook_z, hub,
+    llama_scope, openai, qwen_scope, saelens, sparsify,
+)
 from .assemble import Options
+from .readers import torch_keys
 
 CONVERTERS = {
     saelens.FORMAT: saelens,
@@ -25,14 +29,39 @@ CONVERTERS = {
     sparsify.FORMAT: sparsify,
     qwen_scope.FORMAT: qwen_scope,
     circuit_tracer.FORMAT: circuit_tracer,
+    clt.FORMAT: clt,
+    dictionary_learning.FORMAT: dictionary_learning,
+    goodfire.FORMAT: goodfire,
+    deepseek_r1.FORMAT: deepseek_r1,
+    hook_z.FORMAT: hook_z,
 }
 _OPENAI_FILE = re.compile(r"^(\d+)\.pt$")
 _LAYOUTS = (
     "sae_lens: cfg.json + sae_weights.safetensors; Gemma Scope: params.npz; Gemma Scope 2: "
     "config.json + params.safetensors; Llama Scope: hyperparams.json + "
     "checkpoints/final.safetensors; sparsify: cfg.json + sae.safetensors; Qwen-Scope: "
-    "layer{n}.sae.pt; circuit-tracer: config.yaml + layer_{i}.safetensors; OpenAI: {layer}.pt"
+    "layer{n}.sae.pt; circuit-tracer: config.yaml + layer_{i}.safetensors; cross-layer transcoder: "
+    "config.yaml + W_enc_{l}.safetensors + W_dec_{l}.safetensors; dictionary_learning: ae.pt + "
+    "config.json; Kissane et al. hook_z: {run}.pt + {run}_cfg.json; Goodfire: *-SAE-l{L}.pth "
+    "(encoder_linear, decoder_linear); DeepSeek-R1-distill: *-SAE-l{L}.pt (encoder, decoder); "
+    "OpenAI: {layer}.pt"
 )
+
+
+def _torch_format(path: Path) -> str:
+    """The format of a PyTorch file, from its name, its neighbours and its keys."""
+    if hook_z.is_hook_z_file(path):
+        return hook_z.FORMAT
+    if path.name == dictionary_learning.WEIGHTS_FILE and dictionary_learning.is_dictionary_learning_dir(path.parent):
+        return dictionary_learning.FORMAT
+    keys = torch_keys(path)
+    for converter in (goodfire, deepseek_r1):
+        if keys == converter.KEYS:
+            return converter.FORMAT
+    if "pre_bias" in keys:
+        return openai.FORMAT
+    raise DictionaryError(f"{path}: a PyTorch file with keys {sorted(keys)[:12]}, which is none of "
+                          f"the layouts this package reads ({_LAYOUTS})")
 
 
 def detect(path: Path) -> str:
@@ -43,10 +72,12 @@ def detect(path: Path) -> str:
             return qwen_scope.FORMAT
         if circuit_tracer.FILE_PATTERN.match(name):
             return circuit_tracer.FORMAT
+        if clt.FILE_PATTERN.match(name):
+            return clt.FORMAT
         if name.endswith(".npz"):
             return gemma_scope.FORMAT
         if name.endswith((".pt", ".pth")):
-            return openai.FORMAT
+            return _torch_format(path)
         raise DictionaryError(f"{path}: not a dictionary file this package reads ({_LAYOUTS})")
     if not path.is_dir():
         raise DictionaryError(f"{path}: no such file or directory")
@@ -54,12 +85,16 @@ def detect(path: Path) -> str:
         return saelens.FORMAT
     if sparsify.is_sparsify_dir(path):
         return sparsify.FORMAT
+    if dictionary_learning.is_dictionary_learning_dir(path):
+        return dictionary_learning.FORMAT
     if gemma_scope_2.is_gemma_scope_2_dir(path):
         return gemma_scope_2.FORMAT
     if (path / gemma_scope.PARAMS_FILE).is_file():
         return gemma_scope.FORMAT
     if llama_scope.is_llama_scope_dir(path):
         return llama_scope.FORMAT
+    if clt.is_clt_dir(path):
+        return clt.FORMAT
     if circuit_tracer.is_circuit_tracer_dir(path):
         return circuit_tracer.FORMAT
     names = sorted(p.name for p in path.iterdir())
@@ -91,6 +126,8 @@ def set_members(path: Path) -> list[Path]:
         return []
     if circuit_tracer.is_circuit_tracer_dir(path):
         return circuit_tracer.layer_files(path)
+    if clt.is_clt_dir(path):
+        return clt.layer_files(path)
     try:
         detect(path)
         return []
@@ -132,22 +169,31 @@ def _options(model, options: dict[str, Any]) -> Options:
 
 def load_dictionary(source: Any, model=None, *, path: str | None = None, format: str | None = None,
                     revision: str | None = None, cache_dir: str | Path | None = None,
-                    **options: Any) -> Dictionary:
+                    sae_id: str | None = None, **options: Any) -> Dictionary:
     """Load one dictionary (SAE or transcoder) as a `qlens_jax.dictionaries.Dictionary`.
 
     Args:
-      source: a local file or folder, a sae_lens SAE object, or a Hub id
-        `"org/repo[/path/inside]"`.
+      source: a local file or folder, a sae_lens SAE object, a Hub id
+        `"org/repo[/path/inside]"`, or a sae_lens registry release (with `sae_id=`, or as one
+        string `"RELEASE:SAE_ID"`; see `registry`).
       model: a `Transformer` or `ModelConfig` (anything with `d_model`, `n_layers`,
         `model_type`). When given, the dictionary is validated against it.
       path: a path inside `source` (Hub repo or local folder).
       format: force a format (one of `CONVERTERS`) instead of detecting it.
       revision, cache_dir: passed to huggingface_hub for Hub ids.
+      sae_id: the SAE id inside the registry release `source`.
       **options: see `assemble.Options` (`layer`, `site`, `name`, `dtype`,
         `norm_scaling_factor`, `fold_norm_scaling_factor`, `k`); an option a format does not
         use is an error, not ignored.
     """
     opts = _options(model, options)
+    registry_id = (source, sae_id) if sae_id is not None else registry.parse(source)
+    if registry_id is not None:
+        if not isinstance(registry_id[0], str) or path is not None or format is not None:
+            raise DictionaryError(f"{source!r}: a registry release id takes a string release and "
+                                  "sae_id=..., and neither path= nor format=")
+        entry = registry.lookup(*registry_id)
+        return registry.load(entry, opts, load_local=load_dictionary, revision=revision, cache_dir=cache_dir)
     if saelens.is_sae_object(source):
         fmt, local = saelens.FORMAT, None
     else:
@@ -173,7 +219,7 @@ def load_dictionaries(sources: Any, model, **options: Any) -> DictionarySet:
     """Load several dictionaries as one `DictionarySet` validated against `model`.
 
     `sources` is one source or a list of them; an item may be `(source, {option: value})`
-    for per-item options. A folder holding several dictionaries (a circuit-tracer transcoder
+    for per-item options, and a registry id `"RELEASE:SAE_ID"`. A folder holding several dictionaries (a circuit-tracer transcoder
     set, a folder of Qwen-Scope or OpenAI per-layer files, a sparsify run, a folder of
     sae_lens folders) expands to all of them in natural order, unless `layer=` is given.
     """
@@ -187,7 +233,8 @@ def load_dictionaries(sources: Any, model, **options: Any) -> DictionarySet:
                                  and isinstance(item[1], dict)) else (item, {})
         kwargs = {**options, **extra}
         members = []
-        if not saelens.is_sae_object(source) and kwargs.get("layer") is None:
+        if (not saelens.is_sae_object(source) and kwargs.get("layer") is None
+                and registry.parse(source) is None and "sae_id" not in kwargs):
             hub_keys = ("path", "revision", "cache_dir")
             local = _local(source, kwargs.get("path"), _options(None, {}), kwargs.get("revision"),
                            kwargs.get("cache_dir"))

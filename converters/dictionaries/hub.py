@@ -14,7 +14,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/.*)?$")
 # Files any supported format keeps in a dictionary's folder.
 FOLDER_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "config.json",
                 "params.safetensors", "params.npz", "sae.safetensors", "hyperparams.json",
-                "checkpoints/final.safetensors")
+                "checkpoints/final.safetensors", "ae.pt")
 # Files kept at a repository's root by formats with one file per layer.
 ROOT_FILES = ("config.yaml", "config.json")
 
@@ -35,10 +35,11 @@ def split_hub_id(source: str, path: str | None) -> tuple[str, str]:
 def _patterns(inside: str, layer: int | None) -> list[str]:
     if inside and re.search(r"\.(pt|pth|npz|safetensors)$", inside):
         parent = inside.rsplit("/", 1)[0] if "/" in inside else ""
-        return [inside] + [f"{parent}/{f}" if parent else f for f in ROOT_FILES]
+        run_config = [inside.split(".pt")[0] + "_cfg.json"] if inside.endswith(".pt") else []  # hook_z SAEs
+        return [inside] + run_config + [f"{parent}/{f}" if parent else f for f in ROOT_FILES]
     prefix = f"{inside}/" if inside else ""
-    per_layer = ([f"{prefix}layer_{layer}.safetensors", f"{prefix}layer{layer}.sae.pt"]
-                 if layer is not None else [f"{prefix}layer_*.safetensors", f"{prefix}layer*.sae.pt"])
+    names = ("layer_{}.safetensors", "layer{}.sae.pt", "W_enc_{}.safetensors", "W_dec_{}.safetensors")
+    per_layer = [prefix + n.format("*" if layer is None else layer) for n in names]
     return [prefix + f for f in FOLDER_FILES] + [prefix + f for f in ROOT_FILES] + per_layer
 
 

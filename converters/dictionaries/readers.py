@@ -58,6 +58,28 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise DictionaryError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
 
 
+def read_safetensors_slice(path: Path, key: str, index: tuple) -> tuple[np.ndarray, list[int]]:
+    """`file[key][index]` read without loading the rest of the tensor, and the tensor's full
+    shape (for tensors far larger than the part needed, such as a cross-layer transcoder's
+    decoder of every later layer)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise DictionaryError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            if key not in f.keys():
+                raise DictionaryError(f"{path}: missing key {key!r} (found: {sorted(f.keys())})")
+            part = f.get_slice(key)
+            shape = list(part.get_shape())
+            if len(shape) != len(index):
+                raise DictionaryError(f"{path}: key {key!r} has shape {tuple(shape)}, expected "
+                                      f"{len(index)} axes")
+            return part[index], shape
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DictionaryError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an `.npz` archive."""
     if not path.is_file():
@@ -101,6 +123,20 @@ def read_torch(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DictionaryError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
     return {k: torch_to_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+
+
+def torch_keys(path: Path) -> frozenset[str]:
+    """The top-level keys of a PyTorch checkpoint, read memory-mapped so that its tensors are
+    not loaded (to tell formats apart before reading one)."""
+    try:
+        import torch
+
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old (non-zip) checkpoint cannot be memory-mapped: read it whole
+        data = read_torch(path)
+    if not isinstance(data, dict):
+        raise DictionaryError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+    return frozenset(data)
 
 
 class TensorStore:

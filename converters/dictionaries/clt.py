@@ -1,0 +1,122 @@
+"""circuit-tracer cross-layer transcoders (CLTs), loaded per layer (`mntss/clt-gemma-2-2b-2.5M`,
+sae_lens release `mntss-gemma-2-2b-2.5m-clt-as-per-layer`).
+
+Layout (circuit-tracer `CrossLayerTranscoder.to_safetensors` / `load_clt`), one folder:
+`config.yaml` (`model_kind: cross_layer_transcoder`, `feature_input_hook`, default
+`hook_resid_mid`, `feature_output_hook`, default `hook_mlp_out`, `model_name`), and per layer
+`l` of `n_layers`: `W_enc_{l}.safetensors` with `W_enc_{l} [d_transcoder, d_model]`,
+`b_enc_{l} [d_transcoder]`, `b_dec_{l} [d_model]` (the bias added to the output of layer `l`)
+and optionally `threshold_{l} [d_transcoder]`; `W_dec_{l}.safetensors` with
+`W_dec_{l} [d_transcoder, n_layers - l, d_model]`, whose `[:, j - l]` is `d_{l->j}`, the vector
+feature `i` of layer `l` writes into the MLP output of layer `j >= l`.
+
+Features of layer `l`: `pre = x @ W_enc_l.T + b_enc_l` on the MLP block input of layer `l`;
+JumpReLU `pre * (pre > threshold)` (circuit-tracer's, no ReLU) when thresholds are stored,
+else ReLU. A CLT writes into every later MLP output; loaded per layer, as sae_lens's registry
+lists it, a dictionary here keeps only `d_{l->l}` (the decoder of its own layer; the others are
+never read from disk) and `b_dec_l`, and its name says so: `clt-own-layer-{width}`.
+(sae_lens's `mntss_clt_layer_transcoder` loader sums `d_{l->j}` over `j` instead, for
+activations only; a sum of vectors written at different layers is no vector of one layer.)
+"""
+
+import dataclasses
+import re
+from pathlib import Path
+
+from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name, width_label
+
+from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, resolve
+from .readers import TensorStore, check_values, read_safetensors, read_safetensors_slice, read_yaml
+
+FORMAT = "clt"
+OPTIONS = COMMON_OPTIONS
+CONFIG_FILE = "config.yaml"
+MODEL_KIND = "cross_layer_transcoder"
+FILE_PATTERN = re.compile(r"^W_enc_(\d+)\.safetensors$")
+NAME_PREFIX = "clt-own-layer"
+
+
+def is_clt_dir(path: Path) -> bool:
+    return path.is_dir() and any(FILE_PATTERN.match(p.name) for p in path.iterdir())
+
+
+def layer_files(path: Path) -> list[Path]:
+    """The per-layer encoder files of a CLT folder, by layer."""
+    files = [p for p in path.iterdir() if FILE_PATTERN.match(p.name)]
+    return sorted(files, key=lambda p: int(FILE_PATTERN.match(p.name).group(1)))
+
+
+def _hook(template: str, layer: int) -> str:
+    name = template.replace("{layer}", str(layer))
+    return name if name.startswith("blocks.") else f"blocks.{layer}.{name}"
+
+
+def _encoder_file(path: Path, opts: Options) -> Path:
+    if path.is_file():
+        return path
+    if opts.layer is None:
+        raise DictionaryError(f"{path}: a cross-layer transcoder has one encoder per layer; pass "
+                              "layer=... (or use load_dictionaries for every layer)")
+    file = path / f"W_enc_{opts.layer}.safetensors"
+    if not file.is_file():
+        raise DictionaryError(f"{path}: no {file.name} here")
+    return file
+
+
+def load(path: Path, opts: Options) -> Dictionary:
+    """Read layer `l` of a CLT: its `W_enc_{l}.safetensors` file, or the folder with `layer=`."""
+    path = _encoder_file(path, opts)
+    file_layer = int(FILE_PATTERN.match(path.name).group(1))
+    cfg_path = path.parent / CONFIG_FILE
+    cfg = read_yaml(cfg_path) if cfg_path.is_file() else {}
+    if cfg.get("model_kind", MODEL_KIND) != MODEL_KIND:
+        raise DictionaryError(f"{cfg_path}: model_kind {cfg['model_kind']!r}, but W_enc_*.safetensors "
+                              f"files are a {MODEL_KIND}")
+    hook_in = _hook(cfg.get("feature_input_hook", "hook_resid_mid"), file_layer)
+    hook_out = _hook(cfg.get("feature_output_hook", "hook_mlp_out"), file_layer)
+    origin = str(path)
+    claims = [Claim(file_layer, None, f"the file name {path.name!r}"),
+              Claim(*parse_hook_name(hook_in), f"feature_input_hook {hook_in!r}")]
+    layer, site_in = resolve(claims, layer=opts.layer, site=opts.site, origin=origin)
+    _, site_out = resolve([Claim(*parse_hook_name(hook_out), f"feature_output_hook {hook_out!r}")],
+                          layer=layer, site=None, origin=origin)
+
+    store = TensorStore(read_safetensors(path), origin)
+    b_enc, b_dec = store.take(f"b_enc_{layer}"), store.take(f"b_dec_{layer}")
+    d_sae, d_model = b_enc.shape[0], b_dec.shape[0]
+    arrays = {
+        "W_enc": expect_shape(store.take(f"W_enc_{layer}"), (d_sae, d_model), origin=origin,
+                              key=f"W_enc_{layer}", axes="[d_transcoder, d_model]").T,
+        "b_enc": b_enc, "b_dec": b_dec,
+    }
+    activation = "relu"
+    if store.has(f"threshold_{layer}"):
+        activation = "jumprelu"
+        arrays["threshold"] = expect_shape(store.take(f"threshold_{layer}"), (d_sae,), origin=origin,
+                                           key=f"threshold_{layer}", axes="[d_transcoder]")
+    store.finish()
+    arrays["W_dec"] = own_decoder(path.with_name(f"W_dec_{layer}.safetensors"), layer, d_sae, d_model, opts)
+    info = DictionaryInfo(format=FORMAT, source=origin, architecture="clt_own_layer",
+                          model_name=cfg.get("model_name"), hook_name=hook_in, hook_name_out=hook_out)
+    if opts.name is None:
+        opts = dataclasses.replace(opts, name=f"{NAME_PREFIX}-{width_label(d_sae)}")
+    return build(opts, arrays=arrays, layer=layer, site_in=site_in, site_out=site_out,
+                 kind="transcoder", activation=activation, info=info, rectify=False)
+
+
+def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options):
+    """`d_{l->l}`, `[d_transcoder, d_model]`, read alone from `W_dec_{l}`; the number of layers
+    it writes to must reach the model's last layer."""
+    key = f"W_dec_{layer}"
+    part, shape = read_safetensors_slice(path, key, (slice(None), slice(0, 1), slice(None)))
+    n_written = shape[1]
+    if shape[0] != d_sae or shape[2] != d_model:
+        raise DictionaryError(f"{path}: key {key!r} has shape {tuple(shape)}, expected "
+                              f"[d_transcoder, n_layers - {layer}, d_model] = ({d_sae}, ., {d_model})")
+    if opts.model is not None and layer + n_written != opts.model.n_layers:
+        raise DictionaryError(f"{path}: {key!r} writes to {n_written} layers from layer {layer}, so the "
+                              f"transcoder spans {layer + n_written} layers, but the model has "
+                              f"{opts.model.n_layers}")
+    decoder = part[:, 0]
+    check_values(decoder, str(path), key)
+    return decoder

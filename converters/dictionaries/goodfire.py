@@ -1,0 +1,23 @@
+"""Goodfire's SAEs for Llama-3.x Instruct (`Goodfire/Llama-3.1-8B-Instruct-SAE-l19`,
+`Goodfire/Llama-3.3-70B-Instruct-SAE-l50`): one `.pth` / `.pt` state dict of Goodfire's
+`SparseAutoEncoder`, whose modules are `encoder_linear` and `decoder_linear` (see
+`linear_pair` for the layout and the forward pass; sae_lens's `goodfire` loader reads it the
+same way). The SAE reads the output of decoder layer L (`model.layers.L`, `resid_post`).
+"""
+
+from pathlib import Path
+
+from qlens_jax.dictionaries import Dictionary
+
+from . import linear_pair
+from .assemble import COMMON_OPTIONS, Options
+
+FORMAT = "goodfire"
+OPTIONS = COMMON_OPTIONS
+ENCODER, DECODER = "encoder_linear", "decoder_linear"
+KEYS = linear_pair.keys(ENCODER, DECODER)
+
+
+def load(path: Path, opts: Options) -> Dictionary:
+    """Read a Goodfire SAE file."""
+    return linear_pair.load(path, opts, format=FORMAT, encoder=ENCODER, decoder=DECODER)

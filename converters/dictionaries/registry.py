@@ -1,0 +1,172 @@
+"""Registry release ids: `(release, sae_id)` from sae_lens's `pretrained_saes.yaml` -> a Dictionary.
+
+`load_dictionary("gemma-scope-2b-pt-res-canonical", model, sae_id="layer_12/width_16k/canonical")`,
+or the one string `"RELEASE:SAE_ID"` (what `--dictionary` takes). sae_lens's registry
+(`sae_lens.loading.pretrained_saes_directory`) gives the Hugging Face repository, the path
+inside it, the loader (`conversion_func`), config overrides, the Neuronpedia id and, for some
+releases, an input scale (`norm_scaling_factor`).
+
+Two routes, both offline-capable through the Hugging Face cache (`HF_HUB_OFFLINE=1`):
+- `NATIVE`: loaders whose files a converter of this package reads (Gemma Scope 1 and 2, Llama
+  Scope, Qwen-Scope, sparsify, circuit-tracer transcoders and CLTs, dictionary_learning,
+  Goodfire, DeepSeek-R1-distill, Kissane et al. `hook_z`): the files are fetched and converted
+  natively (the owners' formulas, no header requests over HTTP, a CLT's own-layer decoder).
+- every other loader (sae_lens's own folders, `llama_scope_r1_distill`, and any loader a newer
+  sae_lens adds): sae_lens's loader function reads the files and its config and state dict
+  are converted as a sae_lens SAE is (`saelens.from_parts`), with the registry's overrides
+  and input scale applied as sae_lens's `from_pretrained` applies them.
+"""
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+from qlens_jax.dictionaries import Dictionary, DictionaryError
+
+from . import hub, saelens
+from .assemble import Options
+from .readers import torch_to_numpy
+
+SEPARATOR = ":"
+# sae_lens loader -> fetched and converted natively (these releases have no config_overrides).
+NATIVE = frozenset({
+    "gemma_2", "gemma_2_transcoder", "gemma_3", "llama_scope", "qwen_scope", "sparsify",
+    "mwhanna_transcoder", "mntss_clt_layer_transcoder", "dictionary_learning_1", "goodfire",
+    "deepseek_r1", "connor_rob_hook_z",
+})
+INSTALL = "pip install sae-lens"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One dictionary of the registry."""
+
+    release: str
+    sae_id: str
+    repo_id: str
+    path: str
+    conversion_func: str | None
+    neuronpedia_id: str | None
+    norm_scaling_factor: float | None
+    config_overrides: dict | None
+    model: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.release}{SEPARATOR}{self.sae_id}"
+
+
+def parse(source: Any) -> tuple[str, str] | None:
+    """`"RELEASE:SAE_ID"` -> (release, sae_id); None for anything else (a local path that
+    exists, a Hub id `org/repo/...`, a URL)."""
+    if not isinstance(source, str) or SEPARATOR not in source or "://" in source:
+        return None
+    release, sae_id = source.split(SEPARATOR, 1)
+    if not release or not sae_id or "/" in release or "\\" in release or Path(source).expanduser().exists():
+        return None
+    return release, sae_id
+
+
+def _directory() -> dict:
+    try:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    except ImportError:
+        raise DictionaryError(
+            f"registry release ids need sae_lens to resolve them: `{INSTALL}`, or pass the "
+            "dictionary's local folder or file instead") from None
+    return get_pretrained_saes_directory()
+
+
+def _close(name: str, known, what: str) -> str:
+    matches = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f"; close {what}: {', '.join(matches)}" if matches else ""
+
+
+def lookup(release: str, sae_id: str) -> Entry:
+    """The registry entry of `(release, sae_id)`; an error naming an unknown one (with close
+    matches). Reads only sae_lens's registry file."""
+    directory = _directory()
+    if release not in directory:
+        raise DictionaryError(f"unknown sae_lens release {release!r} (sae_lens registry: "
+                              f"{len(directory)} releases){_close(release, directory, 'releases')}")
+    info = directory[release]
+    if sae_id not in info.saes_map:
+        raise DictionaryError(f"release {release!r} has no SAE id {sae_id!r} ({len(info.saes_map)} "
+                              f"ids){_close(sae_id, info.saes_map, 'ids')}")
+    return Entry(
+        release=release, sae_id=sae_id, repo_id=info.repo_id, path=str(info.saes_map[sae_id]),
+        conversion_func=info.conversion_func, neuronpedia_id=info.neuronpedia_id.get(sae_id),
+        norm_scaling_factor=info.norm_scaling_factor.get(sae_id),
+        config_overrides=info.config_overrides, model=info.model,
+    )
+
+
+def _where(entry: Entry) -> str:
+    return f"{entry.id} ({entry.repo_id}, {entry.path})"
+
+
+def _not_found(entry: Entry, err: Exception) -> DictionaryError:
+    """One line: what failed and which local path to pass instead."""
+    from huggingface_hub import constants
+
+    first_line = (str(err).strip().splitlines() or [""])[0][:200]
+    offline = " with HF_HUB_OFFLINE set" if constants.is_offline_mode() else ""
+    return DictionaryError(
+        f"{_where(entry)}: not in the Hugging Face cache and not downloadable{offline} "
+        f"({type(err).__name__}: {first_line}); download it on a connected machine "
+        f"(`hf download {entry.repo_id} --include '{entry.path}*' --local-dir DIR`) and pass "
+        f"the local path DIR/{entry.path}")
+
+
+def load(entry: Entry, opts: Options, *, load_local, revision=None, cache_dir=None) -> Dictionary:
+    """The dictionary of `entry`; `load_local(path, **options)` is `api.load_dictionary`."""
+    if entry.conversion_func in NATIVE:
+        d = _load_native(entry, opts, load_local, revision, cache_dir)
+    else:
+        d = _load_through_sae_lens(entry, opts)
+    info = dataclasses.replace(d.info, source=entry.id,
+                               neuronpedia_id=d.info.neuronpedia_id or entry.neuronpedia_id,
+                               model_name=d.info.model_name or entry.model)
+    return dataclasses.replace(d, info=info)
+
+
+def _load_native(entry: Entry, opts: Options, load_local, revision, cache_dir) -> Dictionary:
+    if entry.config_overrides:
+        raise DictionaryError(f"{_where(entry)}: the registry overrides {sorted(entry.config_overrides)} "
+                              f"of a {entry.conversion_func} dictionary; not supported")
+    layer = int(entry.path) if entry.path.isdigit() else None  # a CLT's layer
+    inside = None if layer is not None else entry.path
+    try:
+        local = hub.fetch(entry.repo_id, inside, revision=revision, cache_dir=cache_dir, layer=layer)
+    except DictionaryError as err:
+        raise _not_found(entry, err) from None
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
+               if f.name in opts.given()}
+    if layer is not None:
+        options["layer"] = layer
+    return load_local(local, opts.model, **options)
+
+
+def _load_through_sae_lens(entry: Entry, opts: Options) -> Dictionary:
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
+    from sae_lens.loading.pretrained_saes_directory import get_config_overrides
+
+    name = entry.conversion_func or "sae_lens"
+    if name not in NAMED_PRETRAINED_SAE_LOADERS:
+        raise DictionaryError(f"{_where(entry)}: this sae_lens has no loader {name!r}")
+    try:
+        cfg, state, log_sparsity = NAMED_PRETRAINED_SAE_LOADERS[name](
+            entry.repo_id, entry.path, device="cpu", force_download=False,
+            cfg_overrides=get_config_overrides(entry.release, entry.sae_id))
+    except Exception as err:  # offline, not in the cache, gated, ... (huggingface_hub, OSError)
+        raise _not_found(entry, err) from None
+    tensors = {key: torch_to_numpy(value) for key, value in state.items()}
+    normalized = saelens.normalize_config(cfg, entry.id)
+    if (normalized.get("normalize_activations") == "expected_average_only_in"
+            and opts.norm_scaling_factor is None and entry.norm_scaling_factor is not None):
+        opts = dataclasses.replace(opts, norm_scaling_factor=float(entry.norm_scaling_factor))
+    return saelens.from_parts(
+        cfg, tensors, opts, source=entry.id, cfg_origin=f"{entry.id} config ({name} loader)",
+        weights_origin=f"{entry.id} weights ({name} loader)",
+        log_sparsity=None if log_sparsity is None else torch_to_numpy(log_sparsity))
