@@ -36,13 +36,13 @@ def is_circuit_tracer_dir(path: Path) -> bool:
         FILE_PATTERN.match(p.name) for p in path.iterdir())
 
 
-def layer_files(path: Path) -> list[Path]:
-    """The per-layer files of a transcoder-set folder, by layer."""
-    files = [p for p in path.iterdir() if FILE_PATTERN.match(p.name)]
-    return sorted(files, key=lambda p: int(FILE_PATTERN.match(p.name).group(1)))
+def layer_files(path: Path, pattern: re.Pattern = FILE_PATTERN) -> list[Path]:
+    """The per-layer files of a folder (`pattern` captures the layer), by layer."""
+    files = [p for p in path.iterdir() if pattern.match(p.name)]
+    return sorted(files, key=lambda p: int(pattern.match(p.name).group(1)))
 
 
-def _hook(template: str, layer: int) -> str:
+def hook_name(template: str, layer: int) -> str:
     name = template.replace("{layer}", str(layer))
     return name if name.startswith("blocks.") else f"blocks.{layer}.{name}"
 
@@ -70,12 +70,12 @@ def load(path: Path, opts: Options) -> Dictionary:
     file_layer = int(m.group(1)) if m else opts.layer
     hook_in = hook_out = None
     if "feature_input_hook" in cfg and file_layer is not None:
-        hook_in = _hook(cfg["feature_input_hook"], file_layer)
+        hook_in = hook_name(cfg["feature_input_hook"], file_layer)
         claims.append(Claim(*parse_hook_name(hook_in), f"{CONFIG_FILE} feature_input_hook {hook_in!r}"))
     layer, site_in = resolve(claims, layer=opts.layer, site=opts.site, origin=origin)
     out_claims = [Claim(layer, None, "the input layer")]
     if "feature_output_hook" in cfg:
-        hook_out = _hook(cfg["feature_output_hook"], layer)
+        hook_out = hook_name(cfg["feature_output_hook"], layer)
         out_claims.append(Claim(*parse_hook_name(hook_out),
                                 f"{CONFIG_FILE} feature_output_hook {hook_out!r}"))
     _, site_out = resolve(out_claims, layer=None, site=None if hook_out else "mlp_out", origin=origin)

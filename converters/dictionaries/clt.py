@@ -25,6 +25,7 @@ from pathlib import Path
 
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name, width_label
 
+from . import circuit_tracer
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, resolve
 from .readers import TensorStore, check_values, read_safetensors, read_safetensors_slice, read_yaml
 
@@ -42,13 +43,7 @@ def is_clt_dir(path: Path) -> bool:
 
 def layer_files(path: Path) -> list[Path]:
     """The per-layer encoder files of a CLT folder, by layer."""
-    files = [p for p in path.iterdir() if FILE_PATTERN.match(p.name)]
-    return sorted(files, key=lambda p: int(FILE_PATTERN.match(p.name).group(1)))
-
-
-def _hook(template: str, layer: int) -> str:
-    name = template.replace("{layer}", str(layer))
-    return name if name.startswith("blocks.") else f"blocks.{layer}.{name}"
+    return circuit_tracer.layer_files(path, FILE_PATTERN)
 
 
 def _encoder_file(path: Path, opts: Options) -> Path:
@@ -72,8 +67,8 @@ def load(path: Path, opts: Options) -> Dictionary:
     if cfg.get("model_kind", MODEL_KIND) != MODEL_KIND:
         raise DictionaryError(f"{cfg_path}: model_kind {cfg['model_kind']!r}, but W_enc_*.safetensors "
                               f"files are a {MODEL_KIND}")
-    hook_in = _hook(cfg.get("feature_input_hook", "hook_resid_mid"), file_layer)
-    hook_out = _hook(cfg.get("feature_output_hook", "hook_mlp_out"), file_layer)
+    hook_in = circuit_tracer.hook_name(cfg.get("feature_input_hook", "hook_resid_mid"), file_layer)
+    hook_out = circuit_tracer.hook_name(cfg.get("feature_output_hook", "hook_mlp_out"), file_layer)
     origin = str(path)
     claims = [Claim(file_layer, None, f"the file name {path.name!r}"),
               Claim(*parse_hook_name(hook_in), f"feature_input_hook {hook_in!r}")]

@@ -26,8 +26,8 @@ def configure(parser: argparse.ArgumentParser):
     parser.epilog = SIGNATURES_EPILOG
     io = parser.add_argument_group("inputs and output")
     add_model_arguments(io, "model: a local Hugging Face model folder (config.json + weights) or a Hub id",
-                        "an SAE or transcoder (any format the converters read: folder, file or Hub id); repeat for several; "
-                        "a folder holding one dictionary per layer adds all of them")
+                        "an SAE or transcoder (any format the converters read: folder, file or Hub id, or a sae_lens "
+                        "registry id RELEASE:SAE_ID); repeat for several; a folder holding one dictionary per layer adds all of them")
     io.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an existing run there is continued)")
     add_sample_arguments(parser.add_argument_group("token sample"))
     what = parser.add_argument_group("what to compute")

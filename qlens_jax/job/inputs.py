@@ -117,7 +117,7 @@ def check_sources(model: ModelSource, dictionaries: DictionarySources) -> None:
     if model.tokenizer:
         check_source("--tokenizer", model.tokenizer)
     for source in dictionaries.sources:
-        check_source("--dictionary", source)
+        check_dictionary_source(source)
 
 
 def check_job(job: SignaturesJob, writes_output: bool = True) -> None:
@@ -186,6 +186,22 @@ def check_source(option: str, source: str) -> None:
         return
     if path.is_absolute() or source.startswith((".", "~")) or not looks_like_hub_id(source):
         raise InputError(f"{option} {source}: no such file or directory (and not a Hugging Face Hub id org/name)")
+
+
+def check_dictionary_source(source: str) -> None:
+    """A registry id `RELEASE:SAE_ID` must name a dictionary of sae_lens's registry (which
+    must be installed); anything else is checked as a path or Hub id."""
+    from converters.dictionaries import registry
+    from qlens_jax.dictionaries import DictionaryError
+
+    parsed = registry.parse(source)
+    if parsed is None:
+        check_source("--dictionary", source)
+        return
+    try:
+        registry.lookup(*parsed)
+    except DictionaryError as err:
+        raise InputError(f"--dictionary {source}: {err}") from None
 
 
 def bos_token_id(given: int | None, tokenizer, model_dir: Path) -> int | None:
