@@ -4,14 +4,15 @@ the cache's own layout (`models--org--name/refs/main` + `snapshots/<commit>/...`
 `SAE.from_pretrained(release, sae_id)` reading the same cache."""
 
 import json
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from dictionary_helpers import D_IN, TinyModelConfig, assert_close, assert_sparse_but_active, inputs
+from safetensors.numpy import save_file
 from test_clt import write_clt
+from test_format_parity import write_gemma_scope_2
 from test_torch_formats import dl_forward, write_dictionary_learning
 
 from converters import load_dictionaries, load_dictionary
@@ -24,6 +25,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 GEMMA = ("gemma-scope-2b-pt-res-canonical", "layer_2/width_16k/canonical")
 SAEBENCH = ("sae_bench_pythia70m_sweep_topk_ctx128_0730", "blocks.3.hook_resid_post__trainer_0")
 CLT = ("mntss-gemma-2-2b-2.5m-clt-as-per-layer", "layer_1")
+GEMMA_3 = ("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium")
+MISTRAL = ("mistral-7b-res-wg", "blocks.8.hook_resid_pre")  # a sae_lens folder; the registry overrides its normalization
 
 
 @pytest.fixture
@@ -50,17 +53,21 @@ def entry_path(release: str, sae_id: str) -> str:
     return registry.lookup(release, sae_id).path
 
 
-def test_gemma_scope_release(hub_cache, sae_lens):
+def jumprelu_params(d_sae: int, seed: int) -> dict:
+    """Gemma Scope keys, `d_sae` wide; decoder rows small so that outputs stay of order 1."""
+    g = np.random.default_rng(seed)
+    return {"W_enc": (g.normal(size=(D_IN, d_sae)) * 0.3).astype(np.float32),
+            "W_dec": (g.normal(size=(d_sae, D_IN)) * 0.02).astype(np.float32),
+            "b_enc": (g.normal(size=d_sae) * 0.5).astype(np.float32),
+            "b_dec": (g.normal(size=D_IN) * 0.5).astype(np.float32),
+            "threshold": (g.uniform(size=d_sae) * 0.8).astype(np.float32)}
+
+
+def test_gemma_scope_release(hub_cache):
     model = TinyModelConfig(model_type="gemma2")
     folder = hub_cache("google/gemma-scope-2b-pt-res") / entry_path(*GEMMA)
     folder.mkdir(parents=True)
-    g = np.random.default_rng(0)
-    d_sae = 16384  # the width the release names (16k)
-    p = {"W_enc": (g.normal(size=(D_IN, d_sae)) * 0.3).astype(np.float32),
-         "W_dec": (g.normal(size=(d_sae, D_IN)) * 0.02).astype(np.float32),  # outputs of order 1
-         "b_enc": (g.normal(size=d_sae) * 0.5).astype(np.float32),
-         "b_dec": (g.normal(size=D_IN) * 0.5).astype(np.float32),
-         "threshold": (g.uniform(size=d_sae) * 0.8).astype(np.float32)}
+    p = jumprelu_params(16384, seed=0)  # the width the release names (16k)
     np.savez(folder / "params.npz", **p)
     d = load_dictionary(GEMMA[0], model, sae_id=GEMMA[1])
     assert (d.layer, d.site_in, d.name) == (2, "resid_post", "resid-post-16k")
@@ -109,6 +116,45 @@ def test_clt_release_per_layer(hub_cache):
     assert_close(d.encode(x), pre * (pre > threshold))
 
 
+def test_gemma_scope_2_release(hub_cache):
+    model = TinyModelConfig(model_type="gemma3_text", n_layers=18)
+    folder = hub_cache("google/gemma-scope-2-270m-pt") / entry_path(*GEMMA_3)
+    write_gemma_scope_2(folder, kind="sae", hook_in="model.layers.12.output")
+    p = jumprelu_params(16384, seed=7)  # the width the id names
+    save_file({("w_enc" if k == "W_enc" else "w_dec" if k == "W_dec" else k): v for k, v in p.items()},
+              folder / "params.safetensors")
+    d = load_dictionary(":".join(GEMMA_3), model)
+    assert (d.info.format, d.layer, d.site_in, d.info.neuronpedia_id) == (
+        "gemma_scope_2", 12, "resid_post", "gemma-3-270m/12-gemmascope-2-res-16k")
+    x = inputs(seed=4)
+    pre = x @ p["W_enc"] + p["b_enc"]
+    acts = np.maximum(pre, 0) * (pre > p["threshold"])
+    assert_close(d.reconstruct(x), acts.astype(np.float64) @ p["W_dec"] + p["b_dec"])
+
+
+def test_sae_lens_release_with_config_overrides(hub_cache, sae_lens):
+    model = TinyModelConfig(model_type="mistral", n_layers=10)
+    folder = hub_cache("JoshEngels/Mistral-7B-Residual-Stream-SAEs") / entry_path(*MISTRAL)
+    folder.mkdir(parents=True)
+    g = np.random.default_rng(6)
+    w = {"W_enc": g.normal(size=(D_IN, 48)) * 0.3, "W_dec": g.normal(size=(48, D_IN)) * 0.3,
+         "b_enc": g.normal(size=48) * 0.5, "b_dec": g.normal(size=D_IN) * 0.5}
+    save_file({k: v.astype(np.float32) for k, v in w.items()}, str(folder / "sae_weights.safetensors"))
+    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": 48, "dtype": "float32", "apply_b_dec_to_input": True,
+           "normalize_activations": "none",
+           "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.8.hook_resid_pre"}}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    d = load_dictionary(":".join(MISTRAL), model)
+    assert (d.info.format, d.layer, d.site_in, d.input_norm) == ("saelens", 8, "resid_pre", "constant_norm_rescale")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sae = sae_lens.SAE.from_pretrained(*MISTRAL, device="cpu")
+    x = inputs(seed=5)
+    with torch.no_grad():
+        assert_close(d.encode(x), sae.encode(torch.from_numpy(x)).numpy())
+        assert_close(d.reconstruct(x), sae(torch.from_numpy(x)).numpy())
+
+
 def one_line(err) -> str:
     text = str(err.value)
     assert "\n" not in text
@@ -132,13 +178,13 @@ def test_registry_bad_input(hub_cache, model, monkeypatch):
     monkeypatch.setattr(registry, "NATIVE", frozenset())  # the sae_lens-loader route says the same
     with pytest.raises(DictionaryError, match="not in the Hugging Face cache.*pass the local path"):
         load_dictionary(*SAEBENCH[:1], model, sae_id=SAEBENCH[1])
-    monkeypatch.setitem(sys.modules, "sae_lens.loading.pretrained_saes_directory", None)
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name, *a: None)  # sae_lens not installed
     with pytest.raises(DictionaryError) as err:
         load_dictionary(":".join(GEMMA), model)
     assert "pip install sae-lens" in one_line(err) and "local folder or file" in one_line(err)
 
 
-def test_cli_checks_registry_ids_first(tmp_path, sae_lens):
+def test_cli_checks_registry_ids_first(tmp_path):
     check_dictionary_source(":".join(GEMMA))  # known: accepted without reading any file
     for bad, fragment in ((f"{GEMMA[0]}:layer_99/width_16k/canonical", "has no SAE id 'layer_99"),
                           ("no-such-release:layer_1", "unknown sae_lens release 'no-such-release'")):
@@ -153,6 +199,20 @@ def test_cli_checks_registry_ids_first(tmp_path, sae_lens):
     code = main(["signatures", "--model", str(tmp_path / "model"), "--dictionary", "no-such-release:layer_1",
                  "--corpus", str(corpus), "--out", str(out)])
     assert code == 2 and not out.exists()
+
+
+def test_lookup_reads_the_registry_as_sae_lens_does(sae_lens):
+    from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    for release, sae_id in (GEMMA, SAEBENCH, CLT, GEMMA_3, MISTRAL, ("llama_scope_lxr_8x", "l3r_8x")):
+        entry, theirs = registry.lookup(release, sae_id), directory[release]
+        assert (entry.repo_id, entry.path, entry.conversion_func, entry.model) == (
+            theirs.repo_id, theirs.saes_map[sae_id], theirs.conversion_func, theirs.model)
+        assert entry.neuronpedia_id == theirs.neuronpedia_id[sae_id]
+        assert entry.norm_scaling_factor == theirs.norm_scaling_factor.get(sae_id)
+        assert (entry.config_overrides or {}) == {k: v for k, v in get_config_overrides(release, sae_id).items()
+                                                  if k != "neuronpedia_id"}
 
 
 def test_registry_id_parsing(tmp_path):
