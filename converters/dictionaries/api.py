@@ -192,7 +192,12 @@ def load_dictionary(source: Any, model=None, *, path: str | None = None, format:
         if not isinstance(registry_id[0], str) or path is not None or format is not None:
             raise DictionaryError(f"{source!r}: a registry release id takes a string release and "
                                   "sae_id=..., and neither path= nor format=")
-        entry = registry.lookup(*registry_id)
+        try:
+            entry = registry.lookup(*registry_id)
+        except DictionaryError as err:
+            if sae_id is None:  # one string: it may have been meant as a local path
+                raise DictionaryError(f"{err} (and no local path {source!r} exists)") from None
+            raise
         return registry.load(entry, opts, load_local=load_dictionary, revision=revision, cache_dir=cache_dir)
     if saelens.is_sae_object(source):
         fmt, local = saelens.FORMAT, None

@@ -169,6 +169,7 @@ def test_registry_bad_input(hub_cache, model, monkeypatch):
     with pytest.raises(DictionaryError) as err:
         load_dictionary(":".join((GEMMA[0], "layer_2/width_16k/canonicl")), model)
     assert "has no SAE id 'layer_2/width_16k/canonicl'" in one_line(err)
+    assert "no local path 'gemma-scope-2b-pt-res-canonical:layer_2/width_16k/canonicl' exists" in one_line(err)
     assert "layer_2/width_16k/canonical" in one_line(err)
     with pytest.raises(DictionaryError) as err:  # known, but not in the (empty) cache
         load_dictionary(*GEMMA[:1], model, sae_id=GEMMA[1])
