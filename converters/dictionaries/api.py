@@ -156,7 +156,8 @@ def _local(source: str | Path, path: str | None, opts: Options, revision, cache_
         return local / path if path else local
     if isinstance(source, str) and (hub.looks_like_hub_id(source) or path is not None):
         return hub.fetch(source, path, revision=revision, cache_dir=cache_dir, layer=opts.layer)
-    raise DictionaryError(f"{source}: no such file or directory (and not a Hub id 'org/repo/...')")
+    hint = registry.release_hint(source) if isinstance(source, str) else ""
+    raise DictionaryError(f"{source}: no such file or directory (and not a Hub id 'org/repo/...'){hint}")
 
 
 def _options(model, options: dict[str, Any]) -> Options:

@@ -39,6 +39,7 @@ NATIVE = frozenset({
     "deepseek_r1", "connor_rob_hook_z",
 })
 INSTALL = "pip install sae-lens"
+UNSUPPORTED_LOADERS = {"temporal": saelens.UNSUPPORTED["temporal"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,12 +115,29 @@ def lookup(release: str, sae_id: str) -> Entry:
         raise DictionaryError(f"release {release!r} has no SAE id {sae_id!r} ({len(saes)} "
                               f"ids){_close(sae_id, saes, 'ids')}")
     sae = saes[sae_id]
+    if info.get("conversion_func") in UNSUPPORTED_LOADERS:
+        raise DictionaryError(f"{release}{SEPARATOR}{sae_id}: {info['conversion_func']} dictionaries are "
+                              f"not supported: {UNSUPPORTED_LOADERS[info['conversion_func']]}")
     return Entry(
         release=release, sae_id=sae_id, repo_id=info["repo_id"], path=str(sae["path"]),
         conversion_func=info.get("conversion_func"), neuronpedia_id=sae.get("neuronpedia"),
         norm_scaling_factor=sae.get("norm_scaling_factor"), config_overrides=info.get("config_overrides"),
         model=info.get("model"),
     )
+
+
+def release_hint(name: str) -> str:
+    """For a bare release name given as a source: how to name one of its dictionaries
+    (empty when `name` is no release, or sae_lens is not installed)."""
+    try:
+        directory = _parse(_registry_file())
+    except DictionaryError:
+        return ""
+    saes = (directory.get(name) or {}).get("saes") or []
+    if not saes:
+        return ""
+    return (f"; {name!r} is a sae_lens registry release of {len(saes)} dictionaries: name one as "
+            f"'{name}{SEPARATOR}SAE_ID', e.g. '{name}{SEPARATOR}{saes[0]['id']}'")
 
 
 def _where(entry: Entry) -> str:

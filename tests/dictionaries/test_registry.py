@@ -176,6 +176,11 @@ def test_registry_bad_input(hub_cache, model, monkeypatch):
     text = one_line(err)
     assert "not in the Hugging Face cache" in text and "HF_HUB_OFFLINE" in text
     assert f"hf download google/gemma-scope-2b-pt-res --include '{entry_path(*GEMMA)}*'" in text
+    with pytest.raises(DictionaryError) as err:  # a bare release: which id to add
+        load_dictionaries(CLT[0], model)
+    assert f"name one as '{CLT[0]}:SAE_ID', e.g. '{CLT[0]}:layer_0'" in one_line(err)
+    with pytest.raises(DictionaryError, match="temporal dictionaries are not supported: its codes attend"):
+        load_dictionary("temporal-sae-gemma-2-2b:blocks.12.hook_resid_post", model)
     monkeypatch.setattr(registry, "NATIVE", frozenset())  # the sae_lens-loader route says the same
     with pytest.raises(DictionaryError, match="not in the Hugging Face cache.*pass the local path"):
         load_dictionary(*SAEBENCH[:1], model, sae_id=SAEBENCH[1])
