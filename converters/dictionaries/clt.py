@@ -23,6 +23,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
+
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name, width_label
 
 from . import circuit_tracer
@@ -99,7 +101,7 @@ def load(path: Path, opts: Options) -> Dictionary:
                  kind="transcoder", activation=activation, info=info, rectify=False)
 
 
-def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options):
+def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options) -> np.ndarray:
     """`d_{l->l}`, `[d_transcoder, d_model]`, read alone from `W_dec_{l}`; the number of layers
     it writes to must reach the model's last layer."""
     key = f"W_dec_{layer}"

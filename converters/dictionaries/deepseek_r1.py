@@ -5,19 +5,15 @@ which is sae_lens's `deepseek_r1` loader's: ReLU, nothing subtracted from the in
 the output of decoder layer L (`resid_post`); the weights are stored in bfloat16.
 """
 
-from pathlib import Path
-
-from qlens_jax.dictionaries import Dictionary
+import functools
 
 from . import linear_pair
-from .assemble import COMMON_OPTIONS, Options
+from .assemble import COMMON_OPTIONS
 
 FORMAT = "deepseek_r1"
 OPTIONS = COMMON_OPTIONS
 ENCODER, DECODER = "encoder", "decoder"
 KEYS = linear_pair.keys(ENCODER, DECODER)
 
-
-def load(path: Path, opts: Options) -> Dictionary:
-    """Read the DeepSeek-R1-distill SAE file."""
-    return linear_pair.load(path, opts, format=FORMAT, encoder=ENCODER, decoder=DECODER)
+# load(path, opts) -> Dictionary
+load = functools.partial(linear_pair.load, format=FORMAT, encoder=ENCODER, decoder=DECODER)

@@ -5,19 +5,15 @@
 same way). The SAE reads the output of decoder layer L (`model.layers.L`, `resid_post`).
 """
 
-from pathlib import Path
-
-from qlens_jax.dictionaries import Dictionary
+import functools
 
 from . import linear_pair
-from .assemble import COMMON_OPTIONS, Options
+from .assemble import COMMON_OPTIONS
 
 FORMAT = "goodfire"
 OPTIONS = COMMON_OPTIONS
 ENCODER, DECODER = "encoder_linear", "decoder_linear"
 KEYS = linear_pair.keys(ENCODER, DECODER)
 
-
-def load(path: Path, opts: Options) -> Dictionary:
-    """Read a Goodfire SAE file."""
-    return linear_pair.load(path, opts, format=FORMAT, encoder=ENCODER, decoder=DECODER)
+# load(path, opts) -> Dictionary
+load = functools.partial(linear_pair.load, format=FORMAT, encoder=ENCODER, decoder=DECODER)
