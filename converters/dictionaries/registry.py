@@ -67,7 +67,8 @@ def parse(source: Any) -> tuple[str, str] | None:
     if not isinstance(source, str) or SEPARATOR not in source or "://" in source:
         return None
     release, sae_id = source.split(SEPARATOR, 1)
-    if not release or not sae_id or "/" in release or "\\" in release or Path(source).expanduser().exists():
+    if (not release or not sae_id or "/" in release or "\\" in release or sae_id.startswith(("/", "\\"))
+            or Path(source).expanduser().exists()):  # a path, or a Windows drive `C:\\...`
         return None
     return release, sae_id
 

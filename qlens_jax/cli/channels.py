@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser):
     parser.epilog = EPILOG
     io = parser.add_argument_group("inputs and output")
     add_model_arguments(io, "model: a local Hugging Face model folder or a Hub id",
-                        "an SAE or transcoder (folder, file or Hub id); repeat for several; a folder holding one per layer adds all")
+                        "an SAE or transcoder (folder, file, Hub id or sae_lens registry id RELEASE:SAE_ID); repeat for "
+                        "several; a folder holding one per layer adds all")
     add_layers_argument(io, "only dictionaries at these layers, e.g. 0-5 (default: all)")
     io.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must be new or empty)")
     add_sample_arguments(parser.add_argument_group("token sample (as in qlens signatures)"), seed=False)

@@ -224,7 +224,7 @@ def test_lookup_reads_the_registry_as_sae_lens_does(sae_lens):
 def test_registry_id_parsing(tmp_path):
     assert registry.parse("gemma-scope-2b-pt-res-canonical:layer_0/width_16k/canonical") == (
         "gemma-scope-2b-pt-res-canonical", "layer_0/width_16k/canonical")
-    for not_an_id in ("google/gemma-scope-2b-pt-res/layer_0", "hf://org/repo:x", "./local:dir", ":x", "x:"):
+    for not_an_id in ("google/gemma-scope-2b-pt-res/layer_0", "hf://org/repo:x", "./local:dir", ":x", "x:", "C:\\saes\\sae", "D:/saes"):
         assert registry.parse(not_an_id) is None
     local = tmp_path / "odd:name"
     local.mkdir()
