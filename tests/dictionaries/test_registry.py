@@ -229,4 +229,3 @@ def test_registry_id_parsing(tmp_path):
     local = tmp_path / "odd:name"
     local.mkdir()
     assert registry.parse(str(local)) is None
-    assert json.loads(json.dumps(registry.SEPARATOR)) == ":"
