@@ -30,7 +30,7 @@ from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Transformer
 from qlens_jax.numerics import matmul_precision
 from qlens_jax.progress import progress
-from qlens_jax.readout import ReadoutContext, centered_embeddings, feature_chunk_for
+from qlens_jax.readout import ReadoutContext, centered_embeddings, check_finite_scores, feature_chunk_for
 
 
 def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
@@ -151,6 +151,8 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                     )
                     result = context.read_first_order(side, term_vectors, None)
                 extra = {"layer_indices": np.asarray([request.dictionary.layer, *blocks])}
+            check_finite_scores(result, request.features, lens=lens, side=side, dictionary=request.dictionary.name,
+                                layer=request.dictionary.layer)
             signatures.append(
                 SignatureTable(
                     lens=lens,
