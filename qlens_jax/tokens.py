@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from qlens_jax.errors import InputError
 
 
@@ -27,7 +29,7 @@ def _shown(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else f"{text[:limit]}...")
 
 
-def token_id_of(spec: str | int, tokenizer, vocab: Sequence[str], option: str = "token") -> int:
+def token_id_of(spec: str | int, tokenizer, vocab: Sequence[str] | np.ndarray, option: str = "token") -> int:
     """The one token id that `spec` names: `id:N` (ASCII decimal digits), an int id, or text
     that `tokenizer` makes exactly one token of (`vocab` holds each id's display string, for
     showing a split). Anything else is a `TokenSpecError` naming `option` and the input."""

@@ -24,11 +24,16 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, 
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, orient, resolve
 from .readers import TensorStore, read_safetensors, read_yaml
+from .schema import Field, check_config
 
 FORMAT = "circuit_tracer"
 OPTIONS = COMMON_OPTIONS
 CONFIG_FILE = "config.yaml"
 FILE_PATTERN = re.compile(r"^layer_(\d+)\.safetensors$")
+SCHEMA = (
+    Field("model_kind", "str"), Field("feature_input_hook", "str"), Field("feature_output_hook", "str"),
+    Field("activation", "str"), Field("k", "int", minimum=1), Field("model_name", "str"),
+)
 
 
 def is_circuit_tracer_dir(path: Path) -> bool:
@@ -60,8 +65,8 @@ def load(path: Path, opts: Options) -> Dictionary:
                                   f"{CONFIG_FILE} may list it as an hf:// URI)")
         path = file
     origin = str(path)
-    cfg = read_yaml(path.parent / CONFIG_FILE) if (path.parent / CONFIG_FILE).is_file() else {}
     cfg_origin = str(path.parent / CONFIG_FILE)
+    cfg = check_config(read_yaml(path.parent / CONFIG_FILE), SCHEMA, cfg_origin) if (path.parent / CONFIG_FILE).is_file() else {}
     if cfg.get("model_kind", "transcoder_set") != "transcoder_set":
         raise DictionaryError(f"{cfg_origin}: model_kind {cfg['model_kind']!r} is not supported "
                               "(only per-layer transcoder sets)")
