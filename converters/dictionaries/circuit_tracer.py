@@ -18,8 +18,6 @@ orientation is decided from `b_enc`/`b_dec` sizes and a square encoder is refuse
 import re
 from pathlib import Path
 
-import numpy as np
-
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, orient, resolve
@@ -113,8 +111,10 @@ def load(path: Path, opts: Options) -> Dictionary:
         activation = "relu"
     elif declared == "topk":
         activation = "topk"
-        stored_k = store.take("k") if store.has("k") else None
-        k = cfg.get("k", None if stored_k is None else int(np.asarray(stored_k).item()))
+        stored_k = store.take("k").reshape(-1) if store.has("k") else None
+        if stored_k is not None and (stored_k.size != 1 or float(stored_k[0]) != int(stored_k[0])):
+            raise DictionaryError(f"{origin}: key 'k' must hold one integer, got {stored_k.tolist()[:4]}")
+        k = cfg.get("k", None if stored_k is None else int(stored_k[0]))
         if not isinstance(k, int):
             raise DictionaryError(f"{cfg_origin}: activation 'topk' needs an integer k, got {k!r}")
     else:

@@ -68,9 +68,10 @@ def _as_kind(value: Any, kind: str) -> tuple[bool, Any]:
     return False, value
 
 
-def check_config(config: dict, fields: Sequence[Field], origin: str) -> dict:
+def check_config(config: dict, fields: Sequence[Field], origin: str, what: str = "config key") -> dict:
     """`config` with each field of `fields` checked (`DictionaryError` naming `origin` and the
-    field otherwise) and integral floats of integer fields made ints; other keys as they are.
+    field, called `what`, otherwise) and integral floats of integer fields made ints; other keys
+    as they are.
     A field of a nested mapping (one level deep) is checked only where that mapping is one
     (list the mapping's own field first)."""
     checked = {key: (dict(value) if isinstance(value, dict) else value) for key, value in config.items()}
@@ -84,13 +85,13 @@ def check_config(config: dict, fields: Sequence[Field], origin: str) -> dict:
         value = holder.get(key)
         if value is None:
             if field.required:
-                raise DictionaryError(f"{origin}: missing config key {field.name!r}")
+                raise DictionaryError(f"{origin}: missing {what} {field.name!r}")
             continue
         ok, value = _as_kind(value, field.kind)
         if not ok:
             expected = " or ".join(_EXPECTED[k] for k in field.kind.split("|"))
-            raise DictionaryError(f"{origin}: config key {field.name!r} must be {expected}, got {_describe(value)}")
+            raise DictionaryError(f"{origin}: {what} {field.name!r} must be {expected}, got {_describe(value)}")
         if field.minimum is not None and value < field.minimum:
-            raise DictionaryError(f"{origin}: config key {field.name!r} must be at least {field.minimum:g}, got {value}")
+            raise DictionaryError(f"{origin}: {what} {field.name!r} must be at least {field.minimum:g}, got {value}")
         holder[key] = value
     return checked

@@ -257,19 +257,21 @@ def test_the_qlens_script_and_python_m_run_the_cli():
     assert done.returncode == 0 and "usage: qlens" in done.stdout and "evaluate" in done.stdout
 
 
-def test_a_non_finite_score_stops_the_run_naming_the_feature(world, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("lens,extra", [("logit_lens_value", []), ("query_lens_value", ["--path", "dense"])])
+def test_a_non_finite_score_stops_the_run_naming_the_feature(lens, extra, world, tmp_path, capsys, monkeypatch):
     """Past the weight-scale check (switched off here), the readout's own guard: NaN scores of
-    feature 5 stop the run with exit code 2 before its shard is written."""
+    feature 5 stop the run with exit code 2 before its shard is written (on the dense path
+    before the self-check, which would call the NaN a disagreement, exit code 1)."""
     import qlens_jax.lens.scales
 
     monkeypatch.setattr(qlens_jax.lens.scales, "check_weight_scales", lambda *args, **kwargs: None)
     out = tmp_path / "out"
     args = drop(base_args(world, out), "--dictionary") + ["--dictionary", str(_huge_dictionary(world, tmp_path)),
-                                                          "--lenses", "logit_lens_value"]
+                                                          "--lenses", lens, *extra]
     assert main(args) == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "Traceback" not in message
-    for fragment in ("logit_lens_value of dictionary 'resid-post-40' (layer 0), feature 5", "non-finite score", "W_dec row"):
+    for fragment in (f"{lens} of dictionary 'resid-post-40' (layer 0), feature 5", "non-finite score", "W_dec row"):
         assert fragment in message, (fragment, message)
     assert not (out / "signatures.parquet").exists() and not list(out.glob("shards/*"))
     assert json.loads((out / "run.json").read_text())["status"] == "running"  # not marked complete

@@ -201,6 +201,33 @@ def test_every_format_checks_its_config_types(tmp_path, model, write):
         load_dictionary(source, model, **({"layer": 0, "site": "resid_post"} if write is _openai else {}))
 
 
+def test_caller_options_are_typed(tmp_path, model):
+    saelens_dir(tmp_path)
+    with pytest.raises(DictionaryError, match="load_dictionary: option 'layer' must be an integer, got str '2'"):
+        load_dictionary(tmp_path, model, layer="2")
+    with pytest.raises(DictionaryError, match="option 'norm_scaling_factor' must be a finite number, got float nan"):
+        load_dictionary(tmp_path, model, norm_scaling_factor=float("nan"))
+    torch.save({"W_enc": torch.zeros(64, D_IN), "W_dec": torch.zeros(D_IN, 64), "b_enc": torch.zeros(64),
+                "b_dec": torch.zeros(D_IN)}, tmp_path / "layer2.sae.pt")
+    with pytest.raises(DictionaryError, match="option 'k' must be an integer, got float 2.5"):
+        load_dictionary(tmp_path / "layer2.sae.pt", model, k=2.5)
+
+
+def test_circuit_tracer_stored_k_must_be_one_integer(tmp_path, model):
+    folder = tmp_path / "set"
+    write_transcoder_set(folder, n_layers=1)
+    (folder / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
+                                        "feature_output_hook: mlp.hook_out\nactivation: topk\n")
+    from safetensors.numpy import load_file
+
+    weights = load_file(folder / "layer_0.safetensors")
+    save_file({**weights, "k": np.asarray([2.5], np.float32)}, folder / "layer_0.safetensors")
+    with pytest.raises(DictionaryError, match=r"layer_0\.safetensors: key 'k' must hold one integer, got \[2\.5\]"):
+        load_dictionary(folder / "layer_0.safetensors", model)
+    save_file({**weights, "k": np.asarray([3], np.int64)}, folder / "layer_0.safetensors")
+    assert load_dictionary(folder / "layer_0.safetensors", model).k == 3
+
+
 # ---- architectures and options ------------------------------------------------------------
 @pytest.mark.parametrize("arch,match", [
     ("temporal", "not supported: its codes attend"), ("matching_pursuit", "iterative pursuit"),
