@@ -24,7 +24,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 def _dtype(dtype: Any):
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+            raise ConversionError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
         return DTYPES[dtype]
     return dtype
 

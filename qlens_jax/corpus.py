@@ -212,10 +212,11 @@ def tokenize_corpus(
         _check_ids(ids, vocab_size, f"--corpus {path}")
         ids = ids[:max_tokens] if max_tokens else ids
         return TokenizedCorpus(str(path), fmt, ids.astype(np.int32), np.asarray([0, ids.size]))
-    pieces, lengths, total = [], [], 0
+    pieces, lengths, total, has_text = [], [], 0, False
     check_encoding(encoding)
     docs = progress(documents(path, fmt, text_field, split, encoding), desc="sample: tokenize", quiet=quiet, unit="doc")
     for batch in _batches(iter(docs), _BATCH):
+        has_text = has_text or any(doc and not doc.isspace() for doc in batch)
         for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
             ids = np.asarray(encoding.ids, np.int32)
             if max_tokens:
@@ -227,6 +228,9 @@ def tokenize_corpus(
                 break
         if max_tokens and total >= max_tokens:
             break
+    if not has_text:
+        raise CorpusError(f"--corpus {path}: holds no text, only empty or whitespace lines (a sample of it would repeat "
+                          "one whitespace token); give a corpus with text")
     ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
     starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]) if lengths else np.zeros(1, np.int64)
     return TokenizedCorpus(str(path), fmt, ids, starts.astype(np.int64))

@@ -17,3 +17,8 @@ class InputError(QlensError, ValueError):
 
 class SelfCheckError(QlensError, RuntimeError):
     """The dense path disagrees with the per-feature path: the numbers cannot be trusted."""
+
+
+class NonFiniteScoreError(InputError):
+    """A readout gave a NaN or infinite score: its inputs overflow float32. The message names
+    the dictionary, the feature and the lens."""

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from qlens_jax.errors import InputError
 from qlens_jax.models import Transformer
 
 AXES = ("data", "feature")
@@ -83,7 +84,7 @@ def make_mesh(shape: tuple[int, int] | None = None, devices=None) -> Mesh:
     if shape is None:
         shape = (len(devices), 1)
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, {len(devices)} available")
+        raise InputError(f"mesh shape {shape} needs {math.prod(shape)} devices, {len(devices)} available")
     return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 

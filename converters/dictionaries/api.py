@@ -19,6 +19,7 @@ from . import (
 )
 from .assemble import Options
 from .readers import torch_keys
+from .schema import Field, check_config
 
 CONVERTERS = {
     saelens.FORMAT: saelens,
@@ -160,11 +161,19 @@ def _local(source: str | Path, path: str | None, opts: Options, revision, cache_
     raise DictionaryError(f"{source}: no such file or directory (and not a Hub id 'org/repo/...'){hint}")
 
 
+# The caller's options with a type (`dtype` is any dtype-like; `None` means not given).
+OPTION_FIELDS = (
+    Field("layer", "int", minimum=0), Field("site", "str"), Field("name", "str"), Field("k", "int", minimum=1),
+    Field("norm_scaling_factor", "float"), Field("fold_norm_scaling_factor", "bool"),
+)
+
+
 def _options(model, options: dict[str, Any]) -> Options:
     known = {f.name for f in dataclasses.fields(Options)} - {"model"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+    options = check_config(options, OPTION_FIELDS, "load_dictionary", what="option")
     return Options(**options, model=model_facts(model) if model is not None else None)
 
 

@@ -18,17 +18,20 @@ orientation is decided from `b_enc`/`b_dec` sizes and a square encoder is refuse
 import re
 from pathlib import Path
 
-import numpy as np
-
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, orient, resolve
 from .readers import TensorStore, read_safetensors, read_yaml
+from .schema import Field, check_config
 
 FORMAT = "circuit_tracer"
 OPTIONS = COMMON_OPTIONS
 CONFIG_FILE = "config.yaml"
 FILE_PATTERN = re.compile(r"^layer_(\d+)\.safetensors$")
+SCHEMA = (
+    Field("model_kind", "str"), Field("feature_input_hook", "str"), Field("feature_output_hook", "str"),
+    Field("activation", "str"), Field("k", "int", minimum=1), Field("model_name", "str"),
+)
 
 
 def is_circuit_tracer_dir(path: Path) -> bool:
@@ -60,8 +63,8 @@ def load(path: Path, opts: Options) -> Dictionary:
                                   f"{CONFIG_FILE} may list it as an hf:// URI)")
         path = file
     origin = str(path)
-    cfg = read_yaml(path.parent / CONFIG_FILE) if (path.parent / CONFIG_FILE).is_file() else {}
     cfg_origin = str(path.parent / CONFIG_FILE)
+    cfg = check_config(read_yaml(path.parent / CONFIG_FILE), SCHEMA, cfg_origin) if (path.parent / CONFIG_FILE).is_file() else {}
     if cfg.get("model_kind", "transcoder_set") != "transcoder_set":
         raise DictionaryError(f"{cfg_origin}: model_kind {cfg['model_kind']!r} is not supported "
                               "(only per-layer transcoder sets)")
@@ -108,8 +111,10 @@ def load(path: Path, opts: Options) -> Dictionary:
         activation = "relu"
     elif declared == "topk":
         activation = "topk"
-        stored_k = store.take("k") if store.has("k") else None
-        k = cfg.get("k", None if stored_k is None else int(np.asarray(stored_k).item()))
+        stored_k = store.take("k").reshape(-1) if store.has("k") else None
+        if stored_k is not None and (stored_k.size != 1 or float(stored_k[0]) != int(stored_k[0])):
+            raise DictionaryError(f"{origin}: key 'k' must hold one integer, got {stored_k.tolist()[:4]}")
+        k = cfg.get("k", None if stored_k is None else int(stored_k[0]))
         if not isinstance(k, int):
             raise DictionaryError(f"{cfg_origin}: activation 'topk' needs an integer k, got {k!r}")
     else:

@@ -24,11 +24,17 @@ from .assemble import (
     COMMON_OPTIONS, Claim, Options, build, check_width_label, expect_shape, require, resolve,
 )
 from .readers import TensorStore, read_json, read_safetensors
+from .schema import Field, check_config
 
 FORMAT = "gemma_scope_2"
 OPTIONS = COMMON_OPTIONS
 CONFIG_FILE, PARAMS_FILE = "config.json", "params.safetensors"
 _MODEL_TYPE = "gemma3_text"  # hook names are Gemma 3 module paths whatever model is passed
+SCHEMA = (
+    Field("architecture", "str"), Field("type", "str", True), Field("hf_hook_point_in", "str", True),
+    Field("hf_hook_point_out", "str"), Field("affine_connection", "bool"), Field("width", "str|int"),
+    Field("l0", "str|float"), Field("model_name", "str"),
+)
 
 
 def is_gemma_scope_2_dir(path: Path) -> bool:
@@ -38,7 +44,7 @@ def is_gemma_scope_2_dir(path: Path) -> bool:
 def load(path: Path, opts: Options) -> Dictionary:
     """Read a Gemma Scope 2 folder (`config.json` + `params.safetensors`)."""
     cfg_origin, origin = str(path / CONFIG_FILE), str(path / PARAMS_FILE)
-    cfg = read_json(path / CONFIG_FILE)
+    cfg = check_config(read_json(path / CONFIG_FILE), SCHEMA, cfg_origin)
     if cfg.get("architecture") != "jump_relu":
         raise DictionaryError(f"{cfg_origin}: architecture {cfg.get('architecture')!r} is not "
                               "'jump_relu', the only one Gemma Scope 2 publishes")

@@ -40,12 +40,21 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, 
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, require, resolve
 from .readers import TensorStore, read_json, read_safetensors
+from .schema import Field, check_config
 
 FORMAT = "llama_scope"
 OPTIONS = COMMON_OPTIONS | {"fold_norm_scaling_factor"}
 CONFIG_FILE, WEIGHTS_FILE = "hyperparams.json", "checkpoints/final.safetensors"
 _FOLDER = re.compile(r"(?:^|-)L(\d+)(TC|R|A|M)(?:-|$)")
 _FOLDER_SITES = {"R": "resid_post", "A": "attn_out", "M": "mlp_out"}
+SCHEMA = (
+    Field("d_model", "int", True, 1), Field("d_sae", "int", True, 1), Field("hook_point_in", "str", True),
+    Field("hook_point_out", "str"), Field("act_fn", "str"), Field("jump_relu_threshold", "float", True),
+    Field("norm_activation", "str"), Field("dataset_average_activation_norm", "dict"),
+    Field("dataset_average_activation_norm.in", "float"), Field("dataset_average_activation_norm.out", "float"),
+    Field("sparsity_include_decoder_norm", "bool"), Field("apply_decoder_bias_to_pre_encoder", "bool"),
+    Field("use_glu_encoder", "bool"), Field("use_decoder_bias", "bool"),
+)
 # Options lm_saes applies at inference that this converter does not reproduce.
 _REFUSED_IF_TRUE = {
     "apply_decoder_bias_to_pre_encoder": "subtracts the decoder bias from the scaled input",
@@ -101,7 +110,7 @@ def load(path: Path, opts: Options) -> Dictionary:
     """Read a Llama Scope folder (`hyperparams.json` + `checkpoints/final.safetensors`)."""
     path = folder_of(path)
     cfg_origin, origin = str(path / CONFIG_FILE), str(path / WEIGHTS_FILE)
-    cfg = read_json(path / CONFIG_FILE)
+    cfg = check_config(read_json(path / CONFIG_FILE), SCHEMA, cfg_origin)
     if cfg.get("act_fn") != "jumprelu":
         raise DictionaryError(f"{cfg_origin}: act_fn {cfg.get('act_fn')!r} is not supported "
                               "(Llama Scope publishes 'jumprelu')")

@@ -23,11 +23,17 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, check_width_label, expect_shape, resolve
 from .readers import TensorStore, read_torch
+from .schema import Field, check_config
 
 FORMAT = "openai"
 OPTIONS = COMMON_OPTIONS
 _LOCATIONS = {"resid_post_mlp": "resid_post", "resid_post_attn": "resid_mid",
               "resid_delta_attn": "attn_out", "resid_delta_mlp": "mlp_out"}
+# The checkpoint's non-tensor entries.
+SCHEMA = (
+    Field("activation", "str"), Field("activation_state_dict", "dict"),
+    Field("activation_state_dict.k", "int", minimum=1), Field("activation_state_dict.postact_fn", "str"),
+)
 _TRAINING_STATS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")
 
 
@@ -35,8 +41,9 @@ def load(path: Path, opts: Options) -> Dictionary:
     """Read an OpenAI `sparse_autoencoder` state dict (`{layer}.pt`)."""
     origin = str(path)
     raw = read_torch(path)
-    activation_name = raw.pop("activation", "ReLU")
-    activation_state = raw.pop("activation_state_dict", {}) or {}
+    settings = check_config({key: raw.pop(key, None) for key in ("activation", "activation_state_dict")}, SCHEMA, origin)
+    activation_name = settings["activation"] or "ReLU"
+    activation_state = settings["activation_state_dict"] or {}
     store = TensorStore(raw, origin)
     pre_bias, latent_bias = store.take("pre_bias"), store.take("latent_bias")
     d, n_latents = pre_bias.shape[0], latent_bias.shape[0]

@@ -23,6 +23,7 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, 
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, require, resolve
 from .readers import TensorStore, read_json, read_safetensors, torch_to_numpy
+from .schema import Field, check_config
 
 FORMAT = "saelens"
 OPTIONS = COMMON_OPTIONS | {"norm_scaling_factor", "fold_norm_scaling_factor"}
@@ -46,6 +47,20 @@ UNSUPPORTED = {
     "temporal": "its codes attend over earlier tokens (a per-sequence encoder, not W_enc x + b)",
     "matching_pursuit": "its encoder is an iterative pursuit over W_dec (no encoder matrix)",
 }
+_HOOKS = ("hook_name", "hf_hook_name", "hook_name_out", "hf_hook_name_out", "model_name", "neuronpedia_id")
+# The fields this converter reads, in both config generations (pre-6.0 names at the top level).
+SCHEMA = (
+    Field("architecture", "str"), Field("d_in", "int", True, 1), Field("d_sae", "int", True, 1),
+    Field("d_out", "int", minimum=1), Field("k", "int", minimum=1), Field("apply_b_dec_to_input", "bool"),
+    Field("rescale_acts_by_decoder_norm", "bool"), Field("normalize_activations", "str|bool"),
+    Field("reshape_activations", "str"), Field("hook_layer", "int", minimum=0), Field("hook_point_layer", "int", minimum=0),
+    Field("hook_point", "str"), Field("hook_head_index", "int"), Field("hook_point_head_index", "int"),
+    Field("activation_fn", "str"), Field("activation_fn_str", "str"), Field("activation_fn_kwargs", "dict"),
+    Field("activation_fn_kwargs.k", "int", minimum=1), Field("sae_lens_version", "str|float"),
+    *(Field(key, "str") for key in _HOOKS),
+    Field("metadata", "dict"), Field("metadata.sae_lens_version", "str|float"), Field("metadata.hook_head_index", "int"),
+    *(Field(f"metadata.{key}", "str") for key in _HOOKS),
+)
 # Metadata keys of pre-6.0 flat configs (sae_lens LLM_METADATA_KEYS).
 _METADATA_KEYS = {
     "model_name", "hook_name", "model_class_name", "hook_head_index",
@@ -176,7 +191,7 @@ def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str,
 def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, source: str,
                cfg_origin: str, weights_origin: str, log_sparsity=None) -> Dictionary:
     """Build a Dictionary from a sae_lens config dict and its state dict."""
-    cfg = normalize_config(cfg, cfg_origin)
+    cfg = normalize_config(check_config(cfg, SCHEMA, cfg_origin), cfg_origin)
     meta = cfg["metadata"]
     arch = require(cfg, "architecture", cfg_origin)
     if arch in UNSUPPORTED:

@@ -25,12 +25,18 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, 
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, require, resolve
 from .readers import TensorStore, read_json, read_safetensors
+from .schema import Field, check_config
 
 FORMAT = "sparsify"
 OPTIONS = COMMON_OPTIONS
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae.safetensors"
 # Training-only switches that do not change inference, and ones that do but are unsupported.
 _UNSUPPORTED_IF_SET = ("embed_skip", "gram_lookup", "signed")
+SCHEMA = (
+    Field("d_in", "int", True, 1), Field("num_latents", "int", minimum=0), Field("expansion_factor", "int", minimum=1),
+    Field("k", "int", True, 1), Field("activation", "str"), Field("transcode", "bool"), Field("skip_connection", "bool"),
+    Field("normalize_decoder", "bool"), Field("multi_topk", "bool"),
+)
 _HOOKPOINT = re.compile(r"^(?:model\.|gpt_neox\.|transformer\.)*(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn))?$")
 
 
@@ -64,7 +70,7 @@ def _site(path: Path, transcode: bool, model_type: str | None) -> str:
 def load(path: Path, opts: Options) -> Dictionary:
     """Read a sparsify hookpoint folder (`cfg.json` + `sae.safetensors`)."""
     cfg_origin, origin = str(path / CFG_FILE), str(path / WEIGHTS_FILE)
-    cfg = read_json(path / CFG_FILE)
+    cfg = check_config(read_json(path / CFG_FILE), SCHEMA, cfg_origin)
     for key in _UNSUPPORTED_IF_SET:
         if cfg.get(key):
             raise DictionaryError(f"{cfg_origin}: {key}={cfg[key]!r} is not supported")

@@ -34,7 +34,9 @@ from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
-from qlens_jax.readout import Layout, ReadoutContext, feature_chunk_for, identity_scores, read_topk, unembedding_score_fn
+from qlens_jax.readout import (
+    Layout, ReadoutContext, check_finite_scores, feature_chunk_for, identity_scores, read_topk, unembedding_score_fn,
+)
 
 BASELINE_LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens")
 TUNED_LENSES = ("tuned_lens", "tuned_lens_linear")
@@ -72,6 +74,12 @@ def _validate(model, dictionaries, lenses, k, translators):
                 raise LensRequestError(f"dictionary {d.name!r} (layer {d.layer}) writes at {point_name(point, c.n_layers)}, where the "
                                        f"tuned lens has no translator. {TUNED_LENS_HINT}")
     return items
+
+
+def _table(lens: str, dictionary, ids: np.ndarray, result: dict) -> SignatureTable:
+    """A baseline's `SignatureTable`, once no score of it is NaN or infinite (`NonFiniteScoreError`)."""
+    check_finite_scores(result, ids, lens=lens, side="value", dictionary=dictionary.name, layer=dictionary.layer)
+    return SignatureTable(lens=lens, dictionary=dictionary.name, layer=dictionary.layer, feature_ids=ids, **result)
 
 
 @applies_precision
@@ -138,13 +146,13 @@ def baseline_signatures(
             layout = Layout(model.config.vocab_size)
             for j, lens in enumerate(secants):
                 result = read_topk(score_fn, diffs[j * len(ids):(j + 1) * len(ids)], k, readout_chunk, layout)
-                tables[(lens, index)] = SignatureTable(lens=lens, dictionary=dictionary.name, layer=dictionary.layer, feature_ids=ids, **result)
+                tables[(lens, index)] = _table(lens, dictionary, ids, result)
         for lens in (lens for lens in lenses if lens in TUNED_LENSES):
             point = write_point(dictionary, model.config.n_layers)
             values = jnp.asarray(dictionary.value_vectors())[jnp.asarray(ids)].astype(jnp.float32)
             vectors = translators.translate(values, point, bias=lens == "tuned_lens")
             context = ReadoutContext(model=model, key_matrix=model.W_E, remove_final_norm_bias=remove_final_norm_bias, k=k, feature_chunk=readout_chunk)
             result = context.read("value", vectors)
-            tables[(lens, index)] = SignatureTable(lens=lens, dictionary=dictionary.name, layer=dictionary.layer, feature_ids=ids, **result)
+            tables[(lens, index)] = _table(lens, dictionary, ids, result)
     # Same order as query_lens: lens-major, dictionaries in order.
     return Signatures(tables[(lens, i)] for lens in lenses for i in range(len(items)) if (lens, i) in tables)

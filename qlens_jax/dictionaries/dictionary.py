@@ -26,6 +26,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import activations as act
 from .checks import check_dictionary
+from .errors import DictionaryError
 from .normalization import Stats, denormalize, input_stats, normalize
 
 
@@ -166,7 +167,7 @@ class Dictionary(eqx.Module):
         if self.input_norm == "scale" or (self.denormalize_output and self.input_norm != "none"):
             if x is None:
                 if self.input_norm != "scale":
-                    raise ValueError(
+                    raise DictionaryError(
                         f"dictionary {self.name!r} normalizes its input per token "
                         f"({self.input_norm}); pass the input x to decode(acts, x) to undo it"
                     )

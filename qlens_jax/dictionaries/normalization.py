@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .errors import DictionaryError
+
 INPUT_NORMS = ("none", "scale", "constant_norm_rescale", "layer_norm")
 LAYER_NORM_EPS = 1e-5
 
@@ -36,7 +38,7 @@ def input_stats(
         return 0.0 * ones, ones, ones
     if kind == "scale":
         if scale is None:
-            raise ValueError("normalization 'scale' needs a scale")
+            raise DictionaryError("normalization 'scale' needs a scale")
         s = jnp.asarray(scale, jnp.float32)
         return 0.0 * ones, s * ones, ones / s
     if kind == "constant_norm_rescale":
@@ -46,7 +48,7 @@ def input_stats(
         mu = jnp.mean(xf, axis=-1, keepdims=True)
         std = jnp.std(xf - mu, axis=-1, keepdims=True, ddof=1)
         return mu, 1.0 / (std + LAYER_NORM_EPS), std
-    raise ValueError(f"unknown input normalization {kind!r}; expected one of {INPUT_NORMS}")
+    raise DictionaryError(f"unknown input normalization {kind!r}; expected one of {INPUT_NORMS}")
 
 
 def normalize(x: Float[Array, "*batch d"], stats: Stats) -> Float[Array, "*batch d"]:
@@ -69,5 +71,5 @@ def estimate_input_scale(acts: Float[ArrayLike, "n d"]) -> float:
     """
     a = np.asarray(acts, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"expected activations shaped [n_tokens, d], got {a.shape}")
+        raise DictionaryError(f"expected activations shaped [n_tokens, d], got {a.shape}")
     return float(np.sqrt(a.shape[-1]) / np.linalg.norm(a, axis=-1).mean())

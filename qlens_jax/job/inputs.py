@@ -23,6 +23,8 @@ from qlens_jax.lens.options import DTYPES, PATHS, PRECISIONS
 from qlens_jax.lens.signatures import LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 
+MAX_ID = 2**31 - 1  # larger than any dictionary's feature count or model's layer count
+MAX_LISTED = 2**26  # ids one --features / --layers list may expand to (512 MiB as int64)
 _RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
 
@@ -43,17 +45,26 @@ class Inputs:
 
 
 def parse_ranges(text: str, option: str) -> np.ndarray:
-    """`"0-3,7"` -> `[0, 1, 2, 3, 7]` (sorted, unique)."""
+    """`"0-3,7"` -> `[0, 1, 2, 3, 7]` (sorted, unique). Ids above `MAX_ID` and lists longer
+    than `MAX_LISTED` are refused before anything is allocated."""
+    shown = text if len(text) <= 40 else f"{text[:37]}..."
     if not _RANGES.match(text):
-        raise InputError(f"{option} {text!r}: expected integers and ranges like 0-99,250 (or a file)")
-    ids = []
+        raise InputError(f"{option} {shown!r}: expected integers and ranges like 0-99,250 (or a file)")
+    bounds = []
     for part in text.split(","):
-        lo, _, hi = part.partition("-")
+        lo, _, hi = (p.strip() for p in part.partition("-"))
+        for number in (lo, hi):
+            if len(number) > len(str(MAX_ID)) or (number and int(number) > MAX_ID):
+                raise InputError(f"{option} {shown!r}: {number[:20]}{'...' if len(number) > 20 else ''} is larger than "
+                                 f"any feature id or layer (at most {MAX_ID})")
         lo, hi = int(lo), int(hi or lo)
         if hi < lo:
-            raise InputError(f"{option} {text!r}: range {part.strip()} runs backwards")
-        ids.extend(range(lo, hi + 1))
-    return np.unique(np.asarray(ids, np.int64))
+            raise InputError(f"{option} {shown!r}: range {part.strip()} runs backwards")
+        bounds.append((lo, hi))
+    listed = sum(hi - lo + 1 for lo, hi in bounds)
+    if listed > MAX_LISTED:
+        raise InputError(f"{option} {shown!r}: lists {listed} ids, more than {MAX_LISTED}; use 'all' for every feature")
+    return np.unique(np.concatenate([np.arange(lo, hi + 1, dtype=np.int64) for lo, hi in bounds]))
 
 
 def parse_lenses(text: str) -> tuple[str, ...]:
@@ -77,7 +88,7 @@ def _feature_file(path: Path):
             ids = np.asarray(json.loads(path.read_text()))
         else:
             ids = np.asarray(path.read_text().replace(",", " ").split(), np.int64)
-    except (ValueError, OSError) as err:
+    except (ValueError, OverflowError, OSError) as err:
         raise InputError(f"--features {path}: cannot read feature ids ({err})") from None
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise InputError(f"--features {path}: expected a flat list of integer feature ids")

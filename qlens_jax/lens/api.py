@@ -11,6 +11,7 @@ against the per-feature path. `query_lens` is the one-call front doing all three
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Transformer
 from qlens_jax.numerics import matmul_precision
 from qlens_jax.progress import progress
-from qlens_jax.readout import ReadoutContext, centered_embeddings, feature_chunk_for
+from qlens_jax.readout import ReadoutContext, centered_embeddings, check_finite_scores, feature_chunk_for
 
 
 def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
@@ -119,6 +120,8 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             if len(request.features) == 0:
                 continue
             vectors = request.vectors(side)
+            # checked before a self-check, which would report a NaN as a disagreement of the two paths
+            finite = partial(_finite, lens=lens, side=side, request=request)
             point = request.points.write if side == "value" else request.points.read
             table_stats: dict[str, np.ndarray] = {}
             extra = {}
@@ -127,7 +130,7 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             elif lens.startswith("query_lens"):
                 if plan.path == "dense":
                     op = operators.operator(side, point, n_layers, plan.model.config)
-                    result = context.read(side, vectors, op=op)
+                    result = finite(context.read(side, vectors, op=op))
                     if execution.self_check:
                         self_check.check_query_lens(plan, request, side, vectors, point, op, lens)
                     if options.stats:
@@ -141,9 +144,9 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             else:
                 if plan.path == "dense":
                     blocks, terms = first_order_terms_dense(operators, request.points, side, n_layers, options.first_order_key_mask_seed)
+                    result = finite(context.read_first_order(side, vectors, terms))
                     if execution.self_check:
                         self_check.check_first_order(plan, request, side, vectors, terms, lens)
-                    result = context.read_first_order(side, vectors, terms)
                 else:
                     blocks, term_vectors = first_order_terms_per_feature(
                         plan.model, plan.tokens, plan.mask, plan.chunks, side, np.asarray(vectors), request.points,
@@ -151,6 +154,7 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                     )
                     result = context.read_first_order(side, term_vectors, None)
                 extra = {"layer_indices": np.asarray([request.dictionary.layer, *blocks])}
+            finite(result)
             signatures.append(
                 SignatureTable(
                     lens=lens,
@@ -163,6 +167,13 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                 )
             )
     return signatures
+
+
+def _finite(result: dict, *, lens: str, side: str, request) -> dict:
+    """`result` once `check_finite_scores` has found no NaN or infinite score in it."""
+    check_finite_scores(result, request.features, lens=lens, side=side, dictionary=request.dictionary.name,
+                        layer=request.dictionary.layer)
+    return result
 
 
 def _logit_lens_op(plan: LensPlan, point) -> Float[Array, "d q"] | None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from qlens_jax.lens import blockwise
+from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models.config import ModelConfig
 
 PATHS = ("auto", "dense", "per-feature")
@@ -19,7 +20,7 @@ def path(requested: str, n_features: int, d_model: int, have_operators: bool = F
     operators are given or when there are at least `d_model` features (the sweeps then cost
     no more than one pass per feature)."""
     if requested not in PATHS:
-        raise ValueError(f"path {requested!r} is not one of {', '.join(PATHS)}")
+        raise LensRequestError(f"path {requested!r} is not one of {', '.join(PATHS)}")
     if requested != "auto":
         return requested
     return "dense" if (have_operators or n_features >= d_model) else "per-feature"
@@ -30,7 +31,7 @@ def sweep_order(requested: str, config: ModelConfig, basis_per_device: int, sequ
     sweeps when at least one sequence's tangents fit the memory budget (`sequences_fitting`,
     from `blockwise.sequences_that_fit`) and explicit MLP Jacobians pay (`blockwise.worth_it`)."""
     if requested not in SWEEP_ORDERS:
-        raise ValueError(f"unknown sweep_order {requested!r}; choose from {SWEEP_ORDERS}")
+        raise LensRequestError(f"unknown sweep_order {requested!r}; choose from {SWEEP_ORDERS}")
     if requested != "auto":
         return requested
     return "blockwise" if sequences_fitting >= 1 and blockwise.worth_it(config, basis_per_device) else "basis"

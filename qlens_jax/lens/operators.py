@@ -44,6 +44,7 @@ from qlens_jax.lens import auto, blockwise, transport
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
 from qlens_jax.lens.points import Point
+from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Transformer
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.numerics import applies_precision
@@ -365,9 +366,9 @@ def transport_operators(
     sites = _check_sites(sites, model.config.n_layers)
     unknown = set(sweeps) - set(SWEEPS)
     if unknown:
-        raise ValueError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
+        raise LensRequestError(f"unknown sweep(s) {sorted(unknown)}; choose from {SWEEPS}")
     if sweep_order not in SWEEP_ORDERS:
-        raise ValueError(f"unknown sweep_order {sweep_order!r}; choose from {SWEEP_ORDERS}")
+        raise LensRequestError(f"unknown sweep_order {sweep_order!r}; choose from {SWEEP_ORDERS}")
     n_layers = model.config.n_layers
     value_from_point = _residual_bound("value_from_point", value_from_point, pts.value_points(n_layers)[0], n_layers)
     key_to_point = _residual_bound("key_to_point", key_to_point, pts.final_point(n_layers), n_layers)
@@ -375,7 +376,7 @@ def transport_operators(
     n_data, n_basis = sharding.axis_size(mesh, "batch"), sharding.axis_size(mesh, "basis")
     d = model.config.d_model
     if d % n_basis:
-        raise ValueError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
+        raise LensRequestError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
     plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, device=memory.planning_device(mesh))
     n_tokens = int(mask.sum())
     model = sharding.place_weights(model, mesh, shard_weights)
@@ -442,7 +443,7 @@ def _check_sites(sites, n_layers: int) -> tuple[Point, ...]:
     sites = tuple(sorted(set(sites)))
     for point in sites:
         if not isinstance(point, Point) or point.site not in pts.MODULE_OUTPUT_SITES or not 0 <= point.layer < n_layers:
-            raise ValueError(f"sites must be module outputs {pts.MODULE_OUTPUT_SITES} of blocks 0 .. {n_layers - 1}; got {point}")
+            raise LensRequestError(f"sites must be module outputs {pts.MODULE_OUTPUT_SITES} of blocks 0 .. {n_layers - 1}; got {point}")
     return sites
 
 
@@ -453,7 +454,7 @@ def _residual_bound(name: str, bound: Point | int | None, default: Point, n_laye
     residual = pts.value_points(n_layers)
     point = residual[bound] if isinstance(bound, (int, np.integer)) and 0 <= bound < len(residual) else bound
     if point not in residual:
-        raise ValueError(f"{name}={bound} is not a residual point of this model (rows 0 .. {len(residual) - 1})")
+        raise LensRequestError(f"{name}={bound} is not a residual point of this model (rows 0 .. {len(residual) - 1})")
     return point
 
 

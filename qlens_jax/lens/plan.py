@@ -192,6 +192,7 @@ def plan_request(
     Raises `LensRequestError` (or `DictionaryError`) naming the bad input; nothing is compiled.
     """
     from qlens_jax.dictionaries import validate_dictionary
+    from qlens_jax.lens.scales import check_weight_scales
     from qlens_jax.numerics import cast_model, check_precision
 
     lenses = tuple(lenses)
@@ -213,6 +214,7 @@ def plan_request(
         requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:
         raise LensRequestError("the request selects no features")
+    check_weight_scales(model, requests, lenses, options.dtype, options.precision)
     normalizing = [r for r in requests if r.points.read.site in MODULE_OUTPUT_SITES and getattr(r.dictionary, "input_norm", "none") not in ("none", "scale")]
     if options.exact_norm_jacobian and normalizing:
         raise LensRequestError(

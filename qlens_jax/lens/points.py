@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from qlens_jax.lens.validation import LensRequestError
+
 INPUT_NORMS_WITH_JACOBIAN = ("layer_norm", "constant_norm_rescale")
 # Sites of one block in forward order; `mlp_in` is computed from `resid_mid`.
 SITES = ("resid_pre", "z", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
@@ -54,9 +56,9 @@ class Point:
 
     def __post_init__(self):
         if self.site not in SITES:
-            raise ValueError(f"unknown site {self.site!r}; expected one of {SITES}")
+            raise LensRequestError(f"unknown site {self.site!r}; expected one of {SITES}")
         if self.norm is not None and self.norm not in INPUT_NORMS_WITH_JACOBIAN:
-            raise ValueError(f"unknown input norm {self.norm!r}; expected one of {INPUT_NORMS_WITH_JACOBIAN}")
+            raise LensRequestError(f"unknown input norm {self.norm!r}; expected one of {INPUT_NORMS_WITH_JACOBIAN}")
 
     def _key(self) -> tuple:
         return (self.layer, SITES.index(self.site), "" if self.norm is None else self.norm)
@@ -97,7 +99,7 @@ class Module:
 
     def __post_init__(self):
         if self.kind not in MODULE_KINDS:
-            raise ValueError(f"unknown module kind {self.kind!r}; expected one of {MODULE_KINDS}")
+            raise LensRequestError(f"unknown module kind {self.kind!r}; expected one of {MODULE_KINDS}")
 
     @property
     def reads(self) -> Point:
@@ -119,7 +121,7 @@ def residual_point(site: str, layer: int, n_layers: int) -> Point:
     """The point of site `site` at block `layer`, residual points under one name:
     `resid_post[b]` is `resid_pre[b + 1]` except for the final residual."""
     if not 0 <= layer < n_layers:
-        raise ValueError(f"layer {layer} is not a block of this model (0 .. {n_layers - 1})")
+        raise LensRequestError(f"layer {layer} is not a block of this model (0 .. {n_layers - 1})")
     if site == "resid_post" and layer < n_layers - 1:
         return Point("resid_pre", layer + 1)
     return Point(site, layer)
@@ -185,7 +187,7 @@ def row(point: Point, n_layers: int) -> int:
     per-feature perturbation stacks: its position in `key_points(n_layers, True)`."""
     rows = _rows(n_layers)
     if point not in rows:
-        raise ValueError(f"{point} is not a point the sweeps record for {n_layers} layers (see points.key_points)")
+        raise LensRequestError(f"{point} is not a point the sweeps record for {n_layers} layers (see points.key_points)")
     return rows[point]
 
 
@@ -193,7 +195,7 @@ def point_at(index: int, n_layers: int) -> Point:
     """The point stored at row `index` (the inverse of `row`)."""
     points = key_points(n_layers, with_input_norms=True)
     if not 0 <= index < len(points):
-        raise ValueError(f"row {index} is outside the {len(points)} rows of {n_layers} layers")
+        raise LensRequestError(f"row {index} is outside the {len(points)} rows of {n_layers} layers")
     return points[index]
 
 

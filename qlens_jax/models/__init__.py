@@ -1,6 +1,6 @@
 """Equinox transformers (GPT-2, Llama, Qwen-2/3, Gemma-3) exposing their residual stream."""
 
-from qlens_jax.models.config import ModelConfig
+from qlens_jax.models.config import ModelConfig, ModelConfigError
 from qlens_jax.models.transformer import (
     Attention,
     Block,
@@ -26,6 +26,7 @@ __all__ = [
     "Linear",
     "MLP",
     "ModelConfig",
+    "ModelConfigError",
     "Norm",
     "Residuals",
     "Transformer",

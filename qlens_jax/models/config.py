@@ -13,6 +13,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from qlens_jax.errors import InputError
+
+
+class ModelConfigError(InputError):
+    """A model configuration that describes no model this package can build; the message names the field."""
+
+
 NORMS = ("layernorm", "rmsnorm")
 POSITIONALS = ("learned", "rope")
 
@@ -52,19 +59,19 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.norm not in NORMS:
-            raise ValueError(f"ModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
+            raise ModelConfigError(f"ModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if self.positional not in POSITIONALS:
-            raise ValueError(f"ModelConfig.positional must be one of {POSITIONALS}, got {self.positional!r}")
+            raise ModelConfigError(f"ModelConfig.positional must be one of {POSITIONALS}, got {self.positional!r}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ModelConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
             if len(getattr(self, name)) != self.n_layers:
-                raise ValueError(f"ModelConfig.{name} needs one entry per layer ({self.n_layers})")
+                raise ModelConfigError(f"ModelConfig.{name} needs one entry per layer ({self.n_layers})")
         if self.positional == "rope":
             if len(self.rope_inv_freq) != self.n_layers:
-                raise ValueError(f"ModelConfig.rope_inv_freq needs one entry per layer ({self.n_layers})")
+                raise ModelConfigError(f"ModelConfig.rope_inv_freq needs one entry per layer ({self.n_layers})")
             if any(len(f) != self.head_dim // 2 for f in self.rope_inv_freq):
-                raise ValueError("ModelConfig.rope_inv_freq entries must have head_dim // 2 values")
+                raise ModelConfigError("ModelConfig.rope_inv_freq entries must have head_dim // 2 values")
 
     @property
     def rope_dim(self) -> int:
@@ -79,7 +86,7 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields in saved config: {sorted(unknown)}")
+            raise ModelConfigError(f"unknown ModelConfig fields in saved config: {sorted(unknown)}")
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
             raw[name] = tuple(raw[name])
         raw["rope_inv_freq"] = tuple(tuple(f) for f in raw["rope_inv_freq"])

@@ -6,10 +6,12 @@
 - `sharded`: where a chunk lies (`Layout`) and its top-k on one device or many;
 - `programs`: the jitted per-chunk programs (scores and top-k on device);
 - `streaming`: feature chunks (`FeatureRows`), results fetched to the host as chunks finish;
-- `context`: `ReadoutContext` (the lenses' readouts) and `read_topk` (any score function).
+- `context`: `ReadoutContext` (the lenses' readouts) and `read_topk` (any score function);
+- `finite`: a NaN or infinite score stops the run, naming the feature (`check_finite_scores`).
 """
 
 from qlens_jax.readout.context import ReadoutContext, read_topk
+from qlens_jax.readout.finite import check_finite_scores
 from qlens_jax.readout.scores import (
     centered_embeddings,
     dot_scores,
@@ -30,6 +32,7 @@ __all__ = [
     "ReadoutContext",
     "TopK",
     "centered_embeddings",
+    "check_finite_scores",
     "dot_scores",
     "feature_chunk_for",
     "identity_scores",

@@ -31,12 +31,13 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from qlens_jax.errors import InputError
-from qlens_jax.readout import centered_embeddings, dot_scores
+from qlens_jax.readout import centered_embeddings, check_finite_scores, dot_scores
 from qlens_jax.readout.scores import transported
 from qlens_jax.serve.norm_cache import load_statistics, save_statistics, statistics_path
 from qlens_jax.serve.rows import DictionaryRows, RowFile, open_rows
 from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
+from qlens_jax.tokens import token_id_of
 
 SIDES = {"value": "promotes", "key": "activated-by"}
 CHUNK = 8192
@@ -121,22 +122,10 @@ class ReverseLookup:
         self._lock = threading.Lock()
 
     # ---- tokens -------------------------------------------------------------------------------
-    def token_id(self, text: str, option: str = "token") -> int:
-        """The id of `text` if the tokenizer makes exactly one token of it (`id:N` names an id)."""
-        vocab_size = self.model.config.vocab_size
-        if text.startswith("id:") and text[3:].isdigit():
-            token = int(text[3:])
-            if token >= vocab_size:
-                raise InputError(f"{option} {text!r}: the vocabulary has {vocab_size} ids")
-            return token
-        if not text:
-            raise InputError(f"{option}: empty token")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if len(ids) != 1:
-            pieces = ", ".join(f"{self.vocab[i]!r} (id {i})" for i in ids) or "nothing"
-            raise InputError(f"{option} {text!r} is {len(ids)} tokens, not one: the tokenizer splits it into {pieces}; "
-                             "give one of them (or id:N)")
-        return int(ids[0])
+    def token_id(self, text: str | int, option: str = "token") -> int:
+        """The id `text` names: `id:N`, an int id, or text the tokenizer makes exactly one token
+        of (`qlens_jax.tokens.token_id_of`; `TokenSpecError` otherwise)."""
+        return token_id_of(text, self.tokenizer, self.vocab, option)
 
     # ---- scores -------------------------------------------------------------------------------
     def rows(self, entry: DictionaryEntry) -> DictionaryRows:
@@ -223,12 +212,14 @@ class ReverseLookup:
             raise InputError(f"--top {top}: must be between 1 and {MAX_TOP}")
         entries = [self.run.dictionary(dictionary)] if dictionary is not None else self.run.dictionaries
         option = "--promotes" if side == "value" else "--activated-by"
-        token_id = token if isinstance(token, int) else self.token_id(token, option)
+        token_id = self.token_id(token, option)
         start = time.perf_counter()
         candidates = []
         with self._lock:
             for entry in entries:
                 scores = self.scores(entry, side, token_id)
+                check_finite_scores({"score": scores}, np.arange(len(scores)), lens=f"query_lens_{side}", side=side,
+                                    dictionary=entry.name, layer=entry.layer)
                 keep = min(top, len(scores))
                 best = np.argpartition(-scores, keep - 1)[:keep]
                 candidates.extend((float(scores[i]), entry, int(i)) for i in best)

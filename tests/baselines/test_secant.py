@@ -194,3 +194,16 @@ def test_run_from_every_point_is_the_clean_run(gpt2):
     for point in value_points(model.config.n_layers):
         ours = jitted(model, point_value(residuals, point), mask, point)
         np.testing.assert_allclose(np.asarray(ours)[np.asarray(mask)], np.asarray(final)[np.asarray(mask)], rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_baseline_score_is_refused_naming_the_feature(gpt2):
+    """A feature whose decoder row overflows the forward pass gives NaN logit differences: the
+    baseline stops (`NonFiniteScoreError`, exit code 2 in `qlens evaluate`) instead of ranking them."""
+    from qlens_jax.errors import NonFiniteScoreError
+
+    model, tokens, mask = gpt2
+    dictionary = _dictionaries(model.config.d_model, model.config.n_layers)["sae-resid_pre"]
+    dictionary = eqx.tree_at(lambda d: d.W_dec, dictionary, dictionary.W_dec.at[6].set(3e38))
+    with pytest.raises(NonFiniteScoreError, match=r"token_change_1 of dictionary .* \(layer 1\), feature 6: .*non-finite"):
+        baseline_signatures(model, [dictionary], tokens, mask, lenses=("token_change_1",), features=FEATURES, k=7,
+                            sequences_per_chunk=2)

@@ -2,6 +2,7 @@
 output folder is not even created)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -34,6 +35,41 @@ def _bad_padding_sample(world, tmp_path):
 def _jsonl_without_text(world, tmp_path):
     path = tmp_path / "corpus.jsonl"
     path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "no text field"}) + "\n")
+    return path
+
+
+def _blank_corpus(world, tmp_path):
+    path = tmp_path / "blank.txt"
+    path.write_text("\n  \n\t\n" * 2000)  # enough whitespace tokens for any sample
+    return path
+
+
+def _blank_jsonl(world, tmp_path):
+    path = tmp_path / "blank.jsonl"
+    path.write_text((json.dumps({"text": " \n "}) + "\n\n") * 2000)
+    return path
+
+
+def _retyped_dictionary(world, tmp_path):
+    path = write_saelens(tmp_path / "retyped", world.d_model, hook="blocks.0.hook_resid_post", seed=5)
+    cfg = json.loads((path / "cfg.json").read_text())
+    (path / "cfg.json").write_text(json.dumps({**cfg, "d_sae": "lots"}))
+    return path
+
+
+def _huge_dictionary(world, tmp_path, key="W_dec", feature=5, value=3e38):
+    """The world's first SAE with one feature's value vector (`W_dec` row) or key vector
+    (`W_enc` column) set to a finite but huge value."""
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / f"huge-{key}"
+    shutil.copytree(world.dictionaries[0], path)
+    weights = load_file(path / "sae_weights.safetensors")
+    if key == "W_dec":
+        weights[key][feature, :] = value
+    else:
+        weights[key][:, feature] = value
+    save_file(weights, path / "sae_weights.safetensors")
     return path
 
 
@@ -100,6 +136,33 @@ CASES = {
     "non-positive k": (lambda a, w, t: a + ["--k", "0"], ["--k 0", "at least 1"]),
     "output under a file": (lambda a, w, t: _replace(a, "--out", str(w.corpus_text / "out")), ["--out", "corpus.txt", "not a directory"]),
     "output in a read-only place": (lambda a, w, t: _replace(a, "--out", "/proc/qlens-out"), ["--out", "/proc/qlens-out", "cannot write"]),
+    "feature id beyond any integer": (
+        lambda a, w, t: a + ["--features", "99999999999999999999999"], ["--features", "larger than any feature id", "2147483647"],
+    ),
+    "feature range too long to list": (lambda a, w, t: a + ["--features", "0-2000000000"], ["--features", "lists 2000000001 ids"]),
+    "corpus of whitespace lines": (
+        lambda a, w, t: _replace(a, "--corpus", str(_blank_corpus(w, t))), ["--corpus", "blank.txt", "only empty or whitespace"],
+    ),
+    "JSONL corpus of whitespace texts": (
+        lambda a, w, t: _replace(a, "--corpus", str(_blank_jsonl(w, t))), ["--corpus", "blank.jsonl", "only empty or whitespace"],
+    ),
+    "dictionary config of the wrong type": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_retyped_dictionary(w, t))],
+        ["--dictionary", "cfg.json", "config key 'd_sae' must be an integer, got str 'lots'"],
+    ),
+    "huge value vector": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t))],
+        ["dictionary 'resid-post-40' (layer 0)", "feature 5's W_dec row", "up to 3e+38", "overflows"],
+    ),
+    "huge key vector": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t, "W_enc", 7, -1e30)),
+                                                  "--lenses", "query_lens_key"],
+        ["dictionary 'resid-post-40' (layer 0)", "feature 7's W_enc column", "query_lens_key", "overflows"],
+    ),
+    "huge value vector under bfloat16": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t, value=1e17)), "--dtype", "bfloat16"],
+        ["feature 5's W_dec row", "(3.39e+38,"],
+    ),
 }
 
 
@@ -192,3 +255,61 @@ def test_the_qlens_script_and_python_m_run_the_cli():
     assert getattr(importlib.import_module(module), function) is qlens_jax.cli.main
     done = subprocess.run([sys.executable, "-m", "qlens_jax.cli", "--help"], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0 and "usage: qlens" in done.stdout and "evaluate" in done.stdout
+
+
+@pytest.mark.parametrize("lens,extra", [("logit_lens_value", []), ("query_lens_value", ["--path", "dense"])])
+def test_a_non_finite_score_stops_the_run_naming_the_feature(lens, extra, world, tmp_path, capsys, monkeypatch):
+    """Past the weight-scale check (switched off here), the readout's own guard: NaN scores of
+    feature 5 stop the run with exit code 2 before its shard is written (on the dense path
+    before the self-check, which would call the NaN a disagreement, exit code 1)."""
+    import qlens_jax.lens.scales
+
+    monkeypatch.setattr(qlens_jax.lens.scales, "check_weight_scales", lambda *args, **kwargs: None)
+    out = tmp_path / "out"
+    args = drop(base_args(world, out), "--dictionary") + ["--dictionary", str(_huge_dictionary(world, tmp_path)),
+                                                          "--lenses", lens, *extra]
+    assert main(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "Traceback" not in message
+    for fragment in (f"{lens} of dictionary 'resid-post-40' (layer 0), feature 5", "non-finite score", "W_dec row"):
+        assert fragment in message, (fragment, message)
+    assert not (out / "signatures.parquet").exists() and not list(out.glob("shards/*"))
+    assert json.loads((out / "run.json").read_text())["status"] == "running"  # not marked complete
+
+
+SEARCH_CASES = {
+    "a byte that is not UTF-8 ($'\\xff')": ("\udcff", ["--promotes", "not valid UTF-8 text (byte 0xff at 0)"]),
+    "a superscript digit": ("id:²", ["--promotes 'id:²'", "ASCII decimal digits"]),
+    "5,000 digits": ("id:" + "9" * 5000, ["--promotes 'id:9999", "...'", "ASCII decimal digits"]),
+    "an id beyond the vocabulary": ("id:320", ["--promotes id 320", "ids 0 .. 319"]),
+    "an empty token": ("", ["--promotes: empty token"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCH_CASES))
+def test_search_refuses_bad_tokens_in_one_line(case, full_run, capsys):
+    token, fragments = SEARCH_CASES[case]
+    before = sorted(p.relative_to(full_run[0]) for p in full_run[0].rglob("*"))
+    assert main(["search", str(full_run[0]), "--promotes", token]) == 2
+    captured = capsys.readouterr()
+    message = captured.err.strip()
+    assert message.startswith("qlens search: error: ") and "\n" not in message and len(message) < 400, captured.err
+    assert captured.out == ""
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert sorted(p.relative_to(full_run[0]) for p in full_run[0].rglob("*")) == before
+
+
+def test_search_stops_on_a_non_finite_score(full_run, capsys, monkeypatch):
+    from qlens_jax.serve.reverse import ReverseLookup
+
+    def scores(self, entry, side, token):
+        values = np.zeros(entry.d_sae, np.float32)
+        values[3] = np.inf
+        return values
+
+    monkeypatch.setattr(ReverseLookup, "scores", scores)
+    assert main(["search", str(full_run[0]), "--activated-by", " the"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "query_lens_key of dictionary 'resid-post-40' (layer 0), feature 3: the readout gave a non-finite score" in message
+    assert "W_enc column" in message and "\n" not in message

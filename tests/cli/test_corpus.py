@@ -67,6 +67,22 @@ def test_documents_are_tokenized_alone_and_concatenated(tokenizer, documents, tm
     assert limited.ids.tolist() == pieces[0] + pieces[1][:3]
 
 
+def test_a_corpus_without_text_is_refused(tokenizer, tmp_path):
+    """Empty or whitespace-only documents in every text format: refused naming the file (a
+    sample of them would repeat one whitespace token), while one word among them is enough."""
+    import datasets
+
+    (tmp_path / "blank.txt").write_text(" \n\n\t \n" * 50)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("", "  ", "\n\n")))
+    datasets.Dataset.from_dict({"text": ["", " \t"]}).save_to_disk(str(tmp_path / "blank-ds"))
+    for name in ("blank.txt", "empty.txt", "blank.jsonl", "blank-ds"):
+        with pytest.raises(CorpusError, match=f"--corpus .*{name}: holds no text, only empty or whitespace lines"):
+            tokenize_corpus(tmp_path / name, tokenizer)
+    (tmp_path / "one-word.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("", "  ", "river")))
+    assert tokenize_corpus(tmp_path / "one-word.jsonl", tokenizer).n_tokens > 0
+
+
 def _corpus(docs=(50, 3, 120, 27)):
     ids = np.arange(1000, 1000 + sum(docs), dtype=np.int32)
     return TokenizedCorpus("test", "npy", ids, np.cumsum([0, *docs]))

@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 from test_format_parity import (
     gemma_scope_params, write_gemma_scope_2, write_openai, write_sparsify, write_transcoder_set,
 )
+from test_module_output_sites import write_llama_scope
 
 from converters import load_dictionaries, load_dictionary
 from qlens_jax.dictionaries import DictionaryError
@@ -125,6 +126,106 @@ def test_missing_weights_and_unknown_layouts(tmp_path, model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DictionaryError, match="no dictionary found"):
         load_dictionary(tmp_path / "empty", model)
+
+
+# ---- config types -------------------------------------------------------------------------
+def _edit_json(path, edit):
+    cfg = json.loads(path.read_text())
+    edit(cfg)
+    path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: c.update(d_sae="lots"), "'d_sae' must be an integer, got str 'lots'"),
+    (lambda c: c.update(architecture="topk", k="abc"), "'k' must be an integer, got str 'abc'"),
+    (lambda c: c.update(d_in=[128]), r"'d_in' must be an integer, got list \[128\]"),
+    (lambda c: c.update(metadata="x"), "'metadata' must be a mapping, got str 'x'"),
+    (lambda c: c["metadata"].update(hook_name=7), "'metadata.hook_name' must be a string, got int 7"),
+    (lambda c: c.update(d_sae=12.5), "'d_sae' must be an integer, got float 12.5"),
+    (lambda c: c.update(apply_b_dec_to_input="false"), "'apply_b_dec_to_input' must be true or false"),
+    (lambda c: c.update(d_sae=0), "'d_sae' must be at least 1, got 0"),
+])
+def test_saelens_config_types_are_checked(tmp_path, model, edit, match):
+    saelens_dir(tmp_path)
+    _edit_json(tmp_path / "cfg.json", edit)
+    with pytest.raises(DictionaryError, match=r"cfg\.json: config key " + match):
+        load_dictionary(tmp_path, model)
+
+
+def test_an_integral_float_is_the_integer_it_is(tmp_path, model):
+    saelens_dir(tmp_path)
+    _edit_json(tmp_path / "cfg.json", lambda c: c.update(d_sae=float(D_SAE)))
+    assert load_dictionary(tmp_path, model).d_sae == D_SAE
+
+
+def _gemma_scope_2(folder):
+    write_gemma_scope_2(folder, kind="sae", hook_in="model.layers.1.output")
+    _edit_json(folder / "config.json", lambda c: c.update(affine_connection="no"))
+    return folder, r"config\.json: config key 'affine_connection' must be true or false, got str 'no'"
+
+
+def _llama_scope(folder):
+    write_llama_scope(folder, hook_in="blocks.1.hook_resid_post", jump_relu_threshold="abc")
+    return folder, r"hyperparams\.json: config key 'jump_relu_threshold' must be a finite number, got str 'abc'"
+
+
+def _llama_scope_norms(folder):
+    write_llama_scope(folder, hook_in="blocks.1.hook_resid_post", dataset_average_activation_norm={"in": [2.0]})
+    return folder, r"config key 'dataset_average_activation_norm\.in' must be a finite number, got list"
+
+
+def _sparsify(folder):
+    write_sparsify(folder / "layers.1")
+    _edit_json(folder / "layers.1" / "cfg.json", lambda c: c.update(k=2.5))
+    return folder / "layers.1", r"cfg\.json: config key 'k' must be an integer, got float 2\.5"
+
+
+def _circuit_tracer(folder):
+    write_transcoder_set(folder, n_layers=1)
+    (folder / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: 7\n")
+    return folder / "layer_0.safetensors", r"config\.yaml: config key 'feature_input_hook' must be a string, got int 7"
+
+
+def _openai(folder):
+    path = folder / "0.pt"
+    write_openai(path)
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "activation_state_dict": "x"}, path)
+    return path, r"0\.pt: config key 'activation_state_dict' must be a mapping, got str 'x'"
+
+
+@pytest.mark.parametrize("write", [_gemma_scope_2, _llama_scope, _llama_scope_norms, _sparsify, _circuit_tracer, _openai])
+def test_every_format_checks_its_config_types(tmp_path, model, write):
+    source, match = write(tmp_path / "d")
+    with pytest.raises(DictionaryError, match=match):
+        load_dictionary(source, model, **({"layer": 0, "site": "resid_post"} if write is _openai else {}))
+
+
+def test_caller_options_are_typed(tmp_path, model):
+    saelens_dir(tmp_path)
+    with pytest.raises(DictionaryError, match="load_dictionary: option 'layer' must be an integer, got str '2'"):
+        load_dictionary(tmp_path, model, layer="2")
+    with pytest.raises(DictionaryError, match="option 'norm_scaling_factor' must be a finite number, got float nan"):
+        load_dictionary(tmp_path, model, norm_scaling_factor=float("nan"))
+    torch.save({"W_enc": torch.zeros(64, D_IN), "W_dec": torch.zeros(D_IN, 64), "b_enc": torch.zeros(64),
+                "b_dec": torch.zeros(D_IN)}, tmp_path / "layer2.sae.pt")
+    with pytest.raises(DictionaryError, match="option 'k' must be an integer, got float 2.5"):
+        load_dictionary(tmp_path / "layer2.sae.pt", model, k=2.5)
+
+
+def test_circuit_tracer_stored_k_must_be_one_integer(tmp_path, model):
+    folder = tmp_path / "set"
+    write_transcoder_set(folder, n_layers=1)
+    (folder / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
+                                        "feature_output_hook: mlp.hook_out\nactivation: topk\n")
+    from safetensors.numpy import load_file
+
+    weights = load_file(folder / "layer_0.safetensors")
+    save_file({**weights, "k": np.asarray([2.5], np.float32)}, folder / "layer_0.safetensors")
+    with pytest.raises(DictionaryError, match=r"layer_0\.safetensors: key 'k' must hold one integer, got \[2\.5\]"):
+        load_dictionary(folder / "layer_0.safetensors", model)
+    save_file({**weights, "k": np.asarray([3], np.int64)}, folder / "layer_0.safetensors")
+    assert load_dictionary(folder / "layer_0.safetensors", model).k == 3
 
 
 # ---- architectures and options ------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_jit_vmap_and_key_gradient():
 def test_decode_needs_the_input_for_per_token_normalization():
     d = sae(input_norm="layer_norm")
     x = jnp.asarray(inputs((2, D_IN), seed=4))
-    with pytest.raises(ValueError, match="pass the input x"):
+    with pytest.raises(DictionaryError, match="pass the input x"):
         d.decode(d.encode(x))
     scaled = sae(input_norm="scale", input_scale=jnp.float32(0.5))
     assert_close(scaled.decode(scaled.encode(x)), scaled.reconstruct(x))

@@ -9,6 +9,7 @@ import converters
 from tiny_models import build_hf_model
 
 from qlens_jax.lens import auto, blockwise
+from qlens_jax.lens import LensRequestError
 
 
 def test_path_rule():
@@ -16,7 +17,7 @@ def test_path_rule():
     assert auto.path("auto", 768, 768) == "dense"
     assert auto.path("auto", 1, 768, have_operators=True) == "dense"
     assert auto.path("per-feature", 10_000, 768, have_operators=True) == "per-feature"
-    with pytest.raises(ValueError, match="path 'fast'"):
+    with pytest.raises(LensRequestError, match="path 'fast'"):
         auto.path("fast", 1, 768)
 
 
@@ -28,5 +29,5 @@ def test_sweep_order_rule():
     assert auto.sweep_order("auto", config, 768, sequences_fitting=0) == "basis"
     assert auto.sweep_order("auto", config, 8, sequences_fitting=4) == "basis"
     assert auto.sweep_order("basis", config, 768, sequences_fitting=4) == "basis"
-    with pytest.raises(ValueError, match="unknown sweep_order 'fast'"):
+    with pytest.raises(LensRequestError, match="unknown sweep_order 'fast'"):
         auto.sweep_order("fast", config, 768, 1)

@@ -140,9 +140,9 @@ def test_sweep_order_choice():
 
 def test_bad_sweep_options_name_the_option():
     _, model, _, tokens, mask = setup("gpt2")
-    with pytest.raises(ValueError, match="sweep_order"):
+    with pytest.raises(LensRequestError, match="sweep_order"):
         transport_operators(model, tokens, mask, sweeps=("value",), sweep_order="sideways")
-    with pytest.raises(ValueError, match="key_to_point=99"):
+    with pytest.raises(LensRequestError, match="key_to_point=99"):
         transport_operators(model, tokens, mask, sweeps=("key",), key_to_point=99)
 
 

@@ -3,6 +3,7 @@ points round-trip, and points order along the forward pass."""
 
 import pytest
 
+from qlens_jax.lens import LensRequestError
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Module, Point
 
@@ -83,15 +84,15 @@ def test_read_points_and_their_residuals():
 
 
 def test_bad_points_are_refused():
-    with pytest.raises(ValueError, match="unknown site 'hook_z'"):
+    with pytest.raises(LensRequestError, match="unknown site 'hook_z'"):
         Point("hook_z", 0)
-    with pytest.raises(ValueError, match="unknown input norm"):
+    with pytest.raises(LensRequestError, match="unknown input norm"):
         Point("resid_pre", 0, "rms")
-    with pytest.raises(ValueError, match="unknown module kind"):
+    with pytest.raises(LensRequestError, match="unknown module kind"):
         Module("moe", 0)
-    with pytest.raises(ValueError, match="layer 4 is not a block"):
+    with pytest.raises(LensRequestError, match="layer 4 is not a block"):
         pts.residual_point("resid_pre", 4, 4)
-    with pytest.raises(ValueError, match="not a point the sweeps record"):
+    with pytest.raises(LensRequestError, match="not a point the sweeps record"):
         pts.row(Point("resid_post", 0), 4)  # named resid_pre[1]
-    with pytest.raises(ValueError, match="row 99"):
+    with pytest.raises(LensRequestError, match="row 99"):
         pts.point_at(99, 2)

@@ -74,3 +74,28 @@ def test_bad_options(gpt2, kwargs, message):
     _, model, dictionaries, tokens, mask = gpt2
     with pytest.raises(LensRequestError, match=message):
         qlens_jax.query_lens(model, dictionaries, tokens, mask, **kwargs)
+
+
+@pytest.mark.parametrize("side,scale,refused", [("value", 1e9, False), ("value", 1e17, True), ("key", 1e17, True)])
+def test_weights_that_would_overflow_the_readout(gpt2, side, scale, refused):
+    """A value vector (W_dec row) or key vector (W_enc column) large enough to overflow the
+    readout's float32 sums is refused before any work, naming the feature; a large one that
+    fits passes; the check reads only the requested features."""
+    import equinox as eqx
+
+    _, model, _, tokens, mask = gpt2
+    d = random_dictionary(model.config.d_model, 1, "resid_post", "resid_post", "sae", 9)
+    if side == "value":
+        d = eqx.tree_at(lambda x: x.W_dec, d, d.W_dec.at[5].set(scale))
+    else:
+        d = eqx.tree_at(lambda x: x.W_enc, d, d.W_enc.at[:, 5].set(-scale))
+    lens = f"query_lens_{side}"
+    if not refused:
+        with pytest.raises(AssertionError, match="work started"):  # past the checks, into planning
+            qlens_jax.plan_request(model, [d], tokens, mask, lenses=(lens,))
+        return
+    what = "W_dec row" if side == "value" else "W_enc column"
+    with pytest.raises(DictionaryError, match=f"feature 5's {what} holds values up to 1e\\+17 .*{lens}.*overflows"):
+        qlens_jax.plan_request(model, [d], tokens, mask, lenses=(lens,))
+    with pytest.raises(AssertionError, match="work started"):
+        qlens_jax.plan_request(model, [d], tokens, mask, lenses=(lens,), features=[4, 6])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import converters
+from qlens_jax.lens import LensRequestError
 from qlens_jax.lens import operators, per_feature, transport
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Point
@@ -78,9 +79,9 @@ def test_first_order_hops_at_z_equal_the_per_feature_hops(world):
 
 def test_module_outputs_are_refused_outside_the_model(world):
     model, tokens, mask, *_ = world
-    with pytest.raises(ValueError, match="module outputs"):
+    with pytest.raises(LensRequestError, match="module outputs"):
         operators.transport_operators(model, tokens, mask, sites=(Point("z", model.config.n_layers),))
-    with pytest.raises(ValueError, match="module outputs"):
+    with pytest.raises(LensRequestError, match="module outputs"):
         operators.transport_operators(model, tokens, mask, sites=(Point("resid_mid", 0),))
 
 

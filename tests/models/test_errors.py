@@ -161,5 +161,20 @@ def test_not_a_path_nor_hub_id():
 
 
 def test_unknown_dtype(saved):
-    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+    with pytest.raises(ConversionError, match="unknown dtype 'float8'"):
         converters.load_model(saved, dtype="float8")
+
+
+def test_model_config_errors_are_input_errors(saved):
+    """A config describing no buildable model is bad input (`InputError`, exit code 2), naming the field."""
+    import dataclasses
+
+    from qlens_jax.errors import InputError
+    from qlens_jax.models import ModelConfig, ModelConfigError
+
+    config = converters.load_model(saved).config
+    with pytest.raises(ModelConfigError, match="ModelConfig.norm must be one of .* got 'batchnorm'") as err:
+        dataclasses.replace(config, norm="batchnorm")
+    assert isinstance(err.value, InputError)
+    with pytest.raises(ModelConfigError, match=r"unknown ModelConfig fields in saved config: \['colour'\]"):
+        ModelConfig.from_json(json.dumps({**json.loads(config.to_json()), "colour": 1}))
