@@ -72,7 +72,9 @@ def configure(parser: argparse.ArgumentParser):
     scoring.add_argument("--bos-id", type=int, help="BOS token id (default: from the tokenizer/model config)")
     scoring.add_argument("--generate-tokens", type=int, default=0, help="also average over this many steered sampled tokens (the reference: 20)")
     scoring.add_argument("--temperature", type=float, default=0.75, help="sampling temperature when generating")
-    scoring.add_argument("--match", choices=("ids", "strings"), default="ids", help="compare token ids, or decoded strings with space markers normalized")
+    scoring.add_argument("--match", choices=("ids", "strings", "stripped"), default="ids",
+                         help="compare token ids; decoded strings with space markers normalized as the authors' normalize_token "
+                              "(strings, the paper's I(T)); or the same with surrounding whitespace stripped (stripped)")
     scoring.add_argument("--seed", type=int, default=0, help="seed of feature sampling, baseline sample and generation")
     judge = parser.add_argument_group("LLM judge (optional, off by default)")
     judge.add_argument("--judge", action="store_true", help="also rate each signature with an LLM judge")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qlens_jax.evaluation.matching import comparison_keys, membership
+from qlens_jax.evaluation.matching import STRING_MATCHES, comparison_keys, membership
 from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes
 from qlens_jax.models import Transformer
 
@@ -79,7 +79,7 @@ def output_scores(promoted: Promoted, token_sets: ArrayLike, *, match: str = "id
     if token_sets.shape[0] != len(promoted.features):
         raise ValueError(f"{token_sets.shape[0]} token sets for {len(promoted.features)} features")
     s_keys = comparison_keys(promoted.promoted, match, vocab)
-    if match == "strings":  # |S| counts distinct normalized strings
+    if match in STRING_MATCHES:  # |S| counts distinct normalized strings
         out = np.empty(len(s_keys))
         t_keys = comparison_keys(token_sets, match, vocab)
         for f in range(len(s_keys)):

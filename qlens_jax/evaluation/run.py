@@ -39,7 +39,7 @@ class EvaluationOptions:
     top_s: int = 25  # |S|
     generate_tokens: int = 0  # the reference also averages over 20 sampled tokens
     temperature: float = 0.75
-    match: str = "ids"  # or "strings" (normalized decoded strings)
+    match: str = "ids"  # or "strings" (decoded strings, the authors' normalize_token) or "stripped" (also stripped)
     seed: int = 0
     sequences_per_chunk: int = 16
     feature_chunk: int = 64

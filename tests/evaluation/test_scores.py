@@ -73,11 +73,14 @@ def test_input_score_by_hand():
 
 
 def test_string_matching_normalizes_space_markers():
-    vocab = np.array(["Ġcat", "cat", " dog", "Ċ", "Dog"], dtype=object)
-    assert normalize_token("Ġcat") == "cat" and normalize_token(" dog") == "dog"
+    vocab = np.array(["Ġcat", "cat", " dog", "Ċ", "Dog", " cat"], dtype=object)
+    assert normalize_token("Ġcat", strip=True) == "cat" and normalize_token(" dog", strip=True) == "dog"
     top = _top([1.0, 1.0, 1.0], [0, 2, 4])
-    assert input_scores(top, [[1, 2]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(2 / 3)  # case kept: Dog != dog
+    assert input_scores(top, [[1, 2]], min_contexts=1, match="stripped", vocab=vocab)[0] == pytest.approx(2 / 3)  # case kept: Dog != dog
     assert input_scores(top, [[1, 2]], min_contexts=1, match="ids")[0] == pytest.approx(1 / 3)
+    # The authors' rule: markers become whitespace, which is kept: "Ġcat" == " cat" != "cat".
+    assert input_scores(top, [[1, 2]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(1 / 3)
+    assert input_scores(top, [[5]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(1 / 3)
 
 
 def test_top_contexts_match_brute_force(gpt2):
