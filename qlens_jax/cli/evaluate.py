@@ -65,13 +65,24 @@ def configure(parser: argparse.ArgumentParser):
     scoring.add_argument("--context-length", type=int, default=32, help="tokens per corpus context window")
     scoring.add_argument("--max-contexts", type=int, help="use at most this many context windows (default: all)")
     scoring.add_argument("--min-contexts", type=int, default=20, help="active contexts a feature needs for I(T)")
-    scoring.add_argument("--kl-targets", default="0.25,0.5", help="mean next-token KL the steering strengths are calibrated to")
-    scoring.add_argument("--top-promoted", type=int, default=25, help="|S|: tokens most promoted by steering")
+    scoring.add_argument("--kl-targets", default="0.25,0.5",
+                         help="mean KL the steering strengths are calibrated to; a negative target steers the other way "
+                              "(reported; S uses the positive targets)")
+    scoring.add_argument("--kl-positions", choices=("last", "all"), default="last",
+                         help="KL of the next token after each prefix (last), or averaged over every prefix position "
+                              "(all: the authors' definition)")
+    scoring.add_argument("--alpha-search", choices=("bisection", "integer"), default="bisection",
+                         help="bisection: real alpha within 2%% of the target; integer: the authors' integer search in "
+                              "[1, 1000], stopping within [target, target + 0.1]")
+    scoring.add_argument("--no-error-term", action="store_true",
+                         help="clean runs and the calibration use the dictionary's reconstruction at its site, the error "
+                              "term dropped (the authors' code, sae_lens's default); steering itself keeps it")
+    scoring.add_argument("--top-promoted", type=int, default=None, help="|S|: tokens most promoted by steering (default: --k, |S| = |T|)")
     scoring.add_argument("--prefixes", metavar="FILE", help="neutral prefixes, one per line (default: the 100 built in)")
     scoring.add_argument("--prepend-bos", action="store_true", help="start every prefix with BOS")
     scoring.add_argument("--bos-id", type=int, help="BOS token id (default: from the tokenizer/model config)")
     scoring.add_argument("--generate-tokens", type=int, default=0, help="also average over this many steered sampled tokens (the reference: 20)")
-    scoring.add_argument("--temperature", type=float, default=0.75, help="sampling temperature when generating")
+    scoring.add_argument("--temperature", type=float, default=0.75, help="sampling temperature when generating (0: greedy)")
     scoring.add_argument("--match", choices=("ids", "strings", "stripped"), default="ids",
                          help="compare token ids; decoded strings with space markers normalized as the authors' normalize_token "
                               "(strings, the paper's I(T)); or the same with surrounding whitespace stripped (stripped)")
@@ -239,7 +250,8 @@ def run_evaluate(args) -> int:
     _check(args)
     options = EvaluationOptions(k=args.k, min_contexts=args.min_contexts, kl_targets=_floats(args.kl_targets, "--kl-targets"),
                                 top_s=args.top_promoted, generate_tokens=args.generate_tokens, temperature=float(args.temperature),
-                                match=args.match, seed=args.seed)
+                                match=args.match, seed=args.seed, kl_positions=args.kl_positions, alpha_search=args.alpha_search,
+                                error_term=not args.no_error_term)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model, model_dir, tokenizer = load_model_source(model_source(args))

@@ -21,6 +21,7 @@ from qlens_jax.evaluation.matching import MATCHES
 from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_tokens
 from qlens_jax.evaluation.sources import load_signatures
 from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, summarize
+from qlens_jax.evaluation.steering import ALPHA_SEARCHES, KL_POSITIONS
 from qlens_jax.errors import InputError
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
@@ -35,10 +36,13 @@ class EvaluationOptions:
     k: int = 25  # size of each lens's token set T (its top-k)
     min_contexts: int = 20  # active contexts a feature needs for I(T)
     n_top_contexts: int | None = None  # contexts kept per feature (default: min_contexts)
-    kl_targets: tuple[float, ...] = (0.25, 0.5)
-    top_s: int = 25  # |S|
+    kl_targets: tuple[float, ...] = (0.25, 0.5)  # negative targets steer the other way; S uses the positive ones
+    top_s: int | None = None  # |S| (None: |T| = k, as the paper)
     generate_tokens: int = 0  # the reference also averages over 20 sampled tokens
-    temperature: float = 0.75
+    temperature: float = 0.75  # of that sampling; 0 decodes greedily
+    kl_positions: str = "last"  # or "all": the authors' KL, averaged over every prefix position
+    alpha_search: str = "bisection"  # or "integer": the authors' integer search in [1, 1000]
+    error_term: bool = True  # False: clean runs and calibration use the reconstruction (the authors' code)
     match: str = "ids"  # or "strings" (decoded strings, the authors' normalize_token) or "stripped" (also stripped)
     seed: int = 0
     sequences_per_chunk: int = 16
@@ -52,10 +56,22 @@ class EvaluationOptions:
         if self.match not in MATCHES:
             raise InputError(f"--match {self.match!r}: choose from {', '.join(MATCHES)}")
         for name in ("k", "min_contexts", "top_s", "sequences_per_chunk", "feature_chunk", "config_chunk", "max_iter"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.kl_targets or any(t <= 0 for t in self.kl_targets):
-            raise InputError(f"--kl-targets {self.kl_targets}: need positive targets")
+        if not any(t > 0 for t in self.kl_targets) or any(t == 0 for t in self.kl_targets):
+            raise InputError(f"--kl-targets {self.kl_targets}: need at least one positive target, and none zero "
+                             "(negative targets steer the other way)")
+        if self.kl_positions not in KL_POSITIONS:
+            raise InputError(f"--kl-positions {self.kl_positions!r}: choose from {', '.join(KL_POSITIONS)}")
+        if self.alpha_search not in ALPHA_SEARCHES:
+            raise InputError(f"--alpha-search {self.alpha_search!r}: choose from {', '.join(ALPHA_SEARCHES)}")
+        if self.temperature < 0:
+            raise InputError(f"--temperature {self.temperature}: must be at least 0 (0 decodes greedily)")
+
+    @property
+    def s_size(self) -> int:
+        """|S|: `top_s`, else |T| = `k`."""
+        return self.k if self.top_s is None else self.top_s
 
 
 @dataclass
@@ -121,9 +137,10 @@ def evaluate(
     promoted_by = {}
     for i in progress(used, desc="steering", quiet=quiet, unit="dictionary"):
         promoted_by[i] = promoted_tokens(model, items[i], features[i], prefix_tokens, prefix_mask, targets=options.kl_targets,
-                                         top_s=options.top_s, generate_tokens=options.generate_tokens, temperature=options.temperature,
+                                         top_s=options.s_size, generate_tokens=options.generate_tokens, temperature=options.temperature,
                                          seed=options.seed, feature_chunk=options.feature_chunk, config_chunk=options.config_chunk,
-                                         max_iter=options.max_iter, rtol=options.rtol)
+                                         max_iter=options.max_iter, rtol=options.rtol, kl_positions=options.kl_positions,
+                                         alpha_search=options.alpha_search, error_term=options.error_term)
     rows = []
     context_tokens = np.asarray(context_tokens)
     for table in sigs:

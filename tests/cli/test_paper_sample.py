@@ -49,7 +49,6 @@ def _transformer_lens_rows(documents, num_proc):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # datasets forks worker processes beside JAX's threads
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_rows_equal_transformer_lens_with_the_authors_four_processes(documents, corpus):
     expected, hf_tokenizer = _transformer_lens_rows(documents, num_proc=4)
     eos, pad = eos_and_pad_ids(converters.load_tokenizer(default.model_dir()), default.model_dir())
