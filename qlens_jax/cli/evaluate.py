@@ -78,7 +78,8 @@ def configure(parser: argparse.ArgumentParser):
                          help="clean runs and the calibration use the dictionary's reconstruction at its site, the error "
                               "term dropped (the authors' code, sae_lens's default); steering itself keeps it")
     scoring.add_argument("--top-promoted", type=int, default=None, help="|S|: tokens most promoted by steering (default: --k, |S| = |T|)")
-    scoring.add_argument("--prefixes", metavar="FILE", help="neutral prefixes, one per line (default: the 100 built in)")
+    scoring.add_argument("--prefixes", metavar="FILE", help="neutral prefixes: one per line, or a JSON list such as the authors' data/generation_prompts.json "
+                              "(the paper's list; default: the 100 built in)")
     scoring.add_argument("--prepend-bos", action="store_true", help="start every prefix with BOS")
     scoring.add_argument("--bos-id", type=int, help="BOS token id (default: from the tokenizer/model config)")
     scoring.add_argument("--generate-tokens", type=int, default=0, help="also average over this many steered sampled tokens (the reference: 20)")
@@ -237,7 +238,7 @@ def run_evaluate(args) -> int:
                                      save_tuned_lens, train_tuned_lens)
     from qlens_jax.baselines.splice import write_point
     from qlens_jax.baselines.tuned_lens import final_row
-    from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch
+    from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch, read_prefixes
     from qlens_jax.evaluation.report import write_report
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
@@ -289,7 +290,7 @@ def run_evaluate(args) -> int:
     if not len(sigs):
         raise InputError("no signatures left to evaluate after --lenses / --layers / --features")
     if args.prefixes:
-        prefixes = [line.strip() for line in Path(args.prefixes).read_text(encoding="utf-8").splitlines() if line.strip()]
+        prefixes = read_prefixes(args.prefixes)
     else:
         prefixes = list(NEUTRAL_PREFIXES)
     bos = bos_token_id(args.bos_id, tokenizer, Path(model_dir)) if args.prepend_bos else None

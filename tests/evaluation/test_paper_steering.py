@@ -111,3 +111,23 @@ def test_greedy_generation_ranks_equal_the_authors(worlds):
     np.testing.assert_allclose(ours, expected, atol=1e-6)
     assert set(np.argsort(-ours)[:10]) == set(np.argsort(-expected)[:10])
     assert np.abs(expected).max() > 0.05  # the steering moved ranks
+
+
+def test_the_authors_prefix_file_is_read_and_bad_files_are_named(authors_repo, tmp_path):
+    import json
+
+    from qlens_jax.errors import InputError
+    from qlens_jax.evaluation.prefixes import read_prefixes
+
+    theirs = authors_repo / "data" / "generation_prompts.json"
+    prefixes = read_prefixes(theirs)
+    assert prefixes == json.loads(theirs.read_text()) and len(prefixes) > 20 and prefixes[0] == "Findings show that"
+    lines = tmp_path / "p.txt"
+    lines.write_text("One\n\n  Two  \n")
+    assert read_prefixes(lines) == ["One", "Two"]
+    for content, message in [('{"a": 1}', "expected a JSON list"), ('["ok", 3]', "entry 1 is 3"), ('["ok", " "]', "entry 1"),
+                             ("[]", "holds no prefix"), ("[1,", "not valid JSON")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(content)
+        with pytest.raises(InputError, match=message):
+            read_prefixes(bad)
