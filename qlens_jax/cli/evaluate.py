@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,9 @@ def configure(parser: argparse.ArgumentParser):
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--features", metavar="RANGES", help="only these feature ids (default: those in the signatures)")
     what.add_argument("--features-per-dictionary", type=int, metavar="N", help="a seeded random sample of N features per dictionary")
+    what.add_argument("--feature-sampling", choices=("random", "paper"), default="random",
+                      help="random: N features drawn with numpy; paper: the authors' sampler (10 N candidates in Python's "
+                           "random.Random(--seed).sample order, the first N with --min-contexts active contexts kept)")
     what.add_argument("--baselines", metavar="LENS[,LENS...]",
                       help="also compute these baselines here ('all' or a list of: " + ", ".join(BASELINE_CHOICES) + ")")
     what.add_argument("--token-sample", metavar="FILE.npy", help="sample for the secant baselines (default: the run's sample.npy, else --corpus windows)")
@@ -60,11 +64,21 @@ def configure(parser: argparse.ArgumentParser):
     what.add_argument("--tuned-lens", metavar="DIR", help="tuned-lens translators: a folder from --train-tuned-lens or the tuned-lens library")
     what.add_argument("--train-tuned-lens", action="store_true", help="train the translators on --corpus windows (saved in --out/tuned_lens)")
     what.add_argument("--tuned-lens-steps", type=int, default=250, help="training steps")
+    what.add_argument("--tuned-lens-point", choices=("written", "layer"), default="written",
+                      help="written: the translator of the residual point the dictionary writes; layer: the library's "
+                           "translator of the dictionary's layer, the identity at the last layer (the authors' code)")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--k", type=int, default=25, help="size of each lens's token set T")
-    scoring.add_argument("--context-length", type=int, default=32, help="tokens per corpus context window")
+    scoring.add_argument("--context-length", type=int, default=32, help="tokens per corpus context window (the paper: 128)")
+    scoring.add_argument("--contexts", choices=("windows", "paper"), default="windows",
+                         help="windows: non-overlapping windows of the concatenated corpus; paper: the authors' activation "
+                              "corpus (TransformerLens rows with EOS between documents, --max-contexts of them, 4096 by "
+                              "default, drawn with replacement by torch's generator seeded --seed)")
     scoring.add_argument("--max-contexts", type=int, help="use at most this many context windows (default: all)")
     scoring.add_argument("--min-contexts", type=int, default=20, help="active contexts a feature needs for I(T)")
+    scoring.add_argument("--require-contexts", action="store_true",
+                         help="leave out features with fewer than --min-contexts active contexts (no row), as the authors' "
+                              "feature sampler does; by default they are kept with I(T) = NaN")
     scoring.add_argument("--kl-targets", default="0.25,0.5",
                          help="mean KL the steering strengths are calibrated to; a negative target steers the other way "
                               "(reported; S uses the positive targets)")
@@ -131,6 +145,8 @@ def _check(args) -> None:
     for name in ("features_per_dictionary", "max_contexts", "corpus_max_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.feature_sampling == "paper" and not args.features_per_dictionary:
+        raise InputError("--feature-sampling paper draws --features-per-dictionary N features; give N")
     if args.generate_tokens < 0:
         raise InputError(f"--generate-tokens {args.generate_tokens}: must be >= 0")
     args.baselines = _baselines(args.baselines)
@@ -158,7 +174,7 @@ def _judge_config(args):
     return JudgeConfig(endpoint=args.judge_endpoint, model=args.judge_model, api_key_env=args.judge_api_key_env)
 
 
-def _corpus_windows(args, tokenizer, vocab_size: int, quiet: bool):
+def _corpus_windows(args, tokenizer, model_dir: Path, vocab_size: int, quiet: bool):
     """(context windows, their description, the tokenized corpus) of --corpus."""
     from qlens_jax.corpus import tokenize_corpus
 
@@ -166,19 +182,43 @@ def _corpus_windows(args, tokenizer, vocab_size: int, quiet: bool):
                              max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet, encoding=args.corpus_encoding)
     if corpus.n_tokens and corpus.ids.max() >= vocab_size:
         raise InputError(f"--corpus {args.corpus}: token ids beyond the model's vocabulary ({vocab_size})")
+    description = {"corpus": str(Path(args.corpus).absolute()), "corpus_tokens": corpus.n_tokens,
+                   "context_length": args.context_length, "contexts": args.contexts}
+    if args.contexts == "paper":
+        windows = _paper_contexts(args, corpus, tokenizer, model_dir)
+        description["context_windows"] = int(windows.shape[0])
+        return windows.astype(np.int32), description, corpus
     n = corpus.n_tokens // args.context_length
     if n == 0:
         raise InputError(f"--corpus {args.corpus}: {corpus.n_tokens} tokens, fewer than one --context-length window ({args.context_length})")
     windows = corpus.ids[: n * args.context_length].reshape(n, args.context_length)
     if args.max_contexts and n > args.max_contexts:
         windows = windows[np.sort(np.random.default_rng(args.seed).choice(n, args.max_contexts, replace=False))]
-    description = {"corpus": str(Path(args.corpus).absolute()), "corpus_tokens": corpus.n_tokens,
-                   "context_windows": int(windows.shape[0]), "context_length": args.context_length}
+    description["context_windows"] = int(windows.shape[0])
     return windows.astype(np.int32), description, corpus
 
 
+def _paper_contexts(args, corpus, tokenizer, model_dir: Path) -> np.ndarray:
+    """The authors' activation corpus (`load_pile_corpus`): TransformerLens rows of
+    --context-length tokens, --max-contexts (their 4096) of them drawn with replacement by
+    torch's generator seeded --seed (fewer rows than asked: as many draws as rows)."""
+    from qlens_jax.job.inputs import eos_and_pad_ids
+    from qlens_jax.paper_sample import draw_rows, transformer_lens_rows
+
+    eos, pad = eos_and_pad_ids(tokenizer, Path(model_dir))
+    if eos is None:
+        raise InputError("--contexts paper: the tokenizer names no EOS token, which the paper's rows put between documents")
+    rows = transformer_lens_rows(corpus, args.context_length, eos, pad)
+    return rows[draw_rows(rows.shape[0], min(args.max_contexts or PAPER_CONTEXTS, rows.shape[0]), args.seed)]
+
+
+# The authors' activation corpus holds 4096 rows of 128 tokens.
+PAPER_CONTEXTS = 4096
+
+
 def _select(sigs, dictionaries, args):
-    """Filter the signatures' lenses and features; returns (signatures, features per dictionary)."""
+    """Filter the signatures' lenses and features; returns (signatures, features per dictionary,
+    the candidate order per (name, layer) of the paper's feature sampling)."""
     from qlens_jax.job.inputs import parse_ranges
     from qlens_jax.lens.signatures import Signatures, SignatureTable
 
@@ -192,7 +232,7 @@ def _select(sigs, dictionaries, args):
     sigs = Signatures(t for t in sigs if (t.dictionary, t.layer) in keys)  # --layers may have dropped some
     rng = np.random.default_rng(args.seed)
     only = parse_ranges(args.features, "--features") if args.features else None
-    features = []
+    features, order = [], {}
     for d in dictionaries:
         tables = [t for t in sigs if (t.dictionary, t.layer) == (d.name, d.layer)]
         ids = np.unique(np.concatenate([np.asarray(t.feature_ids) for t in tables])) if tables else (np.arange(d.d_sae) if only is None else only)
@@ -203,7 +243,13 @@ def _select(sigs, dictionaries, args):
             ids = np.asarray(sorted(common), np.int64)
         if only is not None:
             ids = np.intersect1d(ids, only)
-        if args.features_per_dictionary and len(ids) > args.features_per_dictionary:
+        if args.features_per_dictionary and args.feature_sampling == "paper":
+            # The authors' sampler: 10 N candidates in Python's `random.Random(seed).sample` order;
+            # `evaluate` keeps the first N with enough active contexts.
+            candidates = random.Random(args.seed).sample(ids.tolist(), min(10 * args.features_per_dictionary, len(ids)))
+            order[(d.name, d.layer)] = np.asarray(candidates, np.int64)
+            ids = np.sort(order[(d.name, d.layer)])
+        elif args.features_per_dictionary and len(ids) > args.features_per_dictionary:
             ids = np.sort(rng.choice(ids, args.features_per_dictionary, replace=False))
         if len(ids) and ids.max() >= d.d_sae:
             raise InputError(f"--features: feature {int(ids.max())} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)")
@@ -215,7 +261,7 @@ def _select(sigs, dictionaries, args):
         take = lambda a: np.asarray(a)[rows]
         out.append(SignatureTable(t.lens, t.dictionary, t.layer, take(t.feature_ids), take(t.top_ids), take(t.top_scores),
                                   take(t.bottom_ids), take(t.bottom_scores)))
-    return out, features
+    return out, features, order
 
 
 def _baseline_sample(args, windows_source, model, quiet):
@@ -236,7 +282,7 @@ def run_evaluate(args) -> int:
     """Run `qlens evaluate` with parsed `args`; returns the exit code."""
     from qlens_jax.baselines import (TunedLensTraining, all_points, baseline_signatures, library_points, load_tuned_lens,
                                      save_tuned_lens, train_tuned_lens)
-    from qlens_jax.baselines.splice import write_point
+    from qlens_jax.baselines.api import tuned_lens_point
     from qlens_jax.baselines.tuned_lens import final_row
     from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch, read_prefixes
     from qlens_jax.evaluation.report import write_report
@@ -252,15 +298,17 @@ def run_evaluate(args) -> int:
     options = EvaluationOptions(k=args.k, min_contexts=args.min_contexts, kl_targets=_floats(args.kl_targets, "--kl-targets"),
                                 top_s=args.top_promoted, generate_tokens=args.generate_tokens, temperature=float(args.temperature),
                                 match=args.match, seed=args.seed, kl_positions=args.kl_positions, alpha_search=args.alpha_search,
-                                error_term=not args.no_error_term)
+                                error_term=not args.no_error_term,
+                                require_contexts=args.require_contexts or args.feature_sampling == "paper",
+                                max_features=args.features_per_dictionary if args.feature_sampling == "paper" else None)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model, model_dir, tokenizer = load_model_source(model_source(args))
     dictionaries = load_dictionary_sources(dictionary_sources(args), model)
     vocab = vocab_strings(tokenizer, model.config.vocab_size)
     sigs = load_signatures(args.signatures) if args.signatures else Signatures()
-    sigs, features = _select(sigs, dictionaries, args)
-    windows, description, corpus = _corpus_windows(args, tokenizer, model.config.vocab_size, quiet)
+    sigs, features, order = _select(sigs, dictionaries, args)
+    windows, description, corpus = _corpus_windows(args, tokenizer, model_dir, model.config.vocab_size, quiet)
     record = {"command": sys.argv, "inputs": {"model": str(model_dir), "dictionaries": [f"{d.name}/{d.layer}" for d in dictionaries],
                                               "signatures": args.signatures, **description},
               "options": {k: v for k, v in vars(args).items() if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None), tuple, list))}}
@@ -271,7 +319,8 @@ def run_evaluate(args) -> int:
         if args.tuned_lens:
             translators = load_tuned_lens(args.tuned_lens, model)
         elif args.train_tuned_lens:
-            points = sorted({write_point(d, model.config.n_layers) for d in dictionaries} - {final_row(model.config.n_layers)})
+            points = sorted({tuned_lens_point(d, model.config.n_layers, args.tuned_lens_point) for d in dictionaries}
+                            - {final_row(model.config.n_layers)})
             use = library_points(model.config.n_layers) if set(points) <= set(library_points(model.config.n_layers)) else all_points(model.config.n_layers)
             split = max(1, int(0.9 * len(windows)))
             translators, training = train_tuned_lens(model, windows[:split], points=use, options=TunedLensTraining(steps=args.tuned_lens_steps, seed=args.seed),
@@ -284,7 +333,8 @@ def run_evaluate(args) -> int:
                                     "heldout_kl_trained": training.heldout_kl_trained}
         wanted = {i: ids for i, ids in enumerate(features) if len(ids)}
         baselines = baseline_signatures(model, dictionaries, tokens, mask, lenses=args.baselines, features=wanted, k=args.k,
-                                        translators=translators, quiet=quiet, **precision_kwargs(args.precision))
+                                        translators=translators, tuned_lens_point_choice=args.tuned_lens_point, quiet=quiet,
+                                        **precision_kwargs(args.precision))
         save_signatures(baselines, out / "baselines.parquet", dictionaries, vocab)
         sigs = Signatures([*sigs, *baselines])
     if not len(sigs):
@@ -298,7 +348,7 @@ def run_evaluate(args) -> int:
         raise InputError("--prepend-bos: the tokenizer names no BOS token; give its id with --bos-id")
     prefix_tokens, prefix_mask = prefix_batch(tokenizer, prefixes, bos_id=bos)
     result = evaluate(model, dictionaries, sigs, windows, prefix_tokens=prefix_tokens, prefix_mask=prefix_mask, options=options,
-                      vocab=vocab, judge=_judge_config(args) if args.judge else None, quiet=quiet)
+                      vocab=vocab, judge=_judge_config(args) if args.judge else None, quiet=quiet, feature_order=order)
     scores = ("input_score", "output_score", "judge_score") if args.judge else ("input_score", "output_score")
     preamble = (f"Evaluation of {len(sigs)} signature tables on {description['context_windows']} context windows of "
                 f"{args.context_length} tokens; token sets compared by {args.match}.")

@@ -43,6 +43,8 @@ class EvaluationOptions:
     kl_positions: str = "last"  # or "all": the authors' KL, averaged over every prefix position
     alpha_search: str = "bisection"  # or "integer": the authors' integer search in [1, 1000]
     error_term: bool = True  # False: clean runs and calibration use the reconstruction (the authors' code)
+    require_contexts: bool = False  # drop features with fewer than min_contexts active contexts (the authors' sampler)
+    max_features: int | None = None  # with require_contexts: keep the first N that pass, in `feature_order`
     match: str = "ids"  # or "strings" (decoded strings, the authors' normalize_token) or "stripped" (also stripped)
     seed: int = 0
     sequences_per_chunk: int = 16
@@ -55,7 +57,7 @@ class EvaluationOptions:
     def __post_init__(self):
         if self.match not in MATCHES:
             raise InputError(f"--match {self.match!r}: choose from {', '.join(MATCHES)}")
-        for name in ("k", "min_contexts", "top_s", "sequences_per_chunk", "feature_chunk", "config_chunk", "max_iter"):
+        for name in ("k", "min_contexts", "top_s", "sequences_per_chunk", "feature_chunk", "config_chunk", "max_iter", "max_features"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not any(t > 0 for t in self.kl_targets) or any(t == 0 for t in self.kl_targets):
@@ -90,6 +92,24 @@ def _context_text(tokens: np.ndarray, row: int, position: int, vocab: np.ndarray
     return "".join(pieces) + "[[" + str(vocab[tokens[row, position]]) + "]]" + "".join(str(vocab[t]) for t in tokens[row, position + 1:hi])
 
 
+def _kept_features(top: TopContexts, options: EvaluationOptions, order: np.ndarray | None) -> np.ndarray:
+    """Indices into `top.features` (sorted ids) of the features the authors' sampler keeps."""
+    passing = np.flatnonzero(top.n_active >= options.min_contexts)
+    if options.max_features is None:
+        return passing
+    ids = np.asarray(top.features)
+    ranked = passing if order is None else passing[np.argsort([list(order).index(f) for f in ids[passing]], kind="stable")]
+    return np.sort(ranked[: options.max_features])
+
+
+def _table_rows(table, ids: np.ndarray):
+    """`table` restricted to the feature ids `ids`."""
+    rows = np.flatnonzero(np.isin(np.asarray(table.feature_ids), ids))
+    take = lambda a: np.asarray(a)[rows]
+    return type(table)(table.lens, table.dictionary, table.layer, take(table.feature_ids), take(table.top_ids),
+                       take(table.top_scores), take(table.bottom_ids), take(table.bottom_scores))
+
+
 @applies_precision
 def evaluate(
     model,
@@ -105,6 +125,7 @@ def evaluate(
     judge: JudgeConfig | None = None,
     precision: str = "float32",
     quiet: bool = True,
+    feature_order: dict[tuple[str, int], np.ndarray] | None = None,
 ) -> EvaluationResult:
     """Score every (lens, feature) of `signatures` (see the module docstring).
 
@@ -113,6 +134,10 @@ def evaluate(
     best); `prefix_tokens`/`prefix_mask`: the neutral prefixes (`prefixes.prefix_batch`);
     `vocab`: display strings per id (needed for `match="strings"` and the judge).
     `precision`: how the model's matrix products multiply (`qlens_jax.numerics`).
+    With `options.require_contexts`, features with fewer than `min_contexts` active contexts are
+    left out (no row), as the authors' feature sampler leaves them out; with
+    `options.max_features` too, only the first that many of the rest are kept per dictionary, in
+    the order `feature_order[(name, layer)]` lists them (else by id).
     """
     if judge is not None:
         judge.check()
@@ -134,6 +159,17 @@ def evaluate(
     contexts = top_contexts(model, [items[i] for i in used], [features[i] for i in used], context_tokens, context_mask,
                             n_top=options.n_top_contexts or options.min_contexts, sequences_per_chunk=options.sequences_per_chunk, quiet=quiet)
     contexts_by = dict(zip(used, contexts))
+    if options.require_contexts:
+        for i in used:
+            keep = _kept_features(contexts_by[i], options, (feature_order or {}).get((items[i].name, items[i].layer)))
+            features[i] = features[i][keep]
+            contexts_by[i] = TopContexts(*(np.asarray(a)[keep] for a in (contexts_by[i].features, contexts_by[i].values,
+                                                                         contexts_by[i].contexts, contexts_by[i].positions,
+                                                                         contexts_by[i].tokens)))
+        used = [i for i in used if len(features[i])]
+        sigs = [_table_rows(t, features[index[(t.dictionary, t.layer)]]) for t in sigs if index[(t.dictionary, t.layer)] in used]
+        if not sigs:
+            raise InputError(f"no feature has {options.min_contexts} active contexts in the corpus windows (--require-contexts)")
     promoted_by = {}
     for i in progress(used, desc="steering", quiet=quiet, unit="dictionary"):
         promoted_by[i] = promoted_tokens(model, items[i], features[i], prefix_tokens, prefix_mask, targets=options.kl_targets,
