@@ -105,8 +105,21 @@ def configure(parser: argparse.ArgumentParser):
     judge = parser.add_argument_group("LLM judge (optional, off by default)")
     judge.add_argument("--judge", action="store_true", help="also rate each signature with an LLM judge")
     judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    judge.add_argument("--judge-model", default="gpt-4o-mini", help="model name sent to the endpoint")
+    judge.add_argument("--judge-model", default=None, help="model name sent to the endpoint (default gpt-4o-mini; gpt-5-nano "
+                                                              "with --judge-preset paper)")
     judge.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the API key, if the endpoint needs one")
+    judge.add_argument("--judge-preset", choices=("default", "paper"), default="default",
+                       help="default: a 1-5 rubric with the top tokens and a few activating contexts; paper: the paper's "
+                            "0-10 topical-concentration rubric on tokens only, gpt-5-nano, no temperature or max_tokens sent")
+    judge.add_argument("--judge-system-prompt", metavar="FILE", help="replace the rubric's system prompt with this file's text "
+                                                                     "(e.g. the authors' prompt, to reproduce their runs)")
+    judge.add_argument("--judge-temperature", default=None, metavar="T|none",
+                       help="temperature sent (default 0; 'none' sends none, as models that refuse it need)")
+    judge.add_argument("--judge-max-tokens", default=None, metavar="N|none", help="max_tokens sent (default 100; 'none' sends none)")
+    judge.add_argument("--judge-cost", action="store_true",
+                       help="print what the judge would be sent (requests, estimated tokens and, with --judge-price, the "
+                            "cost) once the signatures are selected, and stop before any request and any scoring")
+    judge.add_argument("--judge-price", default=None, metavar="IN,OUT", help="USD per million input and output tokens, for --judge-cost")
     add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return lambda args, argv=None: run_evaluate(args)
@@ -162,16 +175,69 @@ def _check(args) -> None:
             raise InputError(f"{option} {value}: no such file or directory")
     if args.judge:
         _judge_config(args).check()
+    elif args.judge_cost:
+        _judge_config(args)  # the options are checked; no endpoint is needed for an estimate
     elif args.judge_endpoint:
         raise InputError("--judge-endpoint is given but --judge is not; add --judge to ask the judge")
     check_encoding(args.corpus_encoding)
     check_precision(args.precision)
 
 
-def _judge_config(args):
-    from qlens_jax.evaluation.judge import JudgeConfig
+def _optional_number(text: str | None, option: str, kind, default):
+    """`--judge-temperature` / `--judge-max-tokens`: a number, 'none' (not sent) or absent (`default`)."""
+    if text is None:
+        return default
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected a number or 'none'") from None
+    if value < 0:
+        raise InputError(f"{option} {text!r}: must not be negative")
+    return value
 
-    return JudgeConfig(endpoint=args.judge_endpoint, model=args.judge_model, api_key_env=args.judge_api_key_env)
+
+def _judge_config(args):
+    import dataclasses
+
+    from qlens_jax.evaluation.judge import JudgeConfig, paper_judge
+
+    system = None
+    if args.judge_system_prompt:
+        try:
+            system = Path(args.judge_system_prompt).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--judge-system-prompt {args.judge_system_prompt}: cannot be read ({err})") from None
+    if args.judge_preset == "paper":
+        config = paper_judge(args.judge_endpoint, args.judge_api_key_env, system)
+    else:
+        config = JudgeConfig(endpoint=args.judge_endpoint, api_key_env=args.judge_api_key_env, system_prompt=system)
+    return dataclasses.replace(
+        config, model=args.judge_model or config.model,
+        temperature=_optional_number(args.judge_temperature, "--judge-temperature", float, config.temperature),
+        max_tokens=_optional_number(args.judge_max_tokens, "--judge-max-tokens", int, config.max_tokens))
+
+
+def _judge_cost(args, sigs, vocab) -> None:
+    """Print what `--judge` would send for `sigs` (one request per lens and feature)."""
+    from qlens_jax.evaluation.judge import estimate
+
+    config = _judge_config(args)
+    token_lists = [[str(vocab[t]) for t in row[: args.k]] for table in sigs for row in np.asarray(table.top_ids)]
+    shown = 0 if config.scale == "0-10" else 5  # EvaluationOptions.judge_contexts
+    contexts = [["x" * 60] * shown] * len(token_lists)  # about one shown context's length each
+    numbers = estimate(config, token_lists, contexts)
+    line = (f"qlens evaluate --judge-cost: {numbers['requests']} requests to {config.model}, about {numbers['input_tokens']:,} "
+            f"input and at most {numbers['output_tokens']:,} output tokens")
+    if args.judge_price:
+        prices = _floats(args.judge_price, "--judge-price")
+        if len(prices) != 2:
+            raise InputError(f"--judge-price {args.judge_price!r}: give USD per million input and output tokens, e.g. 0.05,0.4")
+        price_in, price_out = prices
+        cost = numbers["input_tokens"] * price_in / 1e6 + numbers["output_tokens"] * price_out / 1e6
+        line += f", about {cost:.2f} USD"
+    print(line + "; nothing was sent")
 
 
 def _corpus_windows(args, tokenizer, model_dir: Path, vocab_size: int, quiet: bool):
@@ -308,6 +374,9 @@ def run_evaluate(args) -> int:
     vocab = vocab_strings(tokenizer, model.config.vocab_size)
     sigs = load_signatures(args.signatures) if args.signatures else Signatures()
     sigs, features, order = _select(sigs, dictionaries, args)
+    if args.judge_cost:
+        _judge_cost(args, sigs, vocab)
+        return 0
     windows, description, corpus = _corpus_windows(args, tokenizer, model_dir, model.config.vocab_size, quiet)
     record = {"command": sys.argv, "inputs": {"model": str(model_dir), "dictionaries": [f"{d.name}/{d.layer}" for d in dictionaries],
                                               "signatures": args.signatures, **description},
@@ -355,6 +424,11 @@ def run_evaluate(args) -> int:
     paths = write_report(out, result.rows, result.per_layer, result.overall, scores, preamble=preamble)
     record["seconds"] = round(time.time() - started, 1)
     record["evaluation_options"] = result.options
+    record["judge_error"] = result.judge_error
     (out / "evaluation.json").write_text(json.dumps(record, indent=1, default=str))
     print(f"qlens evaluate: {len(result.rows)} (lens, feature) rows -> {paths['table_md']} ({record['seconds']} s)")
+    if result.judge_error:
+        print(f"qlens evaluate: the judge stopped: {result.judge_error} (the scores finished before are written; "
+              "the rest are NaN)", file=sys.stderr)
+        return 2
     return 0

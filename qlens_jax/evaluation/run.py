@@ -16,7 +16,7 @@ import numpy as np
 
 from qlens_jax.evaluation.contexts import TopContexts, top_contexts
 from qlens_jax.evaluation.input_score import input_scores
-from qlens_jax.evaluation.judge import JudgeConfig, judge_scores
+from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, judge_scores
 from qlens_jax.evaluation.matching import MATCHES
 from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_tokens
 from qlens_jax.evaluation.sources import load_signatures
@@ -84,6 +84,7 @@ class EvaluationResult:
     contexts: list[TopContexts] = field(default_factory=list)
     promoted: list[Promoted] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    judge_error: str | None = None  # the judge's failure; the scores finished before it are kept
 
 
 def _context_text(tokens: np.ndarray, row: int, position: int, vocab: np.ndarray, width: int = 8) -> str:
@@ -178,6 +179,7 @@ def evaluate(
                                          max_iter=options.max_iter, rtol=options.rtol, kl_positions=options.kl_positions,
                                          alpha_search=options.alpha_search, error_term=options.error_term)
     rows = []
+    judge_error = None
     context_tokens = np.asarray(context_tokens)
     for table in sigs:
         i = index[(table.dictionary, table.layer)]
@@ -193,7 +195,13 @@ def evaluate(
             token_lists = [[str(vocab[t]) for t in row] for row in token_sets]
             shown = [[_context_text(context_tokens, int(c), int(p), vocab) for c, p, a in zip(sub_top.contexts[f], sub_top.positions[f], sub_top.active[f]) if a][: options.judge_contexts]
                      for f in range(len(where))]
-            judged = judge_scores(judge, token_lists, shown if options.judge_contexts else None)
+            if judge_error is None:
+                try:
+                    judged = judge_scores(judge, token_lists, shown if options.judge_contexts else None)
+                except JudgeError as err:
+                    if err.scores is None:
+                        raise
+                    judged, judge_error = err.scores, str(err)
         for f, feature in enumerate(np.asarray(table.feature_ids)):
             row = {"lens": table.lens, "family": d.name, "dictionary": d.name, "layer": d.layer, "feature": int(feature),
                    "feature_str": d.feature_str(int(feature)), "input_score": float(scores_in[f]), "output_score": float(scores_out[f]),
@@ -205,4 +213,5 @@ def evaluate(
             rows.append(row)
     scores = SCORES if judge is not None else SCORES[:2]
     per_layer, overall = summarize(rows, scores)
-    return EvaluationResult(rows, per_layer, overall, [contexts_by[i] for i in used], [promoted_by[i] for i in used], asdict(options))
+    return EvaluationResult(rows, per_layer, overall, [contexts_by[i] for i in used], [promoted_by[i] for i in used], asdict(options),
+                            judge_error)
