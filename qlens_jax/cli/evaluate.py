@@ -76,6 +76,10 @@ def configure(parser: argparse.ArgumentParser):
                               "default, drawn with replacement by torch's generator seeded --seed)")
     scoring.add_argument("--max-contexts", type=int, help="use at most this many context windows (default: all)")
     scoring.add_argument("--min-contexts", type=int, default=20, help="active contexts a feature needs for I(T)")
+    scoring.add_argument("--activations", metavar="FILE.pkl",
+                         help="the authors' feature sample (a pickle of util.Feature records, read without running code "
+                              "from it): only its features are evaluated, and I(T) uses its activations as contexts, as "
+                              "their input_score.py does (the token at each activation's maximum, compared as strings)")
     scoring.add_argument("--require-contexts", action="store_true",
                          help="leave out features with fewer than --min-contexts active contexts (no row), as the authors' "
                               "feature sampler does; by default they are kept with I(T) = NaN")
@@ -170,7 +174,7 @@ def _check(args) -> None:
     if args.tuned_lens and args.train_tuned_lens:
         raise InputError("give either --tuned-lens or --train-tuned-lens, not both")
     for option, value in (("--corpus", args.corpus), ("--signatures", args.signatures), ("--token-sample", args.token_sample),
-                          ("--tuned-lens", args.tuned_lens), ("--prefixes", args.prefixes)):
+                          ("--tuned-lens", args.tuned_lens), ("--prefixes", args.prefixes), ("--activations", args.activations)):
         if value is not None and not Path(value).expanduser().exists():
             raise InputError(f"{option} {value}: no such file or directory")
     if args.judge:
@@ -217,6 +221,22 @@ def _judge_config(args):
         config, model=args.judge_model or config.model,
         temperature=_optional_number(args.judge_temperature, "--judge-temperature", float, config.temperature),
         max_tokens=_optional_number(args.judge_max_tokens, "--judge-max-tokens", int, config.max_tokens))
+
+
+def _activating_tokens(args, dictionaries):
+    """The --activations pickle's `A` per (layer, feature), or None; each listed layer must hold
+    exactly one of the dictionaries evaluated (the pickle names features by layer)."""
+    if not args.activations:
+        return None
+    from qlens_jax.io.reference_features import read_activating_tokens
+
+    activating = read_activating_tokens(args.activations)
+    for layer in sorted({layer for layer, _ in activating}):
+        here = [d.name for d in dictionaries if d.layer == layer]
+        if len(here) > 1:
+            raise InputError(f"--activations {args.activations}: layer {layer} holds several dictionaries ({', '.join(here)}); "
+                             "the pickle names features by layer only: pass one --dictionary per layer")
+    return activating
 
 
 def _judge_cost(args, sigs, vocab) -> None:
@@ -282,9 +302,10 @@ def _paper_contexts(args, corpus, tokenizer, model_dir: Path) -> np.ndarray:
 PAPER_CONTEXTS = 4096
 
 
-def _select(sigs, dictionaries, args):
+def _select(sigs, dictionaries, args, listed=None):
     """Filter the signatures' lenses and features; returns (signatures, features per dictionary,
-    the candidate order per (name, layer) of the paper's feature sampling)."""
+    the candidate order per (name, layer) of the paper's feature sampling). `listed`: the
+    `(layer, feature)` pairs of an --activations pickle, to which the features are restricted."""
     from qlens_jax.job.inputs import parse_ranges
     from qlens_jax.lens.signatures import Signatures, SignatureTable
 
@@ -309,6 +330,8 @@ def _select(sigs, dictionaries, args):
             ids = np.asarray(sorted(common), np.int64)
         if only is not None:
             ids = np.intersect1d(ids, only)
+        if listed is not None:
+            ids = np.intersect1d(ids, np.asarray(sorted(f for layer, f in listed if layer == d.layer), np.int64))
         if args.features_per_dictionary and args.feature_sampling == "paper":
             # The authors' sampler: 10 N candidates in Python's `random.Random(seed).sample` order;
             # `evaluate` keeps the first N with enough active contexts.
@@ -373,7 +396,8 @@ def run_evaluate(args) -> int:
     dictionaries = load_dictionary_sources(dictionary_sources(args), model)
     vocab = vocab_strings(tokenizer, model.config.vocab_size)
     sigs = load_signatures(args.signatures) if args.signatures else Signatures()
-    sigs, features, order = _select(sigs, dictionaries, args)
+    activating = _activating_tokens(args, dictionaries)
+    sigs, features, order = _select(sigs, dictionaries, args, None if activating is None else set(activating))
     if args.judge_cost:
         _judge_cost(args, sigs, vocab)
         return 0
@@ -417,7 +441,8 @@ def run_evaluate(args) -> int:
         raise InputError("--prepend-bos: the tokenizer names no BOS token; give its id with --bos-id")
     prefix_tokens, prefix_mask = prefix_batch(tokenizer, prefixes, bos_id=bos)
     result = evaluate(model, dictionaries, sigs, windows, prefix_tokens=prefix_tokens, prefix_mask=prefix_mask, options=options,
-                      vocab=vocab, judge=_judge_config(args) if args.judge else None, quiet=quiet, feature_order=order)
+                      vocab=vocab, judge=_judge_config(args) if args.judge else None, quiet=quiet, feature_order=order,
+                      activating_tokens=activating)
     scores = ("input_score", "output_score", "judge_score") if args.judge else ("input_score", "output_score")
     preamble = (f"Evaluation of {len(sigs)} signature tables on {description['context_windows']} context windows of "
                 f"{args.context_length} tokens; token sets compared by {args.match}.")

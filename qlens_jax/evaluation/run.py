@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from qlens_jax.evaluation.contexts import TopContexts, top_contexts
-from qlens_jax.evaluation.input_score import input_scores
+from qlens_jax.evaluation.input_score import input_scores, input_scores_from_strings
 from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, judge_scores
 from qlens_jax.evaluation.matching import MATCHES
 from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_tokens
@@ -103,6 +103,18 @@ def _kept_features(top: TopContexts, options: EvaluationOptions, order: np.ndarr
     return np.sort(ranked[: options.max_features])
 
 
+def _pickled_input_scores(activating, layer: int, feature_ids: np.ndarray, token_sets: np.ndarray, vocab) -> np.ndarray:
+    """I(T) of the features of one table from their pickled activating tokens (NaN where none are listed)."""
+    if vocab is None:
+        raise InputError("I(T) from pickled activations compares strings: it needs the vocabulary's strings (vocab)")
+    listed = [(int(f), row) for f, row in zip(feature_ids, token_sets) if (layer, int(f)) in activating]
+    scores = np.full(len(feature_ids), np.nan)
+    if listed:
+        found = input_scores_from_strings([activating[(layer, f)] for f, _ in listed], [[str(vocab[t]) for t in row] for _, row in listed])
+        scores[[i for i, f in enumerate(feature_ids) if (layer, int(f)) in activating]] = found
+    return scores
+
+
 def _table_rows(table, ids: np.ndarray):
     """`table` restricted to the feature ids `ids`."""
     rows = np.flatnonzero(np.isin(np.asarray(table.feature_ids), ids))
@@ -127,6 +139,7 @@ def evaluate(
     precision: str = "float32",
     quiet: bool = True,
     feature_order: dict[tuple[str, int], np.ndarray] | None = None,
+    activating_tokens: dict[tuple[int, int], list[str]] | None = None,
 ) -> EvaluationResult:
     """Score every (lens, feature) of `signatures` (see the module docstring).
 
@@ -139,6 +152,9 @@ def evaluate(
     left out (no row), as the authors' feature sampler leaves them out; with
     `options.max_features` too, only the first that many of the rest are kept per dictionary, in
     the order `feature_order[(name, layer)]` lists them (else by id).
+    `activating_tokens[(layer, feature)]`: the feature's `A` as strings (the authors' feature
+    pickles, `io.reference_features.read_activating_tokens`); I(T) is then computed from them as
+    the authors' `input_score.py` does (`vocab` needed), NaN for features they do not list.
     """
     if judge is not None:
         judge.check()
@@ -188,7 +204,10 @@ def evaluate(
         token_sets = np.asarray(table.top_ids)[:, : options.k]
         sub_top = TopContexts(*(np.asarray(a)[where] for a in (top.features, top.values, top.contexts, top.positions, top.tokens)))
         sub_promoted = Promoted(promoted.features[where], promoted.targets, *(a[where] for a in (promoted.alphas, promoted.kl, promoted.reached, promoted.promoted, promoted.change)))
-        scores_in = input_scores(sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab)
+        if activating_tokens is None:
+            scores_in = input_scores(sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab)
+        else:
+            scores_in = _pickled_input_scores(activating_tokens, table.layer, np.asarray(table.feature_ids), token_sets, vocab)
         scores_out = output_scores(sub_promoted, token_sets, match=options.match, vocab=vocab)
         judged = [float("nan")] * len(where)
         if judge is not None:

@@ -108,3 +108,43 @@ def test_judge_cost_prints_an_estimate_and_sends_nothing(run_dir, tmp_path, caps
     printed = capsys.readouterr().out
     assert "8 requests to gpt-4o-mini" in printed and "USD" in printed and "nothing was sent" in printed
     assert not (tmp_path / "eval" / "scores.csv").exists()
+
+
+def test_activations_pickle_selects_features_and_gives_I_T(run_dir, tmp_path, monkeypatch):
+    """--activations: only the pickle's features are evaluated, and I(T) comes from its activations
+    (the string at each activation's maximum); a feature whose contexts are its own top tokens scores 1."""
+    import pickle
+    import sys
+    import types
+
+    import pyarrow.parquet as pq
+
+    util = types.ModuleType("util")  # the authors' module name, which their pickles reference
+
+    class Feature:
+        pass
+
+    class Activation:
+        pass
+
+    for cls in (Feature, Activation):
+        cls.__module__, cls.__qualname__ = "util", cls.__name__
+        setattr(util, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, "util", util)
+    table = pq.read_table(run_dir / "signatures.parquet").to_pylist()
+    top = next(r["top_tokens"] for r in table if r["lens"] == "logit_lens_value" and r["feature"] == 2)
+    feature = Feature()
+    activation = Activation()
+    activation.__dict__.update(token_values=[("x", 0.0), (top[0], 3.0)], max_value=3.0, min_value=0.0, max_value_token_index=1)
+    feature.__dict__.update(model_id="m", feature=2, layer="2", type="res", size="2k", activations=[activation] * 3)
+    sample = tmp_path / "features.pkl"
+    sample.write_bytes(pickle.dumps([feature]))
+    out = tmp_path / "eval"
+    code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
+                 "--corpus", str(default.heldout_text_path()), "--activations", str(sample), "--lenses", "logit_lens_value",
+                 "--max-contexts", "40", "--out", str(out), "--quiet"])
+    assert code == 0
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["lens"], int(r["feature"])) for r in rows] == [("logit_lens_value", 2)]
+    assert float(rows[0]["input_score"]) == 1.0
