@@ -106,6 +106,11 @@ def configure(parser: argparse.ArgumentParser):
                          help="compare token ids; decoded strings with space markers normalized as the authors' normalize_token "
                               "(strings, the paper's I(T)); or the same with surrounding whitespace stripped (stripped)")
     scoring.add_argument("--seed", type=int, default=0, help="seed of feature sampling, baseline sample and generation")
+    parser.add_argument("--protocol", choices=("default", "paper"), default="default",
+                        help="paper: the paper's evaluation protocol, every convention of the authors' code (the contexts, "
+                             "feature filter and sampler, string matching, 20 steered tokens at T = 0.75, their KL and "
+                             "alpha search, BOS, no error term, the tuned-lens index, the judge, seed 42: docs/evaluation.md); "
+                             "an option given with another value is refused")
     judge = parser.add_argument_group("LLM judge (optional, off by default)")
     judge.add_argument("--judge", action="store_true", help="also rate each signature with an LLM judge")
     judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
@@ -126,7 +131,7 @@ def configure(parser: argparse.ArgumentParser):
     judge.add_argument("--judge-price", default=None, metavar="IN,OUT", help="USD per million input and output tokens, for --judge-cost")
     add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return lambda args, argv=None: run_evaluate(args)
+    return lambda args, argv=None: run_evaluate(args, argv or [], parser)
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -367,8 +372,8 @@ def _baseline_sample(args, windows_source, model, quiet):
     return (tokens, mask), {"corpus_windows": args.num_samples, "max_length": args.max_length, "seed": args.seed}
 
 
-def run_evaluate(args) -> int:
-    """Run `qlens evaluate` with parsed `args`; returns the exit code."""
+def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
+    """Run `qlens evaluate` with parsed `args` (`argv` and `parser`: to apply --protocol); returns the exit code."""
     from qlens_jax.baselines import (TunedLensTraining, all_points, baseline_signatures, library_points, load_tuned_lens,
                                      save_tuned_lens, train_tuned_lens)
     from qlens_jax.baselines.api import tuned_lens_point
@@ -383,6 +388,11 @@ def run_evaluate(args) -> int:
 
     started = time.time()
     quiet = args.quiet
+    if args.protocol == "paper":
+        from qlens_jax.protocol import PAPER_EVALUATE, apply_protocol
+
+        sampling = {"feature_sampling": "paper"} if args.features_per_dictionary else {}
+        apply_protocol(args, parser, argv or [], {**PAPER_EVALUATE, **sampling})
     _check(args)
     options = EvaluationOptions(k=args.k, min_contexts=args.min_contexts, kl_targets=_floats(args.kl_targets, "--kl-targets"),
                                 top_s=args.top_promoted, generate_tokens=args.generate_tokens, temperature=float(args.temperature),

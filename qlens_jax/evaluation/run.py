@@ -70,6 +70,14 @@ class EvaluationOptions:
         if self.temperature < 0:
             raise InputError(f"--temperature {self.temperature}: must be at least 0 (0 decodes greedily)")
 
+    @classmethod
+    def for_protocol(cls, protocol, **overrides) -> "EvaluationOptions":
+        """The options of `protocol` (`Protocol.PAPER`: the paper's; see `qlens_jax.protocol`), with
+        `overrides` that do not contradict it."""
+        from qlens_jax.protocol import PAPER_EVALUATION_OPTIONS, protocol_values
+
+        return cls(**protocol_values(protocol, PAPER_EVALUATION_OPTIONS, overrides))
+
     @property
     def s_size(self) -> int:
         """|S|: `top_s`, else |T| = `k`."""
