@@ -10,13 +10,13 @@ contradicts it and is refused, naming both.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from qlens_jax.errors import InputError
 
 
-class Protocol(str, Enum):
+class Protocol(StrEnum):
     DEFAULT = "default"
     PAPER = "paper"
 

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from qlens_jax import memory
 from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import write_point
 from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, final_row, library_points, point_name
-from qlens_jax import memory
 from qlens_jax.lens.chunks import plan_chunks
 from qlens_jax.lens.plan import dictionary_list, feature_ids
 from qlens_jax.lens.signatures import Signatures, SignatureTable
@@ -34,7 +34,14 @@ from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
-from qlens_jax.readout import Layout, ReadoutContext, feature_chunk_for, identity_scores, read_topk, unembedding_score_fn
+from qlens_jax.readout import (
+    Layout,
+    ReadoutContext,
+    feature_chunk_for,
+    identity_scores,
+    read_topk,
+    unembedding_score_fn,
+)
 
 BASELINE_LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens")
 TUNED_LENSES = ("tuned_lens", "tuned_lens_linear")

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qlens_jax.cli.options import add_corpus_encoding_argument, add_precision_argument, check_precision, dictionary_sources, model_source
+from qlens_jax.cli.options import (
+    add_corpus_encoding_argument,
+    add_precision_argument,
+    check_precision,
+    dictionary_sources,
+    model_source,
+)
 from qlens_jax.errors import InputError
 
 EPILOG = """\
@@ -374,8 +380,15 @@ def _baseline_sample(args, windows_source, model, quiet):
 
 def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     """Run `qlens evaluate` with parsed `args` (`argv` and `parser`: to apply --protocol); returns the exit code."""
-    from qlens_jax.baselines import (TunedLensTraining, all_points, baseline_signatures, library_points, load_tuned_lens,
-                                     save_tuned_lens, train_tuned_lens)
+    from qlens_jax.baselines import (
+        TunedLensTraining,
+        all_points,
+        baseline_signatures,
+        library_points,
+        load_tuned_lens,
+        save_tuned_lens,
+        train_tuned_lens,
+    )
     from qlens_jax.baselines.api import tuned_lens_point
     from qlens_jax.baselines.tuned_lens import final_row
     from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch, read_prefixes

@@ -85,8 +85,7 @@ def check_precision(precision: str) -> None:
     """`--precision` must be a mode this machine's backend honours (`qlens_jax.numerics`):
     tf32 needs a GPU, bfloat16 products a GPU or TPU. Checked before any input is loaded."""
     from qlens_jax.errors import InputError
-    from qlens_jax.numerics import PrecisionError
-    from qlens_jax.numerics import check_precision as check_mode
+    from qlens_jax.numerics import PrecisionError, check_precision as check_mode
 
     try:
         check_mode(precision)

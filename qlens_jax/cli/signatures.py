@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from qlens_jax.cli.options import (add_layers_argument, add_model_arguments, add_precision_argument, add_sample_arguments,
-                                   check_precision, dictionary_sources, model_source, sample_spec)
+from qlens_jax.cli.options import (
+    add_layers_argument,
+    add_model_arguments,
+    add_precision_argument,
+    add_sample_arguments,
+    check_precision,
+    dictionary_sources,
+    model_source,
+    sample_spec,
+)
 from qlens_jax.job.spec import JobOptions, SignaturesJob
 
 SIGNATURES_EPILOG = """\

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from qlens_jax.errors import InputError
 from qlens_jax.evaluation.contexts import TopContexts, top_contexts
 from qlens_jax.evaluation.input_score import input_scores, input_scores_from_strings
 from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, judge_scores
@@ -22,7 +23,6 @@ from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_
 from qlens_jax.evaluation.sources import load_signatures
 from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, summarize
 from qlens_jax.evaluation.steering import ALPHA_SEARCHES, KL_POSITIONS
-from qlens_jax.errors import InputError
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 

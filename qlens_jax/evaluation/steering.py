@@ -30,10 +30,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.baselines.splice import set_feature, splice_point
-from qlens_jax.lens.transport import run_from
 from qlens_jax.dictionaries import Dictionary
+from qlens_jax.lens.transport import run_from
 from qlens_jax.models import Transformer
-
 
 # How `calibrate_alphas` measures the KL and searches alpha, and which run is "clean".
 KL_POSITIONS = ("last", "all")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from qlens_jax.corpus import CorpusError, check_encoding, load_token_sample, sample_windows, tokenize_corpus
-from qlens_jax.paper_sample import paper_sample
 from qlens_jax.errors import InputError
 from qlens_jax.io.reference_features import is_feature_sample, read_feature_sample
 from qlens_jax.io.rundir import check_writable
@@ -23,6 +22,7 @@ from qlens_jax.job.spec import DictionarySources, JobOptions, ModelSource, Sampl
 from qlens_jax.lens.options import DTYPES, PATHS, PRECISIONS
 from qlens_jax.lens.signatures import LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
+from qlens_jax.paper_sample import paper_sample
 
 _RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 

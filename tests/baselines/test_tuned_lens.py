@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import converters
-from splice_reference import make_dictionary
 from qlens_jax.baselines import (
     TunedLens,
     TunedLensTraining,
@@ -24,8 +23,9 @@ from qlens_jax.baselines import (
     train_tuned_lens,
 )
 from qlens_jax.errors import InputError
-from qlens_jax.readout import value_scores
 from qlens_jax.lens.validation import LensRequestError
+from qlens_jax.readout import value_scores
+from splice_reference import make_dictionary
 from tiny_models import build_hf_model
 
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from world import corpus_documents
 
 import converters
 from qlens_jax import default
@@ -14,6 +13,7 @@ from qlens_jax.corpus import CorpusError, tokenize_corpus
 from qlens_jax.job.inputs import draw_sample, eos_and_pad_ids
 from qlens_jax.job.spec import SampleSpec
 from qlens_jax.paper_sample import HELD_OUT_ROWS, draw_rows, paper_sample, transformer_lens_rows
+from world import corpus_documents
 
 MAX_LENGTH = 8
 

@@ -2,9 +2,17 @@
 fake OpenAI-compatible server on 127.0.0.1 started here (no external network)."""
 
 import pytest
-from fake_judge import fake_judge
 
-from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, build_prompt, estimate, judge_scores, paper_judge, parse_score
+from fake_judge import fake_judge
+from qlens_jax.evaluation.judge import (
+    JudgeConfig,
+    JudgeError,
+    build_prompt,
+    estimate,
+    judge_scores,
+    paper_judge,
+    parse_score,
+)
 
 
 @pytest.fixture

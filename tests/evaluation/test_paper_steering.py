@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_models import VOCAB, build_hf_model
 
 import converters
 from benchmarks.authors import load_transformer_lens, save_word_tokenizer
 from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes
+from tiny_models import VOCAB, build_hf_model
 
 LAYER, FEATURES, TARGETS = 1, (3, 11), (0.25, 0.5, -0.25)
 PROMPTS = ["t5 t17 t33 t8", "t40 t2 t71 t19", "t9 t64 t23 t55", "t88 t31 t7 t12"]
