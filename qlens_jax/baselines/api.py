@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from qlens_jax import memory
 from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import write_point
-from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, point_name
-from qlens_jax import memory
+from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, final_row, library_points, point_name
 from qlens_jax.lens.chunks import plan_chunks
 from qlens_jax.lens.plan import dictionary_list, feature_ids
 from qlens_jax.lens.signatures import Signatures, SignatureTable
@@ -40,9 +40,22 @@ from qlens_jax.readout import (
 
 BASELINE_LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens")
 TUNED_LENSES = ("tuned_lens", "tuned_lens_linear")
+# Which translator the tuned lenses apply to a dictionary at layer `l`: the one of the residual
+# point the dictionary writes ("written", the default), or the library's translator `l`,
+# i.e. that of resid_pre[l], with the identity at the last layer ("layer": the authors' code).
+TUNED_LENS_POINTS = ("written", "layer")
 
 
-def _validate(model, dictionaries, lenses, k, translators):
+def tuned_lens_point(dictionary, n_layers: int, choice: str = "written") -> int:
+    """The residual point (`points.row`) whose translator the tuned lenses apply to `dictionary`."""
+    if choice == "layer":
+        if dictionary.layer == n_layers - 1:
+            return final_row(n_layers)
+        return library_points(n_layers)[dictionary.layer]
+    return write_point(dictionary, n_layers)
+
+
+def _validate(model, dictionaries, lenses, k, translators, point_choice: str = "written"):
     from qlens_jax.dictionaries import validate_dictionary
 
     if not lenses:
@@ -68,8 +81,10 @@ def _validate(model, dictionaries, lenses, k, translators):
         if (translators.n_layers, translators.d_model) != (c.n_layers, c.d_model):
             raise LensRequestError(f"the tuned lens fits {translators.n_layers} layers of width {translators.d_model}; "
                                    f"the model has {c.n_layers} of width {c.d_model}")
+        if point_choice not in TUNED_LENS_POINTS:
+            raise LensRequestError(f"tuned_lens_point {point_choice!r}: choose from {', '.join(TUNED_LENS_POINTS)}")
         for d in items:
-            point = write_point(d, c.n_layers)
+            point = tuned_lens_point(d, c.n_layers, point_choice)
             if not translators.has(point):
                 raise LensRequestError(f"dictionary {d.name!r} (layer {d.layer}) writes at {point_name(point, c.n_layers)}, where the "
                                        f"tuned lens has no translator. {TUNED_LENS_HINT}")
@@ -98,6 +113,7 @@ def baseline_signatures(
     config_chunk: int | None = None,
     feature_chunk: int | None = None,
     remove_final_norm_bias: bool = False,
+    tuned_lens_point_choice: str = "written",
     precision: str = "float32",
     quiet: bool = True,
 ) -> Signatures:
@@ -108,8 +124,10 @@ def baseline_signatures(
     means over its valid positions), `features` None (all) / indices for every dictionary / a
     dict from dictionary position or `(name, layer)` to indices. `translators`: a `TunedLens`
     (needed for `tuned_lens`). `remove_final_norm_bias` applies to `tuned_lens` only (in the
-    secant differences the bias cancels). `precision`: how matrix products multiply
-    (`qlens_jax.numerics`).
+    secant differences the bias cancels). `tuned_lens_point_choice`: "written" (the translator of
+    the point the dictionary writes) or "layer" (the authors' code: translator `layer`, the
+    identity at the last layer; see `TUNED_LENS_POINTS`). `precision`: how matrix products
+    multiply (`qlens_jax.numerics`).
 
     Cost: the secant lenses run the model from each dictionary's write point once per
     (feature, lens) over the whole sample (the quantity is a finite difference; there is no
@@ -117,7 +135,7 @@ def baseline_signatures(
     token chunk.
     """
     lenses = tuple(lenses)
-    items = _validate(model, dictionaries, lenses, k, translators)
+    items = _validate(model, dictionaries, lenses, k, translators, tuned_lens_point_choice)
     tokens, mask = check_tokens(model, tokens, mask)
     budget = memory.budget_bytes(memory_budget_gb)
     plan = plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk)
@@ -148,7 +166,7 @@ def baseline_signatures(
                 result = read_topk(score_fn, diffs[j * len(ids):(j + 1) * len(ids)], k, readout_chunk, layout)
                 tables[(lens, index)] = _table(lens, dictionary, ids, result)
         for lens in (lens for lens in lenses if lens in TUNED_LENSES):
-            point = write_point(dictionary, model.config.n_layers)
+            point = tuned_lens_point(dictionary, model.config.n_layers, tuned_lens_point_choice)
             values = jnp.asarray(dictionary.value_vectors())[jnp.asarray(ids)].astype(jnp.float32)
             vectors = translators.translate(values, point, bias=lens == "tuned_lens")
             context = ReadoutContext(model=model, key_matrix=model.W_E, remove_final_norm_bias=remove_final_norm_bias, k=k, feature_chunk=readout_chunk)

@@ -118,21 +118,27 @@ class SplicePoint:
     output projection and post-norm and is added to `before` (the block's `resid_pre`)."""
 
     x: jax.Array  # [b, s, d_in] what the dictionary reads
-    h: jax.Array  # [b, s, d] the clean residual stream at `point`
+    h: jax.Array  # [b, s, d] the residual stream at `point` (clean, or with the error term dropped)
     acts: jax.Array  # [b, s, d_sae] clean post-activations
     point: Point  # a residual point
     block: Block | None = None
     before: jax.Array | None = None  # [b, s, d]
+    z_offset: jax.Array | None = None  # [b, s, q] added to `z` with the error term dropped
 
     def spliced(self, change: Float[Array, "b s d_out"]) -> Float[Array, "b s d"]:
         """The residual stream at `point` when `change` is added to the dictionary's output site."""
         if self.block is None:
             return self.h + change.astype(self.h.dtype)
-        return self.before + attention_output(self.block, self.x + change.astype(self.x.dtype))
+        z = self.x if self.z_offset is None else self.x + self.z_offset
+        return self.before + attention_output(self.block, z + change.astype(self.x.dtype))
 
 
-def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask) -> SplicePoint:
-    """Run the clean model on a batch and read the dictionary's site (traceable)."""
+def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask, error_term: bool = True) -> SplicePoint:
+    """Run the clean model on a batch and read the dictionary's site (traceable).
+
+    With `error_term=False` the dictionary's reconstruction replaces the model's value where it
+    writes (`out - reconstruct(x)` dropped, sae_lens's default splice, as the authors' calibration
+    runs): `h` is then the residual stream of that spliced run, and so is everything built on it."""
     _, residuals = model.run_with_residuals(tokens, mask)
     x = site_input(dictionary, residuals)
     n_layers = model.config.n_layers
@@ -143,7 +149,14 @@ def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask) -> Sp
         through = dict(block=model.block(dictionary.layer)[0], before=residuals.resid_pre[dictionary.layer])
     elif write.site not in RESIDUAL_SITES:
         raise ValueError(f"dictionary {dictionary.name!r}: cannot splice at write point {write}")
-    return SplicePoint(x=x, h=point_value(residuals, point), acts=dictionary.encode(x), point=point, **through)
+    site = SplicePoint(x=x, h=point_value(residuals, point), acts=dictionary.encode(x), point=point, **through)
+    if error_term:
+        return site
+    out = point_value(residuals, Point(dictionary.site_out, dictionary.layer))
+    error = out.astype(jnp.float32) - dictionary.reconstruct(x).astype(jnp.float32)
+    if site.block is None:
+        return dataclasses.replace(site, h=site.h - error.astype(site.h.dtype))
+    return dataclasses.replace(site, h=site.spliced(-error), z_offset=-error.astype(x.dtype))
 
 
 def set_feature(
@@ -153,9 +166,11 @@ def set_feature(
     mask: Bool[Array, "b s"],
     feature: Int[Array, ""],
     value: Float[Array, ""],
+    where: Bool[Array, "b s"] | None = None,
 ) -> Float[Array, "b s d"]:
     """Final residual with `feature`'s post-activation set to `value` at every valid position
-    (reconstruction error kept, so everything else is as in the clean run)."""
-    change = (value - site.acts[..., feature]) * mask
+    (or only where `where` is also true), reconstruction error kept, so everything else is as in
+    the clean run."""
+    change = (value - site.acts[..., feature]) * (mask if where is None else mask & where)
     delta = feature_change(dictionary, site.x, feature, change)
     return run_from(model, site.spliced(delta), mask, site.point)

@@ -1,4 +1,4 @@
-"""The `qlens` command line: `qlens signatures`, `export`, `view`, `demo`, `channels`, `evaluate`.
+"""The `qlens` command line: `qlens signatures`, `export`, `view`, `demo`, `channels`, `evaluate`, `compare`.
 
 Each subcommand lives in its own module with a function `configure(parser) -> runner`: it
 declares the subcommand's arguments on `parser` and returns `runner(args, argv) -> exit code`.
@@ -84,6 +84,15 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "Score the signatures of a finished run (and baseline lenses: zero-out, token change, tuned\n"
         "lens) with the input score I(T) and the output score O(T) of the paper; write Table-1-style\n"
         "tables (Markdown, CSV) and per-layer figures (PNG). An LLM judge is optional (off by default).",
+    ),
+    Subcommand(
+        "compare", "qlens_jax.cli.compare:configure",
+        "how much the top-k lists of several runs agree (Jaccard; the paper's Table 9)",
+        "For every lens, dictionary and layer that all runs computed and every feature they share,\n"
+        "the Jaccard index of the top-k token sets between each pair of runs and, with three or more\n"
+        "runs, across all of them (mean, standard deviation and 95 % interval over the features).\n"
+        "Runs of the same job on token samples drawn with different seeds measure how stable the\n"
+        "signatures are.",
     ),
     Subcommand("serve", "qlens_jax.serve.cli:configure_serve", SERVE_HELP, SERVE_DESCRIPTION),
     Subcommand("search", "qlens_jax.serve.cli:configure_search", SEARCH_HELP, SEARCH_DESCRIPTION),

@@ -47,9 +47,11 @@ def add_sample_arguments(group, seed: bool = True) -> None:
         group.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the window sampling")
     group.add_argument("--prepend-bos", action="store_true", help="start every window with BOS (the reference does not)")
     group.add_argument("--bos-id", type=int, metavar="ID", help="BOS token id (default: from tokenizer_config.json or config.json)")
-    group.add_argument("--windows", choices=("concat", "document"), default="concat",
-                       help="concat: windows over the concatenated documents (the reference); "
-                            "document: inside one document, short ones right-padded")
+    group.add_argument("--windows", choices=("concat", "document", "paper"), default="concat",
+                       help="concat: windows over the concatenated documents (the reference's convention); "
+                            "document: inside one document, short ones right-padded; "
+                            "paper: the authors' exact sample (TransformerLens rows with EOS between documents, "
+                            "last 1000 rows held out, torch's generator seeded --seed: use --seed 42 as the paper)")
     group.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text in JSONL / datasets corpora")
     group.add_argument("--corpus-split", metavar="NAME", help="split of a datasets DatasetDict (default: train)")
     group.add_argument("--corpus-format", choices=("text", "jsonl", "datasets", "npy"), help="force the corpus format (default: detected)")
@@ -83,8 +85,7 @@ def check_precision(precision: str) -> None:
     """`--precision` must be a mode this machine's backend honours (`qlens_jax.numerics`):
     tf32 needs a GPU, bfloat16 products a GPU or TPU. Checked before any input is loaded."""
     from qlens_jax.errors import InputError
-    from qlens_jax.numerics import PrecisionError
-    from qlens_jax.numerics import check_precision as check_mode
+    from qlens_jax.numerics import PrecisionError, check_precision as check_mode
 
     try:
         check_mode(precision)

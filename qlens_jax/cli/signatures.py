@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from qlens_jax.cli.options import (add_layers_argument, add_model_arguments, add_precision_argument, add_sample_arguments,
-                                   check_precision, dictionary_sources, model_source, sample_spec)
+from qlens_jax.cli.options import (
+    add_layers_argument,
+    add_model_arguments,
+    add_precision_argument,
+    add_sample_arguments,
+    check_precision,
+    dictionary_sources,
+    model_source,
+    sample_spec,
+)
 from qlens_jax.job.spec import JobOptions, SignaturesJob
 
 SIGNATURES_EPILOG = """\
@@ -67,9 +75,12 @@ def configure(parser: argparse.ArgumentParser):
     scale.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address (default: from the environment)")
     scale.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: number of processes (default: from the environment)")
     scale.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0..N-1 (default: from the environment)")
+    parser.add_argument("--protocol", choices=("default", "paper"), default="default",
+                        help="paper: the paper's sample and numerics (--windows paper --seed 42 --num-samples 1024 "
+                             "--max-length 32 --dtype bfloat16 --k 25); an option given with another value is refused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (the one-line summary stays)")
 
-    return run
+    return lambda args, argv: run(args, argv, parser)
 
 
 def signatures_job(args: argparse.Namespace) -> SignaturesJob:
@@ -87,9 +98,12 @@ def signatures_job(args: argparse.Namespace) -> SignaturesJob:
     return SignaturesJob(model=model_source(args), dictionaries=dictionary_sources(args), sample=sample_spec(args), options=options)
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def run(args: argparse.Namespace, argv: list[str], parser: argparse.ArgumentParser | None = None) -> int:
     from qlens_jax.job.run import run_signatures
+    from qlens_jax.protocol import PAPER_SIGNATURES, apply_protocol
 
+    if args.protocol == "paper":
+        apply_protocol(args, parser, argv, PAPER_SIGNATURES)
     job = signatures_job(args)
     if not job.options.distributed:  # a multi-process job must not start JAX's backend before joining the others
         check_precision(job.options.precision)

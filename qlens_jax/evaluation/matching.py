@@ -1,23 +1,30 @@
 """How a lens's token set is compared with tokens found by activation or steering.
 
 `"ids"` (default): token ids are compared. `"strings"`: the decoded strings are compared after
-normalizing the tokenizer's space/newline markers (GPT-2's `Ġ`/`Ċ`, SentencePiece's `▁`) to
-plain whitespace and stripping surrounding whitespace, so `" cat"` and `"cat"` match (the
-reference implementation compares decoded strings this way). Case is kept.
+turning the tokenizer's space/newline markers (SentencePiece's `▁` and GPT-2's `Ġ` into a
+space, `Ċ` into a newline), exactly as the authors' `util.normalize_token` does: nothing is
+stripped, so `" cat"` and `"cat"` are different tokens. `"stripped"` also strips surrounding
+whitespace, so that they match (a looser rule of this project, not the paper's). Case is kept.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-MATCHES = ("ids", "strings")
-_MARKERS = {"Ġ": " ", "Ċ": "\n", "▁": " ", "ĉ": "\t"}
+from qlens_jax.errors import InputError
+
+MATCHES = ("ids", "strings", "stripped")
+STRING_MATCHES = ("strings", "stripped")
+# The authors' markers (util.py: _SP_SPACE, _BPE_SPACE, _BPE_NEWLINE), in their order.
+_MARKERS = {"▁": " ", "Ġ": " ", "Ċ": "\n"}
 
 
-def normalize_token(text: str) -> str:
+def normalize_token(text: str, strip: bool = False) -> str:
+    """`text` with the space/newline markers replaced (the authors' `normalize_token`), and with
+    `strip`, surrounding whitespace removed."""
     for marker, plain in _MARKERS.items():
         text = text.replace(marker, plain)
-    return text.strip()
+    return text.strip() if strip else text
 
 
 def comparison_keys(ids: np.ndarray, match: str, vocab: np.ndarray | None) -> np.ndarray:
@@ -28,11 +35,11 @@ def comparison_keys(ids: np.ndarray, match: str, vocab: np.ndarray | None) -> np
     ids = np.asarray(ids)
     if match == "ids":
         return ids.astype(np.int64)
-    if match != "strings":
-        raise ValueError(f"match {match!r}: choose from {', '.join(MATCHES)}")
+    if match not in STRING_MATCHES:
+        raise InputError(f"match {match!r}: choose from {', '.join(MATCHES)}")
     if vocab is None:
-        raise ValueError("match='strings' needs the vocabulary's display strings (vocab)")
-    normalized = np.asarray([normalize_token(str(s)) for s in vocab], dtype=object)
+        raise InputError(f"match={match!r} needs the vocabulary's display strings (vocab)")
+    normalized = np.asarray([normalize_token(str(s), strip=match == "stripped") for s in vocab], dtype=object)
     keys = np.empty(ids.shape, dtype=object)
     flat = ids.reshape(-1)
     keys.reshape(-1)[:] = [normalized[i] if i >= 0 else None for i in flat]

@@ -2,8 +2,9 @@
 
 For each feature: calibrate the clamp values alpha at which the mean next-token
 `KL(clean || steered)` over the neutral prefixes is 0.25 and 0.5; take each vocabulary token's
-change in rank percentile, averaged over prefixes and the alphas; `S` = the `top_s` (25) tokens
-most promoted. `O(T) = |S ∩ T| / |S|`.
+change in rank percentile, averaged over prefixes and the alphas of the positive targets;
+`S` = the `top_s` tokens most promoted (`evaluate` takes |S| = |T|, as the paper).
+`O(T) = |S ∩ T| / |S|`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qlens_jax.evaluation.matching import comparison_keys, membership
+from qlens_jax.evaluation.matching import STRING_MATCHES, comparison_keys, membership
 from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes
 from qlens_jax.models import Transformer
 
@@ -54,19 +55,30 @@ def promoted_tokens(
     config_chunk: int = 8,
     max_iter: int = 64,
     rtol: float = 0.02,
+    kl_positions: str = "last",
+    alpha_search: str = "bisection",
+    error_term: bool = True,
 ) -> Promoted:
-    """Steer every feature in `features` after each prefix; see the module docstring."""
+    """Steer every feature in `features` after each prefix; see the module docstring.
+
+    `kl_positions`, `alpha_search`, `error_term`: how alpha is calibrated and which run is clean
+    (`steering.calibrate_alphas`). Negative `targets` steer the other way (a negative alpha);
+    they are calibrated and reported, and `S` is built from the positive targets only, as the
+    authors build it."""
     features = np.asarray(features, np.int32)
     tokens, mask = jnp.asarray(prefix_tokens, jnp.int32), jnp.asarray(prefix_mask, bool)
     targets_array = jnp.asarray(np.asarray(targets, np.float32))
+    use = targets_array > 0
     key = jax.random.key(seed)
     parts = []
     for start in range(0, len(features), feature_chunk):
         chunk = jnp.asarray(features[start : start + feature_chunk])
         calibration = calibrate_alphas(model, dictionary, tokens, mask, chunk, targets_array,
-                                       max_iter=max_iter, rtol=rtol, config_chunk=config_chunk)
+                                       max_iter=max_iter, rtol=rtol, config_chunk=config_chunk,
+                                       kl_positions=kl_positions, search=alpha_search, error_term=error_term)
         changes = rank_changes(model, dictionary, tokens, mask, chunk, calibration.alphas, jax.random.fold_in(key, start),
-                               generate_tokens=generate_tokens, temperature=temperature, config_chunk=config_chunk)
+                               generate_tokens=generate_tokens, temperature=temperature, config_chunk=config_chunk,
+                               error_term=error_term, use=use)
         top_change, top_ids = jax.lax.top_k(changes, top_s)
         parts.append((calibration.alphas, calibration.kl, calibration.reached, top_ids, top_change))
     cat = lambda i: np.concatenate([np.asarray(p[i]) for p in parts]) if parts else np.zeros((0,))
@@ -79,7 +91,7 @@ def output_scores(promoted: Promoted, token_sets: ArrayLike, *, match: str = "id
     if token_sets.shape[0] != len(promoted.features):
         raise ValueError(f"{token_sets.shape[0]} token sets for {len(promoted.features)} features")
     s_keys = comparison_keys(promoted.promoted, match, vocab)
-    if match == "strings":  # |S| counts distinct normalized strings
+    if match in STRING_MATCHES:  # |S| counts distinct normalized strings
         out = np.empty(len(s_keys))
         t_keys = comparison_keys(token_sets, match, vocab)
         for f in range(len(s_keys)):

@@ -7,7 +7,12 @@ tokens; BOS first only when asked) into a right-padded batch.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+from qlens_jax.errors import InputError
 
 NEUTRAL_PREFIXES = (
     "Findings show that",
@@ -127,3 +132,29 @@ def prefix_batch(tokenizer, prefixes=NEUTRAL_PREFIXES, *, bos_id: int | None = N
     for i, r in enumerate(rows):
         tokens[i, : len(r)], mask[i, : len(r)] = r, True
     return tokens, mask
+
+
+def read_prefixes(path: str | Path) -> list[str]:
+    """Prefixes from a file: a JSON list of strings (the authors' `data/generation_prompts.json`,
+    the paper's list) or plain text, one prefix per line (blank lines skipped). `InputError`
+    naming the file and the entry for anything else."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"--prefixes {path}: cannot be read ({err})") from None
+    if path.suffix.lower() != ".json":
+        prefixes = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        try:
+            prefixes = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"--prefixes {path}: not valid JSON ({err})") from None
+        if not isinstance(prefixes, list):
+            raise InputError(f"--prefixes {path}: expected a JSON list of strings, got a {type(prefixes).__name__}")
+        for i, prefix in enumerate(prefixes):
+            if not isinstance(prefix, str) or not prefix.strip():
+                raise InputError(f"--prefixes {path}: entry {i} is {prefix!r}, not a non-empty string")
+    if not prefixes:
+        raise InputError(f"--prefixes {path}: holds no prefix")
+    return prefixes

@@ -14,14 +14,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from qlens_jax.errors import InputError
 from qlens_jax.evaluation.contexts import TopContexts, top_contexts
-from qlens_jax.evaluation.input_score import input_scores
-from qlens_jax.evaluation.judge import JudgeConfig, judge_scores
+from qlens_jax.evaluation.input_score import input_scores, input_scores_from_strings
+from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, judge_scores
 from qlens_jax.evaluation.matching import MATCHES
 from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_tokens
 from qlens_jax.evaluation.sources import load_signatures
 from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, summarize
-from qlens_jax.errors import InputError
+from qlens_jax.evaluation.steering import ALPHA_SEARCHES, KL_POSITIONS
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
@@ -35,11 +36,16 @@ class EvaluationOptions:
     k: int = 25  # size of each lens's token set T (its top-k)
     min_contexts: int = 20  # active contexts a feature needs for I(T)
     n_top_contexts: int | None = None  # contexts kept per feature (default: min_contexts)
-    kl_targets: tuple[float, ...] = (0.25, 0.5)
-    top_s: int = 25  # |S|
+    kl_targets: tuple[float, ...] = (0.25, 0.5)  # negative targets steer the other way; S uses the positive ones
+    top_s: int | None = None  # |S| (None: |T| = k, as the paper)
     generate_tokens: int = 0  # the reference also averages over 20 sampled tokens
-    temperature: float = 0.75
-    match: str = "ids"  # or "strings" (normalized decoded strings)
+    temperature: float = 0.75  # of that sampling; 0 decodes greedily
+    kl_positions: str = "last"  # or "all": the authors' KL, averaged over every prefix position
+    alpha_search: str = "bisection"  # or "integer": the authors' integer search in [1, 1000]
+    error_term: bool = True  # False: clean runs and calibration use the reconstruction (the authors' code)
+    require_contexts: bool = False  # drop features with fewer than min_contexts active contexts (the authors' sampler)
+    max_features: int | None = None  # with require_contexts: keep the first N that pass, in `feature_order`
+    match: str = "ids"  # or "strings" (decoded strings, the authors' normalize_token) or "stripped" (also stripped)
     seed: int = 0
     sequences_per_chunk: int = 16
     feature_chunk: int = 64
@@ -51,11 +57,31 @@ class EvaluationOptions:
     def __post_init__(self):
         if self.match not in MATCHES:
             raise InputError(f"--match {self.match!r}: choose from {', '.join(MATCHES)}")
-        for name in ("k", "min_contexts", "top_s", "sequences_per_chunk", "feature_chunk", "config_chunk", "max_iter"):
-            if getattr(self, name) < 1:
+        for name in ("k", "min_contexts", "top_s", "sequences_per_chunk", "feature_chunk", "config_chunk", "max_iter", "max_features"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.kl_targets or any(t <= 0 for t in self.kl_targets):
-            raise InputError(f"--kl-targets {self.kl_targets}: need positive targets")
+        if not any(t > 0 for t in self.kl_targets) or any(t == 0 for t in self.kl_targets):
+            raise InputError(f"--kl-targets {self.kl_targets}: need at least one positive target, and none zero "
+                             "(negative targets steer the other way)")
+        if self.kl_positions not in KL_POSITIONS:
+            raise InputError(f"--kl-positions {self.kl_positions!r}: choose from {', '.join(KL_POSITIONS)}")
+        if self.alpha_search not in ALPHA_SEARCHES:
+            raise InputError(f"--alpha-search {self.alpha_search!r}: choose from {', '.join(ALPHA_SEARCHES)}")
+        if self.temperature < 0:
+            raise InputError(f"--temperature {self.temperature}: must be at least 0 (0 decodes greedily)")
+
+    @classmethod
+    def for_protocol(cls, protocol, **overrides) -> "EvaluationOptions":
+        """The options of `protocol` (`Protocol.PAPER`: the paper's; see `qlens_jax.protocol`), with
+        `overrides` that do not contradict it."""
+        from qlens_jax.protocol import PAPER_EVALUATION_OPTIONS, protocol_values
+
+        return cls(**protocol_values(protocol, PAPER_EVALUATION_OPTIONS, overrides))
+
+    @property
+    def s_size(self) -> int:
+        """|S|: `top_s`, else |T| = `k`."""
+        return self.k if self.top_s is None else self.top_s
 
 
 @dataclass
@@ -66,12 +92,43 @@ class EvaluationResult:
     contexts: list[TopContexts] = field(default_factory=list)
     promoted: list[Promoted] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    judge_error: str | None = None  # the judge's failure; the scores finished before it are kept
 
 
 def _context_text(tokens: np.ndarray, row: int, position: int, vocab: np.ndarray, width: int = 8) -> str:
     lo, hi = max(0, position - width), min(tokens.shape[1], position + 3)
     pieces = [str(vocab[t]) for t in tokens[row, lo:position]]
     return "".join(pieces) + "[[" + str(vocab[tokens[row, position]]) + "]]" + "".join(str(vocab[t]) for t in tokens[row, position + 1:hi])
+
+
+def _kept_features(top: TopContexts, options: EvaluationOptions, order: np.ndarray | None) -> np.ndarray:
+    """Indices into `top.features` (sorted ids) of the features the authors' sampler keeps."""
+    passing = np.flatnonzero(top.n_active >= options.min_contexts)
+    if options.max_features is None:
+        return passing
+    ids = np.asarray(top.features)
+    ranked = passing if order is None else passing[np.argsort([list(order).index(f) for f in ids[passing]], kind="stable")]
+    return np.sort(ranked[: options.max_features])
+
+
+def _pickled_input_scores(activating, layer: int, feature_ids: np.ndarray, token_sets: np.ndarray, vocab) -> np.ndarray:
+    """I(T) of the features of one table from their pickled activating tokens (NaN where none are listed)."""
+    if vocab is None:
+        raise InputError("I(T) from pickled activations compares strings: it needs the vocabulary's strings (vocab)")
+    listed = [(int(f), row) for f, row in zip(feature_ids, token_sets) if (layer, int(f)) in activating]
+    scores = np.full(len(feature_ids), np.nan)
+    if listed:
+        found = input_scores_from_strings([activating[(layer, f)] for f, _ in listed], [[str(vocab[t]) for t in row] for _, row in listed])
+        scores[[i for i, f in enumerate(feature_ids) if (layer, int(f)) in activating]] = found
+    return scores
+
+
+def _table_rows(table, ids: np.ndarray):
+    """`table` restricted to the feature ids `ids`."""
+    rows = np.flatnonzero(np.isin(np.asarray(table.feature_ids), ids))
+    take = lambda a: np.asarray(a)[rows]
+    return type(table)(table.lens, table.dictionary, table.layer, take(table.feature_ids), take(table.top_ids),
+                       take(table.top_scores), take(table.bottom_ids), take(table.bottom_scores))
 
 
 @applies_precision
@@ -89,6 +146,8 @@ def evaluate(
     judge: JudgeConfig | None = None,
     precision: str = "float32",
     quiet: bool = True,
+    feature_order: dict[tuple[str, int], np.ndarray] | None = None,
+    activating_tokens: dict[tuple[int, int], list[str]] | None = None,
 ) -> EvaluationResult:
     """Score every (lens, feature) of `signatures` (see the module docstring).
 
@@ -97,6 +156,13 @@ def evaluate(
     best); `prefix_tokens`/`prefix_mask`: the neutral prefixes (`prefixes.prefix_batch`);
     `vocab`: display strings per id (needed for `match="strings"` and the judge).
     `precision`: how the model's matrix products multiply (`qlens_jax.numerics`).
+    With `options.require_contexts`, features with fewer than `min_contexts` active contexts are
+    left out (no row), as the authors' feature sampler leaves them out; with
+    `options.max_features` too, only the first that many of the rest are kept per dictionary, in
+    the order `feature_order[(name, layer)]` lists them (else by id).
+    `activating_tokens[(layer, feature)]`: the feature's `A` as strings (the authors' feature
+    pickles, `io.reference_features.read_activating_tokens`); I(T) is then computed from them as
+    the authors' `input_score.py` does (`vocab` needed), NaN for features they do not list.
     """
     if judge is not None:
         judge.check()
@@ -118,13 +184,26 @@ def evaluate(
     contexts = top_contexts(model, [items[i] for i in used], [features[i] for i in used], context_tokens, context_mask,
                             n_top=options.n_top_contexts or options.min_contexts, sequences_per_chunk=options.sequences_per_chunk, quiet=quiet)
     contexts_by = dict(zip(used, contexts))
+    if options.require_contexts:
+        for i in used:
+            keep = _kept_features(contexts_by[i], options, (feature_order or {}).get((items[i].name, items[i].layer)))
+            features[i] = features[i][keep]
+            contexts_by[i] = TopContexts(*(np.asarray(a)[keep] for a in (contexts_by[i].features, contexts_by[i].values,
+                                                                         contexts_by[i].contexts, contexts_by[i].positions,
+                                                                         contexts_by[i].tokens)))
+        used = [i for i in used if len(features[i])]
+        sigs = [_table_rows(t, features[index[(t.dictionary, t.layer)]]) for t in sigs if index[(t.dictionary, t.layer)] in used]
+        if not sigs:
+            raise InputError(f"no feature has {options.min_contexts} active contexts in the corpus windows (--require-contexts)")
     promoted_by = {}
     for i in progress(used, desc="steering", quiet=quiet, unit="dictionary"):
         promoted_by[i] = promoted_tokens(model, items[i], features[i], prefix_tokens, prefix_mask, targets=options.kl_targets,
-                                         top_s=options.top_s, generate_tokens=options.generate_tokens, temperature=options.temperature,
+                                         top_s=options.s_size, generate_tokens=options.generate_tokens, temperature=options.temperature,
                                          seed=options.seed, feature_chunk=options.feature_chunk, config_chunk=options.config_chunk,
-                                         max_iter=options.max_iter, rtol=options.rtol)
+                                         max_iter=options.max_iter, rtol=options.rtol, kl_positions=options.kl_positions,
+                                         alpha_search=options.alpha_search, error_term=options.error_term)
     rows = []
+    judge_error = None
     context_tokens = np.asarray(context_tokens)
     for table in sigs:
         i = index[(table.dictionary, table.layer)]
@@ -133,14 +212,23 @@ def evaluate(
         token_sets = np.asarray(table.top_ids)[:, : options.k]
         sub_top = TopContexts(*(np.asarray(a)[where] for a in (top.features, top.values, top.contexts, top.positions, top.tokens)))
         sub_promoted = Promoted(promoted.features[where], promoted.targets, *(a[where] for a in (promoted.alphas, promoted.kl, promoted.reached, promoted.promoted, promoted.change)))
-        scores_in = input_scores(sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab)
+        if activating_tokens is None:
+            scores_in = input_scores(sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab)
+        else:
+            scores_in = _pickled_input_scores(activating_tokens, table.layer, np.asarray(table.feature_ids), token_sets, vocab)
         scores_out = output_scores(sub_promoted, token_sets, match=options.match, vocab=vocab)
         judged = [float("nan")] * len(where)
         if judge is not None:
             token_lists = [[str(vocab[t]) for t in row] for row in token_sets]
             shown = [[_context_text(context_tokens, int(c), int(p), vocab) for c, p, a in zip(sub_top.contexts[f], sub_top.positions[f], sub_top.active[f]) if a][: options.judge_contexts]
                      for f in range(len(where))]
-            judged = judge_scores(judge, token_lists, shown if options.judge_contexts else None)
+            if judge_error is None:
+                try:
+                    judged = judge_scores(judge, token_lists, shown if options.judge_contexts else None)
+                except JudgeError as err:
+                    if err.scores is None:
+                        raise
+                    judged, judge_error = err.scores, str(err)
         for f, feature in enumerate(np.asarray(table.feature_ids)):
             row = {"lens": table.lens, "family": d.name, "dictionary": d.name, "layer": d.layer, "feature": int(feature),
                    "feature_str": d.feature_str(int(feature)), "input_score": float(scores_in[f]), "output_score": float(scores_out[f]),
@@ -152,4 +240,5 @@ def evaluate(
             rows.append(row)
     scores = SCORES if judge is not None else SCORES[:2]
     per_layer, overall = summarize(rows, scores)
-    return EvaluationResult(rows, per_layer, overall, [contexts_by[i] for i in used], [promoted_by[i] for i in used], asdict(options))
+    return EvaluationResult(rows, per_layer, overall, [contexts_by[i] for i in used], [promoted_by[i] for i in used], asdict(options),
+                            judge_error)

@@ -97,28 +97,55 @@ def is_feature_sample(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (".pkl", ".pickle")
 
 
-def read_feature_sample(path: str | Path) -> list[FeatureRef]:
-    """The (layer, feature) records of a reference feature-sample pickle, in file order."""
+def read_feature_sample(path: str | Path, option: str = "--features") -> list[FeatureRef]:
+    """The (layer, feature) records of a reference feature-sample pickle, in file order
+    (`option`: the command-line option errors name)."""
+    return [ref for ref, _ in _records(path, option)]
+
+
+def _records(path: str | Path, option: str) -> list[tuple[FeatureRef, Feature]]:
     path = Path(path)
     try:
         with open(path, "rb") as f:
             records = RestrictedUnpickler(f).load()
     except FileNotFoundError:
-        raise InputError(f"--features {path}: no such file") from None
+        raise InputError(f"{option} {path}: no such file") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError, IndexError) as err:
-        raise InputError(f"--features {path}: not a readable reference feature sample ({err})") from None
+        raise InputError(f"{option} {path}: not a readable reference feature sample ({err})") from None
     if not isinstance(records, (list, tuple)):
-        raise InputError(f"--features {path}: expected a list of util.Feature records, got {type(records).__name__}")
+        raise InputError(f"{option} {path}: expected a list of util.Feature records, got {type(records).__name__}")
     refs = []
     for i, record in enumerate(records):
         if not isinstance(record, Feature):
-            raise InputError(f"--features {path}: item {i} is a {type(record).__name__}, not a util.Feature")
+            raise InputError(f"{option} {path}: item {i} is a {type(record).__name__}, not a util.Feature")
         try:
             layer, feature = int(record.layer), int(record.feature)
         except (AttributeError, TypeError, ValueError):
-            raise InputError(f"--features {path}: item {i} lacks an integer 'layer' and 'feature' ({record!r})") from None
+            raise InputError(f"{option} {path}: item {i} lacks an integer 'layer' and 'feature' ({record!r})") from None
         kind, size = getattr(record, "type", None), getattr(record, "size", None)
-        refs.append(FeatureRef(layer, feature, f"{kind}-{size}" if kind and size else None))
+        refs.append((FeatureRef(layer, feature, f"{kind}-{size}" if kind and size else None), record))
     if not refs:
-        raise InputError(f"--features {path}: the sample is empty")
+        raise InputError(f"{option} {path}: the sample is empty")
     return refs
+
+
+def read_activating_tokens(path: str | Path) -> dict[tuple[int, int], list[str]]:
+    """Per `(layer, feature)` of a reference feature sample, the token at the maximum of each of
+    its stored activations, duplicates kept, in file order: the `A` of the authors'
+    `input_score.py` (`collect_max_activating_tokens`: every activation with a
+    `max_value_token_index` inside its `token_values`)."""
+    out: dict[tuple[int, int], list[str]] = {}
+    for i, (ref, record) in enumerate(_records(path, "--activations")):
+        tokens = []
+        for j, activation in enumerate(getattr(record, "activations", None) or []):
+            index = getattr(activation, "max_value_token_index", None)
+            pairs = getattr(activation, "token_values", None)
+            if index is None:
+                continue
+            if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+                raise InputError(f"--activations {path}: item {i} ({ref.layer}/{ref.feature}), activation {j}: token_values "
+                                 "is not a list of (token, value) pairs")
+            if isinstance(index, (int, np.integer)) and index < len(pairs):  # as theirs: a negative index counts from the end
+                tokens.append(str(pairs[index][0]))
+        out[(ref.layer, ref.feature)] = tokens
+    return out

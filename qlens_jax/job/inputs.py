@@ -22,6 +22,7 @@ from qlens_jax.job.spec import DictionarySources, JobOptions, ModelSource, Sampl
 from qlens_jax.lens.options import DTYPES, PATHS, PRECISIONS
 from qlens_jax.lens.signatures import LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
+from qlens_jax.paper_sample import paper_sample
 
 MAX_ID = 2**31 - 1  # larger than any dictionary's feature count or model's layer count
 MAX_LISTED = 2**26  # ids one --features / --layers list may expand to (512 MiB as int64)
@@ -215,22 +216,39 @@ def check_dictionary_source(source: str) -> None:
         raise InputError(f"--dictionary {source}: {err}") from None
 
 
+def _tokenizer_special_id(name: str, tokenizer, model_dir: Path) -> int | None:
+    """The id of the tokenizer's special token `name` ("bos_token", "eos_token", "pad_token") as
+    Hugging Face's tokenizer loading finds it: tokenizer_config.json, then special_tokens_map.json."""
+    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = model_dir / file
+        if not path.is_file():
+            continue
+        token = json.loads(path.read_text()).get(name)
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+            return tokenizer.token_to_id(token)
+    return None
+
+
 def bos_token_id(given: int | None, tokenizer, model_dir: Path) -> int | None:
     """`given` (--bos-id), else the tokenizer's BOS token, else config.json's bos_token_id (None if none)."""
     if given is not None:
         return given
-    config = model_dir / "tokenizer_config.json"
-    if config.is_file():
-        token = json.loads(config.read_text()).get("bos_token")
-        token = token.get("content") if isinstance(token, dict) else token
-        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
-            return tokenizer.token_to_id(token)
+    found = _tokenizer_special_id("bos_token", tokenizer, model_dir)
+    if found is not None:
+        return found
     config = model_dir / "config.json"
     if config.is_file():
         bos = json.loads(config.read_text()).get("bos_token_id")
         if isinstance(bos, int):
             return bos
     return None
+
+
+def eos_and_pad_ids(tokenizer, model_dir: Path) -> tuple[int | None, int | None]:
+    """The tokenizer's EOS and pad token ids (None where it names none), as TransformerLens's
+    `tokenize_and_concatenate` reads them from a Hugging Face tokenizer."""
+    return _tokenizer_special_id("eos_token", tokenizer, model_dir), _tokenizer_special_id("pad_token", tokenizer, model_dir)
 
 
 def load_model_source(source: ModelSource):
@@ -343,8 +361,14 @@ def draw_sample(sample: SampleSpec, tokenizer, model, model_dir: Path, quiet: bo
                               f"beyond the model's vocabulary ({vocab_size})")
         num_samples, max_length = sample.num_samples or 1024, sample.max_length or 32
         bos = bos_token_id(sample.bos_id, tokenizer, model_dir) if sample.prepend_bos else None
-        tokens, mask = sample_windows(corpus, num_samples, max_length, sample.seed, prepend_bos=sample.prepend_bos, bos_id=bos,
-                                      windows=sample.windows)
+        if sample.windows == "paper":
+            if sample.prepend_bos or sample.corpus_max_tokens is not None:
+                raise CorpusError("--windows paper builds the authors' sample (no BOS, the whole corpus): "
+                                  "drop --prepend-bos / --corpus-max-tokens")
+            tokens, mask = paper_sample(corpus, num_samples, max_length, sample.seed, *eos_and_pad_ids(tokenizer, model_dir))
+        else:
+            tokens, mask = sample_windows(corpus, num_samples, max_length, sample.seed, prepend_bos=sample.prepend_bos, bos_id=bos,
+                                          windows=sample.windows)
         description = {
             "corpus": str(Path(sample.corpus).absolute()), "format": corpus.format, "documents": corpus.n_documents,
             "corpus_tokens": corpus.n_tokens, "num_samples": num_samples, "max_length": max_length, "seed": sample.seed,

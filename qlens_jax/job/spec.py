@@ -48,6 +48,14 @@ class SampleSpec:
     corpus_max_tokens: int | None = None
     corpus_encoding: str = "utf-8"
 
+    @classmethod
+    def for_protocol(cls, protocol, **overrides) -> "SampleSpec":
+        """The sample of `protocol` (`Protocol.PAPER`: the authors' `load_pile_sample`, 1024 x 32,
+        seed 42), with `overrides` (the corpus, ...) that do not contradict it."""
+        from qlens_jax.protocol import PAPER_SAMPLE, protocol_values
+
+        return cls(**protocol_values(protocol, PAPER_SAMPLE, overrides))
+
     @property
     def source_option(self) -> str:
         """`--corpus SRC` or `--token-sample FILE`, for messages about the sample."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import converters
-from splice_reference import make_dictionary
 from qlens_jax.baselines import (
     TunedLens,
     TunedLensTraining,
@@ -24,8 +23,9 @@ from qlens_jax.baselines import (
     train_tuned_lens,
 )
 from qlens_jax.errors import InputError
-from qlens_jax.readout import value_scores
 from qlens_jax.lens.validation import LensRequestError
+from qlens_jax.readout import value_scores
+from splice_reference import make_dictionary
 from tiny_models import build_hf_model
 
 
@@ -151,6 +151,29 @@ def test_tuned_lens_signatures(gpt2):
         scores = np.asarray(value_scores(model, translated))
         np.testing.assert_array_equal(table.top_ids, np.argsort(-scores, axis=1)[:, :5])
         np.testing.assert_allclose(table.top_scores, np.sort(scores, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+
+
+def test_tuned_lens_at_the_dictionary_layer_as_the_authors_apply_it(gpt2):
+    """`tuned_lens_point_choice="layer"`: a resid_post[l] feature goes through the library's
+    translator l (that of resid_pre[l]), `v + W_l v + b_l`, and the last layer's through none,
+    as the authors' `apply_layer_params_to_feature` does."""
+    _, model = gpt2
+    n_layers, d = model.config.n_layers, model.config.d_model
+    lens = _random_lens(model, library_points(n_layers), seed=4)
+    tokens = _windows(model.config.vocab_size, 2, 6, seed=2)
+    dictionaries = [make_dictionary(d, layer, "resid_post", "resid_post", "sae", 7 + layer) for layer in (0, 1, n_layers - 1)]
+    sigs = baseline_signatures(model, dictionaries, tokens, lenses=("tuned_lens",), features=[1, 4], k=5, translators=lens,
+                               tuned_lens_point_choice="layer")
+    for table, dictionary in zip(sigs, dictionaries):
+        v = dictionary.W_dec[jnp.asarray([1, 4])]
+        layer = dictionary.layer
+        translated = v if layer == n_layers - 1 else v + v @ lens.weight[layer].T + lens.bias[layer]
+        scores = np.asarray(value_scores(model, translated))
+        np.testing.assert_array_equal(table.top_ids, np.argsort(-scores, axis=1)[:, :5])
+    written = baseline_signatures(model, dictionaries[:1], tokens, lenses=("tuned_lens",), features=[1, 4], k=5, translators=lens)
+    assert not np.array_equal(written[0].top_scores, sigs[0].top_scores)  # layer 0's written point is resid_pre[1]
+    with pytest.raises(LensRequestError, match="tuned_lens_point 'x'"):
+        baseline_signatures(model, dictionaries, tokens, lenses=("tuned_lens",), translators=lens, tuned_lens_point_choice="x")
 
 
 def test_tuned_lens_needs_translators_at_the_write_point(gpt2):

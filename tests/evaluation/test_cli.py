@@ -67,3 +67,84 @@ def test_bad_input(tmp_path, extra, message):
             "--out", str(tmp_path / "eval"), *extra]
     with pytest.raises(InputError, match=message):
         _run(argv)
+
+
+def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_path):
+    """Every option of the authors' protocol that `qlens evaluate` has, through the CLI, with the
+    paper's judge on a fake local server that refuses its third request: exit 2 with the
+    endpoint's message in one line, and the finished scores written."""
+    from fake_judge import fake_judge
+
+    def reply(body, n):
+        return (400, "Unsupported value: 'x'") if n == 2 else (200, '{"Score": 8, "Summary": "s", "Explanation": "e"}')
+
+    out = tmp_path / "eval"
+    with fake_judge(reply) as (url, received):
+        code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
+                     "--corpus", str(default.heldout_text_path()), "--contexts", "paper", "--context-length", "16",
+                     "--max-contexts", "80", "--min-contexts", "2", "--feature-sampling", "paper", "--features-per-dictionary", "2",
+                     "--kl-positions", "all", "--alpha-search", "integer", "--no-error-term", "--prepend-bos", "--seed", "42",
+                     "--judge", "--judge-preset", "paper", "--judge-endpoint", url, "--out", str(out), "--quiet"])
+    assert code == 2
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len({int(r["feature"]) for r in rows}) == 2 and all(int(r["active_contexts"]) >= 2 for r in rows)
+    judged = [float(r["judge_score"]) for r in rows]
+    assert judged[:2] == [8.0, 8.0] and all(j != j for j in judged[2:]) and len(received) == 3
+    assert all(float(r["alpha_kl0.25"]) == int(float(r["alpha_kl0.25"])) for r in rows)  # the integer search
+    record = json.loads((out / "evaluation.json").read_text())
+    assert "Unsupported value" in record["judge_error"] and record["inputs"]["contexts"] == "paper"
+    assert record["inputs"]["context_windows"] == 80
+
+
+def test_judge_cost_prints_an_estimate_and_sends_nothing(run_dir, tmp_path, capsys):
+    from fake_judge import fake_judge
+
+    with fake_judge(lambda body, n: (200, "5")) as (url, received):
+        code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
+                     "--corpus", str(default.heldout_text_path()), "--features", "0-3", "--judge", "--judge-endpoint", url,
+                     "--judge-cost", "--judge-price", "0.05,0.4", "--out", str(tmp_path / "eval"), "--quiet"])
+    assert code == 0 and received == []
+    printed = capsys.readouterr().out
+    assert "8 requests to gpt-4o-mini" in printed and "USD" in printed and "nothing was sent" in printed
+    assert not (tmp_path / "eval" / "scores.csv").exists()
+
+
+def test_activations_pickle_selects_features_and_gives_I_T(run_dir, tmp_path, monkeypatch):
+    """--activations: only the pickle's features are evaluated, and I(T) comes from its activations
+    (the string at each activation's maximum); a feature whose contexts are its own top tokens scores 1."""
+    import pickle
+    import sys
+    import types
+
+    import pyarrow.parquet as pq
+
+    util = types.ModuleType("util")  # the authors' module name, which their pickles reference
+
+    class Feature:
+        pass
+
+    class Activation:
+        pass
+
+    for cls in (Feature, Activation):
+        cls.__module__, cls.__qualname__ = "util", cls.__name__
+        setattr(util, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, "util", util)
+    table = pq.read_table(run_dir / "signatures.parquet").to_pylist()
+    top = next(r["top_tokens"] for r in table if r["lens"] == "logit_lens_value" and r["feature"] == 2)
+    feature = Feature()
+    activation = Activation()
+    activation.__dict__.update(token_values=[("x", 0.0), (top[0], 3.0)], max_value=3.0, min_value=0.0, max_value_token_index=1)
+    feature.__dict__.update(model_id="m", feature=2, layer="2", type="res", size="2k", activations=[activation] * 3)
+    sample = tmp_path / "features.pkl"
+    sample.write_bytes(pickle.dumps([feature]))
+    out = tmp_path / "eval"
+    code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
+                 "--corpus", str(default.heldout_text_path()), "--activations", str(sample), "--lenses", "logit_lens_value",
+                 "--max-contexts", "40", "--out", str(out), "--quiet"])
+    assert code == 0
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["lens"], int(r["feature"])) for r in rows] == [("logit_lens_value", 2)]
+    assert float(rows[0]["input_score"]) == 1.0

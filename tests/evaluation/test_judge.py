@@ -1,42 +1,28 @@
 """The LLM judge: off unless asked, a clear error without an endpoint, and a round trip with a
 fake OpenAI-compatible server on 127.0.0.1 started here (no external network)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 
-from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, build_prompt, judge_scores, parse_score
+from fake_judge import fake_judge
+from qlens_jax.evaluation.judge import (
+    JudgeConfig,
+    JudgeError,
+    build_prompt,
+    estimate,
+    judge_scores,
+    paper_judge,
+    parse_score,
+)
 
 
 @pytest.fixture
 def server():
-    received = []
+    def reply(body, n):
+        prompt = body["messages"][-1]["content"]
+        return 200, '{"score": 5, "theme": "animals"}' if '"cat"' in prompt else "I would say 2."
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            prompt = body["messages"][-1]["content"]
-            reply = '{"score": 5, "theme": "animals"}' if '"cat"' in prompt else "I would say 2."
-            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", received
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with fake_judge(reply) as served:
+        yield served
 
 
 def test_round_trip_with_fake_server(server, monkeypatch):
@@ -73,3 +59,31 @@ def test_parse_score():
     assert parse_score('{"score": 9}') != parse_score('{"score": 9}')  # NaN: out of range
     assert parse_score("between 2 and 3") != parse_score("between 2 and 3")  # ambiguous
     assert '"Ġcat"' in build_prompt(["Ġcat"])
+    assert parse_score('{"Score": 9, "Summary": "x"}', "0-10") == 9.0 and parse_score("0", "0-10") == 0.0
+    assert parse_score('{"score": 11}', "0-10") != parse_score('{"score": 11}', "0-10")  # NaN: out of range
+
+
+def test_the_paper_judge_sends_tokens_only_without_sampling_parameters():
+    with fake_judge(lambda body, n: (200, '{"Score": 7, "Summary": "animals", "Explanation": "most"}')) as (url, received):
+        scores = judge_scores(paper_judge(url), [[" cat", " dog"]], [["a [[cat]] sat"]])
+    assert scores == [7.0]
+    body = received[0]["body"]
+    assert body["model"] == "gpt-5-nano" and "temperature" not in body and "max_tokens" not in body
+    assert body["messages"][-1]["content"] == "Tokens:  cat,  dog"  # joined with ", ", no contexts
+    assert "0 to 10" in body["messages"][0]["content"]
+    custom = paper_judge(url, system_prompt="my rubric")
+    assert estimate(custom, [["a", "b"]] * 3)["requests"] == 3
+    assert estimate(custom, [["a"]])["input_tokens"] < estimate(paper_judge(url), [["a"]])["input_tokens"]
+
+
+def test_a_refused_parameter_gives_the_endpoints_message_and_keeps_finished_scores():
+    def reply(body, n):
+        if n == 2:
+            return 400, "Unsupported parameter: 'temperature' is not supported with this model."
+        return 200, '{"score": 4}'
+
+    with fake_judge(reply) as (url, received):
+        with pytest.raises(JudgeError, match=r"refused the request \(HTTP 400\): Unsupported parameter: 'temperature'") as caught:
+            judge_scores(JudgeConfig(endpoint=url, retries=2), [["a"], ["b"], ["c"], ["d"]])
+    assert len(received) == 3  # a 4xx is not retried, and nothing is sent after it
+    assert caught.value.scores[:2] == [4.0, 4.0] and all(s != s for s in caught.value.scores[2:])

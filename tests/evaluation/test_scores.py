@@ -73,11 +73,14 @@ def test_input_score_by_hand():
 
 
 def test_string_matching_normalizes_space_markers():
-    vocab = np.array(["Ġcat", "cat", " dog", "Ċ", "Dog"], dtype=object)
-    assert normalize_token("Ġcat") == "cat" and normalize_token(" dog") == "dog"
+    vocab = np.array(["Ġcat", "cat", " dog", "Ċ", "Dog", " cat"], dtype=object)
+    assert normalize_token("Ġcat", strip=True) == "cat" and normalize_token(" dog", strip=True) == "dog"
     top = _top([1.0, 1.0, 1.0], [0, 2, 4])
-    assert input_scores(top, [[1, 2]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(2 / 3)  # case kept: Dog != dog
+    assert input_scores(top, [[1, 2]], min_contexts=1, match="stripped", vocab=vocab)[0] == pytest.approx(2 / 3)  # case kept: Dog != dog
     assert input_scores(top, [[1, 2]], min_contexts=1, match="ids")[0] == pytest.approx(1 / 3)
+    # The authors' rule: markers become whitespace, which is kept: "Ġcat" == " cat" != "cat".
+    assert input_scores(top, [[1, 2]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(1 / 3)
+    assert input_scores(top, [[5]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(1 / 3)
 
 
 def test_top_contexts_match_brute_force(gpt2):
@@ -243,3 +246,21 @@ def test_evaluate_with_oracle_lenses(worlds, case):
             if expect_out is not None:
                 assert row["output_score"] == expect_out
     assert {s.lens for s in result.overall} == set(tables)
+
+
+def test_require_contexts_keeps_the_first_features_that_pass_in_the_given_order(gpt2):
+    """The authors' sampler: features with fewer than `min_contexts` active contexts get no row;
+    with `max_features`, the first passing ones in the candidate order are kept."""
+    model, dictionary, windows, prefixes, mask = gpt2
+    features = np.arange(12)
+    (top,) = top_contexts(model, [dictionary], [features], windows, n_top=3, sequences_per_chunk=8)
+    passing = features[top.active.sum(1) >= 3]
+    assert 2 <= len(passing) < len(features), "degenerate test: need some features to pass and some to fail"
+    order = np.asarray([*passing[::-1], *np.setdiff1d(features, passing)])  # candidates, best last-first
+    ids = np.tile(np.arange(25), (len(features), 1))
+    sigs = Signatures([SignatureTable("lens", dictionary.name, dictionary.layer, features, ids, np.zeros(ids.shape), ids, np.zeros(ids.shape))])
+    options = EvaluationOptions(k=25, min_contexts=3, sequences_per_chunk=8, require_contexts=True, max_features=2)
+    result = evaluate(model, [dictionary], sigs, windows, prefix_tokens=prefixes, prefix_mask=mask, options=options,
+                      feature_order={(dictionary.name, dictionary.layer): order})
+    assert sorted(r["feature"] for r in result.rows) == sorted(passing[::-1][:2].tolist())
+    assert all(r["active_contexts"] >= 3 for r in result.rows)
