@@ -7,6 +7,9 @@ Files (in `out`):
 - `per_layer.csv`: the per-layer statistics.
 - `figure_<family>.png`: per score a panel of per-layer means with 95 % CI error bars, one line
   per lens (matplotlib, Agg backend; skipped with a note when matplotlib is missing).
+- `figure_groups_<family>.png`: the paper's Fig. 2: per score, bars of every lens in each layer
+  group of the authors (early / middle / late thirds with more than six layers, else one group
+  per layer), the stratified mean over the group's layers with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 import re
 from pathlib import Path
 
-from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, as_dicts
+from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, as_dicts, group_stats
 
 SCORE_TITLES = {"input_score": "I(T)", "output_score": "O(T)", "judge_score": "judge (1-5)"}
 
@@ -116,6 +119,46 @@ def write_figures(out: Path, per_layer: list[LayerStat], scores: tuple[str, ...]
     return written
 
 
+def write_group_figures(out: Path, per_layer: list[LayerStat], scores: tuple[str, ...]) -> list[Path]:
+    """One PNG per family: the paper's Fig. 2 (`group_stats`), a panel per score."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    grouped = group_stats(per_layer)
+    for family in dict.fromkeys(s.family for s in per_layer):
+        mine = [(name, s) for name, s in grouped if s.family == family]
+        present = [score for score in scores if any(s.score == score for _, s in mine)]
+        lenses = list(dict.fromkeys(s.lens for _, s in mine))
+        groups = list(dict.fromkeys(name for name, _ in mine))
+        fig, axes = plt.subplots(1, len(present), figsize=(max(4.0, 1.2 * len(groups) * max(len(lenses), 2) / 2) * len(present), 3.6),
+                                 squeeze=False)
+        width = 0.8 / max(len(lenses), 1)
+        for ax, score in zip(axes[0], present):
+            for j, lens in enumerate(lenses):
+                stats = {name: s for name, s in mine if s.lens == lens and s.score == score}
+                xs = [g + (j - (len(lenses) - 1) / 2) * width for g in range(len(groups))]
+                means = [stats[g].mean if g in stats else float("nan") for g in groups]
+                errs = [0.0 if g not in stats or math.isnan(stats[g].ci95) else stats[g].ci95 for g in groups]
+                ax.bar(xs, means, width, yerr=errs, capsize=2, label=lens, edgecolor="black", linewidth=0.6)
+            ax.set_xticks(range(len(groups)))
+            ax.set_xticklabels(groups, fontsize=8)
+            ax.set_ylabel(SCORE_TITLES.get(score, score))
+            ax.set_title(f"{family}: {SCORE_TITLES.get(score, score)}")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        fig.tight_layout()
+        path = Path(out) / f"figure_groups_{_slug(family)}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def write_report(out: Path, rows: list[dict], per_layer: list[LayerStat], overall: list[StratifiedStat],
                  scores: tuple[str, ...], preamble: str = "") -> dict[str, Path | list[Path]]:
     """Write every file listed in the module docstring; returns their paths."""
@@ -128,5 +171,5 @@ def write_report(out: Path, rows: list[dict], per_layer: list[LayerStat], overal
         "table_md": out / "table.md",
         "table_csv": write_csv(out / "table.csv", as_dicts(overall)),
         "per_layer_csv": write_csv(out / "per_layer.csv", as_dicts(per_layer)),
-        "figures": write_figures(out, per_layer, scores),
+        "figures": write_figures(out, per_layer, scores) + write_group_figures(out, per_layer, scores),
     }

@@ -11,6 +11,7 @@ enough active contexts) are left out and counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -86,3 +87,36 @@ def summarize(rows: list[dict], scores: tuple[str, ...]) -> tuple[list[LayerStat
 
 def as_dicts(stats) -> list[dict]:
     return [asdict(s) for s in stats]
+
+
+def layer_groups(layers: Iterable[int]) -> dict[str, list[int]]:
+    """The authors' layer groups (their Fig. 2): with more than six layers, thirds of
+    `0 .. max(layers)` ("Early [0, 4)", "Middle [4, 8)", "Late [8, 12)" for GPT-2 small's 12,
+    the first groups one layer longer when it does not divide), else one group per layer."""
+    layers = sorted(set(layers))
+    if len(layers) <= 6:
+        return {f"Layer {layer}": [layer] for layer in layers}
+    size, extra = divmod(max(layers) + 1, 3)
+    groups, start = {}, 0
+    for i, label in enumerate(("Early", "Middle", "Late")):
+        stop = start + size + (1 if i < extra else 0)
+        inside = [layer for layer in layers if start <= layer < stop]
+        if inside:
+            groups[f"{label} [{start}, {stop})"] = inside
+        start = stop
+    return groups
+
+
+def group_stats(per_layer: list[LayerStat]) -> list[tuple[str, StratifiedStat]]:
+    """Per (family, lens, score) and layer group (`layer_groups` of the family's layers), the
+    stratified statistics of the group's layers."""
+    out = []
+    for family in dict.fromkeys(s.family for s in per_layer):
+        mine = [s for s in per_layer if s.family == family]
+        groups = layer_groups([s.layer for s in mine])
+        for lens, score in dict.fromkeys((s.lens, s.score) for s in mine):
+            for name, layers in groups.items():
+                inside = [s for s in mine if (s.lens, s.score) == (lens, score) and s.layer in layers]
+                if inside:
+                    out.append((name, stratified(inside)))
+    return out

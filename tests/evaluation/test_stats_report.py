@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from qlens_jax.evaluation import load_signatures, save_signatures, summarize, write_report
+from qlens_jax.evaluation.stats import group_stats, layer_groups
 from qlens_jax.lens.signatures import Signatures, SignatureTable
 
 
@@ -31,6 +32,19 @@ def test_per_layer_and_stratified_by_hand():
     assert (strat.layers, strat.n, strat.n_missing) == (2, 5, 1)
 
 
+def test_the_authors_layer_groups():
+    assert list(layer_groups(range(12))) == ["Early [0, 4)", "Middle [4, 8)", "Late [8, 12)"]
+    assert layer_groups(range(12))["Late [8, 12)"] == [8, 9, 10, 11]
+    assert layer_groups(range(26)) == {"Early [0, 9)": list(range(9)), "Middle [9, 18)": list(range(9, 18)),
+                                       "Late [18, 26)": list(range(18, 26))}  # 26 = 3 x 8 + 2: the first two one longer
+    assert list(layer_groups([5, 9, 12, 15])) == ["Layer 5", "Layer 9", "Layer 12", "Layer 15"]  # few layers: one each
+    rows = [{"family": "F", "lens": "a", "layer": layer, "input_score": v} for layer in range(8) for v in (layer / 10, layer / 10 + 0.1)]
+    per_layer, _ = summarize(rows, ("input_score",))
+    groups = dict(group_stats(per_layer))
+    assert list(groups) == ["Early [0, 3)", "Middle [3, 6)", "Late [6, 8)"]
+    assert groups["Late [6, 8)"].mean == pytest.approx((0.65 + 0.75) / 2) and groups["Late [6, 8)"].layers == 2
+
+
 def test_single_feature_layer_has_no_std():
     rows = [{"family": "F", "lens": "a", "layer": 0, "input_score": 0.5}, {"family": "F", "lens": "a", "layer": 1, "input_score": 0.2},
             {"family": "F", "lens": "a", "layer": 1, "input_score": 0.4}]
@@ -52,7 +66,8 @@ def test_report_files(tmp_path):
         assert {r["lens"] for r in csv.DictReader(f)} == {"a", "b"}
     with open(paths["scores"]) as f:
         assert len(list(csv.DictReader(f))) == len(rows)
-    assert [p.name for p in paths["figures"]] == ["figure_F.png"]
+    assert [p.name for p in paths["figures"]] == ["figure_F.png", "figure_groups_F.png"]
+    assert (tmp_path / "figure_groups_F.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "figure_F.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
