@@ -32,7 +32,7 @@ PAPER_EVALUATE: dict[str, Any] = {
     "contexts": "paper", "context_length": 128, "max_contexts": 4096, "min_contexts": 20, "require_contexts": True,
     "match": "strings", "k": 25, "top_promoted": None, "kl_targets": "0.25,0.5", "generate_tokens": 20, "temperature": 0.75,
     "kl_positions": "all", "alpha_search": "integer", "no_error_term": True, "prepend_bos": True, "tuned_lens_point": "layer",
-    "judge_preset": "paper", "seed": 42,
+    "judge_preset": "paper", "seed": 42, "dtype": "bfloat16",
 }
 
 

@@ -112,10 +112,13 @@ def configure(parser: argparse.ArgumentParser):
                          help="compare token ids; decoded strings with space markers normalized as the authors' normalize_token "
                               "(strings, the paper's I(T)); or the same with surrounding whitespace stripped (stripped)")
     scoring.add_argument("--seed", type=int, default=0, help="seed of feature sampling, baseline sample and generation")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="what the model's weights are stored in while scoring (the paper's runs: bfloat16); norms, "
+                             "softmaxes and KLs stay float32")
     parser.add_argument("--protocol", choices=("default", "paper"), default="default",
                         help="paper: the paper's evaluation protocol, every convention of the authors' code (the contexts, "
                              "feature filter and sampler, string matching, 20 steered tokens at T = 0.75, their KL and "
-                             "alpha search, BOS, no error term, the tuned-lens index, the judge, seed 42: docs/evaluation.md); "
+                             "alpha search, BOS, no error term, the tuned-lens index, the judge, bfloat16, seed 42: docs/evaluation.md); "
                              "an option given with another value is refused")
     judge = parser.add_argument_group("LLM judge (optional, off by default)")
     judge.add_argument("--judge", action="store_true", help="also rate each signature with an LLM judge")
@@ -416,6 +419,10 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model, model_dir, tokenizer = load_model_source(model_source(args))
+    if args.dtype != "float32":
+        from qlens_jax.numerics import cast_model
+
+        model = cast_model(model, args.dtype)
     dictionaries = load_dictionary_sources(dictionary_sources(args), model)
     vocab = vocab_strings(tokenizer, model.config.vocab_size)
     sigs = load_signatures(args.signatures) if args.signatures else Signatures()

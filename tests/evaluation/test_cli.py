@@ -84,6 +84,7 @@ def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_
                      "--corpus", str(default.heldout_text_path()), "--contexts", "paper", "--context-length", "16",
                      "--max-contexts", "80", "--min-contexts", "2", "--feature-sampling", "paper", "--features-per-dictionary", "2",
                      "--kl-positions", "all", "--alpha-search", "integer", "--no-error-term", "--prepend-bos", "--seed", "42",
+                     "--dtype", "bfloat16",
                      "--judge", "--judge-preset", "paper", "--judge-endpoint", url, "--out", str(out), "--quiet"])
     assert code == 2
     with open(out / "scores.csv") as f:
