@@ -20,6 +20,7 @@ For a dictionary on a module output they are its site's (DESIGN.md section 1b): 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -30,17 +31,19 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from qlens_jax.errors import InputError
 from qlens_jax.readout import centered_embeddings, dot_scores
 from qlens_jax.readout.scores import transported
+from qlens_jax.serve.errors import QueryError, UnavailableError
 from qlens_jax.serve.norm_cache import load_statistics, save_statistics, statistics_path
 from qlens_jax.serve.rows import DictionaryRows, RowFile, open_rows
 from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
 
 SIDES = {"value": "promotes", "key": "activated-by"}
+OPTIONS = {"value": "--promotes", "key": "--activated-by"}  # what names the token in an error, on the command line
 CHUNK = 8192
 MAX_TOP = 10_000
+_TOKEN_ID = re.compile(r"id:([0-9]{1,12})", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,11 @@ class ReverseLookup:
             model = converters.load_model(self.model_path)
             tokenizer = converters.load_tokenizer(options.get("tokenizer") or self.model_path)
         except Exception as err:  # noqa: BLE001 (any failure to read the run's model is the same bad input)
-            raise InputError(f"{run.path}: cannot load the run's model {self.model_path} ({err})") from None
+            raise UnavailableError(f"{run.path}: cannot load the run's model {self.model_path} ({err})") from None
         if model_hash(model) != inputs["model"]["sha256"]:
-            raise InputError(f"{run.path}: the model at {self.model_path} differs from the one the run used")
+            raise UnavailableError(f"{run.path}: the model at {self.model_path} differs from the one the run used")
         if text_hash(tokenizer.to_str()) != inputs["tokenizer"]["sha256"]:
-            raise InputError(f"{run.path}: the tokenizer of {self.model_path} differs from the one the run used")
+            raise UnavailableError(f"{run.path}: the tokenizer of {self.model_path} differs from the one the run used")
         self.model = cast_model(model, options.get("dtype", "float32")) if options.get("dtype", "float32") != "float32" else model
         self.tokenizer = tokenizer
         self.vocab = vocab_strings(tokenizer, model.config.vocab_size)
@@ -108,13 +111,19 @@ class ReverseLookup:
         self.exact_norm_jacobian = bool(options.get("exact_norm_jacobian", False))
         operators = run.path / "operators"
         if not (operators / "operators.json").is_file():
-            raise InputError(f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
-                             "rerun it with --path dense to look tokens up in reverse")
-        self.operators = load_operators(operators)
+            raise UnavailableError(f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
+                                   "rerun it with --path dense to look tokens up in reverse")
         try:
-            self.tokens, self.mask = load_token_sample(run.path / "sample.npy", model.config.vocab_size)
+            self.operators = load_operators(operators)
+        except Exception as err:  # noqa: BLE001 (Orbax / TensorStore raise many types; each means the same)
+            raise UnavailableError(f"{operators}: cannot read the run's saved operators ({' '.join(str(err).split())[:300]})") from None
+        sample = run.path / "sample.npy"
+        if not sample.is_file():  # a FIFO would block the read
+            raise UnavailableError(f"{sample}: missing or not a regular file")
+        try:
+            self.tokens, self.mask = load_token_sample(sample, model.config.vocab_size)
         except CorpusError as err:
-            raise InputError(f"{run.path}: {err}") from None
+            raise UnavailableError(f"{run.path}: {err}") from None
         self._key_matrix = None
         self._statistics: dict[int, np.ndarray] = {}  # by dictionary index (the operators are fixed)
         self._rows: dict[int, DictionaryRows] = {}
@@ -122,19 +131,23 @@ class ReverseLookup:
 
     # ---- tokens -------------------------------------------------------------------------------
     def token_id(self, text: str, option: str = "token") -> int:
-        """The id of `text` if the tokenizer makes exactly one token of it (`id:N` names an id)."""
+        """The id of `text` if the tokenizer makes exactly one token of it (`id:N` names an id,
+        N in ASCII digits). `option` names the option or parameter in the error (`QueryError`)."""
         vocab_size = self.model.config.vocab_size
-        if text.startswith("id:") and text[3:].isdigit():
-            token = int(text[3:])
+        number = _TOKEN_ID.fullmatch(text)
+        if number is not None:
+            token = int(number.group(1))
             if token >= vocab_size:
-                raise InputError(f"{option} {text!r}: the vocabulary has {vocab_size} ids")
+                raise QueryError(f"{option} {text!r}: the vocabulary has {vocab_size} ids")
             return token
+        if text.startswith("id:") and text[3:].strip().isdigit():  # digits of another script, or too many
+            raise QueryError(f"{option} {text[:40]!r}: id:N takes a token id in ASCII digits, below {vocab_size}")
         if not text:
-            raise InputError(f"{option}: empty token")
+            raise QueryError(f"{option}: empty token")
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if len(ids) != 1:
             pieces = ", ".join(f"{self.vocab[i]!r} (id {i})" for i in ids) or "nothing"
-            raise InputError(f"{option} {text!r} is {len(ids)} tokens, not one: the tokenizer splits it into {pieces}; "
+            raise QueryError(f"{option} {text!r} is {len(ids)} tokens, not one: the tokenizer splits it into {pieces}; "
                              "give one of them (or id:N)")
         return int(ids[0])
 
@@ -146,7 +159,7 @@ class ReverseLookup:
 
     def operator(self, entry: DictionaryEntry, side: str) -> Float[Array, "d w"]:
         """The run's operator that transports `entry`'s vectors on `side`, applied as `X @ op.T`
-        (`InputError` if it has none): `[d_model, d_model]` at a residual point; at a module
+        (`UnavailableError` if it has none): `[d_model, d_model]` at a residual point; at a module
         output `[d_model, width]` (`TransportOperators.operator`): a `z` dictionary's value
         vectors pass `W_O` and what follows, its keys pull back to the heads' outputs
         (`n_heads x head_dim` wide); `attn_out` / `mlp_out` value vectors use the rows of the
@@ -162,7 +175,7 @@ class ReverseLookup:
         if (stored is None or not self.operators.covers(side, point, n_layers)
                 or (residual and row(point, n_layers) >= stored.shape[0])):
             lens = f"query_lens_{side}"
-            raise InputError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
+            raise UnavailableError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
                              f"the reverse lookup on the {side} side needs a run with the {lens} lens")
         return self.operators.operator(side, point, n_layers, self.model.config)
 
@@ -214,16 +227,19 @@ class ReverseLookup:
             out.append(score(start, jnp.asarray(block)))  # dispatched asynchronously: the next read overlaps it
         return np.concatenate([np.asarray(o) for o in out])[:n]
 
-    def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50) -> dict:
+    def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50,
+               names: dict[str, str] | None = None) -> dict:
         """The `top` features with the highest score of `token` on `side`, over every dictionary
-        of the run (or the one named), best first, with the time taken."""
+        of the run (or the one named), best first, with the time taken. `names`: what to call the
+        token, top and dictionary in errors (`{"token": ..., "top": ..., "dictionary": ...}`;
+        default: the command line's options)."""
+        names = {"token": OPTIONS.get(side, "token"), "top": "--top", "dictionary": "--dictionary", **(names or {})}
         if side not in SIDES:
-            raise InputError(f"side {side!r}: choose 'value' (promotes) or 'key' (activated-by)")
+            raise QueryError(f"side {side!r}: choose 'value' (promotes) or 'key' (activated-by)")
         if not isinstance(top, int) or not 1 <= top <= MAX_TOP:
-            raise InputError(f"--top {top}: must be between 1 and {MAX_TOP}")
-        entries = [self.run.dictionary(dictionary)] if dictionary is not None else self.run.dictionaries
-        option = "--promotes" if side == "value" else "--activated-by"
-        token_id = token if isinstance(token, int) else self.token_id(token, option)
+            raise QueryError(f"{names['top']} {top}: must be between 1 and {MAX_TOP}")
+        entries = [self.run.dictionary(dictionary, names["dictionary"])] if dictionary is not None else self.run.dictionaries
+        token_id = token if isinstance(token, int) else self.token_id(token, names["token"])
         start = time.perf_counter()
         candidates = []
         with self._lock:
