@@ -36,8 +36,8 @@ from qlens_jax.readout.scores import transported
 from qlens_jax.serve.errors import QueryError, UnavailableError
 from qlens_jax.serve.norm_cache import load_statistics, save_statistics, statistics_path
 from qlens_jax.serve.rows import DictionaryRows, RowFile, open_rows
-from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
+from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 
 SIDES = {"value": "promotes", "key": "activated-by"}
 OPTIONS = {"value": "--promotes", "key": "--activated-by"}  # what names the token in an error, on the command line

@@ -89,7 +89,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app, keep_alive: float = KEEP_ALIVE_SECONDS):
+def uvicorn_server(app, keep_alive: int = KEEP_ALIVE_SECONDS):
     """A uvicorn server of `app` with the limits above (`.run(sockets=[bind(...)])` serves)."""
     import uvicorn
 

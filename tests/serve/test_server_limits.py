@@ -99,7 +99,7 @@ def live_server(serve_run, monkeypatch):
         raise RuntimeError("boom")
 
     sock = limits.bind("127.0.0.1", 0)
-    server = limits.uvicorn_server(create_app(serve_run[0], reverse_factory=broken, index_tokens=False), keep_alive=1.0)
+    server = limits.uvicorn_server(create_app(serve_run[0], reverse_factory=broken, index_tokens=False), keep_alive=1)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(300):
