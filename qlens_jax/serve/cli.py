@@ -38,8 +38,9 @@ def configure_serve(parser: argparse.ArgumentParser):
         run_data = RunData(args.run_dir)
         local = args.host in ("127.0.0.1", "localhost", "::1")
         hosts = ["127.0.0.1", "localhost", "[::1]", f"127.0.0.1:{args.port}", f"localhost:{args.port}", f"[::1]:{args.port}"] if local else None
+        run_data.check_files()  # a truncated or miscounted signature file: one line naming it, exit 2
         sock = bind(args.host, args.port)  # bound before anything is announced: a port in use is one line, exit 2
-        app = create_app(run_data, allowed_hosts=hosts)  # checks the run's files: a bad one is one line, exit 2
+        app = create_app(run_data, allowed_hosts=hosts)
         where = "this machine only" if local else "reachable from other machines: anyone who can reach it can read the run"
         shown = f"[{args.host}]" if ":" in args.host else args.host
         print(f"qlens serve: {run_data.path} at http://{shown}:{args.port}/ (bound to {args.host}, {where}); Ctrl-C stops it",

@@ -116,7 +116,11 @@ class ReverseLookup:
         try:
             self.operators = load_operators(operators)
         except Exception as err:  # noqa: BLE001 (Orbax / TensorStore raise many types; each means the same)
-            raise UnavailableError(f"{operators}: cannot read the run's saved operators ({' '.join(str(err).split())[:300]})") from None
+            unmerged = not (operators / "arrays" / "manifest.ocdbt").exists() and any((operators / "arrays").glob("ocdbt.process_*"))
+            hint = ("; they were saved unmerged, as qlens did under a folder whose path holds [ * or ? before issue 26: "
+                    "rerun the run into a new folder") if unmerged else ""
+            raise UnavailableError(f"{operators}: cannot read the run's saved operators "
+                                   f"({' '.join(str(err).split())[:200]}){hint}") from None
         sample = run.path / "sample.npy"
         if not sample.is_file():  # a FIFO would block the read
             raise UnavailableError(f"{sample}: missing or not a regular file")

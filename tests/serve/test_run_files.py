@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
-from test_serve_cli import qlens
+from test_serve_cli import free_port, qlens
 
 from qlens_jax.serve.app import create_app
-from qlens_jax.serve.errors import RunFileError
+from qlens_jax.serve.errors import RunFileError, UnavailableError
 from qlens_jax.serve.page import REQUEST_HEADER
 from qlens_jax.serve.reverse import ReverseLookup
 
@@ -126,7 +126,7 @@ def test_a_truncated_signature_file_is_refused_at_start_naming_it(run_copy):
     _truncate(run_copy / "signatures.parquet")
     with pytest.raises(RunFileError, match=r"signatures\.parquet: not a readable Parquet file"):
         create_app(run_copy)
-    result = qlens("serve", str(run_copy), "--port", "1")  # never reaches the bind: the files are checked first
+    result = qlens("serve", str(run_copy), "--port", str(free_port()))
     assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1
     assert "signatures.parquet: not a readable Parquet file" in result.stderr and "Traceback" not in result.stderr
 
@@ -189,3 +189,10 @@ def test_a_fifo_among_the_shards_never_blocks_a_request(run_copy):
     assert [answers[k].status_code for k in ("feature", "page", "search")] == [200, 200, 200]
     assert len(answers["feature"].json()["lenses"]) == 3
     assert answers["run"]["feature_index"]["files"] == len(list((run_copy / "shards").glob("*.parquet"))) - 1
+
+
+def test_operators_left_unmerged_by_an_older_qlens_are_refused_with_a_hint(run_copy):
+    """What an older qlens saved under `run[1]`: the per-process parts without the merged manifest."""
+    (run_copy / "operators" / "arrays" / "manifest.ocdbt").unlink()
+    with pytest.raises(UnavailableError, match=r"operators: cannot read the run's saved operators .*saved unmerged"):
+        ReverseLookup(run_copy)
