@@ -8,7 +8,7 @@
   (`KEEP_ALIVE_SECONDS`) closes idle keep-alive connections sooner. uvicorn alone closes neither
   a connection that never sends anything nor one that sends a byte now and then.
 - At most `MAX_CONNECTIONS` connections and requests at once (more are answered 503 by uvicorn),
-  request heads of at most `MAX_HEAD_BYTES`.
+  request heads (request line and headers) of at most `MAX_HEAD_BYTES` (more: 431, closed).
 """
 
 from __future__ import annotations
@@ -39,9 +39,22 @@ class BoundedH11Protocol(H11Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            body = b'{"error": "request line and headers longer than %d bytes"}' % MAX_HEAD_BYTES
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+            return
         super().data_received(data)
         if self.conn.their_state in _RECEIVED:  # the whole request is in: it may take as long as it needs
             self._disarm()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the request head being received (buffered + `data`) passes `MAX_HEAD_BYTES`
+        (h11's own limit only holds a head that arrives in pieces, not one sent at once)."""
+        buffered = self.conn.trailing_data[0] + data
+        end = buffered.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+        return end == -1 and len(buffered) > MAX_HEAD_BYTES
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -163,6 +163,15 @@ def test_idle_and_half_sent_connections_are_closed(live_server):
         assert answered.recv(65536).startswith(b"HTTP/1.1 200")
 
 
+
+@pytest.mark.parametrize("size,status", [(limits.MAX_HEAD_BYTES // 2, b"200"), (limits.MAX_HEAD_BYTES + 10, b"431")])
+def test_request_heads_over_the_limit_are_refused_even_sent_at_once(live_server, size, status):
+    port, _ = live_server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"GET /api/run HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\nConnection: close\r\n\r\n")
+        assert client.recv(65536).startswith(b"HTTP/1.1 " + status)
+
+
 def test_a_port_in_use_is_one_line_and_exit_2_without_a_banner(serve_run):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", free_port()))
