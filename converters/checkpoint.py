@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from converters.errors import ConversionError
-from qlens_jax.io.literal import unglobbed
+from qlens_jax.globs import unglobbed
 from qlens_jax.models import ModelConfig, Transformer, init_transformer
 from qlens_jax.models.transformer import layer_meta
 

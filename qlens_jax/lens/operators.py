@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from qlens_jax import sharding
 
 from qlens_jax import memory
-from qlens_jax.io.literal import unglobbed
+from qlens_jax.globs import unglobbed
 from qlens_jax.lens import auto, blockwise, transport
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks

@@ -20,7 +20,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from qlens_jax.io.literal import plain_temporary_folder
+from qlens_jax.globs import plain_temporary_folder
 
 
 def file_identity(path: Path, stat: os.stat_result | None = None) -> str:
