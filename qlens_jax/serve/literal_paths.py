@@ -4,7 +4,7 @@ DuckDB reads every path it is given as a glob pattern, in a list too: `[`, `*` a
 and a backslash escapes, so the files of a run folder `runs/run[1]` would be read from
 `runs/run1`. DuckDB therefore never sees the path of a run's file (or of an index in a cache
 that could be anywhere): it reads a symbolic link to the file in a private folder of this
-process (removed at exit), named by the file's identity (`file_identity`: its resolved path,
+process (removed at exit), named by the file's identity (`file_identity`: its absolute path,
 device, inode, size and modification time). A file that changes gets a new link, so DuckDB's
 footer cache never answers for an older version of it.
 
@@ -24,9 +24,10 @@ from qlens_jax.globs import plain_temporary_folder
 
 
 def file_identity(path: Path, stat: os.stat_result | None = None) -> str:
-    """The file at `path` as it is now: resolved path, device, inode, size, modification time (ns)."""
+    """The file at `path` as it is now: absolute path, device, inode, size, modification time (ns).
+    (Checked on every query: one `stat`, no path resolution.)"""
     stat = os.stat(path) if stat is None else stat
-    return f"{Path(path).resolve()}\0{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return f"{os.path.abspath(path)}\0{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
 class _LinkFolder:
