@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from converters.errors import ConversionError
+from qlens_jax.globs import unglobbed
 from qlens_jax.models import ModelConfig, Transformer, init_transformer
 from qlens_jax.models.transformer import layer_meta
 
@@ -33,8 +34,8 @@ def save_checkpoint(model: Transformer, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     params, _ = eqx.partition(model, eqx.is_array)
     params = eqx.tree_at(lambda m: m.meta, params, None)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / "params", params)
+    with unglobbed(directory) as literal, ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(literal / "params", params)  # Orbax globs below the folder: `unglobbed`
     # The config goes last: its presence marks a complete checkpoint.
     (directory / CONFIG_FILE).write_text(model.config.to_json())
     return directory
@@ -52,9 +53,9 @@ def load_checkpoint(directory: str | Path, dtype=None) -> Transformer:
     skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
     is_shape = lambda x: isinstance(x, jax.ShapeDtypeStruct)
     params, static = eqx.partition(eqx.tree_at(lambda m: m.meta, skeleton, None), is_shape)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with unglobbed(directory) as literal, ocp.StandardCheckpointer() as checkpointer:
         try:
-            restored = checkpointer.restore(directory / "params", params)
+            restored = checkpointer.restore(literal / "params", params)
         except Exception as err:
             raise ConversionError(f"cannot restore the Orbax checkpoint in {directory}: {err}") from err
     if dtype is not None:

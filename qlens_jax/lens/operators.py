@@ -40,6 +40,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from qlens_jax import sharding
 
 from qlens_jax import memory
+from qlens_jax.globs import unglobbed
 from qlens_jax.lens import auto, blockwise, transport
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
@@ -491,8 +492,8 @@ def save_operators(operators: TransportOperators, directory: str | Path) -> Path
     arrays = {k: getattr(operators, k) for k in _SAVED_ARRAYS}
     arrays = {k: v for k, v in arrays.items() if v is not None and v.size}
     arrays = {k: sharding.to_host(v) for k, v in arrays.items()}
-    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
-        checkpointer.save(directory / "arrays", arrays)
+    with unglobbed(directory) as literal, ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+        checkpointer.save(literal / "arrays", arrays)  # Orbax globs below the folder: `unglobbed`
     (directory / "operators.json").write_text(json.dumps({
         "n_tokens": operators.n_tokens, "arrays": sorted(arrays),
         "value_from_point": operators.value_from_point, "key_to_point": operators.key_to_point,
@@ -511,8 +512,8 @@ def load_operators(directory: str | Path) -> TransportOperators:
     if not meta_path.exists():
         raise FileNotFoundError(f"{directory} holds no saved transport operators (no operators.json)")
     meta = json.loads(meta_path.read_text())
-    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
-        arrays = checkpointer.restore(directory / "arrays")
+    with unglobbed(directory) as literal, ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+        arrays = checkpointer.restore(literal / "arrays")
     get = lambda k: jnp.asarray(arrays[k]) if k in arrays else None
     return TransportOperators(
         get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"],

@@ -6,14 +6,17 @@
     GET /api/features         ?dictionary=..|layer=..&start=ID&limit=N: a page of features
     GET /api/search           ?token=TEXT[&lens=..][&limit=N&offset=M]: stored top/bottom-k lists
     GET /api/reverse          ?token=TEXT&side=value|key[&dictionary=..][&top=N]: reverse lookup
+                              (costly: only with the page's header `X-Qlens-Request`, a few at once)
 
-Every error is a 4xx answer with one line of JSON (`{"error": "..."}`); an unexpected failure
-is a 500 with one line too, never a traceback. The app only reads the run folder.
+Every error is answered by its class (`errors.http_status`: 400, 403, 404, 409, 429, 503) with
+one line of JSON (`{"error": "..."}`); an unexpected failure is a 500 with one line too, never
+a traceback, and the connection stays usable. The app only reads the run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from pathlib import Path
 
@@ -26,13 +29,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from qlens_jax.errors import InputError
-from qlens_jax.serve.page import render
-from qlens_jax.serve.queries import MAX_PAGE, Queries, QueryError
+from qlens_jax.errors import InputError, QlensError
+from qlens_jax.serve.errors import BusyError, CrossOriginError, NotFoundError, QueryError, http_status
+from qlens_jax.serve.page import REQUEST_HEADER, render
+from qlens_jax.serve.queries import MAX_PAGE, Queries
 from qlens_jax.serve.reverse import MAX_TOP, ReverseLookup
 from qlens_jax.serve.rundata import RunData
 
 MAX_PARAM = 1000  # characters of any query parameter
+MAX_REVERSE = 4  # reverse lookups running or waiting at once (they run one at a time); more: 429
+_log = logging.getLogger("qlens.serve")
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -71,6 +77,7 @@ class Server:
         self.queries = Queries(run, vocab, token_index=index_tokens)
         self._reverse, self._reverse_factory = None, reverse_factory
         self._reverse_lock = threading.Lock()
+        self._reverse_slots = threading.BoundedSemaphore(MAX_REVERSE)
 
     def reverse(self) -> ReverseLookup:
         with self._reverse_lock:
@@ -79,10 +86,7 @@ class Server:
             return self._reverse
 
     def dictionary(self, text: str):
-        try:
-            return self.run.dictionary(text)
-        except InputError as err:
-            raise QueryError(str(err).replace("--dictionary ", "dictionary "), 404) from None
+        return self.run.dictionary(text, "dictionary")
 
     # ---- endpoints -------------------------------------------------------------------------
     async def page(self, request: Request):
@@ -98,7 +102,7 @@ class Server:
         if query is not None:
             parsed = self.run.parse_feature_str(query)
             if parsed is None:
-                raise QueryError(f"q={query!r}: not a feature of this run (expected Feature NAME/LAYER/ID)", 404)
+                raise NotFoundError(f"q={query!r}: not a feature of this run (expected Feature NAME/LAYER/ID)")
             entry, feature = parsed
         else:
             entry, feature = self.dictionary(_text(request, "dictionary")), _int(request, "feature")
@@ -114,7 +118,7 @@ class Server:
             layer = _int(request, "layer")
             entries = [e for e in self.run.dictionaries if e.layer == layer]
             if not entries:
-                raise QueryError(f"layer {layer}: no dictionary of this run is at that layer", 404)
+                raise NotFoundError(f"layer {layer}: no dictionary of this run is at that layer")
         else:
             raise QueryError("give dictionary=NAME or layer=N")
         start, limit = _int(request, "start", 0), _int(request, "limit", 50, 1, MAX_PAGE)
@@ -126,28 +130,74 @@ class Server:
         return JSONResponse(await run_in_threadpool(self.queries.token_search, token, lens, limit, offset))
 
     async def reverse_lookup(self, request: Request):
+        _same_origin(request)
         token, side = _text(request, "token"), _text(request, "side", required=False) or "value"
         if side not in ("value", "key"):
             raise QueryError(f"side={side!r}: choose value (promotes) or key (activated-by)")
         name, top = _text(request, "dictionary", required=False), _int(request, "top", 50, 1, MAX_TOP)
         entry = str(self.dictionary(name).index) if name is not None else None
+        if not self._reverse_slots.acquire(blocking=False):
+            raise BusyError(f"busy: {MAX_REVERSE} reverse lookups are running or waiting (they run one at a time); "
+                            "try again in a few seconds")
 
         def run():
-            return self.reverse().lookup(token, side, entry, top)
+            try:
+                return self.reverse().lookup(token, side, entry, top, names={"token": "token", "top": "top", "dictionary": "dictionary"})
+            finally:  # released by the worker, so a client that leaves does not free a slot still in use
+                self._reverse_slots.release()
 
         return JSONResponse(await run_in_threadpool(run))
 
 
-async def _input_error(request: Request, err: InputError):
-    return _error(str(err), getattr(err, "status", 400))
+def _same_origin(request: Request) -> None:
+    """Costly requests come from the page (or a client that means it): they carry the page's
+    header, which a page of another site cannot send here without a CORS preflight that this
+    server never grants, and a browser's own `Sec-Fetch-Site` / `Origin`, where sent, say this site."""
+    if REQUEST_HEADER not in request.headers:
+        raise CrossOriginError(f"this request needs the header {REQUEST_HEADER} (the page sends it; "
+                               f"with curl: -H '{REQUEST_HEADER}: 1'), so that other web sites cannot start it")
+    site = request.headers.get("sec-fetch-site")
+    if site not in (None, "same-origin", "none"):
+        raise CrossOriginError(f"a request from another site (Sec-Fetch-Site: {site}) is refused")
+    origin, host = request.headers.get("origin"), request.headers.get("host")
+    if origin is not None and origin.partition("://")[2] != host:
+        raise CrossOriginError(f"a request from another origin ({origin[:100]}) is refused")
+
+
+async def _qlens_error(request: Request, err: QlensError):
+    response = _error(str(err), http_status(err))
+    if isinstance(err, BusyError):
+        response.headers["Retry-After"] = str(err.retry_after)
+    return response
 
 
 async def _http_error(request: Request, err: HTTPException):
     return _error(err.detail if err.status_code != 404 else f"no such page: {request.url.path}", err.status_code)
 
 
-async def _server_error(request: Request, err: Exception):
-    return _error(f"internal error ({type(err).__name__}); the server log has the details", 500)
+class _InternalErrors:
+    """Answers an unexpected failure with a 500 of one line (the traceback goes to the log) and
+    does not raise it further: the server keeps the connection open for the client's next
+    request (Starlette's own handler re-raises, and the server then closes the connection)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as err:  # noqa: BLE001 (the last line of defence: anything unexpected)
+            _log.exception("qlens serve: %s %s failed", scope.get("method"), scope.get("path"))
+            if started or scope["type"] != "http":
+                raise
+            await _error(f"internal error ({type(err).__name__}); the server log has the details", 500)(scope, receive, send)
 
 
 def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowed_hosts: list[str] | None = None,
@@ -157,6 +207,7 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
     the feature and token indexes (`indexer`) in the background while serving (False: queries
     read the files)."""
     run = run if isinstance(run, RunData) else RunData(run)
+    run.check_files()  # every signature file reads, with run.json's row counts (RunFileError naming the first that does not)
     if vocab is None:
         vocab = run_vocab(run)
     server = Server(run, vocab, reverse_factory, index_tokens)
@@ -168,7 +219,8 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
         Route("/api/search", server.search),
         Route("/api/reverse", server.reverse_lookup),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware = [Middleware(_InternalErrors)]
+    middleware += [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if server.queries.indexer is not None and index_tokens:
@@ -178,7 +230,7 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
             server.queries.indexer.stop()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={InputError: _input_error, HTTPException: _http_error, Exception: _server_error})
+                    exception_handlers={QlensError: _qlens_error, HTTPException: _http_error})
     app.state.server = server
     return app
 

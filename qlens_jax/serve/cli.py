@@ -29,22 +29,23 @@ def configure_serve(parser: argparse.ArgumentParser):
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
 
     def run(args, argv) -> int:
-        import uvicorn
-
         from qlens_jax.serve.app import create_app
         from qlens_jax.serve.rundata import RunData
+        from qlens_jax.serve.server import bind, serve
 
         if not 0 < args.port < 65536:
             raise InputError(f"--port {args.port}: must be between 1 and 65535")
         run_data = RunData(args.run_dir)
         local = args.host in ("127.0.0.1", "localhost", "::1")
-        hosts = ["127.0.0.1", "localhost", "[::1]", f"127.0.0.1:{args.port}", f"localhost:{args.port}"] if local else None
+        hosts = ["127.0.0.1", "localhost", "[::1]", f"127.0.0.1:{args.port}", f"localhost:{args.port}", f"[::1]:{args.port}"] if local else None
+        run_data.check_files()  # a truncated or miscounted signature file: one line naming it, exit 2
+        sock = bind(args.host, args.port)  # bound before anything is announced: a port in use is one line, exit 2
         app = create_app(run_data, allowed_hosts=hosts)
         where = "this machine only" if local else "reachable from other machines: anyone who can reach it can read the run"
         shown = f"[{args.host}]" if ":" in args.host else args.host
         print(f"qlens serve: {run_data.path} at http://{shown}:{args.port}/ (bound to {args.host}, {where}); Ctrl-C stops it",
               flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        serve(app, sock)
         return 0
 
     return run

@@ -15,7 +15,7 @@ queue for the CPU under load). The index holds the same rows, uncompressed, at k
 The arrays are memory-mapped and the values read with `pread`, so the server's memory stays at
 the pages a lookup touches. Built from the file with pyarrow, one row group at a time, in the
 cache (`rows.cache_root()/feature-index`), never in the run folder; keyed like the token index by
-the file's path, size and modification time.
+the file's identity (`literal_paths.file_identity`: path, device, inode, size, modification time).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from qlens_jax.serve.literal_paths import file_identity
 from qlens_jax.serve.rows import cache_root
+from qlens_jax.serve.rundata import COLUMNS
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: keyed by the file's identity (device and inode too)
 _FEATURE_BITS = 40
-_COLUMNS = ("lens", "dictionary", "dictionary_index", "layer", "feature", "feature_str", "relative_variance",
-            "top_ids", "top_scores", "bottom_ids", "bottom_scores")
 _ARRAYS = ("keys", "rows", "lens", "relative_variance", "relative_variance_valid", "n_top", "n_bottom", "list_offsets", "string_offsets")
 
 
@@ -44,8 +44,7 @@ class FeatureIndexError(ValueError):
 
 def index_folder(source: Path) -> Path:
     """Where the feature index of signature file `source` (as it is now) lives."""
-    stat = source.stat()
-    key = f"{INDEX_VERSION}\0{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    key = f"{INDEX_VERSION}\0{file_identity(source)}"
     return cache_root() / "feature-index" / hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -102,12 +101,12 @@ def build_feature_index(source: Path) -> Path:
     list_end, string_end = 0, 0
     try:
         parquet = pq.ParquetFile(source)
-        missing = [c for c in _COLUMNS if c not in parquet.schema_arrow.names]
+        missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
         if missing:
             raise FeatureIndexError(f"{source}: no column(s) {', '.join(missing)}")
         with open(temporary / "lists.bin", "wb") as lists, open(temporary / "strings.bin", "wb") as strings:
             for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=list(_COLUMNS), use_threads=False)
+                table = parquet.read_row_group(group, columns=list(COLUMNS), use_threads=False)
                 if not table.num_rows:
                     continue
                 lens_names = table.column("lens").to_pylist()

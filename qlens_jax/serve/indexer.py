@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 
+from qlens_jax.serve.errors import RunFileError
 from qlens_jax.serve.feature_index import build_feature_index, index_folder
 from qlens_jax.serve.token_index import build_index, index_path
 
@@ -77,7 +78,10 @@ class Indexer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.index_all()
+            try:
+                self.index_all()
+            except RunFileError as err:  # a file that no longer reads: requests answer 503 naming it; try again later
+                self.errors = {kind: str(err) for kind in self._kinds}
             self._stop.wait(self._poll)
 
     def start(self) -> None:

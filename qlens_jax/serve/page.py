@@ -5,14 +5,16 @@ to): `123` (feature 123 of every dictionary), `L3/123`, `NAME/3/123` or `Feature
 `promotes:TOKEN` / `activated-by:TOKEN` (reverse lookup: every feature ranked by the token's
 exact Query Lens value / key score); `token:TEXT` or any other text (features with the token in
 a stored top-k or bottom-k list of any lens). Tokens in a feature's lists link to the reverse
-lookup of that token on that side.
+lookup of that token on that side. Every request carries `REQUEST_HEADER`, which the costly
+routes require (a page of another site cannot send it here).
 """
 
 from __future__ import annotations
 
-
 from qlens_jax.viewer.page import CSS as VIEWER_CSS
 from qlens_jax.viewer.page import html_page
+
+REQUEST_HEADER = "X-Qlens-Request"
 
 CSS = VIEWER_CSS + """
 table.hits { border-collapse: collapse; width: 100%; font-size: .85rem; }
@@ -42,7 +44,7 @@ function el(tag, attrs, ...children) {
 }
 function link(query, text) { return el("a", {href: "#q=" + encodeURIComponent(query)}, text); }
 async function api(path, params) {
-  const response = await fetch(path + "?" + new URLSearchParams(params));
+  const response = await fetch(path + "?" + new URLSearchParams(params), {headers: {"REQUEST_HEADER": "page"}});
   const body = await response.json();
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
@@ -186,4 +188,4 @@ def render(title: str) -> str:
     """The page (no data in it: everything comes from the API)."""
     placeholder = ("feature (123, L3/123, NAME/3/123), token (the), or a reverse lookup "
                    "(promotes: Paris, activated-by: Paris)")
-    return html_page(title, placeholder, JS, notices='<p id="error"></p>\n', css=CSS)
+    return html_page(title, placeholder, JS.replace("REQUEST_HEADER", REQUEST_HEADER), notices='<p id="error"></p>\n', css=CSS)

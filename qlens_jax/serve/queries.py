@@ -18,10 +18,11 @@ from pathlib import Path
 
 import duckdb
 
-from qlens_jax.errors import InputError
-from qlens_jax.serve.rundata import DictionaryEntry, RunData
+from qlens_jax.serve.errors import NotFoundError, QueryError
 from qlens_jax.serve.feature_index import FeatureIndex
 from qlens_jax.serve.indexer import Indexer
+from qlens_jax.serve.literal_paths import duckdb_paths
+from qlens_jax.serve.rundata import DictionaryEntry, RunData
 from qlens_jax.serve.token_index import TokenIndex
 
 MAX_PAGE = 200
@@ -30,14 +31,6 @@ MAX_TOKEN_IDS = 64  # distinct ids one search may match (normalized spellings of
 # they are the run's vocabulary strings of the ids, as the run wrote them.
 _LIST_COLUMNS = ("top_ids", "top_scores", "bottom_ids", "bottom_scores")
 _ABSENT = 1 << 30
-
-
-class QueryError(InputError):
-    """A request that cannot be answered as given; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 def normalize_token(text: str) -> str:
@@ -72,21 +65,26 @@ class Queries:
         self._lock = threading.Lock()
 
     def _query(self, sql: str, params: dict) -> list[dict]:
+        """`sql` with `params` (paths in them already `literal_paths.duckdb_paths`). A file that
+        changed since it was checked and no longer reads is a `RunFileError` naming it."""
         with self._lock:
             cursor = self._connection.cursor()
         try:
             result = cursor.execute(sql, params)
             names = [d[0] for d in result.description]
             return [dict(zip(names, row)) for row in result.fetchall()]
+        except duckdb.Error:
+            self.run.parquet_files()  # checks every file as it is now: raises naming the one that changed
+            raise
         finally:
             cursor.close()
 
     def _execute(self, sql: str, params: list, files: list[Path] | None = None) -> list[dict]:
         """`sql` over `files` (`{files}` in it; default: the run's current signature files)."""
-        files = [str(p) for p in (self.run.parquet_files() if files is None else files)]
+        files = self.run.parquet_files() if files is None else files
         if not files:
             return []
-        return self._query(sql.replace("{files}", "read_parquet($files)"), {"files": files, **dict(params)})
+        return self._query(sql.replace("{files}", "read_parquet($files)"), {"files": duckdb_paths(files), **dict(params)})
 
     # ---- features ---------------------------------------------------------------------------
     def _rows_to_features(self, rows: list[dict]) -> list[dict]:
@@ -106,9 +104,9 @@ class Queries:
         return list(features.values())
 
     def feature(self, dictionary: DictionaryEntry, feature: int) -> dict:
-        """Every lens's lists of one feature; `QueryError` 404 when the run has none for it."""
+        """Every lens's lists of one feature; `NotFoundError` when the run has none for it."""
         if not 0 <= feature < dictionary.d_sae:
-            raise QueryError(f"feature {feature} is out of range for {dictionary.name}/{dictionary.layer} ({dictionary.d_sae} features)", 404)
+            raise NotFoundError(f"feature {feature} is out of range for {dictionary.name}/{dictionary.layer} ({dictionary.d_sae} features)")
         files = self.run.parquet_files()
         indexed, scanned = self.indexer.split(files, "feature") if self.indexer is not None else ([], files)
         rows = [row for folder in indexed for row in self._feature_index(folder).rows(dictionary.index, feature)]
@@ -121,7 +119,7 @@ class Queries:
         rows.sort(key=lambda row: row["lens"])
         if not rows:
             state = "" if self.run.complete else " (yet: the run is still in progress)"
-            raise QueryError(f"feature {dictionary.name}/{dictionary.layer}/{feature} has no signatures in this run{state}", 404)
+            raise NotFoundError(f"feature {dictionary.name}/{dictionary.layer}/{feature} has no signatures in this run{state}")
         return self._rows_to_features(rows)[0]
 
     def features_indexed(self) -> bool:
@@ -204,12 +202,12 @@ class Queries:
             lens_filter, params["lens"] = "lens = $lens AND ", lens
         parts = []
         if indexed:
-            params["indexed"] = [str(f) for f in indexed]
+            params["indexed"] = duckdb_paths(indexed)
             wanted = ", ".join(f"$t{i}" for i in range(len(ids)))
             parts.append(f"SELECT lens, dictionary_index, feature, side, rank, score FROM read_parquet($indexed) "
                          f"WHERE {lens_filter}token_id IN ({wanted})")
         if scanned:
-            params["scanned"] = [str(f) for f in scanned]
+            params["scanned"] = duckdb_paths(scanned)
             parts.append(self._scan_sql(len(ids), lens_filter))
         return self._query(
             f"""

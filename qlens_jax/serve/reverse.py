@@ -20,6 +20,7 @@ For a dictionary on a module output they are its site's (DESIGN.md section 1b): 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -30,16 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from qlens_jax.errors import InputError
 from qlens_jax.readout import centered_embeddings, check_finite_scores, dot_scores
 from qlens_jax.readout.scores import transported
+from qlens_jax.serve.errors import QueryError, UnavailableError
 from qlens_jax.serve.norm_cache import load_statistics, save_statistics, statistics_path
 from qlens_jax.serve.rows import DictionaryRows, RowFile, open_rows
-from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 from qlens_jax.serve.rundata import DictionaryEntry, RunData
+from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
 from qlens_jax.tokens import token_id_of
 
 SIDES = {"value": "promotes", "key": "activated-by"}
+OPTIONS = {"value": "--promotes", "key": "--activated-by"}  # what names the token in an error, on the command line
 CHUNK = 8192
 MAX_TOP = 10_000
 
@@ -97,11 +99,11 @@ class ReverseLookup:
             model = converters.load_model(self.model_path)
             tokenizer = converters.load_tokenizer(options.get("tokenizer") or self.model_path)
         except Exception as err:  # noqa: BLE001 (any failure to read the run's model is the same bad input)
-            raise InputError(f"{run.path}: cannot load the run's model {self.model_path} ({err})") from None
+            raise UnavailableError(f"{run.path}: cannot load the run's model {self.model_path} ({err})") from None
         if model_hash(model) != inputs["model"]["sha256"]:
-            raise InputError(f"{run.path}: the model at {self.model_path} differs from the one the run used")
+            raise UnavailableError(f"{run.path}: the model at {self.model_path} differs from the one the run used")
         if text_hash(tokenizer.to_str()) != inputs["tokenizer"]["sha256"]:
-            raise InputError(f"{run.path}: the tokenizer of {self.model_path} differs from the one the run used")
+            raise UnavailableError(f"{run.path}: the tokenizer of {self.model_path} differs from the one the run used")
         self.model = cast_model(model, options.get("dtype", "float32")) if options.get("dtype", "float32") != "float32" else model
         self.tokenizer = tokenizer
         self.vocab = vocab_strings(tokenizer, model.config.vocab_size)
@@ -109,13 +111,23 @@ class ReverseLookup:
         self.exact_norm_jacobian = bool(options.get("exact_norm_jacobian", False))
         operators = run.path / "operators"
         if not (operators / "operators.json").is_file():
-            raise InputError(f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
-                             "rerun it with --path dense to look tokens up in reverse")
-        self.operators = load_operators(operators)
+            raise UnavailableError(f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
+                                   "rerun it with --path dense to look tokens up in reverse")
         try:
-            self.tokens, self.mask = load_token_sample(run.path / "sample.npy", model.config.vocab_size)
+            self.operators = load_operators(operators)
+        except Exception as err:  # noqa: BLE001 (Orbax / TensorStore raise many types; each means the same)
+            unmerged = not (operators / "arrays" / "manifest.ocdbt").exists() and any((operators / "arrays").glob("ocdbt.process_*"))
+            hint = ("; they were saved unmerged, as qlens did under a folder whose path holds [ * or ? before issue 26: "
+                    "rerun the run into a new folder") if unmerged else ""
+            raise UnavailableError(f"{operators}: cannot read the run's saved operators "
+                                   f"({' '.join(str(err).split())[:200]}){hint}") from None
+        sample = run.path / "sample.npy"
+        if not sample.is_file():  # a FIFO would block the read
+            raise UnavailableError(f"{sample}: missing or not a regular file")
+        try:
+            self.tokens, self.mask = load_token_sample(sample, model.config.vocab_size)
         except CorpusError as err:
-            raise InputError(f"{run.path}: {err}") from None
+            raise UnavailableError(f"{run.path}: {err}") from None
         self._key_matrix = None
         self._statistics: dict[int, np.ndarray] = {}  # by dictionary index (the operators are fixed)
         self._rows: dict[int, DictionaryRows] = {}
@@ -135,7 +147,7 @@ class ReverseLookup:
 
     def operator(self, entry: DictionaryEntry, side: str) -> Float[Array, "d w"]:
         """The run's operator that transports `entry`'s vectors on `side`, applied as `X @ op.T`
-        (`InputError` if it has none): `[d_model, d_model]` at a residual point; at a module
+        (`UnavailableError` if it has none): `[d_model, d_model]` at a residual point; at a module
         output `[d_model, width]` (`TransportOperators.operator`): a `z` dictionary's value
         vectors pass `W_O` and what follows, its keys pull back to the heads' outputs
         (`n_heads x head_dim` wide); `attn_out` / `mlp_out` value vectors use the rows of the
@@ -151,7 +163,7 @@ class ReverseLookup:
         if (stored is None or not self.operators.covers(side, point, n_layers)
                 or (residual and row(point, n_layers) >= stored.shape[0])):
             lens = f"query_lens_{side}"
-            raise InputError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
+            raise UnavailableError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
                              f"the reverse lookup on the {side} side needs a run with the {lens} lens")
         return self.operators.operator(side, point, n_layers, self.model.config)
 
@@ -203,16 +215,19 @@ class ReverseLookup:
             out.append(score(start, jnp.asarray(block)))  # dispatched asynchronously: the next read overlaps it
         return np.concatenate([np.asarray(o) for o in out])[:n]
 
-    def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50) -> dict:
+    def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50,
+               names: dict[str, str] | None = None) -> dict:
         """The `top` features with the highest score of `token` on `side`, over every dictionary
-        of the run (or the one named), best first, with the time taken."""
+        of the run (or the one named), best first, with the time taken. `names`: what to call the
+        token, top and dictionary in errors (`{"token": ..., "top": ..., "dictionary": ...}`;
+        default: the command line's options)."""
+        names = {"token": OPTIONS.get(side, "token"), "top": "--top", "dictionary": "--dictionary", **(names or {})}
         if side not in SIDES:
-            raise InputError(f"side {side!r}: choose 'value' (promotes) or 'key' (activated-by)")
+            raise QueryError(f"side {side!r}: choose 'value' (promotes) or 'key' (activated-by)")
         if not isinstance(top, int) or not 1 <= top <= MAX_TOP:
-            raise InputError(f"--top {top}: must be between 1 and {MAX_TOP}")
-        entries = [self.run.dictionary(dictionary)] if dictionary is not None else self.run.dictionaries
-        option = "--promotes" if side == "value" else "--activated-by"
-        token_id = self.token_id(token, option)
+            raise QueryError(f"{names['top']} {top}: must be between 1 and {MAX_TOP}")
+        entries = [self.run.dictionary(dictionary, names["dictionary"])] if dictionary is not None else self.run.dictionaries
+        token_id = self.token_id(token, names["token"])
         start = time.perf_counter()
         candidates = []
         with self._lock:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from qlens_jax.errors import InputError
+from qlens_jax.serve.errors import UnavailableError
 
 CACHE_ENV = "QLENS_CACHE_DIR"
 _BLOCK = 1 << 16  # rows per block when writing the cache
@@ -92,7 +93,7 @@ def open_rows(entry, model_path: str) -> DictionaryRows:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-            raise InputError(lines[-1] if lines else f"converting dictionary {entry.name} failed (exit {result.returncode})")
+            raise UnavailableError(lines[-1] if lines else f"converting dictionary {entry.name} failed (exit {result.returncode})")
     meta = json.loads((folder / "meta.json").read_text())
     return DictionaryRows(RowFile(folder / "value.npy"), RowFile(folder / "key.npy"), meta)
 

@@ -5,8 +5,10 @@ progress) one index file: a row per entry of every stored top-k and bottom-k lis
 (`token_id, side, rank, score, lens, dictionary_index, feature`), sorted by token id and written
 in row groups of `ROW_GROUP` rows, so that DuckDB reads only the row groups of the searched ids
 (their Parquet statistics bound the ids). Built by DuckDB from the file itself, in the cache
-(`rows.cache_root()/token-index`), never in the run folder; keyed by the file's path, size and
-modification time, so a rewritten file is indexed again. A background thread (`indexer`) indexes
+(`rows.cache_root()/token-index`), never in the run folder; keyed by the file's identity
+(`literal_paths.file_identity`: path, device, inode, size, modification time), so a rewritten
+file is indexed again; DuckDB reads the file through `literal_paths.duckdb_path`, never its path
+as a pattern. A background thread (`indexer`) indexes
 the files as they appear; until a file has its index, searches scan that file instead.
 """
 
@@ -19,9 +21,10 @@ from pathlib import Path
 
 import duckdb
 
+from qlens_jax.serve.literal_paths import duckdb_path, file_identity
 from qlens_jax.serve.rows import cache_root
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: keyed by the file's identity; built from the file itself, never a pattern
 ROW_GROUP = 65536
 _LIST = """SELECT unnest({side}_ids) AS token_id, '{side}' AS side, unnest(range(1, len({side}_ids) + 1)) AS rank,
                   unnest({side}_scores) AS score, lens, dictionary_index, feature FROM read_parquet('{source}')"""
@@ -29,8 +32,7 @@ _LIST = """SELECT unnest({side}_ids) AS token_id, '{side}' AS side, unnest(range
 
 def index_path(source: Path) -> Path:
     """Where the index of signature file `source` (as it is now) lives."""
-    stat = source.stat()
-    key = f"{INDEX_VERSION}\0{source.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    key = f"{INDEX_VERSION}\0{file_identity(source)}"
     return cache_root() / "token-index" / f"{hashlib.sha256(key.encode()).hexdigest()}.parquet"
 
 
@@ -43,7 +45,7 @@ def build_index(source: Path, threads: int = 1, memory_limit: str = "1GB") -> Pa
     spill = cache_root() / "duckdb-tmp"
     spill.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
-    quoted = str(source).replace("'", "''")
+    quoted = duckdb_path(source).replace("'", "''")
     lists = " UNION ALL ".join(_LIST.format(side=side, source=quoted) for side in ("top", "bottom"))
     connection = duckdb.connect(":memory:", config={"threads": str(threads), "memory_limit": memory_limit,
                                                    "temp_directory": str(spill), "preserve_insertion_order": "false"})

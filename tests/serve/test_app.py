@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from qlens_jax.serve.app import create_app
+from qlens_jax.serve.page import REQUEST_HEADER
 from qlens_jax.serve.queries import normalize_token
 from qlens_jax.serve.reverse import ReverseLookup
 
@@ -22,7 +23,7 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def client(serve_run):
     app = create_app(serve_run[0])
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers={REQUEST_HEADER: "test"}) as c:
         yield c
 
 
@@ -177,7 +178,7 @@ def test_a_failure_inside_is_a_500_with_one_line_and_no_traceback(serve_run):
         raise RuntimeError("boom\nline two")
 
     app = create_app(serve_run[0], reverse_factory=broken)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers={REQUEST_HEADER: "test"}) as c:
         response = c.get("/api/reverse", params={"token": " the"})
     assert response.status_code == 500 and "\n" not in response.text and "boom" not in response.text
     assert response.json() == {"error": "internal error (RuntimeError); the server log has the details"}
@@ -217,7 +218,7 @@ def test_a_run_in_progress_is_served_from_its_shards(serve_run, tmp_path):
 
 def test_serving_never_writes_into_the_run_folder(serve_run):
     before = snapshot(serve_run[0])
-    with TestClient(create_app(serve_run[0]), raise_server_exceptions=False) as c:
+    with TestClient(create_app(serve_run[0]), raise_server_exceptions=False, headers={REQUEST_HEADER: "test"}) as c:
         for url in ["/", "/api/run", "/api/feature?dictionary=0&feature=1", "/api/features?layer=0", "/api/search?token=the",
                     "/api/reverse?token=%20the", "/api/reverse?token=%20the&side=key", "/api/feature?dictionary=0&feature=99"]:
             c.get(url)

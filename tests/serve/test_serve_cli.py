@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_app import snapshot
 
+from qlens_jax.serve.page import REQUEST_HEADER
 from qlens_jax.serve.reverse import ReverseLookup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,8 @@ def qlens(*args, **kwargs) -> subprocess.CompletedProcess:
 
 
 def get_json(url: str, timeout: float = 5):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    """The JSON answer of `url`, asked as the page asks (with its header)."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers={REQUEST_HEADER: "test"}), timeout=timeout) as response:
         return json.load(response)
 
 
