@@ -23,6 +23,7 @@ import numpy as np
 
 from qlens_jax.baselines.tuned_lens import TunedLens, library_points
 from qlens_jax.errors import InputError
+from qlens_jax.globs import unglobbed
 
 FORMAT = "qlens-tuned-lens-v1"
 _META, _PARAMS = "tuned_lens.json", "params"
@@ -34,9 +35,10 @@ def save_tuned_lens(lens: TunedLens, directory: str | Path, record: dict | None 
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / _PARAMS, {"weight": lens.weight, "bias": lens.bias}, force=True)
-    checkpointer.wait_until_finished()
+    with unglobbed(directory) as literal:  # Orbax globs below the folder
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(literal / _PARAMS, {"weight": lens.weight, "bias": lens.bias}, force=True)
+        checkpointer.wait_until_finished()
     meta = {"format": FORMAT, "points": list(lens.points), "n_layers": lens.n_layers, "d_model": lens.d_model}
     if record is not None:
         meta["training"] = record
@@ -61,7 +63,8 @@ def load_tuned_lens(directory: str | Path, model=None) -> TunedLens:
         raise InputError(f"tuned lens {directory}: format {meta.get('format')!r}, expected {FORMAT!r}")
     n, d = len(meta["points"]), int(meta["d_model"])
     target = {"weight": jnp.zeros((n, d, d), jnp.float32), "bias": jnp.zeros((n, d), jnp.float32)}
-    params = ocp.StandardCheckpointer().restore(directory / _PARAMS, target)
+    with unglobbed(directory) as literal:
+        params = ocp.StandardCheckpointer().restore(literal / _PARAMS, target)
     lens = TunedLens(params["weight"], params["bias"], tuple(meta["points"]), int(meta["n_layers"]))
     _check_model(lens, model, directory)
     return lens

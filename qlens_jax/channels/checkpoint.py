@@ -10,6 +10,7 @@ import numpy as np
 from qlens_jax.channels.analysis import ChannelResults
 from qlens_jax.channels.fit import LowRankMap
 from qlens_jax.channels.labels import map_labels
+from qlens_jax.globs import unglobbed
 
 
 def save_maps(results: ChannelResults, directory: str | Path) -> Path:
@@ -23,8 +24,8 @@ def save_maps(results: ChannelResults, directory: str | Path) -> Path:
     arrays = {method: {"A": np.stack([m.A for m in f.maps]).astype(np.float32), "B": np.stack([m.B for m in f.maps]).astype(np.float32)}
               for method, f in results.fits.items() if f.maps}
     arrays["feature_ids"] = {str(i): np.asarray(s.feature_ids, np.int64) for i, s in enumerate(results.data.sources)}
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / "arrays", arrays)
+    with unglobbed(directory) as literal, ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(literal / "arrays", arrays)  # Orbax globs below the folder: `unglobbed`
     meta = {
         "rank": results.rank, "methods": [m for m in results.fits if results.fits[m].maps],
         "maps": [{"label": label, "source": p.source, "source_layer": p.source_layer, "destination": p.destination}
@@ -42,8 +43,8 @@ def load_maps(directory: str | Path) -> tuple[dict[str, list[LowRankMap]], dict,
 
     directory = Path(directory).absolute()
     meta = json.loads((directory / "maps.json").read_text())
-    with ocp.StandardCheckpointer() as checkpointer:
-        arrays = checkpointer.restore(directory / "arrays")
+    with unglobbed(directory) as literal, ocp.StandardCheckpointer() as checkpointer:
+        arrays = checkpointer.restore(literal / "arrays")
     maps = {m: [LowRankMap(np.asarray(a), np.asarray(b)) for a, b in zip(arrays[m]["A"], arrays[m]["B"])] for m in meta["methods"]}
     ids = {int(k): np.asarray(v) for k, v in arrays["feature_ids"].items()}
     return maps, meta, ids

@@ -20,7 +20,6 @@ For a dictionary on a module output they are its site's (DESIGN.md section 1b): 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass

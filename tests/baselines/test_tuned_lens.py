@@ -76,15 +76,17 @@ def test_identity_lens_is_the_logit_lens(gpt2):
         np.testing.assert_array_equal(lens.translate(v, point), v)
 
 
-def test_orbax_round_trip(gpt2, tmp_path):
+@pytest.mark.parametrize("name", ["lens", "lens[1]"])  # a glob character in the path is taken literally
+def test_orbax_round_trip(gpt2, tmp_path, name):
     _, model = gpt2
     lens = _random_lens(model, all_points(model.config.n_layers))
-    save_tuned_lens(lens, tmp_path / "lens", record={"note": "test"})
-    loaded = load_tuned_lens(tmp_path / "lens", model)
+    (tmp_path / "lens1").mkdir()  # what `lens[1]` would match as a pattern
+    save_tuned_lens(lens, tmp_path / name, record={"note": "test"})
+    loaded = load_tuned_lens(tmp_path / name, model)
     assert loaded.points == lens.points and loaded.n_layers == lens.n_layers
     np.testing.assert_array_equal(loaded.weight, lens.weight)
     np.testing.assert_array_equal(loaded.bias, lens.bias)
-    assert json.loads((tmp_path / "lens" / "tuned_lens.json").read_text())["training"] == {"note": "test"}
+    assert json.loads((tmp_path / name / "tuned_lens.json").read_text())["training"] == {"note": "test"}
 
 
 def test_reads_tuned_lens_library_files(gpt2, tmp_path):
