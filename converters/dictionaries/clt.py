@@ -30,6 +30,7 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, 
 from . import circuit_tracer
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, resolve
 from .readers import TensorStore, check_values, read_safetensors, read_safetensors_slice, read_yaml
+from .schema import Field, check_config
 
 FORMAT = "clt"
 OPTIONS = COMMON_OPTIONS
@@ -37,6 +38,8 @@ CONFIG_FILE = "config.yaml"
 MODEL_KIND = "cross_layer_transcoder"
 FILE_PATTERN = re.compile(r"^W_enc_(\d+)\.safetensors$")
 NAME_PREFIX = "clt-own-layer"
+SCHEMA = (Field("model_kind", "str"), Field("feature_input_hook", "str"), Field("feature_output_hook", "str"),
+          Field("model_name", "str"))
 
 
 def is_clt_dir(path: Path) -> bool:
@@ -65,12 +68,12 @@ def load(path: Path, opts: Options) -> Dictionary:
     path = _encoder_file(path, opts)
     file_layer = int(FILE_PATTERN.match(path.name).group(1))
     cfg_path = path.parent / CONFIG_FILE
-    cfg = read_yaml(cfg_path) if cfg_path.is_file() else {}
-    if cfg.get("model_kind", MODEL_KIND) != MODEL_KIND:
+    cfg = check_config(read_yaml(cfg_path), SCHEMA, str(cfg_path)) if cfg_path.is_file() else {}
+    if (cfg.get("model_kind") or MODEL_KIND) != MODEL_KIND:  # YAML null counts as absent
         raise DictionaryError(f"{cfg_path}: model_kind {cfg['model_kind']!r}, but W_enc_*.safetensors "
                               f"files are a {MODEL_KIND}")
-    hook_in = circuit_tracer.hook_name(cfg.get("feature_input_hook", "hook_resid_mid"), file_layer)
-    hook_out = circuit_tracer.hook_name(cfg.get("feature_output_hook", "hook_mlp_out"), file_layer)
+    hook_in = circuit_tracer.hook_name(cfg.get("feature_input_hook") or "hook_resid_mid", file_layer)
+    hook_out = circuit_tracer.hook_name(cfg.get("feature_output_hook") or "hook_mlp_out", file_layer)
     origin = str(path)
     claims = [Claim(file_layer, None, f"the file name {path.name!r}"),
               Claim(*parse_hook_name(hook_in), f"feature_input_hook {hook_in!r}")]

@@ -37,6 +37,7 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo
 
 from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, require, resolve
 from .readers import TensorStore, read_json, read_torch
+from .schema import Field, check_config
 
 FORMAT = "dictionary_learning"
 OPTIONS = COMMON_OPTIONS
@@ -45,6 +46,12 @@ DICT_CLASSES = ("AutoEncoder", "AutoEncoderNew", "GatedAutoEncoder", "JumpReluAu
                 "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE")
 _SITES = {"resid_post": "resid_post", "resid_out": "resid_post", "attn_out": "attn_out",
           "mlp_out": "mlp_out"}
+_SECTION_FIELDS = (Field("dict_class", "str"), Field("activation_dim", "int", minimum=1),
+                   Field("dict_size", "int", minimum=1), Field("k", "int", minimum=1),
+                   Field("layer", "int", minimum=0), Field("lm_name", "str"), Field("submodule_name", "str"))
+SCHEMA = tuple(field for section in ("trainer", "dictionary")  # a section, then its fields
+               for field in (Field(section, "dict"), *(Field(f"{section}.{f.name}", f.kind, minimum=f.minimum)
+                                                       for f in _SECTION_FIELDS)))
 _SITE_IN_NAME = re.compile(r"(resid_post|resid_out|attn_out|mlp_out|embed)(?:_layer_?(\d+))?(?:/|$)")
 
 
@@ -64,11 +71,11 @@ def _section(cfg: dict, origin: str) -> dict:
 def _placement(section: dict, path: Path, opts: Options, origin: str) -> tuple[int, str]:
     claims = []
     if section.get("layer") is not None:
-        claims.append(Claim(int(section["layer"]), None, f"{CONFIG_FILE} trainer.layer {section['layer']}"))
+        claims.append(Claim(section["layer"], None, f"{CONFIG_FILE} trainer.layer {section['layer']}"))
     texts = [(f"the folder {path.name!r}", Path(os.path.abspath(path)).as_posix() + "/")]
     if section.get("submodule_name"):
         texts.append((f"{CONFIG_FILE} submodule_name {section['submodule_name']!r}",
-                      str(section["submodule_name"])))
+                      section["submodule_name"]))
     for evidence, text in texts:
         found = _SITE_IN_NAME.findall(text)
         if not found:
@@ -89,8 +96,11 @@ def _scalar(store: TensorStore, key: str, origin: str) -> float:
 
 
 def _stored_k(store: TensorStore, section: dict, origin: str) -> int:
-    k = int(_scalar(store, "k", origin))
-    if section.get("k") is not None and int(section["k"]) != k:
+    stored = _scalar(store, "k", origin)
+    if not (stored.is_integer() and stored >= 1):  # never truncated into an integer
+        raise DictionaryError(f"{origin}: key 'k' must hold one positive integer, got {stored:g}")
+    k = int(stored)
+    if section.get("k") is not None and section["k"] != k:
         raise DictionaryError(f"{origin}: ae.pt has k={k} but {CONFIG_FILE} says k={section['k']}")
     return k
 
@@ -143,13 +153,13 @@ def load(path: Path, opts: Options) -> Dictionary:
     if path.is_file():
         path = path.parent
     cfg_origin, origin = str(path / CONFIG_FILE), str(path / WEIGHTS_FILE)
-    section = _section(read_json(path / CONFIG_FILE), cfg_origin)
+    section = _section(check_config(read_json(path / CONFIG_FILE), SCHEMA, cfg_origin), cfg_origin)
     dict_class = section["dict_class"]
     if dict_class not in DICT_CLASSES:
         raise DictionaryError(f"{cfg_origin}: dict_class {dict_class!r} is not supported; "
                               f"supported: {', '.join(DICT_CLASSES)}")
-    d_in = int(require(section, "activation_dim", cfg_origin))
-    d_sae = int(require(section, "dict_size", cfg_origin))
+    d_in = require(section, "activation_dim", cfg_origin)
+    d_sae = require(section, "dict_size", cfg_origin)
     layer, site = _placement(section, path, opts, cfg_origin)
     store = TensorStore(read_torch(path / WEIGHTS_FILE), origin)
     arrays, activation, k, apply_b_dec = _arrays(dict_class, store, d_in, d_sae, section, origin)

@@ -14,11 +14,16 @@ from pathlib import Path
 
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name
 
-from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, require, resolve
+from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, resolve
 from .readers import TensorStore, read_json, read_torch
+from .schema import Field, check_config
 
 FORMAT = "hook_z"
 OPTIONS = COMMON_OPTIONS
+SCHEMA = (
+    Field("act_name", "str", True), Field("act_size", "int", True, 1), Field("dict_size", "int", True, 1),
+    Field("layer", "int", minimum=0), Field("model_name", "str"),
+)
 
 
 def config_file(path: Path) -> Path:
@@ -34,19 +39,18 @@ def load(path: Path, opts: Options) -> Dictionary:
     """Read a Kissane et al. `hook_z` SAE (`{run}.pt` and `{run}_cfg.json`)."""
     origin, cfg_path = str(path), config_file(path)
     cfg_origin = str(cfg_path)
-    cfg = read_json(cfg_path)
-    act_name = require(cfg, "act_name", cfg_origin)
+    cfg = check_config(read_json(cfg_path), SCHEMA, cfg_origin)
+    act_name = cfg["act_name"]
     claims = [Claim(*parse_hook_name(act_name), f"act_name {act_name!r}")]
     if cfg.get("layer") is not None:
-        claims.append(Claim(int(cfg["layer"]), None, f"layer {cfg['layer']}"))
+        claims.append(Claim(cfg["layer"], None, f"layer {cfg['layer']}"))
     m = re.search(r"_L(\d+)_", path.name)
     if m:
         claims.append(Claim(int(m.group(1)), None, f"the file name {path.name!r}"))
     layer, site = resolve(claims, layer=opts.layer, site=opts.site, origin=cfg_origin)
     if site != "z":
         raise DictionaryError(f"{cfg_origin}: act_name {act_name!r} is not an attn.hook_z SAE")
-    d_in = int(require(cfg, "act_size", cfg_origin))
-    d_sae = int(require(cfg, "dict_size", cfg_origin))
+    d_in, d_sae = cfg["act_size"], cfg["dict_size"]
     store = TensorStore(read_torch(path), origin)
     arrays = {
         "W_enc": expect_shape(store.take("W_enc"), (d_in, d_sae), origin=origin, key="W_enc",

@@ -30,6 +30,7 @@ from qlens_jax.dictionaries import Dictionary, DictionaryError
 from . import hub, saelens
 from .assemble import Options
 from .readers import torch_to_numpy
+from .schema import Field, check_config
 
 SEPARATOR = ":"
 # sae_lens loader -> fetched and converted natively (these releases have no config_overrides).
@@ -40,6 +41,12 @@ NATIVE = frozenset({
 })
 INSTALL = "pip install sae-lens"
 UNSUPPORTED_LOADERS = {"temporal": saelens.UNSUPPORTED["temporal"]}
+RELEASE_SCHEMA = (Field("repo_id", "str", True), Field("conversion_func", "str"), Field("model", "str"),
+                  Field("config_overrides", "dict"), Field("saes", "list"))
+SAE_SCHEMA = (Field("id", "str|int", True), Field("path", "str|int", True), Field("neuronpedia", "str"),
+              Field("norm_scaling_factor", "float"))
+# config_overrides replace keys of a sae_lens config: typed as in one, none of them required
+OVERRIDE_SCHEMA = tuple(dataclasses.replace(field, required=False) for field in saelens.SCHEMA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +113,12 @@ def lookup(release: str, sae_id: str) -> Entry:
     """The registry entry of `(release, sae_id)`, read as sae_lens's
     `get_pretrained_saes_directory` reads it; an error naming an unknown release or id (with
     close matches). Reads only sae_lens's registry file."""
-    directory = _parse(_registry_file())
+    path = _registry_file()
+    directory = _parse(path)
     if release not in directory:
         raise DictionaryError(f"unknown sae_lens release {release!r} (sae_lens registry: "
                               f"{len(directory)} releases){_close(release, directory, 'releases')}")
-    info = directory[release]
+    info = _checked_release(directory[release], f"{path} release {release!r}")
     saes = {str(sae["id"]): sae for sae in info.get("saes") or []}
     if sae_id not in saes:
         raise DictionaryError(f"release {release!r} has no SAE id {sae_id!r} ({len(saes)} "
@@ -127,14 +135,32 @@ def lookup(release: str, sae_id: str) -> Entry:
     )
 
 
+def _checked_release(info: Any, origin: str) -> dict:
+    """A release's registry entry with its fields, each of its SAEs' fields and its config
+    overrides typed (`DictionaryError` naming the registry file, the release and the field)."""
+    if not isinstance(info, dict):
+        raise DictionaryError(f"{origin}: must be a mapping, got {type(info).__name__}")
+    info = check_config(info, RELEASE_SCHEMA, origin, what="registry key")
+    saes = []
+    for number, sae in enumerate(info.get("saes") or []):
+        where = f"{origin} SAE #{number}"
+        if not isinstance(sae, dict):
+            raise DictionaryError(f"{where}: must be a mapping, got {type(sae).__name__}")
+        saes.append(check_config(sae, SAE_SCHEMA, where, what="registry key"))
+    if info.get("config_overrides") is not None:
+        check_config(info["config_overrides"], OVERRIDE_SCHEMA, origin, what="config override")
+    return {**info, "saes": saes}
+
+
 def release_hint(name: str) -> str:
     """For a bare release name given as a source: how to name one of its dictionaries
     (empty when `name` is no release, or sae_lens is not installed)."""
     try:
-        directory = _parse(_registry_file())
+        path = _registry_file()
+        info = _parse(path).get(name)
+        saes = _checked_release(info, f"{path} release {name!r}")["saes"] if info is not None else []
     except DictionaryError:
         return ""
-    saes = (directory.get(name) or {}).get("saes") or []
     if not saes:
         return ""
     return (f"; {name!r} is a sae_lens registry release of {len(saes)} dictionaries: name one as "
@@ -201,11 +227,12 @@ def _load_through_sae_lens(entry: Entry, opts: Options) -> Dictionary:
     except Exception as err:  # offline, not in the cache, gated, ... (huggingface_hub, OSError)
         raise _not_found(entry, err) from None
     tensors = {key: torch_to_numpy(value) for key, value in state.items()}
-    normalized = saelens.normalize_config(cfg, entry.id)
+    cfg_origin = f"{entry.id} config ({name} loader)"
+    normalized = saelens.normalize_config(check_config(cfg, saelens.SCHEMA, cfg_origin), cfg_origin)
     if (normalized.get("normalize_activations") == "expected_average_only_in"
             and opts.norm_scaling_factor is None and entry.norm_scaling_factor is not None):
         opts = dataclasses.replace(opts, norm_scaling_factor=float(entry.norm_scaling_factor))
     return saelens.from_parts(
-        cfg, tensors, opts, source=entry.id, cfg_origin=f"{entry.id} config ({name} loader)",
+        cfg, tensors, opts, source=entry.id, cfg_origin=cfg_origin,
         weights_origin=f"{entry.id} weights ({name} loader)",
         log_sparsity=None if log_sparsity is None else torch_to_numpy(log_sparsity))

@@ -77,7 +77,7 @@ def is_saelens_dir(path: Path) -> bool:
 
 def load_dir(path: Path, opts: Options) -> Dictionary:
     """Read a sae_lens folder."""
-    cfg = read_json(path / CFG_FILE)
+    cfg = check_config(read_json(path / CFG_FILE), SCHEMA, str(path / CFG_FILE))  # before any weights
     tensors = read_safetensors(path / WEIGHTS_FILE)
     log_sparsity = None
     if (path / SPARSITY_FILE).is_file():

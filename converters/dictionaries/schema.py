@@ -16,7 +16,7 @@ from typing import Any
 
 from qlens_jax.dictionaries import DictionaryError
 
-KINDS = ("int", "float", "str", "bool", "dict")
+KINDS = ("int", "float", "str", "bool", "dict", "list")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def _typed(value: Any, kind: str) -> tuple[bool, Any]:
         except OverflowError:  # an integer beyond any float
             return False, value
         return math.isfinite(number), number
-    expected = {"str": str, "bool": bool, "dict": dict}[kind]
+    expected = {"str": str, "bool": bool, "dict": dict, "list": list}[kind]
     return isinstance(value, expected), value
 
 
@@ -56,7 +56,8 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
 
-_EXPECTED = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false", "dict": "a mapping"}
+_EXPECTED = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false",
+             "dict": "a mapping", "list": "a list"}
 
 
 def _as_kind(value: Any, kind: str) -> tuple[bool, Any]:

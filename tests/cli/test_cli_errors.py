@@ -57,6 +57,17 @@ def _retyped_dictionary(world, tmp_path):
     return path
 
 
+def _retyped_dictionary_learning(world, tmp_path):
+    """A dictionary_learning folder whose config.json holds a float size; its ae.pt is not
+    even readable (the config is checked first)."""
+    path = tmp_path / "resid_post_layer_0" / "trainer_0"
+    path.mkdir(parents=True)
+    (path / "ae.pt").write_bytes(b"not read")
+    trainer = {"dict_class": "AutoEncoder", "activation_dim": world.d_model, "dict_size": 12.5, "layer": 0}
+    (path / "config.json").write_text(json.dumps({"trainer": trainer}))
+    return path
+
+
 def _huge_dictionary(world, tmp_path, key="W_dec", feature=5, value=3e38):
     """The world's first SAE with one feature's value vector (`W_dec` row) or key vector
     (`W_enc` column) set to a finite but huge value."""
@@ -149,6 +160,10 @@ CASES = {
     "dictionary config of the wrong type": (
         lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_retyped_dictionary(w, t))],
         ["--dictionary", "cfg.json", "config key 'd_sae' must be an integer, got str 'lots'"],
+    ),
+    "dictionary_learning config of the wrong type": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_retyped_dictionary_learning(w, t))],
+        ["--dictionary", "config.json", "config key 'trainer.dict_size' must be an integer, got float 12.5"],
     ),
     "huge value vector": (
         lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t))],
