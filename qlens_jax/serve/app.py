@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -41,8 +42,30 @@ MAX_REVERSE = 4  # reverse lookups running or waiting at once (they run one at a
 _log = logging.getLogger("qlens.serve")
 
 
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+def _finite(value):
+    """`value` with every non-finite float replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON in which a score that is not finite is `null`: a run written by an older qlens may
+    hold NaN scores (runs now stop on them, exit 2), and JSON has no NaN."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:  # Starlette renders with allow_nan=False
+            return super().render(_finite(content))
+
+
+def _error(message: str, status: int) -> FiniteJSONResponse:
+    return FiniteJSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
 
 def _text(request: Request, name: str, required: bool = True) -> str | None:
@@ -95,7 +118,7 @@ class Server:
     async def run_info(self, request: Request):
         indexer = self.queries.indexer
         progress = {f"{kind}_index": indexer.progress(kind) if indexer is not None else None for kind in ("feature", "token")}
-        return JSONResponse(self.run.summary() | progress)
+        return FiniteJSONResponse(self.run.summary() | progress)
 
     async def feature(self, request: Request):
         query = _text(request, "q", required=False)
@@ -107,8 +130,8 @@ class Server:
         else:
             entry, feature = self.dictionary(_text(request, "dictionary")), _int(request, "feature")
         if self.queries.features_indexed():  # 0.1 ms: a hop to a worker thread would cost more
-            return JSONResponse(self.queries.feature(entry, feature))
-        return JSONResponse(await run_in_threadpool(self.queries.feature, entry, feature))
+            return FiniteJSONResponse(self.queries.feature(entry, feature))
+        return FiniteJSONResponse(await run_in_threadpool(self.queries.feature, entry, feature))
 
     async def features(self, request: Request):
         name, layer = _text(request, "dictionary", required=False), _text(request, "layer", required=False)
@@ -122,12 +145,12 @@ class Server:
         else:
             raise QueryError("give dictionary=NAME or layer=N")
         start, limit = _int(request, "start", 0), _int(request, "limit", 50, 1, MAX_PAGE)
-        return JSONResponse(await run_in_threadpool(self.queries.page, entries, start, limit))
+        return FiniteJSONResponse(await run_in_threadpool(self.queries.page, entries, start, limit))
 
     async def search(self, request: Request):
         token, lens = _text(request, "token"), _text(request, "lens", required=False)
         limit, offset = _int(request, "limit", 50, 1, MAX_PAGE), _int(request, "offset", 0, 0, 10**7)
-        return JSONResponse(await run_in_threadpool(self.queries.token_search, token, lens, limit, offset))
+        return FiniteJSONResponse(await run_in_threadpool(self.queries.token_search, token, lens, limit, offset))
 
     async def reverse_lookup(self, request: Request):
         _same_origin(request)
@@ -146,7 +169,7 @@ class Server:
             finally:  # released by the worker, so a client that leaves does not free a slot still in use
                 self._reverse_slots.release()
 
-        return JSONResponse(await run_in_threadpool(run))
+        return FiniteJSONResponse(await run_in_threadpool(run))
 
 
 def _same_origin(request: Request) -> None:

@@ -196,3 +196,24 @@ def test_operators_left_unmerged_by_an_older_qlens_are_refused_with_a_hint(run_c
     (run_copy / "operators" / "arrays" / "manifest.ocdbt").unlink()
     with pytest.raises(UnavailableError, match=r"operators: cannot read the run's saved operators .*saved unmerged"):
         ReverseLookup(run_copy)
+
+
+def test_a_run_holding_nan_scores_from_an_older_qlens_is_served_with_nulls(serve_run, tmp_path):
+    """Runs now stop on a non-finite score (exit 2); one written before that still reads: its
+    NaN scores are answered as null, not as a 500."""
+    run = tmp_path / "old"
+    shutil.copytree(serve_run[0], run)
+    table = pq.read_table(run / "signatures.parquet")
+    scores = table.column("top_scores").to_pylist()
+    scores[0] = [float("nan")] * len(scores[0])
+    column = pa.array(scores, table.schema.field("top_scores").type)
+    table = table.set_column(table.schema.get_field_index("top_scores"), "top_scores", column)
+    pq.write_table(table, run / "signatures.parquet")
+    first = table.slice(0, 1).to_pylist()[0]
+    with _client(run) as client:
+        answer = client.get("/api/feature", params={"dictionary": first["dictionary"], "feature": first["feature"]})
+        assert answer.status_code == 200
+        lists = [lens["top"] for lens in answer.json()["lenses"].values() if None in lens["top"]["scores"]]
+        assert lists and all(score is None for score in lists[0]["scores"])
+        page = client.get("/api/features", params={"dictionary": first["dictionary"], "limit": 5})
+        assert page.status_code == 200
