@@ -159,12 +159,13 @@ def run_contestant_process(request: dict) -> dict:
     import numpy as np
     import torch
 
+    # `analysis` and `util` are the authors' checkout, put on the path here
     sys.path.insert(0, request["repo"])
-    from analysis.common import ResidCache, VJPResidCache
-    from analysis.jvp import analyze_feature as value_feature
-    from analysis.vjp import analyze_feature as key_feature
+    from analysis.common import ResidCache, VJPResidCache  # pyright: ignore[reportMissingImports]
+    from analysis.jvp import analyze_feature as value_feature  # pyright: ignore[reportMissingImports]
+    from analysis.vjp import analyze_feature as key_feature  # pyright: ignore[reportMissingImports]
     from sae_lens import SAE
-    from util import Feature
+    from util import Feature  # pyright: ignore[reportMissingImports]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.perf_counter()

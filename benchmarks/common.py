@@ -196,7 +196,7 @@ def run_isolated(fn, timeout: float | None = None, **kwargs) -> dict:
         except Exception:
             if deadline is not None and time.perf_counter() > deadline:
                 process.kill()
-                raise TimeoutError(f"{fn.__name__} ran past {timeout} s")
+                raise TimeoutError(f"{fn.__name__} ran past {timeout} s") from None
     process.join()
     if status is None:
         raise RuntimeError(f"{fn.__name__} died without a result (exit code {process.exitcode}; out of memory?)")

@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -695,7 +695,7 @@ def first_order_value_terms(
     terms = {"direct": direct}
     for j in range(_first_module_after(w), 2 * L):
         fn = lambda tk, mk, j=j: _module_jvp(model, tk, mk, j, v)  # noqa: E731
-        terms["%s.%d" % _module(j)] = _reduce(model, tokens, mask, fn, per_position, batch_size)
+        terms["{}.{}".format(*_module(j))] = _reduce(model, tokens, mask, fn, per_position, batch_size)
     return terms
 
 
@@ -732,7 +732,7 @@ def first_order_key_terms(
     terms = {"identity": identity}
     for j in range(0, _modules_before(r)):
         fn = lambda tk, mk, j=j: _module_vjp(model, tk, mk, j, k, seed_mask=mask_seed)  # noqa: E731
-        terms["%s.%d" % _module(j)] = _reduce(model, tokens, mask, fn, per_position, batch_size)
+        terms["{}.{}".format(*_module(j))] = _reduce(model, tokens, mask, fn, per_position, batch_size)
     return terms
 
 

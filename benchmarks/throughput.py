@@ -129,7 +129,7 @@ def run_dense(cfg: dict) -> dict:
     model, d, tokens, mask = _jax_setup(cfg)
     rss_setup = common.current_rss_gb()
     out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}, "readout_first_call_seconds": {}}
-    needed = tuple(s for s in ("value", "key") if any(SIDES[l] == s and l.startswith("query_lens") for l in cfg["lenses"]))
+    needed = tuple(s for s in ("value", "key") if any(SIDES[lens] == s and lens.startswith("query_lens") for lens in cfg["lenses"]))
     operators = None
     if needed:
         # The whole-dictionary job's sweeps, as `qlens signatures` runs them for dictionaries on

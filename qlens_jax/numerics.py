@@ -40,6 +40,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import equinox as eqx
 import jax
@@ -123,7 +124,10 @@ def applies_precision(fn: Callable) -> Callable:
     return wrapper
 
 
-def cast_model(model: eqx.Module, dtype: str) -> eqx.Module:
+ModelT = TypeVar("ModelT", bound=eqx.Module)
+
+
+def cast_model(model: ModelT, dtype: str) -> ModelT:
     """The model with floating-point parameters stored in `dtype` (its `meta`, per-layer
     metadata such as RoPE bases, stays float32)."""
     target = DTYPES[check_dtype(dtype)]

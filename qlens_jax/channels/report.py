@@ -145,7 +145,7 @@ def markdown_report(results: ChannelResults, figures: dict[str, str] | None = No
         f"- sources: {sources}",
         f"- maps: {len(data.pairs)} (source, destination) pairs, rank r = {rank}; split {1 - config.validation_fraction:.0%} / "
         f"{config.validation_fraction:.0%} per source; seed {config.seed}",
-        f"- training: {'Adam, lr %g, %d full-batch epochs, A ~ N(0, %g^2), B = 0, best validation epoch' % (config.learning_rate, config.epochs, config.init_scale) if config.train else 'not run (--train)'}",
+        f"- training: {f'Adam, lr {config.learning_rate:g}, {config.epochs:d} full-batch epochs, A ~ N(0, {config.init_scale:g}^2), B = 0, best validation epoch' if config.train else 'not run (--train)'}",
         f"- permutation tests: {config.n_permutations} shuffles; random-subspace overlap r/d = {random_subspace_overlap(rank, data.d_model):.3f}",
         "",
         "## Fit quality (mean over maps; the paper's Table 12)",

@@ -129,6 +129,7 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                 result = context.read(side, vectors, op=_logit_lens_op(plan, point), logit_lens=True)
             elif lens.startswith("query_lens"):
                 if plan.path == "dense":
+                    assert operators is not None  # checked on entry: the dense path has operators
                     op = operators.operator(side, point, n_layers, plan.model.config)
                     result = finite(context.read(side, vectors, op=op))
                     if execution.self_check:
@@ -143,6 +144,7 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                         table_stats["relative_variance"] = relative_variance(mean, mean_sq)
             else:
                 if plan.path == "dense":
+                    assert operators is not None  # checked on entry: the dense path has operators
                     blocks, terms = first_order_terms_dense(operators, request.points, side, n_layers, options.first_order_key_mask_seed)
                     result = finite(context.read_first_order(side, vectors, terms))
                     if execution.self_check:

@@ -217,8 +217,8 @@ def _side_by_side(parts: list, like: Float[Array, "r d"]) -> Float[Array, "r wid
 
 @eqx.filter_jit
 def value_sweep_blockwise(
-    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, first_block: int = 0,
-    sites: tuple[Point, ...] = (),
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    first_block: int = 0, sites: tuple[Point, ...] = (),
 ) -> tuple[Float[Array, "points r d"], Float[Array, "r width"]]:
     """As `operators.value_sweep_chunk`, block by block from the top down to `first_block`
     (points before `resid_pre[first_block]` are zero)."""
@@ -277,8 +277,8 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
 
     # Position sums per norm (None: none) and site over blocks 0 .. n_blocks - 1, and at the
     # residual point the sweep ends at.
-    sums = {None: {"resid_pre": at_pre, "resid_mid": at_mid, "mlp_in": at_mlp_in}}
-    ends = {None: masked_sum(last, mask)}
+    sums: dict[str | None, dict[str, Array]] = {None: {"resid_pre": at_pre, "resid_mid": at_mid, "mlp_in": at_mlp_in}}
+    ends: dict[str | None, Array] = {None: masked_sum(last, mask)}
     for norm, pre, mid in zip(norms, norm_pre, norm_mid):
         sums[norm] = {"resid_pre": pre, "resid_mid": mid}
         ends[norm] = _summed_through(lambda h: through_input_norm(h, norm), last_primal, last, mask, tangent_chunk)
@@ -292,15 +292,16 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
         return by_site[point.site][point.layer] if point.layer < n_blocks and point.site in by_site else zero
 
     stack = jnp.stack([at(p) for p in pts.key_points(n_layers, with_input_norms)])
-    at_sites = _side_by_side([outputs[p.site][p.layer] for p in sites], ends[None])
+    # `outputs` holds an array for every site in `recorded`, None for the others
+    at_sites = _side_by_side([outputs[p.site][p.layer] for p in sites], ends[None])  # pyright: ignore[reportOptionalSubscript]
     return (stack, at_sites), jacobians
 
 
 @eqx.filter_jit
 def key_sweep_blockwise(
     model: Transformer,
-    tokens,
-    mask,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
     basis: Int[Array, " r"],
     tangent_chunk: int,
     with_input_norms: bool = False,
@@ -318,8 +319,8 @@ def key_sweep_blockwise(
 @eqx.filter_jit
 def both_sweeps_blockwise(
     model: Transformer,
-    tokens,
-    mask,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
     basis: Int[Array, " r"],
     tangent_chunk: int,
     first_block: int = 0,

@@ -56,21 +56,28 @@ def first_order_terms_dense(
     """Per-block first-order operators `[T, d, w]` (term 0 the identity, or the hop of a
     module-output dictionary), applied as `X @ op.T`."""
     modules = contributing_modules(points, side, n_layers)
+    first_order = operators.first_order
+    assert first_order is not None  # `check_operators`: the first-order sweep ran
     if side == "value":
-        module_op = lambda m: operators.first_order[m]
+        module_op = lambda m: first_order[m]
     else:
         # C_m k = mean_valid J_m^T (k seeded at every position), so X @ C_m^T = X @ A_all[m].
-        source = operators.first_order if mask_seed else operators.first_order_all
+        source = first_order if mask_seed else operators.first_order_all
+        assert source is not None
         module_op = lambda m: source[m].T
     groups = _by_block(modules, n_layers)
-    d = operators.first_order.shape[-1]
+    d = first_order.shape[-1]
     kind = hop_kind(points, side)
     if kind is None:
         terms = [jnp.eye(d, dtype=jnp.float32)]
         terms += [sum(module_op(m) for m in rows) for rows in groups.values()]
         return list(groups), jnp.stack(terms)
     site = points.write if side == "value" else points.read
-    hop = operators.z_hop(side, site, mask_seed) if kind == "z" else module_op(pts.module_row(site.module, n_layers))
+    if kind == "z":
+        hop = operators.z_hop(side, site, mask_seed)
+    else:
+        assert site.module is not None  # `hop_kind`: a module's output
+        hop = module_op(pts.module_row(site.module, n_layers))
     terms = [hop] + [sum(module_op(m) for m in rows) @ hop for rows in groups.values()]
     return list(groups), jnp.stack(terms)
 
@@ -96,12 +103,14 @@ def _module_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, mask
     """Each module's single-hop term of each vector, mean over valid positions: `[n, modules, d]`."""
     total = 0.0
     for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, plan.sequences_per_chunk):
+        chunk_tokens, chunk_mask = jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask)
         if side == "value":
             sums = per_feature.first_order_value_chunk(model, chunk_tokens, chunk_mask, vectors, plan.tangent_chunk)
         else:
             sums = per_feature.first_order_key_chunk(model, chunk_tokens, chunk_mask, vectors, plan.tangent_chunk, mask_seed)
         total = total + sums
-    return total / float(np.asarray(mask).sum())
+    # an array: every request has at least one token chunk
+    return total / float(np.asarray(mask).sum())  # pyright: ignore[reportReturnType]
 
 
 def _hop_per_feature(model, tokens, mask, plan: ChunkPlan, side: str, vectors, points: DictionaryPoints, n_layers: int,
@@ -109,9 +118,12 @@ def _hop_per_feature(model, tokens, mask, plan: ChunkPlan, side: str, vectors, p
     """The first hop of each module-output vector into the residual (`hop_kind`): `[n, d]`."""
     site = points.write if side == "value" else points.read
     if kind == "module":
+        assert site.module is not None  # `hop_kind`: a module's output
         return _module_means(model, tokens, mask, plan, side, vectors, mask_seed)[:, pts.module_row(site.module, n_layers)]
     total = 0.0
     for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, plan.sequences_per_chunk):
+        chunk_tokens, chunk_mask = jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask)
         args = (model, chunk_tokens, chunk_mask, vectors, site.layer, plan.tangent_chunk)
         total = total + (per_feature.z_hop_value_chunk(*args) if side == "value" else per_feature.z_hop_key_chunk(*args, mask_seed))
-    return total / float(np.asarray(mask).sum())
+    # an array: every request has at least one token chunk
+    return total / float(np.asarray(mask).sum())  # pyright: ignore[reportReturnType]

@@ -22,10 +22,11 @@ def per_feature_means(plan, side: str, vectors, point: Point, quiet: bool):
     token_chunks = list(iter_token_chunks(plan.tokens, plan.mask, chunks.sequences_per_chunk))
     rows = None if point.site in MODULE_OUTPUT_SITES else jnp.full(len(vectors), row(point, n_layers))
     for chunk_tokens, chunk_mask in progress(token_chunks, desc=f"per-feature {side}", quiet=quiet, unit="chunk"):
-        args = (model, chunk_tokens, chunk_mask, vectors)
+        args = (model, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask), vectors)
         if side == "value" and point.site == "z":
             s, sq = per_feature.z_value_chunk(*args, point.layer, chunks.tangent_chunk)
         elif side == "value":
+            assert rows is not None  # value points other than `z` lie on the residual stream
             s, sq = per_feature.value_chunk(*args, rows, chunks.tangent_chunk)
         elif rows is None:
             s, sq = per_feature.site_key_chunk(*args, point, chunks.tangent_chunk)

@@ -96,19 +96,25 @@ class TransportOperators(eqx.Module):
         if point.site in pts.MODULE_OUTPUT_SITES:
             recorded = pts.value_sites(self.sites) if side == "value" else self.sites
             columns = pts.site_columns(recorded, config)[point]
-            return (self.value_at_sites if side == "value" else self.key_at_sites)[:, columns]
-        return (self.value if side == "value" else self.key)[pts.row(point, n_layers)]
+            at_sites = self.value_at_sites if side == "value" else self.key_at_sites
+            assert at_sites is not None  # `covers`: callers check first
+            return at_sites[:, columns]
+        rows = self.value if side == "value" else self.key
+        assert rows is not None  # `covers`: callers check first
+        return rows[pts.row(point, n_layers)]
 
     def z_hop(self, side: str, point: Point, mask_seed: bool = True) -> Float[Array, "d q"]:
         """The first-order hop at `z` point `point` as an operator (`X @ op.T`): `[d, q]`."""
         index = pts.value_sites(self.sites).index(point)
         hops = self.z_hop_value if side == "value" else (self.z_hop_key if mask_seed else self.z_hop_key_all)
+        assert hops is not None  # the first-order sweep ran with `z` sites
         return hops[index].T
 
 
 @eqx.filter_jit
 def value_sweep_chunk(
-    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, sites: tuple[Point, ...] = ()
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    sites: tuple[Point, ...] = (),
 ) -> tuple[Float[Array, "points r d"], Float[Array, "r width"]]:
     """Position-summed top-down cotangents at every point, for each basis cotangent `e_i`, i in
     `basis`; and at the `z` points of `sites` side by side (`points.value_sites`)."""
@@ -135,7 +141,8 @@ def _no_sites(basis: Int[Array, " r"]) -> Float[Array, "r 0"]:
 
 @eqx.filter_jit
 def key_sweep_chunk(
-    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, with_input_norms: bool = False,
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    with_input_norms: bool = False,
     sites: tuple[Point, ...] = (),
 ) -> tuple[Float[Array, "key_points r d"], Float[Array, "r width"]]:
     """Position-summed bottom-up tangents at every point, for each basis tangent `e_j`, j in
@@ -154,7 +161,8 @@ def key_sweep_chunk(
 
 @eqx.filter_jit
 def first_order_sweep_chunk(
-    model: Transformer, tokens, mask, basis: Int[Array, " r"], tangent_chunk: int, z_layers: tuple[int, ...] = ()
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    z_layers: tuple[int, ...] = (),
 ):
     """Each module's Jacobian applied to each broadcast basis vector `e_j` (j in `basis`),
     summed over valid positions and over all positions: two `[modules, d, r]` arrays; and the
@@ -177,7 +185,10 @@ def first_order_sweep_chunk(
     return (jnp.transpose(valid, (1, 2, 0)), jnp.transpose(every, (1, 2, 0)), *hops)
 
 
-def _z_hops(model: Transformer, tokens, mask, basis, tangent_chunk: int, z_layers: tuple[int, ...]):
+def _z_hops(
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    z_layers: tuple[int, ...],
+):
     """`first_order_sweep_chunk`'s `z` hops: three `[n_z, q, r]` arrays."""
     c = model.config
     d, q = c.d_model, c.n_heads * c.head_dim
@@ -237,7 +248,7 @@ def sweep_output_shapes(
     return {"value": value, "key": key, "value+key": (value, key), "first_order": (modules, modules, hop, hop, hop)}[name]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filler(name: str, mesh: Mesh, config: ModelConfig, with_input_norms: bool, sites: tuple[Point, ...]):
     shapes = sweep_output_shapes(name, config, with_input_norms, sites)
     fill = lambda: jax.tree.map(lambda s: jnp.full(s.shape, -0.0, s.dtype), shapes)
@@ -268,7 +279,7 @@ def _add(totals, sums):
     return jax.tree.map(jnp.add, totals, sums)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sharded_sweep(
     name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False,
     blocks: tuple[int, int] | None = None, sites: tuple[Point, ...] = (),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from qlens_jax import memory, sharding
+from qlens_jax.dictionaries import Dictionary
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens import auto
@@ -37,7 +38,7 @@ class Request:
     """One dictionary's part of a request: which features, and where they are transported from."""
 
     index: int
-    dictionary: object
+    dictionary: Dictionary
     features: np.ndarray
     points: DictionaryPoints
 

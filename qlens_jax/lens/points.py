@@ -267,6 +267,7 @@ def dictionary_points(
     write = residual_point(WRITES_INTO.get(site_out, site_out), layer, n_layers)
     if site_in in MODULE_OUTPUT_SITES:
         read = residual_point(site_in, layer, n_layers)
+        assert read.module is not None  # a module output's point names its module
         return DictionaryPoints(write=write, read=read, read_residual=read.module.reads)
     read_residual = residual_point("resid_mid" if site_in == "mlp_in" else site_in, layer, n_layers)
     read = read_residual

@@ -118,7 +118,7 @@ def run_from(model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b 
     return jax.lax.scan(step, h, rest)[0]
 
 
-def residual_stack(by_site: dict, n_layers: int) -> Float[Array, "points *rest"]:
+def residual_stack(by_site: dict, n_layers: int) -> Float[Array, " points *rest"]:
     """Per-block arrays of each site (`by_site[site][b]`) stacked in `points.value_points`
     order: each block's module inputs, block by block, then the final residual."""
     sites = [module.reads.site for module in pts.modules(1)]
@@ -199,10 +199,11 @@ def side_by_side(outputs: dict | None, sites: tuple[Point, ...], like: Float[Arr
     width]}`), concatenated along the last axis; `[b, s, 0]` without sites."""
     if not sites:
         return jnp.zeros((*like.shape[:-1], 0), like.dtype)
+    assert outputs is not None  # `_run` records module outputs whenever there are sites
     return jnp.concatenate([outputs[p.site][p.layer] for p in sites], axis=-1)
 
 
-def assemble(points, source) -> Float[Array, "points *rest"]:
+def assemble(points, source) -> Float[Array, " points *rest"]:
     """`points` stacked from `source(point) = (array, index)`: runs of consecutive indices into
     one array are taken as one slice, so that whole arrays are concatenated as they are."""
     parts, run = [], None
@@ -214,11 +215,12 @@ def assemble(points, source) -> Float[Array, "points *rest"]:
             if run is not None:
                 parts.append(run[0][run[1] : run[2]])
             run = [array, index, index + 1]
+    assert run is not None, "no points to assemble"
     parts.append(run[0][run[1] : run[2]])
     return jnp.concatenate(parts, axis=0)
 
 
-def clean_states(model: Transformer, tokens, mask) -> tuple[Float[Array, "b s d"], Float[Array, "L b s d"], Float[Array, "L b s d"]]:
+def clean_states(model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]) -> tuple[Float[Array, "b s d"], Float[Array, "L b s d"], Float[Array, "L b s d"]]:
     """The clean final residual and every block's `resid_pre` and `resid_mid`."""
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
@@ -267,6 +269,7 @@ def clean_z(model: Transformer, tokens, mask, layers: tuple[int, ...]) -> tuple[
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
     _, pres, _, _, outputs = _run(model, tokens, mask, zeros, zeros, None, module_outputs=True)
     pick = np.asarray(layers, int)
+    assert outputs is not None  # asked for with `module_outputs=True`
     return pres[pick], outputs["z"][pick]
 
 

@@ -73,6 +73,7 @@ class Attention(eqx.Module):
         k = self.k_proj(x).reshape(seq, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(seq, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
+            assert self.k_norm is not None  # qk-norm comes as a pair (`from_hf_config`)
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)

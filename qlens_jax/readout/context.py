@@ -71,7 +71,9 @@ class ReadoutContext:
                          terms_op: Float[Array, "T d w"] | None, precision: str = "float32") -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
-        size = max(1, self.feature_chunk // (1 + (terms_op.shape[0] if terms_op is not None else vectors.shape[1])))
+        # without `terms_op`, `vectors` are the transported terms, an array
+        terms = terms_op.shape[0] if terms_op is not None else vectors.shape[1]  # pyright: ignore[reportAttributeAccessIssue]
+        size = max(1, self.feature_chunk // (1 + terms))
         score_fn = self.score_fn(side)
         layout = self.layout
         fn = lambda chunk: first_order_chunks(score_fn, terms_op, chunk, self.k, layout)

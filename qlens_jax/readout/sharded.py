@@ -40,7 +40,7 @@ def _split_topk(scores: Float[Array, "n vocab"], k: int, vocab_size: int, mesh: 
     rows = sharding.spec(row_axis, None)
     # check_vma=False: the merged lists are the same on every `vocab` device (all-gathered
     # candidates), which the replication check does not infer through `top_k`.
-    split = jax.shard_map(local, mesh=mesh, in_specs=sharding.spec(row_axis, "vocab"), out_specs=TopK(*[rows] * 4), check_vma=False)
+    split = jax.shard_map(local, mesh=mesh, in_specs=sharding.spec(row_axis, "vocab"), out_specs=TopK._make([rows] * 4), check_vma=False)
     return split(scores)
 
 
@@ -49,7 +49,7 @@ def _rowwise_topk(scores: Float[Array, "n vocab"], k: int, vocab_size: int, mesh
     be all-gathered before its TopK: every device would hold and rank every row of the chunk."""
     rows = sharding.spec(row_axis, None)
     local = lambda block: top_and_bottom(block[:, :vocab_size], k)
-    return jax.shard_map(local, mesh=mesh, in_specs=rows, out_specs=TopK(*[rows] * 4))(scores)
+    return jax.shard_map(local, mesh=mesh, in_specs=rows, out_specs=TopK._make([rows] * 4))(scores)
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Layout:
     def topk(self, scores: Float[Array, "n vocab"], k: int) -> TopK:
         """Top and bottom `k` over the real vocabulary (sharded weights pad it to a multiple of the mesh)."""
         if self.split_vocab:
+            assert self.mesh is not None  # `sharding.shard_weights` splits the vocabulary over a mesh
             return _split_topk(scores, k, self.vocab_size, self.mesh, self.row_axis)
         if self.mesh is not None:
             return _rowwise_topk(scores, k, self.vocab_size, self.mesh, self.row_axis)

@@ -72,7 +72,7 @@ def place(x: np.ndarray, layout: Layout) -> jax.Array:
     return sharding.put(x, layout.mesh, None, layout.row_axis, *([None] * (x.ndim - 2)))
 
 
-def chunked(x: Float[np.ndarray, "n *rest"], size: int, layout: Layout) -> tuple[jax.Array, int]:
+def chunked(x: Float[np.ndarray, " n *rest"], size: int, layout: Layout) -> tuple[jax.Array, int]:
     """All of `x` as `[chunks, size, ...]` on device (zero rows pad the last chunk), and `n`:
     for small inputs and for inspecting the compiled readout."""
     n = x.shape[0]
@@ -132,4 +132,5 @@ def run_chunks(fn: Callable[[jax.Array], object], x: "np.ndarray | FeatureRows",
         pending = current
     if pending is not None:
         out.append(*pending)
+    assert out.tree is not None, "no rows to read"
     return out.tree

@@ -38,7 +38,11 @@ def top_k(x: Float[Array, "n vocab"], k: int, negate: bool = False, group: int =
     `negate` (the bottom `k`, negated) spares a negated copy of `x`."""
     n, vocab = x.shape
     signed = (lambda a: -a) if negate else (lambda a: a)
-    whole = lambda: tuple(jax.lax.top_k(signed(x), k))
+
+    def whole():
+        values, ids = jax.lax.top_k(signed(x), k)  # a list from the primitive; a pair here
+        return values, ids
+
     if vocab <= k * group:
         return whole()
     padding = ((0, 0), (0, -vocab % group))

@@ -118,7 +118,7 @@ def build_feature_index(source: Path) -> Path:
                 names, layers = table.column("dictionary").to_pylist(), table.column("layer").to_numpy()
                 for row in np.unique(index, return_index=True)[1]:
                     dictionaries.setdefault(int(index[row]), (names[row], int(layers[row])))
-                if any(dictionaries[int(i)] != (n, int(l)) for i, n, l in zip(index, names, layers)):
+                if any(dictionaries[int(i)] != (name, int(layer)) for i, name, layer in zip(index, names, layers)):
                     raise FeatureIndexError(f"{source}: one dictionary index with several names or layers")
                 feature = table.column("feature").to_numpy()
                 if feature.min() < 0 or feature.max() >= 1 << _FEATURE_BITS:

@@ -63,7 +63,7 @@ def test_null_p_values_look_uniform():
 def decaying_overlaps(sources, destinations, decay: float, seed: int):
     """Synthetic overlap matrix: same-source pairs overlap `exp(-decay |t_i - t_j|)` plus noise."""
     rng = np.random.default_rng(seed)
-    s, t = np.asarray(sources), np.asarray(destinations)
+    t = np.asarray(destinations)
     ol = np.exp(-decay * np.abs(t[:, None] - t[None, :])) + 0.1 * rng.normal(size=(t.size, t.size))
     ol = (ol + ol.T) / 2
     np.fill_diagonal(ol, 1.0)

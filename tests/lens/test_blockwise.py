@@ -111,7 +111,6 @@ def test_query_lens_sweeps_only_the_blocks_it_needs(monkeypatch):
     from qlens_jax.lens import api
 
     _, model, dictionaries, tokens, mask = setup("gpt2")
-    n_layers = model.config.n_layers
     deepest = [max(dictionaries, key=lambda d: (d.layer, d.site_out == "resid_post"))]
     kwargs = dict(lenses=("query_lens_value", "query_lens_key"), path="dense")
     full = transport_operators(model, tokens, mask, sweeps=("value", "key"), sweep_order="basis")

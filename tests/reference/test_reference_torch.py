@@ -341,7 +341,7 @@ def test_transport_with_nothing_between_skips_the_model_run_and_keeps_its_number
     L = len(layers_of(model))
     v = vec(7).float()
     if side == "value":
-        point, seed = ("resid_post", L - 1), ("resid_post", L - 1)
+        point = ("resid_post", L - 1)
         run = lambda tk, mk: rt._jvp(model, tk, mk, point, ("resid_post", L - 1), v)  # noqa: E731
         transport = lambda **kw: rt.value_transport(model, tokens, mask, v, *point, **kw)  # noqa: E731
     else:
@@ -445,7 +445,7 @@ def test_padded_batch_equals_token_weighted_single_sequences(arch):
         "fo_value": lambda t, m: rt.first_order_value(model, t, m, v, "resid_mid", 0),
         "fo_key_masked": lambda t, m: rt.first_order_key(model, t, m, k, "resid_post", 1, mask_seed=True),
     }
-    for name, f in calls.items():
+    for f in calls.values():
         batched = f(tokens, mask)
         a = f(tokens[:1], mask[:1])
         b = f(tokens[1:, :LENS1], mask[1:, :LENS1])

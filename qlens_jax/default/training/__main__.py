@@ -194,7 +194,7 @@ def stage_dictionaries(args) -> None:
     t0 = time.time()
     acts = dict_lib.cache_activations(model, train, specs)
     cache_seconds = time.time() - t0
-    for i, spec in enumerate(specs):
+    for spec in specs:
         folder = paths.dictionaries_dir() / spec.name
         if folder.exists():
             shutil.rmtree(folder)
