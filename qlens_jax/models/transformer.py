@@ -19,17 +19,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
-
-
-class Linear(eqx.Module):
-    """`x @ weight + bias` with `weight` stored `[d_in, d_out]` (`*layers` when stacked)."""
-
-    weight: Float[Array, "*layers d_in d_out"]
-    bias: Float[Array, "*layers d_out"] | None
-
-    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
+from qlens_jax.models.linear import Linear
+from qlens_jax.models.mlp import MLP, ResidualMLP
 
 
 class Norm(eqx.Module):
@@ -89,25 +80,12 @@ class Attention(eqx.Module):
         return self.o_proj(self.heads(x, allowed, rope, scale))
 
 
-class MLP(eqx.Module):
-    """`down(act(up x))`, or the gated `down(act(gate x) * up x)` when `gate_proj` is set."""
-
-    up_proj: Linear
-    down_proj: Linear
-    gate_proj: Linear | None
-    activation: str = eqx.field(static=True)
-
-    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
-        gate = None if self.gate_proj is None else self.gate_proj(x)
-        return self.down_proj(layers.mlp_hidden(self.activation, self.up_proj(x), gate))
-
-
 class Block(eqx.Module):
     attn_norm: Norm
     attn: Attention
     attn_post_norm: Norm | None
     mlp_norm: Norm
-    mlp: MLP
+    mlp: ResidualMLP
     mlp_post_norm: Norm | None
 
 
