@@ -101,7 +101,15 @@ def fill_model(
         if name not in plan:
             raise ConversionError(f"no checkpoint source for model leaf {name!r} (converter bug)")
         source = plan[name]
-        if name.startswith("blocks."):
+        if isinstance(source, tuple):  # alternative layouts: the first the checkpoint has
+            source = next((s for s in source if layout.base + s.key.format(i=0, e=0) in keys), source[0])
+        if source.experts:
+            parts = [
+                np.stack([read(source.key.format(i=i, e=e), source.transform, leaf.shape[2:]) for e in range(source.experts)])
+                for i in range(config.n_layers)
+            ]
+            array = np.stack(parts)
+        elif name.startswith("blocks."):
             parts = [read(source.key.format(i=i), source.transform, leaf.shape[1:]) for i in range(config.n_layers)]
             array = np.stack(parts)
         else:

@@ -57,7 +57,7 @@ class FamilySpec:
     model_type: str
     reads: frozenset[str]  # keys `build` reads
     build: Callable[[dict[str, Any]], ModelConfig]
-    weights: Callable[[ModelConfig], dict[str, Source]]
+    weights: Callable[[ModelConfig], dict[str, Source | tuple[Source, ...]]]
     embed_key: str = "embed_tokens.weight"  # finds the base model's key prefix in a checkpoint
     required: Mapping[str, tuple] = field(default_factory=dict)  # key -> the only values implemented
     inert: frozenset[str] = frozenset()  # keys transformers' implementation of this family never reads

@@ -24,10 +24,15 @@ def split(part: int, parts: int = 3) -> Callable[[np.ndarray], np.ndarray]:
 
 @dataclass(frozen=True)
 class Source:
-    """Leaf filled from `key` (with `{i}` for the layer of stacked leaves) through `transform`."""
+    """Leaf filled from `key` (with `{i}` for the layer of stacked leaves) through `transform`.
+
+    `experts > 0`: `key` also holds `{e}`, and each layer's slice stacks that many experts'
+    tensors (routed experts saved one module per expert). A plan may give a leaf a tuple of
+    sources, the layouts a checkpoint may use: the first whose tensor is there fills it."""
 
     key: str
     transform: Callable[[np.ndarray], np.ndarray] = identity
+    experts: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Gemma-1/2/3) exposing their residual stream."""
+"""Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3) exposing their residual stream."""
 
 from qlens_jax.models.config import ModelConfig
-from qlens_jax.models.mlp import MLPCost, ResidualMLP, autodiff_jacobian, mlp_cost
+from qlens_jax.models.mlp import MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
 from qlens_jax.models.transformer import (
     Attention,
     Block,
@@ -31,6 +31,7 @@ __all__ = [
     "Norm",
     "ResidualMLP",
     "Residuals",
+    "RoutedMLP",
     "Transformer",
     "attention_output",
     "attention_residual",

@@ -6,7 +6,9 @@ input at one position (`__call__`), its Jacobian there (`jacobian`: by default f
 autodiff of `__call__`, one JVP per input direction; a module overrides it where an explicit
 product is cheaper) and the cost of both per position (`cost`), from which the sweeps decide
 whether forming Jacobians pays (`blockwise.worth_it`) and how much memory forming takes. A
-mixture-of-experts MLP only writes `__call__` and `cost`; the sweeps do not change.
+mixture-of-experts MLP (`RoutedMLP`) writes `__call__`, `cost` and, because gathering the
+chosen experts is cheaper than autodiff through all of them, `jacobian`; the sweeps do not
+change.
 
 Row convention throughout: a tangent row `t` maps to `t @ M`.
 """
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from qlens_jax.models import layers
+from qlens_jax.models import experts, layers
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
 
@@ -98,9 +100,65 @@ class MLP(ResidualMLP):
         return MLPCost(form=d * ff * d, per_vector=(3 if config.gated_mlp else 2) * d * ff, forming_floats=3 * d * ff)
 
 
+class RoutedMLP(ResidualMLP):
+    """Routed experts (Qwen3-MoE): a router and `experts` gated MLPs (`down(act(gate x) * up x)`),
+    weights stacked by expert (`[*layers, experts, d_in, d_out]`); the output is the routed sum.
+
+    `__call__` runs every expert, weighted by a routing weight that is exactly 0 for the experts
+    not chosen (`experts.routing_weights`): the model's function, whose autodiff holds the top-k
+    choice and differentiates the router weights (DESIGN.md section 1c); `experts / k` times the
+    chosen experts' arithmetic. `jacobian` gathers the `k` chosen experts instead."""
+
+    router: Float[Array, "*layers d_model experts"]
+    gate_proj: Float[Array, "*layers experts d_model d_mlp"]
+    up_proj: Float[Array, "*layers experts d_model d_mlp"]
+    down_proj: Float[Array, "*layers experts d_mlp d_model"]
+    activation: str = eqx.field(static=True)
+    experts_per_token: int = eqx.field(static=True)
+    router_kind: str = eqx.field(static=True)
+    renormalize: bool = eqx.field(static=True)
+
+    def weights(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch experts"]:
+        """The routing weights at `x` (0 for the experts not chosen)."""
+        return experts.routing_weights(x @ self.router, self.experts_per_token, self.router_kind, self.renormalize)
+
+    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        gate = jnp.einsum("...d,edf->...ef", x, self.gate_proj)
+        up = jnp.einsum("...d,edf->...ef", x, self.up_proj)
+        hidden = layers.mlp_hidden(self.activation, up, gate) * self.weights(x)[..., None]
+        return jnp.einsum("...ef,efd->...d", hidden, self.down_proj)
+
+    def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """Output and Jacobian at one position from the chosen experts only:
+        `sum_j w_j A_j W_down_j + G Y`, with `A_j = W_gate_j diag(act'(g_j) u_j) + W_up_j
+        diag(act(g_j))` expert `j`'s hidden-layer Jacobian, `G [d, k]` the chosen weights'
+        gradients and `Y [k, d]` the chosen experts' outputs."""
+        chosen = jax.lax.top_k(jax.lax.stop_gradient(self.weights(x)), self.experts_per_token)[1]
+        chosen_weights = lambda h: self.weights(h)[chosen]
+        weights = chosen_weights(x)
+        gate_w, up_w, down_w = self.gate_proj[chosen], self.up_proj[chosen], self.down_proj[chosen]
+        gate, up = jnp.einsum("d,kdf->kf", x, gate_w), jnp.einsum("d,kdf->kf", x, up_w)
+        hidden, by_up, by_gate = layers.mlp_hidden_slopes(self.activation, up, gate)
+        inner = gate_w * by_gate[:, None, :] + up_w * by_up[:, None, :]
+        through_experts = jnp.einsum("kaf,kfb->ab", inner, down_w * weights[:, None, None])
+        outputs = jnp.einsum("kf,kfd->kd", hidden, down_w)
+        through_router = jax.jacfwd(chosen_weights)(x).T @ outputs
+        return weights @ outputs, through_experts + through_router
+
+    @staticmethod
+    def cost(config: ModelConfig) -> MLPCost:
+        """Forming: the chosen experts as one gated MLP `k d_mlp` wide (`d k d_mlp d`) plus the
+        router's gradient (`d x experts` JVPs); a tangent pushed through `__call__` meets every
+        expert and the router (`3 d experts d_mlp + d experts`)."""
+        d, ff, e, k = config.d_model, config.d_mlp, config.n_experts, config.experts_per_token
+        return MLPCost(
+            form=d * k * ff * d + d * d * e, per_vector=3 * d * e * ff + d * e, forming_floats=3 * d * k * ff + d * e
+        )
+
+
 def mlp_class(config: ModelConfig) -> type[ResidualMLP]:
     """The MLP module of `config`'s blocks."""
-    return MLP
+    return RoutedMLP if config.n_experts else MLP
 
 
 def mlp_cost(config: ModelConfig) -> MLPCost:

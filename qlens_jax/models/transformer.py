@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
-from qlens_jax.models.mlp import MLP, ResidualMLP
+from qlens_jax.models.mlp import MLP, ResidualMLP, RoutedMLP
 
 
 class Norm(eqx.Module):
@@ -249,6 +249,23 @@ def layer_meta(config: ModelConfig, dtype=jnp.float32) -> LayerMeta:
     )
 
 
+def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
+    """Random routed experts (normal, std 0.02; the router std 1, so that routing gaps are not
+    tiny), stacked over layers; `keys` an iterator of PRNG keys."""
+    c = config
+    normal = lambda std, *dims: std * jax.random.normal(next(keys), (c.n_layers, *dims), dtype)
+    return RoutedMLP(
+        router=normal(1.0, c.d_model, c.n_experts),
+        gate_proj=normal(0.02, c.n_experts, c.d_model, c.d_mlp),
+        up_proj=normal(0.02, c.n_experts, c.d_model, c.d_mlp),
+        down_proj=normal(0.02, c.n_experts, c.d_mlp, c.d_model),
+        activation=c.activation,
+        experts_per_token=c.experts_per_token,
+        router_kind=c.router,
+        renormalize=c.router_renorm,
+    )
+
+
 def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) -> Transformer:
     """Random weights (normal, std 0.02; norms at identity). Also gives converters their skeleton."""
     c = config
@@ -278,7 +295,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         head_dim=c.head_dim,
         softcap=c.attn_logit_softcap,
     )
-    mlp = MLP(
+    mlp = routed_mlp(c, keys, dtype) if c.n_experts else MLP(
         up_proj=dense(c.d_model, c.d_mlp, c.mlp_bias),
         down_proj=dense(c.d_mlp, c.d_model, c.mlp_bias),
         gate_proj=dense(c.d_model, c.d_mlp, c.mlp_bias) if c.gated_mlp else None,

@@ -16,7 +16,7 @@ import torch
 from benchmarks import reference_torch as rt
 from tiny_models import build_hf_model
 
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding"]
+ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied"]
 SITES = ["attn_out", "z", "mlp_out"]
 B, S, VALID1 = 2, 8, 6  # second row right-padded; pad run shorter than Gemma's window (4)
 LAYER = 1
