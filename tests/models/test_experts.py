@@ -130,3 +130,18 @@ def test_every_layer_dense_is_a_dense_model_and_inert_options_are_accepted():
     assert config.n_experts == 0 and config.d_mlp == raw["intermediate_size"] and config.gated_mlp
     routed = model_config_from_hf(_qwen3_moe_config(output_router_logits=True, router_aux_loss_coef=0.5))
     assert (routed.n_experts, routed.experts_per_token, routed.router_renorm, routed.d_mlp) == (6, 2, True, 24)
+
+
+@pytest.mark.parametrize(
+    "hook, site",
+    [("model.layers.5", "resid_post"), ("model.layers.5.mlp.output", "mlp_out"), ("blocks.5.hook_mlp_out", "mlp_out"),
+     ("model.layers.5.post_attention_layernorm.output", "mlp_in")],
+)
+def test_hook_names_of_qwen3_moe_dictionaries(hook, site):
+    """Qwen-Scope's `model.layers.{L}` (Qwen3-30B-A3B) and the MoE block's output, the routed
+    sum, resolve to their sites; Qwen3-MoE has no post-norms."""
+    from converters.families import family
+    from qlens_jax.dictionaries.sites import HookSite, has_post_norms, parse_hook_name
+
+    assert parse_hook_name(hook, "qwen3_moe") == HookSite(5, site)
+    assert has_post_norms("qwen3_moe") is family("qwen3_moe").post_norms is False
