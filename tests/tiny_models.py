@@ -58,6 +58,13 @@ ARCHITECTURES = {
              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=12, tie_word_embeddings=True,
              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     ),
+    # Every layer listed in mlp_only_layers: a dense Qwen3-MoE (Qwen3MoeMLP of intermediate_size).
+    "qwen3moe-all-dense-bias": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(hidden_size=48, intermediate_size=40, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+             mlp_only_layers=[0, 1], num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+             attention_bias=True),
+    ),
     "gemma3-sliding": (
         "Gemma3TextConfig", "Gemma3ForCausalLM",
         dict(hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
