@@ -7,7 +7,7 @@ one Jacobian pass (``torch.func.jvp`` / ``torch.func.vjp``) per feature vector, 
 authors' implementation.
 
 Supported models: ``GPT2LMHeadModel``, Llama-style causal LMs (``LlamaForCausalLM``,
-``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ... anything whose decoder layers have
+``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``Qwen3MoeForCausalLM`` (routed experts), ... anything whose decoder layers have
 ``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``) and Gemma-3 text
 models (``Gemma3ForCausalLM``; decoder layers with ``pre_feedforward_layernorm`` and
 ``post_feedforward_layernorm``). Use eager attention (``prepare_model`` / ``load_model``).
@@ -153,6 +153,11 @@ def prepare_model(model: nn.Module, dtype=None) -> nn.Module:
             model.set_attn_implementation("eager")
         else:  # pragma: no cover - older transformers
             model.config._attn_implementation = "eager"
+    # Routed experts (Qwen3-MoE): the eager per-expert loop, which forward-mode AD goes through
+    # (the default grouped GEMM has no JVP); its integer top-k indices are constants of the
+    # linearization and the router weights are differentiated (DESIGN.md section 1c).
+    if getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
+        model.set_experts_implementation("eager")
     dtype = _resolve_dtype(dtype)
     if dtype is not None:
         model.to(dtype)

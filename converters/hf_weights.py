@@ -10,8 +10,6 @@ asserts that every leaf was filled and every checkpoint key consumed or explicit
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -20,109 +18,22 @@ import numpy as np
 
 from converters.checkpoint_files import TensorSource
 from converters.errors import ConversionError
+from converters.families import family
+from converters.families.weights import LM_HEAD, KeyLayout, Source
 from qlens_jax.models import ModelConfig, Transformer, init_transformer
 from qlens_jax.models.transformer import layer_meta
 
 # Buffers some checkpoints carry that are not parameters.
 IGNORED_KEYS = re.compile(r".*(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
 
-# The plans' key of the unembedding; `KeyLayout.lm_head` says where a checkpoint stores it.
-LM_HEAD = "lm_head.weight"
-
-identity = lambda x: x
-transpose = lambda x: x.T
-
-
-def _split(part: int, parts: int = 3) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: np.split(x, parts, axis=-1)[part]
-
-
-@dataclass(frozen=True)
-class Source:
-    """Leaf filled from `key` (with `{i}` for the layer of stacked leaves) through `transform`."""
-
-    key: str
-    transform: Callable[[np.ndarray], np.ndarray] = identity
-
-
-def _gpt2_plan(c: ModelConfig) -> dict[str, Source]:
-    h = "h.{i}."
-    plan = {
-        "embed_tokens": Source("wte.weight"),
-        "embed_positions": Source("wpe.weight"),
-        "final_norm.weight": Source("ln_f.weight"),
-        "final_norm.bias": Source("ln_f.bias"),
-        "blocks.attn_norm.weight": Source(h + "ln_1.weight"),
-        "blocks.attn_norm.bias": Source(h + "ln_1.bias"),
-        "blocks.mlp_norm.weight": Source(h + "ln_2.weight"),
-        "blocks.mlp_norm.bias": Source(h + "ln_2.bias"),
-        "blocks.attn.o_proj.weight": Source(h + "attn.c_proj.weight"),
-        "blocks.attn.o_proj.bias": Source(h + "attn.c_proj.bias"),
-        "blocks.mlp.up_proj.weight": Source(h + "mlp.c_fc.weight"),
-        "blocks.mlp.up_proj.bias": Source(h + "mlp.c_fc.bias"),
-        "blocks.mlp.down_proj.weight": Source(h + "mlp.c_proj.weight"),
-        "blocks.mlp.down_proj.bias": Source(h + "mlp.c_proj.bias"),
-    }
-    # GPT-2's Conv1D stores [in, out] with q, k, v concatenated along the output.
-    for part, name in enumerate("qkv"):
-        plan[f"blocks.attn.{name}_proj.weight"] = Source(h + "attn.c_attn.weight", _split(part))
-        plan[f"blocks.attn.{name}_proj.bias"] = Source(h + "attn.c_attn.bias", _split(part))
-    if not c.tie_word_embeddings:
-        plan["lm_head"] = Source(LM_HEAD)
-    return plan
-
-
-def _rope_family_plan(c: ModelConfig) -> dict[str, Source]:
-    layer = "layers.{i}."
-    plan = {
-        "embed_tokens": Source("embed_tokens.weight"),
-        "final_norm.weight": Source("norm.weight"),
-        "blocks.attn_norm.weight": Source(layer + "input_layernorm.weight"),
-    }
-    for name in ("q", "k", "v", "o"):
-        plan[f"blocks.attn.{name}_proj.weight"] = Source(layer + f"self_attn.{name}_proj.weight", transpose)
-        plan[f"blocks.attn.{name}_proj.bias"] = Source(layer + f"self_attn.{name}_proj.bias")
-    for name in ("gate", "up", "down"):
-        plan[f"blocks.mlp.{name}_proj.weight"] = Source(layer + f"mlp.{name}_proj.weight", transpose)
-        plan[f"blocks.mlp.{name}_proj.bias"] = Source(layer + f"mlp.{name}_proj.bias")
-    if c.qk_norm:
-        plan["blocks.attn.q_norm.weight"] = Source(layer + "self_attn.q_norm.weight")
-        plan["blocks.attn.k_norm.weight"] = Source(layer + "self_attn.k_norm.weight")
-    if c.post_norms:  # Gemma-3 names its four block norms differently from Llama.
-        plan["blocks.attn_post_norm.weight"] = Source(layer + "post_attention_layernorm.weight")
-        plan["blocks.mlp_norm.weight"] = Source(layer + "pre_feedforward_layernorm.weight")
-        plan["blocks.mlp_post_norm.weight"] = Source(layer + "post_feedforward_layernorm.weight")
-    else:
-        plan["blocks.mlp_norm.weight"] = Source(layer + "post_attention_layernorm.weight")
-    if not c.tie_word_embeddings:
-        plan["lm_head"] = Source(LM_HEAD)
-    return plan
-
 
 def weight_plan(config: ModelConfig) -> dict[str, Source]:
-    return _gpt2_plan(config) if config.model_type == "gpt2" else _rope_family_plan(config)
+    """Which checkpoint tensor fills each leaf of `config`'s model: its family's plan."""
+    return family(config.model_type).weights(config)
 
 
 def _leaf_name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".")
-
-
-@dataclass(frozen=True)
-class KeyLayout:
-    """Where a checkpoint keeps the converted model's tensors."""
-
-    base: str  # prefix of the base model's keys (`transformer.`, `model.`, ...)
-    lm_head: str = LM_HEAD  # key of the untied unembedding
-    ignored: tuple[str, ...] = ()  # key prefixes of the parts not converted (vision tower, ...)
-
-
-# Gemma3ForConditionalGeneration: files keep the original layout (transformers renames keys on
-# load and back on save), the in-memory state dict has the module layout.
-GEMMA3_MULTIMODAL_LAYOUTS = (
-    KeyLayout("language_model.model.", "language_model.lm_head.weight", ("vision_tower.", "multi_modal_projector.")),
-    KeyLayout("model.language_model.", LM_HEAD, ("model.vision_tower.", "model.multi_modal_projector.")),
-)
-MULTIMODAL_LAYOUTS = {"gemma3_text": GEMMA3_MULTIMODAL_LAYOUTS}
 
 
 def key_layout(
@@ -133,10 +44,11 @@ def key_layout(
     A text model's base keys are found by their embedding, whatever the prefix; a multimodal
     checkpoint (`multimodal=True`) must match one of its wrapper's known layouts.
     """
-    probe = "wte.weight" if config.model_type == "gpt2" else "embed_tokens.weight"
+    spec = family(config.model_type)
+    probe = spec.embed_key
     if multimodal:
-        layouts = MULTIMODAL_LAYOUTS.get(config.model_type)
-        if layouts is None:
+        layouts = spec.wrapper_layouts
+        if not layouts:
             raise ConversionError(f"no multimodal checkpoint layout for {config.model_type} (converter bug)")
         for layout in layouts:
             if layout.base + probe in keys:
@@ -189,7 +101,15 @@ def fill_model(
         if name not in plan:
             raise ConversionError(f"no checkpoint source for model leaf {name!r} (converter bug)")
         source = plan[name]
-        if name.startswith("blocks."):
+        if isinstance(source, tuple):  # alternative layouts: the first the checkpoint has
+            source = next((s for s in source if layout.base + s.key.format(i=0, e=0) in keys), source[0])
+        if source.experts:
+            parts = [
+                np.stack([read(source.key.format(i=i, e=e), source.transform, leaf.shape[2:]) for e in range(source.experts)])
+                for i in range(config.n_layers)
+            ]
+            array = np.stack(parts)
+        elif name.startswith("blocks."):
             parts = [read(source.key.format(i=i), source.transform, leaf.shape[1:]) for i in range(config.n_layers)]
             array = np.stack(parts)
         else:

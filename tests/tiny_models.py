@@ -46,6 +46,25 @@ ARCHITECTURES = {
         dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=1, head_dim=16, tie_word_embeddings=True),
     ),
+    # Routed experts: top-k < experts so routing matters, norm_topk_prob true and false.
+    "qwen3moe-top2-renorm": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(hidden_size=48, moe_intermediate_size=24, num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
+             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+    ),
+    "qwen3moe-top3-tied": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(hidden_size=48, moe_intermediate_size=16, num_experts=5, num_experts_per_tok=3, norm_topk_prob=False,
+             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=12, tie_word_embeddings=True,
+             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    ),
+    # Every layer listed in mlp_only_layers: a dense Qwen3-MoE (Qwen3MoeMLP of intermediate_size).
+    "qwen3moe-all-dense-bias": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(hidden_size=48, intermediate_size=40, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+             mlp_only_layers=[0, 1], num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+             attention_bias=True),
+    ),
     "gemma3-sliding": (
         "Gemma3TextConfig", "Gemma3ForCausalLM",
         dict(hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
@@ -73,7 +92,7 @@ def build_hf_model(name: str, seed: int = 0, vocab_size: int = VOCAB):
     config_cls, model_cls, kwargs = ARCHITECTURES[name]
     config = getattr(transformers, config_cls)(
         vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        initializer_range=0.15, attn_implementation="eager", **kwargs,
+        initializer_range=0.15, attn_implementation="eager", experts_implementation="eager", **kwargs,
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).eval()

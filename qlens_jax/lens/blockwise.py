@@ -8,7 +8,9 @@ Jacobian at one position is a `d_model x d_model` matrix,
     Q = J_pre^T [W_up diag(s)] W_down J_post^T        (row convention: tangent x -> x @ Q)
 
 (`s` the activation's derivative; gated MLPs fold their two branches into one `W_up`-sized
-factor), and forming it costs `d_model x d_mlp x d_model` once per position, shared by all
+factor; `ResidualMLP.jacobian` of the MLP module, by autodiff for modules without such a
+product, such as routed experts), and forming it costs `d_model x d_mlp x d_model` (the
+module's `MLPCost.form`) once per position, shared by all
 basis vectors, after which each vector costs only `d_model^2`. With the whole basis of
 GPT-2 small (`r = d_model = 768`, `d_mlp = 3072`) that is 5 instead of 8 `d_model^3` per token
 and block, about a quarter of a whole sweep's arithmetic. It needs all `r` tangents of a token
@@ -43,9 +45,8 @@ from qlens_jax.lens.transport import (
     attention_batch, attention_z_batch, basis_tangents, clean_states, masked_sum, through_input_norm,
 )
 from qlens_jax.memory import is_cpu
-from qlens_jax.models import Block, Transformer, attention_output, mlp_input
+from qlens_jax.models import Block, Transformer, attention_output, mlp_cost, mlp_input
 from qlens_jax.models.config import ModelConfig
-from qlens_jax.models.layers import mlp_hidden
 
 # Positions whose MLP Jacobians are formed in one step: each holds `d_model x d_mlp` floats.
 # On CPU one at a time is fastest (plain GEMMs: 380 GFLOP/s against 310 for 16 positions on
@@ -64,12 +65,14 @@ VJP_CHUNK = 8
 
 def worth_it(config: ModelConfig, basis_per_device: int) -> bool:
     """Whether explicit MLP Jacobians cost fewer multiply-adds than pushing each basis vector
-    through the hidden layer: `d (d_mlp + r)` against `r x (2 or 3) x d_mlp` per position,
-    i.e. `r` above `d d_mlp / ((2 or 3) d_mlp - d)` (GPT-2 small: 439 of 768). The count holds
-    on every backend; whether the batched `d x d_mlp x d` products also win in time on a GPU
-    is pending a measurement there (docs/accelerators.md)."""
-    d, ff, r = config.d_model, config.d_mlp, basis_per_device
-    return d * (ff + r) < r * (3 if config.gated_mlp else 2) * ff
+    through the MLP: forming one (`MLPCost.form`) plus applying it to `r` vectors (`r d^2`)
+    against `r` pushes (`MLPCost.per_vector`) per position. A dense MLP forms it in
+    `d d_mlp d` and pushes in `(2 or 3) d d_mlp`: `r` above `d d_mlp / ((2 or 3) d_mlp - d)`
+    (GPT-2 small: 439 of 768). The count holds on every backend; whether the batched
+    `d x d_mlp x d` products also win in time on a GPU is pending a measurement there
+    (docs/accelerators.md)."""
+    cost, d, r = mlp_cost(config), config.d_model, basis_per_device
+    return cost.form + r * d * d < r * cost.per_vector
 
 
 def sequences_that_fit(model: Transformer, seq_len: int, basis_per_device: int, budget_gb: float, kept_blocks: int = 0) -> int:
@@ -81,30 +84,19 @@ def sequences_that_fit(model: Transformer, seq_len: int, basis_per_device: int, 
     itemsize = max(np.dtype(model.embed_tokens.dtype).itemsize, 4)
     jacobians = (1 + kept_blocks) * c.d_model**2
     per_token = (5 * basis_per_device * c.d_model + jacobians + 4 * c.n_layers * c.d_model) * itemsize
-    forming = 3 * token_chunk() * c.d_model * c.d_mlp * itemsize
+    forming = token_chunk() * mlp_cost(c).forming_floats * itemsize
     return int(max(0, (0.8 * budget_gb * 2**30 - forming) // (per_token * seq_len)))
 
 
 def mlp_jacobian(block: Block, h: Float[Array, " d"]) -> Float[Array, "d d"]:
-    """The MLP residual module's Jacobian at one position, row convention (`x -> x @ Q`)."""
-    mlp = block.mlp
+    """The MLP residual module's Jacobian at one position, row convention (`x -> x @ Q`):
+    `J_pre^T M J_post^T` with `M` the MLP's own (`ResidualMLP.jacobian`)."""
     x, pull_norm = jax.vjp(block.mlp_norm, h)
-    ones = lambda z: jnp.ones_like(z)
-    up = mlp.up_proj(x)
-    # The hidden layer is elementwise in (up, gate): its Jacobian is a diagonal per branch.
-    if mlp.gate_proj is None:
-        hidden, slope = jax.jvp(lambda u: mlp_hidden(mlp.activation, u), (up,), (ones(up),))
-        inner = mlp.up_proj.weight * slope
-    else:
-        gate = mlp.gate_proj(x)
-        hidden, by_up = jax.jvp(lambda u: mlp_hidden(mlp.activation, u, gate), (up,), (ones(up),))
-        _, by_gate = jax.jvp(lambda g: mlp_hidden(mlp.activation, up, g), (gate,), (ones(gate),))
-        inner = mlp.gate_proj.weight * by_gate + mlp.up_proj.weight * by_up
-    # Norm Jacobians act on the d x d product (cheaper than on the d x d_mlp factor):
-    # Q = J_pre^T (inner @ W_down) J_post^T, J_post^T on rows, J_pre^T on columns.
-    product = jnp.matmul(inner, mlp.down_proj.weight, preferred_element_type=jnp.float32).astype(h.dtype)
+    out, product = block.mlp.jacobian(x)
+    # Norm Jacobians act on the d x d product (cheaper than on a d x d_mlp factor):
+    # J_post^T on rows, J_pre^T on columns.
     if block.mlp_post_norm is not None:
-        _, push_post = jax.linearize(block.mlp_post_norm, mlp.down_proj(hidden))
+        _, push_post = jax.linearize(block.mlp_post_norm, out)
         product = jax.vmap(push_post)(product)
     return jax.vmap(lambda column: pull_norm(column)[0], in_axes=1, out_axes=1)(product)
 

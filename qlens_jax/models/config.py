@@ -22,6 +22,8 @@ class ModelConfigError(InputError):
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONALS = ("learned", "rope")
+# How a routed-experts MLP turns router logits into expert weights (`models.experts.routing_weights`).
+ROUTERS = ("softmax_topk",)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ class ModelConfig:
     embed_scale: float = 1.0  # Gemma: sqrt(d_model)
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
+    # Routed experts (Qwen3-MoE): every block's MLP is `n_experts` gated MLPs of width `d_mlp`,
+    # `experts_per_token` of them chosen per position by `router`; 0 experts: a dense MLP.
+    n_experts: int = 0
+    experts_per_token: int = 0
+    router: str | None = None
+    router_renorm: bool = False  # rescale the chosen experts' weights to sum to 1 (`norm_topk_prob`)
     # Per layer, resolved: attention scale, sliding window (0 = global), RoPE inverse
     # frequencies and the RoPE output scaling (YaRN's attention factor; 1 otherwise).
     attn_scales: tuple[float, ...] = field(default=(), repr=False)
@@ -62,6 +70,13 @@ class ModelConfig:
             raise ModelConfigError(f"ModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if self.positional not in POSITIONALS:
             raise ModelConfigError(f"ModelConfig.positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.n_experts:
+            if self.router not in ROUTERS:
+                raise ModelConfigError(f"ModelConfig.router must be one of {ROUTERS} with experts, got {self.router!r}")
+            if not 0 < self.experts_per_token <= self.n_experts:
+                raise ModelConfigError(
+                    f"ModelConfig.experts_per_token={self.experts_per_token} must be in 1..n_experts={self.n_experts}"
+                )
         if self.n_heads % self.n_kv_heads:
             raise ModelConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         for name in ("attn_scales", "sliding_windows", "rope_scales"):

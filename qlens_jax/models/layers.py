@@ -35,6 +35,16 @@ def mlp_hidden(
     return act(up) if gate is None else act(gate) * up
 
 
+def mlp_hidden_slopes(
+    activation: str, up: Float[Array, "*batch d_mlp"], gate: Float[Array, "*batch d_mlp"]
+) -> tuple[Float[Array, "*batch d_mlp"], Float[Array, "*batch d_mlp"], Float[Array, "*batch d_mlp"]]:
+    """A gated hidden layer `act(gate) * up` and its elementwise derivatives in `up` and `gate`."""
+    ones = jnp.ones_like(up)
+    hidden, by_up = jax.jvp(lambda u: mlp_hidden(activation, u, gate), (up,), (ones,))
+    _, by_gate = jax.jvp(lambda g: mlp_hidden(activation, up, g), (gate,), (ones,))
+    return hidden, by_up, by_gate
+
+
 def compute_dtype(dtype) -> jnp.dtype:
     """Where norm statistics and attention logits are computed: float32, or wider inputs' own dtype."""
     return jnp.promote_types(dtype, jnp.float32)

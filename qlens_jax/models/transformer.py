@@ -19,17 +19,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
-
-
-class Linear(eqx.Module):
-    """`x @ weight + bias` with `weight` stored `[d_in, d_out]` (`*layers` when stacked)."""
-
-    weight: Float[Array, "*layers d_in d_out"]
-    bias: Float[Array, "*layers d_out"] | None
-
-    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
+from qlens_jax.models.linear import Linear
+from qlens_jax.models.mlp import MLP, ResidualMLP, RoutedMLP
 
 
 class Norm(eqx.Module):
@@ -90,25 +81,12 @@ class Attention(eqx.Module):
         return self.o_proj(self.heads(x, allowed, rope, scale))
 
 
-class MLP(eqx.Module):
-    """`down(act(up x))`, or the gated `down(act(gate x) * up x)` when `gate_proj` is set."""
-
-    up_proj: Linear
-    down_proj: Linear
-    gate_proj: Linear | None
-    activation: str = eqx.field(static=True)
-
-    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
-        gate = None if self.gate_proj is None else self.gate_proj(x)
-        return self.down_proj(layers.mlp_hidden(self.activation, self.up_proj(x), gate))
-
-
 class Block(eqx.Module):
     attn_norm: Norm
     attn: Attention
     attn_post_norm: Norm | None
     mlp_norm: Norm
-    mlp: MLP
+    mlp: ResidualMLP
     mlp_post_norm: Norm | None
 
 
@@ -272,6 +250,23 @@ def layer_meta(config: ModelConfig, dtype=jnp.float32) -> LayerMeta:
     )
 
 
+def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
+    """Random routed experts (normal, std 0.02; the router std 1, so that routing gaps are not
+    tiny), stacked over layers; `keys` an iterator of PRNG keys."""
+    c = config
+    normal = lambda std, *dims: std * jax.random.normal(next(keys), (c.n_layers, *dims), dtype)
+    return RoutedMLP(
+        router=normal(1.0, c.d_model, c.n_experts),
+        gate_proj=normal(0.02, c.n_experts, c.d_model, c.d_mlp),
+        up_proj=normal(0.02, c.n_experts, c.d_model, c.d_mlp),
+        down_proj=normal(0.02, c.n_experts, c.d_mlp, c.d_model),
+        activation=c.activation,
+        experts_per_token=c.experts_per_token,
+        router_kind=c.router,
+        renormalize=c.router_renorm,
+    )
+
+
 def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) -> Transformer:
     """Random weights (normal, std 0.02; norms at identity). Also gives converters their skeleton."""
     c = config
@@ -301,7 +296,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         head_dim=c.head_dim,
         softcap=c.attn_logit_softcap,
     )
-    mlp = MLP(
+    mlp = routed_mlp(c, keys, dtype) if c.n_experts else MLP(
         up_proj=dense(c.d_model, c.d_mlp, c.mlp_bias),
         down_proj=dense(c.d_mlp, c.d_model, c.mlp_bias),
         gate_proj=dense(c.d_model, c.d_mlp, c.mlp_bias) if c.gated_mlp else None,

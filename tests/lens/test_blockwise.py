@@ -15,9 +15,10 @@ from qlens_jax.lens import LensRequestError, blockwise, transport_operators
 from qlens_jax.lens.points import n_key_points, n_points, point_at, row
 from qlens_jax.models import init_transformer, mlp_residual
 
-# A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, and Gemma-3's
-# post-norms with (1 + w) RMSNorm: every shape of MLP Jacobian the block-major sweep forms.
-ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding"]
+# A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, Gemma-3's
+# post-norms with (1 + w) RMSNorm and Qwen3-MoE's routed experts: every shape of MLP Jacobian
+# the block-major sweep forms.
+ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "qwen3moe-top2-renorm"]
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -135,6 +136,17 @@ def test_sweep_order_choice():
     # Keeping 12 blocks' Jacobians for the value sweep (7 GiB at 256 tokens) needs a larger budget.
     assert blockwise.sequences_that_fit(model, 256, 768, 8.0, kept_blocks=12) == 0
     assert blockwise.sequences_that_fit(model, 256, 768, 16.0, kept_blocks=12) >= 1
+
+
+def test_sweep_order_choice_with_routed_experts():
+    """Qwen3-30B-A3B: a basis vector through the forward pass meets all 128 experts, the
+    Jacobian only the 8 chosen ones, so the block-major order pays even with the basis split
+    over 16 devices."""
+    config = model_config_from_hf(transformers.Qwen3MoeConfig(num_hidden_layers=4, norm_topk_prob=True).to_dict())
+    assert (config.n_experts, config.experts_per_token, config.d_mlp) == (128, 8, 768)
+    assert blockwise.worth_it(config, config.d_model // 16)
+    dense = model_config_from_hf(transformers.Qwen3MoeConfig(num_hidden_layers=4, mlp_only_layers=[0, 1, 2, 3]).to_dict())
+    assert not blockwise.worth_it(dense, dense.d_model // 16)
 
 
 def test_bad_sweep_options_name_the_option():

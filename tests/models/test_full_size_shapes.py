@@ -25,6 +25,14 @@ FULL_SIZE = {
         dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
              num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
     ),
+    # Qwen3-30B-A3B (Qwen-Scope's MoE model): 48 layers of 128 routed experts, 8 per token.
+    "qwen3-30b-a3b": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+             num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+             num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=40960,
+             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+    ),
     "gemma-3-1b": (
         "Gemma3TextConfig", "Gemma3ForCausalLM",
         dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,

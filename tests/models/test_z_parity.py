@@ -12,7 +12,7 @@ import converters
 from tiny_models import build_hf_model, padded_batch, save_hf_model
 
 TOL = 1e-4
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding"]
+ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied"]
 
 
 def hf_layers(hf):

@@ -1,0 +1,166 @@
+"""MLP modules and the interface the lens sweeps linearize them through.
+
+The block-major sweeps (`qlens_jax.lens.blockwise`) apply an MLP as its `d_model x d_model`
+Jacobian at each position. Every MLP module is a `ResidualMLP`: a function of the normalized
+input at one position (`__call__`), its Jacobian there (`jacobian`: by default forward-mode
+autodiff of `__call__`, one JVP per input direction; a module overrides it where an explicit
+product is cheaper) and the cost of both per position (`cost`), from which the sweeps decide
+whether forming Jacobians pays (`blockwise.worth_it`) and how much memory forming takes. A
+mixture-of-experts MLP (`RoutedMLP`) writes `__call__`, `cost` and, because gathering the
+chosen experts is cheaper than autodiff through all of them, `jacobian`; the sweeps do not
+change.
+
+Row convention throughout: a tangent row `t` maps to `t @ M`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from qlens_jax.models import experts, layers
+from qlens_jax.models.config import ModelConfig
+from qlens_jax.models.linear import Linear
+
+
+class MLPCost(NamedTuple):
+    """Per-position costs of an MLP module, in multiply-adds and floats."""
+
+    form: int  # forming its d x d Jacobian at one position
+    per_vector: int  # pushing one tangent through its linearization at one position
+    forming_floats: int  # floats alive while forming one position's Jacobian
+
+
+def autodiff_jacobian(
+    fn, x: Float[Array, " d"]
+) -> tuple[Float[Array, " d_out"], Float[Array, "d d_out"]]:
+    """`fn(x)` and its Jacobian at `x` in row convention (row `i` is the JVP of the `i`-th
+    basis vector): the default of every `ResidualMLP`."""
+    out, push = jax.linearize(fn, x)
+    return out, jax.vmap(push)(jnp.eye(x.shape[-1], dtype=x.dtype))
+
+
+def autodiff_cost(d_model: int, per_vector: int, floats: int) -> MLPCost:
+    """The cost of `autodiff_jacobian` for a module costing `per_vector` per tangent and
+    holding `floats` while linearized: one JVP per input direction."""
+    return MLPCost(form=d_model * per_vector, per_vector=per_vector, forming_floats=floats + d_model**2)
+
+
+class ResidualMLP(eqx.Module):
+    """An MLP module at one position, as the sweeps linearize it. Subclasses define
+    `__call__` (`[*batch, d_model] -> [*batch, d_model]`) and `cost`; `jacobian` defaults to
+    forward-mode autodiff."""
+
+    def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """The module's output at `x` and its Jacobian there, row convention."""
+        return autodiff_jacobian(self, x)
+
+    @staticmethod
+    def cost(config: ModelConfig) -> MLPCost:
+        raise NotImplementedError
+
+
+class MLP(ResidualMLP):
+    """`down(act(up x))`, or the gated `down(act(gate x) * up x)` when `gate_proj` is set."""
+
+    up_proj: Linear
+    down_proj: Linear
+    gate_proj: Linear | None
+    activation: str = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        gate = None if self.gate_proj is None else self.gate_proj(x)
+        return self.down_proj(layers.mlp_hidden(self.activation, self.up_proj(x), gate))
+
+    def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """Explicitly `[W_up diag(s)] W_down` (`s` the hidden layer's slope; gated MLPs fold
+        their two branches into one `W_up`-sized factor): `d x d_mlp x d` multiply-adds,
+        against `d` JVPs of `(2 or 3) d d_mlp` each by autodiff."""
+        ones = lambda z: jnp.ones_like(z)
+        up = self.up_proj(x)
+        # The hidden layer is elementwise in (up, gate): its Jacobian is a diagonal per branch.
+        if self.gate_proj is None:
+            hidden, slope = jax.jvp(lambda u: layers.mlp_hidden(self.activation, u), (up,), (ones(up),))
+            inner = self.up_proj.weight * slope
+        else:
+            gate = self.gate_proj(x)
+            hidden, by_up = jax.jvp(lambda u: layers.mlp_hidden(self.activation, u, gate), (up,), (ones(up),))
+            _, by_gate = jax.jvp(lambda g: layers.mlp_hidden(self.activation, up, g), (gate,), (ones(gate),))
+            inner = self.gate_proj.weight * by_gate + self.up_proj.weight * by_up
+        product = jnp.matmul(inner, self.down_proj.weight, preferred_element_type=jnp.float32).astype(x.dtype)
+        return self.down_proj(hidden), product
+
+    @staticmethod
+    def cost(config: ModelConfig) -> MLPCost:
+        d, ff = config.d_model, config.d_mlp
+        return MLPCost(form=d * ff * d, per_vector=(3 if config.gated_mlp else 2) * d * ff, forming_floats=3 * d * ff)
+
+
+class RoutedMLP(ResidualMLP):
+    """Routed experts (Qwen3-MoE): a router and `experts` gated MLPs (`down(act(gate x) * up x)`),
+    weights stacked by expert (`[*layers, experts, d_in, d_out]`); the output is the routed sum.
+
+    `__call__` runs every expert, weighted by a routing weight that is exactly 0 for the experts
+    not chosen (`experts.routing_weights`): the model's function, whose autodiff holds the top-k
+    choice and differentiates the router weights (DESIGN.md section 1c); `experts / k` times the
+    chosen experts' arithmetic. `jacobian` gathers the `k` chosen experts instead."""
+
+    router: Float[Array, "*layers d_model experts"]
+    gate_proj: Float[Array, "*layers experts d_model d_mlp"]
+    up_proj: Float[Array, "*layers experts d_model d_mlp"]
+    down_proj: Float[Array, "*layers experts d_mlp d_model"]
+    activation: str = eqx.field(static=True)
+    experts_per_token: int = eqx.field(static=True)
+    router_kind: str = eqx.field(static=True)
+    renormalize: bool = eqx.field(static=True)
+
+    def weights(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch experts"]:
+        """The routing weights at `x` (0 for the experts not chosen)."""
+        return experts.routing_weights(x @ self.router, self.experts_per_token, self.router_kind, self.renormalize)
+
+    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        gate = jnp.einsum("...d,edf->...ef", x, self.gate_proj)
+        up = jnp.einsum("...d,edf->...ef", x, self.up_proj)
+        hidden = layers.mlp_hidden(self.activation, up, gate) * self.weights(x)[..., None]
+        return jnp.einsum("...ef,efd->...d", hidden, self.down_proj)
+
+    def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """Output and Jacobian at one position from the chosen experts only:
+        `sum_j w_j A_j W_down_j + G Y`, with `A_j = W_gate_j diag(act'(g_j) u_j) + W_up_j
+        diag(act(g_j))` expert `j`'s hidden-layer Jacobian, `G [d, k]` the chosen weights'
+        gradients and `Y [k, d]` the chosen experts' outputs."""
+        chosen = jax.lax.top_k(jax.lax.stop_gradient(self.weights(x)), self.experts_per_token)[1]
+        chosen_weights = lambda h: self.weights(h)[chosen]
+        weights = chosen_weights(x)
+        gate_w, up_w, down_w = self.gate_proj[chosen], self.up_proj[chosen], self.down_proj[chosen]
+        gate, up = jnp.einsum("d,kdf->kf", x, gate_w), jnp.einsum("d,kdf->kf", x, up_w)
+        hidden, by_up, by_gate = layers.mlp_hidden_slopes(self.activation, up, gate)
+        inner = gate_w * by_gate[:, None, :] + up_w * by_up[:, None, :]
+        through_experts = jnp.einsum("kaf,kfb->ab", inner, down_w * weights[:, None, None])
+        outputs = jnp.einsum("kf,kfd->kd", hidden, down_w)
+        through_router = jax.jacfwd(chosen_weights)(x).T @ outputs
+        return weights @ outputs, through_experts + through_router
+
+    @staticmethod
+    def cost(config: ModelConfig) -> MLPCost:
+        """Forming: the chosen experts as one gated MLP `k d_mlp` wide (`d k d_mlp d`) plus the
+        router's gradient (`d x experts` JVPs); a tangent pushed through `__call__` meets every
+        expert and the router (`3 d experts d_mlp + d experts`)."""
+        d, ff, e, k = config.d_model, config.d_mlp, config.n_experts, config.experts_per_token
+        return MLPCost(
+            form=d * k * ff * d + d * d * e, per_vector=3 * d * e * ff + d * e, forming_floats=3 * d * k * ff + d * e
+        )
+
+
+def mlp_class(config: ModelConfig) -> type[ResidualMLP]:
+    """The MLP module of `config`'s blocks."""
+    return RoutedMLP if config.n_experts else MLP
+
+
+def mlp_cost(config: ModelConfig) -> MLPCost:
+    """Per-position costs of `config`'s MLP (`ResidualMLP.cost`)."""
+    return mlp_class(config).cost(config)
