@@ -67,7 +67,7 @@ def _validate(model, dictionaries, lenses, k, translators):
             raise LensRequestError(f"the tuned lens fits {translators.n_layers} layers of width {translators.d_model}; "
                                    f"the model has {c.n_layers} of width {c.d_model}")
         for d in items:
-            point = write_point(d, c.n_layers)
+            point = write_point(d, c.n_layers, c.parallel_residual)
             if not translators.has(point):
                 raise LensRequestError(f"dictionary {d.name!r} (layer {d.layer}) writes at {point_name(point, c.n_layers)}, where the "
                                        f"tuned lens has no translator. {TUNED_LENS_HINT}")
@@ -140,7 +140,7 @@ def baseline_signatures(
                 result = read_topk(score_fn, diffs[j * len(ids):(j + 1) * len(ids)], k, readout_chunk, layout)
                 tables[(lens, index)] = SignatureTable(lens=lens, dictionary=dictionary.name, layer=dictionary.layer, feature_ids=ids, **result)
         for lens in (lens for lens in lenses if lens in TUNED_LENSES):
-            point = write_point(dictionary, model.config.n_layers)
+            point = write_point(dictionary, model.config.n_layers, model.config.parallel_residual)
             values = jnp.asarray(dictionary.value_vectors())[jnp.asarray(ids)].astype(jnp.float32)
             vectors = translators.translate(values, point, bias=lens == "tuned_lens")
             context = ReadoutContext(model=model, key_matrix=model.W_E, remove_final_norm_bias=remove_final_norm_bias, k=k, feature_chunk=readout_chunk)

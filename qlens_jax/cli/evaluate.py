@@ -256,7 +256,7 @@ def run_evaluate(args) -> int:
         if args.tuned_lens:
             translators = load_tuned_lens(args.tuned_lens, model)
         elif args.train_tuned_lens:
-            points = sorted({write_point(d, model.config.n_layers) for d in dictionaries} - {final_row(model.config.n_layers)})
+            points = sorted({write_point(d, model.config.n_layers, model.config.parallel_residual) for d in dictionaries} - {final_row(model.config.n_layers)})
             use = library_points(model.config.n_layers) if set(points) <= set(library_points(model.config.n_layers)) else all_points(model.config.n_layers)
             split = max(1, int(0.9 * len(windows)))
             translators, training = train_tuned_lens(model, windows[:split], points=use, options=TunedLensTraining(steps=args.tuned_lens_steps, seed=args.seed),
