@@ -71,6 +71,7 @@ def rope_parameters(raw: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - ROPE_KEYS)
     if unknown:
         raise UnsupportedOptionError(f"gpt_neox config rope_parameters option(s) not supported: {', '.join(unknown)}")
+    params["rope_theta"] = float(params["rope_theta"])  # Pythia configs write an int
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         raise UnsupportedOptionError(

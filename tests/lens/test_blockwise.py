@@ -17,7 +17,7 @@ from qlens_jax.models import init_transformer, mlp_residual
 
 # A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, and Gemma-3's
 # post-norms with (1 + w) RMSNorm: every shape of MLP Jacobian the block-major sweep forms.
-ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding"]
+ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "neox-parallel"]
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)

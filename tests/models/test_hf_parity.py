@@ -41,9 +41,14 @@ def test_residual_stream_matches_hidden_states(converted):
         np.testing.assert_allclose(np.asarray(res.resid_pre[b])[mask], hidden[b][mask], atol=TOL, rtol=0)
     final = np.asarray(model.final_norm_fn(res.resid_post[-1]))
     np.testing.assert_allclose(final[mask], hidden[n_layers][mask], atol=TOL, rtol=0)
-    # The decomposition is consistent: pre + attn = mid, mid + mlp = post = next pre.
-    np.testing.assert_allclose(res.resid_mid, res.resid_pre + res.attn_out, atol=1e-6)
-    np.testing.assert_allclose(res.resid_post, res.resid_mid + res.mlp_out, atol=1e-6)
+    # The decomposition is consistent: pre + attn = mid, mid + mlp = post = next pre; in a
+    # parallel block the MLP reads resid_pre (its resid_mid) and both outputs join at post.
+    if model.config.parallel_residual:
+        np.testing.assert_array_equal(res.resid_mid, res.resid_pre)
+        np.testing.assert_allclose(res.resid_post, res.resid_pre + res.attn_out + res.mlp_out, atol=1e-6)
+    else:
+        np.testing.assert_allclose(res.resid_mid, res.resid_pre + res.attn_out, atol=1e-6)
+        np.testing.assert_allclose(res.resid_post, res.resid_mid + res.mlp_out, atol=1e-6)
     np.testing.assert_allclose(res.resid_post[:-1], res.resid_pre[1:], atol=0)
 
 
