@@ -1,4 +1,4 @@
-"""GPT-NeoX (Pythia): `config.json` -> `ModelConfig`, and where its checkpoints keep the weights.
+"""GPT-NeoX (`GPTNeoXForCausalLM`, Pythia): `config.json` -> `ModelConfig`, and its weight plan.
 
 Parallel attention and MLP (`use_parallel_residual`, sequential when false), partial rotary
 (`rotary_pct` / `rope_parameters.partial_rotary_factor`: RoPE on the leading dimensions of each
@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from converters.errors import ConversionError, UnsupportedOptionError
+from converters.families.decoder import activation
+from converters.families.spec import FamilySpec, register
+from converters.families.weights import LM_HEAD, Source, transpose
 from converters.rope import rope_frequencies
 from qlens_jax.models import ModelConfig
-from qlens_jax.models.layers import ACTIVATIONS
 
 MODEL_TYPE = "gpt_neox"
 
@@ -30,36 +32,19 @@ READ_KEYS = frozenset(
     attention_bias max_position_embeddings tie_word_embeddings""".split()
 )
 
-# Keys of GPT-NeoX configs that do not change a float forward pass in eval mode: dropout
-# (every spelling its configs have used), bookkeeping, generation and token ids.
-INERT_KEYS = frozenset(
-    """hidden_dropout attention_dropout classifier_dropout hidden_dropout_prob
-    attention_probs_dropout_prob is_decoder use_cache _name_or_path architectures dtype torch_dtype
-    transformers_version bos_token_id eos_token_id pad_token_id initializer_range model_type
-    id2label label2id problem_type return_dict output_attentions output_hidden_states
-    tokenizer_class use_return_dict torchscript prefix finetuning_task task_specific_params
-    keys_to_ignore_at_inference _attn_implementation_autoset attn_implementation use_bfloat16
-    tf_legacy_loss pruned_heads output_scores return_dict_in_generate chunk_size_feed_forward
-    is_encoder_decoder decoder_start_token_id sep_token_id add_cross_attention cross_attention_hidden_size
-    generation_config auto_map""".split()
+# GPT-NeoX's own keys that do not change a float forward pass in eval mode (dropout in every
+# spelling its configs have used; `is_decoder`), and options of other families that
+# transformers' GPT-NeoX never reads. (`head_dim` is not inert: its rotary embedding reads it.)
+INERT = frozenset(
+    """hidden_dropout classifier_dropout hidden_dropout_prob attention_probs_dropout_prob is_decoder
+    num_key_value_heads max_window_layers _sliding_window_pattern sliding_window_pattern rope_local_base_freq
+    final_logit_softcapping attn_logit_softcapping query_pre_attn_scalar sliding_window use_sliding_window
+    layer_types""".split()
 )
-
-# Inert keys that are only inert at these values (anything else changes the model).
-REQUIRED_VALUES: dict[str, tuple] = {"add_cross_attention": (False,)}
 
 # rope_parameters entries transformers' GPT-NeoX reads for the rope types converted here.
 ROPE_KEYS = frozenset("rope_type type rope_theta partial_rotary_factor factor".split())
 ROPE_TYPES = ("default", "linear")
-
-
-def check_keys(raw: dict[str, Any], label: str = "gpt_neox config") -> None:
-    """Refuse any key that is neither read nor inert, and inert keys at values that are not."""
-    unknown = sorted(k for k in raw if k not in READ_KEYS | INERT_KEYS)
-    if unknown:
-        raise UnsupportedOptionError(f"{label} option(s) not supported by the converter: {', '.join(unknown)}")
-    for key, allowed in REQUIRED_VALUES.items():
-        if key in raw and raw[key] not in allowed:
-            raise UnsupportedOptionError(f"{label} option {key}={raw[key]!r} is not supported (supported: {allowed})")
 
 
 def rope_parameters(raw: dict[str, Any]) -> dict[str, Any]:
@@ -91,17 +76,12 @@ def rotary_dim(head_dim: int, factor: float) -> int:
     return dim
 
 
-def model_config(raw: dict[str, Any]) -> ModelConfig:
-    """`ModelConfig` of a GPT-NeoX config dict, after `check_keys`."""
+def build(raw: dict[str, Any]) -> ModelConfig:
+    """`ModelConfig` of a checked GPT-NeoX config dict."""
     d, n_layers, n_heads = raw["hidden_size"], raw["num_hidden_layers"], raw["num_attention_heads"]
     if d % n_heads:
         raise ConversionError(f"gpt_neox config hidden_size={d} is not a multiple of num_attention_heads={n_heads}")
     head_dim = d // n_heads
-    activation = raw.get("hidden_act", "gelu")
-    if activation not in ACTIVATIONS:
-        raise UnsupportedOptionError(
-            f"gpt_neox config hidden_act={activation!r} is not supported (supported: {', '.join(sorted(ACTIVATIONS))})"
-        )
     max_positions = raw.get("max_position_embeddings", 2048)
     params = rope_parameters(raw)
     rotated = rotary_dim(head_dim, params.pop("partial_rotary_factor"))
@@ -118,7 +98,7 @@ def model_config(raw: dict[str, Any]) -> ModelConfig:
         d_mlp=raw["intermediate_size"],
         norm="layernorm",
         norm_eps=raw.get("layer_norm_eps", 1e-5),
-        activation=activation,
+        activation=activation(raw.get("hidden_act", "gelu")),
         gated_mlp=False,
         positional="rope",
         max_positions=max_positions,
@@ -147,32 +127,45 @@ def fused_qkv(part: int, n_heads: int, head_dim: int, weight: bool) -> Callable[
     return take
 
 
-# Checkpoint keys (below the base prefix `gpt_neox.`) of each model leaf; `{i}` is the layer.
-# `query_key_value` fills three leaves (`fused_qkv`); Linear weights are stored `[out, in]`.
-LAYER = "layers.{i}."
-LEAVES = {
-    "embed_tokens": ("embed_in.weight", None),
-    "final_norm.weight": ("final_layer_norm.weight", None),
-    "final_norm.bias": ("final_layer_norm.bias", None),
-    "blocks.attn_norm.weight": (LAYER + "input_layernorm.weight", None),
-    "blocks.attn_norm.bias": (LAYER + "input_layernorm.bias", None),
-    "blocks.mlp_norm.weight": (LAYER + "post_attention_layernorm.weight", None),
-    "blocks.mlp_norm.bias": (LAYER + "post_attention_layernorm.bias", None),
-    "blocks.attn.o_proj.weight": (LAYER + "attention.dense.weight", "transpose"),
-    "blocks.attn.o_proj.bias": (LAYER + "attention.dense.bias", None),
-    "blocks.mlp.up_proj.weight": (LAYER + "mlp.dense_h_to_4h.weight", "transpose"),
-    "blocks.mlp.up_proj.bias": (LAYER + "mlp.dense_h_to_4h.bias", None),
-    "blocks.mlp.down_proj.weight": (LAYER + "mlp.dense_4h_to_h.weight", "transpose"),
-    "blocks.mlp.down_proj.bias": (LAYER + "mlp.dense_4h_to_h.bias", None),
-}
-# The probe that finds the base prefix, and the unembedding's keys: original checkpoints (and
-# what transformers writes) say `embed_out.weight`, transformers' in-memory model `lm_head.weight`.
-EMBEDDING_KEY = "embed_in.weight"
-UNEMBEDDING_KEYS = ("embed_out.weight", "lm_head.weight")
-# Buffers GPT-NeoX checkpoints carry that are not parameters (the causal mask and its fill value).
-IGNORED_KEY_PATTERN = r"attention\.bias|attention\.masked_bias"
+def weights(c: ModelConfig) -> dict[str, Source]:
+    """Checkpoint keys (below the base prefix `gpt_neox.`) of each model leaf; `{i}` is the
+    layer. `query_key_value` fills three leaves (`fused_qkv`); Linear weights are `[out, in]`."""
+    layer = "layers.{i}."
+    plan = {
+        "embed_tokens": Source("embed_in.weight"),
+        "final_norm.weight": Source("final_layer_norm.weight"),
+        "final_norm.bias": Source("final_layer_norm.bias"),
+        "blocks.attn_norm.weight": Source(layer + "input_layernorm.weight"),
+        "blocks.attn_norm.bias": Source(layer + "input_layernorm.bias"),
+        "blocks.mlp_norm.weight": Source(layer + "post_attention_layernorm.weight"),
+        "blocks.mlp_norm.bias": Source(layer + "post_attention_layernorm.bias"),
+        "blocks.attn.o_proj.weight": Source(layer + "attention.dense.weight", transpose),
+        "blocks.attn.o_proj.bias": Source(layer + "attention.dense.bias"),
+        "blocks.mlp.up_proj.weight": Source(layer + "mlp.dense_h_to_4h.weight", transpose),
+        "blocks.mlp.up_proj.bias": Source(layer + "mlp.dense_h_to_4h.bias"),
+        "blocks.mlp.down_proj.weight": Source(layer + "mlp.dense_4h_to_h.weight", transpose),
+        "blocks.mlp.down_proj.bias": Source(layer + "mlp.dense_4h_to_h.bias"),
+    }
+    for part, name in enumerate("qkv"):
+        fused = layer + "attention.query_key_value."
+        plan[f"blocks.attn.{name}_proj.weight"] = Source(fused + "weight", fused_qkv(part, c.n_heads, c.head_dim, True))
+        plan[f"blocks.attn.{name}_proj.bias"] = Source(fused + "bias", fused_qkv(part, c.n_heads, c.head_dim, False))
+    if not c.tie_word_embeddings:
+        plan["lm_head"] = Source(LM_HEAD)
+    return plan
 
 
-def unembedding_key(keys) -> str:
-    """The key of the untied unembedding among checkpoint `keys` (the first known one present)."""
-    return next((k for k in UNEMBEDDING_KEYS if k in keys), UNEMBEDDING_KEYS[0])
+SPEC = register(FamilySpec(
+    model_type=MODEL_TYPE,
+    reads=READ_KEYS,
+    inert=INERT,
+    build=build,
+    weights=weights,
+    embed_key="embed_in.weight",
+    # Original checkpoints (and what transformers writes) keep the unembedding as
+    # `embed_out.weight`; transformers' in-memory model calls it `lm_head.weight`.
+    lm_head_keys=("embed_out.weight", LM_HEAD),
+    # The causal mask and its fill value, buffers in GPT-NeoX checkpoints.
+    buffer_keys=("attention.bias", "attention.masked_bias"),
+    torch_style="neox",
+))
