@@ -74,3 +74,15 @@ def test_bad_options(gpt2, kwargs, message):
     _, model, dictionaries, tokens, mask = gpt2
     with pytest.raises(LensRequestError, match=message):
         qlens_jax.query_lens(model, dictionaries, tokens, mask, **kwargs)
+
+
+def test_resid_mid_of_a_parallel_block():
+    """GPT-NeoX's parallel blocks have no resid_mid: refused by name with the sites they have."""
+    import converters
+    from tiny_models import build_hf_model
+
+    model = converters.load_model(build_hf_model("neox-parallel"))
+    tokens = np.arange(3, 11, dtype=np.int32).reshape(2, 4)
+    mid = random_dictionary(model.config.d_model, 1, "resid_mid", "resid_mid", "sae", 9)
+    with pytest.raises(DictionaryError, match="resid_mid.*parallel.*resid_pre, resid_post, attn_out, z, mlp_out"):
+        qlens_jax.query_lens(model, [mid], tokens)
