@@ -8,9 +8,17 @@ authors' implementation.
 
 Supported models: ``GPT2LMHeadModel``, Llama-style causal LMs (``LlamaForCausalLM``,
 ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``Qwen3MoeForCausalLM`` (routed experts), ... anything whose decoder layers have
-``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``) and Gemma-3 text
+``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``), Gemma-3 text
 models (``Gemma3ForCausalLM``; decoder layers with ``pre_feedforward_layernorm`` and
-``post_feedforward_layernorm``). Use eager attention (``prepare_model`` / ``load_model``).
+``post_feedforward_layernorm``) and GPT-NeoX (``GPTNeoXForCausalLM``, Pythia; decoder layers
+with ``attention`` / ``mlp``, parallel or sequential). Use eager attention (``prepare_model`` /
+``load_model``).
+
+Parallel blocks (GPT-NeoX with ``use_parallel_residual``): attention and MLP both read
+``resid_pre[b]`` and both outputs are added at ``resid_post[b]``; there is no ``resid_mid[b]``
+(an SAE there is refused). The MLP's branch input (the input of ``post_attention_layernorm``) is
+``resid_pre[b]``: a transcoder reads it and its key side does not pass attention ``b``; a value
+vector at ``attn_out[b]`` / ``z[b]`` enters at ``resid_post[b]`` and does not pass MLP ``b``.
 
 Mechanism
 ---------
@@ -179,10 +187,11 @@ class _Arch:
     base: nn.Module  # the HF base model (GPT2Model, LlamaModel, Gemma3TextModel, ...)
     layers_attr: str  # name of the decoder-layer ModuleList on ``base``
     layers: nn.ModuleList
-    style: str  # "gpt2" | "llama" | "gemma"
+    style: str  # "gpt2" | "llama" | "gemma" | "neox"
     final_norm: nn.Module
     lm_head: nn.Module
     embed: nn.Module
+    parallel: bool = False  # attention and MLP both read resid_pre (GPT-NeoX use_parallel_residual)
 
     @property
     def n_layers(self) -> int:
@@ -195,6 +204,8 @@ class _Arch:
     def o_proj(self, b):
         """The attention output projection; its input is ``z`` (heads concatenated)."""
         layer = self.layers[b]
+        if self.style == "neox":
+            return layer.attention.dense
         return layer.attn.c_proj if self.style == "gpt2" else layer.self_attn.o_proj
 
     def z_width(self, b) -> int:
@@ -221,6 +232,8 @@ class _Arch:
             return layer.attn
         if self.style == "gemma":
             return layer.post_attention_layernorm
+        if self.style == "neox":
+            return layer.attention
         return layer.self_attn
 
     def mlp_pre(self, b):
@@ -244,6 +257,8 @@ def _arch(model: nn.Module) -> _Arch:
     base = model.base_model
     if hasattr(base, "h") and hasattr(base, "ln_f"):
         layers_attr, final_norm, embed = "h", base.ln_f, base.wte
+    elif hasattr(base, "layers") and hasattr(base, "final_layer_norm"):  # GPT-NeoX
+        layers_attr, final_norm, embed = "layers", base.final_layer_norm, base.embed_in
     elif hasattr(base, "layers") and hasattr(base, "norm"):
         layers_attr, final_norm, embed = "layers", base.norm, base.embed_tokens
     else:
@@ -252,6 +267,8 @@ def _arch(model: nn.Module) -> _Arch:
     layer0 = layers[0]
     if hasattr(layer0, "ln_1"):
         style = "gpt2"
+    elif hasattr(layer0, "attention") and hasattr(layer0, "use_parallel_residual"):
+        style = "neox"
     elif hasattr(layer0, "pre_feedforward_layernorm") and hasattr(layer0, "post_feedforward_layernorm"):
         style = "gemma"
     elif hasattr(layer0, "input_layernorm") and hasattr(layer0, "post_attention_layernorm"):
@@ -261,7 +278,8 @@ def _arch(model: nn.Module) -> _Arch:
     lm_head = model.get_output_embeddings()
     if lm_head is None:
         raise ValueError("model has no output embeddings (need a *ForCausalLM / *LMHeadModel)")
-    return _Arch(base, layers_attr, layers, style, final_norm, lm_head, embed)
+    parallel = style == "neox" and bool(layer0.use_parallel_residual)
+    return _Arch(base, layers_attr, layers, style, final_norm, lm_head, embed, parallel)
 
 
 def _param_dtype(model) -> torch.dtype:
@@ -520,7 +538,13 @@ def _reduce(model, tokens, mask, fn, per_position, batch_size):
     return _np(total / int(mask.sum()))
 
 
-def _write_point(site, layer, kind, n_layers):
+def _no_resid_mid(site, kind, parallel):
+    if parallel and kind == "sae" and site == "resid_mid":
+        raise ValueError("a parallel block has no resid_mid (attention and MLP both read resid_pre)")
+
+
+def _write_point(site, layer, kind, n_layers, parallel=False):
+    _no_resid_mid(site, kind, parallel)
     layer = int(layer)
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} out of range [0, {n_layers})")
@@ -535,7 +559,8 @@ def _write_point(site, layer, kind, n_layers):
     return (site, layer)
 
 
-def _read_point(site, layer, kind, n_layers, exact_norm=False):
+def _read_point(site, layer, kind, n_layers, exact_norm=False, parallel=False):
+    _no_resid_mid(site, kind, parallel)
     layer = int(layer)
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} out of range [0, {n_layers})")
@@ -558,19 +583,24 @@ def _point_index(point) -> int:
     return {"resid_pre": 2 * b, "resid_mid": 2 * b + 1, "resid_post": 2 * b + 2, "mlp_in": 2 * b + 1}[kind]
 
 
-def _first_module_after(point) -> int:
+def _first_module_after(point, parallel=False) -> int:
     """Index of the first module downstream of the residual point that ``point`` writes into
-    (module outputs: ``attn_out`` / ``z`` -> resid_mid, ``mlp_out`` -> resid_post)."""
+    (module outputs: ``attn_out`` / ``z`` -> resid_mid, or resid_post in a parallel block;
+    ``mlp_out`` -> resid_post)."""
     kind, b = point
     if kind in MODULE_OUTPUT_SITES:
-        return 2 * b + 2 if kind == "mlp_out" else 2 * b + 1
+        return 2 * b + 2 if kind == "mlp_out" or parallel else 2 * b + 1
     return _point_index(point)
 
 
-def _modules_before(point) -> int:
+def _modules_before(point, parallel=False) -> int:
     """Number of modules upstream of ``point``, not counting the module that produces a
-    module-output site (that hop is the first-order key's ``identity`` term)."""
+    module-output site (that hop is the first-order key's ``identity`` term). In a parallel
+    block the MLP's input (``resid_mid``, ``mlp_in``, what ``mlp_out`` is computed from) is
+    ``resid_pre``: attention ``b`` is not upstream of it."""
     kind, b = point
+    if parallel and kind in ("resid_mid", "mlp_in", "mlp_out"):
+        return 2 * b
     if kind in MODULE_OUTPUT_SITES:
         return 2 * b + 1 if kind == "mlp_out" else 2 * b
     return _point_index(point)
@@ -602,12 +632,13 @@ def module_names(model, site, layer, kind="sae", side="value") -> list[str]:
     in forward order. Module-output sites: the hop between the site and the residual (``z``'s
     output projection on the value side, the producing module on the key side) is the first
     term (``direct`` / ``identity``) of the first-order lenses, not one of these names."""
-    n = _arch(model).n_layers
+    arch = _arch(model)
+    n, parallel = arch.n_layers, arch.parallel
     if side == "value":
-        i = _first_module_after(_write_point(site, layer, kind, n))
+        i = _first_module_after(_write_point(site, layer, kind, n, parallel), parallel)
         js = range(i, 2 * n)
     elif side == "key":
-        i = _modules_before(_read_point(site, layer, kind, n))
+        i = _modules_before(_read_point(site, layer, kind, n, parallel=parallel), parallel)
         js = range(0, i)
     else:
         raise ValueError("side must be 'value' or 'key'")
@@ -628,9 +659,9 @@ def value_transport(model, tokens, mask, v, site, layer, per_position=False, *, 
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     L = arch.n_layers
-    w = _write_point(site, layer, kind, L)
+    w = _write_point(site, layer, kind, L, arch.parallel)
     _check_width(arch, w, v, "value vector")
-    if w[0] != "z" and _first_module_after(w) == 2 * L:  # writes the final residual: nothing downstream
+    if w[0] != "z" and _first_module_after(w, arch.parallel) == 2 * L:  # writes the final residual: nothing downstream
         fn = lambda tk, mk: _unchanged(model, tk, mk, v)  # noqa: E731
     else:
         fn = lambda tk, mk: _jvp(model, tk, mk, w, ("resid_post", L - 1), v)  # noqa: E731
@@ -648,7 +679,7 @@ def key_transport(
     MLP's normalized input instead of resid_mid."""
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
-    r = _read_point(site, layer, kind, arch.n_layers, exact_norm)
+    r = _read_point(site, layer, kind, arch.n_layers, exact_norm, arch.parallel)
     _check_width(arch, r, k, "key vector")
     if r == ("resid_pre", 0):  # nothing upstream
         fn = lambda tk, mk: _unchanged(model, tk, mk, k)  # noqa: E731
@@ -687,7 +718,7 @@ def first_order_value_terms(
     arch = _arch(model)
     L = arch.n_layers
     acc = _acc_dtype(model)
-    w = _write_point(site, layer, kind, L)
+    w = _write_point(site, layer, kind, L, arch.parallel)
     _check_width(arch, w, v, "value vector")
     n_valid = int(mask.sum())
     if w[0] == "z":
@@ -698,7 +729,7 @@ def first_order_value_terms(
         vt = _as_tensor(v, dtype=acc, device=_device(model)).reshape(-1)
         direct = _np(vt.expand(n_valid, -1) if per_position else vt)
     terms = {"direct": direct}
-    for j in range(_first_module_after(w), 2 * L):
+    for j in range(_first_module_after(w, arch.parallel), 2 * L):
         fn = lambda tk, mk, j=j: _module_jvp(model, tk, mk, j, v)  # noqa: E731
         terms["{}.{}".format(*_module(j))] = _reduce(model, tokens, mask, fn, per_position, batch_size)
     return terms
@@ -723,7 +754,7 @@ def first_order_key_terms(
     tokens, mask = _prep_batch(model, tokens, mask)
     arch = _arch(model)
     acc = _acc_dtype(model)
-    r = _read_point(site, layer, kind, arch.n_layers)
+    r = _read_point(site, layer, kind, arch.n_layers, parallel=arch.parallel)
     _check_width(arch, r, k, "key vector")
     n_valid = int(mask.sum())
     if r[0] in MODULE_OUTPUT_SITES:
@@ -735,7 +766,7 @@ def first_order_key_terms(
         kt = _as_tensor(k, dtype=acc, device=_device(model)).reshape(-1)
         identity = _np(kt.expand(n_valid, -1) if per_position else kt)
     terms = {"identity": identity}
-    for j in range(0, _modules_before(r)):
+    for j in range(0, _modules_before(r, arch.parallel)):
         fn = lambda tk, mk, j=j: _module_vjp(model, tk, mk, j, k, seed_mask=mask_seed)  # noqa: E731
         terms["{}.{}".format(*_module(j))] = _reduce(model, tokens, mask, fn, per_position, batch_size)
     return terms
@@ -847,7 +878,7 @@ def residual_value_vector(model, v, site, layer, kind="sae") -> np.ndarray:
     ``v W_O`` at ``z`` (block ``layer``'s output projection without its bias and without any
     post-norm, DESIGN.md 1b), ``v`` itself at every other site. Returns [..., d_model]."""
     arch = _arch(model)
-    w = _write_point(site, layer, kind, arch.n_layers)
+    w = _write_point(site, layer, kind, arch.n_layers, arch.parallel)
     _check_width(arch, w, v, "value vector")
     if w[0] != "z":
         return np.asarray(_np(v) if isinstance(v, torch.Tensor) else v)
@@ -924,7 +955,7 @@ def _check_request(model, lens, vectors, site, layer, kind, opts) -> np.ndarray:
     if lens not in LENSES:
         raise ValueError(f"lens must be one of {LENSES}, got {lens!r}")
     arch = _arch(model)
-    point = (_write_point if lens.endswith("value") else _read_point)(site, layer, kind, arch.n_layers)
+    point = (_write_point if lens.endswith("value") else _read_point)(site, layer, kind, arch.n_layers, parallel=arch.parallel)
     _refuse_undefined(lens, site, kind)
     vectors = np.asarray(_np(vectors) if isinstance(vectors, torch.Tensor) else vectors)
     if vectors.ndim == 1:

@@ -57,7 +57,8 @@ def key_layout(
         raise ConversionError(f"{where} (multimodal) has no {expected} tensor: where is its language model?")
     for key in keys:
         if key.endswith(probe):
-            return KeyLayout(key[: -len(probe)])
+            lm_head = next((k for k in spec.lm_head_keys if k in keys), spec.lm_head_keys[0])
+            return KeyLayout(key[: -len(probe)], lm_head)
     raise ConversionError(f"{where} has no '{probe}' tensor: is it a {config.model_type} checkpoint?")
 
 
@@ -118,7 +119,8 @@ def fill_model(
 
     model = jax.tree_util.tree_map_with_path(fill, skeleton)
     model = eqx.tree_at(lambda m: m.meta, model, layer_meta(config))
-    not_converted = lambda k: IGNORED_KEYS.match(k) or k.startswith(layout.ignored)
+    buffers = family(config.model_type).buffer_keys
+    not_converted = lambda k: IGNORED_KEYS.match(k) or k.startswith(layout.ignored) or k.endswith(buffers)
     leftover = sorted(k for k in keys if k not in consumed and not not_converted(k))
     if config.tie_word_embeddings:
         leftover = [k for k in leftover if k != layout.lm_head]

@@ -5,7 +5,8 @@ by block, where the dictionary's site value is replaced by
 `decode(a', x) + skip(x) + (value - reconstruct(x))` with `a'` the *full* activation vector
 with one entry replaced. Every site is a tensor of the pass written out: the residual points,
 the MLP's normalized input and output, and the attention's heads' outputs `z` (before the
-output projection and any post-norm) and output `attn_out` (after them). It shares only the model's per-block functions with the code under
+output projection and any post-norm) and output `attn_out` (after them). In a parallel block
+(GPT-NeoX) the MLP reads the block input and both outputs are added to it. It shares only the model's per-block functions with the code under
 test, not its splice (`feature_change`, `run_from`).
 """
 
@@ -54,6 +55,8 @@ def spliced_logits(model, tokens, mask, dictionary, feature, new_value):
         """`value` of module-output site `site` in the dictionary's block, spliced if the SAE is there."""
         return _splice(d, value, value, feature, new_value) if d.kind == "sae" and site == d.site_out else value
 
+    parallel = model.config.parallel_residual  # the MLP reads h; both outputs are added to it
+
     def one(seq, m):
         h = model.embed(seq)
         for b in range(model.config.n_layers):
@@ -67,7 +70,7 @@ def spliced_logits(model, tokens, mask, dictionary, feature, new_value):
             attn = attention_output(block, z)
             if here:
                 attn = at("attn_out", attn)
-            mid = h + attn
+            mid = h if parallel else h + attn
             if here and d.site_in == "resid_mid" and d.kind == "sae":
                 mid = _splice(d, mid, mid, feature, new_value)
             out = mlp_residual(block, mid)
@@ -76,7 +79,7 @@ def spliced_logits(model, tokens, mask, dictionary, feature, new_value):
                 out = _splice(d, x, out, feature, new_value)
             elif here:
                 out = at("mlp_out", out)
-            h = mid + out
+            h = mid + attn + out if parallel else mid + out
             if here and d.site_in == "resid_post":
                 h = _splice(d, h, h, feature, new_value)
         return model.unembed(h)

@@ -79,6 +79,20 @@ ARCHITECTURES = {
              num_key_value_heads=1, head_dim=24, sliding_window=3, final_logit_softcapping=3.0,
              tie_word_embeddings=False),
     ),
+    # GPT-NeoX: parallel attention and MLP, rotary on half of each head, a rotary base far from
+    # the default; and sequential blocks with a quarter rotated, tied embeddings, no attention
+    # bias, tanh GELU and a wide LayerNorm epsilon: every key the family reads, off its default.
+    "neox-parallel": (
+        "GPTNeoXConfig", "GPTNeoXForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+             rotary_pct=0.5, rotary_emb_base=500, use_parallel_residual=True),
+    ),
+    "neox-sequential": (
+        "GPTNeoXConfig", "GPTNeoXForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
+             rotary_pct=0.25, use_parallel_residual=False, tie_word_embeddings=True, attention_bias=False,
+             hidden_act="gelu_new", layer_norm_eps=1e-2),
+    ),
 }
 
 VOCAB = 113

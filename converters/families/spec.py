@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from converters.errors import UnsupportedOptionError
-from converters.families.weights import KeyLayout, Source
+from converters.families.weights import LM_HEAD, KeyLayout, Source
 from qlens_jax.models import ModelConfig
 
 # Keys with no effect on a float forward pass of any family: bookkeeping, dropout, token ids,
@@ -47,7 +47,7 @@ COMMON_INERT_KEYS = frozenset(
     n_ctx pretraining_tp""".split()
 )
 
-TORCH_STYLES = ("gpt2", "llama", "gemma")
+TORCH_STYLES = ("gpt2", "llama", "gemma", "neox")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class FamilySpec:
     build: Callable[[dict[str, Any]], ModelConfig]
     weights: Callable[[ModelConfig], dict[str, Source | tuple[Source, ...]]]
     embed_key: str = "embed_tokens.weight"  # finds the base model's key prefix in a checkpoint
+    lm_head_keys: tuple[str, ...] = (LM_HEAD,)  # where checkpoints keep the untied unembedding (first found)
+    buffer_keys: tuple[str, ...] = ()  # key suffixes of non-parameter buffers its checkpoints carry
     required: Mapping[str, tuple] = field(default_factory=dict)  # key -> the only values implemented
     inert: frozenset[str] = frozenset()  # keys transformers' implementation of this family never reads
     defaults: Mapping[str, Any] = field(default_factory=dict)  # transformers' defaults, for sparse configs

@@ -46,13 +46,14 @@ TUNED_LENSES = ("tuned_lens", "tuned_lens_linear")
 TUNED_LENS_POINTS = ("written", "layer")
 
 
-def tuned_lens_point(dictionary, n_layers: int, choice: str = "written") -> int:
-    """The residual point (`points.row`) whose translator the tuned lenses apply to `dictionary`."""
+def tuned_lens_point(dictionary, n_layers: int, choice: str = "written", parallel: bool = False) -> int:
+    """The residual point (`points.row`) whose translator the tuned lenses apply to `dictionary`
+    (`parallel`: the model's blocks are parallel, GPT-NeoX)."""
     if choice == "layer":
         if dictionary.layer == n_layers - 1:
             return final_row(n_layers)
         return library_points(n_layers)[dictionary.layer]
-    return write_point(dictionary, n_layers)
+    return write_point(dictionary, n_layers, parallel)
 
 
 def _validate(model, dictionaries, lenses, k, translators, point_choice: str = "written"):
@@ -84,7 +85,7 @@ def _validate(model, dictionaries, lenses, k, translators, point_choice: str = "
         if point_choice not in TUNED_LENS_POINTS:
             raise LensRequestError(f"tuned_lens_point {point_choice!r}: choose from {', '.join(TUNED_LENS_POINTS)}")
         for d in items:
-            point = tuned_lens_point(d, c.n_layers, point_choice)
+            point = tuned_lens_point(d, c.n_layers, point_choice, c.parallel_residual)
             if not translators.has(point):
                 raise LensRequestError(f"dictionary {d.name!r} (layer {d.layer}) writes at {point_name(point, c.n_layers)}, where the "
                                        f"tuned lens has no translator. {TUNED_LENS_HINT}")
@@ -166,7 +167,7 @@ def baseline_signatures(
                 result = read_topk(score_fn, diffs[j * len(ids):(j + 1) * len(ids)], k, readout_chunk, layout)
                 tables[(lens, index)] = _table(lens, dictionary, ids, result)
         for lens in (lens for lens in lenses if lens in TUNED_LENSES):
-            point = tuned_lens_point(dictionary, model.config.n_layers, tuned_lens_point_choice)
+            point = tuned_lens_point(dictionary, model.config.n_layers, tuned_lens_point_choice, model.config.parallel_residual)
             values = jnp.asarray(dictionary.value_vectors())[jnp.asarray(ids)].astype(jnp.float32)
             vectors = translators.translate(values, point, bias=lens == "tuned_lens")
             context = ReadoutContext(model=model, key_matrix=model.W_E, remove_final_norm_bias=remove_final_norm_bias, k=k, feature_chunk=readout_chunk)

@@ -25,7 +25,8 @@ SAEs and transcoders write a residual point or an MLP output, and SAEs on `attn_
 for all of these the change is added to the residual point the output goes into
 (`dictionary_points(...).write`). An SAE on `z[L]`, the heads' outputs before the output
 projection, changes `z`, which then passes the output projection and any post-norm (not linear
-for Gemma-3): `resid_mid[L]' = resid_pre[L] + attention_output(block L, z + change)`. Either way
+for Gemma-3): `resid_mid[L]' = resid_pre[L] + attention_output(block L, z + change)` (in a
+parallel block `resid_post[L]' = resid_pre[L] + mlp_out[L] + attention_output(...)`). Either way
 the model is then run from that residual point to the final residual
 (`qlens_jax.lens.transport.run_from`, the forward pass the lens kernel linearizes).
 """
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.lens.points import RESIDUAL_SITES, Point, dictionary_points, flows_into, row
+from qlens_jax.lens.points import RESIDUAL_SITES, Point, dictionary_points, flows_into, residual_point, row
 from qlens_jax.lens.transport import run_from
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import Block, Residuals, Transformer, attention_output
@@ -83,11 +84,13 @@ def feature_change(
 
 
 # ---- where a dictionary sits ------------------------------------------------------------------
-def write_point(dictionary: Dictionary, n_layers: int) -> int:
+def write_point(dictionary: Dictionary, n_layers: int, parallel: bool = False) -> int:
     """The row (`points.row`, the tuned lens's numbering) of the residual point the
-    dictionary's output is added to. A `z` dictionary's output is not added to the residual
-    (it passes the output projection first): refused with a `LensRequestError`."""
-    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write
+    dictionary's output is added to (`parallel`: the model's blocks are parallel). A `z`
+    dictionary's output is not added to the residual (it passes the output projection first):
+    refused with a `LensRequestError`."""
+    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers,
+                              parallel=parallel).write
     if write.site not in RESIDUAL_SITES:
         raise LensRequestError(
             f"dictionary {dictionary.name!r} (layer {dictionary.layer}) writes at {write}, the heads' outputs before the "
@@ -141,12 +144,16 @@ def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask, error
     runs): `h` is then the residual stream of that spliced run, and so is everything built on it."""
     _, residuals = model.run_with_residuals(tokens, mask)
     x = site_input(dictionary, residuals)
-    n_layers = model.config.n_layers
-    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers).write
+    n_layers, parallel = model.config.n_layers, model.config.parallel_residual
+    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers, parallel=parallel).write
     point = flows_into(write, n_layers)
     through = {}
     if write.site == "z":
-        through = dict(block=model.block(dictionary.layer)[0], before=residuals.resid_pre[dictionary.layer])
+        before = residuals.resid_pre[dictionary.layer]
+        if parallel:  # the attention output joins resid_pre and the MLP output at resid_post
+            point = residual_point("resid_post", dictionary.layer, n_layers)
+            before = before + residuals.mlp_out[dictionary.layer]
+        through = dict(block=model.block(dictionary.layer)[0], before=before)
     elif write.site not in RESIDUAL_SITES:
         raise ValueError(f"dictionary {dictionary.name!r}: cannot splice at write point {write}")
     site = SplicePoint(x=x, h=point_value(residuals, point), acts=dictionary.encode(x), point=point, **through)

@@ -442,7 +442,7 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         if args.tuned_lens:
             translators = load_tuned_lens(args.tuned_lens, model)
         elif args.train_tuned_lens:
-            points = sorted({tuned_lens_point(d, model.config.n_layers, args.tuned_lens_point) for d in dictionaries}
+            points = sorted({tuned_lens_point(d, model.config.n_layers, args.tuned_lens_point, model.config.parallel_residual) for d in dictionaries}
                             - {final_row(model.config.n_layers)})
             use = library_points(model.config.n_layers) if set(points) <= set(library_points(model.config.n_layers)) else all_points(model.config.n_layers)
             split = max(1, int(0.9 * len(windows)))

@@ -20,6 +20,9 @@ RESIDUAL_SAE_SITES = ("resid_pre", "resid_mid", "resid_post")
 # The module outputs, as `qlens_jax.lens.points.MODULE_OUTPUT_SITES` (kept equal by a test).
 MODULE_OUTPUT_SITES = ("z", "attn_out", "mlp_out")
 SAE_SITES = RESIDUAL_SAE_SITES + MODULE_OUTPUT_SITES
+# SAE sites of a parallel block (GPT-NeoX): attention and MLP both read resid_pre, so there is
+# no resid_mid (DESIGN.md section 1c).
+PARALLEL_BLOCK_SITES = ("resid_pre", "resid_post", "attn_out", "z", "mlp_out")
 TRANSCODER_INPUT_SITES = ("mlp_in", "resid_mid")
 TRANSCODER_OUTPUT_SITES = ("mlp_out",)
 KINDS = ("sae", "transcoder")
@@ -60,6 +63,9 @@ _HF_SITES = {
     "self_attn.o_proj.input": "z",  # Llama, Qwen, Gemma: the concatenated heads
     "attn.c_proj.input": "z",  # GPT-2
     "attn.output": "attn_out", "attn.c_proj.output": "attn_out",  # GPT-2 has no post-norms
+    # GPT-NeoX (`gpt_neox.layers.L`): no post-norms either
+    "attention.dense.input": "z", "attention.output": "attn_out", "attention.dense.output": "attn_out",
+    "mlp.dense_4h_to_h.output": "mlp_out",
 }
 # Module outputs that are added straight to the residual, except in families with post-norms
 # (Gemma 2/3), where they are the input of the post-norm: the site is the post-norm's output.

@@ -9,7 +9,7 @@ import dataclasses
 
 from .dictionary import Dictionary
 from .errors import DictionaryError
-from .sites import parse_hook_name
+from .sites import PARALLEL_BLOCK_SITES, parse_hook_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +22,7 @@ class ModelFacts:
     model_type: str | None
     n_heads: int | None = None
     head_dim: int | None = None
+    parallel_residual: bool = False  # attention and MLP both read resid_pre: no resid_mid
 
     @property
     def z_width(self) -> int | None:
@@ -47,7 +48,8 @@ def model_facts(model) -> ModelFacts:
     n_heads, head_dim = getattr(config, "n_heads", None), getattr(config, "head_dim", None)
     return ModelFacts(d_model, n_layers, getattr(config, "model_type", None),
                       None if n_heads is None else int(n_heads),
-                      None if head_dim is None else int(head_dim))
+                      None if head_dim is None else int(head_dim),
+                      bool(getattr(config, "parallel_residual", False)))
 
 
 def _describe(d: Dictionary) -> str:
@@ -107,6 +109,13 @@ def validate_dictionary(d: Dictionary, model) -> None:
         named = f" (its hook {hooks[0][0]!r} names a block this model does not have)" if hooks else ""
         raise DictionaryError(
             f"{who} is at layer {d.layer} but the model has layers 0..{facts.n_layers - 1}{named}"
+        )
+    if facts.parallel_residual and d.site_out == "resid_mid":
+        raise DictionaryError(
+            f"{who} is placed at resid_mid, but the blocks of this {facts.model_type} model are parallel "
+            "(attention and MLP both read resid_pre and both add to resid_post): there is no resid_mid. "
+            f"Sites of a parallel block: {', '.join(PARALLEL_BLOCK_SITES)}; transcoders read mlp_in "
+            "(ln2 of resid_pre) or the MLP block input (hook_mlp_in) and write mlp_out"
         )
     _check_width(d, who, "d_in", d.d_in, d.site_in, facts)
     _check_width(d, who, "d_out", d.d_out, d.site_out, facts)

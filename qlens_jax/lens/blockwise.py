@@ -27,6 +27,11 @@ value sweep runs from the top down to `first_block`, the key sweep from the embe
 `n_blocks`. Points outside that range are left zero, and `TransportOperators` records which
 points are valid.
 
+A parallel block (GPT-NeoX) is swept as `points` lays it out: its MLP Jacobians are formed at
+`resid_pre` (the `resid_mid` copy), the value side pulls the cotangent at `resid_post` through
+both modules (`cot + J_attn^T cot + J_mlp^T cot`), the key side pushes the tangent at
+`resid_pre` through both (`tan + J_attn tan + J_mlp tan`).
+
 The outputs have exactly the layout of the basis-major sweeps (`operators.value_sweep_chunk`,
 `operators.key_sweep_chunk`), which tests compare against.
 """
@@ -45,7 +50,7 @@ from qlens_jax.lens.transport import (
     attention_batch, attention_z_batch, basis_tangents, clean_states, masked_sum, through_input_norm,
 )
 from qlens_jax.memory import is_cpu
-from qlens_jax.models import Block, Transformer, attention_output, mlp_cost, mlp_input
+from qlens_jax.models import Block, Transformer, attention_output, block_output, mlp_block_input, mlp_cost, mlp_input
 from qlens_jax.models.config import ModelConfig
 
 # Positions whose MLP Jacobians are formed in one step: each holds `d_model x d_mlp` floats.
@@ -157,13 +162,15 @@ def _value_blocks(model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi
         block, meta, pre, mid, index = xs
         q = mlp_jacobians(block, mid) if jacobians is None else jacobians[index]
         cot_mid = cot + apply_rowwise(cot, q, transpose=True)
+        # The attention's output is added at resid_mid, or at resid_post in a parallel block.
+        cot_attn = cot if block.parallel else cot_mid
         if not record_z:
             _, pull = jax.vjp(lambda h: attention_batch(block, meta, h, mask), pre)
-            cot_pre = cot_mid + jax.lax.map(lambda c: pull(c)[0], cot_mid, batch_size=chunk)
+            cot_pre = cot_mid + jax.lax.map(lambda c: pull(c)[0], cot_attn, batch_size=chunk)
             return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask), None)
         z, pull_z = jax.vjp(lambda h: attention_z_batch(block, meta, h, mask), pre)
         _, pull_out = jax.vjp(lambda heads: attention_output(block, heads), z)
-        cot_z = jax.lax.map(lambda c: pull_out(c)[0], cot_mid, batch_size=chunk)
+        cot_z = jax.lax.map(lambda c: pull_out(c)[0], cot_attn, batch_size=chunk)
         cot_pre = cot_mid + jax.lax.map(lambda c: pull_z(c)[0], cot_z, batch_size=chunk)
         return cot_pre, (masked_sum(cot_pre, mask), masked_sum(cot_mid, mask), masked_sum(cot_z, mask))
 
@@ -249,11 +256,11 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
     def step(tangent, xs):
         block, meta, pre, mid = xs
         tan_attn, at_z = attention(block, meta, pre, tangent)
-        tan_mid = tangent + tan_attn
+        tan_mid = mlp_block_input(tangent, tan_attn, block.parallel)
         at_mlp_in = _summed_through(lambda h: mlp_input(block, h), mid, tan_mid, mask, tangent_chunk)
         q = mlp_jacobians(block, mid)
         tan_mlp = apply_rowwise(tan_mid, q, transpose=False)
-        tan_post = tan_mid + tan_mlp
+        tan_post = block_output(tan_mid, tan_attn, tan_mlp, block.parallel)
         sums = (masked_sum(tangent, mask), masked_sum(tan_mid, mask), at_mlp_in)
         outputs = {
             "z": at_z,

@@ -211,6 +211,7 @@ def plan_request(
             model.config.n_layers,
             options.exact_norm_jacobian,
             getattr(dictionary, "input_norm", "none"),
+            model.config.parallel_residual,
         )
         requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:

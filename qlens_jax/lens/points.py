@@ -11,6 +11,16 @@ the next:
 
     resid_pre[b] --attn b (z[b] -> attn_out[b])--> resid_mid[b] --mlp b (mlp_out[b])--> resid_post[b] = resid_pre[b + 1]
 
+A parallel block (GPT-NeoX, DESIGN.md section 1c) has no residual between its modules; it keeps
+the same rows, with `resid_mid[b]` the MLP's input, a copy of `resid_pre[b]` that only the MLP
+reads, and the attention writing straight into `resid_post[b]`:
+
+    resid_pre[b] --attn b--> resid_post[b],   resid_pre[b] = resid_mid[b] --mlp b--> resid_post[b]
+
+so its value row at `resid_mid[b]` passes the MLP alone, and its key row there is that of
+`resid_pre[b]`. No dictionary may write there (`dictionary_points` refuses it); the functions
+that depend on the block shape take `parallel`.
+
 Module outputs have no rows in the operator stacks (`z` is not `d_model` wide): the sweeps
 record the ones a request reads in a separate array (`operators.TransportOperators`).
 
@@ -110,6 +120,12 @@ class Module:
     def writes(self) -> Point:
         """The residual point its output is added into (`resid_post[b]` for an MLP)."""
         return Point("resid_mid" if self.kind == "attn" else "resid_post", self.layer)
+
+
+def module_writes(module: Module, parallel: bool = False) -> Point:
+    """The residual point `module`'s output is added into: `Module.writes`, but `resid_post[b]`
+    for the attention of a parallel block."""
+    return Point("resid_post", module.layer) if parallel else module.writes
 
 
 def final_point(n_layers: int) -> Point:
@@ -248,31 +264,41 @@ class DictionaryPoints:
     write: Point
     read: Point
     read_residual: Point
+    parallel: bool = False  # the model's blocks are parallel (`module_writes`)
 
     def value_modules(self, n_layers: int) -> tuple[Module, ...]:
-        """Modules after the write point."""
-        return tuple(m for m in modules(n_layers) if m.reads >= self.write)
+        """Modules after the write point (for `z` of a parallel block: after its `resid_post`)."""
+        start = self.write
+        if self.parallel and start.site == "z":
+            start = Point("resid_post", start.layer)
+        return tuple(m for m in modules(n_layers) if m.reads >= start)
 
     def key_modules(self, n_layers: int) -> tuple[Module, ...]:
         """Modules before the read point (towards the embedding)."""
-        return tuple(m for m in modules(n_layers) if m.writes <= self.read_residual)
+        return tuple(m for m in modules(n_layers) if module_writes(m, self.parallel) <= self.read_residual)
 
 
 def dictionary_points(
-    site_in: str, site_out: str, layer: int, n_layers: int, exact_norm_jacobian: bool = False, input_norm: str = "none"
+    site_in: str, site_out: str, layer: int, n_layers: int, exact_norm_jacobian: bool = False, input_norm: str = "none",
+    parallel: bool = False,
 ) -> DictionaryPoints:
     """Write and read points of a dictionary. With `exact_norm_jacobian`, keys are read after the
     norm the dictionary's input really passes: the MLP's pre-norm for transcoders reading
-    `mlp_in`, the dictionary's own per-token input normalization for SAEs that have one."""
-    write = residual_point(WRITES_INTO.get(site_out, site_out), layer, n_layers)
+    `mlp_in`, the dictionary's own per-token input normalization for SAEs that have one.
+    `parallel`: the model's blocks are parallel; `attn_out` then writes `resid_post`, and no
+    dictionary may write `resid_mid` (ValueError; `qlens_jax.dictionaries` refuses it first)."""
+    if parallel and site_out == "resid_mid":
+        raise ValueError(f"a parallel block has no resid_mid to write (layer {layer}); see points.module_writes")
+    into = "resid_post" if parallel and site_out == "attn_out" else WRITES_INTO.get(site_out, site_out)
+    write = residual_point(into, layer, n_layers)
     if site_in in MODULE_OUTPUT_SITES:
         read = residual_point(site_in, layer, n_layers)
         assert read.module is not None  # a module output's point names its module
-        return DictionaryPoints(write=write, read=read, read_residual=read.module.reads)
+        return DictionaryPoints(write=write, read=read, read_residual=read.module.reads, parallel=parallel)
     read_residual = residual_point("resid_mid" if site_in == "mlp_in" else site_in, layer, n_layers)
     read = read_residual
     if exact_norm_jacobian and site_in == "mlp_in":
         read = residual_point("mlp_in", layer, n_layers)
     elif exact_norm_jacobian and input_norm in INPUT_NORMS_WITH_JACOBIAN:
         read = Point(read_residual.site, read_residual.layer, input_norm)
-    return DictionaryPoints(write=write, read=read, read_residual=read_residual)
+    return DictionaryPoints(write=write, read=read, read_residual=read_residual, parallel=parallel)

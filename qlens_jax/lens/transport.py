@@ -16,6 +16,11 @@ perturbation argument once linearized at the clean hidden states:
 - `module_outputs(deltas [2L, d])`: each residual module's output at its own clean input
   plus `deltas[m]` at every valid position: the single-hop (first-order) terms.
 
+Parallel blocks (GPT-NeoX) run as `points` lays them out: the MLP reads a copy of `resid_pre`
+(the `resid_mid` row) and both module outputs are added at `resid_post`, so the reverse sweep
+gives `cot_pre = cot + J_attn^T cot + J_mlp^T cot` and the forward sweep
+`tan_post = tan + J_attn tan + J_mlp tan`, both Jacobians at `resid_pre`.
+
 Rows of the perturbation and output stacks are those of `points.row` (points) and
 `points.module_row` (modules). `run_from` runs the same forward pass on from any residual
 point: the splice of the secant baselines and of steering.
@@ -36,7 +41,9 @@ from jaxtyping import Array, Bool, Float, Int
 from qlens_jax.dictionaries.normalization import input_stats, normalize
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Module, Point
-from qlens_jax.models import Transformer, attention_output, attention_residual, attention_z, mlp_input, mlp_residual
+from qlens_jax.models import (
+    Transformer, attention_output, attention_residual, attention_z, block_output, mlp_block_input, mlp_input, mlp_residual,
+)
 
 attention_batch = jax.vmap(attention_residual, in_axes=(None, None, 0, 0))
 attention_batch.__doc__ = "`attention_residual` over a batch: `(block, meta, h [b, s, d], mask [b, s])`."
@@ -67,9 +74,17 @@ def mlp_step(block, h: Float[Array, "b s d"]) -> Float[Array, "b s d"]:
     return h + mlp_residual(block, h)
 
 
+def block_step(block, meta, h: Float[Array, "b s d"], mask: Bool[Array, "b s"]) -> Float[Array, "b s d"]:
+    """`resid_post` from `resid_pre` = `h` on a batch: one whole block, sequential or parallel."""
+    if not block.parallel:
+        return mlp_step(block, attention_step(block, meta, h, mask))
+    return block_output(h, attention_batch(block, meta, h, mask), mlp_residual(block, h), True)
+
+
 def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0, z_deltas=None, module_outputs: bool = False):
     """Forward pass of a chunk with additive perturbations; returns all points and, with
-    `module_outputs` or `z_deltas`, each block's `z`, `attn_out` and `mlp_out` (else None)."""
+    `module_outputs` or `z_deltas`, each block's `z`, `attn_out` and `mlp_out` (else None).
+    In a parallel block `mid_deltas` perturb the MLP's input alone (`points`: its `resid_mid`)."""
     # Perturbations are float32; they are broadcast and masked before the cast to the model
     # dtype, so that their transposes (sums over positions) accumulate in float32.
     m = mask[..., None].astype(jnp.float32)
@@ -82,16 +97,17 @@ def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0, z_del
     def step(h, xs):
         block, meta, d_pre, d_mid, d_z = xs
         pre = h + (d_pre * m).astype(dtype)
-        if not split_attention:
+        if not split_attention and not block.parallel:
             mid = attention_step(block, meta, pre, mask) + (d_mid * m).astype(dtype)
             return mlp_step(block, mid), (pre, mid, mlp_input(block, mid), None)
         z = attention_z_batch(block, meta, pre, mask)
         if d_z is not None:
             z = z + (d_z * m).astype(dtype)
         attn_out = attention_output(block, z)
-        mid = pre + attn_out + (d_mid * m).astype(dtype)
+        mid = mlp_block_input(pre, attn_out, block.parallel) + (d_mid * m).astype(dtype)
         mlp_out = mlp_residual(block, mid)
-        return mid + mlp_out, (pre, mid, mlp_input(block, mid), {"z": z, "attn_out": attn_out, "mlp_out": mlp_out})
+        outputs = {"z": z, "attn_out": attn_out, "mlp_out": mlp_out} if split_attention else None
+        return block_output(mid, attn_out, mlp_out, block.parallel), (pre, mid, mlp_input(block, mid), outputs)
 
     xs = (model.blocks, model.meta, pre_deltas, mid_deltas, z_deltas)
     final, (pres, mids, mlp_ins, outputs) = jax.lax.scan(step, h, xs)
@@ -107,13 +123,15 @@ def run_from(model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b 
         return h
     first = after[0].layer
     if after[0].kind == "mlp":
+        if model.config.parallel_residual:
+            raise ValueError(f"cannot run on from {point}: a parallel block has no resid_mid (points.module_writes)")
         layer, _ = model.block(first)
         h, first = mlp_step(layer, h), first + 1
     rest = jax.tree.map(lambda a: a[first:], (model.blocks, model.meta))
 
     def step(h, block_and_meta):
         block, meta = block_and_meta
-        return mlp_step(block, attention_step(block, meta, h, mask)), None
+        return block_step(block, meta, h, mask), None
 
     return jax.lax.scan(step, h, rest)[0]
 

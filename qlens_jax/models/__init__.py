@@ -1,4 +1,4 @@
-"""Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3) exposing their residual stream."""
+"""Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3, GPT-NeoX) exposing their residual stream."""
 
 from qlens_jax.models.config import ModelConfig, ModelConfigError
 from qlens_jax.models.mlp import MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
@@ -15,7 +15,9 @@ from qlens_jax.models.transformer import (
     attention_residual,
     attention_z,
     block_forward,
+    block_output,
     init_transformer,
+    mlp_block_input,
     mlp_input,
     mlp_residual,
 )
@@ -39,7 +41,9 @@ __all__ = [
     "attention_z",
     "autodiff_jacobian",
     "block_forward",
+    "block_output",
     "init_transformer",
+    "mlp_block_input",
     "mlp_cost",
     "mlp_input",
     "mlp_residual",

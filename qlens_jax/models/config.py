@@ -1,7 +1,8 @@
 """`ModelConfig`: everything the transformer family needs to know, and nothing it guesses.
 
-One frozen dataclass covers GPT-2, Llama, Qwen-2/3 and Gemma-3: the differences between
-them are options here (norm kind, gated MLP, positions, post-norms, ...). Per-layer
+One frozen dataclass covers GPT-2, Llama, Qwen-2/3, Gemma-3 and GPT-NeoX: the differences
+between them are options here (norm kind, gated MLP, positions, post-norms, parallel blocks,
+partial rotary, ...). Fields added later have defaults, so saved configs of older versions load. Per-layer
 attention metadata (RoPE frequencies, sliding windows, scales) is stored resolved, so the
 model never re-derives it and `lax.scan` can carry it as arrays.
 Converters in `converters.hf_config` build it from a Hugging Face `config.json`.
@@ -58,6 +59,11 @@ class ModelConfig:
     experts_per_token: int = 0
     router: str | None = None
     router_renorm: bool = False  # rescale the chosen experts' weights to sum to 1 (`norm_topk_prob`)
+    # GPT-NeoX: attention and MLP both read `resid_pre` and both outputs are added to it
+    # (no `resid_mid`); False: the sequential block.
+    parallel_residual: bool = False
+    # Leading dimensions of each head that RoPE rotates (GPT-NeoX's `rotary_pct`); None: all.
+    rotary_dim: int | None = None
     # Per layer, resolved: attention scale, sliding window (0 = global), RoPE inverse
     # frequencies and the RoPE output scaling (YaRN's attention factor; 1 otherwise).
     attn_scales: tuple[float, ...] = field(default=(), repr=False)
@@ -82,15 +88,20 @@ class ModelConfig:
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
             if len(getattr(self, name)) != self.n_layers:
                 raise ModelConfigError(f"ModelConfig.{name} needs one entry per layer ({self.n_layers})")
+        if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ModelConfigError(f"ModelConfig.rotary_dim must be even and in 2 .. head_dim={self.head_dim}, got {self.rotary_dim}")
         if self.positional == "rope":
             if len(self.rope_inv_freq) != self.n_layers:
                 raise ModelConfigError(f"ModelConfig.rope_inv_freq needs one entry per layer ({self.n_layers})")
-            if any(len(f) != self.head_dim // 2 for f in self.rope_inv_freq):
-                raise ModelConfigError("ModelConfig.rope_inv_freq entries must have head_dim // 2 values")
+            if any(len(f) != self.rope_dim for f in self.rope_inv_freq):
+                raise ModelConfigError("ModelConfig.rope_inv_freq entries must have rotary_dim // 2 values")
 
     @property
     def rope_dim(self) -> int:
-        return self.head_dim // 2 if self.positional == "rope" else 0
+        """RoPE frequencies per head: half the rotated dimensions (0 without RoPE)."""
+        if self.positional != "rope":
+            return 0
+        return (self.head_dim if self.rotary_dim is None else self.rotary_dim) // 2
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

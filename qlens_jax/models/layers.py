@@ -92,9 +92,14 @@ def rope_cos_sin(
 
 
 def apply_rope(
-    x: Float[Array, "seq heads hd"], cos: Float[Array, "seq hd"], sin: Float[Array, "seq hd"]
+    x: Float[Array, "seq heads hd"], cos: Float[Array, "seq rot"], sin: Float[Array, "seq rot"]
 ) -> Float[Array, "seq heads hd"]:
-    """Rotary embedding with `rotate_half`, as Llama/Qwen/Gemma in transformers."""
+    """Rotary embedding with `rotate_half`, as Llama/Qwen/Gemma in transformers. Tables
+    narrower than the head rotate its leading `rot` dimensions only and pass the rest
+    (GPT-NeoX's partial rotary, `rotary_pct`)."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :rot], cos, sin), x[..., rot:]], axis=-1)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos = cos[:, None, :].astype(x.dtype)

@@ -82,12 +82,16 @@ class Attention(eqx.Module):
 
 
 class Block(eqx.Module):
+    """One block's modules. `parallel` (GPT-NeoX's `use_parallel_residual`): attention and MLP
+    both read the block input and both outputs are added to it."""
+
     attn_norm: Norm
     attn: Attention
     attn_post_norm: Norm | None
     mlp_norm: Norm
     mlp: ResidualMLP
     mlp_post_norm: Norm | None
+    parallel: bool = eqx.field(static=True, default=False)
 
 
 class LayerMeta(eqx.Module):
@@ -102,7 +106,9 @@ class LayerMeta(eqx.Module):
 class Residuals(NamedTuple):
     """Points of every block: the residual stream, the MLP's normalized input and both
     modules' outputs, each `[layers, batch, seq, d_model]`; `z`, every head's output before
-    the output projection, `[layers, batch, seq, n_heads, head_dim]`."""
+    the output projection, `[layers, batch, seq, n_heads, head_dim]`. A parallel block has no
+    residual between its modules: its `resid_mid` is the MLP's input, `resid_pre` itself
+    (TransformerLens's `hook_mlp_in` there)."""
 
     resid_pre: Array
     resid_mid: Array
@@ -151,22 +157,38 @@ def mlp_residual(block: Block, h: Float[Array, "*seq d_model"]) -> Float[Array, 
     return out if block.mlp_post_norm is None else block.mlp_post_norm(out)
 
 
+def mlp_block_input(h: Float[Array, "*seq d_model"], attn_out: Float[Array, "*seq d_model"], parallel: bool) -> Float[Array, "*seq d_model"]:
+    """What the MLP of a block reads (before its norm) given the block input `h` and the
+    attention output: `resid_mid = h + attn_out`, or `h` itself in a parallel block."""
+    return h if parallel else h + attn_out
+
+
+def block_output(
+    mid: Float[Array, "*seq d_model"], attn_out: Float[Array, "*seq d_model"], mlp_out: Float[Array, "*seq d_model"],
+    parallel: bool,
+) -> Float[Array, "*seq d_model"]:
+    """`resid_post` from the MLP's input `mid` (`mlp_block_input`) and both module outputs:
+    `mid + mlp_out`, or `mid + attn_out + mlp_out` in a parallel block (where `mid` is the
+    block input)."""
+    return mid + attn_out + mlp_out if parallel else mid + mlp_out
+
+
 def block_forward(
     block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
 ) -> tuple[Float[Array, "seq d_model"], Residuals]:
     """One block; returns `resid_post` and this block's points (without the layer axis)."""
     z = attention_z(block, meta, h, mask)
     attn_out = attention_output(block, z)
-    mid = h + attn_out
+    mid = mlp_block_input(h, attn_out, block.parallel)
     mlp_in = mlp_input(block, mid)
     mlp_out = mlp_residual(block, mid)
-    post = mid + mlp_out
+    post = block_output(mid, attn_out, mlp_out, block.parallel)
     heads = z.reshape(*z.shape[:-1], block.attn.n_heads, block.attn.head_dim)
     return post, Residuals(h, mid, post, attn_out, mlp_in, mlp_out, heads)
 
 
 class Transformer(eqx.Module):
-    """A decoder-only language model of the GPT-2 / Llama / Qwen / Gemma-3 family."""
+    """A decoder-only language model of the GPT-2 / Llama / Qwen / Gemma-3 / GPT-NeoX family."""
 
     embed_tokens: Float[Array, "vocab d_model"]
     embed_positions: Float[Array, "positions d_model"] | None
@@ -309,6 +331,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         mlp_norm=norm(c.d_model),
         mlp=mlp,
         mlp_post_norm=norm(c.d_model) if c.post_norms else None,
+        parallel=c.parallel_residual,
     )
     embed = 0.02 * jax.random.normal(next(keys), (c.vocab_size, c.d_model), dtype)
     positions = None

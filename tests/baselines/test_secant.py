@@ -38,7 +38,7 @@ def gpt2():
 
 @pytest.fixture(scope="module")
 def models(gpt2):
-    return {"gpt2": gpt2, "gemma3-sliding": _model("gemma3-sliding")}
+    return {"gpt2": gpt2, "gemma3-sliding": _model("gemma3-sliding"), "neox-parallel": _model("neox-parallel")}
 
 
 def _dictionaries(d, n_layers):
@@ -60,7 +60,8 @@ def _module_output_dictionary(model, site: str):
     options = {"z": dict(activation="jumprelu", input_norm="layer_norm"), "attn_out": dict(skip=True),
                "mlp_out": dict(rescale_acts_by_decoder_norm=True)}[site]
     layer = {"z": 1, "attn_out": c.n_layers - 2, "mlp_out": c.n_layers - 1}[site]
-    seed = {"z": 10, "attn_out": 17, "mlp_out": 15}[site]  # seeds whose FEATURES are active somewhere in both models
+    # seeds whose FEATURES are active somewhere in every model
+    seed = {"z": 10, "attn_out": 17, "mlp_out": 20 if c.parallel_residual else 15}[site]
     return make_dictionary(width, layer, site, site, "sae", seed, **options)
 
 
@@ -94,10 +95,19 @@ def test_secant_lenses_match_hand_splice(gpt2, which):
 
 
 @pytest.mark.parametrize("site", ["z", "attn_out", "mlp_out"])
-@pytest.mark.parametrize("arch", ["gpt2", "gemma3-sliding"])
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3-sliding", "neox-parallel"])
 def test_module_output_secants_match_hand_splice(models, arch, site):
     model, tokens, mask = models[arch]
-    dictionary = _module_output_dictionary(model, site)
+    _assert_secants_match_hand_splice(model, tokens, mask, _module_output_dictionary(model, site))
+
+
+def test_parallel_block_transcoder_secants_match_hand_splice(models):
+    """A transcoder reading the MLP block input of a parallel block (its resid_mid: resid_pre)."""
+    model, tokens, mask = models["neox-parallel"]
+    _assert_secants_match_hand_splice(model, tokens, mask, make_dictionary(model.config.d_model, 1, "resid_mid", "mlp_out", "transcoder", 17))
+
+
+def _assert_secants_match_hand_splice(model, tokens, mask, dictionary):
     lenses = ("zero_out", "token_change_5")
     ours = _scores(model, dictionary, tokens, mask, lenses=lenses)
     atol = _tolerance(model, tokens, mask)

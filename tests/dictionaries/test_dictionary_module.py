@@ -204,6 +204,24 @@ def test_recorded_hook_is_rechecked():
         validate_dictionary(d, TinyModelConfig())
 
 
+@pytest.mark.parametrize("site,hook", [("resid_mid", None), ("resid_mid", "blocks.1.hook_resid_mid")])
+def test_resid_mid_of_a_parallel_block_is_refused(site, hook):
+    """GPT-NeoX's parallel blocks have no resid_mid (DESIGN.md section 1c): an SAE placed there,
+    by site or by hook name, is refused naming the sites the block has; a transcoder reading
+    the MLP block input (TransformerLens `hook_mlp_in`, a copy of resid_pre there) is not."""
+    from qlens_jax.dictionaries import DictionaryInfo
+    from qlens_jax.dictionaries.validation import ModelFacts
+
+    parallel = ModelFacts(D_IN, 4, "gpt_neox", 2, D_IN // 2, parallel_residual=True)
+    d = sae(site_in=site, site_out=site, info=DictionaryInfo(hook_name=hook))
+    validate_dictionary(d, dataclasses.replace(parallel, parallel_residual=False))
+    with pytest.raises(DictionaryError, match="placed at resid_mid, but the blocks of this gpt_neox model are parallel"
+                                              ".*resid_pre, resid_post, attn_out, z, mlp_out"):
+        validate_dictionary(d, parallel)
+    validate_dictionary(sae(site_in="resid_mid", site_out="mlp_out", kind="transcoder",
+                            info=DictionaryInfo(hook_name="blocks.1.hook_mlp_in")), parallel)
+
+
 @pytest.mark.parametrize("name,model_type,expected", [
     ("blocks.3.hook_resid_pre", None, (3, "resid_pre")),
     ("blocks.3.hook_resid_mid", None, (3, "resid_mid")),
@@ -233,6 +251,14 @@ def test_recorded_hook_is_rechecked():
     ("model.layers.3.post_feedforward_layernorm.output", "gemma3_text", (3, "mlp_out")),
     ("model.layers.3.mlp.down_proj.output", "llama", (3, "mlp_out")),
     ("transformer.h.3.mlp.output", "gpt2", (3, "mlp_out")),
+    # GPT-NeoX (Pythia): no post-norms; post_attention_layernorm is the MLP's pre-norm (ln2)
+    ("gpt_neox.layers.3", "gpt_neox", (3, "resid_post")),
+    ("gpt_neox.layers.3.attention.dense.input", "gpt_neox", (3, "z")),
+    ("gpt_neox.layers.3.attention.output", "gpt_neox", (3, "attn_out")),
+    ("gpt_neox.layers.3.attention.dense.output", "gpt_neox", (3, "attn_out")),
+    ("gpt_neox.layers.3.mlp.output", "gpt_neox", (3, "mlp_out")),
+    ("gpt_neox.layers.3.mlp.dense_4h_to_h.output", "gpt_neox", (3, "mlp_out")),
+    ("gpt_neox.layers.3.post_attention_layernorm.output", "gpt_neox", (3, "mlp_in")),
 ])
 def test_parse_hook_name(name, model_type, expected):
     assert tuple(parse_hook_name(name, model_type)) == expected

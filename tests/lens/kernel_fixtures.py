@@ -43,12 +43,17 @@ def lenses_for(dictionary) -> tuple[str, ...]:
     return tuple(lens for lens in qlens_jax.LENSES if not (dictionary.site_in == "z" and lens == "logit_lens_key"))
 
 
-def dictionary_set(d_model: int, n_layers: int) -> list:
-    """SAEs at resid_pre / resid_mid / resid_post of different layers, and a transcoder."""
+def dictionary_set(d_model: int, n_layers: int, parallel: bool = False) -> list:
+    """SAEs at resid_pre / resid_mid / resid_post of different layers, and a transcoder. A
+    parallel block has no resid_mid: there, a transcoder reading the MLP block's input
+    (TransformerLens `hook_mlp_in`, which is resid_pre) takes the resid_mid SAE's place."""
     last = n_layers - 1
+    mid = random_dictionary(d_model, 1, "resid_mid", "resid_mid", "sae", 2)
+    if parallel:
+        mid = random_dictionary(d_model, 1, "resid_mid", "mlp_out", "transcoder", 2)
     return [
         random_dictionary(d_model, 0, "resid_post", "resid_post", "sae", 1),
-        random_dictionary(d_model, 1, "resid_mid", "resid_mid", "sae", 2),
+        mid,
         random_dictionary(d_model, last, "resid_pre", "resid_pre", "sae", 3),
         random_dictionary(d_model, 1, "mlp_in", "mlp_out", "transcoder", 4),
     ]
@@ -65,4 +70,5 @@ def setup(arch: str, seed: int = 0):
     hf = build_hf_model(arch, seed=seed)
     model = converters.load_model(hf)
     tokens, mask = padded_batch(model.config.vocab_size, batch=4, seq=11, seed=seed)
-    return hf, model, dictionary_set(model.config.d_model, model.config.n_layers), tokens, mask
+    c = model.config
+    return hf, model, dictionary_set(c.d_model, c.n_layers, c.parallel_residual), tokens, mask

@@ -16,9 +16,9 @@ from qlens_jax.lens.points import n_key_points, n_points, point_at, row
 from qlens_jax.models import init_transformer, mlp_residual
 
 # A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, Gemma-3's
-# post-norms with (1 + w) RMSNorm and Qwen3-MoE's routed experts: every shape of MLP Jacobian
-# the block-major sweep forms.
-ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "qwen3moe-top2-renorm"]
+# post-norms with (1 + w) RMSNorm, Qwen3-MoE's routed experts and GPT-NeoX's parallel block:
+# every shape of MLP Jacobian and block the block-major sweep forms.
+ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "qwen3moe-top2-renorm", "neox-parallel"]
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)

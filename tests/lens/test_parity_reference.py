@@ -16,7 +16,7 @@ RTOL = 1e-4
 K = 8
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top2-renorm"])
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top2-renorm", "neox-parallel"])
 def computed(request):
     hf, model, dictionaries, tokens, mask = setup(request.param)
     dictionaries = dictionaries + module_output_dictionaries(model.config)

@@ -99,3 +99,15 @@ def test_weights_that_would_overflow_the_readout(gpt2, side, scale, refused):
         qlens_jax.plan_request(model, [d], tokens, mask, lenses=(lens,))
     with pytest.raises(AssertionError, match="work started"):
         qlens_jax.plan_request(model, [d], tokens, mask, lenses=(lens,), features=[4, 6])
+
+
+def test_resid_mid_of_a_parallel_block():
+    """GPT-NeoX's parallel blocks have no resid_mid: refused by name with the sites they have."""
+    import converters
+    from tiny_models import build_hf_model
+
+    model = converters.load_model(build_hf_model("neox-parallel"))
+    tokens = np.arange(3, 11, dtype=np.int32).reshape(2, 4)
+    mid = random_dictionary(model.config.d_model, 1, "resid_mid", "resid_mid", "sae", 9)
+    with pytest.raises(DictionaryError, match="resid_mid.*parallel.*resid_pre, resid_post, attn_out, z, mlp_out"):
+        qlens_jax.query_lens(model, [mid], tokens)

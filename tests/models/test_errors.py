@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -116,6 +117,43 @@ def test_gemma3_multimodal_needs_a_gemma3_text_config():
     del raw["text_config"]
     with pytest.raises(ConversionError, match="no text_config"):
         converters.model_config_from_hf(raw)
+
+
+# Pythia-70m-deduped's config.json, shrunk: the legacy rotary keys transformers 5 still reads.
+PYTHIA_CONFIG = {
+    "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
+    "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 80, "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 4, "num_hidden_layers": 2,
+    "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False, "torch_dtype": "float16",
+    "transformers_version": "4.24.0", "use_cache": True, "use_parallel_residual": True, "vocab_size": 113,
+}
+
+
+def test_pythia_legacy_config_converts_as_transformers_reads_it():
+    """`rotary_pct` / `rotary_emb_base` give what transformers 5 makes of them (`rope_parameters`)."""
+    import transformers
+
+    legacy = converters.model_config_from_hf(PYTHIA_CONFIG)
+    as_read = transformers.GPTNeoXConfig(**{k: v for k, v in PYTHIA_CONFIG.items() if k != "model_type"}).to_dict()
+    assert "rotary_pct" not in as_read and as_read["rope_parameters"]["partial_rotary_factor"] == 0.25
+    assert converters.model_config_from_hf(as_read) == legacy
+    assert (legacy.parallel_residual, legacy.rotary_dim, legacy.head_dim) == (True, 4, 16)
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("head_dim", 16, "head_dim"),  # transformers' GPT-NeoX rotary reads it, its attention does not
+        ("rotary_pct", 0.2, "rotary_pct / partial_rotary_factor=0.2"),  # 3.2 -> 3 rotary dimensions: odd
+        ("rope_scaling", {"type": "dynamic", "factor": 2.0}, "rope_type 'dynamic'"),
+        ("rope_parameters", {"rope_type": "default", "rope_theta": 1e4, "beta_fast": 4}, "beta_fast"),
+        ("hidden_act", "swiglu_v9", "swiglu_v9"),
+        ("rope_theta", 500.0, "rope_theta"),
+    ],
+)
+def test_gpt_neox_unsupported_option_is_named(key, value, named):
+    with pytest.raises(UnsupportedOptionError, match=re.escape(named)):
+        converters.model_config_from_hf({**PYTHIA_CONFIG, key: value})
 
 
 def test_shapes_disagree_with_config(saved, tmp_path):

@@ -38,6 +38,11 @@ FULL_SIZE = {
         dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
              num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512),
     ),
+    "pythia-70m-deduped": (
+        "GPTNeoXConfig", "GPTNeoXForCausalLM",
+        dict(vocab_size=50304, hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
+             rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True, tie_word_embeddings=False),
+    ),
 }
 
 

@@ -41,9 +41,14 @@ def test_residual_stream_matches_hidden_states(converted):
         np.testing.assert_allclose(np.asarray(res.resid_pre[b])[mask], hidden[b][mask], atol=TOL, rtol=0)
     final = np.asarray(model.final_norm_fn(res.resid_post[-1]))
     np.testing.assert_allclose(final[mask], hidden[n_layers][mask], atol=TOL, rtol=0)
-    # The decomposition is consistent: pre + attn = mid, mid + mlp = post = next pre.
-    np.testing.assert_allclose(res.resid_mid, res.resid_pre + res.attn_out, atol=1e-6)
-    np.testing.assert_allclose(res.resid_post, res.resid_mid + res.mlp_out, atol=1e-6)
+    # The decomposition is consistent: pre + attn = mid, mid + mlp = post = next pre; in a
+    # parallel block the MLP reads resid_pre (its resid_mid) and both outputs join at post.
+    if model.config.parallel_residual:
+        np.testing.assert_array_equal(res.resid_mid, res.resid_pre)
+        np.testing.assert_allclose(res.resid_post, res.resid_pre + res.attn_out + res.mlp_out, atol=1e-6)
+    else:
+        np.testing.assert_allclose(res.resid_mid, res.resid_pre + res.attn_out, atol=1e-6)
+        np.testing.assert_allclose(res.resid_post, res.resid_mid + res.mlp_out, atol=1e-6)
     np.testing.assert_allclose(res.resid_post[:-1], res.resid_pre[1:], atol=0)
 
 
@@ -82,3 +87,31 @@ def test_bfloat16_parameters_stay_close():
     assert model.embed_tokens.dtype == jnp.bfloat16
     got = np.asarray(model(jnp.asarray(tokens), jnp.asarray(mask)), np.float32)
     assert np.abs(got[mask] - want[mask]).max() < 0.1 * np.abs(want[mask]).max()
+
+
+def test_pythia_checkpoint_layout(tmp_path):
+    """A GPT-NeoX checkpoint as EleutherAI's Pythia files have it: the legacy rotary keys
+    (`rotary_pct`, `rotary_emb_base`), the unembedding as `embed_out.weight`, and per-layer
+    buffers that are not parameters (the causal mask, its fill value, the rotary table)."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    hf = build_hf_model("neox-parallel", seed=6)
+    directory = save_hf_model(hf, tmp_path / "pythia")
+    weights = load_file(directory / "model.safetensors")
+    assert "embed_out.weight" in weights and "lm_head.weight" not in weights
+    for i in range(hf.config.num_hidden_layers):
+        prefix = f"gpt_neox.layers.{i}.attention."
+        weights[prefix + "bias"] = np.tril(np.ones((1, 1, 16, 16), bool))
+        weights[prefix + "masked_bias"] = np.array(-1e9, np.float32)
+        weights[prefix + "rotary_emb.inv_freq"] = np.ones(3, np.float32)
+    save_file(weights, directory / "model.safetensors")
+    config = json.loads((directory / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    config.update(rotary_pct=rope["partial_rotary_factor"], rotary_emb_base=rope["rope_theta"])
+    (directory / "config.json").write_text(json.dumps(config))
+    tokens, mask = padded_batch(hf.config.vocab_size, seq=8)
+    want, _ = hf_forward(hf, tokens, mask)
+    got = np.asarray(converters.load_model(directory)(jnp.asarray(tokens), jnp.asarray(mask)))
+    np.testing.assert_allclose(got[mask], want[mask], atol=TOL, rtol=0)

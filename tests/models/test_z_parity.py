@@ -12,10 +12,12 @@ import converters
 from tiny_models import build_hf_model, padded_batch, save_hf_model
 
 TOL = 1e-4
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied"]
+ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied", "neox-parallel"]
 
 
 def hf_layers(hf):
+    if hasattr(hf, "gpt_neox"):
+        return hf.gpt_neox.layers
     return hf.transformer.h if hasattr(hf, "transformer") else hf.model.layers
 
 
@@ -24,6 +26,8 @@ def hf_sites(layer):
     named as transformers does (the branch outputs are what is added to the residual)."""
     if hasattr(layer, "attn"):  # GPT-2
         return layer.attn.c_proj, layer.attn, layer.mlp
+    if hasattr(layer, "attention"):  # GPT-NeoX
+        return layer.attention.dense, layer.attention, layer.mlp
     if hasattr(layer, "post_feedforward_layernorm"):  # Gemma-3: post-norms sit before the add
         return layer.self_attn.o_proj, layer.post_attention_layernorm, layer.post_feedforward_layernorm
     return layer.self_attn.o_proj, layer.self_attn, layer.mlp

@@ -1,7 +1,7 @@
 """Tests of the independent PyTorch oracle (benchmarks/reference_torch.py).
 
-Tiny random Hugging Face models (GPT-2, Llama, Qwen-3, Gemma-3 with a sliding window shorter
-than the sequence and final logit softcapping). The checks use test-owned mechanisms where
+Tiny random Hugging Face models (GPT-2, Llama, Qwen-3, GPT-NeoX with parallel blocks, Gemma-3
+with a sliding window shorter than the sequence and final logit softcapping). The checks use test-owned mechanisms where
 possible (autograd w.r.t. ``inputs_embeds``, HF ``output_hidden_states``, central finite
 differences in float64, direct JVPs of hand-assembled module branches), so they do not share
 code paths with the implementation under test.
@@ -61,6 +61,13 @@ def _build(arch):
             for name, p in model.named_parameters():
                 if "norm" in name:
                     p.normal_(0.0, 0.3)
+    elif arch == "neox":  # parallel attention and MLP, half of each head rotated
+        cfg = transformers.GPTNeoXConfig(
+            hidden_size=D, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+            initializer_range=0.15, rotary_pct=0.5, use_parallel_residual=True,
+            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )
+        model = transformers.GPTNeoXForCausalLM(cfg)
     else:
         raise ValueError(arch)
     cfg._attn_implementation = "eager"
@@ -106,6 +113,8 @@ def attn_branch_output_module(model, b):
     layer = layers_of(model)[b]
     if hasattr(layer, "attn"):
         return layer.attn
+    if hasattr(layer, "attention"):  # GPT-NeoX
+        return layer.attention
     if hasattr(layer, "pre_feedforward_layernorm"):
         return layer.post_attention_layernorm  # Gemma: post-attention norm output is added
     return layer.self_attn
@@ -301,7 +310,7 @@ def test_value_transport_matches_finite_differences(arch, point):
     no_hooks_left(model)
 
 
-@pytest.mark.parametrize("arch", ARCHS + ["llama"])
+@pytest.mark.parametrize("arch", ARCHS + ["llama", "neox"])
 @pytest.mark.parametrize("read", [("sae", "resid_post", 1), ("sae", "resid_pre", 2), ("sae", "resid_pre", 0),
                                   ("transcoder", None, 1), ("transcoder-exact", None, 2)])
 def test_key_transport_matches_autograd(arch, read):
@@ -327,6 +336,29 @@ def test_key_transport_matches_autograd(arch, read):
     assert_close(per, grad[mask].detach().numpy(), rtol=1e-8)
     if site == "resid_pre" and layer == 0:
         assert_close(w, k.numpy(), rtol=1e-12)
+    no_hooks_left(model)
+
+
+def test_parallel_blocks_transports_and_modules():
+    """GPT-NeoX with parallel blocks: a value vector at attn_out[1] enters at resid_post[1] (the
+    finite difference of adding it to the attention output), MLP 1 is not after it; a transcoder
+    of MLP 1 reads resid_pre[1] (attention 1 is not before it, as the autograd test of its key
+    side checks); resid_mid does not exist."""
+    model = model_of("neox", "float64")
+    tokens, mask = batch()
+    v = vec(2)
+    with torch.no_grad():
+        fd = _fd_value(model, tokens, mask, v, ("resid_mid", 1), h=2e-3)  # added to attention 1's output
+    assert_close(rt.value_transport(model, tokens, mask, v, "attn_out", 1), fd, rtol=2e-4)
+    assert_close(rt.value_transport(model, tokens, mask, v, "resid_post", 1), fd, rtol=2e-4)
+    assert rt.module_names(model, "attn_out", 1, side="value") == ["attn.2", "mlp.2"]
+    assert rt.module_names(model, "z", 1, side="value") == ["attn.2", "mlp.2"]
+    assert rt.module_names(model, None, 1, kind="transcoder", side="key") == ["attn.0", "mlp.0"]
+    assert rt.module_names(model, "mlp_out", 1, side="key") == ["attn.0", "mlp.0"]
+    assert rt.module_names(model, "attn_out", 1, side="key") == ["attn.0", "mlp.0"]
+    for side in ("value", "key"):
+        with pytest.raises(ValueError, match="no resid_mid"):
+            rt.module_names(model, "resid_mid", 1, side=side)
     no_hooks_left(model)
 
 
