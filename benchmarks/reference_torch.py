@@ -8,9 +8,10 @@ authors' implementation.
 
 Supported models: ``GPT2LMHeadModel``, Llama-style causal LMs (``LlamaForCausalLM``,
 ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ... anything whose decoder layers have
-``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``) and Gemma-3 text
-models (``Gemma3ForCausalLM``; decoder layers with ``pre_feedforward_layernorm`` and
-``post_feedforward_layernorm``). Use eager attention (``prepare_model`` / ``load_model``).
+``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``; Mistral and Gemma-1
+are of this kind) and Gemma-2/3 text models (``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``; decoder
+layers with ``pre_feedforward_layernorm`` and ``post_feedforward_layernorm``, whose outputs and
+``post_attention_layernorm``'s are what the modules add to the residual). Use eager attention (``prepare_model`` / ``load_model``).
 
 Mechanism
 ---------

@@ -3,8 +3,9 @@
 Query Lens transports are checked against float64 central finite differences and autograd
 through `inputs_embeds`, with hooks written here (not the reference's); first order against
 the cases where it is exact and against explicit Jacobians of hand-assembled modules; Logit
-Lens against explicit weights. Tiny seeded GPT-2, Llama, Qwen-3 (z wider than d_model) and
-Gemma-3 (post-norms, a sliding window shorter than the sequence) models, padded samples.
+Lens against explicit weights. Tiny seeded GPT-2, Llama, Qwen-3 (z wider than d_model),
+Gemma-3 (post-norms, a sliding window shorter than the sequence) and Gemma-2 (soft-caps that bite)
+models, padded samples.
 """
 
 import copy
@@ -16,7 +17,7 @@ import torch
 from benchmarks import reference_torch as rt
 from tiny_models import build_hf_model
 
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding"]
+ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "gemma2-softcaps"]
 SITES = ["attn_out", "z", "mlp_out"]
 B, S, VALID1 = 2, 8, 6  # second row right-padded; pad run shorter than Gemma's window (4)
 LAYER = 1
