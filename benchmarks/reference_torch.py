@@ -8,11 +8,12 @@ authors' implementation.
 
 Supported models: ``GPT2LMHeadModel``, Llama-style causal LMs (``LlamaForCausalLM``,
 ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``Qwen3MoeForCausalLM`` (routed experts), ... anything whose decoder layers have
-``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``), Gemma-3 text
-models (``Gemma3ForCausalLM``; decoder layers with ``pre_feedforward_layernorm`` and
-``post_feedforward_layernorm``) and GPT-NeoX (``GPTNeoXForCausalLM``, Pythia; decoder layers
-with ``attention`` / ``mlp``, parallel or sequential). Use eager attention (``prepare_model`` /
-``load_model``).
+``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``; Mistral and Gemma-1
+are of this kind), Gemma-2/3 text models (``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``; decoder
+layers with ``pre_feedforward_layernorm`` and ``post_feedforward_layernorm``, whose outputs and
+``post_attention_layernorm``'s are what the modules add to the residual) and GPT-NeoX
+(``GPTNeoXForCausalLM``, Pythia; decoder layers with ``attention`` / ``mlp``, parallel or
+sequential). Use eager attention (``prepare_model`` / ``load_model``).
 
 Parallel blocks (GPT-NeoX with ``use_parallel_residual``): attention and MLP both read
 ``resid_pre[b]`` and both outputs are added at ``resid_post[b]``; there is no ``resid_mid[b]``

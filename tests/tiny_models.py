@@ -23,7 +23,8 @@ ARCHITECTURES = {
     "gpt2-untied-scaled": (
         "GPT2Config", "GPT2LMHeadModel",
         dict(n_embd=48, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False,
-             scale_attn_by_inverse_layer_idx=True, activation_function="gelu"),
+             scale_attn_by_inverse_layer_idx=True, activation_function="gelu", layer_norm_epsilon=1e-3, n_inner=80,
+             scale_attn_weights=False),
     ),
     "llama-gqa2-llama3rope": (
         "LlamaConfig", "LlamaForCausalLM",
@@ -39,7 +40,8 @@ ARCHITECTURES = {
     "qwen2-yarn": (
         "Qwen2Config", "Qwen2ForCausalLM",
         dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, rope_parameters=ROPE_YARN, max_position_embeddings=32),
+             num_key_value_heads=2, rope_parameters=ROPE_YARN, max_position_embeddings=32, head_dim=16,
+             hidden_act="gelu", rms_norm_eps=1e-3, tie_word_embeddings=True),
     ),
     "qwen3-gqa4-tied": (
         "Qwen3Config", "Qwen3ForCausalLM",
@@ -92,6 +94,55 @@ ARCHITECTURES = {
         dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
              rotary_pct=0.25, use_parallel_residual=False, tie_word_embeddings=True, attention_bias=False,
              hidden_act="gelu_new", layer_norm_eps=1e-2),
+    ),
+    # Every option the family reads set to a value that changes the logits (tests/models/test_families.py).
+    "llama-every-key": (
+        "LlamaConfig", "LlamaForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, hidden_act="gelu", rms_norm_eps=1e-3, attention_bias=True,
+             mlp_bias=True, tie_word_embeddings=True,
+             rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}),
+    ),
+    "qwen3-every-key": (
+        "Qwen3Config", "Qwen3ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, hidden_act="gelu", rms_norm_eps=1e-3, attention_bias=True,
+             tie_word_embeddings=True, rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}),
+    ),
+    "gemma3-every-key": (
+        "Gemma3TextConfig", "Gemma3ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, sliding_window=3, query_pre_attn_scalar=10,
+             final_logit_softcapping=2.0, attention_bias=True, hidden_activation="gelu", rms_norm_eps=1e-3,
+             tie_word_embeddings=False, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 300.0},
+                              "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5000.0}}),
+    ),
+    # Every option of the family set to a value that changes the logits: soft-caps that bite,
+    # a window shorter than the test sequences, a query scalar and a head width that are not
+    # the defaults, attention biases, exact GELU, a rope theta of its own.
+    "gemma2-softcaps": (
+        "Gemma2Config", "Gemma2ForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, sliding_window=3, query_pre_attn_scalar=10,
+             attn_logit_softcapping=1.0, final_logit_softcapping=2.0, attention_bias=True,
+             hidden_activation="gelu", rms_norm_eps=1e-3, tie_word_embeddings=False,
+             layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention"],
+             rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
+    ),
+    # The legacy `hidden_act="gelu"`, which transformers reads as the tanh approximation.
+    "gemma-geglu": (
+        "GemmaConfig", "GemmaForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=1, head_dim=16, hidden_act="gelu", attention_bias=True, rms_norm_eps=1e-3,
+             tie_word_embeddings=False,
+             rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+    ),
+    "mistral-sliding": (
+        "MistralConfig", "MistralForCausalLM",
+        dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, sliding_window=3, rms_norm_eps=1e-3, hidden_act="gelu",
+             tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
     ),
 }
 

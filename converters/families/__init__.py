@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from converters.errors import UnsupportedOptionError
 from converters.families.spec import COMMON_INERT_KEYS, REGISTRY, FamilySpec, register
-from converters.families import gpt2, llama, qwen2, qwen3, gemma3, gpt_neox  # noqa: F401  (registers them)
+from converters.families import gpt2, llama, qwen2, qwen3, gemma3, gemma2, gemma, mistral, gpt_neox  # noqa: F401  (registers them)
 from converters.families import qwen3_moe  # noqa: F401
 
 

@@ -33,8 +33,9 @@ class DecoderStyle:
     o_bias: bool | None = None  # None: `attention_bias`
     tie_default: bool = False
     query_pre_attn_scalar: bool = False  # attention scale from `query_pre_attn_scalar`, else head_dim
-    # Sliding windows: "none" (every layer global), "layer_types" (windows on the layers that
-    # `layer_types` or `sliding_pattern` marks sliding), "all" (every layer, Mistral).
+    # Sliding windows: "none" (every layer global, `layer_types` unread), "refused" (a layer
+    # marked sliding is refused: Qwen without `use_sliding_window`), "layer_types" (windows on
+    # the layers that `layer_types` or `sliding_pattern` marks sliding), "all" (Mistral).
     windows: str = "none"
     sliding_pattern_keys: tuple[str, ...] = ()  # keys giving the local:global period
     default_sliding_pattern: int | None = None  # period when no key gives it (None: all global)
@@ -103,7 +104,12 @@ def _windows(raw: dict, family: str, style: DecoderStyle, types: list[str]) -> t
     window = raw.get("sliding_window") or 0
     if style.windows == "all":
         return (window,) * len(types)
-    if style.windows == "none":
+    if style.windows == "refused" and "sliding_attention" in types:
+        raise UnsupportedOptionError(
+            f"{family} config option layer_types marks layers {[i for i, t in enumerate(types) if t != 'full_attention']} "
+            "sliding_attention: sliding windows are not supported for this family"
+        )
+    if style.windows in ("none", "refused"):
         return (0,) * len(types)
     if "sliding_attention" in types and not window:
         raise ConversionError(f"{family} config has sliding layers but no sliding_window")

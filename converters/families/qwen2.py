@@ -1,5 +1,5 @@
 """Qwen-2 (`Qwen2ForCausalLM`): biases on q, k, v (not on the output projection); sliding
-windows are not implemented (`use_sliding_window` must be false)."""
+windows are not implemented (`use_sliding_window` must be false, `layer_types` all full)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from converters.families.weights import decoder_plan
 # false (transformers then sets `sliding_window` to None).
 INERT = frozenset(
     """n_positions max_window_layers _sliding_window_pattern sliding_window_pattern rope_local_base_freq
-    final_logit_softcapping attn_logit_softcapping query_pre_attn_scalar sliding_window layer_types""".split()
+    final_logit_softcapping attn_logit_softcapping query_pre_attn_scalar sliding_window""".split()
 )
-STYLE = DecoderStyle(qkv_bias=True, o_bias=False)
+STYLE = DecoderStyle(qkv_bias=True, o_bias=False, windows="refused")
 
 SPEC = register(FamilySpec(
     model_type="qwen2",
-    reads=DECODER_READS | {"hidden_act"},
+    reads=DECODER_READS | {"hidden_act", "layer_types"},
     required={"use_sliding_window": (False,)},
     inert=INERT,
     build=lambda raw: decoder_config(raw, "qwen2", STYLE),

@@ -1,11 +1,11 @@
 """`ModelConfig`: everything the transformer family needs to know, and nothing it guesses.
 
-One frozen dataclass covers GPT-2, Llama, Qwen-2/3, Gemma-3 and GPT-NeoX: the differences
-between them are options here (norm kind, gated MLP, positions, post-norms, parallel blocks,
-partial rotary, ...). Fields added later have defaults, so saved configs of older versions load. Per-layer
+One frozen dataclass covers GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3 and GPT-NeoX: the
+differences between them are options here (norm kind, gated MLP, positions, post-norms, routed experts,
+parallel blocks, partial rotary, ...). Fields added later have defaults, so saved configs of older versions load. Per-layer
 attention metadata (RoPE frequencies, sliding windows, scales) is stored resolved, so the
 model never re-derives it and `lax.scan` can carry it as arrays.
-Converters in `converters.hf_config` build it from a Hugging Face `config.json`.
+Each family's file in `converters/families` builds it from a Hugging Face `config.json`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
-    post_norms: bool = False  # Gemma-3: norms after attention and MLP, before the residual add
+    post_norms: bool = False  # Gemma-2/3: norms after attention and MLP, before the residual add
     embed_scale: float = 1.0  # Gemma: sqrt(d_model)
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None

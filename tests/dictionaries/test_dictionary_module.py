@@ -248,6 +248,10 @@ def test_resid_mid_of_a_parallel_block_is_refused(site, hook):
     ("model.layers.3.self_attn.o_proj.output", "qwen3", (3, "attn_out")),
     ("model.layers.3.post_attention_layernorm.output", "gemma3_text", (3, "attn_out")),
     ("model.layers.3.post_attention_layernorm.output", "gemma2", (3, "attn_out")),
+    ("model.layers.3.post_attention_layernorm.output", "gemma", (3, "mlp_in")),  # Gemma-1: the MLP's pre-norm
+    ("model.layers.3.post_attention_layernorm.output", "mistral", (3, "mlp_in")),
+    ("model.layers.3.mlp.output", "gemma", (3, "mlp_out")),
+    ("model.layers.3.post_feedforward_layernorm.output", "gemma2", (3, "mlp_out")),
     ("model.layers.3.post_feedforward_layernorm.output", "gemma3_text", (3, "mlp_out")),
     ("model.layers.3.mlp.down_proj.output", "llama", (3, "mlp_out")),
     ("transformer.h.3.mlp.output", "gpt2", (3, "mlp_out")),

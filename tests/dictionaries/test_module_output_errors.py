@@ -134,6 +134,8 @@ def test_attn_out_hook_with_the_width_of_z_is_ambiguous(tmp_path, model):
     ("model.layers.1.self_attn.o_proj.output", "gemma3_text",
      "attention output BEFORE gemma3_text's post_attention_layernorm"),
     ("model.layers.1.mlp.output", "gemma3_text", "MLP output BEFORE gemma3_text's post_feedforward_layernorm"),
+    ("model.layers.1.self_attn.o_proj.output", "gemma2", "attention output BEFORE gemma2's post_attention_layernorm"),
+    ("model.layers.1.mlp.down_proj.output", "gemma2", "MLP output BEFORE gemma2's post_feedforward_layernorm"),
     ("model.layers.1.self_attn.o_proj.output", None, "attn_out except in Gemma 2/3.*pass the model"),
 ])
 def test_hf_module_outputs_before_a_post_norm_are_refused(tmp_path, hook, model_type, match):
@@ -146,6 +148,9 @@ def test_hf_module_outputs_before_a_post_norm_are_refused(tmp_path, hook, model_
 @pytest.mark.parametrize("hook,model_type", [
     ("model.layers.1.self_attn.o_proj.output", "llama"),  # no post-norm: added straight to the residual
     ("model.layers.1.post_attention_layernorm.output", "gemma3_text"),  # Gemma: after the post-norm
+    ("model.layers.1.post_attention_layernorm.output", "gemma2"),
+    ("model.layers.1.self_attn.o_proj.output", "gemma"),  # Gemma-1 has no post-norms
+    ("model.layers.1.self_attn.output", "mistral"),
 ])
 def test_hf_attention_output_after_any_post_norm_is_attn_out(tmp_path, hook, model_type):
     saelens_dir(tmp_path, hook=hook)

@@ -2,6 +2,7 @@
 the basis-major sweeps, and sweeps restricted to the points a request needs give the same rows
 there and refuse to be read elsewhere."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,12 +14,14 @@ from converters import model_config_from_hf
 from kernel_fixtures import setup
 from qlens_jax.lens import LensRequestError, blockwise, transport_operators
 from qlens_jax.lens.points import n_key_points, n_points, point_at, row
-from qlens_jax.models import init_transformer, mlp_residual
+from qlens_jax.models import MLP, ResidualMLP, init_transformer, mlp_residual
+from qlens_jax.models.mlp import autodiff_cost
 
 # A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, Gemma-3's
-# post-norms with (1 + w) RMSNorm, Qwen3-MoE's routed experts and GPT-NeoX's parallel block:
-# every shape of MLP Jacobian and block the block-major sweep forms.
-ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "qwen3moe-top2-renorm", "neox-parallel"]
+# post-norms with (1 + w) RMSNorm, Qwen3-MoE's routed experts, GPT-NeoX's parallel block, and
+# Gemma-2 / Gemma-1 / Mistral: every shape of MLP Jacobian and block the block-major sweep forms.
+ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "qwen3moe-top2-renorm", "neox-parallel",
+                 "gemma2-softcaps", "gemma-geglu", "mistral-sliding"]
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -179,3 +182,35 @@ def test_mlp_jacobians_do_not_depend_on_positions_per_step():
     h = jax.random.normal(jax.random.PRNGKey(2), (2, 5, model.config.d_model))
     assert blockwise.token_chunk() == blockwise.CPU_TOKEN_CHUNK
     np.testing.assert_allclose(blockwise.mlp_jacobians(block, h, 1), blockwise.mlp_jacobians(block, h, 16), rtol=1e-5, atol=1e-6)
+
+
+class _AutodiffOnly(ResidualMLP):
+    """A module that only gives its function and cost, as a mixture-of-experts MLP does: the
+    sweeps take its Jacobian by autodiff."""
+
+    inner: MLP
+
+    def __call__(self, x):
+        return self.inner(x)
+
+    @staticmethod
+    def cost(config):
+        return autodiff_cost(config.d_model, 3 * config.d_model * config.d_mlp, 3 * config.d_mlp)
+
+
+def test_a_module_without_an_explicit_jacobian_is_linearized_by_autodiff():
+    """The MLP interface: the sweeps call `ResidualMLP.jacobian`, autodiff unless a module gives
+    a cheaper product, and decide the order from its `cost` (Gemma-2: post-norms around it)."""
+    _, model, _, tokens, mask = setup("gemma2-softcaps")
+    options = dict(sweeps=("value", "key"), sweep_order="blockwise", with_input_norms=True)
+    block_major = transport_operators(model, tokens, mask, **options)
+    swapped = eqx.tree_at(lambda m: m.blocks.mlp, model, _AutodiffOnly(model.blocks.mlp))
+    block, _ = swapped.block(1)
+    h = jax.random.normal(jax.random.key(4), (model.config.d_model,)) * 2.0
+    explicit = blockwise.mlp_jacobian(model.block(1)[0], h)
+    np.testing.assert_allclose(blockwise.mlp_jacobian(block, h), explicit, rtol=0, atol=1e-5 * float(jnp.abs(explicit).max()))
+    again = transport_operators(swapped, tokens, mask, **options)
+    _assert_rows_close(again.value, block_major.value)
+    _assert_rows_close(again.key, block_major.key)
+    d, ff = model.config.d_model, model.config.d_mlp
+    assert _AutodiffOnly.cost(model.config).form == d * 3 * d * ff > MLP.cost(model.config).form

@@ -1,5 +1,6 @@
 """Every lens agrees with the independent PyTorch reference (benchmarks/reference_torch.py),
-and the dense and per-feature paths agree with each other, on GPT-2, Llama, Qwen-3 and Gemma-3,
+and the dense and per-feature paths agree with each other, on GPT-2, Llama, Qwen-3, Gemma-3,
+Gemma-2 (soft-caps that bite), Gemma-1 and Mistral (sliding windows),
 for residual SAEs, a transcoder and SAEs on module outputs (`z`, `attn_out`, `mlp_out`,
 DESIGN.md section 1b) in one request."""
 
@@ -16,7 +17,9 @@ RTOL = 1e-4
 K = 8
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top2-renorm", "neox-parallel"])
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding",
+                                        "qwen3moe-top2-renorm", "neox-parallel", "gemma2-softcaps", "gemma-geglu",
+                                        "mistral-sliding"])
 def computed(request):
     hf, model, dictionaries, tokens, mask = setup(request.param)
     dictionaries = dictionaries + module_output_dictionaries(model.config)

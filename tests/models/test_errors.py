@@ -216,3 +216,23 @@ def test_model_config_errors_are_input_errors(saved):
     assert isinstance(err.value, InputError)
     with pytest.raises(ModelConfigError, match=r"unknown ModelConfig fields in saved config: \['colour'\]"):
         ModelConfig.from_json(json.dumps({**json.loads(config.to_json()), "colour": 1}))
+
+
+@pytest.mark.parametrize("arch, key, value, match", [
+    ("gemma2-softcaps", "use_bidirectional_attention", True, "use_bidirectional_attention=True is not supported"),
+    ("gemma2-softcaps", "layer_types", ["chunked_attention"] * 4, "layer type 'chunked_attention'"),
+    ("gemma2-softcaps", "rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}, "dynamic"),
+    ("gemma2-softcaps", "sliding_window_pattern", 3, "not supported by the converter: sliding_window_pattern"),
+    ("gemma-geglu", "use_bidirectional_attention", True, "use_bidirectional_attention=True is not supported"),
+    ("gemma-geglu", "hidden_act", "swiglu_v9", "swiglu_v9"),
+    ("gemma-geglu", "attn_logit_softcapping", 50.0, "not supported by the converter: attn_logit_softcapping"),
+    ("mistral-sliding", "layer_types", ["full_attention"] * 3, "not supported by the converter: layer_types"),
+    ("qwen3-every-key", "layer_types", ["full_attention", "sliding_attention"], "layer_types marks layers \\[1\\]"),
+    ("mistral-sliding", "attention_bias", True, "not supported by the converter: attention_bias"),
+])
+def test_unimplemented_options_are_named_by_the_family(arch, key, value, match):
+    """Checked on the config alone, before any weight is read or anything compiles."""
+    raw = build_hf_model(arch).config.to_dict()
+    raw[key] = value
+    with pytest.raises(UnsupportedOptionError, match=match):
+        converters.model_config_from_hf(raw)

@@ -1,6 +1,6 @@
 """`run_with_residuals` exposes the module-output sites as transformers computes them: `z` (every
 head's output, the input of the attention's output projection), `attn_out` and `mlp_out` (what
-each module adds to the residual, after Gemma-3's post-norms), on padded samples."""
+each module adds to the residual, after Gemma-2/3's post-norms), on padded samples."""
 
 import chex
 import jax.numpy as jnp
@@ -12,7 +12,8 @@ import converters
 from tiny_models import build_hf_model, padded_batch, save_hf_model
 
 TOL = 1e-4
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied", "neox-parallel"]
+ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied", "neox-parallel",
+         "gemma2-softcaps", "gemma-geglu", "mistral-sliding"]
 
 
 def hf_layers(hf):
@@ -28,7 +29,7 @@ def hf_sites(layer):
         return layer.attn.c_proj, layer.attn, layer.mlp
     if hasattr(layer, "attention"):  # GPT-NeoX
         return layer.attention.dense, layer.attention, layer.mlp
-    if hasattr(layer, "post_feedforward_layernorm"):  # Gemma-3: post-norms sit before the add
+    if hasattr(layer, "post_feedforward_layernorm"):  # Gemma-2/3: post-norms sit before the add
         return layer.self_attn.o_proj, layer.post_attention_layernorm, layer.post_feedforward_layernorm
     return layer.self_attn.o_proj, layer.self_attn, layer.mlp
 

@@ -3,8 +3,9 @@
 Query Lens transports are checked against float64 central finite differences and autograd
 through `inputs_embeds`, with hooks written here (not the reference's); first order against
 the cases where it is exact and against explicit Jacobians of hand-assembled modules; Logit
-Lens against explicit weights. Tiny seeded GPT-2, Llama, Qwen-3 (z wider than d_model) and
-Gemma-3 (post-norms, a sliding window shorter than the sequence) models, padded samples.
+Lens against explicit weights. Tiny seeded GPT-2, Llama, Qwen-3 (z wider than d_model),
+Gemma-3 (post-norms, a sliding window shorter than the sequence) and Gemma-2 (soft-caps that bite)
+models, padded samples.
 """
 
 import copy
@@ -16,7 +17,7 @@ import torch
 from benchmarks import reference_torch as rt
 from tiny_models import build_hf_model
 
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied"]
+ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied", "gemma2-softcaps"]
 # Finite differences need a function smooth over the step: a routed-experts model is only
 # piecewise smooth (a step of 2e-3 at every position can change some position's top-k choice),
 # so it is checked against autograd, which linearizes at the clean choice, instead.
