@@ -60,6 +60,15 @@ ARCHITECTURES = {
              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=12, tie_word_embeddings=True,
              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
     ),
+    # Every option the family reads for routed layers set to a value that changes the logits
+    # (tests/models/test_families.py).
+    "qwen3moe-every-key": (
+        "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+        dict(hidden_size=48, moe_intermediate_size=24, num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
+             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, attention_bias=True,
+             hidden_act="gelu", rms_norm_eps=1e-3, tie_word_embeddings=True,
+             rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}),
+    ),
     # Every layer listed in mlp_only_layers: a dense Qwen3-MoE (Qwen3MoeMLP of intermediate_size).
     "qwen3moe-all-dense-bias": (
         "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
@@ -92,8 +101,8 @@ ARCHITECTURES = {
     "neox-sequential": (
         "GPTNeoXConfig", "GPTNeoXForCausalLM",
         dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
-             rotary_pct=0.25, use_parallel_residual=False, tie_word_embeddings=True, attention_bias=False,
-             hidden_act="gelu_new", layer_norm_eps=1e-2),
+             rotary_pct=0.5, rotary_emb_base=300, use_parallel_residual=False, tie_word_embeddings=True,
+             attention_bias=False, hidden_act="gelu_new", layer_norm_eps=1e-2),
     ),
     # Every option the family reads set to a value that changes the logits (tests/models/test_families.py).
     "llama-every-key": (
