@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import builders, common, machine
 
 REQUIRED_FILES = ("util.py", "analysis/common.py", "analysis/jvp.py", "analysis/vjp.py")
 SIDES = {"query_lens_value": "value", "query_lens_key": "key"}
@@ -115,17 +115,17 @@ def write_inputs(cfg: dict, directory: str) -> dict:
     import numpy as np
 
     root = Path(directory)
-    hf = common.hf_gpt2(cfg["hf"], cfg["seed"])
+    hf = builders.hf_gpt2(cfg["hf"], cfg["seed"])
     hf.config.n_ctx = hf.config.n_positions  # TransformerLens reads GPT-2's context length from n_ctx
     model_dir = root / "model"
     hf.save_pretrained(model_dir)
     save_word_tokenizer(hf.config.vocab_size, model_dir)
-    tokens, _ = common.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
+    tokens, _ = builders.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     np.save(root / "tokens.npy", tokens)
     saes = {}
     for layer in cfg["layers"]:
         # the numpy weights are freed once copied: a million-feature SAE is held twice at most
-        sae = make_sae(*common.dictionary_arrays(hf.config.n_embd, cfg["features"], layer, cfg["seed"]), layer)
+        sae = make_sae(*builders.dictionary_arrays(hf.config.n_embd, cfg["features"], layer, cfg["seed"]), layer)
         saes[str(layer)] = str(root / f"sae-{layer}")
         sae.save_model(saes[str(layer)])
         del sae
@@ -171,7 +171,7 @@ def run_contestant_process(request: dict) -> dict:
     model = load_transformer_lens(request["model"], device)
     pile_sample = torch.as_tensor(np.load(request["tokens"]), dtype=torch.long, device=device)
     out = {"device": device, "torch_threads": torch.get_num_threads(), "load_seconds": time.perf_counter() - start,
-           "rss_setup_gb": round(common.current_rss_gb(), 3), "cache_seconds": {}, "results": {}}
+           "rss_setup_gb": round(machine.current_rss_gb(), 3), "cache_seconds": {}, "results": {}}
     saes = {layer: SAE.load_from_disk(path, device=device) for layer, path in request["saes"].items()}
     for lens in request["lenses"]:
         side = SIDES[lens]
@@ -235,8 +235,14 @@ def run_contestant(cfg: dict, repo: Path, python: str, directory: str | Path, ti
 
 def describe(repo: Path, python: str) -> dict:
     """What the JSON says about the authors' contestant."""
-    return {"name": "authors", "label": f"the authors' code ({repo})", "repo": str(repo), "commit": repo_commit(repo),
-            "python": python}
+    commit = repo_commit(repo)
+    return {"name": "authors", "label": f"the authors' code ({repo.name}{f' at {commit[:7]}' if commit else ''})",
+            "repo": str(repo), "commit": commit, "python": python}
+
+
+def recorded(contestant: dict) -> dict:
+    """The contestant as a results file records it: its paths as `common.portable_path` names them."""
+    return contestant | {key: common.portable_path(contestant[key]) for key in ("repo", "python") if key in contestant}
 
 
 REFERENCE = {"name": "reference_torch", "label": "benchmarks/reference_torch.py (a re-implementation, not the authors' code)"}

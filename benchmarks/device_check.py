@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import machine
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "device_check"
@@ -148,7 +148,7 @@ def part_versions(cfg: dict, parts: dict) -> dict:
         "memory_stats": stats,
         "driver": _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"),
         "python": platform.python_version(),
-        "packages": {name: common.package_version(name) for name in packages},
+        "packages": {name: machine.package_version(name) for name in packages},
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": _run("git", "rev-parse", "HEAD"),

@@ -14,7 +14,7 @@ top-k rows must equal the big call's rows for the same features. Peak memory is 
 process's maximum RSS, sampled per phase; the budget (`--memory-budget-gb`) drives the
 kernel's chunk sizes. The dictionary itself (2 x n_features x d_model float32, 6 GiB at 2^20)
 is an input and is reported separately: it is built on the device in place and complete before
-`rss_after_dictionary_gb` is read (`common.synthetic_dictionary`), so no part of its
+`rss_after_dictionary_gb` is read (`builders.synthetic_dictionary`), so no part of its
 construction lands in a readout's `peak_rss_above_dictionary_gb`.
 
 Results: `benchmarks/results/million-<size>-<device>.json`.
@@ -30,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import authors, common, throughput
+from benchmarks import authors, builders, common, machine, sizes
+from benchmarks.contestant import add_contestant_arguments
 
+PATH_ARGUMENTS = ("operators", "out", "authors_repo", "authors_python", "authors_workdir")
 SIZES = {
-    "gpt2-small": dict(hf=common.GPT2_SMALL, features=2**20, layer=6, batch=1, seq=256),
-    "tiny": dict(hf=common.GPT2_TINY, features=2**16, layer=2, batch=2, seq=32),
+    "gpt2-small": dict(hf=sizes.GPT2_SMALL, features=2**20, layer=6, batch=1, seq=256),
+    "tiny": dict(hf=sizes.GPT2_TINY, features=2**16, layer=2, batch=2, seq=32),
 }
 
 
@@ -47,18 +49,18 @@ class RssSampler:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, common.current_rss_gb())
+            self.peak = max(self.peak, machine.current_rss_gb())
             time.sleep(self.interval)
 
     def __enter__(self):
-        self.peak = common.current_rss_gb()
+        self.peak = machine.current_rss_gb()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, common.current_rss_gb())
+        self.peak = max(self.peak, machine.current_rss_gb())
 
 
 def _digest(*arrays) -> str:
@@ -91,7 +93,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="JSON path (default benchmarks/results/million-<size>-<device>.json)")
     parser.add_argument("--contestant-features", type=int, default=3,
                         help="features per side timed with the contestant (--authors-repo)")
-    throughput.add_contestant_arguments(parser)
+    add_contestant_arguments(parser)
     args = parser.parse_args(argv)
     if args.authors_repo and args.synthetic_operators:
         raise SystemExit("--authors-repo: not with --synthetic-operators (identity operators cannot agree with a real run)")
@@ -113,10 +115,11 @@ def main(argv=None) -> dict:
     n_features = args.features or size["features"]
     layer = size["layer"] if args.layer is None else args.layer
     batch, seq = args.batch or size["batch"], args.seq or size["seq"]
-    out = {"benchmark": "million", "size": args.size, "machine": common.machine_info(), "args": vars(args),
-           "contestant": contestant}
-    common.log("machine", out["machine"]["cpu"], out["machine"]["device"], "load", common.loadavg())
-    picks = np.asarray(common.feature_picks(n_features, 3))
+    recorded_args = {k: common.portable_path(v) if k in PATH_ARGUMENTS else v for k, v in vars(args).items()}
+    out = {"benchmark": "million", "size": args.size, "machine": machine.machine_info(), "args": recorded_args,
+           "contestant": contestant and authors.recorded(contestant)}
+    common.log("machine", out["machine"]["cpu"], out["machine"]["device"], "load", machine.loadavg())
+    picks = np.asarray(builders.feature_picks(n_features, 3))
     if contestant:
         # First, before this process holds a model or a dictionary: the shared inputs hold the
         # whole SAE once more while they are written.
@@ -124,21 +127,21 @@ def main(argv=None) -> dict:
 
         contestant_cfg = dict(hf={**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, seed=args.seed,
                               features=n_features, layers=(layer,), batch=batch, seq=seq, lenses=tuple(args.lenses),
-                              picks=common.feature_picks(n_features, args.contestant_features))
+                              picks=builders.feature_picks(n_features, args.contestant_features))
         with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
             out["contestant_run"] = authors.run_contestant(contestant_cfg, Path(contestant["repo"]), contestant["python"],
                                                            args.authors_workdir or tmp)
         common.log(f"contestant done: {contestant['label']}; residual caches {out['contestant_run']['cache_seconds']}")
 
     t0 = time.perf_counter()
-    hf = common.hf_gpt2({**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, args.seed)
-    model = common.jax_model(hf)
+    hf = builders.hf_gpt2({**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, args.seed)
+    model = builders.jax_model(hf)
     del hf
     cfg = model.config
-    tokens, mask = common.token_sample(cfg.vocab_size, batch, seq, args.seed)
-    rss_model = common.current_rss_gb()
-    dictionary = common.synthetic_dictionary(cfg.d_model, n_features, layer, args.seed, name=f"synthetic-{n_features}")
-    rss_dict = common.current_rss_gb()
+    tokens, mask = builders.token_sample(cfg.vocab_size, batch, seq, args.seed)
+    rss_model = machine.current_rss_gb()
+    dictionary = builders.synthetic_dictionary(cfg.d_model, n_features, layer, args.seed, name=f"synthetic-{n_features}")
+    rss_dict = machine.current_rss_gb()
     plan = plan_chunks(model, tokens.shape, args.memory_budget_gb)
     feature_chunk = args.feature_chunk or feature_chunk_for(cfg.vocab_size, 0.25 * args.memory_budget_gb * 2**30)
     out["setup"] = {
@@ -163,7 +166,7 @@ def main(argv=None) -> dict:
         loaded = common.load_benchmark_operators(args.operators, size["hf"] | ({"vocab_size": args.vocab} if args.vocab else {}),
                                                  args.seed, tokens, mask)
         sweeps = {"value": loaded, "key": loaded}
-        out["sweeps"] = {"note": f"operators loaded from {args.operators} (computed by benchmarks.throughput on the same "
+        out["sweeps"] = {"note": f"operators loaded from {common.portable_path(args.operators)} (computed by benchmarks.throughput on the same "
                                  "model, seed and token sample; its JSON has the sweep times, for all 12 layers)"}
     elif args.synthetic_operators:
         import jax.numpy as jnp
@@ -179,11 +182,11 @@ def main(argv=None) -> dict:
     for lens in ([] if sweeps else args.lenses):
         side = sides[lens]
         with RssSampler() as rss:
-            ops, seconds = common.timed(
+            ops, seconds = machine.timed(
                 transport_operators, model, tokens, mask, sweeps=(side,), plan=plan, quiet=False
             )
         sweeps[side] = ops
-        out.setdefault("sweeps", {})[side] = {"seconds": round(seconds, 2), "peak_rss_gb": round(rss.peak, 3), "loadavg": common.loadavg()}
+        out.setdefault("sweeps", {})[side] = {"seconds": round(seconds, 2), "peak_rss_gb": round(rss.peak, 3), "loadavg": machine.loadavg()}
         common.log(f"{side} sweep", out["sweeps"][side])
     operators = TransportOperators(
         value=sweeps["value"].value if "value" in sweeps else None,
@@ -196,11 +199,11 @@ def main(argv=None) -> dict:
     readout_flops = 2 * n_features * cfg.d_model * cfg.vocab_size
     tables = {}
     for lens in args.lenses:
-        before = common.loadavg()
+        before = machine.loadavg()
         with RssSampler() as rss:
             plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), execution=ExecutionOptions(
                 path="dense", self_check=False, memory_budget_gb=args.memory_budget_gb, feature_chunk=feature_chunk))
-            sigs, seconds = common.timed(read_signatures, plan, operators)  # the readout stage alone
+            sigs, seconds = machine.timed(read_signatures, plan, operators)  # the readout stage alone
         table = sigs[0]
         tables[lens] = table
         record = {
@@ -213,7 +216,7 @@ def main(argv=None) -> dict:
             "top_ids_shape": list(table.top_ids.shape),
             "digest": _digest(table.top_ids, table.bottom_ids),
             "loadavg_before": before,
-            "loadavg_after": common.loadavg(),
+            "loadavg_after": machine.loadavg(),
         }
         out.setdefault("readouts", {})[lens] = record
         common.log(f"{lens} readout", record)
@@ -222,7 +225,7 @@ def main(argv=None) -> dict:
     # Self-check: a few features through query_lens with self_check=True (dense vs per-feature
     # transport); their rows must equal the big call's rows.
     with RssSampler() as rss:
-        check, seconds = common.timed(
+        check, seconds = machine.timed(
             query_lens, model, dictionary, tokens, mask, lenses=tuple(args.lenses), features=picks, operators=operators,
             path="dense", self_check=not args.synthetic_operators, memory_budget_gb=args.memory_budget_gb, quiet=True,
         )
@@ -230,7 +233,7 @@ def main(argv=None) -> dict:
     out["self_check"] = {"features": picks.tolist(), "passed": None if args.synthetic_operators else True, "rows_equal_full_run": bool(same), "seconds": round(seconds, 2)}
     common.log("self-check", out["self_check"])
 
-    peak = common.matmul_peak()
+    peak = machine.matmul_peak()
     out["matmul_peak"] = peak
     for record in out["readouts"].values():
         record["fraction_of_matmul_peak"] = round(record["achieved_flops_per_s"] / peak["flops_per_s"], 3)
@@ -250,8 +253,8 @@ def main(argv=None) -> dict:
             common.log(f"{lens}: {contestant['label']}: {common.fmt_seconds(c['contestant_seconds_extrapolated'])} for "
                        f"{n_features} features (EXTRAPOLATED from {c['features_timed']} features + its residual cache "
                        f"{c['contestant_cache_seconds']:.1f} s); qlens-jax {common.fmt_seconds(c['qlens_seconds'])}; ratio {c['ratio']:.0f}x")
-    out["peak"] = common.peak_memory()
-    out["loadavg_at_end"] = common.loadavg()
+    out["peak"] = machine.peak_memory()
+    out["loadavg_at_end"] = machine.loadavg()
     path = common.write_json(_path(args), out)
     common.log(f"done: {n_features} features x {len(args.lenses)} sides in {common.fmt_seconds(total)}; "
                f"peak RSS {out['peak']['peak_rss_gb']} GiB (dictionary {out['setup']['dictionary_gb']} GiB); wrote {path}")
@@ -289,7 +292,7 @@ def compare_with_contestant(out: dict, tables: dict, layer: int, n_features: int
 
 def _path(args):
     vocab = (f"-vocab{args.vocab}" if args.vocab else "") + ("-readout-only" if args.synthetic_operators else "")
-    return args.out or common.RESULTS / f"million-{args.size}{vocab}-{common.device_slug()}.json"
+    return args.out or common.RESULTS / f"million-{args.size}{vocab}-{machine.device_slug()}.json"
 
 
 if __name__ == "__main__":

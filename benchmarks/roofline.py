@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from benchmarks import common
+from benchmarks import builders, sizes
 
 ATTENTION = frozenset({"attention_residual", "attention_z", "attention_output", "_attention_batch", "dot_product_attention", "apply_rope", "attention_mask", "softcap"})
 MLP = frozenset({"mlp_residual", "mlp_input", "mlp_jacobian", "mlp_jacobians", "apply_rowwise"})
@@ -194,10 +194,10 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     from qlens_jax.lens.points import residual_point
     from qlens_jax.readout import feature_chunk_for
 
-    hf = common.hf_model(cfg["hf"], cfg["seed"])
-    model = common.jax_model(hf)
+    hf = builders.hf_model(cfg["hf"], cfg["seed"])
+    model = builders.jax_model(hf)
     del hf
-    tokens, mask = common.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
+    tokens, mask = builders.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     n_layers = model.config.n_layers
     sides = tuple(s for s in ("value", "key") if any(name.startswith("query_lens") and name.endswith(s) for name in cfg["lenses"]))
     out = {"peak_flops_per_s": peak, "sweeps": {}, "readouts": {}}
@@ -247,12 +247,11 @@ def print_report(roofline: dict) -> None:
 def count_sweeps(size: str, batch: int | None = None, seq: int | None = None) -> dict:
     """The whole-dictionary sweep of a throughput `--size`, traced and counted (not compiled,
     not run: seconds, at any size)."""
-    from benchmarks.throughput import SIZES
     from qlens_jax.lens.points import residual_point
 
-    spec = SIZES[size]
-    model = common.jax_model(common.hf_model(spec["hf"], 0))
-    tokens, mask = common.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
+    spec = sizes.THROUGHPUT[size]
+    model = builders.jax_model(builders.hf_model(spec["hf"], 0))
+    tokens, mask = builders.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
     n_layers = model.config.n_layers
     steps = record_sweep_steps(model, tokens, mask, xla=False, sweeps=("value", "key"), memory_budget_gb=spec["budget"],
                                value_from_point=residual_point("resid_post", 0, n_layers),

@@ -39,8 +39,8 @@ attention and MLP, and the fraction of the measured float32 matmul peak achieved
     python -m benchmarks.throughput --size tiny                   # seconds
     python -m benchmarks.throughput --size gpt2-small             # 32,768 features, 2,048 tokens (hours on 2 CPU cores)
     python -m benchmarks.throughput --size gpt2-small --batch 1 --seq 256   # 256 tokens
-    python -m benchmarks.throughput --size gpt2-small --authors-repo /tmp/query-lens \
-        --authors-python /work/venv-authors/bin/python           # against the authors' code
+    python -m benchmarks.throughput --size gpt2-small --authors-repo query-lens \
+        --authors-python venv-authors/bin/python           # against the authors' code
     python -m benchmarks.throughput --size llama-1b               # Llama-3.2-1B shapes, 16,384 features, 256 tokens
     python -m benchmarks.throughput --size gemma3-1b              # Gemma-3-1B shapes
 
@@ -51,32 +51,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks import authors, common, roofline
-
-SIZES = {
-    "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2, budget=16.0),
-    "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3, budget=8.0),
-    # Modern shapes, random weights: one middle layer, 256 tokens (issue 17).
-    "llama-1b": dict(hf=common.LLAMA_1B, features=16384, layers=(8,), batch=1, seq=256, ref_features=2, budget=8.0),
-    "gemma3-1b": dict(hf=common.GEMMA3_1B, features=16384, layers=(13,), batch=1, seq=256, ref_features=2, budget=8.0),
-    "llama-tiny": dict(hf=common.LLAMA_TINY, features=512, layers=(1,), batch=2, seq=16, ref_features=2, budget=4.0),
-    "gemma3-tiny": dict(hf=common.GEMMA3_TINY, features=512, layers=(3,), batch=2, seq=16, ref_features=2, budget=4.0),
-}
-SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
-K = 25
-TIE_RTOL = 1e-4
-
-
-def _setup(cfg: dict):
-    hf = common.hf_model(cfg["hf"], cfg["seed"])
-    d = hf.config.hidden_size
-    tokens, mask = common.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
-    return hf, d, tokens, mask
+from benchmarks import authors, builders, common, machine, roofline, sizes
+from benchmarks.contestant import K, SIDES, add_contestant_arguments, check_agreement, contestant_from_args, run_contestant
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,40 +63,11 @@ def _setup(cfg: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_reference(cfg: dict) -> dict:
-    import torch
-
-    from benchmarks import reference_torch as ref
-
-    hf, d, tokens, mask = _setup(cfg)
-    ref.prepare_model(hf)
-    rss_setup = common.current_rss_gb()
-    out = {"rss_setup_gb": round(rss_setup, 3), "torch_threads": torch.get_num_threads(), "results": {}}
-    for layer in cfg["layers"]:
-        W_enc, W_dec = common.dictionary_arrays(d, cfg["features"], layer, cfg["seed"])
-        for lens in cfg["lenses"]:
-            vectors = W_dec if SIDES[lens] == "value" else W_enc.T
-            rows = []
-            for f in cfg["picks"]:
-                start = time.perf_counter()
-                scores = ref.reference_scores(hf, tokens, mask, lens, vectors[f][None], "resid_post", layer)
-                seconds = time.perf_counter() - start
-                top, top_scores, bottom, bottom_scores = ref.topk_with_scores(scores, K + 1)
-                rows.append({
-                    "feature": f, "seconds": seconds,
-                    "top_ids": top[0].tolist(), "top_scores": top_scores[0].tolist(),
-                    "bottom_ids": bottom[0].tolist(), "bottom_scores": bottom_scores[0].tolist(),
-                    "scale": float(np.abs(scores).max()),
-                })
-            out["results"][f"{lens}/{layer}"] = rows
-    return out
-
-
 def _jax_setup(cfg):
     import qlens_jax  # noqa: F401
 
-    hf, d, tokens, mask = _setup(cfg)
-    model = common.jax_model(hf)
+    hf, d, tokens, mask = builders.sample_setting(cfg)
+    model = builders.jax_model(hf)
     del hf
     return model, d, tokens, mask
 
@@ -127,7 +77,7 @@ def run_dense(cfg: dict) -> dict:
     from qlens_jax.lens.points import residual_point
 
     model, d, tokens, mask = _jax_setup(cfg)
-    rss_setup = common.current_rss_gb()
+    rss_setup = machine.current_rss_gb()
     out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}, "readout_first_call_seconds": {}}
     needed = tuple(s for s in ("value", "key") if any(SIDES[l] == s and l.startswith("query_lens") for l in cfg["lenses"]))
     operators = None
@@ -137,20 +87,20 @@ def run_dense(cfg: dict) -> dict:
         n_layers = model.config.n_layers
         bounds = dict(value_from_point=residual_point("resid_post", 0, n_layers),
                       key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
-        operators, seconds = common.timed(
+        operators, seconds = machine.timed(
             transport_operators, model, tokens, mask, sweeps=needed, memory_budget_gb=cfg["budget"], quiet=cfg["quiet"], **bounds
         )
         name = "+".join(needed)
-        out["sweeps"][name] = {"seconds": seconds, "loadavg": common.loadavg(), "rss_gb": round(common.current_rss_gb(), 3)}
+        out["sweeps"][name] = {"seconds": seconds, "loadavg": machine.loadavg(), "rss_gb": round(machine.current_rss_gb(), 3)}
         common.log(f"dense: {name} sweep {seconds:.1f} s")
-    rss_operators = common.current_rss_gb()
+    rss_operators = machine.current_rss_gb()
     out["rss_after_sweeps_gb"] = round(rss_operators, 3)
     if cfg.get("save_operators"):
         common.save_benchmark_operators(operators, cfg["save_operators"], cfg, tokens, mask)
         common.log(f"dense: operators saved to {cfg['save_operators']}")
     out["single_layer_sweeps"] = _single_layer_sweeps(cfg, model, tokens, mask, needed)
     for layer in cfg["layers"]:
-        dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+        dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
             # The readout stage alone: the plan (validation) is made before the clock starts.
             plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K),
@@ -158,15 +108,15 @@ def run_dense(cfg: dict) -> dict:
             if lens not in out["readout_first_call_seconds"]:
                 # The lens's first readout compiles its step: timed apart (it is paid once per
                 # lens), so that `seconds` below is the compiled step's run alone.
-                out["readout_first_call_seconds"][lens] = common.timed(read_signatures, plan, operators)[1]
-            sigs, seconds = common.timed(read_signatures, plan, operators)
+                out["readout_first_call_seconds"][lens] = machine.timed(read_signatures, plan, operators)[1]
+            sigs, seconds = machine.timed(read_signatures, plan, operators)
             table = sigs[0]
             out["readouts"][f"{lens}/{layer}"] = {
                 "seconds": seconds,
                 "n_features": int(len(table.feature_ids)),
                 "top_ids": table.top_ids[cfg["picks"]].tolist(),
                 "bottom_ids": table.bottom_ids[cfg["picks"]].tolist(),
-                "loadavg": common.loadavg(),
+                "loadavg": machine.loadavg(),
             }
             common.log(f"dense: {lens} layer {layer} readout of {len(table.feature_ids)} features {seconds:.1f} s")
     return out
@@ -189,14 +139,14 @@ def _single_layer_sweeps(cfg, model, tokens, mask, sides) -> dict:
             run = lambda: transport_operators(
                 model, sub_tokens, sub_mask, sweeps=(side,), memory_budget_gb=cfg["budget"], quiet=True, **bound
             )
-            ops, first = common.timed(run)
-            _, second = common.timed(run)
+            ops, first = machine.timed(run)
+            _, second = machine.timed(run)
             compile_s = max(first - second, 0.0)
             estimate = compile_s + second * cfg["batch"] / seqs
             covered = ops.value_from_point if side == "value" else ops.key_to_point
             out[f"{side}/{layer}"] = {
                 "first_call_s": first, "second_call_s": second, "sequences_timed": seqs,
-                "seconds_for_sample": estimate, "covered_point": covered, "loadavg": common.loadavg(),
+                "seconds_for_sample": estimate, "covered_point": covered, "loadavg": machine.loadavg(),
             }
             common.log(f"dense: single-layer {side} sweep for layer {layer}: {first:.1f} s, then {second:.1f} s on "
                        f"{seqs} sequence(s) -> {estimate:.1f} s for {cfg['batch']}")
@@ -207,15 +157,15 @@ def run_per_feature(cfg: dict) -> dict:
     from qlens_jax import query_lens
 
     model, d, tokens, mask = _jax_setup(cfg)
-    out = {"rss_setup_gb": round(common.current_rss_gb(), 3), "results": {}}
+    out = {"rss_setup_gb": round(machine.current_rss_gb(), 3), "results": {}}
     picks = np.asarray(cfg["picks"])
     for layer in cfg["layers"]:
-        dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+        dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
             run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
                                      path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"])
-            _, compile_s = common.timed(run)  # first call compiles (same shapes for every layer)
-            sigs, seconds = common.timed(run)  # the second is timed
+            _, compile_s = machine.timed(run)  # first call compiles (same shapes for every layer)
+            sigs, seconds = machine.timed(run)  # the second is timed
             out["results"][f"{lens}/{layer}"] = {
                 "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
                 "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
@@ -227,45 +177,6 @@ def run_per_feature(cfg: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Agreement
 # ---------------------------------------------------------------------------------------------
-
-
-def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
-    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1). Without
-    scores (the authors' code returns ids only) only identical lists pass."""
-    ids, ref_ids = list(ids)[:K], list(ref_ids)
-    if ids == ref_ids[:K]:
-        return True, True
-    if ref_scores is None:
-        return False, False
-    # ties: every differing position must sit where the reference's scores are within tolerance
-    # of a neighbour's (order swaps) or of the (k+1)-th score (boundary swaps)
-    tol = TIE_RTOL * max(scale, 1e-30)
-    scores = np.asarray(ref_scores)
-    for i, (a, b) in enumerate(zip(ids, ref_ids[:K])):
-        if a == b:
-            continue
-        near = [j for j in range(len(ref_ids)) if abs(scores[j] - scores[i]) <= tol and j != i]
-        if not any(ref_ids[j] == a for j in near):
-            return False, False
-    return False, True
-
-
-def check_agreement(cfg, reference, dense, per_feature) -> dict:
-    report = {"features_checked": 0, "identical": 0, "tie_equivalent": 0, "mismatches": []}
-    for key, rows in reference["results"].items():
-        for idx, row in enumerate(rows):
-            for name, other in (("dense", dense["readouts"][key]), ("per-feature", per_feature["results"][key])):
-                for which in ("top", "bottom"):
-                    ids = other[f"{which}_ids"][idx]
-                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0))
-                    report["features_checked"] += 1
-                    report["identical"] += identical
-                    report["tie_equivalent"] += ok and not identical
-                    if not ok:
-                        report["mismatches"].append({"lens/layer": key, "feature": row["feature"], "path": name, "which": which,
-                                                     "qlens": ids, "contestant": row[f"{which}_ids"][:K]})
-    report["passed"] = not report["mismatches"]
-    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,91 +298,9 @@ def print_report(summary, agreement, info, contestant: dict):
     print(f"  note: {w['note']}")
 
 
-def planned_peak_gb(size: str) -> dict:
-    """The dense contestant's planned peak memory for `--size` (GiB), by arithmetic on shapes
-    (`eqx.filter_eval_shape`: no weights are made, nothing runs). Its process holds, at most:
-    the Hugging Face model and its conversion at once (2 x parameters), the kernel's memory
-    budget (the planner sizes the sweeps' residuals and tangents and the readouts' chunks
-    within it: `plan_chunks`, `blockwise.sequences_that_fit`, `feature_chunk_for`), the
-    operators of both sides, the dictionary and the token sample."""
-    import equinox as eqx
-    import jax
-
-    import converters
-    from qlens_jax.lens import blockwise
-    from qlens_jax.lens.chunks import bytes_per_token, plan_chunks
-    from qlens_jax.readout import feature_chunk_for
-    from qlens_jax.lens.points import n_key_points, n_points
-    from qlens_jax.models import init_transformer
-
-    spec = SIZES[size]
-    config = converters.model_config_from_hf(common.hf_config(spec["hf"]).to_dict())
-    skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
-    params = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(skeleton))
-    plan = plan_chunks(skeleton, (spec["batch"], spec["seq"]), spec["budget"])
-    d, gib = config.d_model, 2**30
-    budget = spec["budget"] * gib
-    # What the planner puts inside the budget: the sweep's linearization residuals (a basis-
-    # major sweep: half the budget; a block-major one only where `sequences_that_fit` says
-    # so) and a readout chunk's scores and top-k work (a quarter).
-    residuals = plan.sequences_per_chunk * spec["seq"] * bytes_per_token(skeleton, spec["seq"])
-    blockwise_sequences = blockwise.sequences_that_fit(skeleton, spec["seq"], d, spec["budget"])
-    readout_chunk = feature_chunk_for(config.vocab_size, 0.25 * budget)
-    inside = {
-        "sweep_residuals_gb": residuals / gib,
-        "blockwise_sequences_that_fit": blockwise_sequences,
-        "readout_chunk_features": readout_chunk,
-        "readout_chunk_gb": readout_chunk * config.vocab_size * 4 * 3 / gib,
-    }
-    inside["within_budget"] = bool(residuals <= 0.5 * budget and inside["readout_chunk_gb"] * gib <= 0.25 * budget)
-    parts = {
-        "hf_model_and_converted_gb": 2 * params / gib,
-        "kernel_budget_gb": spec["budget"],
-        "operators_gb": (n_points(config.n_layers) + n_key_points(config.n_layers)) * d * d * 4 / gib,
-        "dictionary_gb": 2 * spec["features"] * d * 4 / gib,
-        "tokens_gb": spec["batch"] * spec["seq"] * 5 / gib,
-    }
-    return parts | {"total_gb": sum(parts.values()), "inside_budget": inside,
-                    "plan": {"sequences_per_chunk": plan.sequences_per_chunk, "tangent_chunk": plan.tangent_chunk}}
-
-
-def add_contestant_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--authors-repo` / `--authors-python` (shared with `benchmarks.million`)."""
-    parser.add_argument("--authors-repo", metavar="DIR",
-                        help="a checkout of the authors' code (HYU-NLP/query-lens): the contestant; without it "
-                             "benchmarks/reference_torch.py stands in (and the output says so)")
-    parser.add_argument("--authors-python", metavar="PYTHON", default=sys.executable,
-                        help="interpreter of the authors' environment (`pip install -e '.[authors]'` in a venv of its own; "
-                             "default: this one)")
-    parser.add_argument("--authors-workdir", metavar="DIR",
-                        help="where the inputs shared with the authors' process are written (default: a temporary folder)")
-
-
-def contestant_from_args(args, size: dict) -> dict:
-    """The contestant's description, with the authors' checkout and interpreter checked before any work."""
-    if not args.authors_repo:
-        return dict(authors.REFERENCE)
-    if size["hf"].get("family", "gpt2") != "gpt2":
-        raise SystemExit(f"--authors-repo: the authors' contestant is set up for GPT-2 sizes only, not --size {args.size}")
-    bad = [lens for lens in args.lenses if lens not in authors.SIDES]
-    if bad:
-        raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")
-    return authors.describe(authors.check_repo(args.authors_repo), authors.check_python(args.authors_python))
-
-
-def run_contestant(cfg: dict, contestant: dict, args) -> dict:
-    """The contestant's per-feature results (`run_reference`'s layout; the authors' rows have no scores)."""
-    if contestant["name"] == "reference_torch":
-        return common.run_isolated(run_reference, cfg=cfg)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
-        return authors.run_contestant(cfg, Path(contestant["repo"]), contestant["python"], args.authors_workdir or tmp)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--size", choices=sorted(sizes.THROUGHPUT), default="tiny")
     parser.add_argument("--features", type=int, help="features per dictionary (gpt2-small: 32768)")
     parser.add_argument("--layers", type=int, nargs="+", help="benchmarked layers (gpt2-small: 0 6 11)")
     parser.add_argument("--batch", type=int, help="sequences in the token sample (gpt2-small: 8)")
@@ -493,7 +322,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP accounting of the compiled steps")
     args = parser.parse_args(argv)
 
-    size = SIZES[args.size]
+    size = sizes.THROUGHPUT[args.size]
     contestant = contestant_from_args(args, size)
     cfg = dict(
         hf=size["hf"], seed=args.seed, features=args.features or size["features"],
@@ -501,13 +330,13 @@ def main(argv=None) -> int:
         lenses=tuple(args.lenses), budget=args.memory_budget_gb or size["budget"], quiet=args.quiet, save_operators=args.save_operators,
         single_layer_seqs=args.single_layer_seqs,
     )
-    cfg["picks"] = common.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
+    cfg["picks"] = builders.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
     cfg["tokens"] = cfg["batch"] * cfg["seq"]
-    info = common.machine_info()
+    info = machine.machine_info()
     common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
-               f"contestant {contestant['label']}, its features {cfg['picks']}; load {common.loadavg()}")
+               f"contestant {contestant['label']}, its features {cfg['picks']}; load {machine.loadavg()}")
 
-    peak_start = common.run_isolated(common.matmul_peak)
+    peak_start = common.run_isolated(machine.matmul_peak)
     common.log(f"matmul peak {peak_start['flops_per_s'] / 1e9:.1f} GFLOP/s")
     reference = run_contestant(cfg, contestant, args)
     common.log(f"contestant done ({contestant['name']}; peak RSS {reference['peak_rss_gb']} GiB)")
@@ -515,22 +344,22 @@ def main(argv=None) -> int:
     common.log(f"per-feature done (peak RSS {per_feature['peak_rss_gb']} GiB)")
     dense = common.run_isolated(run_dense, cfg=cfg)
     common.log(f"dense done (peak RSS {dense['peak_rss_gb']} GiB)")
-    peak_end = common.run_isolated(common.matmul_peak)
+    peak_end = common.run_isolated(machine.matmul_peak)
     peak = max(peak_start["flops_per_s"], peak_end["flops_per_s"])
 
-    model_config = common.hf_config(cfg["hf"])
+    model_config = builders.hf_config(cfg["hf"])
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
-        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": contestant,
+        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": authors.recorded(contestant),
         "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict()},
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
                       for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))},
         "matmul_peak": {"start": peak_start, "end": peak_end},
         "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
-        "loadavg_at_end": common.loadavg(),
+        "loadavg_at_end": machine.loadavg(),
     }
-    path = args.out or common.RESULTS / f"throughput-{args.size}-{common.device_slug()}.json"
+    path = args.out or common.RESULTS / f"throughput-{args.size}-{machine.device_slug()}.json"
     if not agreement["passed"]:
         common.write_json(path, out)
         print(f"contestant: {contestant['label']}")

@@ -49,7 +49,7 @@ def test_lists_that_differ_from_the_contestants_print_no_ratio(fake_repo, tmp_pa
     code, text, data = run(["--authors-repo", str(fake_repo), "--no-roofline", "--layers", "0"], tmp_path, capsys)
     assert code == 1
     assert "AGREEMENT FAILED" in text and "ratio" not in text and "x " not in text.split("AGREEMENT FAILED")[1][:80]
-    assert f"contestant: the authors' code ({fake_repo.resolve()})" in text
+    assert f"contestant: the authors' code ({fake_repo.name})" in text
     assert data["contestant"]["name"] == "authors" and "summary" not in data
     assert not data["agreement"]["passed"] and data["agreement"]["mismatches"]
 

@@ -1,7 +1,7 @@
 """Every lens agrees with the independent PyTorch reference (benchmarks/reference_torch.py),
 and the dense and per-feature paths agree with each other, on GPT-2, Llama, Qwen-3 and Gemma-3,
 for residual SAEs, a transcoder and SAEs on module outputs (`z`, `attn_out`, `mlp_out`,
-DESIGN.md section 1b) in one request."""
+docs/definitions.md section 1b) in one request."""
 
 import numpy as np
 import pytest
