@@ -33,15 +33,16 @@ def hf_config(spec: dict):
     family = spec.pop("family", "gpt2")
     if family == "gpt2":
         return transformers.GPT2Config(**spec)
-    if family == "llama":
+    if family in ("llama", "qwen3"):
         theta = spec.pop("rope_theta")
-        return transformers.LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta})
+        config = transformers.LlamaConfig if family == "llama" else transformers.Qwen3Config
+        return config(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta})
     if family == "gemma3":
         theta, local = spec.pop("rope_theta"), spec.pop("rope_local_base_freq")
         rope = {"full_attention": {"rope_type": "default", "rope_theta": theta},
                 "sliding_attention": {"rope_type": "default", "rope_theta": local}}
         return transformers.Gemma3TextConfig(**spec, rope_parameters=rope, layer_types=gemma3_layer_types(spec["num_hidden_layers"]))
-    raise ValueError(f"unknown model family {family!r} (gpt2, llama, gemma3)")
+    raise ValueError(f"unknown model family {family!r} (gpt2, llama, qwen3, gemma3)")
 
 
 def hf_model(spec: dict, seed: int):
@@ -54,16 +55,26 @@ def hf_model(spec: dict, seed: int):
     torch.manual_seed(seed)
     config = hf_config(spec)
     config._attn_implementation = "eager"
-    cls = transformers.LlamaForCausalLM if spec["family"] == "llama" else transformers.Gemma3ForCausalLM
-    return cls(config).eval()
+    classes = {"llama": transformers.LlamaForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
+               "gemma3": transformers.Gemma3ForCausalLM}
+    return classes[spec["family"]](config).eval()
 
 
 def sample_setting(cfg: dict):
-    """The random model of `cfg[\"hf\"]` (seeded), its width and a seeded token sample `[batch, seq]`."""
+    """The random model of `cfg["hf"]` (seeded), its width and a seeded token sample `[batch, seq]`."""
     hf = hf_model(cfg["hf"], cfg["seed"])
     d = hf.config.hidden_size
     tokens, mask = token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     return hf, d, tokens, mask
+
+
+def job_bounds(job_layers, n_layers: int) -> dict:
+    """`transport_operators`' bounds for a whole-dictionary job on `resid_post` at `job_layers`:
+    values transported from the first of them, keys up to the last."""
+    from qlens_jax.lens.points import residual_point
+
+    return dict(value_from_point=residual_point("resid_post", min(job_layers), n_layers),
+                key_to_point=residual_point("resid_post", max(job_layers), n_layers))
 
 
 def jax_model(hf_model):

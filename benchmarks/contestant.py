@@ -19,40 +19,73 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import authors, builders, common, machine
+from benchmarks import authors, builders, common, machine, sizes
 
 SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
 K = 25
 TIE_RTOL = 1e-4
 
 
+def contestant_dtypes(cfg: dict) -> tuple[str, ...]:
+    """The dtypes each side runs, float32 first: a bfloat16 run also needs float32 lists (the
+    agreement check is made on them, and the overlap is measured against them)."""
+    return ("float32",) if cfg.get("dtype", "float32") == "float32" else ("float32", cfg["dtype"])
+
+
 def run_reference(cfg: dict) -> dict:
+    """`reference_torch.py` on the contestant's features, per dtype of `contestant_dtypes`: the
+    timed dtype's rows in `results`, a bfloat16 run's float32 rows in `float32_results`."""
     import torch
 
     from benchmarks import reference_torch as ref
 
     hf, d, tokens, mask = builders.sample_setting(cfg)
-    ref.prepare_model(hf)
-    rss_setup = machine.current_rss_gb()
-    out = {"rss_setup_gb": round(rss_setup, 3), "torch_threads": torch.get_num_threads(), "results": {}}
-    for layer in cfg["layers"]:
-        W_enc, W_dec = builders.dictionary_arrays(d, cfg["features"], layer, cfg["seed"])
-        for lens in cfg["lenses"]:
-            vectors = W_dec if SIDES[lens] == "value" else W_enc.T
-            rows = []
-            for f in cfg["picks"]:
-                start = time.perf_counter()
-                scores = ref.reference_scores(hf, tokens, mask, lens, vectors[f][None], "resid_post", layer)
-                seconds = time.perf_counter() - start
-                top, top_scores, bottom, bottom_scores = ref.topk_with_scores(scores, K + 1)
-                rows.append({
-                    "feature": f, "seconds": seconds,
-                    "top_ids": top[0].tolist(), "top_scores": top_scores[0].tolist(),
-                    "bottom_ids": bottom[0].tolist(), "bottom_scores": bottom_scores[0].tolist(),
-                    "scale": float(np.abs(scores).max()),
-                })
-            out["results"][f"{lens}/{layer}"] = rows
+    out = {"rss_setup_gb": round(machine.current_rss_gb(), 3), "torch_threads": torch.get_num_threads(), "results": {}}
+    for dtype in contestant_dtypes(cfg):  # float32 first: the cast to bfloat16 is in place
+        ref.prepare_model(hf, dtype)
+        results = out["results"] if dtype == cfg.get("dtype", "float32") else out.setdefault("float32_results", {})
+        for layer in cfg["layers"]:
+            W_enc, W_dec = builders.dictionary_arrays(d, cfg["features"], layer, cfg["seed"])
+            for lens in cfg["lenses"]:
+                vectors = W_dec if SIDES[lens] == "value" else W_enc.T
+                rows = []
+                for f in cfg["picks"]:
+                    start = time.perf_counter()
+                    scores = ref.reference_scores(hf, tokens, mask, lens, vectors[f][None], "resid_post", layer)
+                    seconds = time.perf_counter() - start
+                    top, top_scores, bottom, bottom_scores = ref.topk_with_scores(scores, K + 1)
+                    rows.append({
+                        "feature": f, "seconds": seconds,
+                        "top_ids": top[0].tolist(), "top_scores": top_scores[0].tolist(),
+                        "bottom_ids": bottom[0].tolist(), "bottom_scores": bottom_scores[0].tolist(),
+                        "scale": float(np.abs(scores).max()),
+                    })
+                results[f"{lens}/{layer}"] = rows
     return out
+
+
+def float32_rows(run: dict) -> dict:
+    """A side's float32 rows: `float32_results` of a bfloat16 run, else its `results`."""
+    return run.get("float32_results", run["results"])
+
+
+def bfloat16_overlap(cfg: dict, reference: dict, dense: dict, per_feature: dict) -> dict | None:
+    """For a bfloat16 run, per side the mean share of each timed feature's float32 top-25 that
+    its bfloat16 top-25 keeps: qlens-jax (its bfloat16 dense readout against its float32
+    per-feature lists) and the contestant (its bfloat16 run against its float32 run)."""
+    if cfg.get("dtype", "float32") == "float32":
+        return None
+
+    def mean_overlap(pairs):
+        shares = [len(set(a[:K]) & set(b[:K])) / K for a, b in pairs]
+        return {"mean": float(np.mean(shares)), "min": float(np.min(shares)), "lists": len(shares)}
+
+    qlens, contestant = [], []
+    for key, rows in float32_rows(per_feature).items():
+        qlens += zip(dense["readouts"][key]["top_ids"], rows["top_ids"])
+    for key, rows in float32_rows(reference).items():
+        contestant += [(low["top_ids"], high["top_ids"]) for low, high in zip(reference["results"][key], rows)]
+    return {"qlens": mean_overlap(qlens), "contestant": mean_overlap(contestant)}
 
 
 def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
@@ -77,10 +110,14 @@ def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
 
 
 def check_agreement(cfg, reference, dense, per_feature) -> dict:
+    """Top / bottom-25 ids of every timed feature: the contestant's against qlens-jax's dense and
+    per-feature paths, in float32 (a bfloat16 run's dense path is measured by its overlap instead)."""
     report = {"features_checked": 0, "identical": 0, "tie_equivalent": 0, "mismatches": []}
-    for key, rows in reference["results"].items():
+    bfloat16 = cfg.get("dtype", "float32") != "float32"
+    for key, rows in float32_rows(reference).items():
+        paths = ([] if bfloat16 else [("dense", dense["readouts"][key])]) + [("per-feature", float32_rows(per_feature)[key])]
         for idx, row in enumerate(rows):
-            for name, other in (("dense", dense["readouts"][key]), ("per-feature", per_feature["results"][key])):
+            for name, other in paths:
                 for which in ("top", "bottom"):
                     ids = other[f"{which}_ids"][idx]
                     identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0))
@@ -110,8 +147,10 @@ def contestant_from_args(args, size: dict) -> dict:
     """The contestant's description, with the authors' checkout and interpreter checked before any work."""
     if not args.authors_repo:
         return dict(authors.REFERENCE)
-    if size["hf"].get("family", "gpt2") != "gpt2":
-        raise SystemExit(f"--authors-repo: the authors' contestant is set up for GPT-2 sizes only, not --size {args.size}")
+    if not authors.loads(size["hf"]):
+        raise SystemExit(f"--authors-repo: TransformerLens cannot load --size {args.size}'s shape from a local folder "
+                         f"({authors.WHY_NOT.get(size['hf'].get('family', 'gpt2'), 'an unpublished shape')}); "
+                         f"sizes it loads: {', '.join(n for n, s in sizes.THROUGHPUT.items() if authors.loads(s['hf']))}")
     bad = [lens for lens in args.lenses if lens not in authors.SIDES]
     if bad:
         raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")

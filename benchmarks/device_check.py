@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import machine
+from benchmarks import builders, machine, sizes
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "device_check"
@@ -57,23 +57,36 @@ K = 25
 TIE_RTOL = 1e-4
 SCORE_RTOL = 1e-4
 MODES = ("float32", "tf32", "bfloat16")
+# The paper's four settings (`benchmarks.sizes.THROUGHPUT`), each in both stored dtypes.
+PAPER_SETTINGS = ("gpt2-small", "gemma3-270m", "gemma3-1b", "qwen3-1.7b")
+PAPER_PARTS = tuple(f"paper_{setting.replace('-', '_').replace('.', '_')}_{dtype}"
+                    for setting in PAPER_SETTINGS for dtype in ("float32", "bfloat16"))
 PARTS = (
     "versions", "matmul_peak", "parity",
     "gpt2_small_2048_float32", "gpt2_small_32768_float32", "gpt2_small_32768_tf32", "gpt2_small_32768_bfloat16",
-    "gemma3_1b_single_layer",
+    "gemma3_1b_single_layer", *PAPER_PARTS,
 )
 GEMMA3_1B = dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
                  num_key_value_heads=1, head_dim=256, sliding_window=512)
 SIZES = {
     "full": dict(gpt2={}, features=32768, tokens={"2048": 2048, "32768": 32768}, seq=256, matmul_n=8192,
-                 gemma=GEMMA3_1B, gemma_layer=13, gemma_features=16384, gemma_tokens=2048),
+                 gemma=GEMMA3_1B, gemma_layer=13, gemma_features=16384, gemma_tokens=2048,
+                 paper={name: sizes.THROUGHPUT[name] for name in PAPER_SETTINGS}, paper_sample=sizes.PAPER_SAMPLE),
     "tiny": dict(gpt2=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0), features=256,
                  tokens={"2048": 32, "32768": 64}, seq=16, matmul_n=256,
                  gemma=dict(vocab_size=512, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
                             num_key_value_heads=2, head_dim=16, sliding_window=4,
                             layer_types=["sliding_attention"] * 3 + ["full_attention"]),
-                 gemma_layer=2, gemma_features=128, gemma_tokens=32),
+                 gemma_layer=2, gemma_features=128, gemma_tokens=32,
+                 # the same families at test size, each with job layers of its own
+                 paper={"gpt2-small": dict(hf=sizes.GPT2_TINY, features=128, job_layers=None),
+                        "gemma3-270m": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(2, 4, 5)),
+                        "gemma3-1b": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(1, 3)),
+                        "qwen3-1.7b": dict(hf=sizes.QWEN3_TINY, features=128, job_layers=(1, 2))},
+                 paper_sample=(4, 8)),
 }
+# Features of each paper part whose float32 top-25 the bfloat16 part is compared with.
+OVERLAP_FEATURES = 64
 # The precision mode of the parts that run in one (checked first: costs nothing, needs no budget).
 PART_MODES = {"gpt2_small_2048_float32": "float32", "gpt2_small_32768_float32": "float32",
               "gpt2_small_32768_tf32": "tf32", "gpt2_small_32768_bfloat16": "bfloat16"}
@@ -373,6 +386,70 @@ def part_gemma(cfg: dict, parts: dict) -> dict:
     }
 
 
+def random_model_of(spec: dict, seed: int = 0):
+    """A randomly initialised model of a `benchmarks.sizes` shape (weights drawn on the device)."""
+    key = ("spec", json.dumps(spec, sort_keys=True))
+    if key not in _CACHE:
+        import jax
+
+        from converters import model_config_from_hf
+        from qlens_jax.models import init_transformer
+
+        _CACHE[key] = init_transformer(model_config_from_hf(builders.hf_config(spec).to_dict()), jax.random.key(seed))
+    return _CACHE[key]
+
+
+def _paper_setting(cfg: dict, setting: str):
+    """(setting spec, its model config, its job layers, (batch, seq))."""
+    from converters import model_config_from_hf
+
+    spec = cfg["paper"][setting]
+    config = model_config_from_hf(builders.hf_config(spec["hf"]).to_dict())
+    return spec, config, tuple(spec["job_layers"] or range(config.n_layers)), cfg["paper_sample"]
+
+
+def _paper_flops(config, job_layers, batch: int, seq: int, n_features: int) -> dict:
+    """`job_flops` of a paper setting's whole-dictionary job at its layers."""
+    value_blocks, key_blocks = config.n_layers - min(job_layers) - 1, max(job_layers) + 1
+    return job_flops(config, batch * seq, seq, value_blocks, key_blocks, 2 * len(job_layers), n_features)
+
+
+def paper_job(cfg: dict, parts: dict, setting: str, dtype: str) -> dict:
+    """One of the paper's settings (random weights of its shape, a synthetic dictionary of its
+    width at each of its layers), the whole-dictionary job at the paper's sample, both Query
+    Lens sides, the model stored in `dtype` (products in float32 precision). The bfloat16 part
+    reports the top-25 overlap of `OVERLAP_FEATURES` features per layer and side with the
+    float32 part's lists (kept in memory when that part ran first)."""
+    import qlens_jax
+    from qlens_jax.numerics import cast_model
+
+    spec, config, job_layers, (batch, seq) = _paper_setting(cfg, setting)
+    model = random_model_of(spec["hf"])
+    model = cast_model(model, dtype) if dtype != "float32" else model
+    tokens, mask = _tokens(config.vocab_size, batch * seq, seq)
+    operators, sweep_s = timed(qlens_jax.transport_operators, model, tokens, mask, sweeps=("value", "key"),
+                               **builders.job_bounds(job_layers, config.n_layers))
+    picks = np.linspace(0, spec["features"] - 1, min(OVERLAP_FEATURES, spec["features"])).astype(int)
+    readout_s, lists = 0.0, {}
+    for layer in job_layers:
+        dictionary = random_sae(config.d_model, spec["features"], layer)
+        tables, seconds = timed(qlens_jax.query_lens, model, dictionary, tokens, mask,
+                                lenses=("query_lens_value", "query_lens_key"), operators=operators, path="dense",
+                                self_check=False, k=K, dtype=dtype)
+        readout_s += seconds
+        lists.update({(t.lens, layer): np.asarray(t.top_ids)[picks] for t in tables})
+    _CACHE[("paper-lists", setting, dtype)] = lists
+    result = {"setting": setting, "tokens": int(tokens.size), "sample": [batch, seq], "features_per_layer": spec["features"],
+              "layers": list(job_layers), "dtype": dtype, "sweep_s": sweep_s, "readout_s": readout_s, "total_s": sweep_s + readout_s}
+    reference = _CACHE.get(("paper-lists", setting, "float32"))
+    if dtype != "float32" and reference is not None:
+        shares = [len(set(a) & set(b)) / K for key in lists for a, b in zip(lists[key], reference[key])]
+        result["top25_overlap_with_float32"] = {"mean": float(np.mean(shares)), "min": float(np.min(shares)), "lists": len(shares)}
+    flops = _paper_flops(config, job_layers, batch, seq, spec["features"])
+    peak = parts.get("matmul_peak", {}).get("float32")
+    return result | {"sweep": _rate(flops["sweep"], sweep_s, peak), "readout": _rate(flops["readout"], readout_s, peak)}
+
+
 def _measured(parts: dict, name: str) -> dict | None:
     part = parts.get(name, {})
     return part if part.get("status") == "ok" and "total_s" in part else None
@@ -394,6 +471,18 @@ def estimate_s(name: str, cfg: dict, parts: dict) -> float | None:
     if name == "gemma3_1b_single_layer" and basis:
         rate = (basis["sweep"]["flops"] + basis["readout"]["flops"]) / basis["total_s"]
         return _gemma_flops(cfg) / rate
+    if name in PAPER_PARTS:
+        setting = PAPER_SETTINGS[PAPER_PARTS.index(name) // 2]
+        float32_part = _measured(parts, PAPER_PARTS[2 * PAPER_SETTINGS.index(setting)])
+        if name.endswith("_bfloat16") and float32_part:
+            return float32_part["total_s"]
+        basis = next((part for part in (large, small, *map(lambda n: _measured(parts, n), PAPER_PARTS))
+                      if part and part["total_s"] > 0), None)
+        if basis:
+            rate = (basis["sweep"]["flops"] + basis["readout"]["flops"]) / basis["total_s"]
+            spec, config, job_layers, (batch, seq) = _paper_setting(cfg, setting)
+            flops = _paper_flops(config, job_layers, batch, seq, spec["features"])
+            return (flops["sweep"] + flops["readout"]) / rate
     return None
 
 
@@ -419,6 +508,8 @@ PART_FUNCTIONS = {
     "gpt2_small_32768_tf32": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "tf32"),
     "gpt2_small_32768_bfloat16": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "bfloat16"),
     "gemma3_1b_single_layer": part_gemma,
+    **{name: (lambda cfg, parts, setting=setting, dtype=dtype: paper_job(cfg, parts, setting, dtype))
+       for name, (setting, dtype) in zip(PAPER_PARTS, ((s, d) for s in PAPER_SETTINGS for d in ("float32", "bfloat16")))},
 }
 
 
@@ -518,10 +609,10 @@ def _fmt_job(part) -> str:
 def table(paths: list[Path]) -> str:
     """Markdown rows, one per results file: peaks (TFLOP/s), parity, job times as
     `sweep + readout s (% of the mode's peak: sweep / readout)`."""
-    lines = [
-        "| card | size | jax | peak f32 / tf32 / bf16 TFLOP/s | parity f32 | overlap tf32 / bf16 | GPT-2 2,048 f32 | 32,768 f32 | 32,768 tf32 | 32,768 bf16 | Gemma-3-1B layer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["card", "size", "jax", "peak f32 / tf32 / bf16 TFLOP/s", "parity f32", "overlap tf32 / bf16", "GPT-2 2,048 f32",
+               "32,768 f32", "32,768 tf32", "32,768 bf16", "Gemma-3-1B layer",
+               *(f"paper {s} {d}" for s in PAPER_SETTINGS for d in ("f32", "bf16"))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for path in paths:
         r = json.loads(Path(path).read_text())
         p = r["parts"]

@@ -11,7 +11,7 @@ import numpy as np
 from benchmarks import builders, sizes
 
 
-def planned_peak_gb(size: str) -> dict:
+def planned_peak_gb(size: str, batch: int | None = None, seq: int | None = None) -> dict:
     """The dense contestant's planned peak memory for `--size` (GiB), by arithmetic on shapes
     (`eqx.filter_eval_shape`: no weights are made, nothing runs). Its process holds, at most:
     the Hugging Face model and its conversion at once (2 x parameters), the kernel's memory
@@ -28,7 +28,8 @@ def planned_peak_gb(size: str) -> dict:
     from qlens_jax.lens.points import n_key_points, n_points
     from qlens_jax.models import init_transformer
 
-    spec = sizes.THROUGHPUT[size]
+    spec = dict(sizes.THROUGHPUT[size])
+    spec["batch"], spec["seq"] = batch or spec["batch"], seq or spec["seq"]
     config = converters.model_config_from_hf(builders.hf_config(spec["hf"]).to_dict())
     skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
     params = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(skeleton))
@@ -65,4 +66,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="The dense path's planned peak memory (GiB) of a throughput size.")
     parser.add_argument("--size", choices=sorted(sizes.THROUGHPUT), default="gemma3-1b")
-    print(json.dumps(planned_peak_gb(parser.parse_args().size), indent=1))
+    parser.add_argument("--paper-sample", action="store_true", help="the paper's token sample instead of the size's")
+    args = parser.parse_args()
+    print(json.dumps(planned_peak_gb(args.size, *(sizes.PAPER_SAMPLE if args.paper_sample else (None, None))), indent=1))

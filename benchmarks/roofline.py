@@ -191,7 +191,6 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     fractions of `peak` (FLOP/s) that the measured times in `dense` achieve."""
     import qlens_jax  # noqa: F401  (XLA flags first)
 
-    from qlens_jax.lens.points import residual_point
     from qlens_jax.readout import feature_chunk_for
 
     hf = builders.hf_model(cfg["hf"], cfg["seed"])
@@ -204,8 +203,7 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     if sides:
         steps = record_sweep_steps(
             model, tokens, mask, sweeps=sides, memory_budget_gb=cfg["budget"],
-            value_from_point=residual_point("resid_post", 0, n_layers),
-            key_to_point=residual_point("resid_post", n_layers - 1, n_layers),
+            **builders.job_bounds(cfg.get("job_layers") or range(n_layers), n_layers),
         )
         total = sum(s["flops"] * s["calls"] for s in steps)
         split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
@@ -247,15 +245,13 @@ def print_report(roofline: dict) -> None:
 def count_sweeps(size: str, batch: int | None = None, seq: int | None = None) -> dict:
     """The whole-dictionary sweep of a throughput `--size`, traced and counted (not compiled,
     not run: seconds, at any size)."""
-    from qlens_jax.lens.points import residual_point
 
     spec = sizes.THROUGHPUT[size]
     model = builders.jax_model(builders.hf_model(spec["hf"], 0))
     tokens, mask = builders.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
     n_layers = model.config.n_layers
     steps = record_sweep_steps(model, tokens, mask, xla=False, sweeps=("value", "key"), memory_budget_gb=spec["budget"],
-                               value_from_point=residual_point("resid_post", 0, n_layers),
-                               key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
+                               **builders.job_bounds(spec["job_layers"] or range(n_layers), n_layers))
     split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
     return {"size": size, "tokens": int(mask.sum()), "steps": steps, "flops": sum(split.values()), "split": split}
 

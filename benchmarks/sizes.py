@@ -27,17 +27,40 @@ LLAMA_TINY = dict(LLAMA_1B, hidden_size=64, intermediate_size=128, num_hidden_la
                   num_key_value_heads=2, head_dim=16, vocab_size=512)
 GEMMA3_TINY = dict(GEMMA3_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=7, num_attention_heads=4,
                    num_key_value_heads=1, head_dim=16, vocab_size=512, query_pre_attn_scalar=16, sliding_window=8)
+# The other models of the paper's Table 1 (appendix C, Table 3), as published: Gemma-3-270M and
+# Qwen3-1.7B-Base.
+GEMMA3_270M = dict(GEMMA3_1B, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=256)
+QWEN3_1_7B = dict(family="qwen3", hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                  max_position_embeddings=32768, tie_word_embeddings=True)
+QWEN3_TINY = dict(QWEN3_1_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=512)
 
+# The paper's token sample: 1024 windows of 32 tokens (`--paper-sample`).
+PAPER_SAMPLE = (1024, 32)
 
-
-
-# The throughput benchmark's sizes (`benchmarks.throughput --size`).
+# The throughput benchmark's sizes (`benchmarks.throughput --size`). `layers`: where the
+# contestant is timed and the readouts measured; `job_layers`: the whole-dictionary job's layers
+# (None: every layer, the benchmarked ones interpolated between). The paper's four settings
+# (`paper=True`) have its dictionary widths and layers; their default samples are smaller than
+# the paper's (`--paper-sample` takes it), so that a run fits a session on a 2-core CPU.
 THROUGHPUT = {
-    "gpt2-small": dict(hf=GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2, budget=16.0),
-    "tiny": dict(hf=GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3, budget=8.0),
-    # Modern shapes, random weights: one middle layer, 256 tokens (issue 17).
-    "llama-1b": dict(hf=LLAMA_1B, features=16384, layers=(8,), batch=1, seq=256, ref_features=2, budget=8.0),
-    "gemma3-1b": dict(hf=GEMMA3_1B, features=16384, layers=(13,), batch=1, seq=256, ref_features=2, budget=8.0),
-    "llama-tiny": dict(hf=LLAMA_TINY, features=512, layers=(1,), batch=2, seq=16, ref_features=2, budget=4.0),
-    "gemma3-tiny": dict(hf=GEMMA3_TINY, features=512, layers=(3,), batch=2, seq=16, ref_features=2, budget=4.0),
+    "gpt2-small": dict(hf=GPT2_SMALL, features=32768, layers=(0, 6, 11), job_layers=None, batch=8, seq=256, ref_features=2,
+                       budget=16.0, paper=True),
+    "gemma3-270m": dict(hf=GEMMA3_270M, features=65536, layers=(5, 9, 12, 15), job_layers=(5, 9, 12, 15), batch=16, seq=32,
+                        ref_features=2, budget=8.0, paper=True),
+    "gemma3-1b": dict(hf=GEMMA3_1B, features=65536, layers=(7, 13, 17, 22), job_layers=(7, 13, 17, 22), batch=8, seq=32,
+                      ref_features=2, budget=8.0, paper=True),
+    # 6 GiB: the model is held twice while it is converted (12.8 GiB at 1.7B parameters)
+    "qwen3-1.7b": dict(hf=QWEN3_1_7B, features=32768, layers=(8, 13, 18, 23), job_layers=(8, 13, 18, 23), batch=8, seq=32,
+                       ref_features=2, budget=6.0, paper=True),
+    "tiny": dict(hf=GPT2_TINY, features=2048, layers=(0, 2, 3), job_layers=None, batch=2, seq=32, ref_features=3, budget=8.0),
+    # Llama-3.2-1B shapes, random weights: one middle layer, 256 tokens (issue 17).
+    "llama-1b": dict(hf=LLAMA_1B, features=16384, layers=(8,), job_layers=None, batch=1, seq=256, ref_features=2, budget=8.0),
+    "llama-tiny": dict(hf=LLAMA_TINY, features=512, layers=(1,), job_layers=None, batch=2, seq=16, ref_features=2, budget=4.0),
+    "gemma3-tiny": dict(hf=GEMMA3_TINY, features=512, layers=(3,), job_layers=None, batch=2, seq=16, ref_features=2, budget=4.0),
+    # a paper-like setting at test size: its own job layers, a family of its own
+    "qwen3-tiny": dict(hf=QWEN3_TINY, features=512, layers=(1, 2), job_layers=(1, 2), batch=2, seq=16, ref_features=2,
+                       budget=4.0),
 }

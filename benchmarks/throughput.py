@@ -55,7 +55,8 @@ import sys
 import numpy as np
 
 from benchmarks import authors, builders, common, machine, roofline, sizes
-from benchmarks.contestant import K, SIDES, add_contestant_arguments, check_agreement, contestant_from_args, run_contestant
+from benchmarks.contestant import (K, SIDES, add_contestant_arguments, bfloat16_overlap, check_agreement, contestant_dtypes,
+                                   contestant_from_args, run_contestant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,30 +64,29 @@ from benchmarks.contestant import K, SIDES, add_contestant_arguments, check_agre
 # ---------------------------------------------------------------------------------------------
 
 
-def _jax_setup(cfg):
+def _jax_setup(cfg, dtype: str = "float32"):
+    """The converted model, stored in `dtype`, its width and the token sample."""
     import qlens_jax  # noqa: F401
+    from qlens_jax.numerics import cast_model
 
     hf, d, tokens, mask = builders.sample_setting(cfg)
     model = builders.jax_model(hf)
     del hf
-    return model, d, tokens, mask
+    return (cast_model(model, dtype) if dtype != "float32" else model), d, tokens, mask
 
 
 def run_dense(cfg: dict) -> dict:
     from qlens_jax import ExecutionOptions, LensOptions, plan_request, read_signatures, transport_operators
-    from qlens_jax.lens.points import residual_point
 
-    model, d, tokens, mask = _jax_setup(cfg)
+    model, d, tokens, mask = _jax_setup(cfg, cfg["dtype"])
     rss_setup = machine.current_rss_gb()
     out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}, "readout_first_call_seconds": {}}
     needed = tuple(s for s in ("value", "key") if any(SIDES[l] == s and l.startswith("query_lens") for l in cfg["lenses"]))
     operators = None
     if needed:
         # The whole-dictionary job's sweeps, as `qlens signatures` runs them for dictionaries on
-        # resid_post at every layer: values from resid_post[0], keys up to the last resid_post.
-        n_layers = model.config.n_layers
-        bounds = dict(value_from_point=residual_point("resid_post", 0, n_layers),
-                      key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
+        # resid_post at the job's layers: values from the first, keys up to the last.
+        bounds = builders.job_bounds(cfg["job_layers"], model.config.n_layers)
         operators, seconds = machine.timed(
             transport_operators, model, tokens, mask, sweeps=needed, memory_budget_gb=cfg["budget"], quiet=cfg["quiet"], **bounds
         )
@@ -103,7 +103,7 @@ def run_dense(cfg: dict) -> dict:
         dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
             # The readout stage alone: the plan (validation) is made before the clock starts.
-            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K),
+            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K, dtype=cfg["dtype"]),
                                 execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(cfg["budget"])))
             if lens not in out["readout_first_call_seconds"]:
                 # The lens's first readout compiles its step: timed apart (it is paid once per
@@ -154,29 +154,31 @@ def _single_layer_sweeps(cfg, model, tokens, mask, sides) -> dict:
 
 
 def run_per_feature(cfg: dict) -> dict:
+    """The per-feature path on the contestant's features: in `cfg["dtype"]` (timed, `results`)
+    and, for a bfloat16 run, first in float32 too (`float32_results`: the agreement check's
+    lists and the overlap's reference)."""
     from qlens_jax import query_lens
 
-    model, d, tokens, mask = _jax_setup(cfg)
-    out = {"rss_setup_gb": round(machine.current_rss_gb(), 3), "results": {}}
+    out = {"results": {}}
     picks = np.asarray(cfg["picks"])
-    for layer in cfg["layers"]:
-        dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
-        for lens in cfg["lenses"]:
-            run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
-                                     path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"])
-            _, compile_s = machine.timed(run)  # first call compiles (same shapes for every layer)
-            sigs, seconds = machine.timed(run)  # the second is timed
-            out["results"][f"{lens}/{layer}"] = {
-                "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
-                "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
-            }
-            common.log(f"per-feature: {lens} layer {layer}: {len(picks)} features {seconds:.1f} s (first call {compile_s:.1f} s)")
+    for dtype in contestant_dtypes(cfg):
+        model, d, tokens, mask = _jax_setup(cfg, dtype)
+        out.setdefault("rss_setup_gb", round(machine.current_rss_gb(), 3))
+        rows = out["results"] if dtype == cfg["dtype"] else out.setdefault("float32_results", {})
+        for layer in cfg["layers"]:
+            dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+            for lens in cfg["lenses"]:
+                run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
+                                         path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"], dtype=dtype)
+                _, compile_s = machine.timed(run)  # first call compiles (same shapes for every layer)
+                sigs, seconds = machine.timed(run)  # the second is timed
+                rows[f"{lens}/{layer}"] = {
+                    "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
+                    "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
+                }
+                common.log(f"per-feature ({dtype}): {lens} layer {layer}: {len(picks)} features {seconds:.1f} s "
+                           f"(first call {compile_s:.1f} s)")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Agreement
-# ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,11 +192,11 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
     over the compiled step's run). The readout's compilation, timed apart once per lens, is
     added to every job time: single layer and whole dictionary."""
     n = cfg["features"]
-    n_layers, d_model, vocab = model_config.num_hidden_layers, model_config.hidden_size, model_config.vocab_size
+    d_model, vocab = model_config.hidden_size, model_config.vocab_size
     # The authors' run builds its residual cache once per side, for every layer and feature.
     cache = reference.get("cache_seconds", {})
     layers = list(cfg["layers"])
-    all_layers = np.arange(n_layers)
+    all_layers = np.asarray(cfg["job_layers"])
     per_lens = {}
     whole_ref, whole_dense_readouts = 0.0, 0.0
     for lens in cfg["lenses"]:
@@ -250,7 +252,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
         "per_lens": per_lens,
         "matmul_peak_flops_per_s": peak,
         "whole_dictionary": {
-            "job": f"{n} features at each of {n_layers} layers, lenses {list(cfg['lenses'])}, {cfg['tokens']} tokens",
+            "job": f"{n} features at each of layers {list(cfg['job_layers'])}, lenses {list(cfg['lenses'])}, {cfg['tokens']} tokens",
             "qlens_dense_seconds": whole_dense,
             "qlens_sweeps_seconds": sweeps_total,
             "qlens_readouts_seconds": whole_dense_readouts,
@@ -258,7 +260,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             "reference_cache_seconds": cache,
             "ratio": whole_ref / whole_dense,
             "note": (f"contestant's time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
-                     f"({len(cfg['picks'])} features per layer and side), linearly interpolated over layers 0..{n_layers - 1} "
+                     f"({len(cfg['picks'])} features per layer and side), linearly interpolated over the job's layers {list(cfg['job_layers'])} "
                      f"and multiplied by {n} features (plus its residual caches, built once per side: {cache or 'none'}); "
                      f"qlens-jax = the measured sweeps (once) + readouts measured at layers "
                      f"{layers} (interpolated over the other layers) + each lens's readout compilation (once)"),
@@ -305,6 +307,11 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, nargs="+", help="benchmarked layers (gpt2-small: 0 6 11)")
     parser.add_argument("--batch", type=int, help="sequences in the token sample (gpt2-small: 8)")
     parser.add_argument("--seq", type=int, help="tokens per sequence (gpt2-small: 256)")
+    parser.add_argument("--paper-sample", action="store_true",
+                        help=f"the paper's token sample, {sizes.PAPER_SAMPLE[0]} x {sizes.PAPER_SAMPLE[1]} (instead of --batch / --seq)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="what both sides store the model in and time (bfloat16: the paper's configs); a bfloat16 "
+                             "run also computes float32 lists on both sides, for the agreement check and the overlap")
     parser.add_argument("--ref-features", type=int, help="features per layer and side timed with the reference")
     parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"],
                         choices=sorted(SIDES), help="lenses to benchmark")
@@ -323,10 +330,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     size = sizes.THROUGHPUT[args.size]
+    if args.paper_sample and (args.batch or args.seq):
+        parser.error("--paper-sample: not with --batch / --seq")
     contestant = contestant_from_args(args, size)
+    n_layers = builders.hf_config(size["hf"]).num_hidden_layers
+    batch, seq = sizes.PAPER_SAMPLE if args.paper_sample else (args.batch or size["batch"], args.seq or size["seq"])
     cfg = dict(
-        hf=size["hf"], seed=args.seed, features=args.features or size["features"],
-        layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
+        hf=size["hf"], seed=args.seed, features=args.features or size["features"], dtype=args.dtype,
+        layers=tuple(args.layers or size["layers"]), job_layers=tuple(size["job_layers"] or range(n_layers)),
+        batch=batch, seq=seq,
         lenses=tuple(args.lenses), budget=args.memory_budget_gb or size["budget"], quiet=args.quiet, save_operators=args.save_operators,
         single_layer_seqs=args.single_layer_seqs,
     )
@@ -368,10 +380,16 @@ def main(argv=None) -> int:
             print(m)
         return 1
     out["summary"] = summarize(cfg, model_config, reference, dense, per_feature, peak)
+    out["bfloat16_overlap"] = bfloat16_overlap(cfg, reference, dense, per_feature)
     if not args.no_roofline:
         out["roofline"] = common.run_isolated(roofline.account_throughput, cfg=cfg, dense=dense, peak=peak)
     common.write_json(path, out)
     print_report(out["summary"], agreement, info, contestant)
+    if out["bfloat16_overlap"]:
+        o = out["bfloat16_overlap"]
+        print(f"bfloat16 against float32, top-{K} overlap (mean / min over {o['qlens']['lists']} lists): qlens-jax "
+              f"{o['qlens']['mean']:.1%} / {o['qlens']['min']:.0%}, {contestant['name']} {o['contestant']['mean']:.1%} / "
+              f"{o['contestant']['min']:.0%}")
     if "roofline" in out:
         roofline.print_report(out["roofline"])
     print(f"peak memory (GiB, RSS of each process; setup = after model load): {out['memory_gb']}")
