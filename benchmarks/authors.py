@@ -6,7 +6,8 @@ the interpreter of its own environment (`--authors-python`, e.g. a venv with
 `pip install -e ".[authors]"`). What both sides share is written to a folder first, by this
 project's environment:
 
-- the weights: the benchmark's Hugging Face model, `save_pretrained` (plus a word-level
+- the weights: the benchmark's Hugging Face model (GPT-2, Qwen3, or Gemma-3 at a published shape:
+  `model_folder_name`), `save_pretrained` (plus a word-level
   tokenizer over its ids, which TransformerLens needs for `to_str_tokens`), loaded into
   TransformerLens's `HookedSAETransformer` from that folder without folding or centring
   (what `from_pretrained_no_processing` does for a registered name);
@@ -17,7 +18,8 @@ project's environment:
 
 In the contestant's process each side runs as the authors' `analysis/run.py` runs one
 baseline (`query_lens_value` / `query_lens_key`, the `gpt2-small.yaml` options:
-`submodule=both`, layer-norm Jacobians on, `accumulation_steps=1`, `k=25`, float32): the
+`submodule=both`, layer-norm Jacobians on, `accumulation_steps=1`, `k=25`; float32, and for a
+bfloat16 run float32 then bfloat16, model and SAEs in that dtype): the
 residual cache is built once (`ResidCache` / `VJPResidCache`, timed and reported apart),
 then `analyze_feature` is called per feature, and each call is timed. `pad_token_id=-1`
 (their config key) says that no token id is padding: the sample has none, and leaving it
@@ -118,7 +120,7 @@ GEMMA3_NAMES = {"270m": (sizes.GEMMA3_270M, "google/gemma-3-270m"), "1b": (sizes
 WHY_NOT = {
     "gemma3": "TransformerLens takes Gemma-3 shapes from its own table of the published models, by name: only "
               "Gemma-3-270M and Gemma-3-1B",
-    "llama": "not set up here",
+    "llama": "loading Llama from a local folder into TransformerLens is not set up here",
 }
 
 

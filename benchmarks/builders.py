@@ -77,6 +77,29 @@ def job_bounds(job_layers, n_layers: int) -> dict:
                 key_to_point=residual_point("resid_post", max(job_layers), n_layers))
 
 
+def gemma2_model_config(shape: dict, n_layers: int | None = None):
+    """A qlens-jax `ModelConfig` of a Gemma-2 `shape` (`sizes.GEMMA2_2B`), built directly;
+    `n_layers` cuts it to its first blocks (the pattern of local and global layers is kept)."""
+    import math
+
+    from qlens_jax.models import ModelConfig
+
+    layers = n_layers or shape["n_layers"]
+    half = shape["head_dim"] // 2
+    inv_freq = tuple(1.0 / shape["rope_theta"] ** (2 * i / shape["head_dim"]) for i in range(half))
+    return ModelConfig(
+        model_type="gemma2", vocab_size=shape["vocab_size"], d_model=shape["d_model"], n_layers=layers,
+        n_heads=shape["n_heads"], n_kv_heads=shape["n_kv_heads"], head_dim=shape["head_dim"], d_mlp=shape["d_mlp"],
+        norm="rmsnorm", norm_eps=shape["norm_eps"], activation="gelu_pytorch_tanh", gated_mlp=True, positional="rope",
+        max_positions=shape["max_positions"], tie_word_embeddings=True, norm_offset=1.0, post_norms=True,
+        embed_scale=math.sqrt(shape["d_model"]), attn_logit_softcap=shape["attn_logit_softcap"],
+        final_logit_softcap=shape["final_logit_softcap"],
+        attn_scales=(shape["query_pre_attn_scalar"] ** -0.5,) * layers,
+        sliding_windows=tuple(shape["sliding_window"] if i % 2 == 0 else 0 for i in range(layers)),
+        rope_inv_freq=(inv_freq,) * layers, rope_scales=(1.0,) * layers,
+    )
+
+
 def jax_model(hf_model):
     """The converted qlens-jax model of an in-memory transformers model."""
     import converters

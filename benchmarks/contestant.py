@@ -148,9 +148,9 @@ def contestant_from_args(args, size: dict) -> dict:
     if not args.authors_repo:
         return dict(authors.REFERENCE)
     if not authors.loads(size["hf"]):
-        raise SystemExit(f"--authors-repo: TransformerLens cannot load --size {args.size}'s shape from a local folder "
+        raise SystemExit(f"--authors-repo: the authors' code cannot run on --size {args.size} "
                          f"({authors.WHY_NOT.get(size['hf'].get('family', 'gpt2'), 'an unpublished shape')}); "
-                         f"sizes it loads: {', '.join(n for n, s in sizes.THROUGHPUT.items() if authors.loads(s['hf']))}")
+                         f"sizes it runs on: {', '.join(n for n, s in sizes.THROUGHPUT.items() if authors.loads(s['hf']))}")
     bad = [lens for lens in args.lenses if lens not in authors.SIDES]
     if bad:
         raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")

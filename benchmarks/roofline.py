@@ -242,6 +242,21 @@ def print_report(roofline: dict) -> None:
               f"{r['fraction_of_peak'] or float('nan'):.0%} of peak")
 
 
+def job_flops(config, n_tokens: int, seq: int, value_blocks: int, key_blocks: int, readouts: int, n_features: int) -> dict:
+    """Useful multiply-adds x 2 of a job, by the block-major method's count (an estimate; XLA
+    does more, e.g. norms and softmax, and block-major steps may differ in detail):
+    per token and block, forming the MLP Jacobian `2 d^2 d_mlp` (x1.5 gated), and per basis
+    vector (`d` of them) and side, applying it `2 d^2` plus the attention VJP (or its transpose)
+    `2 x (8 d^2 + 4 seq d)`; per readout (one side of one layer), the transport `2 n d^2` and
+    the vocabulary GEMM `2 n d vocab`."""
+    d, ff = config.d_model, config.d_mlp * (1.5 if config.gated_mlp else 1.0)
+    per_vector = 2 * d * d + 2 * (8 * d * d + 4 * seq * d)
+    blocks_formed = max(value_blocks, key_blocks)
+    sweep = n_tokens * (blocks_formed * 2 * d * d * ff + (value_blocks + key_blocks) * d * per_vector)
+    readout = readouts * (2 * n_features * d * d + 2 * n_features * d * config.vocab_size)
+    return {"sweep": float(sweep), "readout": float(readout)}
+
+
 def count_sweeps(size: str, batch: int | None = None, seq: int | None = None) -> dict:
     """The whole-dictionary sweep of a throughput `--size`, traced and counted (not compiled,
     not run: seconds, at any size)."""

@@ -64,3 +64,24 @@ THROUGHPUT = {
     "qwen3-tiny": dict(hf=QWEN3_TINY, features=512, layers=(1, 2), job_layers=(1, 2), batch=2, seq=16, ref_features=2,
                        budget=4.0),
 }
+
+# Gemma-2-2B, the model of Gemma Scope and its million-feature SAEs, as published: the fields of
+# a qlens-jax `ModelConfig` (`builders.gemma2_model_config` builds it directly, no converter):
+# soft-capped attention logits (50) and final logits (30), pre- and post-norms, local (window
+# 4096) and global layers alternating, attention scaled by query_pre_attn_scalar^-1/2.
+GEMMA2_2B = dict(vocab_size=256000, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256, d_mlp=9216,
+                 norm_eps=1e-6, max_positions=8192, rope_theta=10000.0, sliding_window=4096, query_pre_attn_scalar=256,
+                 attn_logit_softcap=50.0, final_logit_softcap=30.0)
+
+# `benchmarks.million --size`: GPT-2 small (run end to end) and Gemma-2-2B (planned, a slice
+# measured: `slice_features` features on the model cut to `slice_layers` blocks; the readout does
+# not depend on depth).
+MILLION = {
+    "gpt2-small": dict(hf=GPT2_SMALL, features=2**20, layer=6, batch=1, seq=256),
+    "tiny": dict(hf=GPT2_TINY, features=2**16, layer=2, batch=2, seq=32),
+    "gemma2-2b": dict(shape=GEMMA2_2B, features=2**20, layer=12, batch=1, seq=256, slice_features=1024, slice_layers=2,
+                      budget=6.0),
+    "gemma2-tiny": dict(shape=dict(GEMMA2_2B, vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16,
+                                   d_mlp=128, sliding_window=4, query_pre_attn_scalar=16),
+                        features=4096, layer=2, batch=1, seq=16, slice_features=1024, slice_layers=2, budget=1.0),
+}

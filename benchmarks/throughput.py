@@ -41,8 +41,15 @@ attention and MLP, and the fraction of the measured float32 matmul peak achieved
     python -m benchmarks.throughput --size gpt2-small --batch 1 --seq 256   # 256 tokens
     python -m benchmarks.throughput --size gpt2-small --authors-repo query-lens \
         --authors-python venv-authors/bin/python           # against the authors' code
+    python -m benchmarks.throughput --size gemma3-270m|gemma3-1b|qwen3-1.7b   # the paper's other settings
+    python -m benchmarks.throughput --size qwen3-1.7b --paper-sample --dtype bfloat16   # 1024 x 32 tokens, bfloat16
     python -m benchmarks.throughput --size llama-1b               # Llama-3.2-1B shapes, 16,384 features, 256 tokens
-    python -m benchmarks.throughput --size gemma3-1b              # Gemma-3-1B shapes
+
+Sizes (`benchmarks.sizes.THROUGHPUT`): the paper's four settings have its dictionary widths and
+layers; the whole-dictionary job covers the setting's layers. `--dtype bfloat16` stores the
+model in bfloat16 on both sides; each side first computes float32 lists for the timed features
+(the agreement check is made on those) and the report gives each side's top-25 overlap of
+bfloat16 with float32.
 
 Results: `benchmarks/results/throughput-<size>-<device>.json` (machine, device, versions, load).
 """

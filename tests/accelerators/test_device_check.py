@@ -136,3 +136,9 @@ def test_a_paper_part_runs_its_job_layers_and_reports_the_bfloat16_overlap(paper
     assert low["sweep"]["flops"] > 0 and low["readout"]["flops"] > 0
     # the bfloat16 part's estimate is the float32 part's measured time
     assert device_check.estimate_s("paper_qwen3_1_7b_bfloat16", device_check.SIZES["tiny"], paper_parts) == low["total_s"]
+
+
+def test_the_million_part_runs_every_feature_slice_by_slice():
+    part = device_check.PART_FUNCTIONS["million_gemma2_2b"](device_check.SIZES["tiny"], {})
+    assert part["features"] == 4096 and part["job_slice_features"] == 1024
+    assert part["sweep_s"] > 0 and part["readout_s"] > 0 and part["rate"]["flops"] > 0

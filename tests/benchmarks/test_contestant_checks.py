@@ -57,7 +57,7 @@ def test_lists_that_differ_from_the_contestants_print_no_ratio(fake_repo, tmp_pa
 @pytest.mark.parametrize("argv, message", [
     (["--authors-repo", "/nonexistent/query-lens"], "--authors-repo /nonexistent/query-lens: not a checkout"),
     (["--authors-python", "/nonexistent/python"], "--authors-python /nonexistent/python: no such interpreter"),
-    (["--size", "llama-tiny"], "TransformerLens cannot load --size llama-tiny's shape"),
+    (["--size", "llama-tiny"], "the authors' code cannot run on --size llama-tiny"),
     # Gemma-3 only at the published shapes, which TransformerLens takes from its own table by name
     (["--size", "gemma3-tiny"], "only Gemma-3-270M and Gemma-3-1B"),
     (["--lenses", "logit_lens_value"], "timed for ['query_lens_key', 'query_lens_value'] only"),
