@@ -271,7 +271,7 @@ def run_contestant(cfg: dict, repo: Path, python: str, directory: str | Path, ti
         raise RuntimeError(f"the authors' contestant failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads((directory / "result.json").read_text())
     result["process_wall_s"] = round(time.perf_counter() - start, 3)
-    result["contestant"] = describe(repo, python)
+    result["contestant"] = recorded(describe(repo, python))
     return result
 
 

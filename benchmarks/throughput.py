@@ -370,7 +370,8 @@ def main(argv=None) -> int:
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
         "benchmark": "throughput", "size": args.size, "machine": info, "contestant": authors.recorded(contestant),
-        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict()},
+        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict(),
+                                                              "save_operators": common.portable_path(cfg["save_operators"])},
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
                       for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))},
