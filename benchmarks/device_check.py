@@ -24,6 +24,16 @@ Parts, most important first (`PARTS`):
 5. `gemma3_1b_single_layer`: a Gemma-3-1B-shaped model (random weights, 26 layers, d_model 1152,
    vocabulary 262,144, 5 local : 1 global attention) with a 16,384-feature SAE at layer 13, the
    single-layer job (the sweeps restricted to the blocks that layer needs), both sides.
+6. `paper_<setting>_{float32,bfloat16}`: the paper's four settings (`benchmarks.sizes.THROUGHPUT`:
+   GPT-2 small, Gemma-3-270M, Gemma-3-1B, Qwen3-1.7B-Base; random weights, a synthetic SAE of the
+   setting's width at each of its layers) at the paper's sample (1024 x 32 tokens), the
+   whole-dictionary job at those layers, both sides, the model stored in float32 and in bfloat16;
+   the bfloat16 part reports the top-25 overlap with the float32 part's lists;
+7. `million_gemma2_2b`: a Gemma-2-2B-shaped model (random weights, vocabulary 256,000) with
+   1,048,576 features at layer 12, the whole job (`benchmarks.million.gemma2_layer_job`: both
+   sweeps for that layer, then both readouts slice by slice).
+
+`--parts NAME ...` runs only those parts (with the versions and the matmul peak).
 
 `--budget-s` (default 420) bounds the whole run: before each part the time it would take is
 estimated from the parts before it, and a part that would not fit is skipped with the reason; a
@@ -47,7 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import builders, machine, sizes
+from benchmarks.roofline import job_flops
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "device_check"
@@ -57,23 +68,37 @@ K = 25
 TIE_RTOL = 1e-4
 SCORE_RTOL = 1e-4
 MODES = ("float32", "tf32", "bfloat16")
+# The paper's four settings (`benchmarks.sizes.THROUGHPUT`), each in both stored dtypes.
+PAPER_SETTINGS = ("gpt2-small", "gemma3-270m", "gemma3-1b", "qwen3-1.7b")
+PAPER_PARTS = tuple(f"paper_{setting.replace('-', '_').replace('.', '_')}_{dtype}"
+                    for setting in PAPER_SETTINGS for dtype in ("float32", "bfloat16"))
 PARTS = (
     "versions", "matmul_peak", "parity",
     "gpt2_small_2048_float32", "gpt2_small_32768_float32", "gpt2_small_32768_tf32", "gpt2_small_32768_bfloat16",
-    "gemma3_1b_single_layer",
+    "gemma3_1b_single_layer", *PAPER_PARTS, "million_gemma2_2b",
 )
 GEMMA3_1B = dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
                  num_key_value_heads=1, head_dim=256, sliding_window=512)
 SIZES = {
     "full": dict(gpt2={}, features=32768, tokens={"2048": 2048, "32768": 32768}, seq=256, matmul_n=8192,
-                 gemma=GEMMA3_1B, gemma_layer=13, gemma_features=16384, gemma_tokens=2048),
+                 gemma=GEMMA3_1B, gemma_layer=13, gemma_features=16384, gemma_tokens=2048,
+                 paper={name: sizes.THROUGHPUT[name] for name in PAPER_SETTINGS}, paper_sample=sizes.PAPER_SAMPLE,
+                 million=dict(sizes.MILLION["gemma2-2b"], budget=16.0), million_slice=131072),
     "tiny": dict(gpt2=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0), features=256,
                  tokens={"2048": 32, "32768": 64}, seq=16, matmul_n=256,
                  gemma=dict(vocab_size=512, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
                             num_key_value_heads=2, head_dim=16, sliding_window=4,
                             layer_types=["sliding_attention"] * 3 + ["full_attention"]),
-                 gemma_layer=2, gemma_features=128, gemma_tokens=32),
+                 gemma_layer=2, gemma_features=128, gemma_tokens=32,
+                 # the same families at test size, each with job layers of its own
+                 paper={"gpt2-small": dict(hf=sizes.GPT2_TINY, features=128, job_layers=None),
+                        "gemma3-270m": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(2, 4, 5)),
+                        "gemma3-1b": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(1, 3)),
+                        "qwen3-1.7b": dict(hf=sizes.QWEN3_TINY, features=128, job_layers=(1, 2))},
+                 paper_sample=(4, 8), million=sizes.MILLION["gemma2-tiny"], million_slice=1024),
 }
+# Features of each paper part whose float32 top-25 the bfloat16 part is compared with.
+OVERLAP_FEATURES = 64
 # The precision mode of the parts that run in one (checked first: costs nothing, needs no budget).
 PART_MODES = {"gpt2_small_2048_float32": "float32", "gpt2_small_32768_float32": "float32",
               "gpt2_small_32768_tf32": "tf32", "gpt2_small_32768_bfloat16": "bfloat16"}
@@ -148,7 +173,7 @@ def part_versions(cfg: dict, parts: dict) -> dict:
         "memory_stats": stats,
         "driver": _run("nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"),
         "python": platform.python_version(),
-        "packages": {name: common.package_version(name) for name in packages},
+        "packages": {name: machine.package_version(name) for name in packages},
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": _run("git", "rev-parse", "HEAD"),
@@ -285,21 +310,6 @@ def random_sae(d_model: int, n_features: int, layer: int, seed: int = 0):
     return _CACHE[key]
 
 
-def job_flops(config, n_tokens: int, seq: int, value_blocks: int, key_blocks: int, readouts: int, n_features: int) -> dict:
-    """Useful multiply-adds x 2 of a job, by the block-major method's count (an estimate; XLA
-    does more, e.g. norms and softmax, and block-major steps may differ in detail):
-    per token and block, forming the MLP Jacobian `2 d^2 d_mlp` (x1.5 gated), and per basis
-    vector (`d` of them) and side, applying it `2 d^2` plus the attention VJP (or its transpose)
-    `2 x (8 d^2 + 4 seq d)`; per readout (one side of one layer), the transport `2 n d^2` and
-    the vocabulary GEMM `2 n d vocab`."""
-    d, ff = config.d_model, config.d_mlp * (1.5 if config.gated_mlp else 1.0)
-    per_vector = 2 * d * d + 2 * (8 * d * d + 4 * seq * d)
-    blocks_formed = max(value_blocks, key_blocks)
-    sweep = n_tokens * (blocks_formed * 2 * d * d * ff + (value_blocks + key_blocks) * d * per_vector)
-    readout = readouts * (2 * n_features * d * d + 2 * n_features * d * config.vocab_size)
-    return {"sweep": float(sweep), "readout": float(readout)}
-
-
 def _rate(flops: float, seconds: float, peak) -> dict:
     rate = flops / seconds if seconds > 0 else float("nan")
     fraction = rate / peak["flops_per_s"] if isinstance(peak, dict) else None
@@ -373,6 +383,88 @@ def part_gemma(cfg: dict, parts: dict) -> dict:
     }
 
 
+def random_model_of(spec: dict, seed: int = 0):
+    """A randomly initialised model of a `benchmarks.sizes` shape (weights drawn on the device)."""
+    key = ("spec", json.dumps(spec, sort_keys=True))
+    if key not in _CACHE:
+        import jax
+
+        from converters import model_config_from_hf
+        from qlens_jax.models import init_transformer
+
+        _CACHE[key] = init_transformer(model_config_from_hf(builders.hf_config(spec).to_dict()), jax.random.key(seed))
+    return _CACHE[key]
+
+
+def _paper_setting(cfg: dict, setting: str):
+    """(setting spec, its model config, its job layers, (batch, seq))."""
+    from converters import model_config_from_hf
+
+    spec = cfg["paper"][setting]
+    config = model_config_from_hf(builders.hf_config(spec["hf"]).to_dict())
+    return spec, config, tuple(spec["job_layers"] or range(config.n_layers)), cfg["paper_sample"]
+
+
+def _paper_flops(config, job_layers, batch: int, seq: int, n_features: int) -> dict:
+    """`job_flops` of a paper setting's whole-dictionary job at its layers."""
+    value_blocks, key_blocks = config.n_layers - min(job_layers) - 1, max(job_layers) + 1
+    return job_flops(config, batch * seq, seq, value_blocks, key_blocks, 2 * len(job_layers), n_features)
+
+
+def paper_job(cfg: dict, parts: dict, setting: str, dtype: str) -> dict:
+    """One of the paper's settings (random weights of its shape, a synthetic dictionary of its
+    width at each of its layers), the whole-dictionary job at the paper's sample, both Query
+    Lens sides, the model stored in `dtype` (products in float32 precision). The bfloat16 part
+    reports the top-25 overlap of `OVERLAP_FEATURES` features per layer and side with the
+    float32 part's lists (kept in memory when that part ran first)."""
+    import qlens_jax
+    from qlens_jax.numerics import cast_model
+
+    spec, config, job_layers, (batch, seq) = _paper_setting(cfg, setting)
+    model = random_model_of(spec["hf"])
+    model = cast_model(model, dtype) if dtype != "float32" else model
+    tokens, mask = _tokens(config.vocab_size, batch * seq, seq)
+    operators, sweep_s = timed(qlens_jax.transport_operators, model, tokens, mask, sweeps=("value", "key"),
+                               **builders.job_bounds(job_layers, config.n_layers))
+    picks = np.linspace(0, spec["features"] - 1, min(OVERLAP_FEATURES, spec["features"])).astype(int)
+    readout_s, lists = 0.0, {}
+    for layer in job_layers:
+        dictionary = random_sae(config.d_model, spec["features"], layer)
+        tables, seconds = timed(qlens_jax.query_lens, model, dictionary, tokens, mask,
+                                lenses=("query_lens_value", "query_lens_key"), operators=operators, path="dense",
+                                self_check=False, k=K, dtype=dtype)
+        readout_s += seconds
+        lists.update({(t.lens, layer): np.asarray(t.top_ids)[picks] for t in tables})
+    _CACHE[("paper-lists", setting, dtype)] = lists
+    result = {"setting": setting, "tokens": int(tokens.size), "sample": [batch, seq], "features_per_layer": spec["features"],
+              "layers": list(job_layers), "dtype": dtype, "sweep_s": sweep_s, "readout_s": readout_s, "total_s": sweep_s + readout_s}
+    reference = _CACHE.get(("paper-lists", setting, "float32"))
+    if dtype != "float32" and reference is not None:
+        shares = [len(set(a) & set(b)) / K for key in lists for a, b in zip(lists[key], reference[key])]
+        result["top25_overlap_with_float32"] = {"mean": float(np.mean(shares)), "min": float(np.min(shares)), "lists": len(shares)}
+    flops = _paper_flops(config, job_layers, batch, seq, spec["features"])
+    peak = parts.get("matmul_peak", {}).get("float32")
+    return result | {"sweep": _rate(flops["sweep"], sweep_s, peak), "readout": _rate(flops["readout"], readout_s, peak)}
+
+
+def _million_flops(cfg: dict) -> float:
+    """The million part's FLOPs from its shape alone (sweeps for its layer, both readouts)."""
+    spec = cfg["million"]
+    config = builders.gemma2_model_config(spec["shape"])
+    tokens, layer = spec["batch"] * spec["seq"], spec["layer"]
+    flops = job_flops(config, tokens, spec["seq"], config.n_layers - layer - 1, layer + 1, 2, spec["features"])
+    return flops["sweep"] + flops["readout"]
+
+
+def part_million(cfg: dict, parts: dict) -> dict:
+    """A million-feature Gemma-2-2B layer (random weights, vocabulary 256,000), the whole job
+    (`benchmarks.million.gemma2_layer_job`), with its FLOP rate."""
+    from benchmarks import million
+
+    result = million.gemma2_layer_job(cfg["million"], 0, cfg["million_slice"])
+    peak = parts.get("matmul_peak", {}).get("float32")
+    return result | {"rate": _rate(_million_flops(cfg), result["total_s"], peak), "peak_memory": machine.peak_memory()}
+
 def _measured(parts: dict, name: str) -> dict | None:
     part = parts.get(name, {})
     return part if part.get("status") == "ok" and "total_s" in part else None
@@ -394,6 +486,21 @@ def estimate_s(name: str, cfg: dict, parts: dict) -> float | None:
     if name == "gemma3_1b_single_layer" and basis:
         rate = (basis["sweep"]["flops"] + basis["readout"]["flops"]) / basis["total_s"]
         return _gemma_flops(cfg) / rate
+    if name == "million_gemma2_2b" and basis:
+        rate = (basis["sweep"]["flops"] + basis["readout"]["flops"]) / basis["total_s"]
+        return _million_flops(cfg) / rate
+    if name in PAPER_PARTS:
+        setting = PAPER_SETTINGS[PAPER_PARTS.index(name) // 2]
+        float32_part = _measured(parts, PAPER_PARTS[2 * PAPER_SETTINGS.index(setting)])
+        if name.endswith("_bfloat16") and float32_part:
+            return float32_part["total_s"]
+        basis = next((part for part in (large, small, *map(lambda n: _measured(parts, n), PAPER_PARTS))
+                      if part and part["total_s"] > 0), None)
+        if basis:
+            rate = (basis["sweep"]["flops"] + basis["readout"]["flops"]) / basis["total_s"]
+            spec, config, job_layers, (batch, seq) = _paper_setting(cfg, setting)
+            flops = _paper_flops(config, job_layers, batch, seq, spec["features"])
+            return (flops["sweep"] + flops["readout"]) / rate
     return None
 
 
@@ -419,6 +526,9 @@ PART_FUNCTIONS = {
     "gpt2_small_32768_tf32": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "tf32"),
     "gpt2_small_32768_bfloat16": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "bfloat16"),
     "gemma3_1b_single_layer": part_gemma,
+    "million_gemma2_2b": part_million,
+    **{name: (lambda cfg, parts, setting=setting, dtype=dtype: paper_job(cfg, parts, setting, dtype))
+       for name, (setting, dtype) in zip(PAPER_PARTS, ((s, d) for s in PAPER_SETTINGS for d in ("float32", "bfloat16")))},
 }
 
 
@@ -440,7 +550,7 @@ def _unavailable_or(name: str, status: dict) -> dict:
     return {"status": why} if why is not None else status
 
 
-def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit) -> Path:
+def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit, selected: tuple[str, ...] | None = None) -> Path:
     """Every part in order within `budget_s` seconds; the results file after each (its path).
 
     A part still running when the budget ends is not interrupted (an exception thrown into a
@@ -474,6 +584,8 @@ def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit) 
     for name in PARTS:
         left = budget_s - (time.monotonic() - start)
         status = _unavailable_or(name, {})
+        if selected is not None and name not in selected and not status:
+            status = {"status": "skipped", "reason": "not selected (--parts)"}
         guess = estimate_s(name, cfg, parts) if left > MIN_PART_S and not status else None
         if not status and (left <= MIN_PART_S or (guess is not None and guess > left)):
             reason = f"needs about {guess:.0f} s, {left:.0f} s left" if guess is not None else f"{left:.0f} s left"
@@ -510,7 +622,7 @@ def _fmt_peak(part, mode: str) -> str:
 def _fmt_job(part) -> str:
     if not part or part.get("status") != "ok":
         return (part or {}).get("status", "missing")
-    fractions = [part[k].get("fraction_of_peak") for k in ("sweep", "readout")]
+    fractions = [part.get(k, {}).get("fraction_of_peak") for k in ("sweep", "readout")]
     share = "" if None in fractions else f" ({100 * fractions[0]:.0f} % / {100 * fractions[1]:.0f} %)"
     return f"{part['sweep_s']:.1f} + {part['readout_s']:.1f} s{share}"
 
@@ -518,10 +630,10 @@ def _fmt_job(part) -> str:
 def table(paths: list[Path]) -> str:
     """Markdown rows, one per results file: peaks (TFLOP/s), parity, job times as
     `sweep + readout s (% of the mode's peak: sweep / readout)`."""
-    lines = [
-        "| card | size | jax | peak f32 / tf32 / bf16 TFLOP/s | parity f32 | overlap tf32 / bf16 | GPT-2 2,048 f32 | 32,768 f32 | 32,768 tf32 | 32,768 bf16 | Gemma-3-1B layer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["card", "size", "jax", "peak f32 / tf32 / bf16 TFLOP/s", "parity f32", "overlap tf32 / bf16", "GPT-2 2,048 f32",
+               "32,768 f32", "32,768 tf32", "32,768 bf16", "Gemma-3-1B layer",
+               *(f"paper {s} {d}" for s in PAPER_SETTINGS for d in ("f32", "bf16")), "Gemma-2-2B 2^20 features"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for path in paths:
         r = json.loads(Path(path).read_text())
         p = r["parts"]
@@ -542,6 +654,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for the whole run (default 420)")
     parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/device-<card>.json)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART",
+                        help="run only these parts (versions and matmul_peak always run: the rates need the peak); "
+                             "e.g. the paper's settings: " + " ".join(PAPER_PARTS[:2]) + " ...")
     parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print markdown rows of these results files and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -549,7 +664,8 @@ def main(argv=None) -> int:
         return 0
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be positive, got {args.budget_s}")
-    path = run(args.size, args.budget_s, args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    selected = None if not args.parts else ("versions", "matmul_peak", *args.parts)
+    path = run(args.size, args.budget_s, args.out, log=lambda line: print(line, file=sys.stderr, flush=True), selected=selected)
     print(path)
     return 0
 

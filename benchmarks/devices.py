@@ -28,10 +28,10 @@ import os
 import subprocess
 import sys
 
-from benchmarks import common
+from benchmarks import builders, common, machine, sizes
 
 SIZES = {
-    "tiny": dict(hf=common.GPT2_TINY, features=16384, layer=2, batch=16, seq=32),
+    "tiny": dict(hf=sizes.GPT2_TINY, features=16384, layer=2, batch=16, seq=32),
     "small": dict(hf=dict(n_embd=256, n_layer=6, n_head=4, vocab_size=8192, n_positions=256), features=65536,
                   layer=3, batch=16, seq=64),
 }
@@ -55,18 +55,18 @@ def worker(size: str, mesh: str, seed: int, budget: float) -> dict:
     if jax.device_count() != data * feature:
         raise SystemExit(f"mesh {mesh} needs {data * feature} devices, this process has {jax.device_count()}")
     the_mesh = sharding.make_mesh((data, feature))
-    model = common.jax_model(common.hf_gpt2(cfg["hf"], seed))
-    tokens, mask = common.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], seed)
-    dictionary = common.synthetic_dictionary(model.config.d_model, cfg["features"], cfg["layer"], seed)
+    model = builders.jax_model(builders.hf_gpt2(cfg["hf"], seed))
+    tokens, mask = builders.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], seed)
+    dictionary = builders.synthetic_dictionary(model.config.d_model, cfg["features"], cfg["layer"], seed)
     run_sweeps = lambda: transport_operators(model, tokens, mask, sweeps=("value", "key"), mesh=the_mesh,
                                              memory_budget_gb=budget)
-    _, sweeps_first = common.timed(run_sweeps)
-    operators, sweeps_s = common.timed(run_sweeps)
+    _, sweeps_first = machine.timed(run_sweeps)
+    operators, sweeps_s = machine.timed(run_sweeps)
     plan = plan_request(model, dictionary, tokens, mask, execution=ExecutionOptions(
         path="dense", mesh=the_mesh, self_check=False, memory_budget_gb=float(budget)))
     run_readout = lambda: read_signatures(plan, operators)  # noqa: E731  (the readout stage alone)
-    _, readout_first = common.timed(run_readout)
-    signatures, readout_s = common.timed(run_readout)
+    _, readout_first = machine.timed(run_readout)
+    signatures, readout_s = machine.timed(run_readout)
     n_tokens, n_features = int(mask.sum()), cfg["features"] * len(signatures)
     return {
         "mesh": mesh, "devices": data * feature, "data": data, "feature": feature,
@@ -110,7 +110,7 @@ def _run_mesh(args, mesh: str) -> dict:
     if done.returncode:
         raise RuntimeError(f"mesh {mesh} failed:\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["loadavg_after"] = common.loadavg()
+    result["loadavg_after"] = machine.loadavg()
     return result
 
 
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
         print(json.dumps(worker(**json.loads(args.worker))))
         return 0
 
-    info = common.machine_info()
-    common.log(f"devices {args.size}: meshes {args.meshes} ({'real' if args.real else 'simulated CPU'} devices); load {common.loadavg()}")
+    info = machine.machine_info()
+    common.log(f"devices {args.size}: meshes {args.meshes} ({'real' if args.real else 'simulated CPU'} devices); load {machine.loadavg()}")
     results = []
     for mesh in args.meshes:
         result = _run_mesh(args, mesh)
@@ -171,9 +171,9 @@ def main(argv=None) -> int:
         "config": {k: v for k, v in SIZES[args.size].items() if k != "hf"} | {"hf": SIZES[args.size]["hf"]},
         "results": [{k: v for k, v in r.items() if k != "top"} for r in results],
         "all_equal": all(r["same_top_ids_as_baseline"] for r in results),
-        "loadavg_at_end": common.loadavg(),
+        "loadavg_at_end": machine.loadavg(),
     }
-    path = common.write_json(args.out or common.RESULTS / f"devices-{args.size}-{common.device_slug()}.json", out)
+    path = common.write_json(args.out or common.RESULTS / f"devices-{args.size}-{machine.device_slug()}.json", out)
     _plot(results, path.with_suffix(".png"))
     print(f"{'mesh':>6} {'devices':>7} {'sweeps s':>9} {'tokens/s':>9} {'x':>5} {'readout s':>9} {'features/s':>11} {'x':>5} same ids")
     for r in results:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from benchmarks import common
+from benchmarks import builders, sizes
 
 ATTENTION = frozenset({"attention_residual", "attention_z", "attention_output", "_attention_batch", "dot_product_attention", "apply_rope", "attention_mask", "softcap"})
 MLP = frozenset({"mlp_residual", "mlp_input", "mlp_jacobian", "mlp_jacobians", "apply_rowwise"})
@@ -191,21 +191,19 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     fractions of `peak` (FLOP/s) that the measured times in `dense` achieve."""
     import qlens_jax  # noqa: F401  (XLA flags first)
 
-    from qlens_jax.lens.points import residual_point
     from qlens_jax.readout import feature_chunk_for
 
-    hf = common.hf_model(cfg["hf"], cfg["seed"])
-    model = common.jax_model(hf)
+    hf = builders.hf_model(cfg["hf"], cfg["seed"])
+    model = builders.jax_model(hf)
     del hf
-    tokens, mask = common.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
+    tokens, mask = builders.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     n_layers = model.config.n_layers
     sides = tuple(s for s in ("value", "key") if any(name.startswith("query_lens") and name.endswith(s) for name in cfg["lenses"]))
     out = {"peak_flops_per_s": peak, "sweeps": {}, "readouts": {}}
     if sides:
         steps = record_sweep_steps(
             model, tokens, mask, sweeps=sides, memory_budget_gb=cfg["budget"],
-            value_from_point=residual_point("resid_post", 0, n_layers),
-            key_to_point=residual_point("resid_post", n_layers - 1, n_layers),
+            **builders.job_bounds(cfg.get("job_layers") or range(n_layers), n_layers),
         )
         total = sum(s["flops"] * s["calls"] for s in steps)
         split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
@@ -244,19 +242,31 @@ def print_report(roofline: dict) -> None:
               f"{r['fraction_of_peak'] or float('nan'):.0%} of peak")
 
 
+def job_flops(config, n_tokens: int, seq: int, value_blocks: int, key_blocks: int, readouts: int, n_features: int) -> dict:
+    """Useful multiply-adds x 2 of a job, by the block-major method's count (an estimate; XLA
+    does more, e.g. norms and softmax, and block-major steps may differ in detail):
+    per token and block, forming the MLP Jacobian `2 d^2 d_mlp` (x1.5 gated), and per basis
+    vector (`d` of them) and side, applying it `2 d^2` plus the attention VJP (or its transpose)
+    `2 x (8 d^2 + 4 seq d)`; per readout (one side of one layer), the transport `2 n d^2` and
+    the vocabulary GEMM `2 n d vocab`."""
+    d, ff = config.d_model, config.d_mlp * (1.5 if config.gated_mlp else 1.0)
+    per_vector = 2 * d * d + 2 * (8 * d * d + 4 * seq * d)
+    blocks_formed = max(value_blocks, key_blocks)
+    sweep = n_tokens * (blocks_formed * 2 * d * d * ff + (value_blocks + key_blocks) * d * per_vector)
+    readout = readouts * (2 * n_features * d * d + 2 * n_features * d * config.vocab_size)
+    return {"sweep": float(sweep), "readout": float(readout)}
+
+
 def count_sweeps(size: str, batch: int | None = None, seq: int | None = None) -> dict:
     """The whole-dictionary sweep of a throughput `--size`, traced and counted (not compiled,
     not run: seconds, at any size)."""
-    from benchmarks.throughput import SIZES
-    from qlens_jax.lens.points import residual_point
 
-    spec = SIZES[size]
-    model = common.jax_model(common.hf_model(spec["hf"], 0))
-    tokens, mask = common.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
+    spec = sizes.THROUGHPUT[size]
+    model = builders.jax_model(builders.hf_model(spec["hf"], 0))
+    tokens, mask = builders.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
     n_layers = model.config.n_layers
     steps = record_sweep_steps(model, tokens, mask, xla=False, sweeps=("value", "key"), memory_budget_gb=spec["budget"],
-                               value_from_point=residual_point("resid_post", 0, n_layers),
-                               key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
+                               **builders.job_bounds(spec["job_layers"] or range(n_layers), n_layers))
     split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
     return {"size": size, "tokens": int(mask.sum()), "steps": steps, "flops": sum(split.values()), "split": split}
 

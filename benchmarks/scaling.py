@@ -35,7 +35,7 @@ import json
 import sys
 import time
 
-from benchmarks import common
+from benchmarks import builders, common, machine
 
 SIZES = {
     "gpt2-small": dict(
@@ -75,7 +75,7 @@ def _model(size, n_layers=None, vocab=None, seed=0):
 def _tokens(vocab, n_tokens, seed=0):
     seq = min(n_tokens, 1024)
     batch = max(1, n_tokens // seq)
-    return common.token_sample(vocab, batch, seq, seed)
+    return builders.token_sample(vocab, batch, seq, seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,9 +97,9 @@ def measure_readout(size: dict, n_features: int, vocab: int | None, sides: list[
         value=jnp.broadcast_to(eye, (n_points(1), d, d)), key=jnp.broadcast_to(eye, (n_key_points(1), d, d)),
         first_order=None, first_order_all=None, n_tokens=int(mask.sum()),
     )
-    dictionary = common.synthetic_dictionary(d, n_features, 0, 0)
-    setup = common.current_rss_gb()
-    peak = common.matmul_peak(n=2048, repeats=3)
+    dictionary = builders.synthetic_dictionary(d, n_features, 0, 0)
+    setup = machine.current_rss_gb()
+    peak = machine.matmul_peak(n=2048, repeats=3)
     out = {"n_features": n_features, "d_model": d, "vocab": V, "rss_setup_gb": round(setup, 3),
            "matmul_peak_same_process": peak["flops_per_s"], "sides": {}}
     flops = 2 * n_features * d * V
@@ -108,14 +108,14 @@ def measure_readout(size: dict, n_features: int, vocab: int | None, sides: list[
         plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,),
                             execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(budget)))
         call = lambda: read_signatures(plan, operators)  # noqa: E731  (the readout stage alone)
-        _, first = common.timed(call)
+        _, first = machine.timed(call)
         times = [first]
         if repeat and first < 60:
-            times.append(common.timed(call)[1])
+            times.append(machine.timed(call)[1])
         best = min(times)
         out["sides"][side] = {"seconds": best, "times_s": times, "flops": flops, "achieved_flops_per_s": flops / best,
-                              "fraction_of_peak": flops / best / peak["flops_per_s"], "rss_gb": round(common.current_rss_gb(), 3)}
-    out["loadavg"] = common.loadavg()
+                              "fraction_of_peak": flops / best / peak["flops_per_s"], "rss_gb": round(machine.current_rss_gb(), 3)}
+    out["loadavg"] = machine.loadavg()
     return out
 
 
@@ -161,7 +161,7 @@ def measure_sweeps(size: dict, n_tokens: int, n_layers: int | None, r: tuple[int
     d = model.config.d_model
     tokens, mask = _tokens(model.config.vocab_size, n_tokens)
     jt, jm = jnp.asarray(tokens), jnp.asarray(mask)
-    out = {"tokens": int(mask.sum()), "n_layers": model.config.n_layers, "r": list(r), "rss_setup_gb": round(common.current_rss_gb(), 3), "sides": {}}
+    out = {"tokens": int(mask.sum()), "n_layers": model.config.n_layers, "r": list(r), "rss_setup_gb": round(machine.current_rss_gb(), 3), "sides": {}}
     for side, fn in _partial_sweeps().items():
         runs = {}
         for count in r:
@@ -169,22 +169,22 @@ def measure_sweeps(size: dict, n_tokens: int, n_layers: int | None, r: tuple[int
             start = time.perf_counter()
             compiled = fn.lower(model, jt, jm, idx).compile()
             compile_s = time.perf_counter() - start
-            _, seconds = common.timed(compiled, model, jt, jm, idx)
+            _, seconds = machine.timed(compiled, model, jt, jm, idx)
             runs[count] = {"compile_s": compile_s, "seconds": seconds}
         (r1, t1), (r2, t2) = ((c, runs[c]["seconds"]) for c in r)
         per_vector = max((t2 - t1) / (r2 - r1), 1e-9)
         fixed = max(t1 - r1 * per_vector, 0.0)
         out["sides"][side] = {"runs": runs, "per_vector_s": per_vector, "fixed_s": fixed,
-                              "estimated_sweep_s": fixed + d * per_vector, "rss_gb": round(common.current_rss_gb(), 3)}
+                              "estimated_sweep_s": fixed + d * per_vector, "rss_gb": round(machine.current_rss_gb(), 3)}
     if validate:
         from qlens_jax import transport_operators
 
         for side in ("value", "key"):
-            _, seconds = common.timed(transport_operators, model, tokens, mask, sweeps=(side,))
+            _, seconds = machine.timed(transport_operators, model, tokens, mask, sweeps=(side,))
             out["sides"][side]["measured_sweep_s_incl_compile"] = seconds
     if reference:
         out["reference"] = _reference_per_feature(size, model.config.n_layers, tokens, mask)
-    out["loadavg"] = common.loadavg()
+    out["loadavg"] = machine.loadavg()
     return out
 
 
@@ -194,7 +194,7 @@ def _reference_per_feature(size, n_layers, tokens, mask) -> dict:
 
     from benchmarks import reference_torch as ref
 
-    hf = common.hf_gpt2(dict(n_embd=size["d_model"], n_layer=n_layers, n_head=size["n_heads"], vocab_size=size["vocab"],
+    hf = builders.hf_gpt2(dict(n_embd=size["d_model"], n_layer=n_layers, n_head=size["n_heads"], vocab_size=size["vocab"],
                              n_positions=max(1024, tokens.shape[1])), 0)
     ref.prepare_model(hf)
     rng = np.random.default_rng(0)
@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     size = dict(SIZES[args.size])
-    device = common.device_slug()
+    device = machine.device_slug()
     path = common.Path(args.out) if args.out else common.RESULTS / f"scaling-{args.size}-{device}.json"
     if args.plot_only:
         results = json.loads(path.read_text())
@@ -333,10 +333,10 @@ def main(argv=None) -> int:
         return 0
     tokens = args.tokens or size["tokens"]
     r = tuple(args.r or size["r"])
-    results = {"benchmark": "scaling", "size": args.size, "machine": common.machine_info(), "budget_gb": args.memory_budget_gb,
+    results = {"benchmark": "scaling", "size": args.size, "machine": machine.machine_info(), "budget_gb": args.memory_budget_gb,
                "args": vars(args)}
-    results["matmul_peak"] = {"start": common.run_isolated(common.matmul_peak, n=args.matmul_n)}
-    common.log(f"matmul peak {results['matmul_peak']['start']['flops_per_s'] / 1e9:.1f} GFLOP/s (n={args.matmul_n}); load {common.loadavg()}")
+    results["matmul_peak"] = {"start": common.run_isolated(machine.matmul_peak, n=args.matmul_n)}
+    common.log(f"matmul peak {results['matmul_peak']['start']['flops_per_s'] / 1e9:.1f} GFLOP/s (n={args.matmul_n}); load {machine.loadavg()}")
 
     def save():
         common.write_json(path, results)
@@ -379,9 +379,9 @@ def main(argv=None) -> int:
             common.log(f"vocab {v}: " + ", ".join(f"{s} {x['seconds']:.2f} s ({100 * x['fraction_of_peak']:.0f}% of peak)"
                                                   for s, x in p["sides"].items()) + f"; peak RSS {p['peak_rss_gb']} GiB")
             save()
-    results["matmul_peak"]["end"] = common.run_isolated(common.matmul_peak, n=args.matmul_n)
+    results["matmul_peak"]["end"] = common.run_isolated(machine.matmul_peak, n=args.matmul_n)
     _add_million(results, args.size, device)
-    results["loadavg_at_end"] = common.loadavg()
+    results["loadavg_at_end"] = machine.loadavg()
     save()
     for p in plot(results, args.size, device, path.parent):
         print("wrote", p)

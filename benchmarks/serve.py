@@ -38,17 +38,18 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import builders, common, machine, sizes
 
 SIZES = {
-    "million": dict(hf=common.GPT2_SMALL, features=2**20, layer=6),
-    "tiny": dict(hf=common.GPT2_SMALL, features=2**14, layer=6),
+    "million": dict(hf=sizes.GPT2_SMALL, features=2**20, layer=6),
+    "tiny": dict(hf=sizes.GPT2_SMALL, features=2**14, layer=6),
 }
 LENSES = ("query_lens_value", "query_lens_key")
 K, SHARD = 25, 4096
@@ -122,7 +123,7 @@ def build_run(workdir: Path, size: str, seed: int = 0) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = workdir / "model"
     if not (model_dir / "tokenizer.json").is_file():
-        hf = common.hf_gpt2(spec["hf"], seed)
+        hf = builders.hf_gpt2(spec["hf"], seed)
         hf.save_pretrained(model_dir)
         _tokenizer(hf.config.vocab_size).save(str(model_dir / "tokenizer.json"))
     model = converters.load_model(model_dir)
@@ -132,7 +133,7 @@ def build_run(workdir: Path, size: str, seed: int = 0) -> Path:
     name = f"resid-post-{n}"
     staging = workdir / f".building-{size}"
     staging.mkdir(parents=True, exist_ok=True)
-    tokens, mask = common.token_sample(config.vocab_size, 8, 256, seed)
+    tokens, mask = builders.token_sample(config.vocab_size, 8, 256, seed)
     save_token_sample(staging / "sample.npy", tokens, mask)
     rng = np.random.default_rng(seed + 1)
     eye = np.eye(d, dtype=np.float32)
@@ -226,7 +227,7 @@ def _load(base: str, n_features: int, vocab: int, clients: int, seconds: float, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="million")
-    parser.add_argument("--workdir", default="/tmp/qlens-serve-bench", help="where the synthetic run and row cache are kept")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "qlens-serve-bench"), help="where the synthetic run and row cache are kept")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--reverse", type=int, default=4, help="reverse lookups per side after the first")
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = build_run(workdir, args.size)
     build_seconds = time.perf_counter() - t
     n, vocab = SIZES[args.size]["features"], 50257
-    result = {"size": args.size, "features": n, "lenses": list(LENSES), "run_dir": str(run_dir), "machine": common.machine_info(),
+    result = {"size": args.size, "features": n, "lenses": list(LENSES), "run_dir": common.portable_path(run_dir), "machine": machine.machine_info(),
               "build_seconds": round(build_seconds, 1),
               "parquet_bytes": (run_dir / "signatures.parquet").stat().st_size}
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", "serve", str(run_dir), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        result["server_banner"] = server.stdout.readline().strip()
+        result["server_banner"] = server.stdout.readline().strip().replace(str(run_dir), run_dir.name)
         t = time.perf_counter()
         with httpx.Client(base_url=base, timeout=600, headers={"X-Qlens-Request": "benchmark"}) as http:  # the header of the costly routes
             for _ in range(600):
@@ -287,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             common.log("1 client for 10 s: the latency of a request alone")
             result["single_client"] = _load(base, n, vocab, 1, 10.0, seed=3)
             common.log(f"{args.clients} clients for {args.seconds:.0f} s: feature lookups and token searches")
-            loadavg_before = common.loadavg()
+            loadavg_before = machine.loadavg()
             result["load"] = _load(base, n, vocab, args.clients, args.seconds, seed=7)
-            result["loadavg_load_phase"] = {"before": loadavg_before, "after": common.loadavg()}
+            result["loadavg_load_phase"] = {"before": loadavg_before, "after": machine.loadavg()}
             result["rss_after_load_gib"] = round(_peak_rss_gib(server.pid), 3)
             common.log("reverse lookups in the warm server")
             reverse: dict[str, list[float]] = {"value": [], "key": []}
@@ -321,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["targets"] = {name: {"target": target, "measured": round(measured[name], 3), "met": measured[name] < target}
                          for name, target in TARGETS.items()}
-    result["loadavg_at_end"] = common.loadavg()
-    path = common.write_json(common.RESULTS / f"serve-{args.size}-{common.device_slug()}.json", result)
+    result["loadavg_at_end"] = machine.loadavg()
+    path = common.write_json(common.RESULTS / f"serve-{args.size}-{machine.device_slug()}.json", result)
 
     print(f"\nqlens serve on {n:,} features x {len(LENSES)} lenses ({result['parquet_bytes'] / 2**20:.0f} MiB of Parquet), "
           f"{args.clients} clients for {args.seconds:.0f} s against 127.0.0.1:")

@@ -39,10 +39,17 @@ attention and MLP, and the fraction of the measured float32 matmul peak achieved
     python -m benchmarks.throughput --size tiny                   # seconds
     python -m benchmarks.throughput --size gpt2-small             # 32,768 features, 2,048 tokens (hours on 2 CPU cores)
     python -m benchmarks.throughput --size gpt2-small --batch 1 --seq 256   # 256 tokens
-    python -m benchmarks.throughput --size gpt2-small --authors-repo /tmp/query-lens \
-        --authors-python /work/venv-authors/bin/python           # against the authors' code
+    python -m benchmarks.throughput --size gpt2-small --authors-repo query-lens \
+        --authors-python venv-authors/bin/python           # against the authors' code
+    python -m benchmarks.throughput --size gemma3-270m|gemma3-1b|qwen3-1.7b   # the paper's other settings
+    python -m benchmarks.throughput --size qwen3-1.7b --paper-sample --dtype bfloat16   # 1024 x 32 tokens, bfloat16
     python -m benchmarks.throughput --size llama-1b               # Llama-3.2-1B shapes, 16,384 features, 256 tokens
-    python -m benchmarks.throughput --size gemma3-1b              # Gemma-3-1B shapes
+
+Sizes (`benchmarks.sizes.THROUGHPUT`): the paper's four settings have its dictionary widths and
+layers; the whole-dictionary job covers the setting's layers. `--dtype bfloat16` stores the
+model in bfloat16 on both sides; each side first computes float32 lists for the timed features
+(the agreement check is made on those) and the report gives each side's top-25 overlap of
+bfloat16 with float32.
 
 Results: `benchmarks/results/throughput-<size>-<device>.json` (machine, device, versions, load).
 """
@@ -51,32 +58,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks import authors, common, roofline
-
-SIZES = {
-    "gpt2-small": dict(hf=common.GPT2_SMALL, features=32768, layers=(0, 6, 11), batch=8, seq=256, ref_features=2, budget=16.0),
-    "tiny": dict(hf=common.GPT2_TINY, features=2048, layers=(0, 2, 3), batch=2, seq=32, ref_features=3, budget=8.0),
-    # Modern shapes, random weights: one middle layer, 256 tokens (issue 17).
-    "llama-1b": dict(hf=common.LLAMA_1B, features=16384, layers=(8,), batch=1, seq=256, ref_features=2, budget=8.0),
-    "gemma3-1b": dict(hf=common.GEMMA3_1B, features=16384, layers=(13,), batch=1, seq=256, ref_features=2, budget=8.0),
-    "llama-tiny": dict(hf=common.LLAMA_TINY, features=512, layers=(1,), batch=2, seq=16, ref_features=2, budget=4.0),
-    "gemma3-tiny": dict(hf=common.GEMMA3_TINY, features=512, layers=(3,), batch=2, seq=16, ref_features=2, budget=4.0),
-}
-SIDES = {"query_lens_value": "value", "query_lens_key": "key", "logit_lens_value": "value", "logit_lens_key": "key"}
-K = 25
-TIE_RTOL = 1e-4
-
-
-def _setup(cfg: dict):
-    hf = common.hf_model(cfg["hf"], cfg["seed"])
-    d = hf.config.hidden_size
-    tokens, mask = common.token_sample(hf.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
-    return hf, d, tokens, mask
+from benchmarks import authors, builders, common, machine, roofline, sizes
+from benchmarks.contestant import (K, SIDES, add_contestant_arguments, bfloat16_overlap, check_agreement, contestant_dtypes,
+                                   contestant_from_args, run_contestant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,89 +71,59 @@ def _setup(cfg: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_reference(cfg: dict) -> dict:
-    import torch
-
-    from benchmarks import reference_torch as ref
-
-    hf, d, tokens, mask = _setup(cfg)
-    ref.prepare_model(hf)
-    rss_setup = common.current_rss_gb()
-    out = {"rss_setup_gb": round(rss_setup, 3), "torch_threads": torch.get_num_threads(), "results": {}}
-    for layer in cfg["layers"]:
-        W_enc, W_dec = common.dictionary_arrays(d, cfg["features"], layer, cfg["seed"])
-        for lens in cfg["lenses"]:
-            vectors = W_dec if SIDES[lens] == "value" else W_enc.T
-            rows = []
-            for f in cfg["picks"]:
-                start = time.perf_counter()
-                scores = ref.reference_scores(hf, tokens, mask, lens, vectors[f][None], "resid_post", layer)
-                seconds = time.perf_counter() - start
-                top, top_scores, bottom, bottom_scores = ref.topk_with_scores(scores, K + 1)
-                rows.append({
-                    "feature": f, "seconds": seconds,
-                    "top_ids": top[0].tolist(), "top_scores": top_scores[0].tolist(),
-                    "bottom_ids": bottom[0].tolist(), "bottom_scores": bottom_scores[0].tolist(),
-                    "scale": float(np.abs(scores).max()),
-                })
-            out["results"][f"{lens}/{layer}"] = rows
-    return out
-
-
-def _jax_setup(cfg):
+def _jax_setup(cfg, dtype: str = "float32"):
+    """The converted model, stored in `dtype`, its width and the token sample."""
     import qlens_jax  # noqa: F401
+    from qlens_jax.numerics import cast_model
 
-    hf, d, tokens, mask = _setup(cfg)
-    model = common.jax_model(hf)
+    hf, d, tokens, mask = builders.sample_setting(cfg)
+    model = builders.jax_model(hf)
     del hf
-    return model, d, tokens, mask
+    return (cast_model(model, dtype) if dtype != "float32" else model), d, tokens, mask
 
 
 def run_dense(cfg: dict) -> dict:
     from qlens_jax import ExecutionOptions, LensOptions, plan_request, read_signatures, transport_operators
-    from qlens_jax.lens.points import residual_point
 
-    model, d, tokens, mask = _jax_setup(cfg)
-    rss_setup = common.current_rss_gb()
+    model, d, tokens, mask = _jax_setup(cfg, cfg["dtype"])
+    rss_setup = machine.current_rss_gb()
     out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}, "readout_first_call_seconds": {}}
     needed = tuple(s for s in ("value", "key") if any(SIDES[lens] == s and lens.startswith("query_lens") for lens in cfg["lenses"]))
     operators = None
     if needed:
         # The whole-dictionary job's sweeps, as `qlens signatures` runs them for dictionaries on
-        # resid_post at every layer: values from resid_post[0], keys up to the last resid_post.
-        n_layers = model.config.n_layers
-        bounds = dict(value_from_point=residual_point("resid_post", 0, n_layers),
-                      key_to_point=residual_point("resid_post", n_layers - 1, n_layers))
-        operators, seconds = common.timed(
+        # resid_post at the job's layers: values from the first, keys up to the last.
+        bounds = builders.job_bounds(cfg["job_layers"], model.config.n_layers)
+        operators, seconds = machine.timed(
             transport_operators, model, tokens, mask, sweeps=needed, memory_budget_gb=cfg["budget"], quiet=cfg["quiet"], **bounds
         )
         name = "+".join(needed)
-        out["sweeps"][name] = {"seconds": seconds, "loadavg": common.loadavg(), "rss_gb": round(common.current_rss_gb(), 3)}
+        out["sweeps"][name] = {"seconds": seconds, "loadavg": machine.loadavg(), "rss_gb": round(machine.current_rss_gb(), 3)}
         common.log(f"dense: {name} sweep {seconds:.1f} s")
-    rss_operators = common.current_rss_gb()
+    rss_operators = machine.current_rss_gb()
     out["rss_after_sweeps_gb"] = round(rss_operators, 3)
     if cfg.get("save_operators"):
         common.save_benchmark_operators(operators, cfg["save_operators"], cfg, tokens, mask)
         common.log(f"dense: operators saved to {cfg['save_operators']}")
     out["single_layer_sweeps"] = _single_layer_sweeps(cfg, model, tokens, mask, needed)
     for layer in cfg["layers"]:
-        dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+        dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
             # The readout stage alone: the plan (validation) is made before the clock starts.
-            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K),
+            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K, dtype=cfg["dtype"]),
                                 execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(cfg["budget"])))
             if lens not in out["readout_first_call_seconds"]:
                 # The lens's first readout compiles its step: timed apart (it is paid once per
                 # lens), so that `seconds` below is the compiled step's run alone.
-                out["readout_first_call_seconds"][lens] = common.timed(read_signatures, plan, operators)[1]
-            sigs, seconds = common.timed(read_signatures, plan, operators)
+                out["readout_first_call_seconds"][lens] = machine.timed(read_signatures, plan, operators)[1]
+            sigs, seconds = machine.timed(read_signatures, plan, operators)
             table = sigs[0]
             out["readouts"][f"{lens}/{layer}"] = {
                 "seconds": seconds,
                 "n_features": int(len(table.feature_ids)),
                 "top_ids": table.top_ids[cfg["picks"]].tolist(),
                 "bottom_ids": table.bottom_ids[cfg["picks"]].tolist(),
-                "loadavg": common.loadavg(),
+                "loadavg": machine.loadavg(),
             }
             common.log(f"dense: {lens} layer {layer} readout of {len(table.feature_ids)} features {seconds:.1f} s")
     return out
@@ -189,14 +146,14 @@ def _single_layer_sweeps(cfg, model, tokens, mask, sides) -> dict:
             run = lambda: transport_operators(
                 model, sub_tokens, sub_mask, sweeps=(side,), memory_budget_gb=cfg["budget"], quiet=True, **bound
             )
-            ops, first = common.timed(run)
-            _, second = common.timed(run)
+            ops, first = machine.timed(run)
+            _, second = machine.timed(run)
             compile_s = max(first - second, 0.0)
             estimate = compile_s + second * cfg["batch"] / seqs
             covered = ops.value_from_point if side == "value" else ops.key_to_point
             out[f"{side}/{layer}"] = {
                 "first_call_s": first, "second_call_s": second, "sequences_timed": seqs,
-                "seconds_for_sample": estimate, "covered_point": covered, "loadavg": common.loadavg(),
+                "seconds_for_sample": estimate, "covered_point": covered, "loadavg": machine.loadavg(),
             }
             common.log(f"dense: single-layer {side} sweep for layer {layer}: {first:.1f} s, then {second:.1f} s on "
                        f"{seqs} sequence(s) -> {estimate:.1f} s for {cfg['batch']}")
@@ -204,68 +161,31 @@ def _single_layer_sweeps(cfg, model, tokens, mask, sides) -> dict:
 
 
 def run_per_feature(cfg: dict) -> dict:
+    """The per-feature path on the contestant's features: in `cfg["dtype"]` (timed, `results`)
+    and, for a bfloat16 run, first in float32 too (`float32_results`: the agreement check's
+    lists and the overlap's reference)."""
     from qlens_jax import query_lens
 
-    model, d, tokens, mask = _jax_setup(cfg)
-    out = {"rss_setup_gb": round(common.current_rss_gb(), 3), "results": {}}
+    out = {"results": {}}
     picks = np.asarray(cfg["picks"])
-    for layer in cfg["layers"]:
-        dictionary = common.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
-        for lens in cfg["lenses"]:
-            run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
-                                     path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"])
-            _, compile_s = common.timed(run)  # first call compiles (same shapes for every layer)
-            sigs, seconds = common.timed(run)  # the second is timed
-            out["results"][f"{lens}/{layer}"] = {
-                "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
-                "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
-            }
-            common.log(f"per-feature: {lens} layer {layer}: {len(picks)} features {seconds:.1f} s (first call {compile_s:.1f} s)")
+    for dtype in contestant_dtypes(cfg):
+        model, d, tokens, mask = _jax_setup(cfg, dtype)
+        out.setdefault("rss_setup_gb", round(machine.current_rss_gb(), 3))
+        rows = out["results"] if dtype == cfg["dtype"] else out.setdefault("float32_results", {})
+        for layer in cfg["layers"]:
+            dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
+            for lens in cfg["lenses"]:
+                run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
+                                         path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"], dtype=dtype)
+                _, compile_s = machine.timed(run)  # first call compiles (same shapes for every layer)
+                sigs, seconds = machine.timed(run)  # the second is timed
+                rows[f"{lens}/{layer}"] = {
+                    "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
+                    "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
+                }
+                common.log(f"per-feature ({dtype}): {lens} layer {layer}: {len(picks)} features {seconds:.1f} s "
+                           f"(first call {compile_s:.1f} s)")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Agreement
-# ---------------------------------------------------------------------------------------------
-
-
-def _same_up_to_ties(ids, ref_ids, ref_scores, scale) -> tuple[bool, bool]:
-    """(identical, equal up to ties) for top-k ids against the reference's top-(k+1). Without
-    scores (the authors' code returns ids only) only identical lists pass."""
-    ids, ref_ids = list(ids)[:K], list(ref_ids)
-    if ids == ref_ids[:K]:
-        return True, True
-    if ref_scores is None:
-        return False, False
-    # ties: every differing position must sit where the reference's scores are within tolerance
-    # of a neighbour's (order swaps) or of the (k+1)-th score (boundary swaps)
-    tol = TIE_RTOL * max(scale, 1e-30)
-    scores = np.asarray(ref_scores)
-    for i, (a, b) in enumerate(zip(ids, ref_ids[:K])):
-        if a == b:
-            continue
-        near = [j for j in range(len(ref_ids)) if abs(scores[j] - scores[i]) <= tol and j != i]
-        if not any(ref_ids[j] == a for j in near):
-            return False, False
-    return False, True
-
-
-def check_agreement(cfg, reference, dense, per_feature) -> dict:
-    report = {"features_checked": 0, "identical": 0, "tie_equivalent": 0, "mismatches": []}
-    for key, rows in reference["results"].items():
-        for idx, row in enumerate(rows):
-            for name, other in (("dense", dense["readouts"][key]), ("per-feature", per_feature["results"][key])):
-                for which in ("top", "bottom"):
-                    ids = other[f"{which}_ids"][idx]
-                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0))
-                    report["features_checked"] += 1
-                    report["identical"] += identical
-                    report["tie_equivalent"] += ok and not identical
-                    if not ok:
-                        report["mismatches"].append({"lens/layer": key, "feature": row["feature"], "path": name, "which": which,
-                                                     "qlens": ids, "contestant": row[f"{which}_ids"][:K]})
-    report["passed"] = not report["mismatches"]
-    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,11 +199,11 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
     over the compiled step's run). The readout's compilation, timed apart once per lens, is
     added to every job time: single layer and whole dictionary."""
     n = cfg["features"]
-    n_layers, d_model, vocab = model_config.num_hidden_layers, model_config.hidden_size, model_config.vocab_size
+    d_model, vocab = model_config.hidden_size, model_config.vocab_size
     # The authors' run builds its residual cache once per side, for every layer and feature.
     cache = reference.get("cache_seconds", {})
     layers = list(cfg["layers"])
-    all_layers = np.arange(n_layers)
+    all_layers = np.asarray(cfg["job_layers"])
     per_lens = {}
     whole_ref, whole_dense_readouts = 0.0, 0.0
     for lens in cfg["lenses"]:
@@ -339,7 +259,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
         "per_lens": per_lens,
         "matmul_peak_flops_per_s": peak,
         "whole_dictionary": {
-            "job": f"{n} features at each of {n_layers} layers, lenses {list(cfg['lenses'])}, {cfg['tokens']} tokens",
+            "job": f"{n} features at each of layers {list(cfg['job_layers'])}, lenses {list(cfg['lenses'])}, {cfg['tokens']} tokens",
             "qlens_dense_seconds": whole_dense,
             "qlens_sweeps_seconds": sweeps_total,
             "qlens_readouts_seconds": whole_dense_readouts,
@@ -347,7 +267,7 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             "reference_cache_seconds": cache,
             "ratio": whole_ref / whole_dense,
             "note": (f"contestant's time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
-                     f"({len(cfg['picks'])} features per layer and side), linearly interpolated over layers 0..{n_layers - 1} "
+                     f"({len(cfg['picks'])} features per layer and side), linearly interpolated over the job's layers {list(cfg['job_layers'])} "
                      f"and multiplied by {n} features (plus its residual caches, built once per side: {cache or 'none'}); "
                      f"qlens-jax = the measured sweeps (once) + readouts measured at layers "
                      f"{layers} (interpolated over the other layers) + each lens's readout compilation (once)"),
@@ -387,95 +307,18 @@ def print_report(summary, agreement, info, contestant: dict):
     print(f"  note: {w['note']}")
 
 
-def planned_peak_gb(size: str) -> dict:
-    """The dense contestant's planned peak memory for `--size` (GiB), by arithmetic on shapes
-    (`eqx.filter_eval_shape`: no weights are made, nothing runs). Its process holds, at most:
-    the Hugging Face model and its conversion at once (2 x parameters), the kernel's memory
-    budget (the planner sizes the sweeps' residuals and tangents and the readouts' chunks
-    within it: `plan_chunks`, `blockwise.sequences_that_fit`, `feature_chunk_for`), the
-    operators of both sides, the dictionary and the token sample."""
-    import equinox as eqx
-    import jax
-
-    import converters
-    from qlens_jax.lens import blockwise
-    from qlens_jax.lens.chunks import bytes_per_token, plan_chunks
-    from qlens_jax.readout import feature_chunk_for
-    from qlens_jax.lens.points import n_key_points, n_points
-    from qlens_jax.models import init_transformer
-
-    spec = SIZES[size]
-    config = converters.model_config_from_hf(common.hf_config(spec["hf"]).to_dict())
-    skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
-    params = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(skeleton))
-    plan = plan_chunks(skeleton, (spec["batch"], spec["seq"]), spec["budget"])
-    d, gib = config.d_model, 2**30
-    budget = spec["budget"] * gib
-    # What the planner puts inside the budget: the sweep's linearization residuals (a basis-
-    # major sweep: half the budget; a block-major one only where `sequences_that_fit` says
-    # so) and a readout chunk's scores and top-k work (a quarter).
-    residuals = plan.sequences_per_chunk * spec["seq"] * bytes_per_token(skeleton, spec["seq"])
-    blockwise_sequences = blockwise.sequences_that_fit(skeleton, spec["seq"], d, spec["budget"])
-    readout_chunk = feature_chunk_for(config.vocab_size, 0.25 * budget)
-    inside = {
-        "sweep_residuals_gb": residuals / gib,
-        "blockwise_sequences_that_fit": blockwise_sequences,
-        "readout_chunk_features": readout_chunk,
-        "readout_chunk_gb": readout_chunk * config.vocab_size * 4 * 3 / gib,
-    }
-    inside["within_budget"] = bool(residuals <= 0.5 * budget and inside["readout_chunk_gb"] * gib <= 0.25 * budget)
-    parts = {
-        "hf_model_and_converted_gb": 2 * params / gib,
-        "kernel_budget_gb": spec["budget"],
-        "operators_gb": (n_points(config.n_layers) + n_key_points(config.n_layers)) * d * d * 4 / gib,
-        "dictionary_gb": 2 * spec["features"] * d * 4 / gib,
-        "tokens_gb": spec["batch"] * spec["seq"] * 5 / gib,
-    }
-    return parts | {"total_gb": sum(parts.values()), "inside_budget": inside,
-                    "plan": {"sequences_per_chunk": plan.sequences_per_chunk, "tangent_chunk": plan.tangent_chunk}}
-
-
-def add_contestant_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--authors-repo` / `--authors-python` (shared with `benchmarks.million`)."""
-    parser.add_argument("--authors-repo", metavar="DIR",
-                        help="a checkout of the authors' code (HYU-NLP/query-lens): the contestant; without it "
-                             "benchmarks/reference_torch.py stands in (and the output says so)")
-    parser.add_argument("--authors-python", metavar="PYTHON", default=sys.executable,
-                        help="interpreter of the authors' environment (`pip install -e '.[authors]'` in a venv of its own; "
-                             "default: this one)")
-    parser.add_argument("--authors-workdir", metavar="DIR",
-                        help="where the inputs shared with the authors' process are written (default: a temporary folder)")
-
-
-def contestant_from_args(args, size: dict) -> dict:
-    """The contestant's description, with the authors' checkout and interpreter checked before any work."""
-    if not args.authors_repo:
-        return dict(authors.REFERENCE)
-    if size["hf"].get("family", "gpt2") != "gpt2":
-        raise SystemExit(f"--authors-repo: the authors' contestant is set up for GPT-2 sizes only, not --size {args.size}")
-    bad = [lens for lens in args.lenses if lens not in authors.SIDES]
-    if bad:
-        raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")
-    return authors.describe(authors.check_repo(args.authors_repo), authors.check_python(args.authors_python))
-
-
-def run_contestant(cfg: dict, contestant: dict, args) -> dict:
-    """The contestant's per-feature results (`run_reference`'s layout; the authors' rows have no scores)."""
-    if contestant["name"] == "reference_torch":
-        return common.run_isolated(run_reference, cfg=cfg)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
-        return authors.run_contestant(cfg, Path(contestant["repo"]), contestant["python"], args.authors_workdir or tmp)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--size", choices=sorted(sizes.THROUGHPUT), default="tiny")
     parser.add_argument("--features", type=int, help="features per dictionary (gpt2-small: 32768)")
     parser.add_argument("--layers", type=int, nargs="+", help="benchmarked layers (gpt2-small: 0 6 11)")
     parser.add_argument("--batch", type=int, help="sequences in the token sample (gpt2-small: 8)")
     parser.add_argument("--seq", type=int, help="tokens per sequence (gpt2-small: 256)")
+    parser.add_argument("--paper-sample", action="store_true",
+                        help=f"the paper's token sample, {sizes.PAPER_SAMPLE[0]} x {sizes.PAPER_SAMPLE[1]} (instead of --batch / --seq)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="what both sides store the model in and time (bfloat16: the paper's configs); a bfloat16 "
+                             "run also computes float32 lists on both sides, for the agreement check and the overlap")
     parser.add_argument("--ref-features", type=int, help="features per layer and side timed with the reference")
     parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"],
                         choices=sorted(SIDES), help="lenses to benchmark")
@@ -493,21 +336,26 @@ def main(argv=None) -> int:
     parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP accounting of the compiled steps")
     args = parser.parse_args(argv)
 
-    size = SIZES[args.size]
+    size = sizes.THROUGHPUT[args.size]
+    if args.paper_sample and (args.batch or args.seq):
+        parser.error("--paper-sample: not with --batch / --seq")
     contestant = contestant_from_args(args, size)
+    n_layers = builders.hf_config(size["hf"]).num_hidden_layers
+    batch, seq = sizes.PAPER_SAMPLE if args.paper_sample else (args.batch or size["batch"], args.seq or size["seq"])
     cfg = dict(
-        hf=size["hf"], seed=args.seed, features=args.features or size["features"],
-        layers=tuple(args.layers or size["layers"]), batch=args.batch or size["batch"], seq=args.seq or size["seq"],
+        hf=size["hf"], seed=args.seed, features=args.features or size["features"], dtype=args.dtype,
+        layers=tuple(args.layers or size["layers"]), job_layers=tuple(size["job_layers"] or range(n_layers)),
+        batch=batch, seq=seq,
         lenses=tuple(args.lenses), budget=args.memory_budget_gb or size["budget"], quiet=args.quiet, save_operators=args.save_operators,
         single_layer_seqs=args.single_layer_seqs,
     )
-    cfg["picks"] = common.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
+    cfg["picks"] = builders.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
     cfg["tokens"] = cfg["batch"] * cfg["seq"]
-    info = common.machine_info()
+    info = machine.machine_info()
     common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
-               f"contestant {contestant['label']}, its features {cfg['picks']}; load {common.loadavg()}")
+               f"contestant {contestant['label']}, its features {cfg['picks']}; load {machine.loadavg()}")
 
-    peak_start = common.run_isolated(common.matmul_peak)
+    peak_start = common.run_isolated(machine.matmul_peak)
     common.log(f"matmul peak {peak_start['flops_per_s'] / 1e9:.1f} GFLOP/s")
     reference = run_contestant(cfg, contestant, args)
     common.log(f"contestant done ({contestant['name']}; peak RSS {reference['peak_rss_gb']} GiB)")
@@ -515,22 +363,23 @@ def main(argv=None) -> int:
     common.log(f"per-feature done (peak RSS {per_feature['peak_rss_gb']} GiB)")
     dense = common.run_isolated(run_dense, cfg=cfg)
     common.log(f"dense done (peak RSS {dense['peak_rss_gb']} GiB)")
-    peak_end = common.run_isolated(common.matmul_peak)
+    peak_end = common.run_isolated(machine.matmul_peak)
     peak = max(peak_start["flops_per_s"], peak_end["flops_per_s"])
 
-    model_config = common.hf_config(cfg["hf"])
+    model_config = builders.hf_config(cfg["hf"])
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
-        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": contestant,
-        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict()},
+        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": authors.recorded(contestant),
+        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict(),
+                                                              "save_operators": common.portable_path(cfg["save_operators"])},
         "agreement": agreement,
         "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
                       for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))},
         "matmul_peak": {"start": peak_start, "end": peak_end},
         "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
-        "loadavg_at_end": common.loadavg(),
+        "loadavg_at_end": machine.loadavg(),
     }
-    path = args.out or common.RESULTS / f"throughput-{args.size}-{common.device_slug()}.json"
+    path = args.out or common.RESULTS / f"throughput-{args.size}-{machine.device_slug()}.json"
     if not agreement["passed"]:
         common.write_json(path, out)
         print(f"contestant: {contestant['label']}")
@@ -539,10 +388,16 @@ def main(argv=None) -> int:
             print(m)
         return 1
     out["summary"] = summarize(cfg, model_config, reference, dense, per_feature, peak)
+    out["bfloat16_overlap"] = bfloat16_overlap(cfg, reference, dense, per_feature)
     if not args.no_roofline:
         out["roofline"] = common.run_isolated(roofline.account_throughput, cfg=cfg, dense=dense, peak=peak)
     common.write_json(path, out)
     print_report(out["summary"], agreement, info, contestant)
+    if out["bfloat16_overlap"]:
+        o = out["bfloat16_overlap"]
+        print(f"bfloat16 against float32, top-{K} overlap (mean / min over {o['qlens']['lists']} lists): qlens-jax "
+              f"{o['qlens']['mean']:.1%} / {o['qlens']['min']:.0%}, {contestant['name']} {o['contestant']['mean']:.1%} / "
+              f"{o['contestant']['min']:.0%}")
     if "roofline" in out:
         roofline.print_report(out["roofline"])
     print(f"peak memory (GiB, RSS of each process; setup = after model load): {out['memory_gb']}")

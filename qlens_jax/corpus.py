@@ -1,6 +1,6 @@
 """The token sample: a corpus read and tokenized, then seeded fixed-length windows.
 
-The reference implementation's convention (DESIGN.md section 1), reproduced by default:
+The reference implementation's convention (docs/definitions.md section 1), reproduced by default:
 every document is tokenized without special tokens, the token ids of all documents are
 concatenated in corpus order, and `num_samples` windows of `max_length` tokens are drawn
 with replacement (start offsets uniform over the concatenation, `numpy.random.default_rng(seed)`).

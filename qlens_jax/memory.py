@@ -3,13 +3,13 @@
 Every planner (token and tangent chunks, block-major sweep steps, readout feature chunks)
 sizes its work from `default_budget_gb(device)`: on a GPU or TPU the device's own free memory
 (`device.memory_stats()`: `bytes_limit - bytes_in_use`), on CPU the host's available memory,
-never the host's for an accelerator (DESIGN.md section 2b). `QLENS_MEMORY_BUDGET_GB` or an
+never the host's for an accelerator (docs/definitions.md section 2b). `QLENS_MEMORY_BUDGET_GB` or an
 explicit `memory_budget_gb=` overrides it.
 
 The backend also picks the form of the tangent loops: the sweeps map their linear maps with
 `lax.map(..., batch_size=tangent_chunk)`, which is `vmap` over chunks of `tangent_chunk`
 tangents, one chunk after another. `tangent_chunk_for` makes that one tangent at a time on CPU
-(a sequential map beats `vmap` there and avoids the XLA CPU miscompile, DESIGN.md section 2)
+(a sequential map beats `vmap` there and avoids the XLA CPU miscompile, docs/definitions.md section 2)
 and chunks as large as the device's memory allows on GPUs and TPUs.
 """
 

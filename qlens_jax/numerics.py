@@ -1,6 +1,6 @@
 """Number formats: what arrays are stored in (`dtype`) and how matrix products compute (`precision`).
 
-Two separate choices (DESIGN.md section 2b):
+Two separate choices (docs/definitions.md section 2b):
 
 - `dtype` ("float32" or "bfloat16", `DTYPES`, `cast_model`): the format the model's
   parameters, and so its activations and tangents, are stored in. Norms, softmax, means,

@@ -1,6 +1,6 @@
 """Device meshes and shardings: one table from logical axes to mesh axes.
 
-The mesh has two axes (DESIGN.md section 4):
+The mesh has two axes (docs/definitions.md section 4):
 
 - `data`: token-sample chunks. Each device linearizes its own chunk; operator contributions
   are summed across the axis (`psum`).

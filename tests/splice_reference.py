@@ -1,6 +1,6 @@
 """Test helpers (baselines and evaluation): dictionaries with varied options, and the splice written out by hand.
 
-`spliced_logits` is the literal definition (DESIGN.md section 1): a plain forward pass, block
+`spliced_logits` is the literal definition (docs/definitions.md section 1): a plain forward pass, block
 by block, where the dictionary's site value is replaced by
 `decode(a', x) + skip(x) + (value - reconstruct(x))` with `a'` the *full* activation vector
 with one entry replaced. Every site is a tensor of the pass written out: the residual points,

@@ -1,4 +1,4 @@
-"""DESIGN.md section 2: XLA's CPU backend (jaxlib 0.10.2) miscompiles jit(vmap(vjp(f))) when a
+"""docs/definitions.md section 2: XLA's CPU backend (jaxlib 0.10.2) miscompiles jit(vmap(vjp(f))) when a
 batched cotangent meets a shared residual and a reduction. qlens_jax sets an XLA flag at import
 that avoids it; this minimal repro must stay exact for whatever jaxlib the project pins."""
 

@@ -1,4 +1,4 @@
-"""The paper's other baselines: zero-out, token change and tuned lens (DESIGN.md section 1).
+"""The paper's other baselines: zero-out, token change and tuned lens (docs/definitions.md section 1).
 
 `baseline_signatures` returns `Signatures` in the kernel's format; `splice` holds the
 dictionary-in-the-forward-pass machinery that the secant lenses and the output score share;

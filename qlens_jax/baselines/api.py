@@ -1,11 +1,11 @@
 """`baseline_signatures`: the paper's other baselines, in the kernel's output format.
 
-Lenses (DESIGN.md section 1):
+Lenses (docs/definitions.md section 1):
 - `zero_out`: mean over valid positions of logits(clean) - logits(feature set to 0).
 - `token_change_{a}` (`a` = 1, 5, 10 in the paper; any number is accepted): mean of
   logits(feature clamped to a) - logits(clean).
 - `tuned_lens`: `W_U^T LN_final(T_p(v_i))`, `T_p(v) = A_p v + b_p` the tuned-lens translator
-  at the point `p` where the dictionary writes (identity at the final residual), as DESIGN.md
+  at the point `p` where the dictionary writes (identity at the final residual), as docs/definitions.md
   defines it.
 - `tuned_lens_linear` (an option, not in the paper's list): `W_U^T LN_final(A_p v_i)`. The bias
   `b_p` is fitted to whole residual streams and is the same for every feature; next to a value

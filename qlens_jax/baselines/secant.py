@@ -1,4 +1,4 @@
-"""Secant baselines: zero-out and token change (DESIGN.md section 1, the paper's Table 1).
+"""Secant baselines: zero-out and token change (docs/definitions.md section 1, the paper's Table 1).
 
 With the dictionary spliced in (`splice`), one feature's post-activation is set to a value
 at every valid position of the token sample and the model is run on:

@@ -1,7 +1,7 @@
 """A dictionary spliced into the forward pass, and the model run on from where it writes.
 
 The secant baselines (zero-out, token change) and the output score's steering all do the
-same thing (DESIGN.md sections 1 and 5): at the dictionary's site, replace the model's value
+same thing (docs/definitions.md sections 1 and 5): at the dictionary's site, replace the model's value
 by the dictionary's output computed from *modified* activations plus the error term,
 
     out' = decode(a', x) + skip(x) + (out - reconstruct(x)),

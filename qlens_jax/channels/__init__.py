@@ -1,6 +1,6 @@
 """Subspace channels: low-rank maps between layers and how their subspaces overlap.
 
-The paper's Subspace Channel Hypothesis (section 5, appendix J; DESIGN.md section 6): for value
+The paper's Subspace Channel Hypothesis (section 5, appendix J; docs/definitions.md section 6): for value
 vectors `v` of features at a source layer `s`, the first-order response of destination block
 `t` is `y = R_t v`; a rank-`r` map `W = B A` fitted from queries to responses for every pair
 `(s, t)` defines a subspace (its column space) per pair, and maps that share a destination

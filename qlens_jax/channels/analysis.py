@@ -1,4 +1,4 @@
-"""The Subspace Channel analysis end to end (DESIGN.md section 6; the paper's section 5).
+"""The Subspace Channel analysis end to end (docs/definitions.md section 6; the paper's section 5).
 
 `channel_data` samples the queries of every source dictionary and computes their responses at
 every destination block from the first-order operators; `fit_channels` fits one rank-`r` map

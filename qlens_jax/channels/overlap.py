@@ -1,4 +1,4 @@
-"""Overlap of the column spaces of low-rank maps (DESIGN.md section 6).
+"""Overlap of the column spaces of low-rank maps (docs/definitions.md section 6).
 
 `OL(W_i, W_j) = ||Q_i.T Q_j||_F^2 / k`, with `Q` an orthonormal basis of a map's column space
 (left singular vectors whose singular values exceed `1e-6` of the largest) and `k` the smaller

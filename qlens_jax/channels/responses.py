@@ -1,4 +1,4 @@
-"""Queries and module responses of the Subspace Channel analysis (DESIGN.md section 6).
+"""Queries and module responses of the Subspace Channel analysis (docs/definitions.md section 6).
 
 A query is the value vector `v` of a sampled feature of a source dictionary. Its response at
 destination block `t` is the mean over valid positions of block `t`'s two residual modules'

@@ -1,8 +1,8 @@
 """`Dictionary`: one sparse dictionary (SAE or transcoder) as an Equinox module.
 
-Canonical layout (sae_lens's, see /work/shared/SAE_FORMATS.md a.0): `W_enc [d_in, d_sae]`,
-`b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`. Feature `i` has key vector
-`W_enc[:, i]` and value vector `W_dec[i]` (DESIGN.md section 1).
+Canonical layout (sae_lens's; the formats each converter reads are in docs/dictionaries.md):
+`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_out]`, `b_dec [d_out]`. Feature `i` has key vector
+`W_enc[:, i]` and value vector `W_dec[i]` (docs/definitions.md section 1).
 
 Forward convention (sae_lens `process_sae_in` / `decode`, which every converter maps onto):
 

@@ -1,4 +1,4 @@
-"""Evaluation of lenses (DESIGN.md section 5; the paper's section 4.2 and appendix I).
+"""Evaluation of lenses (docs/definitions.md section 5; the paper's section 4.2 and appendix I).
 
 `evaluate` scores each lens's token sets with the input score I(T) (share of the tokens that
 most activate a feature in its top corpus contexts that the lens lists) and the output score

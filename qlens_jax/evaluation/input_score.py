@@ -1,4 +1,4 @@
-"""The input score I(T) (DESIGN.md section 5).
+"""The input score I(T) (docs/definitions.md section 5).
 
 For a feature, `A` is the list (duplicates kept) of the tokens at the position of maximum
 activation in each of its top active contexts (`contexts.top_contexts`); `I(T)` is the share of

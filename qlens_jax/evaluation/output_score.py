@@ -1,4 +1,4 @@
-"""The output score O(T) (DESIGN.md section 5).
+"""The output score O(T) (docs/definitions.md section 5).
 
 For each feature: calibrate the clamp values alpha at which the mean next-token
 `KL(clean || steered)` over the neutral prefixes is 0.25 and 0.5; take each vocabulary token's

@@ -31,7 +31,7 @@ SCORES = ("input_score", "output_score", "judge_score")
 
 @dataclass(frozen=True)
 class EvaluationOptions:
-    """Options of `evaluate` (defaults: the paper's protocol, DESIGN.md section 5)."""
+    """Options of `evaluate` (defaults: the paper's protocol, docs/definitions.md section 5)."""
 
     k: int = 25  # size of each lens's token set T (its top-k)
     min_contexts: int = 20  # active contexts a feature needs for I(T)

@@ -1,4 +1,4 @@
-"""Aggregates of per-feature scores (DESIGN.md section 5; the paper's Table 1 and Figure 2).
+"""Aggregates of per-feature scores (docs/definitions.md section 5; the paper's Table 1 and Figure 2).
 
 Scores are grouped by (dictionary family, lens, score); layers are the strata. A family is
 the dictionary name (the same name at several layers is one family, e.g. `resid-post-32k`).

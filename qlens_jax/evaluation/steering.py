@@ -1,4 +1,4 @@
-"""Steering for the output score (DESIGN.md section 5): calibrate alpha, then rank changes.
+"""Steering for the output score (docs/definitions.md section 5): calibrate alpha, then rank changes.
 
 Steering a feature = splicing the dictionary in and clamping the feature's post-activation to
 `alpha` at every valid position of every prefix, keeping the reconstruction error

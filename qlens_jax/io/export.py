@@ -1,7 +1,7 @@
 """`qlens export`: a finished run as the reference implementation's `feature_analysis.jsonl`.
 
 One file per lens, `<out>/<lens>/feature_analysis.jsonl`, one JSON object per feature in the
-reference's order (sorted by layer, then feature), with its fields (DESIGN.md section 7).
+reference's order (sorted by layer, then feature), with its fields (docs/definitions.md section 7).
 Our lens names map to the reference's description of a lens:
 
     lens               feature_vector  stream_transition  readout

@@ -2,7 +2,7 @@
 
 A sample is a list of records with `feature` (int), `layer` (str), `type`, `size` (e.g.
 "32k"), `sae_id`, `sae_release`, `model_id`, `activations` (`util.Activation` records) and an
-optional `steering_cache` (DESIGN.md section 7). The reference feature string is
+optional `steering_cache` (docs/definitions.md section 7). The reference feature string is
 `Feature {type}-{size}/{layer}/{feature}`.
 
 Pickles can run arbitrary code, so they are read with an unpickler that maps `util.Feature`

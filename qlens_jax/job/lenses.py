@@ -2,7 +2,7 @@
 
 Every lens is defined for every dictionary except Logit Lens's key side for a `z` dictionary:
 its key vectors live in the heads' output space (`n_heads x head_dim` wide), not in the
-residual stream that `W_E` embeds into (DESIGN.md section 1b). A run mixing dictionaries
+residual stream that `W_E` embeds into (docs/definitions.md section 1b). A run mixing dictionaries
 computes each lens for every dictionary it is defined for and skips the rest with a one-line
 note (also kept in run.json); a lens defined for none of the run's dictionaries is refused at
 start, naming the lens and the dictionaries.

@@ -2,7 +2,7 @@
 
 The readout is the floor of the whole job (`n_features x d_model x vocab` multiply-adds per
 side and layer), so it runs as one program per feature chunk with an on-device top-k
-(DESIGN.md section 2). Only a chunk of the vectors is copied to the device at a time (read on
+(docs/definitions.md section 2). Only a chunk of the vectors is copied to the device at a time (read on
 demand from the dictionary by `FeatureRows`); each chunk's top-k lists are fetched to the host
 while the next chunk runs, with at most two chunks in flight, into result rows allocated once.
 """

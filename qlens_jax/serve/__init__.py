@@ -1,5 +1,5 @@
 """`qlens serve` / `qlens search`: browse and search runs of any size, and the reverse lookup
-(which features promote, or respond to, a token; DESIGN.md section 8).
+(which features promote, or respond to, a token; docs/definitions.md section 8).
 
 The names below are imported on first use, so that `qlens_jax.serve.cli` (imported by the
 command line for every command) does not pull in JAX.

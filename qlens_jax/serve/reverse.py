@@ -1,4 +1,4 @@
-"""Reverse lookup (DESIGN.md section 8): which features of a run promote a token, or respond to it.
+"""Reverse lookup (docs/definitions.md section 8): which features of a run promote a token, or respond to it.
 
 For token `t` and every feature `i` of a dictionary, the exact Query Lens score of `t`:
 
@@ -13,7 +13,7 @@ For token `t` and every feature `i` of a dictionary, the exact Query Lens score 
 
 The operators `M_p` / `K_p` are the run's own (`DIR/operators`), loaded once; the dictionary
 rows are memory-mapped (`rows`) and scored in chunks, never a `n_features x vocab` matrix.
-For a dictionary on a module output they are its site's (DESIGN.md section 1b): `attn_out` /
+For a dictionary on a module output they are its site's (docs/definitions.md section 1b): `attn_out` /
 `mlp_out` value vectors use the residual point they are added into; at `z` both operators are
 `[d_model, n_heads x head_dim]` (the value one includes `W_O` and any post-norm).
 """

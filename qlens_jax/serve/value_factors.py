@@ -1,6 +1,6 @@
 """The value-side reverse lookup factored through the final norm's per-feature statistics.
 
-DESIGN.md section 8 defines the value score of token `t` for feature `i` as
+docs/definitions.md section 8 defines the value score of token `t` for feature `i` as
 `s_i(t) = softcap(W_U[:, t]^T LN_final(m_i))` with `m_i = M_p v_i` (the models here have no
 unembedding bias). The final norm is not linear in `m_i`, but it is an affine map of `m_i` once
 two numbers of `m_i` are known: its mean `mu_i` and reciprocal scale `rstd_i`. Those depend on

@@ -108,3 +108,37 @@ def test_parts_that_do_not_fit_are_skipped_and_overruns_stopped(tmp_path, monkey
     assert parts["gpt2_small_32768_tf32"]["status"] == "unavailable on cpu"
     assert parts["gemma3_1b_single_layer"]["status"] == "stopped"
     assert parts["gemma3_1b_single_layer"]["wall_s"] < 10
+
+
+@pytest.fixture(scope="module")
+def paper_parts() -> dict:
+    """The Qwen3 setting's two parts at test size, float32 first (in this process)."""
+    parts = {}
+    for name in ("paper_qwen3_1_7b_float32", "paper_qwen3_1_7b_bfloat16"):
+        parts[name] = {"status": "ok", **device_check.PART_FUNCTIONS[name](device_check.SIZES["tiny"], parts)}
+    return parts
+
+
+def test_the_papers_settings_are_parts_in_both_dtypes():
+    assert len(device_check.PAPER_PARTS) == 8 and set(device_check.PAPER_PARTS) <= set(device_check.PARTS)
+    full = device_check.SIZES["full"]
+    assert full["paper_sample"] == (1024, 32)
+    assert [full["paper"][s]["features"] for s in device_check.PAPER_SETTINGS] == [32768, 65536, 65536, 32768]
+
+
+def test_a_paper_part_runs_its_job_layers_and_reports_the_bfloat16_overlap(paper_parts):
+    low, high = paper_parts["paper_qwen3_1_7b_float32"], paper_parts["paper_qwen3_1_7b_bfloat16"]
+    assert low["layers"] == high["layers"] == [1, 2] and low["tokens"] == 32 and low["dtype"] == "float32"
+    assert "top25_overlap_with_float32" not in low
+    overlap = high["top25_overlap_with_float32"]
+    # 64 features x 2 sides x 2 layers; bfloat16 keeps most of each float32 list
+    assert overlap["lists"] == 256 and 0.8 <= overlap["min"] <= overlap["mean"] <= 1.0
+    assert low["sweep"]["flops"] > 0 and low["readout"]["flops"] > 0
+    # the bfloat16 part's estimate is the float32 part's measured time
+    assert device_check.estimate_s("paper_qwen3_1_7b_bfloat16", device_check.SIZES["tiny"], paper_parts) == low["total_s"]
+
+
+def test_the_million_part_runs_every_feature_slice_by_slice():
+    part = device_check.PART_FUNCTIONS["million_gemma2_2b"](device_check.SIZES["tiny"], {})
+    assert part["features"] == 4096 and part["job_slice_features"] == 1024
+    assert part["sweep_s"] > 0 and part["readout_s"] > 0 and part["rate"]["flops"] > 0

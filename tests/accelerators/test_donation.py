@@ -1,5 +1,5 @@
 """The dense sweeps update their operator sums in place and never wait on the device
-(issue 16 item 2, DESIGN.md sections 2 and 2b).
+(issue 16 item 2, docs/definitions.md sections 2 and 2b).
 
 - Each token chunk's step takes its float32 accumulator donated: the lowered step marks it as
   aliased to the output, the compiled one keeps that alias, the runtime deletes the donated

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, roofline
+from benchmarks import builders, roofline, sizes
 
 
 def test_loop_free_step_agrees_with_xla_cost_analysis():
@@ -32,11 +32,11 @@ def test_loop_bodies_count_times_their_trip_count():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return common.jax_model(common.hf_gpt2(common.GPT2_TINY, 0))
+    return builders.jax_model(builders.hf_gpt2(sizes.GPT2_TINY, 0))
 
 
 def test_sweep_steps_are_recorded_not_run_and_split_into_attention_and_mlp(tiny_model):
-    tokens, mask = common.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
+    tokens, mask = builders.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
     steps = roofline.record_sweep_steps(tiny_model, tokens, mask, sweeps=("value", "key"), memory_budget_gb=4.0)
     assert steps and all(s["calls"] >= 1 for s in steps)
     for step in steps:
@@ -54,7 +54,7 @@ def test_sweep_steps_are_recorded_not_run_and_split_into_attention_and_mlp(tiny_
 
 
 def test_readout_step_is_loop_free_and_dominated_by_the_vocabulary_product(tiny_model):
-    tokens, mask = common.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
+    tokens, mask = builders.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
     c = tiny_model.config
     for side in ("value", "key"):
         cost = roofline.readout_step_cost(tiny_model, tokens, mask, side, rows=256)
@@ -64,7 +64,7 @@ def test_readout_step_is_loop_free_and_dominated_by_the_vocabulary_product(tiny_
 
 
 def test_counting_without_compiling_gives_the_same_jaxpr_count(tiny_model):
-    tokens, mask = common.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
+    tokens, mask = builders.token_sample(tiny_model.config.vocab_size, 2, 16, 0)
     kwargs = dict(sweeps=("value", "key"), memory_budget_gb=4.0)
     compiled = roofline.record_sweep_steps(tiny_model, tokens, mask, **kwargs)
     traced = roofline.record_sweep_steps(tiny_model, tokens, mask, xla=False, **kwargs)

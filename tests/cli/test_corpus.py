@@ -1,4 +1,4 @@
-"""Corpus formats and the seeded window sampling (DESIGN.md section 1's convention), and the
+"""Corpus formats and the seeded window sampling (docs/definitions.md section 1's convention), and the
 CLI reading each format (Logit Lens only: no transport, the readouts compiled by the full run)."""
 
 import json

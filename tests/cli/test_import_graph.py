@@ -1,5 +1,7 @@
 """The import graph of `qlens_jax`'s modules has no cycles, and only the command-line package
-imports `qlens_jax.cli` (the library never depends on its command line).
+imports `qlens_jax.cli` (the library never depends on its command line). The benchmarks'
+modules have no cycles either: shapes, builders and machine facts sit below the benchmarks that
+use them.
 
 The graph is read from the source (`ast`), lazy imports inside functions included: a cycle
 through a function-level import still ties the modules together. An edge goes to the module
@@ -10,19 +12,21 @@ packages above it, which Python imports first but which do not depend on the imp
 import ast
 from pathlib import Path
 
+import benchmarks
 import qlens_jax
 
 PACKAGE = Path(qlens_jax.__file__).parent
+BENCHMARKS = Path(benchmarks.__file__).parent
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the `qlens_jax` modules it imports."""
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the modules of `package` (by default `qlens_jax`) it imports."""
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -93,3 +97,13 @@ def test_only_the_cli_package_imports_the_cli():
                        if any(t == "qlens_jax.cli" or t.startswith("qlens_jax.cli.") for t in targets)
                        and name != "qlens_jax.cli" and not name.startswith("qlens_jax.cli."))
     assert importers == []
+
+
+def test_the_benchmarks_graph_sees_imports():
+    graph = import_graph(BENCHMARKS)
+    assert "benchmarks.sizes" in graph["benchmarks.roofline"]
+    assert "benchmarks.reference_torch" in graph["benchmarks.contestant"]  # a function-level import
+
+
+def test_no_import_cycles_among_the_benchmarks():
+    assert cycles(import_graph(BENCHMARKS)) == []

@@ -147,7 +147,7 @@ def test_gemma_scope_att_and_mlp(sae_lens, monkeypatch, tmp_path, model, release
 
 # ---- Gemma Scope 2 (Gemma 3) attn_out / mlp_out ------------------------------------------------
 @pytest.mark.parametrize("kind,hook,site,d_in", [
-    # the published attn_out SAEs read the o_proj input: z (SAE_FORMATS.md a.4)
+    # the published attn_out SAEs read the o_proj input: z (docs/dictionaries.md, Gemma Scope 2)
     ("attn_out", "model.layers.2.self_attn.o_proj.input", "z", D_Z),
     ("mlp_out", "model.layers.2.post_feedforward_layernorm.output", "mlp_out", D_IN),
 ])

@@ -1,4 +1,4 @@
-"""The better-founded alternatives of DESIGN.md section 1, each against the reference, and the
+"""The better-founded alternatives of docs/definitions.md section 1, each against the reference, and the
 self-check, bfloat16 mode and saved operators."""
 
 import numpy as np

@@ -2,7 +2,7 @@
 and the dense and per-feature paths agree with each other, on GPT-2, Llama, Qwen-3, Gemma-3,
 Gemma-2 (soft-caps that bite), Gemma-1 and Mistral (sliding windows),
 for residual SAEs, a transcoder and SAEs on module outputs (`z`, `attn_out`, `mlp_out`,
-DESIGN.md section 1b) in one request."""
+docs/definitions.md section 1b) in one request."""
 
 import numpy as np
 import pytest

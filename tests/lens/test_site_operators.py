@@ -1,7 +1,7 @@
 """Module-output sites (`z`, `attn_out`, `mlp_out`) in the kernel: the operators both sweep
 orders record equal the per-feature transports, the first-order hops at `z` equal their
 per-feature versions, and the per-feature definitions equal float64 finite differences of the
-forward pass (DESIGN.md section 1b). On Gemma-3: post-norms, where `z` differs most, and a
+forward pass (docs/definitions.md section 1b). On Gemma-3: post-norms, where `z` differs most, and a
 `z` wider than `d_model` (64 against 48), where a mix-up of the two widths fails. (Every lens at
 these sites on GPT-2, Llama and Qwen-3 too: tests/lens/test_parity_reference.py.)"""
 

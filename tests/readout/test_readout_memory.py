@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common
+from benchmarks import builders
 from lens.kernel_fixtures import setup
 from qlens_jax.readout import FeatureRows, ReadoutContext, centered_embeddings
 from qlens_jax.readout import context as readout_context
@@ -84,9 +84,9 @@ def _one_draw_per_matrix(d_model, n_features, layer, seed):
 
 
 def test_synthetic_dictionary_is_built_in_blocks_with_one_draws_numbers(monkeypatch):
-    monkeypatch.setattr(common, "WEIGHT_BLOCK_BYTES", 4 * 24 * 7)  # 7 decoder rows, 1 encoder row a block
+    monkeypatch.setattr(builders, "WEIGHT_BLOCK_BYTES", 4 * 24 * 7)  # 7 decoder rows, 1 encoder row a block
     W_enc, W_dec = _one_draw_per_matrix(24, 101, 3, 5)
-    dictionary = common.synthetic_dictionary(24, 101, 3, 5)
-    for built in (common.dictionary_arrays(24, 101, 3, 5), (dictionary.W_enc, dictionary.W_dec)):
+    dictionary = builders.synthetic_dictionary(24, 101, 3, 5)
+    for built in (builders.dictionary_arrays(24, 101, 3, 5), (dictionary.W_enc, dictionary.W_dec)):
         np.testing.assert_array_equal(np.asarray(built[0]), W_enc)
         np.testing.assert_array_equal(np.asarray(built[1]), W_dec)

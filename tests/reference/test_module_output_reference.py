@@ -1,4 +1,4 @@
-"""The PyTorch reference at module-output sites (`attn_out`, `z`, `mlp_out`; DESIGN.md 1b).
+"""The PyTorch reference at module-output sites (`attn_out`, `z`, `mlp_out`; docs/definitions.md 1b).
 
 Query Lens transports are checked against float64 central finite differences and autograd
 through `inputs_embeds`, with hooks written here (not the reference's); first order against
@@ -247,7 +247,7 @@ def test_key_transport_matches_autograd(arch, site):
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3-sliding"])
 def test_module_output_value_equals_the_residual_point_it_is_added_to(arch):
-    """DESIGN 1b: attn_out (after any post-norm) is added straight to resid_mid, mlp_out to
+    """docs/definitions.md section 1b: attn_out (after any post-norm) is added straight to resid_mid, mlp_out to
     resid_post, so the value sides agree."""
     model = model_of(arch, "float64")
     tokens, mask = batch(model.config.vocab_size)

@@ -56,7 +56,7 @@ def test_scores_are_the_columns_of_the_full_score_matrix(lookup, dense_scores, p
             dense = dense_scores[(side, entry.index)][:, token]
             scale = np.abs(dense_scores[(side, entry.index)]).max()
             np.testing.assert_allclose(reverse, dense, rtol=0, atol=1e-6 * scale)
-            # the per-feature path transports each feature on its own (no operators): DESIGN.md's 1e-4
+            # the per-feature path transports each feature on its own (no operators): docs/definitions.md's 1e-4
             np.testing.assert_allclose(reverse, per_feature_scores[(side, entry.index)][:, token], rtol=0, atol=1e-4 * scale)
 
 

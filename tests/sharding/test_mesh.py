@@ -1,5 +1,5 @@
 """Signatures on meshes of 8 simulated CPU devices equal single-device ones, and the compiled
-computations really are partitioned (DESIGN.md section 4)."""
+computations really are partitioned (docs/definitions.md section 4)."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Sharded model weights (`shard_weights=True`) on meshes of 8 simulated CPU devices: the same
 signatures as one device, with the vocabulary matrices and MLP units really split
-(DESIGN.md section 4)."""
+(docs/definitions.md section 4)."""
 
 import numpy as np
 import pytest

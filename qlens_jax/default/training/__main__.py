@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 # XLA's CPU backend in jaxlib 0.10.2 miscompiles some reductions of batched cotangents (see
-# docs/DESIGN notes); this flag avoids the affected fusion. Set before jax is imported.
+# docs/definitions.md section 2); this flag avoids the affected fusion. Set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=-reduce")
 
 import argparse  # noqa: E402
