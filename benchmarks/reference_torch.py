@@ -2,7 +2,7 @@
 
 This module is the oracle that the JAX engine (``qlens_jax``) is tested against and the
 baseline of the throughput benchmark. It deliberately imports nothing from ``qlens_jax``: it
-reimplements the definitions of ``DESIGN.md`` sections 1-3 directly on the Hugging Face modules,
+reimplements the definitions of ``docs/definitions.md`` sections 1-3 directly on the Hugging Face modules,
 one Jacobian pass (``torch.func.jvp`` / ``torch.func.vjp``) per feature vector, like the
 authors' implementation.
 
@@ -49,7 +49,7 @@ pre-norm) and capturing the branch output.
 Dictionaries
 ------------
 * ``kind="sae"``: reads and writes ``site`` in {"resid_pre", "resid_mid", "resid_post"} of
-  ``layer``, or one of the module-output sites (DESIGN.md section 1b) below.
+  ``layer``, or one of the module-output sites (docs/definitions.md section 1b) below.
 * ``kind="transcoder"`` (of MLP ``layer``): writes at ``resid_post[layer]`` (value side pushed
   through the modules after MLP ``layer``); reads at ``resid_mid[layer]`` (key side pulled back
   through attention ``layer`` and all earlier modules; MLP ``layer`` skipped). The pre-norm
@@ -164,7 +164,7 @@ def prepare_model(model: nn.Module, dtype=None) -> nn.Module:
             model.config._attn_implementation = "eager"
     # Routed experts (Qwen3-MoE): the eager per-expert loop, which forward-mode AD goes through
     # (the default grouped GEMM has no JVP); its integer top-k indices are constants of the
-    # linearization and the router weights are differentiated (DESIGN.md section 1c).
+    # linearization and the router weights are differentiated (docs/definitions.md section 1c).
     if getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
         model.set_experts_implementation("eager")
     dtype = _resolve_dtype(dtype)
@@ -877,7 +877,7 @@ def logit_lens_key(model, k):
 def residual_value_vector(model, v, site, layer, kind="sae") -> np.ndarray:
     """The residual-space vector that Logit Lens reads for value vector(s) ``v`` [..., d_site]:
     ``v W_O`` at ``z`` (block ``layer``'s output projection without its bias and without any
-    post-norm, DESIGN.md 1b), ``v`` itself at every other site. Returns [..., d_model]."""
+    post-norm, docs/definitions.md 1b), ``v`` itself at every other site. Returns [..., d_model]."""
     arch = _arch(model)
     w = _write_point(site, layer, kind, arch.n_layers, arch.parallel)
     _check_width(arch, w, v, "value vector")
@@ -891,7 +891,7 @@ def _refuse_undefined(lens, site, kind) -> None:
     if lens == "logit_lens_key" and kind == "sae" and site == "z":
         raise ValueError(
             "logit_lens_key is not defined at site 'z': a z key vector (width n_heads * head_dim) does "
-            "not live in the residual stream, so W_E k has no meaning there (DESIGN.md 1b); use "
+            "not live in the residual stream, so W_E k has no meaning there (docs/definitions.md 1b); use "
             "query_lens_key or first_order_key"
         )
 

@@ -2,7 +2,7 @@
 
 A source is a local file or folder, a sae_lens SAE object, or a Hugging Face Hub id
 (`"org/repo/path/inside"`, or `"org/repo"` with `path=`). The format is detected from the
-files (SAE_FORMATS.md a.12), never from a name alone, and can be forced with `format=`.
+files (docs/dictionaries.md), never from a name alone, and can be forced with `format=`.
 """
 
 import dataclasses

@@ -10,7 +10,7 @@ name (`layer_{L}_width_{W}_l0_{size}`) is cross-checked. SAE folders: `resid_pos
 (`model.layers.L.output`), `mlp_out` (`post_feedforward_layernorm.output`, after the MLP's
 post-norm) and `attn_out`, whose hook is `self_attn.o_proj.input`: the heads' outputs before
 the output projection, so these SAEs sit at `z` (width `n_heads * head_dim`), whatever the
-folder is called (SAE_FORMATS.md a.4). Cross-layer transcoders (a `w_dec`
+folder is called (docs/dictionaries.md). Cross-layer transcoders (a `w_dec`
 with a target-layer axis) are refused: summing that axis is only valid for activations.
 The large `examples.safetensors` next to the weights is never read.
 """

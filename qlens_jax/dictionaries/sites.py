@@ -21,7 +21,7 @@ RESIDUAL_SAE_SITES = ("resid_pre", "resid_mid", "resid_post")
 MODULE_OUTPUT_SITES = ("z", "attn_out", "mlp_out")
 SAE_SITES = RESIDUAL_SAE_SITES + MODULE_OUTPUT_SITES
 # SAE sites of a parallel block (GPT-NeoX): attention and MLP both read resid_pre, so there is
-# no resid_mid (DESIGN.md section 1c).
+# no resid_mid (docs/definitions.md section 1c).
 PARALLEL_BLOCK_SITES = ("resid_pre", "resid_post", "attn_out", "z", "mlp_out")
 TRANSCODER_INPUT_SITES = ("mlp_in", "resid_mid")
 TRANSCODER_OUTPUT_SITES = ("mlp_out",)

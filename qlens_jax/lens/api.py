@@ -2,7 +2,7 @@
 
 Three stages, each callable on its own (the main job, the benchmarks and the baselines do):
 `plan_request` validates everything before any compilation and fixes how the request runs;
-`transport_operators_for` computes the dense operators the plan's lenses need (DESIGN.md
+`transport_operators_for` computes the dense operators the plan's lenses need (docs/definitions.md
 section 2; nothing for Logit Lens or the per-feature path); `read_signatures` reads out
 top-k / bottom-k tokens in feature chunks and self-checks a few features of the dense path
 against the per-feature path. `query_lens` is the one-call front doing all three.
@@ -180,7 +180,7 @@ def _finite(result: dict, *, lens: str, side: str, request) -> dict:
 
 def _logit_lens_op(plan: LensPlan, point) -> Float[Array, "d q"] | None:
     """Logit Lens's map into the residual: `W_O` for value vectors at `z` (as `X @ op.T`), else
-    none (DESIGN.md section 1b; the key side at `z` is refused by `plan_request`)."""
+    none (docs/definitions.md section 1b; the key side at `z` is refused by `plan_request`)."""
     if point.site != "z":
         return None
     return plan.model.blocks.attn.o_proj.weight[point.layer].T
@@ -199,7 +199,7 @@ def query_lens(
     operators: TransportOperators | None = None,
     **option_fields,
 ) -> Signatures:
-    """Top-k and bottom-k tokens of each feature under each lens (DESIGN.md section 1).
+    """Top-k and bottom-k tokens of each feature under each lens (docs/definitions.md section 1).
 
     The arguments are `plan_request`'s (model, dictionaries, sample, lenses, features and the
     two option groups), plus:

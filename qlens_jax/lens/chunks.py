@@ -4,7 +4,7 @@ Linearizing a chunk of `t` tokens keeps roughly `t x bytes_per_token` of residua
 mapping the linear map over `c` tangents at once needs about `c x t x d_model x points`
 more. Both sizes come from the memory of the device the job runs on (`qlens_jax.memory`,
 overridable); on CPU the tangents go one at a time (a sequential `lax.map` beats `vmap` there,
-DESIGN.md section 2), on GPUs and TPUs in chunks sized to the device's memory.
+docs/definitions.md section 2), on GPUs and TPUs in chunks sized to the device's memory.
 """
 
 from __future__ import annotations

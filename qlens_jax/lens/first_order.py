@@ -2,13 +2,13 @@
 
 `m = v + sum over modules after the write point of A_m v` (value side) and
 `w = k + sum over modules before the read point of C_m k` (key side), each `A_m` the
-module's mean Jacobian at its own hidden state (DESIGN.md section 1). Terms are grouped by
+module's mean Jacobian at its own hidden state (docs/definitions.md section 1). Terms are grouped by
 block: term 0 is the direct/identity term, then one term per block that contributes.
 Both paths return the same grouping; the dense one as `[T, d, w]` operators (`X @ op.T`),
 the per-feature one as `[n, T, d]` vectors.
 
 A dictionary on a module output first takes the one hop that reaches the residual
-(DESIGN.md section 1b): a key vector at `attn_out` / `mlp_out` / `z` goes back through the
+(docs/definitions.md section 1b): a key vector at `attn_out` / `mlp_out` / `z` goes back through the
 module that produces the site (`u = mean_pos J^T k`), a value vector at `z` through the
 output projection and any post-norm (`v = mean_pos J_out u`); term 0 is then that hop
 instead of the identity, and every later term is applied to its result.

@@ -1,6 +1,6 @@
 """Dense transport operators: every feature of every layer from two linearized sweeps.
 
-`TransportOperators` holds, for one model and token sample (DESIGN.md section 2):
+`TransportOperators` holds, for one model and token sample (docs/definitions.md section 2):
 
 - `value[p]`: rows of `M_p`, the mean transport from point `p` (`p = points.row(point)`, in
   the order of `points.value_points`) to the final residual, from one reverse sweep with the
@@ -9,7 +9,7 @@
   to the embedding, from one forward sweep with the basis tangents (all points at once);
 - `first_order[m]`: module `m`'s (`points.module_row`) mean Jacobian `A_m` over valid positions, and
   `first_order_all[m]` the same with outputs summed over *all* positions, pads included
-  (the reference's padding convention for the first-order key lens, DESIGN.md section 1).
+  (the reference's padding convention for the first-order key lens, docs/definitions.md section 1).
 
 Every operator is applied to a batch of feature vectors as `X @ op.T`. Sums over positions
 accumulate in float32 over token chunks; `n_tokens` is the number of valid tokens.
@@ -21,7 +21,7 @@ tangents fit). Block-major sweeps can also stop at the points a job needs
 (`value_from_point`, `key_to_point`); `TransportOperators.covers` says which points hold rows.
 
 Each token chunk's step adds its sums into a float32 accumulator that it receives donated, so
-the `[points, d, d]` sums are updated in place (DESIGN.md section 2), and nothing returns to
+the `[points, d, d]` sums are updated in place (docs/definitions.md section 2), and nothing returns to
 the host until the caller reads the operators: the loop over token chunks only dispatches.
 """
 

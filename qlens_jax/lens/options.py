@@ -3,7 +3,7 @@
 `LensOptions` holds what changes the numbers: a run's fingerprint records them, and two runs
 with different `LensOptions` are different results. `ExecutionOptions` holds how the work is
 done (path, devices, memory, chunk sizes, self-check, progress): the results agree to the
-numerical tolerance of DESIGN.md section 3 whatever they are.
+numerical tolerance of docs/definitions.md section 3 whatever they are.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class LensOptions:
             per-feature pass over the sample per feature and side).
         remove_final_norm_bias: value readouts without the final LayerNorm's bias term.
         first_order_key_mask_seed: seed the first-order key cotangent at valid positions only
-            (the reference seeds every position, pads included; DESIGN.md section 1).
+            (the reference seeds every position, pads included; docs/definitions.md section 1).
         exact_norm_jacobian: keys include the Jacobian of the norm the dictionary's input
             really passes: the MLP pre-norm for transcoders (the reference reads before it)
             and the dictionary's own per-token input normalization (`layer_norm`, e.g. OpenAI

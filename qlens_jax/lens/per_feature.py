@@ -78,7 +78,7 @@ def first_order_key_chunk(
     model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n d"], tangent_chunk: int, mask_seed: bool
 ) -> Float[Array, "n modules d"]:
     """Each module's VJP of each vector; the seed covers every position unless `mask_seed`
-    (the reference's convention, DESIGN.md section 1), the result only valid ones."""
+    (the reference's convention, docs/definitions.md section 1), the result only valid ones."""
     n_modules = len(pts.modules(model.config.n_layers))
     inputs = transport.clean_module_inputs(model, tokens, mask)
     zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)

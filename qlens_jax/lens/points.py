@@ -11,7 +11,7 @@ the next:
 
     resid_pre[b] --attn b (z[b] -> attn_out[b])--> resid_mid[b] --mlp b (mlp_out[b])--> resid_post[b] = resid_pre[b + 1]
 
-A parallel block (GPT-NeoX, DESIGN.md section 1c) has no residual between its modules; it keeps
+A parallel block (GPT-NeoX, docs/definitions.md section 1c) has no residual between its modules; it keeps
 the same rows, with `resid_mid[b]` the MLP's input, a copy of `resid_pre[b]` that only the MLP
 reads, and the attention writing straight into `resid_post[b]`:
 
@@ -258,7 +258,7 @@ class DictionaryPoints:
     `exact_norm_jacobian`, the normalized `mlp_in`; a module-output dictionary reads the
     module output). `read_residual`: the residual point the first-order key terms start from
     (for a module output, the module's input: the one hop through the module comes first,
-    DESIGN.md section 1b).
+    docs/definitions.md section 1b).
     """
 
     write: Point

@@ -1,7 +1,7 @@
 """The self-check: a few features of the dense path recomputed on the per-feature path.
 
 The dense operators and the per-feature transport are two implementations of the same
-definitions (DESIGN.md section 2); if they disagree beyond the dtype's tolerance the numbers
+definitions (docs/definitions.md section 2); if they disagree beyond the dtype's tolerance the numbers
 cannot be trusted and `SelfCheckError` stops the request.
 """
 

@@ -27,7 +27,7 @@ point: the splice of the secant baselines and of steering.
 
 Masking: perturbations enter only at valid positions. Attention never lets a valid query
 see a pad key and pads sit at the end (right padding), so pad positions never feed valid
-ones; the transports equal the `t <- mask * (t + J t)` recursion of DESIGN.md at every valid
+ones; the transports equal the `t <- mask * (t + J t)` recursion of docs/definitions.md at every valid
 position, and every sum over positions is masked.
 """
 
@@ -294,7 +294,7 @@ def clean_z(model: Transformer, tokens, mask, layers: tuple[int, ...]) -> tuple[
 def z_from_input(model: Transformer, layer: Int[Array, ""] | int, pre: Float[Array, "b s d"], mask: Bool[Array, "b s"],
                  delta: Float[Array, " d"]) -> Float[Array, "b s q"]:
     """Block `layer`'s `z` when `delta` is added to its input `pre` at every valid position:
-    the one hop a key vector at `z` takes back to the residual (DESIGN.md section 1b)."""
+    the one hop a key vector at `z` takes back to the residual (docs/definitions.md section 1b)."""
     block, meta = model.block(layer)
     return attention_z_batch(block, meta, pre + (delta * mask[..., None]).astype(pre.dtype), mask)
 

@@ -7,7 +7,7 @@ MLP's output is the weighted sum of the chosen experts' outputs (the "routed sum
 "every expert, weighted by a routing weight that is exactly zero for the experts not chosen"
 is the model's function and has its derivative: the top-k mask does not move under an
 infinitesimal perturbation, while the chosen experts' weights are differentiated through the
-router (DESIGN.md section 1c). That is how `RoutedMLP` computes, so `jax.jvp` / `jax.vjp` of
+router (docs/definitions.md section 1c). That is how `RoutedMLP` computes, so `jax.jvp` / `jax.vjp` of
 the forward pass are the linearization the kernel needs, with nothing special in the sweeps.
 
 Cost: every expert runs at every position (`n_experts / experts_per_token` times the

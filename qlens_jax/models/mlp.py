@@ -106,7 +106,7 @@ class RoutedMLP(ResidualMLP):
 
     `__call__` runs every expert, weighted by a routing weight that is exactly 0 for the experts
     not chosen (`experts.routing_weights`): the model's function, whose autodiff holds the top-k
-    choice and differentiates the router weights (DESIGN.md section 1c); `experts / k` times the
+    choice and differentiates the router weights (docs/definitions.md section 1c); `experts / k` times the
     chosen experts' arithmetic. `jacobian` gathers the `k` chosen experts instead."""
 
     router: Float[Array, "*layers d_model experts"]

@@ -206,7 +206,7 @@ def test_recorded_hook_is_rechecked():
 
 @pytest.mark.parametrize("site,hook", [("resid_mid", None), ("resid_mid", "blocks.1.hook_resid_mid")])
 def test_resid_mid_of_a_parallel_block_is_refused(site, hook):
-    """GPT-NeoX's parallel blocks have no resid_mid (DESIGN.md section 1c): an SAE placed there,
+    """GPT-NeoX's parallel blocks have no resid_mid (docs/definitions.md section 1c): an SAE placed there,
     by site or by hook name, is refused naming the sites the block has; a transcoder reading
     the MLP block input (TransformerLens `hook_mlp_in`, a copy of resid_pre there) is not."""
     from qlens_jax.dictionaries import DictionaryInfo
