@@ -64,6 +64,7 @@ def check_python(python: str) -> str:
 def repo_commit(repo: Path) -> str | None:
     """The checkout's commit; None for a folder that is not the top of a git checkout (an
     extracted archive), so that an enclosing repository's commit is never reported."""
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
 
@@ -88,7 +89,9 @@ def save_word_tokenizer(vocab: int, folder: Path) -> None:
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     last = f"t{vocab - 1}"
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token=last, bos_token=last).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="t0", eos_token=last, bos_token=last
+    ).save_pretrained(folder)
 
 
 def make_sae(W_enc, W_dec, layer: int):
@@ -100,7 +103,11 @@ def make_sae(W_enc, W_dec, layer: int):
 
     d, n = W_enc.shape
     config = sae_lens.StandardSAEConfig(
-        d_in=d, d_sae=n, dtype="float32", device="cpu", apply_b_dec_to_input=False,
+        d_in=d,
+        d_sae=n,
+        dtype="float32",
+        device="cpu",
+        apply_b_dec_to_input=False,
         metadata=SAEMetadata(model_name="benchmark", hook_name=f"blocks.{layer}.hook_resid_post"),
     )
     sae = sae_lens.StandardSAE(config)
@@ -119,7 +126,7 @@ def make_sae(W_enc, W_dec, layer: int):
 GEMMA3_NAMES = {"270m": (sizes.GEMMA3_270M, "google/gemma-3-270m"), "1b": (sizes.GEMMA3_1B, "google/gemma-3-1b-pt")}
 WHY_NOT = {
     "gemma3": "TransformerLens takes Gemma-3 shapes from its own table of the published models, by name: only "
-              "Gemma-3-270M and Gemma-3-1B",
+    "Gemma-3-270M and Gemma-3-1B",
     "llama": "loading Llama from a local folder into TransformerLens is not set up here",
 }
 
@@ -179,8 +186,14 @@ def load_transformer_lens(folder: str, device: str, dtype: str = "float32"):
     cfg = loading.get_pretrained_model_config(folder, fold_ln=False, device=device, dtype=dtype)
     state = loading.get_pretrained_state_dict(folder, cfg, None, dtype=dtype)
     model = HookedSAETransformer(cfg, None, move_to_device=False)
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model.load_and_process_state_dict(
+        state,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
     model.move_model_modules_to_device()
     model.eval()
     torch.set_grad_enabled(False)  # as the authors' load_model
@@ -211,7 +224,10 @@ def run_contestant_process(request: dict) -> dict:
         model = load_transformer_lens(request["model"], device, dtype)
         out.setdefault("load_seconds", time.perf_counter() - start)
         out.setdefault("rss_setup_gb", round(machine.current_rss_gb(), 3))
-        saes = {layer: SAE.load_from_disk(path, device=device).to(getattr(torch, dtype)) for layer, path in request["saes"].items()}
+        saes = {
+            layer: SAE.load_from_disk(path, device=device).to(getattr(torch, dtype))
+            for layer, path in request["saes"].items()
+        }
         results = out["results"] if dtype == timed_dtype else out.setdefault("float32_results", {})
         for lens in request["lenses"]:
             side = SIDES[lens]
@@ -219,8 +235,14 @@ def run_contestant_process(request: dict) -> dict:
             extra = {"cache_embed": True} if side == "key" else {}
             start = time.perf_counter()
             cache = build.build_for_local_pile_sample(
-                model=model, local_pile_sample=pile_sample, accumulation_steps=1, module_type="all",
-                return_device=device, pad_token_id=-1, use_layer_norm=True, **extra,
+                model=model,
+                local_pile_sample=pile_sample,
+                accumulation_steps=1,
+                module_type="all",
+                return_device=device,
+                pad_token_id=-1,
+                use_layer_norm=True,
+                **extra,
             )
             if dtype == timed_dtype:
                 out["cache_seconds"][side] = time.perf_counter() - start
@@ -229,16 +251,33 @@ def run_contestant_process(request: dict) -> dict:
                 rows = []
                 for feature in request["picks"]:
                     ftr = Feature(model_id="benchmark", feature=int(feature), layer=int(layer), type="sae")
-                    common_args = dict(model=model, f=ftr, sae=sae, pile_sample=pile_sample, rank=0, world_size=1,
-                                       stream_transition="full", submodule="both", k=K, accumulation_steps=1, resid_cache=cache)
+                    common_args = dict(
+                        model=model,
+                        f=ftr,
+                        sae=sae,
+                        pile_sample=pile_sample,
+                        rank=0,
+                        world_size=1,
+                        stream_transition="full",
+                        submodule="both",
+                        k=K,
+                        accumulation_steps=1,
+                        resid_cache=cache,
+                    )
                     start = time.perf_counter()
                     if side == "value":
                         result = value_feature(**common_args, use_unembed_layer_norm=True, use_jvp_layer_norm=True)
                     else:
                         result = key_feature(**common_args, use_vjp_layer_norm=True)
                     seconds = time.perf_counter() - start
-                    rows.append({"feature": int(feature), "seconds": seconds,
-                                 "top_ids": [int(i) for i in result["top_ids"]], "bottom_ids": [int(i) for i in result["bottom_ids"]]})
+                    rows.append(
+                        {
+                            "feature": int(feature),
+                            "seconds": seconds,
+                            "top_ids": [int(i) for i in result["top_ids"]],
+                            "bottom_ids": [int(i) for i in result["bottom_ids"]],
+                        }
+                    )
                 results[f"{lens}/{layer}"] = rows
             del cache
         del model, saes
@@ -258,16 +297,32 @@ def run_contestant(cfg: dict, repo: Path, python: str, directory: str | Path, ti
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     inputs = common.run_isolated(write_inputs, cfg=cfg, directory=str(directory))
-    request = {"repo": str(repo), "root": inputs["root"], "model": inputs["model"], "tokens": inputs["tokens"],
-               "saes": inputs["saes"], "dtype": cfg.get("dtype", "float32"),
-               "lenses": [lens for lens in cfg["lenses"] if lens in SIDES], "layers": list(cfg["layers"]),
-               "picks": list(cfg["picks"])}
+    request = {
+        "repo": str(repo),
+        "root": inputs["root"],
+        "model": inputs["model"],
+        "tokens": inputs["tokens"],
+        "saes": inputs["saes"],
+        "dtype": cfg.get("dtype", "float32"),
+        "lenses": [lens for lens in cfg["lenses"] if lens in SIDES],
+        "layers": list(cfg["layers"]),
+        "picks": list(cfg["picks"]),
+    }
     (directory / "request.json").write_text(json.dumps(request, indent=1))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])),
-               HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(common.REPO), os.environ.get("PYTHONPATH")])),
+        HF_HUB_OFFLINE="1",
+    )
     start = time.perf_counter()
-    proc = subprocess.run([python, "-m", "benchmarks.authors", str(directory / "request.json"), str(directory / "result.json")],
-                          cwd=common.REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [python, "-m", "benchmarks.authors", str(directory / "request.json"), str(directory / "result.json")],
+        cwd=common.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"the authors' contestant failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads((directory / "result.json").read_text())
@@ -279,8 +334,13 @@ def run_contestant(cfg: dict, repo: Path, python: str, directory: str | Path, ti
 def describe(repo: Path, python: str) -> dict:
     """What the JSON says about the authors' contestant."""
     commit = repo_commit(repo)
-    return {"name": "authors", "label": f"the authors' code ({repo.name}{f' at {commit[:7]}' if commit else ''})",
-            "repo": str(repo), "commit": commit, "python": python}
+    return {
+        "name": "authors",
+        "label": f"the authors' code ({repo.name}{f' at {commit[:7]}' if commit else ''})",
+        "repo": str(repo),
+        "commit": commit,
+        "python": python,
+    }
 
 
 def recorded(contestant: dict) -> dict:
@@ -288,7 +348,10 @@ def recorded(contestant: dict) -> dict:
     return contestant | {key: common.portable_path(contestant[key]) for key in ("repo", "python") if key in contestant}
 
 
-REFERENCE = {"name": "reference_torch", "label": "benchmarks/reference_torch.py (a re-implementation, not the authors' code)"}
+REFERENCE = {
+    "name": "reference_torch",
+    "label": "benchmarks/reference_torch.py (a re-implementation, not the authors' code)",
+}
 
 
 def main(argv=None) -> int:

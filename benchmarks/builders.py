@@ -39,9 +39,13 @@ def hf_config(spec: dict):
         return config(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta})
     if family == "gemma3":
         theta, local = spec.pop("rope_theta"), spec.pop("rope_local_base_freq")
-        rope = {"full_attention": {"rope_type": "default", "rope_theta": theta},
-                "sliding_attention": {"rope_type": "default", "rope_theta": local}}
-        return transformers.Gemma3TextConfig(**spec, rope_parameters=rope, layer_types=gemma3_layer_types(spec["num_hidden_layers"]))
+        rope = {
+            "full_attention": {"rope_type": "default", "rope_theta": theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        }
+        return transformers.Gemma3TextConfig(
+            **spec, rope_parameters=rope, layer_types=gemma3_layer_types(spec["num_hidden_layers"])
+        )
     raise ValueError(f"unknown model family {family!r} (gpt2, llama, qwen3, gemma3)")
 
 
@@ -55,8 +59,11 @@ def hf_model(spec: dict, seed: int):
     torch.manual_seed(seed)
     config = hf_config(spec)
     config._attn_implementation = "eager"
-    classes = {"llama": transformers.LlamaForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
-               "gemma3": transformers.Gemma3ForCausalLM}
+    classes = {
+        "llama": transformers.LlamaForCausalLM,
+        "qwen3": transformers.Qwen3ForCausalLM,
+        "gemma3": transformers.Gemma3ForCausalLM,
+    }
     return classes[spec["family"]](config).eval()
 
 
@@ -73,8 +80,10 @@ def job_bounds(job_layers, n_layers: int) -> dict:
     values transported from the first of them, keys up to the last."""
     from qlens_jax.lens.points import residual_point
 
-    return dict(value_from_point=residual_point("resid_post", min(job_layers), n_layers),
-                key_to_point=residual_point("resid_post", max(job_layers), n_layers))
+    return dict(
+        value_from_point=residual_point("resid_post", min(job_layers), n_layers),
+        key_to_point=residual_point("resid_post", max(job_layers), n_layers),
+    )
 
 
 def gemma2_model_config(shape: dict, n_layers: int | None = None):
@@ -88,15 +97,30 @@ def gemma2_model_config(shape: dict, n_layers: int | None = None):
     half = shape["head_dim"] // 2
     inv_freq = tuple(1.0 / shape["rope_theta"] ** (2 * i / shape["head_dim"]) for i in range(half))
     return ModelConfig(
-        model_type="gemma2", vocab_size=shape["vocab_size"], d_model=shape["d_model"], n_layers=layers,
-        n_heads=shape["n_heads"], n_kv_heads=shape["n_kv_heads"], head_dim=shape["head_dim"], d_mlp=shape["d_mlp"],
-        norm="rmsnorm", norm_eps=shape["norm_eps"], activation="gelu_pytorch_tanh", gated_mlp=True, positional="rope",
-        max_positions=shape["max_positions"], tie_word_embeddings=True, norm_offset=1.0, post_norms=True,
-        embed_scale=math.sqrt(shape["d_model"]), attn_logit_softcap=shape["attn_logit_softcap"],
+        model_type="gemma2",
+        vocab_size=shape["vocab_size"],
+        d_model=shape["d_model"],
+        n_layers=layers,
+        n_heads=shape["n_heads"],
+        n_kv_heads=shape["n_kv_heads"],
+        head_dim=shape["head_dim"],
+        d_mlp=shape["d_mlp"],
+        norm="rmsnorm",
+        norm_eps=shape["norm_eps"],
+        activation="gelu_pytorch_tanh",
+        gated_mlp=True,
+        positional="rope",
+        max_positions=shape["max_positions"],
+        tie_word_embeddings=True,
+        norm_offset=1.0,
+        post_norms=True,
+        embed_scale=math.sqrt(shape["d_model"]),
+        attn_logit_softcap=shape["attn_logit_softcap"],
         final_logit_softcap=shape["final_logit_softcap"],
         attn_scales=(shape["query_pre_attn_scalar"] ** -0.5,) * layers,
         sliding_windows=tuple(shape["sliding_window"] if i % 2 == 0 else 0 for i in range(layers)),
-        rope_inv_freq=(inv_freq,) * layers, rope_scales=(1.0,) * layers,
+        rope_inv_freq=(inv_freq,) * layers,
+        rope_scales=(1.0,) * layers,
     )
 
 

@@ -31,8 +31,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def _child(queue, module: str, name: str, kwargs: dict) -> None:
     try:
-        import qlens_jax  # noqa: F401  (XLA flags before JAX starts)
         import importlib
+
+        import qlens_jax  # noqa: F401  (XLA flags before JAX starts)
 
         fn = getattr(importlib.import_module(module), name)
         result = fn(**kwargs)
@@ -85,7 +86,12 @@ def _operators_identity(hf_overrides: dict, seed: int, tokens, mask) -> dict:
     import numpy as np
 
     digest = hashlib.sha256(np.ascontiguousarray(tokens).tobytes() + np.ascontiguousarray(mask).tobytes()).hexdigest()
-    return {"hf": dict(sorted(hf_overrides.items())), "seed": seed, "sample_sha256": digest, "shape": list(tokens.shape)}
+    return {
+        "hf": dict(sorted(hf_overrides.items())),
+        "seed": seed,
+        "sample_sha256": digest,
+        "shape": list(tokens.shape),
+    }
 
 
 def save_benchmark_operators(operators, directory, cfg: dict, tokens, mask) -> None:

@@ -54,12 +54,17 @@ def run_reference(cfg: dict) -> dict:
                     scores = ref.reference_scores(hf, tokens, mask, lens, vectors[f][None], "resid_post", layer)
                     seconds = time.perf_counter() - start
                     top, top_scores, bottom, bottom_scores = ref.topk_with_scores(scores, K + 1)
-                    rows.append({
-                        "feature": f, "seconds": seconds,
-                        "top_ids": top[0].tolist(), "top_scores": top_scores[0].tolist(),
-                        "bottom_ids": bottom[0].tolist(), "bottom_scores": bottom_scores[0].tolist(),
-                        "scale": float(np.abs(scores).max()),
-                    })
+                    rows.append(
+                        {
+                            "feature": f,
+                            "seconds": seconds,
+                            "top_ids": top[0].tolist(),
+                            "top_scores": top_scores[0].tolist(),
+                            "bottom_ids": bottom[0].tolist(),
+                            "bottom_scores": bottom_scores[0].tolist(),
+                            "scale": float(np.abs(scores).max()),
+                        }
+                    )
                 results[f"{lens}/{layer}"] = rows
     return out
 
@@ -115,32 +120,54 @@ def check_agreement(cfg, reference, dense, per_feature) -> dict:
     report = {"features_checked": 0, "identical": 0, "tie_equivalent": 0, "mismatches": []}
     bfloat16 = cfg.get("dtype", "float32") != "float32"
     for key, rows in float32_rows(reference).items():
-        paths = ([] if bfloat16 else [("dense", dense["readouts"][key])]) + [("per-feature", float32_rows(per_feature)[key])]
+        paths = ([] if bfloat16 else [("dense", dense["readouts"][key])]) + [
+            ("per-feature", float32_rows(per_feature)[key])
+        ]
         for idx, row in enumerate(rows):
             for name, other in paths:
                 for which in ("top", "bottom"):
                     ids = other[f"{which}_ids"][idx]
-                    identical, ok = _same_up_to_ties(ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0))
+                    identical, ok = _same_up_to_ties(
+                        ids, row[f"{which}_ids"], row.get(f"{which}_scores"), row.get("scale", 0.0)
+                    )
                     report["features_checked"] += 1
                     report["identical"] += identical
                     report["tie_equivalent"] += ok and not identical
                     if not ok:
-                        report["mismatches"].append({"lens/layer": key, "feature": row["feature"], "path": name, "which": which,
-                                                     "qlens": ids, "contestant": row[f"{which}_ids"][:K]})
+                        report["mismatches"].append(
+                            {
+                                "lens/layer": key,
+                                "feature": row["feature"],
+                                "path": name,
+                                "which": which,
+                                "qlens": ids,
+                                "contestant": row[f"{which}_ids"][:K],
+                            }
+                        )
     report["passed"] = not report["mismatches"]
     return report
 
 
 def add_contestant_arguments(parser: argparse.ArgumentParser) -> None:
     """`--authors-repo` / `--authors-python` (shared with `benchmarks.million`)."""
-    parser.add_argument("--authors-repo", metavar="DIR",
-                        help="a checkout of the authors' code (HYU-NLP/query-lens): the contestant; without it "
-                             "benchmarks/reference_torch.py stands in (and the output says so)")
-    parser.add_argument("--authors-python", metavar="PYTHON", default=sys.executable,
-                        help="interpreter of the authors' environment (`pip install -e '.[authors]'` in a venv of its own; "
-                             "default: this one)")
-    parser.add_argument("--authors-workdir", metavar="DIR",
-                        help="where the inputs shared with the authors' process are written (default: a temporary folder)")
+    parser.add_argument(
+        "--authors-repo",
+        metavar="DIR",
+        help="a checkout of the authors' code (HYU-NLP/query-lens): the contestant; without it "
+        "benchmarks/reference_torch.py stands in (and the output says so)",
+    )
+    parser.add_argument(
+        "--authors-python",
+        metavar="PYTHON",
+        default=sys.executable,
+        help="interpreter of the authors' environment (`pip install -e '.[authors]'` in a venv of its own; "
+        "default: this one)",
+    )
+    parser.add_argument(
+        "--authors-workdir",
+        metavar="DIR",
+        help="where the inputs shared with the authors' process are written (default: a temporary folder)",
+    )
 
 
 def contestant_from_args(args, size: dict) -> dict:
@@ -148,9 +175,11 @@ def contestant_from_args(args, size: dict) -> dict:
     if not args.authors_repo:
         return dict(authors.REFERENCE)
     if not authors.loads(size["hf"]):
-        raise SystemExit(f"--authors-repo: the authors' code cannot run on --size {args.size} "
-                         f"({authors.WHY_NOT.get(size['hf'].get('family', 'gpt2'), 'an unpublished shape')}); "
-                         f"sizes it runs on: {', '.join(n for n, s in sizes.THROUGHPUT.items() if authors.loads(s['hf']))}")
+        raise SystemExit(
+            f"--authors-repo: the authors' code cannot run on --size {args.size} "
+            f"({authors.WHY_NOT.get(size['hf'].get('family', 'gpt2'), 'an unpublished shape')}); "
+            f"sizes it runs on: {', '.join(n for n, s in sizes.THROUGHPUT.items() if authors.loads(s['hf']))}"
+        )
     bad = [lens for lens in args.lenses if lens not in authors.SIDES]
     if bad:
         raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")

@@ -70,38 +70,90 @@ SCORE_RTOL = 1e-4
 MODES = ("float32", "tf32", "bfloat16")
 # The paper's four settings (`benchmarks.sizes.THROUGHPUT`), each in both stored dtypes.
 PAPER_SETTINGS = ("gpt2-small", "gemma3-270m", "gemma3-1b", "qwen3-1.7b")
-PAPER_PARTS = tuple(f"paper_{setting.replace('-', '_').replace('.', '_')}_{dtype}"
-                    for setting in PAPER_SETTINGS for dtype in ("float32", "bfloat16"))
-PARTS = (
-    "versions", "matmul_peak", "parity",
-    "gpt2_small_2048_float32", "gpt2_small_32768_float32", "gpt2_small_32768_tf32", "gpt2_small_32768_bfloat16",
-    "gemma3_1b_single_layer", *PAPER_PARTS, "million_gemma2_2b",
+PAPER_PARTS = tuple(
+    f"paper_{setting.replace('-', '_').replace('.', '_')}_{dtype}"
+    for setting in PAPER_SETTINGS
+    for dtype in ("float32", "bfloat16")
 )
-GEMMA3_1B = dict(vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
-                 num_key_value_heads=1, head_dim=256, sliding_window=512)
+PARTS = (
+    "versions",
+    "matmul_peak",
+    "parity",
+    "gpt2_small_2048_float32",
+    "gpt2_small_32768_float32",
+    "gpt2_small_32768_tf32",
+    "gpt2_small_32768_bfloat16",
+    "gemma3_1b_single_layer",
+    *PAPER_PARTS,
+    "million_gemma2_2b",
+)
+GEMMA3_1B = dict(
+    vocab_size=262144,
+    hidden_size=1152,
+    intermediate_size=6912,
+    num_hidden_layers=26,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+    sliding_window=512,
+)
 SIZES = {
-    "full": dict(gpt2={}, features=32768, tokens={"2048": 2048, "32768": 32768}, seq=256, matmul_n=8192,
-                 gemma=GEMMA3_1B, gemma_layer=13, gemma_features=16384, gemma_tokens=2048,
-                 paper={name: sizes.THROUGHPUT[name] for name in PAPER_SETTINGS}, paper_sample=sizes.PAPER_SAMPLE,
-                 million=dict(sizes.MILLION["gemma2-2b"], budget=16.0), million_slice=131072),
-    "tiny": dict(gpt2=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0), features=256,
-                 tokens={"2048": 32, "32768": 64}, seq=16, matmul_n=256,
-                 gemma=dict(vocab_size=512, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=16, sliding_window=4,
-                            layer_types=["sliding_attention"] * 3 + ["full_attention"]),
-                 gemma_layer=2, gemma_features=128, gemma_tokens=32,
-                 # the same families at test size, each with job layers of its own
-                 paper={"gpt2-small": dict(hf=sizes.GPT2_TINY, features=128, job_layers=None),
-                        "gemma3-270m": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(2, 4, 5)),
-                        "gemma3-1b": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(1, 3)),
-                        "qwen3-1.7b": dict(hf=sizes.QWEN3_TINY, features=128, job_layers=(1, 2))},
-                 paper_sample=(4, 8), million=sizes.MILLION["gemma2-tiny"], million_slice=1024),
+    "full": dict(
+        gpt2={},
+        features=32768,
+        tokens={"2048": 2048, "32768": 32768},
+        seq=256,
+        matmul_n=8192,
+        gemma=GEMMA3_1B,
+        gemma_layer=13,
+        gemma_features=16384,
+        gemma_tokens=2048,
+        paper={name: sizes.THROUGHPUT[name] for name in PAPER_SETTINGS},
+        paper_sample=sizes.PAPER_SAMPLE,
+        million=dict(sizes.MILLION["gemma2-2b"], budget=16.0),
+        million_slice=131072,
+    ),
+    "tiny": dict(
+        gpt2=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0),
+        features=256,
+        tokens={"2048": 32, "32768": 64},
+        seq=16,
+        matmul_n=256,
+        gemma=dict(
+            vocab_size=512,
+            hidden_size=48,
+            intermediate_size=80,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=4,
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        ),
+        gemma_layer=2,
+        gemma_features=128,
+        gemma_tokens=32,
+        # the same families at test size, each with job layers of its own
+        paper={
+            "gpt2-small": dict(hf=sizes.GPT2_TINY, features=128, job_layers=None),
+            "gemma3-270m": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(2, 4, 5)),
+            "gemma3-1b": dict(hf=sizes.GEMMA3_TINY, features=128, job_layers=(1, 3)),
+            "qwen3-1.7b": dict(hf=sizes.QWEN3_TINY, features=128, job_layers=(1, 2)),
+        },
+        paper_sample=(4, 8),
+        million=sizes.MILLION["gemma2-tiny"],
+        million_slice=1024,
+    ),
 }
 # Features of each paper part whose float32 top-25 the bfloat16 part is compared with.
 OVERLAP_FEATURES = 64
 # The precision mode of the parts that run in one (checked first: costs nothing, needs no budget).
-PART_MODES = {"gpt2_small_2048_float32": "float32", "gpt2_small_32768_float32": "float32",
-              "gpt2_small_32768_tf32": "tf32", "gpt2_small_32768_bfloat16": "bfloat16"}
+PART_MODES = {
+    "gpt2_small_2048_float32": "float32",
+    "gpt2_small_32768_float32": "float32",
+    "gpt2_small_32768_tf32": "tf32",
+    "gpt2_small_32768_bfloat16": "bfloat16",
+}
 # Seconds a part needs at least (loading, one compilation) before its estimate is worth anything.
 MIN_PART_S = 5.0
 
@@ -164,8 +216,21 @@ def part_versions(cfg: dict, parts: dict) -> dict:
     stats = {}
     with contextlib.suppress(Exception):
         stats = {k: v for k, v in (device.memory_stats() or {}).items() if k in ("bytes_limit", "bytes_in_use")}
-    packages = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "jax-cuda12-pjrt", "libtpu",
-                "equinox", "numpy", "safetensors", "transformers", "optax", "orbax-checkpoint")
+    packages = (
+        "jax",
+        "jaxlib",
+        "jax-cuda13-plugin",
+        "jax-cuda13-pjrt",
+        "jax-cuda12-plugin",
+        "jax-cuda12-pjrt",
+        "libtpu",
+        "equinox",
+        "numpy",
+        "safetensors",
+        "transformers",
+        "optax",
+        "orbax-checkpoint",
+    )
     return {
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
@@ -218,9 +283,13 @@ def fixture_signatures(directory: Path, mode: str) -> dict[str, dict[str, np.nda
     import qlens_jax
 
     model, dictionary, tokens, mask = load_fixture(directory)
-    signatures = qlens_jax.query_lens(model, dictionary, tokens, mask, lenses=qlens_jax.LENSES, k=K, precision=mode, self_check=False)
-    return {table.lens: {"top_ids": np.asarray(table.top_ids), "top_scores": np.asarray(table.top_scores, np.float32)}
-            for table in signatures}
+    signatures = qlens_jax.query_lens(
+        model, dictionary, tokens, mask, lenses=qlens_jax.LENSES, k=K, precision=mode, self_check=False
+    )
+    return {
+        table.lens: {"top_ids": np.asarray(table.top_ids), "top_scores": np.asarray(table.top_scores, np.float32)}
+        for table in signatures
+    }
 
 
 def same_up_to_ties(ids: np.ndarray, reference_ids: np.ndarray, reference_scores: np.ndarray, tolerance: float) -> bool:
@@ -267,7 +336,9 @@ def part_parity(cfg: dict, parts: dict) -> dict:
         lenses = compare(fixture_signatures(FIXTURE, mode), expected)
         result = {"lenses": lenses, "mean_overlap": float(np.mean([v["overlap"] for v in lenses.values()]))}
         if mode == "float32":
-            result["passed"] = all(v["ids_identical_up_to_ties"] and v["max_score_error"] <= SCORE_RTOL for v in lenses.values())
+            result["passed"] = all(
+                v["ids_identical_up_to_ties"] and v["max_score_error"] <= SCORE_RTOL for v in lenses.values()
+            )
         out[mode] = result
     return out
 
@@ -305,8 +376,18 @@ def random_sae(d_model: int, n_features: int, layer: int, seed: int = 0):
         W_dec = jax.random.normal(k_dec, (n_features, d_model), jnp.float32)
         W_dec = W_dec / jnp.linalg.norm(W_dec, axis=1, keepdims=True)
         W_enc = jax.random.normal(k_enc, (d_model, n_features), jnp.float32) / np.sqrt(d_model)
-        _CACHE[key] = Dictionary(W_enc=W_enc, b_enc=jnp.zeros(n_features), W_dec=W_dec, b_dec=jnp.zeros(d_model), layer=layer,
-                                 site_in="resid_post", site_out="resid_post", kind="sae", name=f"sae-{layer}", activation="relu")
+        _CACHE[key] = Dictionary(
+            W_enc=W_enc,
+            b_enc=jnp.zeros(n_features),
+            W_dec=W_dec,
+            b_dec=jnp.zeros(d_model),
+            layer=layer,
+            site_in="resid_post",
+            site_out="resid_post",
+            kind="sae",
+            name=f"sae-{layer}",
+            activation="relu",
+        )
     return _CACHE[key]
 
 
@@ -334,9 +415,13 @@ def whole_dictionary_job(cfg: dict, parts: dict, tokens_key: str, mode: str, rep
     model = random_model("gpt2", cfg["gpt2"])
     c = model.config
     tokens, mask = _tokens(c.vocab_size, cfg["tokens"][tokens_key], cfg["seq"])
-    bounds = dict(value_from_point=residual_point("resid_post", 0, c.n_layers),
-                  key_to_point=residual_point("resid_post", c.n_layers - 1, c.n_layers))
-    sweep = lambda: qlens_jax.transport_operators(model, tokens, mask, sweeps=("value", "key"), precision=mode, **bounds)
+    bounds = dict(
+        value_from_point=residual_point("resid_post", 0, c.n_layers),
+        key_to_point=residual_point("resid_post", c.n_layers - 1, c.n_layers),
+    )
+    sweep = lambda: qlens_jax.transport_operators(
+        model, tokens, mask, sweeps=("value", "key"), precision=mode, **bounds
+    )
     operators, sweep_s = timed(sweep)
     extra = {}
     if repeat_sweep:
@@ -347,15 +432,33 @@ def whole_dictionary_job(cfg: dict, parts: dict, tokens_key: str, mode: str, rep
     readout_s = 0.0
     for layer in range(c.n_layers):
         dictionary = random_sae(c.d_model, cfg["features"], layer)
-        _, seconds = timed(qlens_jax.query_lens, model, dictionary, tokens, mask, lenses=("query_lens_value", "query_lens_key"),
-                           operators=operators, path="dense", self_check=False, k=K, precision=mode)
+        _, seconds = timed(
+            qlens_jax.query_lens,
+            model,
+            dictionary,
+            tokens,
+            mask,
+            lenses=("query_lens_value", "query_lens_key"),
+            operators=operators,
+            path="dense",
+            self_check=False,
+            k=K,
+            precision=mode,
+        )
         readout_s += seconds
     flops = job_flops(c, tokens.size, cfg["seq"], c.n_layers, c.n_layers, 2 * c.n_layers, cfg["features"])
     peak = parts.get("matmul_peak", {}).get(mode)
     return {
-        "tokens": int(tokens.size), "features_per_layer": cfg["features"], "layers": c.n_layers, "precision": mode,
-        **extra, "sweep_s": sweep_s, "readout_s": readout_s, "total_s": sweep_s + readout_s,
-        "sweep": _rate(flops["sweep"], sweep_s, peak), "readout": _rate(flops["readout"], readout_s, peak),
+        "tokens": int(tokens.size),
+        "features_per_layer": cfg["features"],
+        "layers": c.n_layers,
+        "precision": mode,
+        **extra,
+        "sweep_s": sweep_s,
+        "readout_s": readout_s,
+        "total_s": sweep_s + readout_s,
+        "sweep": _rate(flops["sweep"], sweep_s, peak),
+        "readout": _rate(flops["readout"], readout_s, peak),
     }
 
 
@@ -368,18 +471,43 @@ def part_gemma(cfg: dict, parts: dict) -> dict:
     layer = cfg["gemma_layer"]
     tokens, mask = _tokens(c.vocab_size, cfg["gemma_tokens"], cfg["seq"])
     point = residual_point("resid_post", layer, c.n_layers)
-    operators, sweep_s = timed(qlens_jax.transport_operators, model, tokens, mask, sweeps=("value", "key"),
-                               value_from_point=point, key_to_point=point)
+    operators, sweep_s = timed(
+        qlens_jax.transport_operators,
+        model,
+        tokens,
+        mask,
+        sweeps=("value", "key"),
+        value_from_point=point,
+        key_to_point=point,
+    )
     dictionary = random_sae(c.d_model, cfg["gemma_features"], layer)
-    _, readout_s = timed(qlens_jax.query_lens, model, dictionary, tokens, mask, lenses=("query_lens_value", "query_lens_key"),
-                         operators=operators, path="dense", self_check=False, k=K)
+    _, readout_s = timed(
+        qlens_jax.query_lens,
+        model,
+        dictionary,
+        tokens,
+        mask,
+        lenses=("query_lens_value", "query_lens_key"),
+        operators=operators,
+        path="dense",
+        self_check=False,
+        k=K,
+    )
     flops = job_flops(c, tokens.size, cfg["seq"], c.n_layers - layer - 1, layer + 1, 2, cfg["gemma_features"])
     peak = parts.get("matmul_peak", {}).get("float32")
     return {
-        "tokens": int(tokens.size), "layer": layer, "features": cfg["gemma_features"], "n_layers": c.n_layers,
-        "d_model": c.d_model, "vocab": c.vocab_size, "precision": "float32",
-        "sweep_s": sweep_s, "readout_s": readout_s, "total_s": sweep_s + readout_s,
-        "sweep": _rate(flops["sweep"], sweep_s, peak), "readout": _rate(flops["readout"], readout_s, peak),
+        "tokens": int(tokens.size),
+        "layer": layer,
+        "features": cfg["gemma_features"],
+        "n_layers": c.n_layers,
+        "d_model": c.d_model,
+        "vocab": c.vocab_size,
+        "precision": "float32",
+        "sweep_s": sweep_s,
+        "readout_s": readout_s,
+        "total_s": sweep_s + readout_s,
+        "sweep": _rate(flops["sweep"], sweep_s, peak),
+        "readout": _rate(flops["readout"], readout_s, peak),
     }
 
 
@@ -424,24 +552,53 @@ def paper_job(cfg: dict, parts: dict, setting: str, dtype: str) -> dict:
     model = random_model_of(spec["hf"])
     model = cast_model(model, dtype) if dtype != "float32" else model
     tokens, mask = _tokens(config.vocab_size, batch * seq, seq)
-    operators, sweep_s = timed(qlens_jax.transport_operators, model, tokens, mask, sweeps=("value", "key"),
-                               **builders.job_bounds(job_layers, config.n_layers))
+    operators, sweep_s = timed(
+        qlens_jax.transport_operators,
+        model,
+        tokens,
+        mask,
+        sweeps=("value", "key"),
+        **builders.job_bounds(job_layers, config.n_layers),
+    )
     picks = np.linspace(0, spec["features"] - 1, min(OVERLAP_FEATURES, spec["features"])).astype(int)
     readout_s, lists = 0.0, {}
     for layer in job_layers:
         dictionary = random_sae(config.d_model, spec["features"], layer)
-        tables, seconds = timed(qlens_jax.query_lens, model, dictionary, tokens, mask,
-                                lenses=("query_lens_value", "query_lens_key"), operators=operators, path="dense",
-                                self_check=False, k=K, dtype=dtype)
+        tables, seconds = timed(
+            qlens_jax.query_lens,
+            model,
+            dictionary,
+            tokens,
+            mask,
+            lenses=("query_lens_value", "query_lens_key"),
+            operators=operators,
+            path="dense",
+            self_check=False,
+            k=K,
+            dtype=dtype,
+        )
         readout_s += seconds
         lists.update({(t.lens, layer): np.asarray(t.top_ids)[picks] for t in tables})
     _CACHE[("paper-lists", setting, dtype)] = lists
-    result = {"setting": setting, "tokens": int(tokens.size), "sample": [batch, seq], "features_per_layer": spec["features"],
-              "layers": list(job_layers), "dtype": dtype, "sweep_s": sweep_s, "readout_s": readout_s, "total_s": sweep_s + readout_s}
+    result = {
+        "setting": setting,
+        "tokens": int(tokens.size),
+        "sample": [batch, seq],
+        "features_per_layer": spec["features"],
+        "layers": list(job_layers),
+        "dtype": dtype,
+        "sweep_s": sweep_s,
+        "readout_s": readout_s,
+        "total_s": sweep_s + readout_s,
+    }
     reference = _CACHE.get(("paper-lists", setting, "float32"))
     if dtype != "float32" and reference is not None:
         shares = [len(set(a) & set(b)) / K for key in lists for a, b in zip(lists[key], reference[key])]
-        result["top25_overlap_with_float32"] = {"mean": float(np.mean(shares)), "min": float(np.min(shares)), "lists": len(shares)}
+        result["top25_overlap_with_float32"] = {
+            "mean": float(np.mean(shares)),
+            "min": float(np.min(shares)),
+            "lists": len(shares),
+        }
     flops = _paper_flops(config, job_layers, batch, seq, spec["features"])
     peak = parts.get("matmul_peak", {}).get("float32")
     return result | {"sweep": _rate(flops["sweep"], sweep_s, peak), "readout": _rate(flops["readout"], readout_s, peak)}
@@ -464,6 +621,7 @@ def part_million(cfg: dict, parts: dict) -> dict:
     result = million.gemma2_layer_job(cfg["million"], 0, cfg["million_slice"])
     peak = parts.get("matmul_peak", {}).get("float32")
     return result | {"rate": _rate(_million_flops(cfg), result["total_s"], peak), "peak_memory": machine.peak_memory()}
+
 
 def _measured(parts: dict, name: str) -> dict | None:
     part = parts.get(name, {})
@@ -494,8 +652,14 @@ def estimate_s(name: str, cfg: dict, parts: dict) -> float | None:
         float32_part = _measured(parts, PAPER_PARTS[2 * PAPER_SETTINGS.index(setting)])
         if name.endswith("_bfloat16") and float32_part:
             return float32_part["total_s"]
-        basis = next((part for part in (large, small, *map(lambda n: _measured(parts, n), PAPER_PARTS))
-                      if part and part["total_s"] > 0), None)
+        basis = next(
+            (
+                part
+                for part in (large, small, *map(lambda n: _measured(parts, n), PAPER_PARTS))
+                if part and part["total_s"] > 0
+            ),
+            None,
+        )
         if basis:
             rate = (basis["sweep"]["flops"] + basis["readout"]["flops"]) / basis["total_s"]
             spec, config, job_layers, (batch, seq) = _paper_setting(cfg, setting)
@@ -521,14 +685,20 @@ PART_FUNCTIONS = {
     "versions": part_versions,
     "matmul_peak": part_matmul_peak,
     "parity": part_parity,
-    "gpt2_small_2048_float32": lambda cfg, parts: whole_dictionary_job(cfg, parts, "2048", "float32", repeat_sweep=True),
+    "gpt2_small_2048_float32": lambda cfg, parts: whole_dictionary_job(
+        cfg, parts, "2048", "float32", repeat_sweep=True
+    ),
     "gpt2_small_32768_float32": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "float32"),
     "gpt2_small_32768_tf32": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "tf32"),
     "gpt2_small_32768_bfloat16": lambda cfg, parts: whole_dictionary_job(cfg, parts, "32768", "bfloat16"),
     "gemma3_1b_single_layer": part_gemma,
     "million_gemma2_2b": part_million,
-    **{name: (lambda cfg, parts, setting=setting, dtype=dtype: paper_job(cfg, parts, setting, dtype))
-       for name, (setting, dtype) in zip(PAPER_PARTS, ((s, d) for s in PAPER_SETTINGS for d in ("float32", "bfloat16")))},
+    **{
+        name: (lambda cfg, parts, setting=setting, dtype=dtype: paper_job(cfg, parts, setting, dtype))
+        for name, (setting, dtype) in zip(
+            PAPER_PARTS, ((s, d) for s in PAPER_SETTINGS for d in ("float32", "bfloat16"))
+        )
+    },
 }
 
 
@@ -550,7 +720,9 @@ def _unavailable_or(name: str, status: dict) -> dict:
     return {"status": why} if why is not None else status
 
 
-def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit, selected: tuple[str, ...] | None = None) -> Path:
+def run(
+    size: str, budget_s: float, out: Path | None, log=print, exit=os._exit, selected: tuple[str, ...] | None = None
+) -> Path:
     """Every part in order within `budget_s` seconds; the results file after each (its path).
 
     A part still running when the budget ends is not interrupted (an exception thrown into a
@@ -561,8 +733,13 @@ def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit, 
     start = time.monotonic()
     cfg = SIZES[size]
     out = out or RESULTS / f"device-{card_name()}{'-tiny' if size == 'tiny' else ''}.json"
-    results = {"size": size, "budget_s": budget_s, "card": card_name(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "parts": {}}
+    results = {
+        "size": size,
+        "budget_s": budget_s,
+        "card": card_name(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parts": {},
+    }
     parts = results["parts"]
     lock, overran = threading.Lock(), threading.Event()
 
@@ -576,7 +753,11 @@ def run(size: str, budget_s: float, out: Path | None, log=print, exit=os._exit, 
             if name in parts:
                 return
             overran.set()
-            parts[name] = {"status": "stopped", "reason": f"the {budget_s:.0f} s budget ran out", "wall_s": time.monotonic() - begun}
+            parts[name] = {
+                "status": "stopped",
+                "reason": f"the {budget_s:.0f} s budget ran out",
+                "wall_s": time.monotonic() - begun,
+            }
             finish({"status": "skipped", "reason": "the budget ran out"})
         log(f"[{results['elapsed_s']:6.1f} s] {name}: stopped; results in {out}")
         exit(0)
@@ -630,9 +811,21 @@ def _fmt_job(part) -> str:
 def table(paths: list[Path]) -> str:
     """Markdown rows, one per results file: peaks (TFLOP/s), parity, job times as
     `sweep + readout s (% of the mode's peak: sweep / readout)`."""
-    columns = ["card", "size", "jax", "peak f32 / tf32 / bf16 TFLOP/s", "parity f32", "overlap tf32 / bf16", "GPT-2 2,048 f32",
-               "32,768 f32", "32,768 tf32", "32,768 bf16", "Gemma-3-1B layer",
-               *(f"paper {s} {d}" for s in PAPER_SETTINGS for d in ("f32", "bf16")), "Gemma-2-2B 2^20 features"]
+    columns = [
+        "card",
+        "size",
+        "jax",
+        "peak f32 / tf32 / bf16 TFLOP/s",
+        "parity f32",
+        "overlap tf32 / bf16",
+        "GPT-2 2,048 f32",
+        "32,768 f32",
+        "32,768 tf32",
+        "32,768 bf16",
+        "Gemma-3-1B layer",
+        *(f"paper {s} {d}" for s in PAPER_SETTINGS for d in ("f32", "bf16")),
+        "Gemma-2-2B 2^20 features",
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for path in paths:
         r = json.loads(Path(path).read_text())
@@ -640,11 +833,15 @@ def table(paths: list[Path]) -> str:
         versions, peak, parity = p.get("versions", {}), p.get("matmul_peak"), p.get("parity", {})
         f32 = parity.get("float32")
         passed = ("passed" if f32["passed"] else "FAILED") if isinstance(f32, dict) else parity.get("status", "missing")
-        overlaps = " / ".join(f"{parity[m]['mean_overlap']:.3f}" if isinstance(parity.get(m), dict) else "n/a" for m in ("tf32", "bfloat16"))
+        overlaps = " / ".join(
+            f"{parity[m]['mean_overlap']:.3f}" if isinstance(parity.get(m), dict) else "n/a"
+            for m in ("tf32", "bfloat16")
+        )
         lines.append(
             f"| {r['card']} | {r['size']} | {versions.get('jax_version', '?')} | "
             f"{' / '.join(_fmt_peak(peak, m) for m in MODES)} | {passed} | {overlaps} | "
-            + " | ".join(_fmt_job(p.get(name)) for name in PARTS[3:]) + " |"
+            + " | ".join(_fmt_job(p.get(name)) for name in PARTS[3:])
+            + " |"
         )
     return "\n".join(lines)
 
@@ -654,10 +851,17 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for the whole run (default 420)")
     parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/device-<card>.json)")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, metavar="PART",
-                        help="run only these parts (versions and matmul_peak always run: the rates need the peak); "
-                             "e.g. the paper's settings: " + " ".join(PAPER_PARTS[:2]) + " ...")
-    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print markdown rows of these results files and exit")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        metavar="PART",
+        help="run only these parts (versions and matmul_peak always run: the rates need the peak); "
+        "e.g. the paper's settings: " + " ".join(PAPER_PARTS[:2]) + " ...",
+    )
+    parser.add_argument(
+        "--table", nargs="+", type=Path, metavar="JSON", help="print markdown rows of these results files and exit"
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.table))
@@ -665,7 +869,9 @@ def main(argv=None) -> int:
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be positive, got {args.budget_s}")
     selected = None if not args.parts else ("versions", "matmul_peak", *args.parts)
-    path = run(args.size, args.budget_s, args.out, log=lambda line: print(line, file=sys.stderr, flush=True), selected=selected)
+    path = run(
+        args.size, args.budget_s, args.out, log=lambda line: print(line, file=sys.stderr, flush=True), selected=selected
+    )
     print(path)
     return 0
 

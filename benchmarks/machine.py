@@ -84,8 +84,9 @@ def _git() -> dict:
 
 def device_info() -> dict:
     """The default JAX device (imports qlens_jax first so that its XLA flags apply)."""
-    import qlens_jax  # noqa: F401  (XLA flags first)
     import jax
+
+    import qlens_jax  # noqa: F401  (XLA flags first)
 
     device = jax.devices()[0]
     return {
@@ -174,9 +175,10 @@ def timed(fn, *args, **kwargs):
 
 def matmul_peak(n: int = 4096, repeats: int = 3, dtype: str = "float32") -> dict:
     """Best-of-`repeats` FLOP/s of one `n x n @ n x n` jnp.matmul on the default device."""
-    import qlens_jax  # noqa: F401  (XLA flags first)
     import jax
     import jax.numpy as jnp
+
+    import qlens_jax  # noqa: F401  (XLA flags first)
 
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)

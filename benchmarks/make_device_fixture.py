@@ -36,10 +36,23 @@ def write_sae(directory: Path, d_model: int, rng: np.random.Generator) -> None:
     }
     save_file(weights, str(directory / "sae_weights.safetensors"))
     cfg = {
-        "d_in": d_model, "d_sae": N_FEATURES, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
-        "normalize_activations": "none", "reshape_activations": "none", "architecture": "standard",
-        "metadata": {"sae_lens_version": "6.54.12", "model_name": "device-check-gpt2", "hook_name": f"blocks.{LAYER}.hook_resid_post", "hook_head_index": None,
-                     "prepend_bos": False, "context_size": 16, "model_class_name": "HookedTransformer"},
+        "d_in": d_model,
+        "d_sae": N_FEATURES,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "architecture": "standard",
+        "metadata": {
+            "sae_lens_version": "6.54.12",
+            "model_name": "device-check-gpt2",
+            "hook_name": f"blocks.{LAYER}.hook_resid_post",
+            "hook_head_index": None,
+            "prepend_bos": False,
+            "context_size": 16,
+            "model_class_name": "HookedTransformer",
+        },
     }
     (directory / "cfg.json").write_text(json.dumps(cfg, indent=1) + "\n")
 

@@ -24,9 +24,9 @@ def planned_peak_gb(size: str, batch: int | None = None, seq: int | None = None)
     import converters
     from qlens_jax.lens import blockwise
     from qlens_jax.lens.chunks import bytes_per_token, plan_chunks
-    from qlens_jax.readout import feature_chunk_for
     from qlens_jax.lens.points import n_key_points, n_points
     from qlens_jax.models import init_transformer
+    from qlens_jax.readout import feature_chunk_for
 
     spec = dict(sizes.THROUGHPUT[size])
     spec["batch"], spec["seq"] = batch or spec["batch"], seq or spec["seq"]
@@ -56,8 +56,11 @@ def planned_peak_gb(size: str, batch: int | None = None, seq: int | None = None)
         "dictionary_gb": 2 * spec["features"] * d * 4 / gib,
         "tokens_gb": spec["batch"] * spec["seq"] * 5 / gib,
     }
-    return parts | {"total_gb": sum(parts.values()), "inside_budget": inside,
-                    "plan": {"sequences_per_chunk": plan.sequences_per_chunk, "tangent_chunk": plan.tangent_chunk}}
+    return parts | {
+        "total_gb": sum(parts.values()),
+        "inside_budget": inside,
+        "plan": {"sequences_per_chunk": plan.sequences_per_chunk, "tangent_chunk": plan.tangent_chunk},
+    }
 
 
 if __name__ == "__main__":
@@ -68,4 +71,6 @@ if __name__ == "__main__":
     parser.add_argument("--size", choices=sorted(sizes.THROUGHPUT), default="gemma3-1b")
     parser.add_argument("--paper-sample", action="store_true", help="the paper's token sample instead of the size's")
     args = parser.parse_args()
-    print(json.dumps(planned_peak_gb(args.size, *(sizes.PAPER_SAMPLE if args.paper_sample else (None, None))), indent=1))
+    print(
+        json.dumps(planned_peak_gb(args.size, *(sizes.PAPER_SAMPLE if args.paper_sample else (None, None))), indent=1)
+    )

@@ -78,41 +78,69 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, help="sequences in the token sample")
     parser.add_argument("--seq", type=int, help="tokens per sequence")
     parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"])
-    parser.add_argument("--vocab", type=int, help="override the vocabulary size (a cheap memory check of the "
-                        "feature-count-dependent buffers: the readout FLOPs scale with the vocabulary)")
-    parser.add_argument("--synthetic-operators", action="store_true",
-                        help="skip the sweeps and use identity operators (readout-only timing and memory check)")
-    parser.add_argument("--operators", metavar="DIR",
-                        help="dense operators saved by `benchmarks.throughput --save-operators DIR` for the same model, "
-                             "seed and token sample (their sweep times are read from that run's JSON)")
-    parser.add_argument("--memory-budget-gb", type=float, help="the kernel's memory budget (GiB; default 8, gemma2 sizes: their own)")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        help="override the vocabulary size (a cheap memory check of the "
+        "feature-count-dependent buffers: the readout FLOPs scale with the vocabulary)",
+    )
+    parser.add_argument(
+        "--synthetic-operators",
+        action="store_true",
+        help="skip the sweeps and use identity operators (readout-only timing and memory check)",
+    )
+    parser.add_argument(
+        "--operators",
+        metavar="DIR",
+        help="dense operators saved by `benchmarks.throughput --save-operators DIR` for the same model, "
+        "seed and token sample (their sweep times are read from that run's JSON)",
+    )
+    parser.add_argument(
+        "--memory-budget-gb", type=float, help="the kernel's memory budget (GiB; default 8, gemma2 sizes: their own)"
+    )
     parser.add_argument("--feature-chunk", type=int, help="override the readout's feature chunk")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/million-<size>-<device>.json)")
-    parser.add_argument("--contestant-features", type=int, default=3,
-                        help="features per side timed with the contestant (--authors-repo)")
+    parser.add_argument(
+        "--contestant-features",
+        type=int,
+        default=3,
+        help="features per side timed with the contestant (--authors-repo)",
+    )
     add_contestant_arguments(parser)
     parser.add_argument("--slice-features", type=int, help="gemma2 sizes: features of the measured slice")
     args = parser.parse_args(argv)
     if "shape" in SIZES[args.size]:
         if args.authors_repo or args.operators or args.vocab:
-            raise SystemExit(f"--size {args.size}: planned and measured by a slice; --authors-repo, --operators and --vocab "
-                             "are for the GPT-2 sizes")
+            raise SystemExit(
+                f"--size {args.size}: planned and measured by a slice; --authors-repo, --operators and --vocab "
+                "are for the GPT-2 sizes"
+            )
         return gemma2_main(args)
     args.memory_budget_gb = args.memory_budget_gb or 8.0
     if args.authors_repo and args.synthetic_operators:
-        raise SystemExit("--authors-repo: not with --synthetic-operators (identity operators cannot agree with a real run)")
+        raise SystemExit(
+            "--authors-repo: not with --synthetic-operators (identity operators cannot agree with a real run)"
+        )
     if args.authors_repo:
         bad = [lens for lens in args.lenses if lens not in authors.SIDES]
         if bad:
-            raise SystemExit(f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}")
+            raise SystemExit(
+                f"--authors-repo: the authors' run loop is timed for {sorted(authors.SIDES)} only, not {bad}"
+            )
         contestant = authors.describe(authors.check_repo(args.authors_repo), authors.check_python(args.authors_python))
     else:
         contestant = None
 
     import qlens_jax  # noqa: F401  (XLA flags first)
-
-    from qlens_jax import ExecutionOptions, TransportOperators, plan_request, query_lens, read_signatures, transport_operators
+    from qlens_jax import (
+        ExecutionOptions,
+        TransportOperators,
+        plan_request,
+        query_lens,
+        read_signatures,
+        transport_operators,
+    )
     from qlens_jax.lens.chunks import plan_chunks
     from qlens_jax.readout import feature_chunk_for
 
@@ -121,8 +149,13 @@ def main(argv=None) -> dict:
     layer = size["layer"] if args.layer is None else args.layer
     batch, seq = args.batch or size["batch"], args.seq or size["seq"]
     recorded_args = {k: common.portable_path(v) if k in PATH_ARGUMENTS else v for k, v in vars(args).items()}
-    out = {"benchmark": "million", "size": args.size, "machine": machine.machine_info(), "args": recorded_args,
-           "contestant": contestant and authors.recorded(contestant)}
+    out = {
+        "benchmark": "million",
+        "size": args.size,
+        "machine": machine.machine_info(),
+        "args": recorded_args,
+        "contestant": contestant and authors.recorded(contestant),
+    }
     common.log("machine", out["machine"]["cpu"], out["machine"]["device"], "load", machine.loadavg())
     picks = np.asarray(builders.feature_picks(n_features, 3))
     if contestant:
@@ -130,12 +163,20 @@ def main(argv=None) -> dict:
         # whole SAE once more while they are written.
         import tempfile
 
-        contestant_cfg = dict(hf={**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})}, seed=args.seed,
-                              features=n_features, layers=(layer,), batch=batch, seq=seq, lenses=tuple(args.lenses),
-                              picks=builders.feature_picks(n_features, args.contestant_features))
+        contestant_cfg = dict(
+            hf={**size["hf"], **({"vocab_size": args.vocab} if args.vocab else {})},
+            seed=args.seed,
+            features=n_features,
+            layers=(layer,),
+            batch=batch,
+            seq=seq,
+            lenses=tuple(args.lenses),
+            picks=builders.feature_picks(n_features, args.contestant_features),
+        )
         with tempfile.TemporaryDirectory(prefix="qlens-authors-") as tmp:
-            out["contestant_run"] = authors.run_contestant(contestant_cfg, Path(contestant["repo"]), contestant["python"],
-                                                           args.authors_workdir or tmp)
+            out["contestant_run"] = authors.run_contestant(
+                contestant_cfg, Path(contestant["repo"]), contestant["python"], args.authors_workdir or tmp
+            )
         common.log(f"contestant done: {contestant['label']}; residual caches {out['contestant_run']['cache_seconds']}")
 
     t0 = time.perf_counter()
@@ -145,7 +186,9 @@ def main(argv=None) -> dict:
     cfg = model.config
     tokens, mask = builders.token_sample(cfg.vocab_size, batch, seq, args.seed)
     rss_model = machine.current_rss_gb()
-    dictionary = builders.synthetic_dictionary(cfg.d_model, n_features, layer, args.seed, name=f"synthetic-{n_features}")
+    dictionary = builders.synthetic_dictionary(
+        cfg.d_model, n_features, layer, args.seed, name=f"synthetic-{n_features}"
+    )
     rss_dict = machine.current_rss_gb()
     plan = plan_chunks(model, tokens.shape, args.memory_budget_gb)
     feature_chunk = args.feature_chunk or feature_chunk_for(cfg.vocab_size, 0.25 * args.memory_budget_gb * 2**30)
@@ -161,37 +204,50 @@ def main(argv=None) -> dict:
         "rss_after_dictionary_gb": round(rss_dict, 3),
         "dictionary_gb": round(2 * n_features * cfg.d_model * 4 / 2**30, 3),
         "scores_matrix_gb_if_materialized": round(n_features * cfg.vocab_size * 4 / 2**30, 1),
-        "plan": dict(sequences_per_chunk=plan.sequences_per_chunk, tangent_chunk=plan.tangent_chunk, feature_chunk=feature_chunk),
+        "plan": dict(
+            sequences_per_chunk=plan.sequences_per_chunk, tangent_chunk=plan.tangent_chunk, feature_chunk=feature_chunk
+        ),
     }
     common.log("setup", out["setup"])
 
     sides = {"query_lens_value": "value", "query_lens_key": "key"}
     sweeps = {}
     if args.operators:
-        loaded = common.load_benchmark_operators(args.operators, size["hf"] | ({"vocab_size": args.vocab} if args.vocab else {}),
-                                                 args.seed, tokens, mask)
+        loaded = common.load_benchmark_operators(
+            args.operators, size["hf"] | ({"vocab_size": args.vocab} if args.vocab else {}), args.seed, tokens, mask
+        )
         sweeps = {"value": loaded, "key": loaded}
-        out["sweeps"] = {"note": f"operators loaded from {common.portable_path(args.operators)} (computed by benchmarks.throughput on the same "
-                                 "model, seed and token sample; its JSON has the sweep times, for all 12 layers)"}
+        out["sweeps"] = {
+            "note": f"operators loaded from {common.portable_path(args.operators)} (computed by benchmarks.throughput on the same "
+            "model, seed and token sample; its JSON has the sweep times, for all 12 layers)"
+        }
     elif args.synthetic_operators:
         import jax.numpy as jnp
 
         from qlens_jax.lens.points import n_key_points, n_points
 
         eye = jnp.eye(cfg.d_model, dtype=jnp.float32)
-        fake = TransportOperators(value=jnp.broadcast_to(eye, (n_points(cfg.n_layers), cfg.d_model, cfg.d_model)),
-                                  key=jnp.broadcast_to(eye, (n_key_points(cfg.n_layers), cfg.d_model, cfg.d_model)),
-                                  first_order=None, first_order_all=None, n_tokens=int(mask.sum()))
+        fake = TransportOperators(
+            value=jnp.broadcast_to(eye, (n_points(cfg.n_layers), cfg.d_model, cfg.d_model)),
+            key=jnp.broadcast_to(eye, (n_key_points(cfg.n_layers), cfg.d_model, cfg.d_model)),
+            first_order=None,
+            first_order_all=None,
+            n_tokens=int(mask.sum()),
+        )
         sweeps = {"value": fake, "key": fake}
         out["sweeps"] = {"note": "synthetic identity operators: sweeps skipped (readout-only run)"}
-    for lens in ([] if sweeps else args.lenses):
+    for lens in [] if sweeps else args.lenses:
         side = sides[lens]
         with RssSampler() as rss:
             ops, seconds = machine.timed(
                 transport_operators, model, tokens, mask, sweeps=(side,), plan=plan, quiet=False
             )
         sweeps[side] = ops
-        out.setdefault("sweeps", {})[side] = {"seconds": round(seconds, 2), "peak_rss_gb": round(rss.peak, 3), "loadavg": machine.loadavg()}
+        out.setdefault("sweeps", {})[side] = {
+            "seconds": round(seconds, 2),
+            "peak_rss_gb": round(rss.peak, 3),
+            "loadavg": machine.loadavg(),
+        }
         common.log(f"{side} sweep", out["sweeps"][side])
     operators = TransportOperators(
         value=sweeps["value"].value if "value" in sweeps else None,
@@ -206,8 +262,16 @@ def main(argv=None) -> dict:
     for lens in args.lenses:
         before = machine.loadavg()
         with RssSampler() as rss:
-            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), execution=ExecutionOptions(
-                path="dense", self_check=False, memory_budget_gb=args.memory_budget_gb, feature_chunk=feature_chunk))
+            plan = plan_request(
+                model,
+                dictionary,
+                tokens,
+                mask,
+                lenses=(lens,),
+                execution=ExecutionOptions(
+                    path="dense", self_check=False, memory_budget_gb=args.memory_budget_gb, feature_chunk=feature_chunk
+                ),
+            )
             sigs, seconds = machine.timed(read_signatures, plan, operators)  # the readout stage alone
         table = sigs[0]
         tables[lens] = table
@@ -231,38 +295,63 @@ def main(argv=None) -> dict:
     # transport); their rows must equal the big call's rows.
     with RssSampler() as rss:
         check, seconds = machine.timed(
-            query_lens, model, dictionary, tokens, mask, lenses=tuple(args.lenses), features=picks, operators=operators,
-            path="dense", self_check=not args.synthetic_operators, memory_budget_gb=args.memory_budget_gb, quiet=True,
+            query_lens,
+            model,
+            dictionary,
+            tokens,
+            mask,
+            lenses=tuple(args.lenses),
+            features=picks,
+            operators=operators,
+            path="dense",
+            self_check=not args.synthetic_operators,
+            memory_budget_gb=args.memory_budget_gb,
+            quiet=True,
         )
     same = all(np.array_equal(t.top_ids, tables[t.lens].top_ids[picks]) for t in check)
-    out["self_check"] = {"features": picks.tolist(), "passed": None if args.synthetic_operators else True, "rows_equal_full_run": bool(same), "seconds": round(seconds, 2)}
+    out["self_check"] = {
+        "features": picks.tolist(),
+        "passed": None if args.synthetic_operators else True,
+        "rows_equal_full_run": bool(same),
+        "seconds": round(seconds, 2),
+    }
     common.log("self-check", out["self_check"])
 
     peak = machine.matmul_peak()
     out["matmul_peak"] = peak
     for record in out["readouts"].values():
         record["fraction_of_matmul_peak"] = round(record["achieved_flops_per_s"] / peak["flops_per_s"], 3)
-    common.log(f"matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s; readout fractions "
-               f"{[r['fraction_of_matmul_peak'] for r in out['readouts'].values()]}")
-    total = sum(s["seconds"] for s in out["sweeps"].values() if isinstance(s, dict)) + sum(r["seconds"] for r in out["readouts"].values())
+    common.log(
+        f"matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s; readout fractions "
+        f"{[r['fraction_of_matmul_peak'] for r in out['readouts'].values()]}"
+    )
+    total = sum(s["seconds"] for s in out["sweeps"].values() if isinstance(s, dict)) + sum(
+        r["seconds"] for r in out["readouts"].values()
+    )
     out["total_seconds"] = round(total, 2)
     if contestant:
         out["comparison"] = compare_with_contestant(out, tables, layer, n_features)
         if not out["comparison"]["passed"]:
             path = common.write_json(_path(args), out)
             print(f"contestant: {contestant['label']}")
-            print(f"AGREEMENT FAILED: {len(out['comparison']['mismatches'])} lists differ from the contestant's; no ratio reported. "
-                  f"Wrote {path}")
+            print(
+                f"AGREEMENT FAILED: {len(out['comparison']['mismatches'])} lists differ from the contestant's; no ratio reported. "
+                f"Wrote {path}"
+            )
             return out
         for lens, c in out["comparison"]["sides"].items():
-            common.log(f"{lens}: {contestant['label']}: {common.fmt_seconds(c['contestant_seconds_extrapolated'])} for "
-                       f"{n_features} features (EXTRAPOLATED from {c['features_timed']} features + its residual cache "
-                       f"{c['contestant_cache_seconds']:.1f} s); qlens-jax {common.fmt_seconds(c['qlens_seconds'])}; ratio {c['ratio']:.0f}x")
+            common.log(
+                f"{lens}: {contestant['label']}: {common.fmt_seconds(c['contestant_seconds_extrapolated'])} for "
+                f"{n_features} features (EXTRAPOLATED from {c['features_timed']} features + its residual cache "
+                f"{c['contestant_cache_seconds']:.1f} s); qlens-jax {common.fmt_seconds(c['qlens_seconds'])}; ratio {c['ratio']:.0f}x"
+            )
     out["peak"] = machine.peak_memory()
     out["loadavg_at_end"] = machine.loadavg()
     path = common.write_json(_path(args), out)
-    common.log(f"done: {n_features} features x {len(args.lenses)} sides in {common.fmt_seconds(total)}; "
-               f"peak RSS {out['peak']['peak_rss_gb']} GiB (dictionary {out['setup']['dictionary_gb']} GiB); wrote {path}")
+    common.log(
+        f"done: {n_features} features x {len(args.lenses)} sides in {common.fmt_seconds(total)}; "
+        f"peak RSS {out['peak']['peak_rss_gb']} GiB (dictionary {out['setup']['dictionary_gb']} GiB); wrote {path}"
+    )
     return out
 
 
@@ -279,21 +368,34 @@ def compare_with_contestant(out: dict, tables: dict, layer: int, n_features: int
             for which in ("top_ids", "bottom_ids"):
                 ours = [int(i) for i in getattr(table, which)[row["feature"]]]
                 if ours != row[which]:
-                    report["mismatches"].append({"lens": lens, "feature": row["feature"], "which": which,
-                                                 "qlens": ours, "contestant": row[which]})
+                    report["mismatches"].append(
+                        {
+                            "lens": lens,
+                            "feature": row["feature"],
+                            "which": which,
+                            "qlens": ours,
+                            "contestant": row[which],
+                        }
+                    )
         side = authors.SIDES[lens]
         per_feature = sum(r["seconds"] for r in rows) / len(rows)
         theirs = per_feature * n_features + run["cache_seconds"][side]
         sweep = out["sweeps"].get(side, {})
-        ours = (sweep["seconds"] if isinstance(sweep, dict) and "seconds" in sweep else 0.0) + out["readouts"][lens]["seconds"]
-        report["sides"][lens] = {"features_timed": len(rows), "contestant_s_per_feature": per_feature,
-                                 "contestant_cache_seconds": run["cache_seconds"][side],
-                                 "contestant_seconds_extrapolated": theirs, "qlens_seconds": ours, "ratio": theirs / ours}
+        ours = (sweep["seconds"] if isinstance(sweep, dict) and "seconds" in sweep else 0.0) + out["readouts"][lens][
+            "seconds"
+        ]
+        report["sides"][lens] = {
+            "features_timed": len(rows),
+            "contestant_s_per_feature": per_feature,
+            "contestant_cache_seconds": run["cache_seconds"][side],
+            "contestant_seconds_extrapolated": theirs,
+            "qlens_seconds": ours,
+            "ratio": theirs / ours,
+        }
     report["passed"] = not report["mismatches"]
     if not report["passed"]:
         report.pop("sides")
     return report
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,13 +429,29 @@ def plan_gemma2_layer(spec: dict, job_slice: int) -> dict:
     chunk = feature_chunk_for(vocab, 0.25 * spec["budget"] * GIB)
     results = 2 * n * 2 * 25 * 8 / GIB  # per side: top and bottom 25 ids and scores
     sweeps = {"model_gb": model, "kernel_budget_gb": spec["budget"], "operators_gb": operators}
-    readouts = {"model_gb": model, "operators_gb": operators, "dictionary_slice_gb": 2 * job_slice * d * 4 / GIB,
-                "readout_chunk_gb": chunk * vocab * 4 * 3 / GIB, "results_gb": results}
+    readouts = {
+        "model_gb": model,
+        "operators_gb": operators,
+        "dictionary_slice_gb": 2 * job_slice * d * 4 / GIB,
+        "readout_chunk_gb": chunk * vocab * 4 * 3 / GIB,
+        "results_gb": results,
+    }
     peak = max(sum(sweeps.values()), sum(readouts.values()))
-    return {"parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(skeleton)), "d_model": d, "vocab": vocab,
-            "n_layers": config.n_layers, "features": n, "job_slice_features": job_slice, "slices": -(-n // job_slice),
-            "whole_dictionary_gb": 2 * n * d * 4 / GIB, "readout_chunk_features": chunk,
-            "sweeps_phase_gb": sweeps, "readouts_phase_gb": readouts, "peak_gb": peak, "within_24_gib": peak <= 24.0}
+    return {
+        "parameters": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(skeleton)),
+        "d_model": d,
+        "vocab": vocab,
+        "n_layers": config.n_layers,
+        "features": n,
+        "job_slice_features": job_slice,
+        "slices": -(-n // job_slice),
+        "whole_dictionary_gb": 2 * n * d * 4 / GIB,
+        "readout_chunk_features": chunk,
+        "sweeps_phase_gb": sweeps,
+        "readouts_phase_gb": readouts,
+        "peak_gb": peak,
+        "within_24_gib": peak <= 24.0,
+    }
 
 
 def measure_gemma2_slice(spec: dict, seed: int, slice_features: int) -> dict:
@@ -355,20 +473,36 @@ def measure_gemma2_slice(spec: dict, seed: int, slice_features: int) -> dict:
     dictionary = builders.synthetic_dictionary(config.d_model, slice_features, layer, seed)
     rss_dictionary = machine.current_rss_gb()
     eye = jnp.eye(config.d_model, dtype=jnp.float32)
-    operators = TransportOperators(value=jnp.broadcast_to(eye, (n_points(config.n_layers), config.d_model, config.d_model)),
-                                   key=jnp.broadcast_to(eye, (n_key_points(config.n_layers), config.d_model, config.d_model)),
-                                   first_order=None, first_order_all=None, n_tokens=int(mask.sum()))
+    operators = TransportOperators(
+        value=jnp.broadcast_to(eye, (n_points(config.n_layers), config.d_model, config.d_model)),
+        key=jnp.broadcast_to(eye, (n_key_points(config.n_layers), config.d_model, config.d_model)),
+        first_order=None,
+        first_order_all=None,
+        n_tokens=int(mask.sum()),
+    )
     out = {"slice_features": slice_features, "model_layers": config.n_layers, "readouts": {}}
     for lens in ("query_lens_value", "query_lens_key"):
         with RssSampler() as rss:
-            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), execution=ExecutionOptions(
-                path="dense", self_check=False, memory_budget_gb=spec["budget"]))
+            plan = plan_request(
+                model,
+                dictionary,
+                tokens,
+                mask,
+                lenses=(lens,),
+                execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=spec["budget"]),
+            )
             _, first = machine.timed(read_signatures, plan, operators)
             sigs, seconds = machine.timed(read_signatures, plan, operators)
-        out["readouts"][lens] = {"first_call_s": first, "seconds": seconds, "peak_rss_gb": round(rss.peak, 3),
-                                 "peak_rss_above_dictionary_gb": round(rss.peak - rss_dictionary, 3),
-                                 "rows": list(sigs[0].top_ids.shape)}
-        common.log(f"gemma2 slice: {lens} readout of {slice_features} features {seconds:.1f} s (first call {first:.1f} s)")
+        out["readouts"][lens] = {
+            "first_call_s": first,
+            "seconds": seconds,
+            "peak_rss_gb": round(rss.peak, 3),
+            "peak_rss_above_dictionary_gb": round(rss.peak - rss_dictionary, 3),
+            "rows": list(sigs[0].top_ids.shape),
+        }
+        common.log(
+            f"gemma2 slice: {lens} readout of {slice_features} features {seconds:.1f} s (first call {first:.1f} s)"
+        )
     return out
 
 
@@ -382,24 +516,31 @@ def gemma2_main(args) -> dict:
     if args.features:
         spec["features"] = args.features
     slice_features = args.slice_features or spec["slice_features"]
-    out = {"benchmark": "million", "size": args.size, "machine": machine.machine_info(),
-           "plan": plan_gemma2_layer(spec, job_slice=min(spec["features"], 131072))}
+    out = {
+        "benchmark": "million",
+        "size": args.size,
+        "machine": machine.machine_info(),
+        "plan": plan_gemma2_layer(spec, job_slice=min(spec["features"], 131072)),
+    }
     common.log("plan", {k: v for k, v in out["plan"].items() if not isinstance(v, dict)})
     out["slice"] = measure_gemma2_slice(spec, args.seed, slice_features)
     # The planned readout chunk against what the slice's readouts really held above the model and
     # dictionary (chunk, XLA's workspace, copies of the unembedding): the larger one counts.
     workspace = max(r["peak_rss_above_dictionary_gb"] for r in out["slice"]["readouts"].values())
     readouts = out["plan"]["readouts_phase_gb"]
-    out["plan"]["readouts_phase_with_measured_workspace_gb"] = (sum(readouts.values()) - readouts["readout_chunk_gb"]
-                                                                + max(workspace, readouts["readout_chunk_gb"]))
+    out["plan"]["readouts_phase_with_measured_workspace_gb"] = (
+        sum(readouts.values()) - readouts["readout_chunk_gb"] + max(workspace, readouts["readout_chunk_gb"])
+    )
     out["matmul_peak"] = machine.matmul_peak()
     out["extrapolated"] = extrapolate_gemma2(spec, out["slice"], out["matmul_peak"]["flops_per_s"])
     out["peak"] = machine.peak_memory()
     path = common.write_json(args.out or common.RESULTS / f"million-{args.size}-{machine.device_slug()}.json", out)
     e = out["extrapolated"]
-    common.log(f"{spec['features']} features at layer {spec['layer']}: readouts {common.fmt_seconds(e['readouts_s'])} "
-               f"(measured slice x {e['slice_factor']:.0f}), sweeps {common.fmt_seconds(e['sweeps_s_estimated'])} "
-               f"(ESTIMATED); planned peak {out['plan']['peak_gb']:.1f} GiB; wrote {path}")
+    common.log(
+        f"{spec['features']} features at layer {spec['layer']}: readouts {common.fmt_seconds(e['readouts_s'])} "
+        f"(measured slice x {e['slice_factor']:.0f}), sweeps {common.fmt_seconds(e['sweeps_s_estimated'])} "
+        f"(ESTIMATED); planned peak {out['plan']['peak_gb']:.1f} GiB; wrote {path}"
+    )
     return out
 
 
@@ -415,10 +556,17 @@ def extrapolate_gemma2(spec: dict, measured: dict, peak_flops_per_s: float) -> d
     readouts = sum(r["seconds"] for r in measured["readouts"].values()) * factor
     flops = job_flops(config, tokens, spec["seq"], config.n_layers - layer - 1, layer + 1, 2, spec["features"])
     sweeps = flops["sweep"] / (SWEEP_SHARE_OF_PEAK * peak_flops_per_s)
-    return {"method": "readouts: slice x features / slice_features; sweeps: FLOPs at "
-                      f"{SWEEP_SHARE_OF_PEAK:.0%} of the measured float32 matmul peak (ESTIMATED)",
-            "slice_factor": factor, "tokens": tokens, "readouts_s": readouts, "sweep_flops": flops["sweep"],
-            "readout_flops": flops["readout"], "sweeps_s_estimated": sweeps, "total_s": readouts + sweeps}
+    return {
+        "method": "readouts: slice x features / slice_features; sweeps: FLOPs at "
+        f"{SWEEP_SHARE_OF_PEAK:.0%} of the measured float32 matmul peak (ESTIMATED)",
+        "slice_factor": factor,
+        "tokens": tokens,
+        "readouts_s": readouts,
+        "sweep_flops": flops["sweep"],
+        "readout_flops": flops["readout"],
+        "sweeps_s_estimated": sweeps,
+        "total_s": readouts + sweeps,
+    }
 
 
 def gemma2_layer_job(spec: dict, seed: int, job_slice: int) -> dict:
@@ -435,19 +583,43 @@ def gemma2_layer_job(spec: dict, seed: int, job_slice: int) -> dict:
     model = init_transformer(config, jax.random.key(seed))
     tokens, mask = builders.token_sample(config.vocab_size, spec["batch"], spec["seq"], seed)
     point = residual_point("resid_post", spec["layer"], config.n_layers)
-    operators, sweep_s = machine.timed(transport_operators, model, tokens, mask, sweeps=("value", "key"),
-                                       value_from_point=point, key_to_point=point, memory_budget_gb=spec["budget"], quiet=True)
+    operators, sweep_s = machine.timed(
+        transport_operators,
+        model,
+        tokens,
+        mask,
+        sweeps=("value", "key"),
+        value_from_point=point,
+        key_to_point=point,
+        memory_budget_gb=spec["budget"],
+        quiet=True,
+    )
     readout_s, rows = 0.0, 0
     for start in range(0, spec["features"], job_slice):
-        dictionary = builders.synthetic_dictionary(config.d_model, min(job_slice, spec["features"] - start), spec["layer"],
-                                                   seed + start)
-        plan = plan_request(model, dictionary, tokens, mask, lenses=("query_lens_value", "query_lens_key"),
-                            execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=spec["budget"]))
+        dictionary = builders.synthetic_dictionary(
+            config.d_model, min(job_slice, spec["features"] - start), spec["layer"], seed + start
+        )
+        plan = plan_request(
+            model,
+            dictionary,
+            tokens,
+            mask,
+            lenses=("query_lens_value", "query_lens_key"),
+            execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=spec["budget"]),
+        )
         sigs, seconds = machine.timed(read_signatures, plan, operators)
         readout_s, rows = readout_s + seconds, rows + len(sigs[0].feature_ids)
         del dictionary, plan, sigs
-    return {"features": rows, "layer": spec["layer"], "tokens": int(mask.sum()), "job_slice_features": job_slice,
-            "sweep_s": sweep_s, "readout_s": readout_s, "total_s": sweep_s + readout_s}
+    return {
+        "features": rows,
+        "layer": spec["layer"],
+        "tokens": int(mask.sum()),
+        "job_slice_features": job_slice,
+        "sweep_s": sweep_s,
+        "readout_s": readout_s,
+        "total_s": sweep_s + readout_s,
+    }
+
 
 def _path(args):
     vocab = (f"-vocab{args.vocab}" if args.vocab else "") + ("-readout-only" if args.synthetic_operators else "")

@@ -91,8 +91,8 @@ model's dtype promoted to at least float32; means are accumulated in that dtype)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -703,9 +703,7 @@ def _module_vjp(model, tokens, mask, j, k, seed_mask):
     return _vjp(model, tokens, mask, inject, capture, k, seed_mask)
 
 
-def first_order_value_terms(
-    model, tokens, mask, v, site, layer, *, kind="sae", per_position=False, batch_size=None
-):
+def first_order_value_terms(model, tokens, mask, v, site, layer, *, kind="sae", per_position=False, batch_size=None):
     """First-order value terms: ``{"direct": v, "attn.{b}"/"mlp.{b}": mean over valid positions
     of mask * J_module(v at valid positions)}`` for every module after the write point (forward
     order), each Jacobian at that module's clean input. Their sum is the first-order vector.
@@ -786,7 +784,15 @@ def first_order_key(
 ):
     """Sum of ``first_order_key_terms`` ([d_model], or [N, d_model] per position)."""
     terms = first_order_key_terms(
-        model, tokens, mask, k, site, layer, kind=kind, mask_seed=mask_seed, per_position=per_position,
+        model,
+        tokens,
+        mask,
+        k,
+        site,
+        layer,
+        kind=kind,
+        mask_seed=mask_seed,
+        per_position=per_position,
         batch_size=batch_size,
     )
     return np.sum(np.stack(list(terms.values())), axis=0)
@@ -927,8 +933,16 @@ def _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, op
             )
         elif lens == "first_order_key":
             r = first_order_key(
-                model, tokens, mask, vec, site, layer, kind=kind, mask_seed=opts.get("mask_seed", False),
-                per_position=per_position, batch_size=bs,
+                model,
+                tokens,
+                mask,
+                vec,
+                site,
+                layer,
+                kind=kind,
+                mask_seed=opts.get("mask_seed", False),
+                per_position=per_position,
+                batch_size=bs,
             )
         elif lens == "query_lens_value":
             r = value_transport(
@@ -936,8 +950,16 @@ def _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, op
             )
         elif lens == "query_lens_key":
             r = key_transport(
-                model, tokens, mask, vec, site, layer, kind=kind, per_position=per_position,
-                exact_norm=opts.get("exact_norm", False), batch_size=bs,
+                model,
+                tokens,
+                mask,
+                vec,
+                site,
+                layer,
+                kind=kind,
+                per_position=per_position,
+                exact_norm=opts.get("exact_norm", False),
+                batch_size=bs,
             )
         else:
             raise ValueError(f"lens {lens!r} has no transport")
@@ -956,7 +978,9 @@ def _check_request(model, lens, vectors, site, layer, kind, opts) -> np.ndarray:
     if lens not in LENSES:
         raise ValueError(f"lens must be one of {LENSES}, got {lens!r}")
     arch = _arch(model)
-    point = (_write_point if lens.endswith("value") else _read_point)(site, layer, kind, arch.n_layers, parallel=arch.parallel)
+    point = (_write_point if lens.endswith("value") else _read_point)(
+        site, layer, kind, arch.n_layers, parallel=arch.parallel
+    )
     _refuse_undefined(lens, site, kind)
     vectors = np.asarray(_np(vectors) if isinstance(vectors, torch.Tensor) else vectors)
     if vectors.ndim == 1:
@@ -976,9 +1000,7 @@ def _lens_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts) -
 
 
 def _readout(model, tokens, mask, lens, vecs, opts) -> np.ndarray:
-    vopts = dict(
-        remove_final_norm_bias=opts.get("remove_final_norm_bias", False), softcap=opts.get("softcap", None)
-    )
+    vopts = dict(remove_final_norm_bias=opts.get("remove_final_norm_bias", False), softcap=opts.get("softcap", None))
     if lens == "logit_lens_value":
         return np.stack([logit_lens_value(model, vec, **vopts) for vec in vecs])
     if lens == "logit_lens_key":
@@ -1003,7 +1025,17 @@ def reference_scores(model, tokens, mask, lens, vectors, site, layer, kind="sae"
 
 
 def reference_signatures(
-    model, tokens, mask, site, layer, value_vectors=None, key_vectors=None, *, kind="sae", lenses=None, k=25,
+    model,
+    tokens,
+    mask,
+    site,
+    layer,
+    value_vectors=None,
+    key_vectors=None,
+    *,
+    kind="sae",
+    lenses=None,
+    k=25,
     **opts,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Signatures of several features of one dictionary, per lens, computed one feature at a time.
@@ -1031,8 +1063,12 @@ def reference_signatures(
         scores = _readout(model, tokens, mask, lens, vecs, opts)
         top, top_scores, bottom, bottom_scores = topk_with_scores(scores, k)
         out[lens] = {
-            "vectors": np.stack(vecs), "scores": scores, "top_ids": top, "top_scores": top_scores,
-            "bottom_ids": bottom, "bottom_scores": bottom_scores,
+            "vectors": np.stack(vecs),
+            "scores": scores,
+            "top_ids": top,
+            "top_scores": top_scores,
+            "bottom_ids": bottom,
+            "bottom_scores": bottom_scores,
         }
     return out
 

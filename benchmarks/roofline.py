@@ -29,17 +29,77 @@ from collections import Counter
 
 from benchmarks import builders, sizes
 
-ATTENTION = frozenset({"attention_residual", "attention_z", "attention_output", "_attention_batch", "dot_product_attention", "apply_rope", "attention_mask", "softcap"})
+ATTENTION = frozenset(
+    {
+        "attention_residual",
+        "attention_z",
+        "attention_output",
+        "_attention_batch",
+        "dot_product_attention",
+        "apply_rope",
+        "attention_mask",
+        "softcap",
+    }
+)
 MLP = frozenset({"mlp_residual", "mlp_input", "mlp_jacobian", "mlp_jacobians", "apply_rowwise"})
 # Primitives that move or select data (no arithmetic).
-FREE = frozenset({
-    "broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice", "dynamic_slice",
-    "dynamic_update_slice", "concatenate", "gather", "scatter", "select_n", "convert_element_type", "iota",
-    "copy", "copy_p", "pad", "rev", "stop_gradient", "device_put", "sharding_constraint", "eq", "ne", "lt", "le",
-    "gt", "ge", "and", "or", "not", "argmax", "argmin", "sort", "top_k", "clamp", "pjit", "closed_call",
-    "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "scan", "while", "cond", "remat", "checkpoint",
-    "shard_map", "psum", "split", "random_bits", "random_wrap", "random_seed", "random_unwrap", "mul_add",
-})
+FREE = frozenset(
+    {
+        "broadcast_in_dim",
+        "reshape",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "slice",
+        "dynamic_slice",
+        "dynamic_update_slice",
+        "concatenate",
+        "gather",
+        "scatter",
+        "select_n",
+        "convert_element_type",
+        "iota",
+        "copy",
+        "copy_p",
+        "pad",
+        "rev",
+        "stop_gradient",
+        "device_put",
+        "sharding_constraint",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and",
+        "or",
+        "not",
+        "argmax",
+        "argmin",
+        "sort",
+        "top_k",
+        "clamp",
+        "pjit",
+        "closed_call",
+        "custom_jvp_call",
+        "custom_vjp_call",
+        "custom_vjp_call_jaxpr",
+        "scan",
+        "while",
+        "cond",
+        "remat",
+        "checkpoint",
+        "shard_map",
+        "psum",
+        "split",
+        "random_bits",
+        "random_wrap",
+        "random_seed",
+        "random_unwrap",
+        "mul_add",
+    }
+)
 
 
 def _size(aval) -> int:
@@ -55,7 +115,7 @@ def _dot_flops(eqn) -> int:
 
 def _module_of(eqn) -> str:
     traceback = getattr(eqn.source_info, "traceback", None)
-    for frame in (traceback.frames if traceback is not None else ()):
+    for frame in traceback.frames if traceback is not None else ():
         # A nested function is named after the one it sits in: "apply_rowwise.<locals>.one_position".
         function = frame.function_name.split(".")[0]
         if function in ATTENTION:
@@ -84,7 +144,9 @@ def _sub_jaxprs(eqn):
     return [(j, 1) for j in found], name == "while"
 
 
-def count_jaxpr(jaxpr, multiplier: int = 1, totals: Counter | None = None, flags: Counter | None = None) -> tuple[Counter, Counter]:
+def count_jaxpr(
+    jaxpr, multiplier: int = 1, totals: Counter | None = None, flags: Counter | None = None
+) -> tuple[Counter, Counter]:
     """FLOPs of `jaxpr` by module (`attention`, `mlp`, `other`), loop bodies times their trip counts."""
     totals = Counter() if totals is None else totals
     flags = Counter() if flags is None else flags
@@ -146,8 +208,12 @@ def record_sweep_steps(model, tokens, mask, xla: bool = True, **kwargs) -> list[
         def call(*args):
             key = (name, repr(a), repr(sorted(kw.items())), tuple(getattr(x, "shape", None) for x in args[1:]))
             if key not in seen:
-                seen[key] = {"name": name, "blocks": repr(a[-1] if a else None),
-                             "shapes": [list(getattr(x, "shape", ())) for x in args[1:]], **step_cost(fn, *args, xla=xla)}
+                seen[key] = {
+                    "name": name,
+                    "blocks": repr(a[-1] if a else None),
+                    "shapes": [list(getattr(x, "shape", ())) for x in args[1:]],
+                    **step_cost(fn, *args, xla=xla),
+                }
             calls[key] += 1
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
@@ -190,7 +256,6 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     """FLOPs of the throughput benchmark's whole-dictionary sweep and of its readouts, and the
     fractions of `peak` (FLOP/s) that the measured times in `dense` achieve."""
     import qlens_jax  # noqa: F401  (XLA flags first)
-
     from qlens_jax.readout import feature_chunk_for
 
     hf = builders.hf_model(cfg["hf"], cfg["seed"])
@@ -198,18 +263,29 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
     del hf
     tokens, mask = builders.token_sample(model.config.vocab_size, cfg["batch"], cfg["seq"], cfg["seed"])
     n_layers = model.config.n_layers
-    sides = tuple(s for s in ("value", "key") if any(name.startswith("query_lens") and name.endswith(s) for name in cfg["lenses"]))
+    sides = tuple(
+        s for s in ("value", "key") if any(name.startswith("query_lens") and name.endswith(s) for name in cfg["lenses"])
+    )
     out = {"peak_flops_per_s": peak, "sweeps": {}, "readouts": {}}
     if sides:
         steps = record_sweep_steps(
-            model, tokens, mask, sweeps=sides, memory_budget_gb=cfg["budget"],
+            model,
+            tokens,
+            mask,
+            sweeps=sides,
+            memory_budget_gb=cfg["budget"],
             **builders.job_bounds(cfg.get("job_layers") or range(n_layers), n_layers),
         )
         total = sum(s["flops"] * s["calls"] for s in steps)
         split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
         measured = sum(v["seconds"] for v in dense["sweeps"].values())
-        out["sweeps"] = {"steps": steps, "flops": total, "split": split, "seconds": measured,
-                         "fraction_of_peak": total / measured / peak if measured and peak else None}
+        out["sweeps"] = {
+            "steps": steps,
+            "flops": total,
+            "split": split,
+            "seconds": measured,
+            "fraction_of_peak": total / measured / peak if measured and peak else None,
+        }
     chunk = feature_chunk_for(model.config.vocab_size, 0.25 * cfg["budget"] * 2**30)
     rows = min(chunk, cfg["features"])
     n_steps = -(-cfg["features"] // rows)
@@ -218,31 +294,46 @@ def account_throughput(cfg: dict, dense: dict, peak: float) -> dict:
         side = "key" if lens.endswith("key") else "value"
         step = readout_step_cost(model, tokens, mask, side, rows)
         flops = step["flops"] * n_steps
-        out["readouts"][key] = {"step": step, "steps": n_steps, "rows_per_step": rows, "flops": flops,
-                                "seconds": readout["seconds"],
-                                "fraction_of_peak": flops / readout["seconds"] / peak if peak else None}
+        out["readouts"][key] = {
+            "step": step,
+            "steps": n_steps,
+            "rows_per_step": rows,
+            "flops": flops,
+            "seconds": readout["seconds"],
+            "fraction_of_peak": flops / readout["seconds"] / peak if peak else None,
+        }
     return out
 
 
 def print_report(roofline: dict) -> None:
     peak = roofline["peak_flops_per_s"]
-    print(f"roofline (float32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s; FLOPs from the compiled steps' "
-          "jaxprs with loop trip counts, XLA's cost analysis beside them):")
+    print(
+        f"roofline (float32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s; FLOPs from the compiled steps' "
+        "jaxprs with loop trip counts, XLA's cost analysis beside them):"
+    )
     sweeps = roofline.get("sweeps")
     if sweeps:
         s = sweeps["split"]
-        print(f"  sweeps: {sweeps['flops']:.3g} FLOPs (attention {s['attention']:.3g}, MLP {s['mlp']:.3g}, other {s['other']:.3g}) "
-              f"in {sweeps['seconds']:.1f} s = {sweeps['fraction_of_peak'] or float('nan'):.0%} of peak")
+        print(
+            f"  sweeps: {sweeps['flops']:.3g} FLOPs (attention {s['attention']:.3g}, MLP {s['mlp']:.3g}, other {s['other']:.3g}) "
+            f"in {sweeps['seconds']:.1f} s = {sweeps['fraction_of_peak'] or float('nan'):.0%} of peak"
+        )
         for step in sweeps["steps"]:
-            print(f"    step {step['name']} x{step['calls']}: {step['flops']:.3g} FLOPs (XLA cost analysis, loop bodies once: "
-                  f"{step['xla_flops']:.3g})")
+            print(
+                f"    step {step['name']} x{step['calls']}: {step['flops']:.3g} FLOPs (XLA cost analysis, loop bodies once: "
+                f"{step['xla_flops']:.3g})"
+            )
     for key, r in roofline["readouts"].items():
-        print(f"  readout {key}: {r['flops']:.3g} FLOPs ({r['steps']} steps of {r['rows_per_step']} features; XLA per step "
-              f"{r['step']['xla_flops']:.3g}, counted {r['step']['flops']:.3g}) in {r['seconds']:.1f} s = "
-              f"{r['fraction_of_peak'] or float('nan'):.0%} of peak")
+        print(
+            f"  readout {key}: {r['flops']:.3g} FLOPs ({r['steps']} steps of {r['rows_per_step']} features; XLA per step "
+            f"{r['step']['xla_flops']:.3g}, counted {r['step']['flops']:.3g}) in {r['seconds']:.1f} s = "
+            f"{r['fraction_of_peak'] or float('nan'):.0%} of peak"
+        )
 
 
-def job_flops(config, n_tokens: int, seq: int, value_blocks: int, key_blocks: int, readouts: int, n_features: int) -> dict:
+def job_flops(
+    config, n_tokens: int, seq: int, value_blocks: int, key_blocks: int, readouts: int, n_features: int
+) -> dict:
     """Useful multiply-adds x 2 of a job, by the block-major method's count (an estimate; XLA
     does more, e.g. norms and softmax, and block-major steps may differ in detail):
     per token and block, forming the MLP Jacobian `2 d^2 d_mlp` (x1.5 gated), and per basis
@@ -265,8 +356,15 @@ def count_sweeps(size: str, batch: int | None = None, seq: int | None = None) ->
     model = builders.jax_model(builders.hf_model(spec["hf"], 0))
     tokens, mask = builders.token_sample(model.config.vocab_size, batch or spec["batch"], seq or spec["seq"], 0)
     n_layers = model.config.n_layers
-    steps = record_sweep_steps(model, tokens, mask, xla=False, sweeps=("value", "key"), memory_budget_gb=spec["budget"],
-                               **builders.job_bounds(spec["job_layers"] or range(n_layers), n_layers))
+    steps = record_sweep_steps(
+        model,
+        tokens,
+        mask,
+        xla=False,
+        sweeps=("value", "key"),
+        memory_budget_gb=spec["budget"],
+        **builders.job_bounds(spec["job_layers"] or range(n_layers), n_layers),
+    )
     split = {k: sum(s["split"][k] * s["calls"] for s in steps) for k in ("attention", "mlp", "other")}
     return {"size": size, "tokens": int(mask.sum()), "steps": steps, "flops": sum(split.values()), "split": split}
 
@@ -282,6 +380,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result = count_sweeps(args.size, args.batch, args.seq)
     s = result["split"]
-    print(f"{args.size}, {result['tokens']} tokens, both sides: {result['flops']:.4g} FLOPs "
-          f"(attention {s['attention']:.3g}, MLP {s['mlp']:.3g}, other {s['other']:.3g})")
+    print(
+        f"{args.size}, {result['tokens']} tokens, both sides: {result['flops']:.4g} FLOPs "
+        f"(attention {s['attention']:.3g}, MLP {s['mlp']:.3g}, other {s['other']:.3g})"
+    )
     print(json.dumps([{k: v for k, v in step.items()} for step in result["steps"]], indent=1))

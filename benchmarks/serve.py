@@ -95,19 +95,29 @@ def _write_signatures(path: Path, n: int, vocab: np.ndarray, name: str, layer: i
                 ids = np.arange(start, min(n, start + SHARD))
                 top = -np.sort(-rng.standard_normal((len(ids), K), dtype=np.float32), axis=1) + 3
                 bottom = np.sort(rng.standard_normal((len(ids), K), dtype=np.float32), axis=1) - 3
-                table = SignatureTable(lens, name, layer, ids, rng.integers(0, len(vocab), (len(ids), K)), top,
-                                       rng.integers(0, len(vocab), (len(ids), K)), bottom)
+                table = SignatureTable(
+                    lens,
+                    name,
+                    layer,
+                    ids,
+                    rng.integers(0, len(vocab), (len(ids), K)),
+                    top,
+                    rng.integers(0, len(vocab), (len(ids), K)),
+                    bottom,
+                )
                 strs = [f"Feature {name}/{layer}/{i}" for i in ids]
-                writer.write_table(signature_rows(table, keep=len(ids), dictionary_index=0, feature_strs=strs, vocab=vocab))
+                writer.write_table(
+                    signature_rows(table, keep=len(ids), dictionary_index=0, feature_strs=strs, vocab=vocab)
+                )
                 rows += len(ids)
     return rows
 
 
 def build_run(workdir: Path, size: str, seed: int = 0) -> Path:
     """The synthetic run folder (and its row cache under `workdir/cache`), built once."""
-    import converters
     import jax.numpy as jnp
 
+    import converters
     from qlens_jax.corpus import save_token_sample
     from qlens_jax.io.hashing import model_hash, text_hash
     from qlens_jax.job.inputs import vocab_strings
@@ -137,9 +147,15 @@ def build_run(workdir: Path, size: str, seed: int = 0) -> Path:
     save_token_sample(staging / "sample.npy", tokens, mask)
     rng = np.random.default_rng(seed + 1)
     eye = np.eye(d, dtype=np.float32)
-    value = np.stack([eye + rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d) for _ in range(n_points(config.n_layers))])
-    key = np.stack([eye + rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d) for _ in range(n_key_points(config.n_layers))])
-    save_operators(TransportOperators(jnp.asarray(value), jnp.asarray(key), None, None, int(mask.sum())), staging / "operators")
+    value = np.stack(
+        [eye + rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d) for _ in range(n_points(config.n_layers))]
+    )
+    key = np.stack(
+        [eye + rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d) for _ in range(n_key_points(config.n_layers))]
+    )
+    save_operators(
+        TransportOperators(jnp.asarray(value), jnp.asarray(key), None, None, int(mask.sum())), staging / "operators"
+    )
     del value, key
     sha = hashlib.sha256(f"synthetic serve benchmark {size} {seed}".encode()).hexdigest()
     rows = rows_folder(sha)
@@ -148,23 +164,58 @@ def build_run(workdir: Path, size: str, seed: int = 0) -> Path:
         common.log(f"writing {n:,} value and key rows to {rows}")
         _write_rows(rows / "value.npy", n, d, seed + 2, unit=True)
         _write_rows(rows / "key.npy", n, d, seed + 3, unit=False)
-        (rows / "meta.json").write_text(json.dumps({"name": name, "layer": layer, "site_in": "resid_post", "site_out": "resid_post",
-                                                    "input_norm": "none", "d_sae": n, "sha256": sha, "source": "synthetic"}))
+        (rows / "meta.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "layer": layer,
+                    "site_in": "resid_post",
+                    "site_out": "resid_post",
+                    "input_norm": "none",
+                    "d_sae": n,
+                    "sha256": sha,
+                    "source": "synthetic",
+                }
+            )
+        )
     common.log(f"writing signatures.parquet: {n:,} features x {len(LENSES)} lenses")
     vocab = vocab_strings(tokenizer, config.vocab_size)
     n_rows = _write_signatures(staging / "signatures.parquet", n, vocab, name, layer, seed + 4)
     manifest = {
-        "command": ["benchmarks.serve", size], "status": "complete",
+        "command": ["benchmarks.serve", size],
+        "status": "complete",
         "inputs": {
-            "model": {"source": "synthetic gpt2-small", "path": str(model_dir), "sha256": model_hash(model),
-                      "config": {"vocab_size": config.vocab_size, "d_model": d, "n_layers": config.n_layers}},
+            "model": {
+                "source": "synthetic gpt2-small",
+                "path": str(model_dir),
+                "sha256": model_hash(model),
+                "config": {"vocab_size": config.vocab_size, "d_model": d, "n_layers": config.n_layers},
+            },
             "tokenizer": {"source": str(model_dir), "sha256": text_hash(tokenizer.to_str())},
-            "dictionaries": [{"source": "synthetic", "format": "synthetic", "name": name, "layer": layer, "kind": "sae",
-                              "site_in": "resid_post", "site_out": "resid_post", "d_sae": n, "sha256": sha, "features": n}],
+            "dictionaries": [
+                {
+                    "source": "synthetic",
+                    "format": "synthetic",
+                    "name": name,
+                    "layer": layer,
+                    "kind": "sae",
+                    "site_in": "resid_post",
+                    "site_out": "resid_post",
+                    "d_sae": n,
+                    "sha256": sha,
+                    "features": n,
+                }
+            ],
             "sample": {"shape": list(tokens.shape), "valid_tokens": int(mask.sum())},
         },
-        "options": {"lenses": list(LENSES), "k": K, "dtype": "float32", "tokenizer": None, "remove_final_norm_bias": False,
-                    "exact_norm_jacobian": False},
+        "options": {
+            "lenses": list(LENSES),
+            "k": K,
+            "dtype": "float32",
+            "tokenizer": None,
+            "remove_final_norm_bias": False,
+            "exact_norm_jacobian": False,
+        },
         "outputs": {"signatures.parquet": {"rows": n_rows}},
     }
     (staging / "run.json").write_text(json.dumps(manifest, indent=1))
@@ -175,7 +226,11 @@ def build_run(workdir: Path, size: str, seed: int = 0) -> Path:
 # ---- measuring --------------------------------------------------------------------------------
 def _percentiles(values: list[float]) -> dict:
     a = np.asarray(values)
-    return {"count": len(a), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())} if len(a) else {"count": 0}
+    return (
+        {"count": len(a), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+        if len(a)
+        else {"count": 0}
+    )
 
 
 def _free_port() -> int:
@@ -220,14 +275,22 @@ def _load(base: str, n_features: int, vocab: int, clients: int, seconds: float, 
         t.start()
     for t in threads:
         t.join()
-    return {"feature_lookup_ms": _percentiles(latencies["feature"]), "token_search_ms": _percentiles(latencies["search"]),
-            "errors": errors[:10], "error_count": len(errors)}
+    return {
+        "feature_lookup_ms": _percentiles(latencies["feature"]),
+        "token_search_ms": _percentiles(latencies["search"]),
+        "errors": errors[:10],
+        "error_count": len(errors),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="million")
-    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "qlens-serve-bench"), help="where the synthetic run and row cache are kept")
+    parser.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "qlens-serve-bench"),
+        help="where the synthetic run and row cache are kept",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--reverse", type=int, default=4, help="reverse lookups per side after the first")
@@ -242,17 +305,38 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = build_run(workdir, args.size)
     build_seconds = time.perf_counter() - t
     n, vocab = SIZES[args.size]["features"], 50257
-    result = {"size": args.size, "features": n, "lenses": list(LENSES), "run_dir": common.portable_path(run_dir), "machine": machine.machine_info(),
-              "build_seconds": round(build_seconds, 1),
-              "parquet_bytes": (run_dir / "signatures.parquet").stat().st_size}
+    result = {
+        "size": args.size,
+        "features": n,
+        "lenses": list(LENSES),
+        "run_dir": common.portable_path(run_dir),
+        "machine": machine.machine_info(),
+        "build_seconds": round(build_seconds, 1),
+        "parquet_bytes": (run_dir / "signatures.parquet").stat().st_size,
+    }
 
     for rows in (workdir / "cache" / "rows").iterdir():
         shutil.rmtree(rows / "norm-stats", ignore_errors=True)
     for when in ("first", "cached"):
         common.log(f"cold `qlens search --promotes` in a new process ({when} final-norm statistics)")
         t = time.perf_counter()
-        cold = subprocess.run([sys.executable, "-m", "qlens_jax.cli", "search", str(run_dir), "--promotes", "t123", "--top", "50", "--json"],
-                              capture_output=True, text=True, env=env)
+        cold = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qlens_jax.cli",
+                "search",
+                str(run_dir),
+                "--promotes",
+                "t123",
+                "--top",
+                "50",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         suffix = "_first_statistics" if when == "first" else ""
         result[f"cold_cli_reverse_lookup{suffix}_s"] = round(time.perf_counter() - t, 2)
         if cold.returncode != 0:
@@ -261,12 +345,19 @@ def main(argv: list[str] | None = None) -> int:
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", "serve", str(run_dir), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "qlens_jax.cli", "serve", str(run_dir), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         result["server_banner"] = server.stdout.readline().strip().replace(str(run_dir), run_dir.name)
         t = time.perf_counter()
-        with httpx.Client(base_url=base, timeout=600, headers={"X-Qlens-Request": "benchmark"}) as http:  # the header of the costly routes
+        with httpx.Client(
+            base_url=base, timeout=600, headers={"X-Qlens-Request": "benchmark"}
+        ) as http:  # the header of the costly routes
             for _ in range(600):
                 try:
                     http.get("/api/run")
@@ -282,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                     if index["error"] or index["indexed"] == index["files"]:
                         break
                     time.sleep(0.2)
-                result[f"{kind}_index"] = index | {"ready_after_s": round(time.perf_counter() - t - result["server_start_s"], 1)}
+                result[f"{kind}_index"] = index | {
+                    "ready_after_s": round(time.perf_counter() - t - result["server_start_s"], 1)
+                }
             for url in ("/api/feature?dictionary=0&feature=1", "/api/search?token=t1&limit=50"):  # warm-up
                 http.get(url).raise_for_status()
             common.log("1 client for 10 s: the latency of a request alone")
@@ -320,26 +413,38 @@ def main(argv: list[str] | None = None) -> int:
         "server_peak_rss_gib": result["server_peak_rss_gib"],
         "reverse_lookup_warm_p50_s": max(result["reverse_warm_s"][s]["p50"] for s in ("value", "key")),
     }
-    result["targets"] = {name: {"target": target, "measured": round(measured[name], 3), "met": measured[name] < target}
-                         for name, target in TARGETS.items()}
+    result["targets"] = {
+        name: {"target": target, "measured": round(measured[name], 3), "met": measured[name] < target}
+        for name, target in TARGETS.items()
+    }
     result["loadavg_at_end"] = machine.loadavg()
     path = common.write_json(common.RESULTS / f"serve-{args.size}-{machine.device_slug()}.json", result)
 
-    print(f"\nqlens serve on {n:,} features x {len(LENSES)} lenses ({result['parquet_bytes'] / 2**20:.0f} MiB of Parquet), "
-          f"{args.clients} clients for {args.seconds:.0f} s against 127.0.0.1:")
+    print(
+        f"\nqlens serve on {n:,} features x {len(LENSES)} lenses ({result['parquet_bytes'] / 2**20:.0f} MiB of Parquet), "
+        f"{args.clients} clients for {args.seconds:.0f} s against 127.0.0.1:"
+    )
     for kind in ("feature_lookup_ms", "token_search_ms"):
         p, alone = load[kind], result["single_client"][kind]
-        print(f"  {kind[:-3].replace('_', ' '):<15} {p['count']:>6} requests  p50 {p['p50']:8.1f} ms  p99 {p['p99']:8.1f} ms"
-              f"   (one client alone: p50 {alone['p50']:.1f} ms, p99 {alone['p99']:.1f} ms)")
+        print(
+            f"  {kind[:-3].replace('_', ' '):<15} {p['count']:>6} requests  p50 {p['p50']:8.1f} ms  p99 {p['p99']:8.1f} ms"
+            f"   (one client alone: p50 {alone['p50']:.1f} ms, p99 {alone['p99']:.1f} ms)"
+        )
     for side in ("value", "key"):
         p = result["reverse_warm_s"][side]
-        print(f"  reverse lookup ({side}): first {first[side]:.1f} s (the first also loads what it needs), then p50 {p['p50']:.2f} s  "
-              f"p99 {p['p99']:.2f} s over {p['count']}")
-    print(f"  cold `qlens search --promotes` (new process): {result['cold_cli_reverse_lookup_s']:.1f} s "
-          f"(of which the lookup itself {result['cold_cli_lookup_only_s']:.1f} s); the first ever, computing the final-norm "
-          f"statistics: {result['cold_cli_reverse_lookup_first_statistics_s']:.1f} s (lookup {result['cold_cli_lookup_only_first_statistics_s']:.1f} s)")
-    print(f"  server peak RSS {result['server_peak_rss_gib']:.2f} GiB; load errors: {load['error_count']}; "
-          f"feature index ready {result['feature_index']['ready_after_s']:.0f} s and token index {result['token_index']['ready_after_s']:.0f} s after start")
+        print(
+            f"  reverse lookup ({side}): first {first[side]:.1f} s (the first also loads what it needs), then p50 {p['p50']:.2f} s  "
+            f"p99 {p['p99']:.2f} s over {p['count']}"
+        )
+    print(
+        f"  cold `qlens search --promotes` (new process): {result['cold_cli_reverse_lookup_s']:.1f} s "
+        f"(of which the lookup itself {result['cold_cli_lookup_only_s']:.1f} s); the first ever, computing the final-norm "
+        f"statistics: {result['cold_cli_reverse_lookup_first_statistics_s']:.1f} s (lookup {result['cold_cli_lookup_only_first_statistics_s']:.1f} s)"
+    )
+    print(
+        f"  server peak RSS {result['server_peak_rss_gib']:.2f} GiB; load errors: {load['error_count']}; "
+        f"feature index ready {result['feature_index']['ready_after_s']:.0f} s and token index {result['token_index']['ready_after_s']:.0f} s after start"
+    )
     print("targets (issue 19):")
     for name, t in result["targets"].items():
         print(f"  {name:<28} target < {t['target']:<6} measured {t['measured']:<10} {'met' if t['met'] else 'NOT MET'}")

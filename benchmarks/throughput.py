@@ -62,9 +62,16 @@ import sys
 import numpy as np
 
 from benchmarks import authors, builders, common, machine, roofline, sizes
-from benchmarks.contestant import (K, SIDES, add_contestant_arguments, bfloat16_overlap, check_agreement, contestant_dtypes,
-                                   contestant_from_args, run_contestant)
-
+from benchmarks.contestant import (
+    SIDES,
+    K,
+    add_contestant_arguments,
+    bfloat16_overlap,
+    check_agreement,
+    contestant_dtypes,
+    contestant_from_args,
+    run_contestant,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The three contestants (each runs in its own process)
@@ -88,17 +95,30 @@ def run_dense(cfg: dict) -> dict:
     model, d, tokens, mask = _jax_setup(cfg, cfg["dtype"])
     rss_setup = machine.current_rss_gb()
     out = {"rss_setup_gb": round(rss_setup, 3), "sweeps": {}, "readouts": {}, "readout_first_call_seconds": {}}
-    needed = tuple(s for s in ("value", "key") if any(SIDES[lens] == s and lens.startswith("query_lens") for lens in cfg["lenses"]))
+    needed = tuple(
+        s for s in ("value", "key") if any(SIDES[lens] == s and lens.startswith("query_lens") for lens in cfg["lenses"])
+    )
     operators = None
     if needed:
         # The whole-dictionary job's sweeps, as `qlens signatures` runs them for dictionaries on
         # resid_post at the job's layers: values from the first, keys up to the last.
         bounds = builders.job_bounds(cfg["job_layers"], model.config.n_layers)
         operators, seconds = machine.timed(
-            transport_operators, model, tokens, mask, sweeps=needed, memory_budget_gb=cfg["budget"], quiet=cfg["quiet"], **bounds
+            transport_operators,
+            model,
+            tokens,
+            mask,
+            sweeps=needed,
+            memory_budget_gb=cfg["budget"],
+            quiet=cfg["quiet"],
+            **bounds,
         )
         name = "+".join(needed)
-        out["sweeps"][name] = {"seconds": seconds, "loadavg": machine.loadavg(), "rss_gb": round(machine.current_rss_gb(), 3)}
+        out["sweeps"][name] = {
+            "seconds": seconds,
+            "loadavg": machine.loadavg(),
+            "rss_gb": round(machine.current_rss_gb(), 3),
+        }
         common.log(f"dense: {name} sweep {seconds:.1f} s")
     rss_operators = machine.current_rss_gb()
     out["rss_after_sweeps_gb"] = round(rss_operators, 3)
@@ -110,8 +130,15 @@ def run_dense(cfg: dict) -> dict:
         dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
         for lens in cfg["lenses"]:
             # The readout stage alone: the plan (validation) is made before the clock starts.
-            plan = plan_request(model, dictionary, tokens, mask, lenses=(lens,), options=LensOptions(k=K, dtype=cfg["dtype"]),
-                                execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(cfg["budget"])))
+            plan = plan_request(
+                model,
+                dictionary,
+                tokens,
+                mask,
+                lenses=(lens,),
+                options=LensOptions(k=K, dtype=cfg["dtype"]),
+                execution=ExecutionOptions(path="dense", self_check=False, memory_budget_gb=float(cfg["budget"])),
+            )
             if lens not in out["readout_first_call_seconds"]:
                 # The lens's first readout compiles its step: timed apart (it is paid once per
                 # lens), so that `seconds` below is the compiled step's run alone.
@@ -152,11 +179,17 @@ def _single_layer_sweeps(cfg, model, tokens, mask, sides) -> dict:
             estimate = compile_s + second * cfg["batch"] / seqs
             covered = ops.value_from_point if side == "value" else ops.key_to_point
             out[f"{side}/{layer}"] = {
-                "first_call_s": first, "second_call_s": second, "sequences_timed": seqs,
-                "seconds_for_sample": estimate, "covered_point": covered, "loadavg": machine.loadavg(),
+                "first_call_s": first,
+                "second_call_s": second,
+                "sequences_timed": seqs,
+                "seconds_for_sample": estimate,
+                "covered_point": covered,
+                "loadavg": machine.loadavg(),
             }
-            common.log(f"dense: single-layer {side} sweep for layer {layer}: {first:.1f} s, then {second:.1f} s on "
-                       f"{seqs} sequence(s) -> {estimate:.1f} s for {cfg['batch']}")
+            common.log(
+                f"dense: single-layer {side} sweep for layer {layer}: {first:.1f} s, then {second:.1f} s on "
+                f"{seqs} sequence(s) -> {estimate:.1f} s for {cfg['batch']}"
+            )
     return out
 
 
@@ -175,16 +208,32 @@ def run_per_feature(cfg: dict) -> dict:
         for layer in cfg["layers"]:
             dictionary = builders.synthetic_dictionary(d, cfg["features"], layer, cfg["seed"])
             for lens in cfg["lenses"]:
-                run = lambda: query_lens(model, dictionary, tokens, mask, lenses=(lens,), features=picks,  # noqa: E731
-                                         path="per-feature", self_check=False, k=K, memory_budget_gb=cfg["budget"], dtype=dtype)
+                run = lambda: query_lens(
+                    model,
+                    dictionary,
+                    tokens,
+                    mask,
+                    lenses=(lens,),
+                    features=picks,  # noqa: E731
+                    path="per-feature",
+                    self_check=False,
+                    k=K,
+                    memory_budget_gb=cfg["budget"],
+                    dtype=dtype,
+                )
                 _, compile_s = machine.timed(run)  # first call compiles (same shapes for every layer)
                 sigs, seconds = machine.timed(run)  # the second is timed
                 rows[f"{lens}/{layer}"] = {
-                    "seconds": seconds, "first_call_seconds": compile_s, "n_features": len(picks),
-                    "top_ids": sigs[0].top_ids.tolist(), "bottom_ids": sigs[0].bottom_ids.tolist(),
+                    "seconds": seconds,
+                    "first_call_seconds": compile_s,
+                    "n_features": len(picks),
+                    "top_ids": sigs[0].top_ids.tolist(),
+                    "bottom_ids": sigs[0].bottom_ids.tolist(),
                 }
-                common.log(f"per-feature ({dtype}): {lens} layer {layer}: {len(picks)} features {seconds:.1f} s "
-                           f"(first call {compile_s:.1f} s)")
+                common.log(
+                    f"per-feature ({dtype}): {lens} layer {layer}: {len(picks)} features {seconds:.1f} s "
+                    f"(first call {compile_s:.1f} s)"
+                )
     return out
 
 
@@ -228,26 +277,28 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             dense_single = single_sweep + compile_s + readout
             ref_single = ref_s * n + cache.get(side, 0.0)
             readout_flops = 2 * n * d_model * vocab
-            rows.append({
-                "layer": layer,
-                "reference_s_per_feature": ref_s,
-                "reference_features_per_s": 1.0 / ref_s,
-                "dense_single_layer_sweep_seconds": single_sweep,
-                "dense_single_layer_seconds": dense_single,
-                "dense_all_layer_sweep_plus_readout_seconds": sweep + readout,
-                "dense_readout_seconds": readout,
-                "dense_readout_compile_seconds": compile_s,
-                "dense_features_per_s": n / dense_single,
-                "reference_cache_seconds": cache.get(side, 0.0),
-                "reference_single_layer_seconds": ref_single,
-                "dense_vs_reference": ref_single / dense_single,
-                "dense_readout_only_features_per_s": n / readout,
-                "dense_readout_flops_per_s": readout_flops / readout,
-                "dense_readout_fraction_of_matmul_peak": readout_flops / readout / peak if peak else None,
-                "per_feature_seconds": pf["seconds"],
-                "per_feature_features_per_s": pf["n_features"] / pf["seconds"],
-                "per_feature_vs_reference": (pf["n_features"] / pf["seconds"]) * ref_s,
-            })
+            rows.append(
+                {
+                    "layer": layer,
+                    "reference_s_per_feature": ref_s,
+                    "reference_features_per_s": 1.0 / ref_s,
+                    "dense_single_layer_sweep_seconds": single_sweep,
+                    "dense_single_layer_seconds": dense_single,
+                    "dense_all_layer_sweep_plus_readout_seconds": sweep + readout,
+                    "dense_readout_seconds": readout,
+                    "dense_readout_compile_seconds": compile_s,
+                    "dense_features_per_s": n / dense_single,
+                    "reference_cache_seconds": cache.get(side, 0.0),
+                    "reference_single_layer_seconds": ref_single,
+                    "dense_vs_reference": ref_single / dense_single,
+                    "dense_readout_only_features_per_s": n / readout,
+                    "dense_readout_flops_per_s": readout_flops / readout,
+                    "dense_readout_fraction_of_matmul_peak": readout_flops / readout / peak if peak else None,
+                    "per_feature_seconds": pf["seconds"],
+                    "per_feature_features_per_s": pf["n_features"] / pf["seconds"],
+                    "per_feature_vs_reference": (pf["n_features"] / pf["seconds"]) * ref_s,
+                }
+            )
         ref_all = np.interp(all_layers, layers, ref_per_layer)
         readout_all = np.interp(all_layers, layers, readout_per_layer)
         whole_ref += float(ref_all.sum()) * n + cache.get(side, 0.0)
@@ -266,11 +317,13 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
             "reference_seconds_extrapolated": whole_ref,
             "reference_cache_seconds": cache,
             "ratio": whole_ref / whole_dense,
-            "note": (f"contestant's time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
-                     f"({len(cfg['picks'])} features per layer and side), linearly interpolated over the job's layers {list(cfg['job_layers'])} "
-                     f"and multiplied by {n} features (plus its residual caches, built once per side: {cache or 'none'}); "
-                     f"qlens-jax = the measured sweeps (once) + readouts measured at layers "
-                     f"{layers} (interpolated over the other layers) + each lens's readout compilation (once)"),
+            "note": (
+                f"contestant's time EXTRAPOLATED from its per-feature times measured in this run at layers {layers} "
+                f"({len(cfg['picks'])} features per layer and side), linearly interpolated over the job's layers {list(cfg['job_layers'])} "
+                f"and multiplied by {n} features (plus its residual caches, built once per side: {cache or 'none'}); "
+                f"qlens-jax = the measured sweeps (once) + readouts measured at layers "
+                f"{layers} (interpolated over the other layers) + each lens's readout compilation (once)"
+            ),
         },
     }
 
@@ -278,31 +331,51 @@ def summarize(cfg, model_config, reference, dense, per_feature, peak: float | No
 def print_report(summary, agreement, info, contestant: dict):
     print()
     print(f"contestant: {contestant['label']}")
-    print(f"agreement: {agreement['features_checked']} top/bottom-{K} lists checked, {agreement['identical']} identical, "
-          f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches")
-    print(f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
-          f"load {info['loadavg_at_start']} at start")
-    header = (f"{'lens':18} {'layer':>5} {'cont feat/s':>11} {'dense feat/s':>13} {'dense/cont':>10} {'readout feat/s':>15} "
-              f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/cont':>7}")
+    print(
+        f"agreement: {agreement['features_checked']} top/bottom-{K} lists checked, {agreement['identical']} identical, "
+        f"{agreement['tie_equivalent']} equal up to ties, {len(agreement['mismatches'])} mismatches"
+    )
+    print(
+        f"machine: {info['cpu']} ({info['cores']} cores), device {info['device']['kind']}; "
+        f"load {info['loadavg_at_start']} at start"
+    )
+    header = (
+        f"{'lens':18} {'layer':>5} {'cont feat/s':>11} {'dense feat/s':>13} {'dense/cont':>10} {'readout feat/s':>15} "
+        f"{'readout/peak':>13} {'per-feat feat/s':>16} {'pf/cont':>7}"
+    )
     print(header)
     for lens, entry in summary["per_lens"].items():
         for r in entry["layers"]:
-            print(f"{lens:18} {r['layer']:>5} {r['reference_features_per_s']:>11.3g} {r['dense_features_per_s']:>13.4g} "
-                  f"{r['dense_vs_reference']:>9.0f}x {r['dense_readout_only_features_per_s']:>15.4g} "
-                  f"{r['dense_readout_fraction_of_matmul_peak'] or float('nan'):>12.0%} "
-                  f"{r['per_feature_features_per_s']:>16.3g} {r['per_feature_vs_reference']:>6.1f}x")
-        print(f"{'':18} sweep (once, all layers, shared by the sides it names): {entry['sweep_seconds']:.1f} s; single-layer sweeps: "
-              + ", ".join(f"layer {r['layer']} {r['dense_single_layer_sweep_seconds']:.1f} s" for r in entry["layers"]))
+            print(
+                f"{lens:18} {r['layer']:>5} {r['reference_features_per_s']:>11.3g} {r['dense_features_per_s']:>13.4g} "
+                f"{r['dense_vs_reference']:>9.0f}x {r['dense_readout_only_features_per_s']:>15.4g} "
+                f"{r['dense_readout_fraction_of_matmul_peak'] or float('nan'):>12.0%} "
+                f"{r['per_feature_features_per_s']:>16.3g} {r['per_feature_vs_reference']:>6.1f}x"
+            )
+        print(
+            f"{'':18} sweep (once, all layers, shared by the sides it names): {entry['sweep_seconds']:.1f} s; single-layer sweeps: "
+            + ", ".join(f"layer {r['layer']} {r['dense_single_layer_sweep_seconds']:.1f} s" for r in entry["layers"])
+        )
     w = summary["whole_dictionary"]
     if summary.get("matmul_peak_flops_per_s"):
-        print(f"matmul peak measured in this run: {summary['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s (float32 4096^3)")
+        print(
+            f"matmul peak measured in this run: {summary['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s (float32 4096^3)"
+        )
     print()
     print(f"whole dictionary: {w['job']}")
-    print(f"  qlens-jax dense: {common.fmt_seconds(w['qlens_dense_seconds'])} "
-          f"(sweeps {common.fmt_seconds(w['qlens_sweeps_seconds'])} + readouts {common.fmt_seconds(w['qlens_readouts_seconds'])})")
-    print(f"  {contestant['name'] + ':':16} {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED"
-          + (f"; residual caches {', '.join(f'{k} {v:.1f} s' for k, v in w['reference_cache_seconds'].items())}" if w["reference_cache_seconds"] else "")
-          + ")")
+    print(
+        f"  qlens-jax dense: {common.fmt_seconds(w['qlens_dense_seconds'])} "
+        f"(sweeps {common.fmt_seconds(w['qlens_sweeps_seconds'])} + readouts {common.fmt_seconds(w['qlens_readouts_seconds'])})"
+    )
+    print(
+        f"  {contestant['name'] + ':':16} {common.fmt_seconds(w['reference_seconds_extrapolated'])} (EXTRAPOLATED"
+        + (
+            f"; residual caches {', '.join(f'{k} {v:.1f} s' for k, v in w['reference_cache_seconds'].items())}"
+            if w["reference_cache_seconds"]
+            else ""
+        )
+        + ")"
+    )
     print(f"  ratio:           {w['ratio']:.0f}x")
     print(f"  note: {w['note']}")
 
@@ -314,24 +387,46 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, nargs="+", help="benchmarked layers (gpt2-small: 0 6 11)")
     parser.add_argument("--batch", type=int, help="sequences in the token sample (gpt2-small: 8)")
     parser.add_argument("--seq", type=int, help="tokens per sequence (gpt2-small: 256)")
-    parser.add_argument("--paper-sample", action="store_true",
-                        help=f"the paper's token sample, {sizes.PAPER_SAMPLE[0]} x {sizes.PAPER_SAMPLE[1]} (instead of --batch / --seq)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="what both sides store the model in and time (bfloat16: the paper's configs); a bfloat16 "
-                             "run also computes float32 lists on both sides, for the agreement check and the overlap")
+    parser.add_argument(
+        "--paper-sample",
+        action="store_true",
+        help=f"the paper's token sample, {sizes.PAPER_SAMPLE[0]} x {sizes.PAPER_SAMPLE[1]} (instead of --batch / --seq)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="what both sides store the model in and time (bfloat16: the paper's configs); a bfloat16 "
+        "run also computes float32 lists on both sides, for the agreement check and the overlap",
+    )
     parser.add_argument("--ref-features", type=int, help="features per layer and side timed with the reference")
-    parser.add_argument("--lenses", nargs="+", default=["query_lens_value", "query_lens_key"],
-                        choices=sorted(SIDES), help="lenses to benchmark")
-    parser.add_argument("--memory-budget-gb", type=float,
-                        help="memory budget of the dense path (gpt2-small: 16, enough to share the MLP Jacobians "
-                             "between the two sweeps; tiny: 8)")
-    parser.add_argument("--single-layer-seqs", type=int, default=1,
-                        help="sequences on which each single-layer (restricted) sweep is timed, then scaled to --batch")
+    parser.add_argument(
+        "--lenses",
+        nargs="+",
+        default=["query_lens_value", "query_lens_key"],
+        choices=sorted(SIDES),
+        help="lenses to benchmark",
+    )
+    parser.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        help="memory budget of the dense path (gpt2-small: 16, enough to share the MLP Jacobians "
+        "between the two sweeps; tiny: 8)",
+    )
+    parser.add_argument(
+        "--single-layer-seqs",
+        type=int,
+        default=1,
+        help="sequences on which each single-layer (restricted) sweep is timed, then scaled to --batch",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput-<size>-<device>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--save-operators", metavar="DIR",
-                        help="save the dense path's operators here (reused by `benchmarks.million --operators DIR`)")
+    parser.add_argument(
+        "--save-operators",
+        metavar="DIR",
+        help="save the dense path's operators here (reused by `benchmarks.million --operators DIR`)",
+    )
     add_contestant_arguments(parser)
     parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP accounting of the compiled steps")
     args = parser.parse_args(argv)
@@ -343,17 +438,27 @@ def main(argv=None) -> int:
     n_layers = builders.hf_config(size["hf"]).num_hidden_layers
     batch, seq = sizes.PAPER_SAMPLE if args.paper_sample else (args.batch or size["batch"], args.seq or size["seq"])
     cfg = dict(
-        hf=size["hf"], seed=args.seed, features=args.features or size["features"], dtype=args.dtype,
-        layers=tuple(args.layers or size["layers"]), job_layers=tuple(size["job_layers"] or range(n_layers)),
-        batch=batch, seq=seq,
-        lenses=tuple(args.lenses), budget=args.memory_budget_gb or size["budget"], quiet=args.quiet, save_operators=args.save_operators,
+        hf=size["hf"],
+        seed=args.seed,
+        features=args.features or size["features"],
+        dtype=args.dtype,
+        layers=tuple(args.layers or size["layers"]),
+        job_layers=tuple(size["job_layers"] or range(n_layers)),
+        batch=batch,
+        seq=seq,
+        lenses=tuple(args.lenses),
+        budget=args.memory_budget_gb or size["budget"],
+        quiet=args.quiet,
+        save_operators=args.save_operators,
         single_layer_seqs=args.single_layer_seqs,
     )
     cfg["picks"] = builders.feature_picks(cfg["features"], args.ref_features or size["ref_features"])
     cfg["tokens"] = cfg["batch"] * cfg["seq"]
     info = machine.machine_info()
-    common.log(f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
-               f"contestant {contestant['label']}, its features {cfg['picks']}; load {machine.loadavg()}")
+    common.log(
+        f"throughput {args.size}: {cfg['features']} features at layers {cfg['layers']}, {cfg['tokens']} tokens, "
+        f"contestant {contestant['label']}, its features {cfg['picks']}; load {machine.loadavg()}"
+    )
 
     peak_start = common.run_isolated(machine.matmul_peak)
     common.log(f"matmul peak {peak_start['flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -369,12 +474,17 @@ def main(argv=None) -> int:
     model_config = builders.hf_config(cfg["hf"])
     agreement = check_agreement(cfg, reference, dense, per_feature)
     out = {
-        "benchmark": "throughput", "size": args.size, "machine": info, "contestant": authors.recorded(contestant),
-        "config": {k: v for k, v in cfg.items() if k != "hf"} | {"model": model_config.to_dict(),
-                                                              "save_operators": common.portable_path(cfg["save_operators"])},
+        "benchmark": "throughput",
+        "size": args.size,
+        "machine": info,
+        "contestant": authors.recorded(contestant),
+        "config": {k: v for k, v in cfg.items() if k != "hf"}
+        | {"model": model_config.to_dict(), "save_operators": common.portable_path(cfg["save_operators"])},
         "agreement": agreement,
-        "memory_gb": {name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
-                      for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))},
+        "memory_gb": {
+            name: {"setup": r.get("rss_setup_gb"), "peak": r["peak_rss_gb"]}
+            for name, r in ((contestant["name"], reference), ("dense", dense), ("per_feature", per_feature))
+        },
         "matmul_peak": {"start": peak_start, "end": peak_end},
         "raw": {"reference": reference, "dense": dense, "per_feature": per_feature},
         "loadavg_at_end": machine.loadavg(),
@@ -383,7 +493,9 @@ def main(argv=None) -> int:
     if not agreement["passed"]:
         common.write_json(path, out)
         print(f"contestant: {contestant['label']}")
-        print(f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the contestant's; no speed reported.")
+        print(
+            f"AGREEMENT FAILED: {len(agreement['mismatches'])} lists differ from the contestant's; no speed reported."
+        )
         for m in agreement["mismatches"][:10]:
             print(m)
         return 1
@@ -395,9 +507,11 @@ def main(argv=None) -> int:
     print_report(out["summary"], agreement, info, contestant)
     if out["bfloat16_overlap"]:
         o = out["bfloat16_overlap"]
-        print(f"bfloat16 against float32, top-{K} overlap (mean / min over {o['qlens']['lists']} lists): qlens-jax "
-              f"{o['qlens']['mean']:.1%} / {o['qlens']['min']:.0%}, {contestant['name']} {o['contestant']['mean']:.1%} / "
-              f"{o['contestant']['min']:.0%}")
+        print(
+            f"bfloat16 against float32, top-{K} overlap (mean / min over {o['qlens']['lists']} lists): qlens-jax "
+            f"{o['qlens']['mean']:.1%} / {o['qlens']['min']:.0%}, {contestant['name']} {o['contestant']['mean']:.1%} / "
+            f"{o['contestant']['min']:.0%}"
+        )
     if "roofline" in out:
         roofline.print_report(out["roofline"])
     print(f"peak memory (GiB, RSS of each process; setup = after model load): {out['memory_gb']}")

@@ -36,9 +36,7 @@ def _leaf_name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
-def key_layout(
-    keys: list[str], config: ModelConfig, multimodal: bool = False, where: str = "checkpoint"
-) -> KeyLayout:
+def key_layout(keys: list[str], config: ModelConfig, multimodal: bool = False, where: str = "checkpoint") -> KeyLayout:
     """Where the tensors of `config`'s model are among checkpoint `keys`.
 
     A text model's base keys are found by their embedding, whatever the prefix; a multimodal
@@ -106,7 +104,9 @@ def fill_model(
             source = next((s for s in source if layout.base + s.key.format(i=0, e=0) in keys), source[0])
         if source.experts:
             parts = [
-                np.stack([read(source.key.format(i=i, e=e), source.transform, leaf.shape[2:]) for e in range(source.experts)])
+                np.stack(
+                    [read(source.key.format(i=i, e=e), source.transform, leaf.shape[2:]) for e in range(source.experts)]
+                )
                 for i in range(config.n_layers)
             ]
             array = np.stack(parts)

@@ -8,9 +8,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from converters.checkpoint import is_orbax_checkpoint, load_checkpoint
 from converters.checkpoint_files import StateDictSource, open_checkpoint
 from converters.errors import ConversionError
-from converters.checkpoint import is_orbax_checkpoint, load_checkpoint
 from converters.hf_config import is_multimodal, model_config_from_hf
 from converters.hf_weights import fill_model
 from converters.hub import resolve_local

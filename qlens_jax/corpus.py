@@ -103,8 +103,10 @@ def first_undecodable_byte(path: Path, encoding: str) -> tuple[int, str] | None:
 def _decode_error(path: Path, encoding: str, err: UnicodeDecodeError) -> CorpusError:
     found = first_undecodable_byte(path, encoding)
     offset, reason = found if found else (err.start, err.reason)
-    return CorpusError(f"--corpus {path}: not valid {encoding} text: byte {offset} (0x{_byte_at(path, offset):02x}) "
-                       f"does not decode ({reason}); give the file's encoding with --corpus-encoding, e.g. latin-1")
+    return CorpusError(
+        f"--corpus {path}: not valid {encoding} text: byte {offset} (0x{_byte_at(path, offset):02x}) "
+        f"does not decode ({reason}); give the file's encoding with --corpus-encoding, e.g. latin-1"
+    )
 
 
 def _byte_at(path: Path, offset: int) -> int:
@@ -131,7 +133,9 @@ def _jsonl_records(path: Path, text_field: str, encoding: str) -> Iterator[str]:
             except json.JSONDecodeError as err:
                 raise CorpusError(f"--corpus {path}: line {number} is not JSON ({err.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise CorpusError(f"--corpus {path}: line {number} has no string field {text_field!r} (see --text-field)")
+                raise CorpusError(
+                    f"--corpus {path}: line {number} has no string field {text_field!r} (see --text-field)"
+                )
             yield record[text_field]
 
 
@@ -156,8 +160,9 @@ def _datasets_documents(path: Path, text_field: str, split: str | None) -> Itera
         yield from batch[text_field]
 
 
-def documents(path: Path, fmt: str, text_field: str = "text", split: str | None = None,
-              encoding: str = "utf-8") -> Iterator[str]:
+def documents(
+    path: Path, fmt: str, text_field: str = "text", split: str | None = None, encoding: str = "utf-8"
+) -> Iterator[str]:
     """The documents of a text corpus, in order (text and JSONL files decoded with `encoding`)."""
     if fmt == "text":
         try:
@@ -207,8 +212,10 @@ def tokenize_corpus(
     if fmt == "npy":
         ids = _load_npy(path, "--corpus")
         if ids.ndim != 1:
-            raise CorpusError(f"--corpus {path}: a .npy corpus is 1-D token ids, got shape {ids.shape} "
-                              "(a [num_samples, max_length] array is a --token-sample)")
+            raise CorpusError(
+                f"--corpus {path}: a .npy corpus is 1-D token ids, got shape {ids.shape} "
+                "(a [num_samples, max_length] array is a --token-sample)"
+            )
         _check_ids(ids, vocab_size, f"--corpus {path}")
         ids = ids[:max_tokens] if max_tokens else ids
         return TokenizedCorpus(str(path), fmt, ids.astype(np.int32), np.asarray([0, ids.size]))
@@ -229,8 +236,10 @@ def tokenize_corpus(
         if max_tokens and total >= max_tokens:
             break
     if not has_text:
-        raise CorpusError(f"--corpus {path}: holds no text, only empty or whitespace lines (a sample of it would repeat "
-                          "one whitespace token); give a corpus with text")
+        raise CorpusError(
+            f"--corpus {path}: holds no text, only empty or whitespace lines (a sample of it would repeat "
+            "one whitespace token); give a corpus with text"
+        )
     ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
     starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]) if lengths else np.zeros(1, np.int64)
     return TokenizedCorpus(str(path), fmt, ids, starts.astype(np.int64))
@@ -310,7 +319,9 @@ def load_token_sample(path: str | Path, vocab_size: int | None = None) -> tuple[
         raise CorpusError(f"--token-sample {path}: no such file")
     array = _load_npy(path, "--token-sample")
     if array.ndim != 2 or 0 in array.shape:
-        raise CorpusError(f"--token-sample {path}: expected a non-empty [num_samples, max_length] array, got shape {array.shape}")
+        raise CorpusError(
+            f"--token-sample {path}: expected a non-empty [num_samples, max_length] array, got shape {array.shape}"
+        )
     mask = array >= 0
     if (np.diff(mask.astype(np.int8), axis=1) > 0).any():
         row = int(np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) > 0).any(1))[0])

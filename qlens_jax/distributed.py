@@ -35,7 +35,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if num_processes is not None and num_processes < 1:
         raise InputError(f"--num-processes {num_processes}: must be at least 1")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
-        raise InputError(f"--process-id {process_id}: must be in 0..{num_processes - 1} (--num-processes {num_processes})")
+        raise InputError(
+            f"--process-id {process_id}: must be in 0..{num_processes - 1} (--num-processes {num_processes})"
+        )
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     except (ValueError, TypeError) as err:
@@ -70,7 +72,9 @@ def checked(action: Callable[[], T]) -> T:
         failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None))).reshape(-1)
         if error is None and failed.any():
             first = int(np.flatnonzero(failed)[0])
-            raise InputError(f"process {first} stopped on bad input (its own output names it); stopping process {jax.process_index()} too")
+            raise InputError(
+                f"process {first} stopped on bad input (its own output names it); stopping process {jax.process_index()} too"
+            )
     if error is not None:
         raise error
     return result

@@ -28,8 +28,10 @@ def plain_temporary_folder(prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     if GLOB_CHARACTERS.search(str(folder)):
         shutil.rmtree(folder, ignore_errors=True)
-        raise InputError(f"{folder}: the temporary folder's path holds a glob character ([ ] * ? {{ }} \\); "
-                         "set TMPDIR to a plain folder")
+        raise InputError(
+            f"{folder}: the temporary folder's path holds a glob character ([ ] * ? {{ }} \\); "
+            "set TMPDIR to a plain folder"
+        )
     return folder
 
 

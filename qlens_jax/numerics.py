@@ -53,7 +53,11 @@ PRECISIONS = ("float32", "tf32", "bfloat16")
 # What each mode sets as JAX's default matmul precision.
 SETTINGS = {"float32": "highest", "tf32": "TF32_TF32_F32", "bfloat16": "BF16_BF16_F32"}
 # Backends (`jax.default_backend()` names) that honour each mode; None: every backend.
-BACKENDS: dict[str, tuple[str, ...] | None] = {"float32": None, "tf32": ("gpu", "cuda"), "bfloat16": ("gpu", "cuda", "rocm", "tpu")}
+BACKENDS: dict[str, tuple[str, ...] | None] = {
+    "float32": None,
+    "tf32": ("gpu", "cuda"),
+    "bfloat16": ("gpu", "cuda", "rocm", "tpu"),
+}
 WHY_NOT = {
     "tf32": "tf32 needs a GPU: TensorFloat-32 is a feature of NVIDIA tensor cores",
     "bfloat16": "XLA's CPU backend ignores the bfloat16 dot algorithm and would multiply in float32; "
@@ -75,7 +79,9 @@ def check_precision(mode: str, backend: str | None = None) -> str:
     backend = backend or jax.default_backend()
     allowed = BACKENDS[mode]
     if allowed is not None and backend not in allowed:
-        raise PrecisionError(f"precision {mode!r} is unavailable on the {backend} backend ({WHY_NOT[mode]}); use precision='float32'")
+        raise PrecisionError(
+            f"precision {mode!r} is unavailable on the {backend} backend ({WHY_NOT[mode]}); use precision='float32'"
+        )
     return mode
 
 

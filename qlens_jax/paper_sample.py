@@ -50,7 +50,9 @@ def _shard_bounds(n_documents: int, shards: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _batch_rows(corpus: TokenizedCorpus, first: int, stop: int, max_length: int, eos_id: int, pad_id: int) -> np.ndarray:
+def _batch_rows(
+    corpus: TokenizedCorpus, first: int, stop: int, max_length: int, eos_id: int, pad_id: int
+) -> np.ndarray:
     """The rows `tokenize_and_concatenate` makes of documents `first .. stop - 1` (one map batch)."""
     pieces = []
     for doc in range(first, stop):
@@ -77,8 +79,10 @@ def transformer_lens_rows(
     num_proc=shards)` on `corpus` (see the module docstring). `pad_id`: the tokenizer's own pad
     token, None when it has none (then short batches are padded with EOS, as TransformerLens does)."""
     if corpus.format == "npy":
-        raise CorpusError(f"--windows paper: --corpus {corpus.source} is a .npy of token ids without document "
-                          "boundaries; the paper's rows put EOS between documents: give the text corpus")
+        raise CorpusError(
+            f"--windows paper: --corpus {corpus.source} is a .npy of token ids without document "
+            "boundaries; the paper's rows put EOS between documents: give the text corpus"
+        )
     if max_length < 1:
         raise CorpusError(f"--max-length must be positive, got {max_length}")
     pad = eos_id if pad_id is None else pad_id
@@ -117,7 +121,9 @@ def paper_sample(
     if num_samples < 1:
         raise CorpusError(f"--num-samples must be positive, got {num_samples}")
     if eos_id is None:
-        raise CorpusError("--windows paper: the tokenizer names no EOS token, which the paper's rows put between documents")
+        raise CorpusError(
+            "--windows paper: the tokenizer names no EOS token, which the paper's rows put between documents"
+        )
     rows = transformer_lens_rows(corpus, max_length, eos_id, pad_id, shards=shards)
     if rows.shape[0] <= held_out_rows:
         raise CorpusError(

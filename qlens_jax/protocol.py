@@ -24,15 +24,35 @@ class Protocol(StrEnum):
 # The token sample of `qlens signatures` (attribute -> value): the authors' `load_pile_sample`
 # with every conf/*.yaml's num_samples, max_length, seed and dtype.
 PAPER_SIGNATURES: dict[str, Any] = {
-    "windows": "paper", "seed": 42, "num_samples": 1024, "max_length": 32, "dtype": "bfloat16", "k": 25,
+    "windows": "paper",
+    "seed": 42,
+    "num_samples": 1024,
+    "max_length": 32,
+    "dtype": "bfloat16",
+    "k": 25,
 }
 # `qlens evaluate`: their activation corpus and feature sampler (I(T)), their steering and
 # generation (O(T)), string matching, judge and tuned-lens index.
 PAPER_EVALUATE: dict[str, Any] = {
-    "contexts": "paper", "context_length": 128, "max_contexts": 4096, "min_contexts": 20, "require_contexts": True,
-    "match": "strings", "k": 25, "top_promoted": None, "kl_targets": "0.25,0.5", "generate_tokens": 20, "temperature": 0.75,
-    "kl_positions": "all", "alpha_search": "integer", "no_error_term": True, "prepend_bos": True, "tuned_lens_point": "layer",
-    "judge_preset": "paper", "seed": 42, "dtype": "bfloat16",
+    "contexts": "paper",
+    "context_length": 128,
+    "max_contexts": 4096,
+    "min_contexts": 20,
+    "require_contexts": True,
+    "match": "strings",
+    "k": 25,
+    "top_promoted": None,
+    "kl_targets": "0.25,0.5",
+    "generate_tokens": 20,
+    "temperature": 0.75,
+    "kl_positions": "all",
+    "alpha_search": "integer",
+    "no_error_term": True,
+    "prepend_bos": True,
+    "tuned_lens_point": "layer",
+    "judge_preset": "paper",
+    "seed": 42,
+    "dtype": "bfloat16",
 }
 
 
@@ -55,17 +75,35 @@ def apply_protocol(args, parser, argv: list[str], values: dict[str, Any]) -> Non
             continue
         if dest in given and getattr(args, dest) != value:
             shown = "(unset)" if value is None else ("" if value is True else value)
-            raise InputError(f"--protocol paper sets {given[dest]} {shown}".rstrip() + f"; it contradicts {given[dest]} "
-                             f"{getattr(args, dest)}: drop one of them")
+            raise InputError(
+                f"--protocol paper sets {given[dest]} {shown}".rstrip() + f"; it contradicts {given[dest]} "
+                f"{getattr(args, dest)}: drop one of them"
+            )
         setattr(args, dest, value)
 
 
 # The same protocol in the Python API: `EvaluationOptions.for_protocol` and `SampleSpec.for_protocol`.
 PAPER_EVALUATION_OPTIONS: dict[str, Any] = {
-    "k": 25, "min_contexts": 20, "require_contexts": True, "match": "strings", "top_s": None, "kl_targets": (0.25, 0.5),
-    "generate_tokens": 20, "temperature": 0.75, "kl_positions": "all", "alpha_search": "integer", "error_term": False, "seed": 42,
+    "k": 25,
+    "min_contexts": 20,
+    "require_contexts": True,
+    "match": "strings",
+    "top_s": None,
+    "kl_targets": (0.25, 0.5),
+    "generate_tokens": 20,
+    "temperature": 0.75,
+    "kl_positions": "all",
+    "alpha_search": "integer",
+    "error_term": False,
+    "seed": 42,
 }
-PAPER_SAMPLE: dict[str, Any] = {"windows": "paper", "seed": 42, "num_samples": 1024, "max_length": 32, "prepend_bos": False}
+PAPER_SAMPLE: dict[str, Any] = {
+    "windows": "paper",
+    "seed": 42,
+    "num_samples": 1024,
+    "max_length": 32,
+    "prepend_bos": False,
+}
 
 
 def protocol_values(protocol: Protocol | str, values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

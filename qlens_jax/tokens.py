@@ -42,8 +42,10 @@ def token_id_of(spec: str | int, tokenizer, vocab: Sequence[str] | np.ndarray, o
     if spec.startswith("id:"):
         digits = spec[3:]
         if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_ID_DIGITS:
-            raise TokenSpecError(f"{option} {_shown(spec)}: id:N needs N in ASCII decimal digits "
-                                 f"(the vocabulary has ids 0 .. {len(vocab) - 1})")
+            raise TokenSpecError(
+                f"{option} {_shown(spec)}: id:N needs N in ASCII decimal digits "
+                f"(the vocabulary has ids 0 .. {len(vocab) - 1})"
+            )
         return token_id_of(int(digits), tokenizer, vocab, option)
     if not spec:
         raise TokenSpecError(f"{option}: empty token")
@@ -52,11 +54,14 @@ def token_id_of(spec: str | int, tokenizer, vocab: Sequence[str] | np.ndarray, o
     except UnicodeEncodeError as err:
         byte = ord(spec[err.start]) - 0xDC00 if 0xDC80 <= ord(spec[err.start]) <= 0xDCFF else None
         what = f"byte 0x{byte:02x}" if byte is not None else f"code point U+{ord(spec[err.start]):04X}"
-        raise TokenSpecError(f"{option} {_shown(spec)}: not valid UTF-8 text ({what} at {err.start}); "
-                             "give the token as text or as id:N") from None
+        raise TokenSpecError(
+            f"{option} {_shown(spec)}: not valid UTF-8 text ({what} at {err.start}); give the token as text or as id:N"
+        ) from None
     ids = tokenizer.encode(spec, add_special_tokens=False).ids
     if len(ids) != 1:
         pieces = ", ".join(f"{vocab[i]!r} (id {i})" for i in ids[:8]) + (", ..." if len(ids) > 8 else "") or "nothing"
-        raise TokenSpecError(f"{option} {_shown(spec)} is {len(ids)} tokens, not one: the tokenizer splits it into {pieces}; "
-                             "give one of them (or id:N)")
+        raise TokenSpecError(
+            f"{option} {_shown(spec)} is {len(ids)} tokens, not one: the tokenizer splits it into {pieces}; "
+            "give one of them (or id:N)"
+        )
     return int(ids[0])

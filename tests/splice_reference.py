@@ -35,8 +35,9 @@ def make_dictionary(d_model, layer, site_in, site_out, kind, seed, n=24, **optio
     if options.pop("skip", False):
         arrays["W_skip"] = jnp.asarray(0.1 * rng.normal(size=(d_model, d_model)), jnp.float32)
     options.setdefault("activation", "relu")
-    return Dictionary(**arrays, layer=layer, site_in=site_in, site_out=site_out, kind=kind,
-                      name=f"{kind}-{site_in}-{seed}", **options)
+    return Dictionary(
+        **arrays, layer=layer, site_in=site_in, site_out=site_out, kind=kind, name=f"{kind}-{site_in}-{seed}", **options
+    )
 
 
 def _splice(dictionary, x, value, feature, new_value):
@@ -101,6 +102,8 @@ def direct_secant(model, tokens, mask, dictionary, feature, lens) -> np.ndarray:
     """The secant lens's score vector over the vocabulary, from two hand-spliced passes."""
     clean = mean_over_valid(clean_logits(model, jnp.asarray(tokens), jnp.asarray(mask)), mask)
     if lens == "zero_out":
-        return clean - mean_over_valid(spliced_logits(model, tokens, mask, dictionary, jnp.asarray(feature), jnp.float32(0.0)), mask)
+        return clean - mean_over_valid(
+            spliced_logits(model, tokens, mask, dictionary, jnp.asarray(feature), jnp.float32(0.0)), mask
+        )
     value = jnp.float32(float(lens.rsplit("_", 1)[1]))
     return mean_over_valid(spliced_logits(model, tokens, mask, dictionary, jnp.asarray(feature), value), mask) - clean

@@ -14,8 +14,21 @@ from typing import Any
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionarySet, model_facts
 
 from . import (
-    circuit_tracer, clt, registry, deepseek_r1, dictionary_learning, gemma_scope, gemma_scope_2, goodfire, hook_z, hub,
-    llama_scope, openai, qwen_scope, saelens, sparsify,
+    circuit_tracer,
+    clt,
+    deepseek_r1,
+    dictionary_learning,
+    gemma_scope,
+    gemma_scope_2,
+    goodfire,
+    hook_z,
+    hub,
+    llama_scope,
+    openai,
+    qwen_scope,
+    registry,
+    saelens,
+    sparsify,
 )
 from .assemble import Options
 from .readers import torch_keys
@@ -61,8 +74,10 @@ def _torch_format(path: Path) -> str:
             return converter.FORMAT
     if "pre_bias" in keys:
         return openai.FORMAT
-    raise DictionaryError(f"{path}: a PyTorch file with keys {sorted(keys)[:12]}, which is none of "
-                          f"the layouts this package reads ({_LAYOUTS})")
+    raise DictionaryError(
+        f"{path}: a PyTorch file with keys {sorted(keys)[:12]}, which is none of "
+        f"the layouts this package reads ({_LAYOUTS})"
+    )
 
 
 def detect(path: Path) -> str:
@@ -100,13 +115,13 @@ def detect(path: Path) -> str:
         return circuit_tracer.FORMAT
     names = sorted(p.name for p in path.iterdir())
     if "cfg.json" in names:
-        raise DictionaryError(f"{path}: has cfg.json but neither sae_weights.safetensors (sae_lens) "
-                              "nor sae.safetensors (sparsify)")
+        raise DictionaryError(
+            f"{path}: has cfg.json but neither sae_weights.safetensors (sae_lens) nor sae.safetensors (sparsify)"
+        )
     if "config.json" in names and "params.safetensors" not in names:
         raise DictionaryError(f"{path}: has config.json but no params.safetensors (Gemma Scope 2)")
     if llama_scope.CONFIG_FILE in names:
-        raise DictionaryError(f"{path}: has {llama_scope.CONFIG_FILE} but no "
-                              f"{llama_scope.WEIGHTS_FILE} (Llama Scope)")
+        raise DictionaryError(f"{path}: has {llama_scope.CONFIG_FILE} but no {llama_scope.WEIGHTS_FILE} (Llama Scope)")
     raise DictionaryError(f"{path}: no dictionary found (contents: {names[:12]}); expected {_LAYOUTS}")
 
 
@@ -136,8 +151,7 @@ def set_members(path: Path) -> list[Path]:
         pass
     members = []
     for child in sorted(path.iterdir(), key=_natural):
-        if child.is_file() and not (qwen_scope.FILE_PATTERN.match(child.name)
-                                    or _OPENAI_FILE.match(child.name)):
+        if child.is_file() and not (qwen_scope.FILE_PATTERN.match(child.name) or _OPENAI_FILE.match(child.name)):
             continue
         try:
             detect(child)
@@ -163,8 +177,12 @@ def _local(source: str | Path, path: str | None, opts: Options, revision, cache_
 
 # The caller's options with a type (`dtype` is any dtype-like; `None` means not given).
 OPTION_FIELDS = (
-    Field("layer", "int", minimum=0), Field("site", "str"), Field("name", "str"), Field("k", "int", minimum=1),
-    Field("norm_scaling_factor", "float"), Field("fold_norm_scaling_factor", "bool"),
+    Field("layer", "int", minimum=0),
+    Field("site", "str"),
+    Field("name", "str"),
+    Field("k", "int", minimum=1),
+    Field("norm_scaling_factor", "float"),
+    Field("fold_norm_scaling_factor", "bool"),
 )
 
 
@@ -177,9 +195,17 @@ def _options(model, options: dict[str, Any]) -> Options:
     return Options(**options, model=model_facts(model) if model is not None else None)
 
 
-def load_dictionary(source: Any, model=None, *, path: str | None = None, format: str | None = None,
-                    revision: str | None = None, cache_dir: str | Path | None = None,
-                    sae_id: str | None = None, **options: Any) -> Dictionary:
+def load_dictionary(
+    source: Any,
+    model=None,
+    *,
+    path: str | None = None,
+    format: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    sae_id: str | None = None,
+    **options: Any,
+) -> Dictionary:
     """Load one dictionary (SAE or transcoder) as a `qlens_jax.dictionaries.Dictionary`.
 
     Args:
@@ -200,8 +226,10 @@ def load_dictionary(source: Any, model=None, *, path: str | None = None, format:
     registry_id = (source, sae_id) if sae_id is not None else registry.parse(source)
     if registry_id is not None:
         if not isinstance(registry_id[0], str) or path is not None or format is not None:
-            raise DictionaryError(f"{source!r}: a registry release id takes a string release and "
-                                  "sae_id=..., and neither path= nor format=")
+            raise DictionaryError(
+                f"{source!r}: a registry release id takes a string release and "
+                "sae_id=..., and neither path= nor format="
+            )
         try:
             entry = registry.lookup(*registry_id)
         except DictionaryError as err:
@@ -244,15 +272,21 @@ def load_dictionaries(sources: Any, model, **options: Any) -> DictionarySet:
         raise TypeError(f"sources must be a source or a list of sources, got {type(sources).__name__}")
     loaded = []
     for item in sources:
-        source, extra = item if (isinstance(item, tuple) and len(item) == 2
-                                 and isinstance(item[1], dict)) else (item, {})
+        source, extra = (
+            item if (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict)) else (item, {})
+        )
         kwargs = {**options, **extra}
         members = []
-        if (not saelens.is_sae_object(source) and kwargs.get("layer") is None
-                and registry.parse(source) is None and "sae_id" not in kwargs):
+        if (
+            not saelens.is_sae_object(source)
+            and kwargs.get("layer") is None
+            and registry.parse(source) is None
+            and "sae_id" not in kwargs
+        ):
             hub_keys = ("path", "revision", "cache_dir")
-            local = _local(source, kwargs.get("path"), _options(None, {}), kwargs.get("revision"),
-                           kwargs.get("cache_dir"))
+            local = _local(
+                source, kwargs.get("path"), _options(None, {}), kwargs.get("revision"), kwargs.get("cache_dir")
+            )
             members = set_members(local)
             kwargs = {k: v for k, v in kwargs.items() if k not in hub_keys} if members else kwargs
         if members:

@@ -46,8 +46,11 @@ class Options:
     def given(self) -> set[str]:
         """Names of the options the caller set (model and defaults excluded)."""
         defaults = Options()
-        return {f.name for f in dataclasses.fields(self)
-                if f.name != "model" and getattr(self, f.name) != getattr(defaults, f.name)}
+        return {
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name != "model" and getattr(self, f.name) != getattr(defaults, f.name)
+        }
 
     @property
     def model_type(self) -> str | None:
@@ -58,8 +61,7 @@ COMMON_OPTIONS = frozenset({"layer", "site", "name", "dtype"})
 
 
 # ---- orientation --------------------------------------------------------------------------
-def expect_shape(arr: np.ndarray, shape: tuple[int, ...], *, origin: str, key: str,
-                 axes: str) -> np.ndarray:
+def expect_shape(arr: np.ndarray, shape: tuple[int, ...], *, origin: str, key: str, axes: str) -> np.ndarray:
     """Assert `arr` has the layout the format fixes (`axes`, e.g. "[d_sae, d_in]")."""
     shape = tuple(int(s) for s in shape)
     if arr.shape == shape:
@@ -72,8 +74,7 @@ def expect_shape(arr: np.ndarray, shape: tuple[int, ...], *, origin: str, key: s
     raise DictionaryError(f"{origin}: key {key!r} has shape {arr.shape}, expected {axes} = {shape}")
 
 
-def orient(arr: np.ndarray, rows: int, cols: int, *, origin: str, key: str,
-           axes: str) -> np.ndarray:
+def orient(arr: np.ndarray, rows: int, cols: int, *, origin: str, key: str, axes: str) -> np.ndarray:
     """For formats that do not fix a matrix's orientation: return it as `[rows, cols]`,
     deciding from the known sizes. A square matrix is ambiguous and refused."""
     if arr.ndim == 2 and rows == cols and arr.shape == (rows, cols):
@@ -85,8 +86,9 @@ def orient(arr: np.ndarray, rows: int, cols: int, *, origin: str, key: str,
         return arr
     if arr.shape == (cols, rows):
         return arr.T
-    raise DictionaryError(f"{origin}: key {key!r} has shape {arr.shape}, expected {axes} = {(rows, cols)} "
-                          "or its transpose")
+    raise DictionaryError(
+        f"{origin}: key {key!r} has shape {arr.shape}, expected {axes} = {(rows, cols)} or its transpose"
+    )
 
 
 def require(cfg: dict, key: str, origin: str) -> Any:
@@ -106,8 +108,7 @@ class Claim:
     evidence: str
 
 
-def resolve(claims: list[Claim], *, layer: int | None, site: str | None,
-            origin: str) -> tuple[int, str]:
+def resolve(claims: list[Claim], *, layer: int | None, site: str | None, origin: str) -> tuple[int, str]:
     """Combine the file's claims with the caller's `layer`/`site`; any disagreement is an error
     naming both sides; a placement nobody states is an error asking for it."""
     if layer is not None:
@@ -129,8 +130,9 @@ def resolve(claims: list[Claim], *, layer: int | None, site: str | None,
                     f"{c.evidence} gives {field} {value!r}"
                 )
         if first is None:
-            raise DictionaryError(f"{origin}: cannot tell the dictionary's {field} from the "
-                                  f"file; pass {field}=... to load_dictionary")
+            raise DictionaryError(
+                f"{origin}: cannot tell the dictionary's {field} from the file; pass {field}=... to load_dictionary"
+            )
         result[field] = getattr(first, field)
     return result["layer"], result["site"]
 
@@ -144,8 +146,7 @@ def check_width_label(label: str, d_sae: int, origin: str) -> None:
     if not m:
         return
     n, unit = float(m.group(1)), m.group(2).lower()
-    ok = any(int(d_sae / b) == n or round(d_sae / b) == n
-             for b in ((1000, 1024) if unit == "k" else (1e6, 2**20)))
+    ok = any(int(d_sae / b) == n or round(d_sae / b) == n for b in ((1000, 1024) if unit == "k" else (1e6, 2**20)))
     if not ok:
         raise DictionaryError(f"{origin}: the path says width {label!r} but the weights have d_sae={d_sae}")
 
@@ -157,23 +158,45 @@ def to_jax(arr: np.ndarray | None, dtype) -> jnp.ndarray | None:
     return jnp.asarray(arr, dtype=dtype) if dtype is not None else jnp.asarray(arr)
 
 
-def build(opts: Options, *, arrays: dict[str, np.ndarray | None], layer: int, site_in: str,
-          site_out: str, kind: str, activation: str, info: DictionaryInfo,
-          label: str | None = None, k: int | None = None, rectify: bool = True,
-          apply_b_dec_to_input: bool = False, input_norm: str = "none",
-          denormalize_output: bool = True, rescale_acts_by_decoder_norm: bool = False,
-          fold_scale: bool = False) -> Dictionary:
+def build(
+    opts: Options,
+    *,
+    arrays: dict[str, np.ndarray | None],
+    layer: int,
+    site_in: str,
+    site_out: str,
+    kind: str,
+    activation: str,
+    info: DictionaryInfo,
+    label: str | None = None,
+    k: int | None = None,
+    rectify: bool = True,
+    apply_b_dec_to_input: bool = False,
+    input_norm: str = "none",
+    denormalize_output: bool = True,
+    rescale_acts_by_decoder_norm: bool = False,
+    fold_scale: bool = False,
+) -> Dictionary:
     """Make the `Dictionary` (dtype as stored unless `opts.dtype`), fold a constant input scale
     when asked, and validate it against the model when there is one."""
     d_sae = arrays["W_enc"].shape[1]
     # convert one array at a time, dropping each numpy copy as soon as it is on the device
     params = {key: to_jax(arrays.pop(key), opts.dtype) for key in list(arrays)}
     d = Dictionary(
-        **params, layer=int(layer), site_in=site_in, site_out=site_out, kind=kind,
-        name=opts.name or default_name(kind, site_in, d_sae, label), activation=activation,
-        k=k, rectify=rectify, apply_b_dec_to_input=apply_b_dec_to_input, input_norm=input_norm,
+        **params,
+        layer=int(layer),
+        site_in=site_in,
+        site_out=site_out,
+        kind=kind,
+        name=opts.name or default_name(kind, site_in, d_sae, label),
+        activation=activation,
+        k=k,
+        rectify=rectify,
+        apply_b_dec_to_input=apply_b_dec_to_input,
+        input_norm=input_norm,
         denormalize_output=denormalize_output,
-        rescale_acts_by_decoder_norm=rescale_acts_by_decoder_norm, info=info,
+        rescale_acts_by_decoder_norm=rescale_acts_by_decoder_norm,
+        info=info,
     )
     if fold_scale:
         d = fold_input_scale(d)

@@ -38,8 +38,12 @@ CONFIG_FILE = "config.yaml"
 MODEL_KIND = "cross_layer_transcoder"
 FILE_PATTERN = re.compile(r"^W_enc_(\d+)\.safetensors$")
 NAME_PREFIX = "clt-own-layer"
-SCHEMA = (Field("model_kind", "str"), Field("feature_input_hook", "str"), Field("feature_output_hook", "str"),
-          Field("model_name", "str"))
+SCHEMA = (
+    Field("model_kind", "str"),
+    Field("feature_input_hook", "str"),
+    Field("feature_output_hook", "str"),
+    Field("model_name", "str"),
+)
 
 
 def is_clt_dir(path: Path) -> bool:
@@ -55,8 +59,10 @@ def _encoder_file(path: Path, opts: Options) -> Path:
     if path.is_file():
         return path
     if opts.layer is None:
-        raise DictionaryError(f"{path}: a cross-layer transcoder has one encoder per layer; pass "
-                              "layer=... (or use load_dictionaries for every layer)")
+        raise DictionaryError(
+            f"{path}: a cross-layer transcoder has one encoder per layer; pass "
+            "layer=... (or use load_dictionaries for every layer)"
+        )
     file = path / f"W_enc_{opts.layer}.safetensors"
     if not file.is_file():
         raise DictionaryError(f"{path}: no {file.name} here")
@@ -70,38 +76,64 @@ def load(path: Path, opts: Options) -> Dictionary:
     cfg_path = path.parent / CONFIG_FILE
     cfg = check_config(read_yaml(cfg_path), SCHEMA, str(cfg_path)) if cfg_path.is_file() else {}
     if (cfg.get("model_kind") or MODEL_KIND) != MODEL_KIND:  # YAML null counts as absent
-        raise DictionaryError(f"{cfg_path}: model_kind {cfg['model_kind']!r}, but W_enc_*.safetensors "
-                              f"files are a {MODEL_KIND}")
+        raise DictionaryError(
+            f"{cfg_path}: model_kind {cfg['model_kind']!r}, but W_enc_*.safetensors files are a {MODEL_KIND}"
+        )
     hook_in = circuit_tracer.hook_name(cfg.get("feature_input_hook") or "hook_resid_mid", file_layer)
     hook_out = circuit_tracer.hook_name(cfg.get("feature_output_hook") or "hook_mlp_out", file_layer)
     origin = str(path)
-    claims = [Claim(file_layer, None, f"the file name {path.name!r}"),
-              Claim(*parse_hook_name(hook_in), f"feature_input_hook {hook_in!r}")]
+    claims = [
+        Claim(file_layer, None, f"the file name {path.name!r}"),
+        Claim(*parse_hook_name(hook_in), f"feature_input_hook {hook_in!r}"),
+    ]
     layer, site_in = resolve(claims, layer=opts.layer, site=opts.site, origin=origin)
-    _, site_out = resolve([Claim(*parse_hook_name(hook_out), f"feature_output_hook {hook_out!r}")],
-                          layer=layer, site=None, origin=origin)
+    _, site_out = resolve(
+        [Claim(*parse_hook_name(hook_out), f"feature_output_hook {hook_out!r}")], layer=layer, site=None, origin=origin
+    )
 
     store = TensorStore(read_safetensors(path), origin)
     b_enc, b_dec = store.take(f"b_enc_{layer}"), store.take(f"b_dec_{layer}")
     d_sae, d_model = b_enc.shape[0], b_dec.shape[0]
     arrays = {
-        "W_enc": expect_shape(store.take(f"W_enc_{layer}"), (d_sae, d_model), origin=origin,
-                              key=f"W_enc_{layer}", axes="[d_transcoder, d_model]").T,
-        "b_enc": b_enc, "b_dec": b_dec,
+        "W_enc": expect_shape(
+            store.take(f"W_enc_{layer}"),
+            (d_sae, d_model),
+            origin=origin,
+            key=f"W_enc_{layer}",
+            axes="[d_transcoder, d_model]",
+        ).T,
+        "b_enc": b_enc,
+        "b_dec": b_dec,
     }
     activation = "relu"
     if store.has(f"threshold_{layer}"):
         activation = "jumprelu"
-        arrays["threshold"] = expect_shape(store.take(f"threshold_{layer}"), (d_sae,), origin=origin,
-                                           key=f"threshold_{layer}", axes="[d_transcoder]")
+        arrays["threshold"] = expect_shape(
+            store.take(f"threshold_{layer}"), (d_sae,), origin=origin, key=f"threshold_{layer}", axes="[d_transcoder]"
+        )
     store.finish()
     arrays["W_dec"] = own_decoder(path.with_name(f"W_dec_{layer}.safetensors"), layer, d_sae, d_model, opts)
-    info = DictionaryInfo(format=FORMAT, source=origin, architecture="clt_own_layer",
-                          model_name=cfg.get("model_name"), hook_name=hook_in, hook_name_out=hook_out)
+    info = DictionaryInfo(
+        format=FORMAT,
+        source=origin,
+        architecture="clt_own_layer",
+        model_name=cfg.get("model_name"),
+        hook_name=hook_in,
+        hook_name_out=hook_out,
+    )
     if opts.name is None:
         opts = dataclasses.replace(opts, name=f"{NAME_PREFIX}-{width_label(d_sae)}")
-    return build(opts, arrays=arrays, layer=layer, site_in=site_in, site_out=site_out,
-                 kind="transcoder", activation=activation, info=info, rectify=False)
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site_in,
+        site_out=site_out,
+        kind="transcoder",
+        activation=activation,
+        info=info,
+        rectify=False,
+    )
 
 
 def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options) -> np.ndarray:
@@ -111,12 +143,16 @@ def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options)
     part, shape = read_safetensors_slice(path, key, (slice(None), slice(0, 1), slice(None)))
     n_written = shape[1]
     if shape[0] != d_sae or shape[2] != d_model:
-        raise DictionaryError(f"{path}: key {key!r} has shape {tuple(shape)}, expected "
-                              f"[d_transcoder, n_layers - {layer}, d_model] = ({d_sae}, ., {d_model})")
+        raise DictionaryError(
+            f"{path}: key {key!r} has shape {tuple(shape)}, expected "
+            f"[d_transcoder, n_layers - {layer}, d_model] = ({d_sae}, ., {d_model})"
+        )
     if opts.model is not None and layer + n_written != opts.model.n_layers:
-        raise DictionaryError(f"{path}: {key!r} writes to {n_written} layers from layer {layer}, so the "
-                              f"transcoder spans {layer + n_written} layers, but the model has "
-                              f"{opts.model.n_layers}")
+        raise DictionaryError(
+            f"{path}: {key!r} writes to {n_written} layers from layer {layer}, so the "
+            f"transcoder spans {layer + n_written} layers, but the model has "
+            f"{opts.model.n_layers}"
+        )
     decoder = part[:, 0]
     check_values(decoder, str(path), key)
     return decoder

@@ -42,16 +42,33 @@ from .schema import Field, check_config
 FORMAT = "dictionary_learning"
 OPTIONS = COMMON_OPTIONS
 WEIGHTS_FILE, CONFIG_FILE = "ae.pt", "config.json"
-DICT_CLASSES = ("AutoEncoder", "AutoEncoderNew", "GatedAutoEncoder", "JumpReluAutoEncoder",
-                "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE")
-_SITES = {"resid_post": "resid_post", "resid_out": "resid_post", "attn_out": "attn_out",
-          "mlp_out": "mlp_out"}
-_SECTION_FIELDS = (Field("dict_class", "str"), Field("activation_dim", "int", minimum=1),
-                   Field("dict_size", "int", minimum=1), Field("k", "int", minimum=1),
-                   Field("layer", "int", minimum=0), Field("lm_name", "str"), Field("submodule_name", "str"))
-SCHEMA = tuple(field for section in ("trainer", "dictionary")  # a section, then its fields
-               for field in (Field(section, "dict"), *(Field(f"{section}.{f.name}", f.kind, minimum=f.minimum)
-                                                       for f in _SECTION_FIELDS)))
+DICT_CLASSES = (
+    "AutoEncoder",
+    "AutoEncoderNew",
+    "GatedAutoEncoder",
+    "JumpReluAutoEncoder",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+)
+_SITES = {"resid_post": "resid_post", "resid_out": "resid_post", "attn_out": "attn_out", "mlp_out": "mlp_out"}
+_SECTION_FIELDS = (
+    Field("dict_class", "str"),
+    Field("activation_dim", "int", minimum=1),
+    Field("dict_size", "int", minimum=1),
+    Field("k", "int", minimum=1),
+    Field("layer", "int", minimum=0),
+    Field("lm_name", "str"),
+    Field("submodule_name", "str"),
+)
+SCHEMA = tuple(
+    field
+    for section in ("trainer", "dictionary")  # a section, then its fields
+    for field in (
+        Field(section, "dict"),
+        *(Field(f"{section}.{f.name}", f.kind, minimum=f.minimum) for f in _SECTION_FIELDS),
+    )
+)
 _SITE_IN_NAME = re.compile(r"(resid_post|resid_out|attn_out|mlp_out|embed)(?:_layer_?(\d+))?(?:/|$)")
 
 
@@ -74,16 +91,14 @@ def _placement(section: dict, path: Path, opts: Options, origin: str) -> tuple[i
         claims.append(Claim(section["layer"], None, f"{CONFIG_FILE} trainer.layer {section['layer']}"))
     texts = [(f"the folder {path.name!r}", Path(os.path.abspath(path)).as_posix() + "/")]
     if section.get("submodule_name"):
-        texts.append((f"{CONFIG_FILE} submodule_name {section['submodule_name']!r}",
-                      section["submodule_name"]))
+        texts.append((f"{CONFIG_FILE} submodule_name {section['submodule_name']!r}", section["submodule_name"]))
     for evidence, text in texts:
         found = _SITE_IN_NAME.findall(text)
         if not found:
             continue
         site, layer = found[-1]
         if site == "embed":
-            raise DictionaryError(f"{origin}: {evidence} says it reads the embedding, not a "
-                                  "Query Lens site")
+            raise DictionaryError(f"{origin}: {evidence} says it reads the embedding, not a Query Lens site")
         claims.append(Claim(int(layer) if layer else None, _SITES[site], evidence))
     return resolve(claims, layer=opts.layer, site=opts.site, origin=origin)
 
@@ -105,8 +120,9 @@ def _stored_k(store: TensorStore, section: dict, origin: str) -> int:
     return k
 
 
-def _arrays(dict_class: str, store: TensorStore, d_in: int, d_sae: int, section: dict,
-            origin: str) -> tuple[dict, str, int | None, bool]:
+def _arrays(
+    dict_class: str, store: TensorStore, d_in: int, d_sae: int, section: dict, origin: str
+) -> tuple[dict, str, int | None, bool]:
     """(arrays, activation, k, apply_b_dec_to_input) of one dictionary_learning class."""
     sizes = {"d_in": d_in, "d_sae": d_sae}
 
@@ -115,11 +131,14 @@ def _arrays(dict_class: str, store: TensorStore, d_in: int, d_sae: int, section:
         return expect_shape(store.take(key), shape, origin=origin, key=key, axes=f"[{', '.join(axes)}]")
 
     if dict_class in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):
-        w = {"W_enc": take("W_enc", "d_in", "d_sae"), "b_enc": take("b_enc", "d_sae"),
-             "W_dec": take("W_dec", "d_sae", "d_in"), "b_dec": take("b_dec", "d_in")}
+        w = {
+            "W_enc": take("W_enc", "d_in", "d_sae"),
+            "b_enc": take("b_enc", "d_sae"),
+            "W_dec": take("W_dec", "d_sae", "d_in"),
+            "b_dec": take("b_dec", "d_in"),
+        }
     else:  # torch Linear layers: encoder.weight [d_sae, d_in], decoder.weight [d_in, d_sae]
-        w = {"W_enc": take("encoder.weight", "d_sae", "d_in").T,
-             "W_dec": take("decoder.weight", "d_in", "d_sae").T}
+        w = {"W_enc": take("encoder.weight", "d_sae", "d_in").T, "W_dec": take("decoder.weight", "d_in", "d_sae").T}
     if dict_class == "AutoEncoder":
         w.update(b_enc=take("encoder.bias", "d_sae"), b_dec=take("bias", "d_in"))
         return w, "relu", None, True
@@ -127,8 +146,12 @@ def _arrays(dict_class: str, store: TensorStore, d_in: int, d_sae: int, section:
         w.update(b_enc=take("encoder.bias", "d_sae"), b_dec=take("decoder.bias", "d_in"))
         return w, "relu", None, False
     if dict_class == "GatedAutoEncoder":
-        w.update(b_enc=take("gate_bias", "d_sae"), b_mag=take("mag_bias", "d_sae"),
-                 r_mag=take("r_mag", "d_sae"), b_dec=take("decoder_bias", "d_in"))
+        w.update(
+            b_enc=take("gate_bias", "d_sae"),
+            b_mag=take("mag_bias", "d_sae"),
+            r_mag=take("r_mag", "d_sae"),
+            b_dec=take("decoder_bias", "d_in"),
+        )
         return w, "gated", None, True
     if dict_class == "JumpReluAutoEncoder":
         w["threshold"] = take("threshold", "d_sae")
@@ -156,16 +179,26 @@ def load(path: Path, opts: Options) -> Dictionary:
     section = _section(check_config(read_json(path / CONFIG_FILE), SCHEMA, cfg_origin), cfg_origin)
     dict_class = section["dict_class"]
     if dict_class not in DICT_CLASSES:
-        raise DictionaryError(f"{cfg_origin}: dict_class {dict_class!r} is not supported; "
-                              f"supported: {', '.join(DICT_CLASSES)}")
+        raise DictionaryError(
+            f"{cfg_origin}: dict_class {dict_class!r} is not supported; supported: {', '.join(DICT_CLASSES)}"
+        )
     d_in = require(section, "activation_dim", cfg_origin)
     d_sae = require(section, "dict_size", cfg_origin)
     layer, site = _placement(section, path, opts, cfg_origin)
     store = TensorStore(read_torch(path / WEIGHTS_FILE), origin)
     arrays, activation, k, apply_b_dec = _arrays(dict_class, store, d_in, d_sae, section, origin)
     store.finish()
-    info = DictionaryInfo(format=FORMAT, source=str(path), architecture=dict_class,
-                          model_name=section.get("lm_name"))
-    return build(opts, arrays=arrays, layer=layer, site_in=site, site_out=site, kind="sae",
-                 activation=activation, info=info, k=k, rectify=True,
-                 apply_b_dec_to_input=apply_b_dec)
+    info = DictionaryInfo(format=FORMAT, source=str(path), architecture=dict_class, model_name=section.get("lm_name"))
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site,
+        site_out=site,
+        kind="sae",
+        activation=activation,
+        info=info,
+        k=k,
+        rectify=True,
+        apply_b_dec_to_input=apply_b_dec,
+    )

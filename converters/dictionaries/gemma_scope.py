@@ -77,11 +77,9 @@ def load(path: Path, opts: Options) -> Dictionary:
     arrays = {
         "W_enc": expect_shape(w_enc, (d_in, d_sae), origin=origin, key="W_enc", axes="[d_in, d_sae]"),
         "b_enc": b_enc,
-        "W_dec": expect_shape(store.take("W_dec"), (d_sae, d_out), origin=origin, key="W_dec",
-                              axes="[d_sae, d_out]"),
+        "W_dec": expect_shape(store.take("W_dec"), (d_sae, d_out), origin=origin, key="W_dec", axes="[d_sae, d_out]"),
         "b_dec": b_dec,
-        "threshold": expect_shape(store.take("threshold"), (d_sae,), origin=origin,
-                                  key="threshold", axes="[d_sae]"),
+        "threshold": expect_shape(store.take("threshold"), (d_sae,), origin=origin, key="threshold", axes="[d_sae]"),
     }
     store.finish()
     width = re.search(r"width_(\w+?)(?:/|$)", text)
@@ -89,5 +87,15 @@ def load(path: Path, opts: Options) -> Dictionary:
     if label:
         check_width_label(label, d_sae, origin)
     info = DictionaryInfo(format=FORMAT, source=origin, architecture=f"jumprelu_{kind}")
-    return build(opts, arrays=arrays, layer=layer, site_in=site_in, site_out=site_out, kind=kind,
-                 activation="jumprelu", info=info, label=label, rectify=True)
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site_in,
+        site_out=site_out,
+        kind=kind,
+        activation="jumprelu",
+        info=info,
+        label=label,
+        rectify=True,
+    )

@@ -21,7 +21,14 @@ from pathlib import Path
 from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name
 
 from .assemble import (
-    COMMON_OPTIONS, Claim, Options, build, check_width_label, expect_shape, require, resolve,
+    COMMON_OPTIONS,
+    Claim,
+    Options,
+    build,
+    check_width_label,
+    expect_shape,
+    require,
+    resolve,
 )
 from .readers import TensorStore, read_json, read_safetensors
 from .schema import Field, check_config
@@ -31,9 +38,14 @@ OPTIONS = COMMON_OPTIONS
 CONFIG_FILE, PARAMS_FILE = "config.json", "params.safetensors"
 _MODEL_TYPE = "gemma3_text"  # hook names are Gemma 3 module paths whatever model is passed
 SCHEMA = (
-    Field("architecture", "str"), Field("type", "str", True), Field("hf_hook_point_in", "str", True),
-    Field("hf_hook_point_out", "str"), Field("affine_connection", "bool"), Field("width", "str|int"),
-    Field("l0", "str|float"), Field("model_name", "str"),
+    Field("architecture", "str"),
+    Field("type", "str", True),
+    Field("hf_hook_point_in", "str", True),
+    Field("hf_hook_point_out", "str"),
+    Field("affine_connection", "bool"),
+    Field("width", "str|int"),
+    Field("l0", "str|float"),
+    Field("model_name", "str"),
 )
 
 
@@ -46,8 +58,10 @@ def load(path: Path, opts: Options) -> Dictionary:
     cfg_origin, origin = str(path / CONFIG_FILE), str(path / PARAMS_FILE)
     cfg = check_config(read_json(path / CONFIG_FILE), SCHEMA, cfg_origin)
     if cfg.get("architecture") != "jump_relu":
-        raise DictionaryError(f"{cfg_origin}: architecture {cfg.get('architecture')!r} is not "
-                              "'jump_relu', the only one Gemma Scope 2 publishes")
+        raise DictionaryError(
+            f"{cfg_origin}: architecture {cfg.get('architecture')!r} is not "
+            "'jump_relu', the only one Gemma Scope 2 publishes"
+        )
     kind = require(cfg, "type", cfg_origin)
     if kind not in ("sae", "transcoder"):
         raise DictionaryError(f"{cfg_origin}: type {kind!r} is not 'sae' or 'transcoder'")
@@ -60,16 +74,19 @@ def load(path: Path, opts: Options) -> Dictionary:
     layer, site_in = resolve(claims, layer=opts.layer, site=opts.site, origin=cfg_origin)
     site_out = site_in
     if kind == "transcoder":
-        out = Claim(*parse_hook_name(require(cfg, "hf_hook_point_out", cfg_origin), _MODEL_TYPE),
-                    f"hf_hook_point_out {hook_out!r}")
-        _, site_out = resolve([out, Claim(layer, None, "hf_hook_point_in")], layer=None,
-                              site=None, origin=cfg_origin)
+        out = Claim(
+            *parse_hook_name(require(cfg, "hf_hook_point_out", cfg_origin), _MODEL_TYPE),
+            f"hf_hook_point_out {hook_out!r}",
+        )
+        _, site_out = resolve([out, Claim(layer, None, "hf_hook_point_in")], layer=None, site=None, origin=cfg_origin)
 
     store = TensorStore(read_safetensors(path / PARAMS_FILE), origin)
     w_dec = store.take("w_dec")
     if w_dec.ndim == 3:
-        raise DictionaryError(f"{origin}: w_dec {w_dec.shape} has a target-layer axis: a cross-layer "
-                              "transcoder, which Query Lens does not support")
+        raise DictionaryError(
+            f"{origin}: w_dec {w_dec.shape} has a target-layer axis: a cross-layer "
+            "transcoder, which Query Lens does not support"
+        )
     b_enc, b_dec = store.take("b_enc"), store.take("b_dec")
     d_sae, d_out = b_enc.shape[0], b_dec.shape[0]
     w_enc = store.take("w_enc")
@@ -80,8 +97,7 @@ def load(path: Path, opts: Options) -> Dictionary:
         "b_enc": expect_shape(b_enc, (d_sae,), origin=origin, key="b_enc", axes="[d_sae]"),
         "W_dec": expect_shape(w_dec, (d_sae, d_out), origin=origin, key="w_dec", axes="[d_sae, d_out]"),
         "b_dec": b_dec,
-        "threshold": expect_shape(store.take("threshold"), (d_sae,), origin=origin,
-                                  key="threshold", axes="[d_sae]"),
+        "threshold": expect_shape(store.take("threshold"), (d_sae,), origin=origin, key="threshold", axes="[d_sae]"),
     }
     affine = bool(cfg.get("affine_connection", False))
     if store.has("affine_skip_connection") != affine:
@@ -91,8 +107,13 @@ def load(path: Path, opts: Options) -> Dictionary:
             "(some transcoders were uploaded without it; refusing to guess)"
         )
     if affine:
-        skip = expect_shape(store.take("affine_skip_connection"), (d_in, d_out), origin=origin,
-                            key="affine_skip_connection", axes="[d_in, d_out]")
+        skip = expect_shape(
+            store.take("affine_skip_connection"),
+            (d_in, d_out),
+            origin=origin,
+            key="affine_skip_connection",
+            axes="[d_in, d_out]",
+        )
         arrays["W_skip"] = skip.T
     store.finish()
     width = re.search(r"width_([^_/]+)", path.name)
@@ -100,8 +121,22 @@ def load(path: Path, opts: Options) -> Dictionary:
     if label:
         check_width_label(label, d_sae, origin)
     info = DictionaryInfo(
-        format=FORMAT, source=str(path), architecture="jump_relu", model_name=cfg.get("model_name"),
-        hf_hook_name=hook_in, hf_hook_name_out=hook_out,
+        format=FORMAT,
+        source=str(path),
+        architecture="jump_relu",
+        model_name=cfg.get("model_name"),
+        hf_hook_name=hook_in,
+        hf_hook_name_out=hook_out,
     )
-    return build(opts, arrays=arrays, layer=layer, site_in=site_in, site_out=site_out,
-                 kind=kind, activation="jumprelu", info=info, label=label, rectify=True)
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site_in,
+        site_out=site_out,
+        kind=kind,
+        activation="jumprelu",
+        info=info,
+        label=label,
+        rectify=True,
+    )

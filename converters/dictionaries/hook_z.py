@@ -21,8 +21,11 @@ from .schema import Field, check_config
 FORMAT = "hook_z"
 OPTIONS = COMMON_OPTIONS
 SCHEMA = (
-    Field("act_name", "str", True), Field("act_size", "int", True, 1), Field("dict_size", "int", True, 1),
-    Field("layer", "int", minimum=0), Field("model_name", "str"),
+    Field("act_name", "str", True),
+    Field("act_size", "int", True, 1),
+    Field("dict_size", "int", True, 1),
+    Field("layer", "int", minimum=0),
+    Field("model_name", "str"),
 )
 
 
@@ -53,15 +56,27 @@ def load(path: Path, opts: Options) -> Dictionary:
     d_in, d_sae = cfg["act_size"], cfg["dict_size"]
     store = TensorStore(read_torch(path), origin)
     arrays = {
-        "W_enc": expect_shape(store.take("W_enc"), (d_in, d_sae), origin=origin, key="W_enc",
-                              axes="[act_size, dict_size]"),
+        "W_enc": expect_shape(
+            store.take("W_enc"), (d_in, d_sae), origin=origin, key="W_enc", axes="[act_size, dict_size]"
+        ),
         "b_enc": expect_shape(store.take("b_enc"), (d_sae,), origin=origin, key="b_enc", axes="[dict_size]"),
-        "W_dec": expect_shape(store.take("W_dec"), (d_sae, d_in), origin=origin, key="W_dec",
-                              axes="[dict_size, act_size]"),
+        "W_dec": expect_shape(
+            store.take("W_dec"), (d_sae, d_in), origin=origin, key="W_dec", axes="[dict_size, act_size]"
+        ),
         "b_dec": expect_shape(store.take("b_dec"), (d_in,), origin=origin, key="b_dec", axes="[act_size]"),
     }
     store.finish()
-    info = DictionaryInfo(format=FORMAT, source=origin, architecture="standard",
-                          model_name=cfg.get("model_name"), hook_name=act_name)
-    return build(opts, arrays=arrays, layer=layer, site_in=site, site_out=site, kind="sae",
-                 activation="relu", info=info, apply_b_dec_to_input=True)
+    info = DictionaryInfo(
+        format=FORMAT, source=origin, architecture="standard", model_name=cfg.get("model_name"), hook_name=act_name
+    )
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site,
+        site_out=site,
+        kind="sae",
+        activation="relu",
+        info=info,
+        apply_b_dec_to_input=True,
+    )

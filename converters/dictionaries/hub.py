@@ -12,9 +12,18 @@ from qlens_jax.dictionaries import DictionaryError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/.*)?$")
 # Files any supported format keeps in a dictionary's folder.
-FOLDER_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "config.json",
-                "params.safetensors", "params.npz", "sae.safetensors", "hyperparams.json",
-                "checkpoints/final.safetensors", "ae.pt")
+FOLDER_FILES = (
+    "cfg.json",
+    "sae_weights.safetensors",
+    "sparsity.safetensors",
+    "config.json",
+    "params.safetensors",
+    "params.npz",
+    "sae.safetensors",
+    "hyperparams.json",
+    "checkpoints/final.safetensors",
+    "ae.pt",
+)
 # Files kept at a repository's root by formats with one file per layer.
 ROOT_FILES = ("config.yaml", "config.json")
 
@@ -43,8 +52,14 @@ def _patterns(inside: str, layer: int | None) -> list[str]:
     return [prefix + f for f in FOLDER_FILES] + [prefix + f for f in ROOT_FILES] + per_layer
 
 
-def fetch(source: str, path: str | None = None, *, revision: str | None = None,
-          cache_dir: str | Path | None = None, layer: int | None = None) -> Path:
+def fetch(
+    source: str,
+    path: str | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    layer: int | None = None,
+) -> Path:
     """Download (or find in the cache) what `source`/`path` needs; return the local path."""
     repo_id, inside = split_hub_id(source, path)
     where = f"{repo_id}" + (f" path {inside!r}" if inside else "")
@@ -52,13 +67,15 @@ def fetch(source: str, path: str | None = None, *, revision: str | None = None,
         f"Download it first, e.g. `hf download {repo_id} "
         + (f"--include '{inside}*' " if inside else "")
         + "--local-dir DIR`, and pass the local directory: load_dictionary('DIR"
-        + (f"/{inside}" if inside else "") + "')."
+        + (f"/{inside}" if inside else "")
+        + "')."
     )
     try:
         from huggingface_hub import snapshot_download
 
-        root = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                 allow_patterns=_patterns(inside, layer))
+        root = snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=_patterns(inside, layer)
+        )
     except Exception as e:  # offline, not found, no network, gated, ...
         raise DictionaryError(
             f"could not get {where} from the Hugging Face Hub ({type(e).__name__}: {e}). "

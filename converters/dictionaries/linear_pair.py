@@ -33,16 +33,31 @@ def load(path: Path, opts: Options, *, format: str, encoder: str, decoder: str) 
     b_enc, b_dec = store.take(f"{encoder}.bias"), store.take(f"{decoder}.bias")
     d_sae, d_in = b_enc.shape[0], b_dec.shape[0]
     arrays = {
-        "W_enc": expect_shape(store.take(f"{encoder}.weight"), (d_sae, d_in), origin=origin,
-                              key=f"{encoder}.weight", axes="[d_sae, d_in]").T,
+        "W_enc": expect_shape(
+            store.take(f"{encoder}.weight"), (d_sae, d_in), origin=origin, key=f"{encoder}.weight", axes="[d_sae, d_in]"
+        ).T,
         "b_enc": b_enc,
-        "W_dec": expect_shape(store.take(f"{decoder}.weight"), (d_in, d_sae), origin=origin,
-                              key=f"{decoder}.weight", axes="[d_in, d_sae]").T,
+        "W_dec": expect_shape(
+            store.take(f"{decoder}.weight"), (d_in, d_sae), origin=origin, key=f"{decoder}.weight", axes="[d_in, d_sae]"
+        ).T,
         "b_dec": b_dec,
     }
     store.finish()
-    info = DictionaryInfo(format=format, source=origin, architecture="standard",
-                          model_name=m.group("model") if m else None,
-                          hf_hook_name=f"model.layers.{layer}" if m else None)
-    return build(opts, arrays=arrays, layer=layer, site_in=site, site_out=site, kind="sae",
-                 activation="relu", info=info, apply_b_dec_to_input=False)
+    info = DictionaryInfo(
+        format=format,
+        source=origin,
+        architecture="standard",
+        model_name=m.group("model") if m else None,
+        hf_hook_name=f"model.layers.{layer}" if m else None,
+    )
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site,
+        site_out=site,
+        kind="sae",
+        activation="relu",
+        info=info,
+        apply_b_dec_to_input=False,
+    )

@@ -48,12 +48,20 @@ CONFIG_FILE, WEIGHTS_FILE = "hyperparams.json", "checkpoints/final.safetensors"
 _FOLDER = re.compile(r"(?:^|-)L(\d+)(TC|R|A|M)(?:-|$)")
 _FOLDER_SITES = {"R": "resid_post", "A": "attn_out", "M": "mlp_out"}
 SCHEMA = (
-    Field("d_model", "int", True, 1), Field("d_sae", "int", True, 1), Field("hook_point_in", "str", True),
-    Field("hook_point_out", "str"), Field("act_fn", "str"), Field("jump_relu_threshold", "float", True),
-    Field("norm_activation", "str"), Field("dataset_average_activation_norm", "dict"),
-    Field("dataset_average_activation_norm.in", "float"), Field("dataset_average_activation_norm.out", "float"),
-    Field("sparsity_include_decoder_norm", "bool"), Field("apply_decoder_bias_to_pre_encoder", "bool"),
-    Field("use_glu_encoder", "bool"), Field("use_decoder_bias", "bool"),
+    Field("d_model", "int", True, 1),
+    Field("d_sae", "int", True, 1),
+    Field("hook_point_in", "str", True),
+    Field("hook_point_out", "str"),
+    Field("act_fn", "str"),
+    Field("jump_relu_threshold", "float", True),
+    Field("norm_activation", "str"),
+    Field("dataset_average_activation_norm", "dict"),
+    Field("dataset_average_activation_norm.in", "float"),
+    Field("dataset_average_activation_norm.out", "float"),
+    Field("sparsity_include_decoder_norm", "bool"),
+    Field("apply_decoder_bias_to_pre_encoder", "bool"),
+    Field("use_glu_encoder", "bool"),
+    Field("use_decoder_bias", "bool"),
 )
 # Options lm_saes applies at inference that this converter does not reproduce.
 _REFUSED_IF_TRUE = {
@@ -77,9 +85,11 @@ def _placement(cfg: dict, path: Path, opts: Options, origin: str) -> tuple[int, 
     hook_in = require(cfg, "hook_point_in", origin)
     hook_out = cfg.get("hook_point_out", hook_in)
     if hook_out != hook_in:
-        raise DictionaryError(f"{origin}: hook_point_in {hook_in!r} and hook_point_out {hook_out!r} "
-                              "differ: a Llama Scope transcoder (LXTC), whose input and output "
-                              "norms differ; not supported")
+        raise DictionaryError(
+            f"{origin}: hook_point_in {hook_in!r} and hook_point_out {hook_out!r} "
+            "differ: a Llama Scope transcoder (LXTC), whose input and output "
+            "norms differ; not supported"
+        )
     claims = [Claim(*parse_hook_name(hook_in, opts.model_type), f"hook_point_in {hook_in!r}")]
     m = _FOLDER.search(path.name)
     if m:
@@ -92,15 +102,19 @@ def _placement(cfg: dict, path: Path, opts: Options, origin: str) -> tuple[int, 
 def _input_scale(cfg: dict, d_model: int, origin: str) -> float:
     """`s = sqrt(d_model) / norm_in` of `norm_activation: dataset-wise`."""
     if cfg.get("norm_activation") != "dataset-wise":
-        raise DictionaryError(f"{origin}: norm_activation {cfg.get('norm_activation')!r} is not "
-                              "supported (Llama Scope publishes 'dataset-wise')")
+        raise DictionaryError(
+            f"{origin}: norm_activation {cfg.get('norm_activation')!r} is not "
+            "supported (Llama Scope publishes 'dataset-wise')"
+        )
     norms = require(cfg, "dataset_average_activation_norm", origin)
     if not isinstance(norms, dict) or "in" not in norms:
         raise DictionaryError(f"{origin}: dataset_average_activation_norm {norms!r} has no 'in'")
     norm_in, norm_out = float(norms["in"]), float(norms.get("out", norms["in"]))
     if norm_in != norm_out:
-        raise DictionaryError(f"{origin}: dataset_average_activation_norm in={norm_in} and "
-                              f"out={norm_out} differ, but an SAE reads and writes one site")
+        raise DictionaryError(
+            f"{origin}: dataset_average_activation_norm in={norm_in} and "
+            f"out={norm_out} differ, but an SAE reads and writes one site"
+        )
     if not (math.isfinite(norm_in) and norm_in > 0):
         raise DictionaryError(f"{origin}: dataset_average_activation_norm in={norm_in} must be positive")
     return math.sqrt(d_model) / norm_in
@@ -112,8 +126,9 @@ def load(path: Path, opts: Options) -> Dictionary:
     cfg_origin, origin = str(path / CONFIG_FILE), str(path / WEIGHTS_FILE)
     cfg = check_config(read_json(path / CONFIG_FILE), SCHEMA, cfg_origin)
     if cfg.get("act_fn") != "jumprelu":
-        raise DictionaryError(f"{cfg_origin}: act_fn {cfg.get('act_fn')!r} is not supported "
-                              "(Llama Scope publishes 'jumprelu')")
+        raise DictionaryError(
+            f"{cfg_origin}: act_fn {cfg.get('act_fn')!r} is not supported (Llama Scope publishes 'jumprelu')"
+        )
     for key, why in _REFUSED_IF_TRUE.items():
         if cfg.get(key):
             raise DictionaryError(f"{cfg_origin}: {key}=true is not supported: it {why}")
@@ -125,27 +140,39 @@ def load(path: Path, opts: Options) -> Dictionary:
     layer, site = _placement(cfg, path, opts, cfg_origin)
 
     store = TensorStore(read_safetensors(path / WEIGHTS_FILE), origin)
-    w_enc = expect_shape(store.take("encoder.weight"), (d_sae, d_model), origin=origin,
-                         key="encoder.weight", axes="[d_sae, d_model]").T
-    b_enc = expect_shape(store.take("encoder.bias"), (d_sae,), origin=origin, key="encoder.bias",
-                         axes="[d_sae]")
-    w_dec = expect_shape(store.take("decoder.weight"), (d_model, d_sae), origin=origin,
-                         key="decoder.weight", axes="[d_model, d_sae]").T
-    b_dec = expect_shape(store.take("decoder.bias"), (d_model,), origin=origin,
-                         key="decoder.bias", axes="[d_model]")
+    w_enc = expect_shape(
+        store.take("encoder.weight"), (d_sae, d_model), origin=origin, key="encoder.weight", axes="[d_sae, d_model]"
+    ).T
+    b_enc = expect_shape(store.take("encoder.bias"), (d_sae,), origin=origin, key="encoder.bias", axes="[d_sae]")
+    w_dec = expect_shape(
+        store.take("decoder.weight"), (d_model, d_sae), origin=origin, key="decoder.weight", axes="[d_model, d_sae]"
+    ).T
+    b_dec = expect_shape(store.take("decoder.bias"), (d_model,), origin=origin, key="decoder.bias", axes="[d_model]")
     store.finish()
     if cfg.get("sparsity_include_decoder_norm", False):
         w_enc, b_enc, w_dec = _unit_decoder_norm(w_enc, b_enc, w_dec, origin)
     arrays = {
-        "W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec,
+        "W_enc": w_enc,
+        "b_enc": b_enc,
+        "W_dec": w_dec,
+        "b_dec": b_dec,
         "threshold": np.full((d_sae,), theta * scale, dtype=np.float32).astype(b_enc.dtype),
         "input_scale": np.asarray(scale, dtype=np.float32),
     }
-    info = DictionaryInfo(format=FORMAT, source=str(path), architecture="jumprelu",
-                          hook_name=cfg["hook_point_in"])
-    return build(opts, arrays=arrays, layer=layer, site_in=site, site_out=site, kind="sae",
-                 activation="jumprelu", info=info, rectify=True, input_norm="scale",
-                 fold_scale=opts.fold_norm_scaling_factor)
+    info = DictionaryInfo(format=FORMAT, source=str(path), architecture="jumprelu", hook_name=cfg["hook_point_in"])
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site,
+        site_out=site,
+        kind="sae",
+        activation="jumprelu",
+        info=info,
+        rectify=True,
+        input_norm="scale",
+        fold_scale=opts.fold_norm_scaling_factor,
+    )
 
 
 def _unit_decoder_norm(w_enc, b_enc, w_dec, origin: str):
@@ -153,8 +180,12 @@ def _unit_decoder_norm(w_enc, b_enc, w_dec, origin: str):
     the encoder columns and biases (the gate then sees `n_i * pre_i`)."""
     norms = np.linalg.norm(w_dec.astype(np.float32), axis=-1)
     if not np.all(norms > 0):
-        raise DictionaryError(f"{origin}: decoder column {int(np.argmin(norms))} is zero; "
-                              "sparsity_include_decoder_norm cannot normalize it")
-    return ((w_enc.astype(np.float32) * norms[None, :]).astype(w_enc.dtype),
-            (b_enc.astype(np.float32) * norms).astype(b_enc.dtype),
-            (w_dec.astype(np.float32) / norms[:, None]).astype(w_dec.dtype))
+        raise DictionaryError(
+            f"{origin}: decoder column {int(np.argmin(norms))} is zero; "
+            "sparsity_include_decoder_norm cannot normalize it"
+        )
+    return (
+        (w_enc.astype(np.float32) * norms[None, :]).astype(w_enc.dtype),
+        (b_enc.astype(np.float32) * norms).astype(b_enc.dtype),
+        (w_dec.astype(np.float32) / norms[:, None]).astype(w_dec.dtype),
+    )

@@ -27,12 +27,18 @@ from .schema import Field, check_config
 
 FORMAT = "openai"
 OPTIONS = COMMON_OPTIONS
-_LOCATIONS = {"resid_post_mlp": "resid_post", "resid_post_attn": "resid_mid",
-              "resid_delta_attn": "attn_out", "resid_delta_mlp": "mlp_out"}
+_LOCATIONS = {
+    "resid_post_mlp": "resid_post",
+    "resid_post_attn": "resid_mid",
+    "resid_delta_attn": "attn_out",
+    "resid_delta_mlp": "mlp_out",
+}
 # The checkpoint's non-tensor entries.
 SCHEMA = (
-    Field("activation", "str"), Field("activation_state_dict", "dict"),
-    Field("activation_state_dict.k", "int", minimum=1), Field("activation_state_dict.postact_fn", "str"),
+    Field("activation", "str"),
+    Field("activation_state_dict", "dict"),
+    Field("activation_state_dict.k", "int", minimum=1),
+    Field("activation_state_dict.postact_fn", "str"),
 )
 _TRAINING_STATS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")
 
@@ -41,18 +47,30 @@ def load(path: Path, opts: Options) -> Dictionary:
     """Read an OpenAI `sparse_autoencoder` state dict (`{layer}.pt`)."""
     origin = str(path)
     raw = read_torch(path)
-    settings = check_config({key: raw.pop(key, None) for key in ("activation", "activation_state_dict")}, SCHEMA, origin)
+    settings = check_config(
+        {key: raw.pop(key, None) for key in ("activation", "activation_state_dict")}, SCHEMA, origin
+    )
     activation_name = settings["activation"] or "ReLU"
     activation_state = settings["activation_state_dict"] or {}
     store = TensorStore(raw, origin)
     pre_bias, latent_bias = store.take("pre_bias"), store.take("latent_bias")
     d, n_latents = pre_bias.shape[0], latent_bias.shape[0]
     arrays = {
-        "W_enc": expect_shape(store.take("encoder.weight"), (n_latents, d), origin=origin,
-                              key="encoder.weight", axes="[n_latents, d_model]").T,
+        "W_enc": expect_shape(
+            store.take("encoder.weight"),
+            (n_latents, d),
+            origin=origin,
+            key="encoder.weight",
+            axes="[n_latents, d_model]",
+        ).T,
         "b_enc": latent_bias,
-        "W_dec": expect_shape(store.take("decoder.weight"), (d, n_latents), origin=origin,
-                              key="decoder.weight", axes="[d_model, n_latents]").T,
+        "W_dec": expect_shape(
+            store.take("decoder.weight"),
+            (d, n_latents),
+            origin=origin,
+            key="decoder.weight",
+            axes="[d_model, n_latents]",
+        ).T,
         "b_dec": pre_bias,
     }
     store.discard(*_TRAINING_STATS)
@@ -63,8 +81,10 @@ def load(path: Path, opts: Options) -> Dictionary:
         activation, k = "topk", activation_state.get("k")
         postact = activation_state.get("postact_fn", "ReLU")
         if not isinstance(k, int) or postact not in ("ReLU", "Identity"):
-            raise DictionaryError(f"{origin}: TopK activation_state_dict {activation_state} needs "
-                                  "an int k and postact_fn 'ReLU' or 'Identity'")
+            raise DictionaryError(
+                f"{origin}: TopK activation_state_dict {activation_state} needs "
+                "an int k and postact_fn 'ReLU' or 'Identity'"
+            )
         rectify = postact == "ReLU"
     elif activation_name == "ReLU":
         activation = "relu"
@@ -84,6 +104,19 @@ def load(path: Path, opts: Options) -> Dictionary:
         claims.append(Claim(int(m.group(1)), None, f"the file name {m.group(0)!r}"))
     layer, site = resolve(claims, layer=opts.layer, site=opts.site, origin=origin)
     info = DictionaryInfo(format=FORMAT, source=origin, architecture=activation_name)
-    return build(opts, arrays=arrays, layer=layer, site_in=site, site_out=site, kind="sae",
-                 activation=activation, info=info, label=label, k=k, rectify=rectify,
-                 apply_b_dec_to_input=True, input_norm=input_norm, denormalize_output=True)
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site,
+        site_out=site,
+        kind="sae",
+        activation=activation,
+        info=info,
+        label=label,
+        k=k,
+        rectify=rectify,
+        apply_b_dec_to_input=True,
+        input_norm=input_norm,
+        denormalize_output=True,
+    )

@@ -35,11 +35,9 @@ def load(path: Path, opts: Options) -> Dictionary:
     b_enc, b_dec = store.take("b_enc"), store.take("b_dec")
     d_sae, d_in = b_enc.shape[0], b_dec.shape[0]
     arrays = {
-        "W_enc": expect_shape(store.take("W_enc"), (d_sae, d_in), origin=origin, key="W_enc",
-                              axes="[d_sae, d_in]").T,
+        "W_enc": expect_shape(store.take("W_enc"), (d_sae, d_in), origin=origin, key="W_enc", axes="[d_sae, d_in]").T,
         "b_enc": b_enc,
-        "W_dec": expect_shape(store.take("W_dec"), (d_in, d_sae), origin=origin, key="W_dec",
-                              axes="[d_in, d_sae]").T,
+        "W_dec": expect_shape(store.take("W_dec"), (d_in, d_sae), origin=origin, key="W_dec", axes="[d_in, d_sae]").T,
         "b_dec": b_dec,
     }
     store.finish()
@@ -48,16 +46,31 @@ def load(path: Path, opts: Options) -> Dictionary:
     if repo:
         label = f"{repo.group(1)}k"
         if d_sae != int(repo.group(1)) * 1024:
-            raise DictionaryError(f"{origin}: the path says width W{repo.group(1)}K "
-                                  f"(= {int(repo.group(1)) * 1024}) but b_enc has d_sae={d_sae}")
+            raise DictionaryError(
+                f"{origin}: the path says width W{repo.group(1)}K "
+                f"(= {int(repo.group(1)) * 1024}) but b_enc has d_sae={d_sae}"
+            )
         check_width_label(label, d_sae, origin)
         if k is not None and k != int(repo.group(2)):
             raise DictionaryError(f"{origin}: k={k} was requested but the path says L0_{repo.group(2)}")
         k = int(repo.group(2))
     if k is None:
-        raise DictionaryError(f"{origin}: the TopK size is not in the file; pass k=... (the "
-                              "release's L0, e.g. 50 for ...-L0_50)")
-    info = DictionaryInfo(format=FORMAT, source=origin, architecture="topk",
-                          hf_hook_name=f"model.layers.{layer}" if m else None)
-    return build(opts, arrays=arrays, layer=layer, site_in=site, site_out=site, kind="sae",
-                 activation="topk", info=info, label=label, k=k, rectify=True)
+        raise DictionaryError(
+            f"{origin}: the TopK size is not in the file; pass k=... (the release's L0, e.g. 50 for ...-L0_50)"
+        )
+    info = DictionaryInfo(
+        format=FORMAT, source=origin, architecture="topk", hf_hook_name=f"model.layers.{layer}" if m else None
+    )
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site,
+        site_out=site,
+        kind="sae",
+        activation="topk",
+        info=info,
+        label=label,
+        k=k,
+        rectify=True,
+    )

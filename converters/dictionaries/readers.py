@@ -73,8 +73,7 @@ def read_safetensors_slice(path: Path, key: str, index: tuple) -> tuple[np.ndarr
             part = f.get_slice(key)
             shape = list(part.get_shape())
             if len(shape) != len(index):
-                raise DictionaryError(f"{path}: key {key!r} has shape {tuple(shape)}, expected "
-                                      f"{len(index)} axes")
+                raise DictionaryError(f"{path}: key {key!r} has shape {tuple(shape)}, expected {len(index)} axes")
             return part[index], shape
     except (SafetensorError, OSError, ValueError) as e:
         raise DictionaryError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
@@ -118,8 +117,7 @@ def read_torch(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        raise DictionaryError(
-            f"{path}: cannot read PyTorch checkpoint (truncated or corrupt?): {e}") from None
+        raise DictionaryError(f"{path}: cannot read PyTorch checkpoint (truncated or corrupt?): {e}") from None
     if not isinstance(data, dict):
         raise DictionaryError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
     return {k: torch_to_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
@@ -156,9 +154,7 @@ class TensorStore:
     def take(self, key: str, *, finite: bool = True) -> np.ndarray:
         """Remove and return tensor `key`; `finite=False` only rejects NaN (for log densities)."""
         if key not in self.tensors:
-            raise DictionaryError(
-                f"{self.origin}: missing key {key!r} (found: {sorted(self.tensors)})"
-            )
+            raise DictionaryError(f"{self.origin}: missing key {key!r} (found: {sorted(self.tensors)})")
         value = self.tensors.pop(key)
         if not isinstance(value, np.ndarray):
             raise DictionaryError(f"{self.origin}: key {key!r} is a {type(value).__name__}, not a tensor")

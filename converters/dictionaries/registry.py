@@ -34,17 +34,37 @@ from .schema import Field, check_config
 
 SEPARATOR = ":"
 # sae_lens loader -> fetched and converted natively (these releases have no config_overrides).
-NATIVE = frozenset({
-    "gemma_2", "gemma_2_transcoder", "gemma_3", "llama_scope", "qwen_scope", "sparsify",
-    "mwhanna_transcoder", "mntss_clt_layer_transcoder", "dictionary_learning_1", "goodfire",
-    "deepseek_r1", "connor_rob_hook_z",
-})
+NATIVE = frozenset(
+    {
+        "gemma_2",
+        "gemma_2_transcoder",
+        "gemma_3",
+        "llama_scope",
+        "qwen_scope",
+        "sparsify",
+        "mwhanna_transcoder",
+        "mntss_clt_layer_transcoder",
+        "dictionary_learning_1",
+        "goodfire",
+        "deepseek_r1",
+        "connor_rob_hook_z",
+    }
+)
 INSTALL = "pip install sae-lens"
 UNSUPPORTED_LOADERS = {"temporal": saelens.UNSUPPORTED["temporal"]}
-RELEASE_SCHEMA = (Field("repo_id", "str", True), Field("conversion_func", "str"), Field("model", "str"),
-                  Field("config_overrides", "dict"), Field("saes", "list"))
-SAE_SCHEMA = (Field("id", "str|int", True), Field("path", "str|int", True), Field("neuronpedia", "str"),
-              Field("norm_scaling_factor", "float"))
+RELEASE_SCHEMA = (
+    Field("repo_id", "str", True),
+    Field("conversion_func", "str"),
+    Field("model", "str"),
+    Field("config_overrides", "dict"),
+    Field("saes", "list"),
+)
+SAE_SCHEMA = (
+    Field("id", "str|int", True),
+    Field("path", "str|int", True),
+    Field("neuronpedia", "str"),
+    Field("norm_scaling_factor", "float"),
+)
 # config_overrides replace keys of a sae_lens config: typed as in one, none of them required
 OVERRIDE_SCHEMA = tuple(dataclasses.replace(field, required=False) for field in saelens.SCHEMA)
 
@@ -74,8 +94,14 @@ def parse(source: Any) -> tuple[str, str] | None:
     if not isinstance(source, str) or SEPARATOR not in source or "://" in source:
         return None
     release, sae_id = source.split(SEPARATOR, 1)
-    if (not release or not sae_id or "/" in release or "\\" in release or sae_id.startswith(("/", "\\"))
-            or Path(source).expanduser().exists()):  # a path, or a Windows drive `C:\\...`
+    if (
+        not release
+        or not sae_id
+        or "/" in release
+        or "\\" in release
+        or sae_id.startswith(("/", "\\"))
+        or Path(source).expanduser().exists()
+    ):  # a path, or a Windows drive `C:\\...`
         return None
     return release, sae_id
 
@@ -88,11 +114,14 @@ def _registry_file() -> Path:
     if not folders:
         raise DictionaryError(
             f"registry release ids need sae_lens to resolve them: `{INSTALL}`, or pass the "
-            "dictionary's local folder or file instead")
+            "dictionary's local folder or file instead"
+        )
     path = Path(folders[0]) / "pretrained_saes.yaml"
     if not path.is_file():
-        raise DictionaryError(f"this sae_lens has no registry file {path.name}; `{INSTALL} --upgrade`, "
-                              "or pass the dictionary's local folder or file instead")
+        raise DictionaryError(
+            f"this sae_lens has no registry file {path.name}; `{INSTALL} --upgrade`, "
+            "or pass the dictionary's local folder or file instead"
+        )
     return path
 
 
@@ -116,21 +145,31 @@ def lookup(release: str, sae_id: str) -> Entry:
     path = _registry_file()
     directory = _parse(path)
     if release not in directory:
-        raise DictionaryError(f"unknown sae_lens release {release!r} (sae_lens registry: "
-                              f"{len(directory)} releases){_close(release, directory, 'releases')}")
+        raise DictionaryError(
+            f"unknown sae_lens release {release!r} (sae_lens registry: "
+            f"{len(directory)} releases){_close(release, directory, 'releases')}"
+        )
     info = _checked_release(directory[release], f"{path} release {release!r}")
     saes = {str(sae["id"]): sae for sae in info.get("saes") or []}
     if sae_id not in saes:
-        raise DictionaryError(f"release {release!r} has no SAE id {sae_id!r} ({len(saes)} "
-                              f"ids){_close(sae_id, saes, 'ids')}")
+        raise DictionaryError(
+            f"release {release!r} has no SAE id {sae_id!r} ({len(saes)} ids){_close(sae_id, saes, 'ids')}"
+        )
     sae = saes[sae_id]
     if info.get("conversion_func") in UNSUPPORTED_LOADERS:
-        raise DictionaryError(f"{release}{SEPARATOR}{sae_id}: {info['conversion_func']} dictionaries are "
-                              f"not supported: {UNSUPPORTED_LOADERS[info['conversion_func']]}")
+        raise DictionaryError(
+            f"{release}{SEPARATOR}{sae_id}: {info['conversion_func']} dictionaries are "
+            f"not supported: {UNSUPPORTED_LOADERS[info['conversion_func']]}"
+        )
     return Entry(
-        release=release, sae_id=sae_id, repo_id=info["repo_id"], path=str(sae["path"]),
-        conversion_func=info.get("conversion_func"), neuronpedia_id=sae.get("neuronpedia"),
-        norm_scaling_factor=sae.get("norm_scaling_factor"), config_overrides=info.get("config_overrides"),
+        release=release,
+        sae_id=sae_id,
+        repo_id=info["repo_id"],
+        path=str(sae["path"]),
+        conversion_func=info.get("conversion_func"),
+        neuronpedia_id=sae.get("neuronpedia"),
+        norm_scaling_factor=sae.get("norm_scaling_factor"),
+        config_overrides=info.get("config_overrides"),
         model=info.get("model"),
     )
 
@@ -163,8 +202,10 @@ def release_hint(name: str) -> str:
         return ""
     if not saes:
         return ""
-    return (f"; {name!r} is a sae_lens registry release of {len(saes)} dictionaries: name one as "
-            f"'{name}{SEPARATOR}SAE_ID', e.g. '{name}{SEPARATOR}{saes[0]['id']}'")
+    return (
+        f"; {name!r} is a sae_lens registry release of {len(saes)} dictionaries: name one as "
+        f"'{name}{SEPARATOR}SAE_ID', e.g. '{name}{SEPARATOR}{saes[0]['id']}'"
+    )
 
 
 def _where(entry: Entry) -> str:
@@ -181,7 +222,8 @@ def _not_found(entry: Entry, err: Exception) -> DictionaryError:
         f"{_where(entry)}: not in the Hugging Face cache and not downloadable{offline} "
         f"({type(err).__name__}: {first_line}); download it on a connected machine "
         f"(`hf download {entry.repo_id} --include '{entry.path}*' --local-dir DIR`) and pass "
-        f"the local path DIR/{entry.path}")
+        f"the local path DIR/{entry.path}"
+    )
 
 
 def load(entry: Entry, opts: Options, *, load_local, revision=None, cache_dir=None) -> Dictionary:
@@ -190,24 +232,28 @@ def load(entry: Entry, opts: Options, *, load_local, revision=None, cache_dir=No
         d = _load_native(entry, opts, load_local, revision, cache_dir)
     else:
         d = _load_through_sae_lens(entry, opts)
-    info = dataclasses.replace(d.info, source=entry.id,
-                               neuronpedia_id=d.info.neuronpedia_id or entry.neuronpedia_id,
-                               model_name=d.info.model_name or entry.model)
+    info = dataclasses.replace(
+        d.info,
+        source=entry.id,
+        neuronpedia_id=d.info.neuronpedia_id or entry.neuronpedia_id,
+        model_name=d.info.model_name or entry.model,
+    )
     return dataclasses.replace(d, info=info)
 
 
 def _load_native(entry: Entry, opts: Options, load_local, revision, cache_dir) -> Dictionary:
     if entry.config_overrides:
-        raise DictionaryError(f"{_where(entry)}: the registry overrides {sorted(entry.config_overrides)} "
-                              f"of a {entry.conversion_func} dictionary; not supported")
+        raise DictionaryError(
+            f"{_where(entry)}: the registry overrides {sorted(entry.config_overrides)} "
+            f"of a {entry.conversion_func} dictionary; not supported"
+        )
     layer = int(entry.path) if entry.path.isdigit() else None  # a CLT's layer
     inside = None if layer is not None else entry.path
     try:
         local = hub.fetch(entry.repo_id, inside, revision=revision, cache_dir=cache_dir, layer=layer)
     except DictionaryError as err:
         raise _not_found(entry, err) from None
-    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
-               if f.name in opts.given()}
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options) if f.name in opts.given()}
     if layer is not None:
         options["layer"] = layer
     return load_local(local, opts.model, **options)
@@ -222,17 +268,29 @@ def _load_through_sae_lens(entry: Entry, opts: Options) -> Dictionary:
         raise DictionaryError(f"{_where(entry)}: this sae_lens has no loader {name!r}")
     try:
         cfg, state, log_sparsity = NAMED_PRETRAINED_SAE_LOADERS[name](
-            entry.repo_id, entry.path, device="cpu", force_download=False,
-            cfg_overrides=get_config_overrides(entry.release, entry.sae_id))
+            entry.repo_id,
+            entry.path,
+            device="cpu",
+            force_download=False,
+            cfg_overrides=get_config_overrides(entry.release, entry.sae_id),
+        )
     except Exception as err:  # offline, not in the cache, gated, ... (huggingface_hub, OSError)
         raise _not_found(entry, err) from None
     tensors = {key: torch_to_numpy(value) for key, value in state.items()}
     cfg_origin = f"{entry.id} config ({name} loader)"
     normalized = saelens.normalize_config(check_config(cfg, saelens.SCHEMA, cfg_origin), cfg_origin)
-    if (normalized.get("normalize_activations") == "expected_average_only_in"
-            and opts.norm_scaling_factor is None and entry.norm_scaling_factor is not None):
+    if (
+        normalized.get("normalize_activations") == "expected_average_only_in"
+        and opts.norm_scaling_factor is None
+        and entry.norm_scaling_factor is not None
+    ):
         opts = dataclasses.replace(opts, norm_scaling_factor=float(entry.norm_scaling_factor))
     return saelens.from_parts(
-        cfg, tensors, opts, source=entry.id, cfg_origin=cfg_origin,
+        cfg,
+        tensors,
+        opts,
+        source=entry.id,
+        cfg_origin=cfg_origin,
         weights_origin=f"{entry.id} weights ({name} loader)",
-        log_sparsity=None if log_sparsity is None else torch_to_numpy(log_sparsity))
+        log_sparsity=None if log_sparsity is None else torch_to_numpy(log_sparsity),
+    )

@@ -50,23 +50,49 @@ UNSUPPORTED = {
 _HOOKS = ("hook_name", "hf_hook_name", "hook_name_out", "hf_hook_name_out", "model_name", "neuronpedia_id")
 # The fields this converter reads, in both config generations (pre-6.0 names at the top level).
 SCHEMA = (
-    Field("architecture", "str"), Field("d_in", "int", True, 1), Field("d_sae", "int", True, 1),
-    Field("d_out", "int", minimum=1), Field("k", "int", minimum=1), Field("apply_b_dec_to_input", "bool"),
-    Field("rescale_acts_by_decoder_norm", "bool"), Field("normalize_activations", "str|bool"),
-    Field("reshape_activations", "str"), Field("hook_layer", "int", minimum=0), Field("hook_point_layer", "int", minimum=0),
-    Field("hook_point", "str"), Field("hook_head_index", "int"), Field("hook_point_head_index", "int"),
-    Field("activation_fn", "str"), Field("activation_fn_str", "str"), Field("activation_fn_kwargs", "dict"),
-    Field("activation_fn_kwargs.k", "int", minimum=1), Field("sae_lens_version", "str|float"),
+    Field("architecture", "str"),
+    Field("d_in", "int", True, 1),
+    Field("d_sae", "int", True, 1),
+    Field("d_out", "int", minimum=1),
+    Field("k", "int", minimum=1),
+    Field("apply_b_dec_to_input", "bool"),
+    Field("rescale_acts_by_decoder_norm", "bool"),
+    Field("normalize_activations", "str|bool"),
+    Field("reshape_activations", "str"),
+    Field("hook_layer", "int", minimum=0),
+    Field("hook_point_layer", "int", minimum=0),
+    Field("hook_point", "str"),
+    Field("hook_head_index", "int"),
+    Field("hook_point_head_index", "int"),
+    Field("activation_fn", "str"),
+    Field("activation_fn_str", "str"),
+    Field("activation_fn_kwargs", "dict"),
+    Field("activation_fn_kwargs.k", "int", minimum=1),
+    Field("sae_lens_version", "str|float"),
     *(Field(key, "str") for key in _HOOKS),
-    Field("metadata", "dict"), Field("metadata.sae_lens_version", "str|float"), Field("metadata.hook_head_index", "int"),
+    Field("metadata", "dict"),
+    Field("metadata.sae_lens_version", "str|float"),
+    Field("metadata.hook_head_index", "int"),
     *(Field(f"metadata.{key}", "str") for key in _HOOKS),
 )
 # Metadata keys of pre-6.0 flat configs (sae_lens LLM_METADATA_KEYS).
 _METADATA_KEYS = {
-    "model_name", "hook_name", "model_class_name", "hook_head_index",
-    "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
-    "context_size", "seqpos_slice", "dataset_path", "sae_lens_version",
-    "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
+    "model_name",
+    "hook_name",
+    "model_class_name",
+    "hook_head_index",
+    "model_from_pretrained_kwargs",
+    "prepend_bos",
+    "exclude_special_tokens",
+    "neuronpedia_id",
+    "context_size",
+    "seqpos_slice",
+    "dataset_path",
+    "sae_lens_version",
+    "sae_lens_training_version",
+    "hook_name_out",
+    "hook_head_index_out",
+    "hf_hook_name",
     "hf_hook_name_out",
 }
 
@@ -84,8 +110,15 @@ def load_dir(path: Path, opts: Options) -> Dictionary:
         store = TensorStore(read_safetensors(path / SPARSITY_FILE), str(path / SPARSITY_FILE))
         log_sparsity = store.take("sparsity", finite=False)  # log10 density: -inf for dead features
         store.finish()
-    return from_parts(cfg, tensors, opts, source=str(path), cfg_origin=str(path / CFG_FILE),
-                      weights_origin=str(path / WEIGHTS_FILE), log_sparsity=log_sparsity)
+    return from_parts(
+        cfg,
+        tensors,
+        opts,
+        source=str(path),
+        cfg_origin=str(path / CFG_FILE),
+        weights_origin=str(path / WEIGHTS_FILE),
+        log_sparsity=log_sparsity,
+    )
 
 
 def is_sae_object(obj: Any) -> bool:
@@ -98,8 +131,9 @@ def load_object(sae: Any, opts: Options) -> Dictionary:
     where = f"<{type(sae).__name__} object>"
     cfg = sae.cfg.to_dict()
     tensors = {k: torch_to_numpy(v) for k, v in sae.state_dict().items()}
-    return from_parts(cfg, tensors, opts, source=where, cfg_origin=f"{where}.cfg",
-                      weights_origin=f"{where}.state_dict()")
+    return from_parts(
+        cfg, tensors, opts, source=where, cfg_origin=f"{where}.cfg", weights_origin=f"{where}.state_dict()"
+    )
 
 
 # ---- config -------------------------------------------------------------------------------
@@ -115,8 +149,11 @@ def normalize_config(cfg: dict, origin: str) -> dict:
     """A v6-shaped config (`architecture`, `metadata`, ...) from either config generation."""
     if not _is_pre_6(cfg):
         return {**cfg, "metadata": dict(cfg.get("metadata") or {})}
-    renames = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index",
-               "activation_fn_str": "activation_fn"}
+    renames = {
+        "hook_point": "hook_name",
+        "hook_point_head_index": "hook_head_index",
+        "activation_fn_str": "activation_fn",
+    }
     old = {renames.get(k, k): v for k, v in cfg.items()}
     new = {k: v for k, v in old.items() if k not in _METADATA_KEYS}
     new["metadata"] = {k: v for k, v in old.items() if k in _METADATA_KEYS}
@@ -143,9 +180,11 @@ def normalize_config(cfg: dict, origin: str) -> dict:
 def _fold_decoder_norms(w_enc, b_enc, w_dec):
     """sae_lens `_fold_norm_topk`: unit-norm decoder rows, norms moved into the encoder."""
     norms = np.maximum(np.linalg.norm(w_dec.astype(np.float32), axis=-1), 1e-8)
-    return ((w_enc.astype(np.float32) * norms[None, :]).astype(w_enc.dtype),
-            (b_enc.astype(np.float32) * norms).astype(b_enc.dtype),
-            (w_dec.astype(np.float32) / norms[:, None]).astype(w_dec.dtype))
+    return (
+        (w_enc.astype(np.float32) * norms[None, :]).astype(w_enc.dtype),
+        (b_enc.astype(np.float32) * norms).astype(b_enc.dtype),
+        (w_dec.astype(np.float32) / norms[:, None]).astype(w_dec.dtype),
+    )
 
 
 def _refuse_attn_out_or_z(claims: list[Claim], d_in: int, origin: str) -> None:
@@ -163,11 +202,14 @@ def _refuse_attn_out_or_z(claims: list[Claim], d_in: int, origin: str) -> None:
         )
 
 
-def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str,
-               d_in: int) -> tuple[int, str, str]:
+def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str, d_in: int) -> tuple[int, str, str]:
     claims_in, claims_out = [], []
-    for key, bucket in (("hook_name", claims_in), ("hf_hook_name", claims_in),
-                        ("hook_name_out", claims_out), ("hf_hook_name_out", claims_out)):
+    for key, bucket in (
+        ("hook_name", claims_in),
+        ("hf_hook_name", claims_in),
+        ("hook_name_out", claims_out),
+        ("hf_hook_name_out", claims_out),
+    ):
         hook = meta.get(key)
         if hook:
             layer, site = parse_hook_name(hook, opts.model_type)
@@ -177,19 +219,32 @@ def _placement(cfg: dict, meta: dict, kind: str, opts: Options, origin: str,
         if cfg.get(key) is not None:
             claims_in.append(Claim(int(cfg[key]), None, f"{key} {cfg[key]}"))
     if meta.get("hook_head_index") is not None:
-        raise DictionaryError(f"{origin}: per-head dictionaries (hook_head_index="
-                              f"{meta['hook_head_index']}) are not supported")
+        raise DictionaryError(
+            f"{origin}: per-head dictionaries (hook_head_index={meta['hook_head_index']}) are not supported"
+        )
     layer, site_in = resolve(claims_in, layer=opts.layer, site=opts.site, origin=origin)
     if kind == "sae":
         site_out = site_in
     else:
-        _, site_out = resolve(claims_out + [Claim(layer, None, "the input hook's layer")],
-                              layer=None, site=None if claims_out else "mlp_out", origin=origin)
+        _, site_out = resolve(
+            claims_out + [Claim(layer, None, "the input hook's layer")],
+            layer=None,
+            site=None if claims_out else "mlp_out",
+            origin=origin,
+        )
     return layer, site_in, site_out
 
 
-def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, source: str,
-               cfg_origin: str, weights_origin: str, log_sparsity=None) -> Dictionary:
+def from_parts(
+    cfg: dict,
+    tensors: dict[str, np.ndarray],
+    opts: Options,
+    *,
+    source: str,
+    cfg_origin: str,
+    weights_origin: str,
+    log_sparsity=None,
+) -> Dictionary:
     """Build a Dictionary from a sae_lens config dict and its state dict."""
     cfg = normalize_config(check_config(cfg, SCHEMA, cfg_origin), cfg_origin)
     meta = cfg["metadata"]
@@ -197,44 +252,43 @@ def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, sour
     if arch in UNSUPPORTED:
         raise DictionaryError(f"{cfg_origin}: architecture {arch!r} is not supported: {UNSUPPORTED[arch]}")
     if arch not in ARCHITECTURES:
-        raise DictionaryError(f"{cfg_origin}: unknown architecture {arch!r}; supported: "
-                              f"{sorted(ARCHITECTURES)}")
+        raise DictionaryError(f"{cfg_origin}: unknown architecture {arch!r}; supported: {sorted(ARCHITECTURES)}")
     kind, activation, has_skip = ARCHITECTURES[arch]
     reshape = cfg.get("reshape_activations") or "none"
     if reshape not in ("none", "hook_z"):
-        raise DictionaryError(f"{cfg_origin}: unknown reshape_activations={reshape!r} "
-                              "(sae_lens knows 'none' and 'hook_z')")
+        raise DictionaryError(
+            f"{cfg_origin}: unknown reshape_activations={reshape!r} (sae_lens knows 'none' and 'hook_z')"
+        )
     d_in, d_sae = int(require(cfg, "d_in", cfg_origin)), int(require(cfg, "d_sae", cfg_origin))
     d_out = int(require(cfg, "d_out", cfg_origin)) if kind == "transcoder" else d_in
     apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
     if kind == "transcoder" and apply_b_dec:
-        raise DictionaryError(f"{cfg_origin}: apply_b_dec_to_input is not supported for transcoders "
-                              "(sae_lens refuses it too)")
+        raise DictionaryError(
+            f"{cfg_origin}: apply_b_dec_to_input is not supported for transcoders (sae_lens refuses it too)"
+        )
 
     store = TensorStore(tensors, weights_origin)
     w = {
-        "W_enc": expect_shape(store.take("W_enc"), (d_in, d_sae), origin=weights_origin,
-                              key="W_enc", axes="[d_in, d_sae]"),
-        "W_dec": expect_shape(store.take("W_dec"), (d_sae, d_out), origin=weights_origin,
-                              key="W_dec", axes="[d_sae, d_out]"),
-        "b_dec": expect_shape(store.take("b_dec"), (d_out,), origin=weights_origin,
-                              key="b_dec", axes="[d_out]"),
+        "W_enc": expect_shape(
+            store.take("W_enc"), (d_in, d_sae), origin=weights_origin, key="W_enc", axes="[d_in, d_sae]"
+        ),
+        "W_dec": expect_shape(
+            store.take("W_dec"), (d_sae, d_out), origin=weights_origin, key="W_dec", axes="[d_sae, d_out]"
+        ),
+        "b_dec": expect_shape(store.take("b_dec"), (d_out,), origin=weights_origin, key="b_dec", axes="[d_out]"),
     }
     bias_key = "b_gate" if activation == "gated" else "b_enc"
-    w["b_enc"] = expect_shape(store.take(bias_key), (d_sae,), origin=weights_origin,
-                              key=bias_key, axes="[d_sae]")
+    w["b_enc"] = expect_shape(store.take(bias_key), (d_sae,), origin=weights_origin, key=bias_key, axes="[d_sae]")
     k, rescale = None, bool(cfg.get("rescale_acts_by_decoder_norm", False))
     if activation == "gated":
         for key in ("b_mag", "r_mag"):
-            w[key] = expect_shape(store.take(key), (d_sae,), origin=weights_origin, key=key,
-                                  axes="[d_sae]")
+            w[key] = expect_shape(store.take(key), (d_sae,), origin=weights_origin, key=key, axes="[d_sae]")
     elif activation == "jumprelu":
         if store.has("log_threshold"):  # older JumpReLU training checkpoints
             w["threshold"] = np.exp(store.take("log_threshold"))
         else:
             w["threshold"] = store.take("threshold")
-        w["threshold"] = expect_shape(w["threshold"], (d_sae,), origin=weights_origin,
-                                      key="threshold", axes="[d_sae]")
+        w["threshold"] = expect_shape(w["threshold"], (d_sae,), origin=weights_origin, key="threshold", axes="[d_sae]")
     elif activation in ("topk", "abstopk"):
         k = int(require(cfg, "k", cfg_origin))
     elif activation == "batchtopk":
@@ -246,17 +300,19 @@ def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, sour
         w["threshold"] = np.full((d_sae,), threshold, dtype=w["b_enc"].dtype)
         activation, rescale = "jumprelu", False
     if has_skip:
-        w["W_skip"] = expect_shape(store.take("W_skip"), (d_out, d_in), origin=weights_origin,
-                                   key="W_skip", axes="[d_out, d_in]")
+        w["W_skip"] = expect_shape(
+            store.take("W_skip"), (d_out, d_in), origin=weights_origin, key="W_skip", axes="[d_out, d_in]"
+        )
     if store.has("scaling_factor"):  # legacy; sae_lens drops it when all ones
         factor = store.take("scaling_factor")
         if not np.allclose(factor.astype(np.float32), 1.0):
-            raise DictionaryError(f"{weights_origin}: a legacy finetuning 'scaling_factor' that is "
-                                  "not all ones is not supported (sae_lens >= 6 cannot load it either)")
+            raise DictionaryError(
+                f"{weights_origin}: a legacy finetuning 'scaling_factor' that is "
+                "not all ones is not supported (sae_lens >= 6 cannot load it either)"
+            )
     store.finish()
     if log_sparsity is not None:
-        w["log_sparsity"] = expect_shape(log_sparsity, (d_sae,), origin=source, key="sparsity",
-                                         axes="[d_sae]")
+        w["log_sparsity"] = expect_shape(log_sparsity, (d_sae,), origin=source, key="sparsity", axes="[d_sae]")
 
     norm = cfg.get("normalize_activations") or "none"
     input_norm, fold = norm, False
@@ -272,25 +328,45 @@ def from_parts(cfg: dict, tensors: dict[str, np.ndarray], opts: Options, *, sour
         input_norm, fold = "scale", opts.fold_norm_scaling_factor
         w["input_scale"] = np.asarray(opts.norm_scaling_factor, dtype=np.float32)
     elif norm not in ("none", "layer_norm", "constant_norm_rescale"):
-        raise DictionaryError(f"{cfg_origin}: normalize_activations={norm!r} is not supported "
-                              "(its statistics are not in the file)")
+        raise DictionaryError(
+            f"{cfg_origin}: normalize_activations={norm!r} is not supported (its statistics are not in the file)"
+        )
     elif opts.norm_scaling_factor is not None:
-        raise DictionaryError(f"{cfg_origin}: norm_scaling_factor given but the config's "
-                              f"normalize_activations is {norm!r}")
+        raise DictionaryError(
+            f"{cfg_origin}: norm_scaling_factor given but the config's normalize_activations is {norm!r}"
+        )
 
     layer, site_in, site_out = _placement(cfg, meta, kind, opts, cfg_origin, d_in)
     if reshape == "hook_z" and site_in != "z":
-        raise DictionaryError(f"{cfg_origin}: reshape_activations='hook_z' flattens the heads of "
-                              f"attn.hook_z, but the dictionary reads {site_in}")
+        raise DictionaryError(
+            f"{cfg_origin}: reshape_activations='hook_z' flattens the heads of "
+            f"attn.hook_z, but the dictionary reads {site_in}"
+        )
     info = DictionaryInfo(
-        format=FORMAT, source=source, architecture=arch, model_name=meta.get("model_name"),
-        hook_name=meta.get("hook_name"), hook_name_out=meta.get("hook_name_out"),
-        hf_hook_name=meta.get("hf_hook_name"), hf_hook_name_out=meta.get("hf_hook_name_out"),
+        format=FORMAT,
+        source=source,
+        architecture=arch,
+        model_name=meta.get("model_name"),
+        hook_name=meta.get("hook_name"),
+        hook_name_out=meta.get("hook_name_out"),
+        hf_hook_name=meta.get("hf_hook_name"),
+        hf_hook_name_out=meta.get("hf_hook_name_out"),
         neuronpedia_id=meta.get("neuronpedia_id"),
     )
     return build(
-        opts, arrays=w, layer=layer, site_in=site_in, site_out=site_out, kind=kind,
-        activation=activation, info=info, k=k, rectify=True, apply_b_dec_to_input=apply_b_dec,
-        input_norm=input_norm, denormalize_output=(kind == "sae"),  # sae_lens transcoders don't
-        rescale_acts_by_decoder_norm=rescale, fold_scale=fold,
+        opts,
+        arrays=w,
+        layer=layer,
+        site_in=site_in,
+        site_out=site_out,
+        kind=kind,
+        activation=activation,
+        info=info,
+        k=k,
+        rectify=True,
+        apply_b_dec_to_input=apply_b_dec,
+        input_norm=input_norm,
+        denormalize_output=(kind == "sae"),  # sae_lens transcoders don't
+        rescale_acts_by_decoder_norm=rescale,
+        fold_scale=fold,
     )

@@ -56,8 +56,14 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {shown if len(shown) <= 40 else shown[:37] + '...'}"
 
 
-_EXPECTED = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false",
-             "dict": "a mapping", "list": "a list"}
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a finite number",
+    "str": "a string",
+    "bool": "true or false",
+    "dict": "a mapping",
+    "list": "a list",
+}
 
 
 def _as_kind(value: Any, kind: str) -> tuple[bool, Any]:

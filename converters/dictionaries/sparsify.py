@@ -33,9 +33,15 @@ CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae.safetensors"
 # Training-only switches that do not change inference, and ones that do but are unsupported.
 _UNSUPPORTED_IF_SET = ("embed_skip", "gram_lookup", "signed")
 SCHEMA = (
-    Field("d_in", "int", True, 1), Field("num_latents", "int", minimum=0), Field("expansion_factor", "int", minimum=1),
-    Field("k", "int", True, 1), Field("activation", "str"), Field("transcode", "bool"), Field("skip_connection", "bool"),
-    Field("normalize_decoder", "bool"), Field("multi_topk", "bool"),
+    Field("d_in", "int", True, 1),
+    Field("num_latents", "int", minimum=0),
+    Field("expansion_factor", "int", minimum=1),
+    Field("k", "int", True, 1),
+    Field("activation", "str"),
+    Field("transcode", "bool"),
+    Field("skip_connection", "bool"),
+    Field("normalize_decoder", "bool"),
+    Field("multi_topk", "bool"),
 )
 _HOOKPOINT = re.compile(r"^(?:model\.|gpt_neox\.|transformer\.)*(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn))?$")
 
@@ -48,16 +54,22 @@ def _site(path: Path, transcode: bool, model_type: str | None) -> str:
     """The input site of the hookpoint folder `path`."""
     m = _HOOKPOINT.match(path.name)
     if m is None:
-        raise DictionaryError(f"{path}: hookpoint {path.name!r} is not a Query Lens site "
-                              "(expected 'layers.N', 'layers.N.self_attn' or 'layers.N.mlp')")
+        raise DictionaryError(
+            f"{path}: hookpoint {path.name!r} is not a Query Lens site "
+            "(expected 'layers.N', 'layers.N.self_attn' or 'layers.N.mlp')"
+        )
     module = m.group(2)
     if transcode:
         if module != "mlp":
-            raise DictionaryError(f"{path}: hookpoint {path.name!r} with transcode=True is not an "
-                                  "MLP transcoder ('layers.N.mlp'), not a Query Lens site")
+            raise DictionaryError(
+                f"{path}: hookpoint {path.name!r} with transcode=True is not an "
+                "MLP transcoder ('layers.N.mlp'), not a Query Lens site"
+            )
         if has_post_norms(model_type):
-            raise DictionaryError(f"{path}: {model_type} normalizes the MLP output after the module, "
-                                  f"so a transcoder on {path.name!r} does not write mlp_out")
+            raise DictionaryError(
+                f"{path}: {model_type} normalizes the MLP output after the module, "
+                f"so a transcoder on {path.name!r} does not write mlp_out"
+            )
         return "mlp_in"
     if module is None:
         return "resid_post"
@@ -85,27 +97,49 @@ def load(path: Path, opts: Options) -> Dictionary:
 
     site = _site(path, transcode, opts.model_type)
     m = _HOOKPOINT.match(path.name)
-    layer, site_in = resolve([Claim(int(m.group(1)), site, f"the hookpoint {path.name!r}")],
-                             layer=opts.layer, site=opts.site, origin=str(path))
+    layer, site_in = resolve(
+        [Claim(int(m.group(1)), site, f"the hookpoint {path.name!r}")],
+        layer=opts.layer,
+        site=opts.site,
+        origin=str(path),
+    )
 
     store = TensorStore(read_safetensors(path / WEIGHTS_FILE), origin)
     if not store.has("W_dec"):
         raise DictionaryError(f"{origin}: missing key 'W_dec' (saved without a decoder?)")
     arrays = {
-        "W_enc": expect_shape(store.take("encoder.weight"), (d_sae, d_in), origin=origin,
-                              key="encoder.weight", axes="[num_latents, d_in]").T,
-        "b_enc": expect_shape(store.take("encoder.bias"), (d_sae,), origin=origin,
-                              key="encoder.bias", axes="[num_latents]"),
-        "W_dec": expect_shape(store.take("W_dec"), (d_sae, d_in), origin=origin, key="W_dec",
-                              axes="[num_latents, d_in]"),
+        "W_enc": expect_shape(
+            store.take("encoder.weight"), (d_sae, d_in), origin=origin, key="encoder.weight", axes="[num_latents, d_in]"
+        ).T,
+        "b_enc": expect_shape(
+            store.take("encoder.bias"), (d_sae,), origin=origin, key="encoder.bias", axes="[num_latents]"
+        ),
+        "W_dec": expect_shape(
+            store.take("W_dec"), (d_sae, d_in), origin=origin, key="W_dec", axes="[num_latents, d_in]"
+        ),
         "b_dec": expect_shape(store.take("b_dec"), (d_in,), origin=origin, key="b_dec", axes="[d_in]"),
     }
     if cfg.get("skip_connection", False):
-        arrays["W_skip"] = expect_shape(store.take("W_skip"), (d_in, d_in), origin=origin,
-                                        key="W_skip", axes="[d_in, d_in]")
+        arrays["W_skip"] = expect_shape(
+            store.take("W_skip"), (d_in, d_in), origin=origin, key="W_skip", axes="[d_in, d_in]"
+        )
     store.finish()
-    info = DictionaryInfo(format=FORMAT, source=str(path), architecture=activation,
-                          hf_hook_name=None if transcode else path.name + (".output" if m.group(2) else ""))
-    return build(opts, arrays=arrays, layer=layer, site_in=site_in,
-                 site_out="mlp_out" if transcode else site_in, kind=kind, activation=activation,
-                 info=info, k=k, rectify=True, apply_b_dec_to_input=not transcode)
+    info = DictionaryInfo(
+        format=FORMAT,
+        source=str(path),
+        architecture=activation,
+        hf_hook_name=None if transcode else path.name + (".output" if m.group(2) else ""),
+    )
+    return build(
+        opts,
+        arrays=arrays,
+        layer=layer,
+        site_in=site_in,
+        site_out="mlp_out" if transcode else site_in,
+        kind=kind,
+        activation=activation,
+        info=info,
+        k=k,
+        rectify=True,
+        apply_b_dec_to_input=not transcode,
+    )

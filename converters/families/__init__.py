@@ -9,9 +9,19 @@ below, and its test entries.
 from __future__ import annotations
 
 from converters.errors import UnsupportedOptionError
+from converters.families import (  # noqa: F401  (registers them)
+    gemma,
+    gemma2,
+    gemma3,
+    gpt2,
+    gpt_neox,
+    llama,
+    mistral,
+    qwen2,
+    qwen3,
+    qwen3_moe,  # noqa: F401
+)
 from converters.families.spec import COMMON_INERT_KEYS, REGISTRY, FamilySpec, register
-from converters.families import gpt2, llama, qwen2, qwen3, gemma3, gemma2, gemma, mistral, gpt_neox  # noqa: F401  (registers them)
-from converters.families import qwen3_moe  # noqa: F401
 
 
 def supported_model_types() -> tuple[str, ...]:
@@ -34,4 +44,12 @@ def family(model_type: str | None) -> FamilySpec:
     return REGISTRY[model_type]
 
 
-__all__ = ["COMMON_INERT_KEYS", "FamilySpec", "REGISTRY", "family", "register", "supported_model_types", "wrapped_family"]
+__all__ = [
+    "COMMON_INERT_KEYS",
+    "FamilySpec",
+    "REGISTRY",
+    "family",
+    "register",
+    "supported_model_types",
+    "wrapped_family",
+]

@@ -17,18 +17,37 @@ from qlens_jax.models import ModelConfig
 # transformers' `Gemma3TextConfig` defaults of the options that change the math. Official
 # multimodal checkpoints (Gemma-3 4B/12B/27B) write a sparse `text_config` that relies on them.
 DEFAULTS: dict[str, Any] = {
-    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
-    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True, "attention_bias": False, "query_pre_attn_scalar": 256,
-    "sliding_window": 4096, "final_logit_softcapping": None, "attn_logit_softcapping": None,
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
 }
 INERT = frozenset("n_positions max_window_layers use_sliding_window".split())
 STYLE = DecoderStyle(
-    activation_keys=("hidden_activation", "hidden_act"), default_activation="gelu_pytorch_tanh",
-    gemma_norms=True, post_norms=True, qk_norm=True, tie_default=True, query_pre_attn_scalar=True,
-    windows="layer_types", sliding_pattern_keys=("sliding_window_pattern", "_sliding_window_pattern"),
-    default_sliding_pattern=6, final_softcap=True, default_rope_theta=1_000_000.0,
+    activation_keys=("hidden_activation", "hidden_act"),
+    default_activation="gelu_pytorch_tanh",
+    gemma_norms=True,
+    post_norms=True,
+    qk_norm=True,
+    tie_default=True,
+    query_pre_attn_scalar=True,
+    windows="layer_types",
+    sliding_pattern_keys=("sliding_window_pattern", "_sliding_window_pattern"),
+    default_sliding_pattern=6,
+    final_softcap=True,
+    default_rope_theta=1_000_000.0,
     local_rope_theta_key="rope_local_base_freq",
 )
 
@@ -67,22 +86,33 @@ def check_wrapped(text: dict, wrapper: str) -> None:
         )
 
 
-SPEC = register(FamilySpec(
-    model_type="gemma3_text",
-    reads=DECODER_READS | {
-        "hidden_activation", "hidden_act", "attention_bias", "layer_types", "sliding_window_pattern",
-        "_sliding_window_pattern", "rope_local_base_freq", "query_pre_attn_scalar", "sliding_window",
-        "final_logit_softcapping", "attn_logit_softcapping",
-    },
-    required={"use_bidirectional_attention": (False, None)},
-    inert=INERT,
-    defaults=DEFAULTS,
-    build=build,
-    weights=decoder_plan,
-    post_norms=True,
-    torch_style="gemma",
-    wrapper="gemma3",
-    wrapper_keys=WRAPPER_IMAGE_KEYS,
-    wrapper_layouts=WRAPPER_LAYOUTS,
-    wrapper_check=check_wrapped,
-))
+SPEC = register(
+    FamilySpec(
+        model_type="gemma3_text",
+        reads=DECODER_READS
+        | {
+            "hidden_activation",
+            "hidden_act",
+            "attention_bias",
+            "layer_types",
+            "sliding_window_pattern",
+            "_sliding_window_pattern",
+            "rope_local_base_freq",
+            "query_pre_attn_scalar",
+            "sliding_window",
+            "final_logit_softcapping",
+            "attn_logit_softcapping",
+        },
+        required={"use_bidirectional_attention": (False, None)},
+        inert=INERT,
+        defaults=DEFAULTS,
+        build=build,
+        weights=decoder_plan,
+        post_norms=True,
+        torch_style="gemma",
+        wrapper="gemma3",
+        wrapper_keys=WRAPPER_IMAGE_KEYS,
+        wrapper_layouts=WRAPPER_LAYOUTS,
+        wrapper_check=check_wrapped,
+    )
+)

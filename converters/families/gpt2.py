@@ -80,13 +80,15 @@ def weights(c: ModelConfig) -> dict[str, Source]:
     return plan
 
 
-SPEC = register(FamilySpec(
-    model_type="gpt2",
-    reads=READS,
-    required={"add_cross_attention": (False,), "reorder_and_upcast_attn": (False, True)},
-    inert=INERT,
-    build=build,
-    weights=weights,
-    embed_key="wte.weight",
-    torch_style="gpt2",
-))
+SPEC = register(
+    FamilySpec(
+        model_type="gpt2",
+        reads=READS,
+        required={"add_cross_attention": (False,), "reorder_and_upcast_attn": (False, True)},
+        inert=INERT,
+        build=build,
+        weights=weights,
+        embed_key="wte.weight",
+        torch_style="gpt2",
+    )
+)

@@ -155,17 +155,19 @@ def weights(c: ModelConfig) -> dict[str, Source]:
     return plan
 
 
-SPEC = register(FamilySpec(
-    model_type=MODEL_TYPE,
-    reads=READ_KEYS,
-    inert=INERT,
-    build=build,
-    weights=weights,
-    embed_key="embed_in.weight",
-    # Original checkpoints (and what transformers writes) keep the unembedding as
-    # `embed_out.weight`; transformers' in-memory model calls it `lm_head.weight`.
-    lm_head_keys=("embed_out.weight", LM_HEAD),
-    # The causal mask and its fill value, buffers in GPT-NeoX checkpoints.
-    buffer_keys=("attention.bias", "attention.masked_bias"),
-    torch_style="neox",
-))
+SPEC = register(
+    FamilySpec(
+        model_type=MODEL_TYPE,
+        reads=READ_KEYS,
+        inert=INERT,
+        build=build,
+        weights=weights,
+        embed_key="embed_in.weight",
+        # Original checkpoints (and what transformers writes) keep the unembedding as
+        # `embed_out.weight`; transformers' in-memory model calls it `lm_head.weight`.
+        lm_head_keys=("embed_out.weight", LM_HEAD),
+        # The causal mask and its fill value, buffers in GPT-NeoX checkpoints.
+        buffer_keys=("attention.bias", "attention.masked_bias"),
+        torch_style="neox",
+    )
+)

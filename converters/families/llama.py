@@ -21,10 +21,12 @@ INERT = frozenset(
 )
 STYLE = DecoderStyle()
 
-SPEC = register(FamilySpec(
-    model_type="llama",
-    reads=DECODER_READS | {"hidden_act", "attention_bias", "mlp_bias"},
-    inert=INERT,
-    build=lambda raw: decoder_config(raw, "llama", STYLE),
-    weights=decoder_plan,
-))
+SPEC = register(
+    FamilySpec(
+        model_type="llama",
+        reads=DECODER_READS | {"hidden_act", "attention_bias", "mlp_bias"},
+        inert=INERT,
+        build=lambda raw: decoder_config(raw, "llama", STYLE),
+        weights=decoder_plan,
+    )
+)

@@ -16,11 +16,13 @@ INERT = frozenset(
 )
 STYLE = DecoderStyle(qkv_bias=True, o_bias=False, windows="refused")
 
-SPEC = register(FamilySpec(
-    model_type="qwen2",
-    reads=DECODER_READS | {"hidden_act", "layer_types"},
-    required={"use_sliding_window": (False,)},
-    inert=INERT,
-    build=lambda raw: decoder_config(raw, "qwen2", STYLE),
-    weights=decoder_plan,
-))
+SPEC = register(
+    FamilySpec(
+        model_type="qwen2",
+        reads=DECODER_READS | {"hidden_act", "layer_types"},
+        required={"use_sliding_window": (False,)},
+        inert=INERT,
+        build=lambda raw: decoder_config(raw, "qwen2", STYLE),
+        weights=decoder_plan,
+    )
+)

@@ -11,11 +11,13 @@ from converters.families.weights import decoder_plan
 
 STYLE = DecoderStyle(qk_norm=True, windows="refused")
 
-SPEC = register(FamilySpec(
-    model_type="qwen3",
-    reads=DECODER_READS | {"hidden_act", "attention_bias", "layer_types"},
-    required={"use_sliding_window": (False,)},
-    inert=INERT,
-    build=lambda raw: decoder_config(raw, "qwen3", STYLE),
-    weights=decoder_plan,
-))
+SPEC = register(
+    FamilySpec(
+        model_type="qwen3",
+        reads=DECODER_READS | {"hidden_act", "attention_bias", "layer_types"},
+        required={"use_sliding_window": (False,)},
+        inert=INERT,
+        build=lambda raw: decoder_config(raw, "qwen3", STYLE),
+        weights=decoder_plan,
+    )
+)

@@ -30,8 +30,12 @@ INERT = QWEN_INERT | {"output_router_logits", "router_aux_loss_coef"}
 # transformers' `Qwen3MoeConfig` defaults of the options that change the math (Qwen3-30B-A3B's
 # values). `num_experts` is filled in by `routed_experts`, after its alias.
 DEFAULTS: dict[str, Any] = {
-    "intermediate_size": 6144, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
-    "norm_topk_prob": False, "decoder_sparse_step": 1, "mlp_only_layers": [],
+    "intermediate_size": 6144,
+    "num_experts_per_tok": 8,
+    "moe_intermediate_size": 768,
+    "norm_topk_prob": False,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
 }
 NUM_EXPERTS_DEFAULT = 128
 STYLE = DecoderStyle(qk_norm=True)
@@ -79,8 +83,11 @@ def routed_experts(raw: dict[str, Any], n_layers: int) -> dict[str, Any]:
             f"qwen3_moe config option num_experts_per_tok={k!r} is not supported (1 .. num_experts={n_experts})"
         )
     return dict(
-        d_mlp=raw["moe_intermediate_size"], n_experts=n_experts, experts_per_token=k,
-        router="softmax_topk", router_renorm=bool(raw["norm_topk_prob"]),
+        d_mlp=raw["moe_intermediate_size"],
+        n_experts=n_experts,
+        experts_per_token=k,
+        router="softmax_topk",
+        router_renorm=bool(raw["norm_topk_prob"]),
     )
 
 
@@ -110,12 +117,14 @@ def plan(c: ModelConfig) -> dict[str, Source | tuple[Source, ...]]:
     }
 
 
-SPEC = register(FamilySpec(
-    model_type="qwen3_moe",
-    reads=DECODER_READS | EXPERT_READS | {"hidden_act", "attention_bias"},
-    required={"use_sliding_window": (False,)},
-    inert=INERT,
-    defaults=DEFAULTS,
-    build=build,
-    weights=plan,
-))
+SPEC = register(
+    FamilySpec(
+        model_type="qwen3_moe",
+        reads=DECODER_READS | EXPERT_READS | {"hidden_act", "attention_bias"},
+        required={"use_sliding_window": (False,)},
+        inert=INERT,
+        defaults=DEFAULTS,
+        build=build,
+        weights=plan,
+    )
+)

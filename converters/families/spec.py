@@ -93,9 +93,7 @@ class FamilySpec:
         every value of a required key that it does not implement."""
         unknown = sorted(k for k in raw if k not in self.accepted)
         if unknown:
-            raise UnsupportedOptionError(
-                f"{label} option(s) not supported by the converter: {', '.join(unknown)}"
-            )
+            raise UnsupportedOptionError(f"{label} option(s) not supported by the converter: {', '.join(unknown)}")
         for key, allowed in self.required.items():
             if key in raw and raw[key] not in allowed:
                 raise UnsupportedOptionError(

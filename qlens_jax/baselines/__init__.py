@@ -10,7 +10,12 @@ tuned-lens translators are trained with `train_tuned_lens` and saved with Orbax
 from qlens_jax.baselines.api import BASELINE_LENSES, TUNED_LENSES, baseline_signatures
 from qlens_jax.baselines.secant import is_secant, secant_spec
 from qlens_jax.baselines.tuned_lens import TunedLens, all_points, lens_kl, library_points, point_name
-from qlens_jax.baselines.tuned_lens_io import load_tuned_lens, load_tuned_lens_library, save_tuned_lens, save_tuned_lens_library
+from qlens_jax.baselines.tuned_lens_io import (
+    load_tuned_lens,
+    load_tuned_lens_library,
+    save_tuned_lens,
+    save_tuned_lens_library,
+)
 from qlens_jax.baselines.tuned_lens_train import TrainingRecord, TunedLensTraining, heldout_kl, train_tuned_lens
 
 __all__ = [

@@ -35,7 +35,13 @@ from qlens_jax.models import Transformer
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 from qlens_jax.readout import (
-    Layout, ReadoutContext, check_finite_scores, feature_chunk_for, identity_scores, read_topk, unembedding_score_fn,
+    Layout,
+    ReadoutContext,
+    check_finite_scores,
+    feature_chunk_for,
+    identity_scores,
+    read_topk,
+    unembedding_score_fn,
 )
 
 BASELINE_LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens")
@@ -63,8 +69,10 @@ def _validate(model, dictionaries, lenses, k, translators, point_choice: str = "
         raise LensRequestError("no lenses requested")
     unknown = [lens for lens in lenses if lens not in TUNED_LENSES and not is_secant(lens)]
     if unknown:
-        raise LensRequestError(f"unknown baseline lens(es) {unknown}; choose from {', '.join(BASELINE_LENSES)} "
-                               "(or token_change_<a>, tuned_lens_linear)")
+        raise LensRequestError(
+            f"unknown baseline lens(es) {unknown}; choose from {', '.join(BASELINE_LENSES)} "
+            "(or token_change_<a>, tuned_lens_linear)"
+        )
     if len(set(lenses)) != len(lenses):
         raise LensRequestError(f"a lens is named twice in {list(lenses)}")
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= model.config.vocab_size:
@@ -74,21 +82,27 @@ def _validate(model, dictionaries, lenses, k, translators, point_choice: str = "
         validate_dictionary(d, model)
     if set(lenses) & set(TUNED_LENSES):
         if translators is None:
-            raise LensRequestError("the tuned_lens baselines need translators: train them with train_tuned_lens(...) or "
-                                   "load them with load_tuned_lens(...) / load_tuned_lens_library(...)")
+            raise LensRequestError(
+                "the tuned_lens baselines need translators: train them with train_tuned_lens(...) or "
+                "load them with load_tuned_lens(...) / load_tuned_lens_library(...)"
+            )
         if not isinstance(translators, TunedLens):
             raise LensRequestError(f"translators must be a TunedLens, got {type(translators).__name__}")
         c = model.config
         if (translators.n_layers, translators.d_model) != (c.n_layers, c.d_model):
-            raise LensRequestError(f"the tuned lens fits {translators.n_layers} layers of width {translators.d_model}; "
-                                   f"the model has {c.n_layers} of width {c.d_model}")
+            raise LensRequestError(
+                f"the tuned lens fits {translators.n_layers} layers of width {translators.d_model}; "
+                f"the model has {c.n_layers} of width {c.d_model}"
+            )
         if point_choice not in TUNED_LENS_POINTS:
             raise LensRequestError(f"tuned_lens_point {point_choice!r}: choose from {', '.join(TUNED_LENS_POINTS)}")
         for d in items:
             point = tuned_lens_point(d, c.n_layers, point_choice, c.parallel_residual)
             if not translators.has(point):
-                raise LensRequestError(f"dictionary {d.name!r} (layer {d.layer}) writes at {point_name(point, c.n_layers)}, where the "
-                                       f"tuned lens has no translator. {TUNED_LENS_HINT}")
+                raise LensRequestError(
+                    f"dictionary {d.name!r} (layer {d.layer}) writes at {point_name(point, c.n_layers)}, where the "
+                    f"tuned lens has no translator. {TUNED_LENS_HINT}"
+                )
     return items
 
 
@@ -158,19 +172,37 @@ def baseline_signatures(
             values = np.concatenate([np.full(len(ids), value, np.float32) for value, _ in specs])
             signs = np.concatenate([np.full(len(ids), sign, np.float32) for _, sign in specs])
             group = max(1, int(0.25 * budget // (model.config.vocab_size * 4 * 2))) if logits else None
-            diffs = mean_differences(model, dictionary, tokens, mask, np.tile(ids, len(secants)), values, signs,
-                                     sequences_per_chunk=plan.sequences_per_chunk, config_chunk=chunk, group_size=group)
+            diffs = mean_differences(
+                model,
+                dictionary,
+                tokens,
+                mask,
+                np.tile(ids, len(secants)),
+                values,
+                signs,
+                sequences_per_chunk=plan.sequences_per_chunk,
+                config_chunk=chunk,
+                group_size=group,
+            )
             # differences of mean logits are scores already; of mean final-norm outputs, read by W_U
             score_fn = identity_scores if logits else unembedding_score_fn(model)
             layout = Layout(model.config.vocab_size)
             for j, lens in enumerate(secants):
-                result = read_topk(score_fn, diffs[j * len(ids):(j + 1) * len(ids)], k, readout_chunk, layout)
+                result = read_topk(score_fn, diffs[j * len(ids) : (j + 1) * len(ids)], k, readout_chunk, layout)
                 tables[(lens, index)] = _table(lens, dictionary, ids, result)
         for lens in (lens for lens in lenses if lens in TUNED_LENSES):
-            point = tuned_lens_point(dictionary, model.config.n_layers, tuned_lens_point_choice, model.config.parallel_residual)
+            point = tuned_lens_point(
+                dictionary, model.config.n_layers, tuned_lens_point_choice, model.config.parallel_residual
+            )
             values = jnp.asarray(dictionary.value_vectors())[jnp.asarray(ids)].astype(jnp.float32)
             vectors = translators.translate(values, point, bias=lens == "tuned_lens")
-            context = ReadoutContext(model=model, key_matrix=model.W_E, remove_final_norm_bias=remove_final_norm_bias, k=k, feature_chunk=readout_chunk)
+            context = ReadoutContext(
+                model=model,
+                key_matrix=model.W_E,
+                remove_final_norm_bias=remove_final_norm_bias,
+                k=k,
+                feature_chunk=readout_chunk,
+            )
             result = context.read("value", vectors)
             tables[(lens, index)] = _table(lens, dictionary, ids, result)
     # Same order as query_lens: lens-major, dictionaries in order.

@@ -26,9 +26,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from qlens_jax.baselines.splice import set_feature, splice_point
-from qlens_jax.lens.transport import run_from
 from qlens_jax.dictionaries import Dictionary
 from qlens_jax.lens.chunks import iter_token_chunks
+from qlens_jax.lens.transport import run_from
 from qlens_jax.models import Transformer
 
 _TOKEN_CHANGE = re.compile(r"^token_change_(\d+(?:\.\d+)?)$")
@@ -53,7 +53,9 @@ def sums_logits(model: Transformer) -> bool:
     return model.config.final_logit_softcap is not None
 
 
-def _position_sum(model: Transformer, final: Float[Array, "b s d"], mask: Bool[Array, "b s"], logits: bool) -> Float[Array, " D"]:
+def _position_sum(
+    model: Transformer, final: Float[Array, "b s d"], mask: Bool[Array, "b s"], logits: bool
+) -> Float[Array, " D"]:
     y = model.unembed(final) if logits else model.final_norm_fn(final)
     return jnp.einsum("bsd,bs->d", y.astype(jnp.float32), mask.astype(jnp.float32))
 
@@ -120,8 +122,16 @@ def mean_differences(
         group = slice(start, min(n, start + group_size))
         sums, clean = 0.0, 0.0
         for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, sequences_per_chunk):
-            s, c = secant_sums(model, dictionary, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask),
-                               features[group], values[group], logits, config_chunk)
+            s, c = secant_sums(
+                model,
+                dictionary,
+                jnp.asarray(chunk_tokens),
+                jnp.asarray(chunk_mask),
+                features[group],
+                values[group],
+                logits,
+                config_chunk,
+            )
             sums, clean = sums + s, clean + c
         out.append(signs[group, None] * (sums - clean[None]) / count)
     return jnp.concatenate(out)

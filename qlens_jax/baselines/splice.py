@@ -48,8 +48,16 @@ from qlens_jax.models import Block, Residuals, Transformer, attention_output
 
 # Array fields of `Dictionary` and the axis along which they index features (None: shared).
 _FEATURE_AXIS = {
-    "W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "b_mag": 0, "r_mag": 0, "log_sparsity": 0,
-    "b_dec": None, "W_skip": None, "input_scale": None,
+    "W_enc": 1,
+    "b_enc": 0,
+    "W_dec": 0,
+    "threshold": 0,
+    "b_mag": 0,
+    "r_mag": 0,
+    "log_sparsity": 0,
+    "b_dec": None,
+    "W_skip": None,
+    "input_scale": None,
 }
 
 
@@ -89,13 +97,15 @@ def write_point(dictionary: Dictionary, n_layers: int, parallel: bool = False) -
     dictionary's output is added to (`parallel`: the model's blocks are parallel). A `z`
     dictionary's output is not added to the residual (it passes the output projection first):
     refused with a `LensRequestError`."""
-    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers,
-                              parallel=parallel).write
+    write = dictionary_points(
+        dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers, parallel=parallel
+    ).write
     if write.site not in RESIDUAL_SITES:
         raise LensRequestError(
             f"dictionary {dictionary.name!r} (layer {dictionary.layer}) writes at {write}, the heads' outputs before the "
             "attention output projection: its output is not added to a residual point, so it has no residual write point "
-            "(the tuned-lens baselines are not defined for it)")
+            "(the tuned-lens baselines are not defined for it)"
+        )
     return row(write, n_layers)
 
 
@@ -145,7 +155,9 @@ def splice_point(model: Transformer, dictionary: Dictionary, tokens, mask, error
     _, residuals = model.run_with_residuals(tokens, mask)
     x = site_input(dictionary, residuals)
     n_layers, parallel = model.config.n_layers, model.config.parallel_residual
-    write = dictionary_points(dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers, parallel=parallel).write
+    write = dictionary_points(
+        dictionary.site_in, dictionary.site_out, dictionary.layer, n_layers, parallel=parallel
+    ).write
     point = flows_into(write, n_layers)
     through = {}
     if write.site == "z":

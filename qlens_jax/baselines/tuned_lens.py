@@ -28,9 +28,10 @@ from qlens_jax.baselines.splice import point_value
 from qlens_jax.lens.points import Point, final_point, point_at, row, value_points
 from qlens_jax.models import Transformer
 
-
-TUNED_LENS_HINT = ("Train translators there with train_tuned_lens(..., points=...) (all_points(n_layers) covers "
-                   "every point below the final residual).")
+TUNED_LENS_HINT = (
+    "Train translators there with train_tuned_lens(..., points=...) (all_points(n_layers) covers "
+    "every point below the final residual)."
+)
 
 
 def library_points(n_layers: int) -> tuple[int, ...]:
@@ -65,16 +66,25 @@ class TunedLens(eqx.Module):
     def __check_init__(self):
         n, d = len(self.points), self.bias.shape[-1]
         if self.weight.shape != (n, d, d) or self.bias.shape != (n, d):
-            raise ValueError(f"TunedLens: weight {self.weight.shape} / bias {self.bias.shape} do not fit {n} points of width {d}")
+            raise ValueError(
+                f"TunedLens: weight {self.weight.shape} / bias {self.bias.shape} do not fit {n} points of width {d}"
+            )
         final = final_row(self.n_layers)
         if sorted(set(self.points)) != list(self.points) or any(not 0 <= p < final for p in self.points):
-            raise ValueError(f"TunedLens: points {self.points} must be increasing residual points below the final one (row {final})")
+            raise ValueError(
+                f"TunedLens: points {self.points} must be increasing residual points below the final one (row {final})"
+            )
 
     @classmethod
     def identity(cls, n_layers: int, d_model: int, points: tuple[int, ...] | None = None) -> "TunedLens":
         """Zero translators (the logit lens), the training start."""
         points = library_points(n_layers) if points is None else tuple(points)
-        return cls(jnp.zeros((len(points), d_model, d_model), jnp.float32), jnp.zeros((len(points), d_model), jnp.float32), points, n_layers)
+        return cls(
+            jnp.zeros((len(points), d_model, d_model), jnp.float32),
+            jnp.zeros((len(points), d_model), jnp.float32),
+            points,
+            n_layers,
+        )
 
     @property
     def d_model(self) -> int:
@@ -86,8 +96,10 @@ class TunedLens(eqx.Module):
 
     def index(self, point: int) -> int:
         if point not in self.points:
-            raise KeyError(f"the tuned lens has no translator at residual point {point} ({point_name(point, self.n_layers)}); "
-                           f"it has {[point_name(p, self.n_layers) for p in self.points]}. {TUNED_LENS_HINT}")
+            raise KeyError(
+                f"the tuned lens has no translator at residual point {point} ({point_name(point, self.n_layers)}); "
+                f"it has {[point_name(p, self.n_layers) for p in self.points]}. {TUNED_LENS_HINT}"
+            )
         return self.points.index(point)
 
     def translate(self, h: Float[Array, "*batch d"], point: int, bias: bool = True) -> Float[Array, "*batch d"]:
@@ -99,7 +111,9 @@ class TunedLens(eqx.Module):
         return _affine(self.weight[j], self.bias[j] if bias else jnp.zeros_like(self.bias[j]), h)
 
 
-def _affine(weight: Float[Array, "d d"], bias: Float[Array, " d"], h: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+def _affine(
+    weight: Float[Array, "d d"], bias: Float[Array, " d"], h: Float[Array, "*batch d"]
+) -> Float[Array, "*batch d"]:
     h = h.astype(jnp.float32)
     return h + h @ weight.T + bias
 
@@ -110,7 +124,9 @@ def _kl_from_target(model: Transformer, target_logp, h, mask, weight, bias) -> F
     return jnp.sum(per_token * mask) / jnp.maximum(mask.sum(), 1)
 
 
-def lens_kl(model: Transformer, lens: TunedLens, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]) -> Float[Array, " n"]:
+def lens_kl(
+    model: Transformer, lens: TunedLens, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]
+) -> Float[Array, " n"]:
     """Per translator, `KL(p_final || p_lens)` averaged over the batch's valid positions.
 
     Points are mapped over one at a time (rematerialized under differentiation), so only one

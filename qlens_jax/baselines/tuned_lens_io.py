@@ -55,7 +55,9 @@ def load_tuned_lens(directory: str | Path, model=None) -> TunedLens:
     if not (directory / _META).is_file():
         if (directory / "config.json").is_file() or directory.suffix in (".pt", ".safetensors"):
             return load_tuned_lens_library(directory, model)
-        raise InputError(f"tuned lens {directory}: neither a qlens tuned lens ({_META}) nor a tuned-lens library folder (config.json + params.pt)")
+        raise InputError(
+            f"tuned lens {directory}: neither a qlens tuned lens ({_META}) nor a tuned-lens library folder (config.json + params.pt)"
+        )
     import orbax.checkpoint as ocp
 
     meta = json.loads((directory / _META).read_text())
@@ -75,8 +77,10 @@ def _check_model(lens: TunedLens, model, where) -> None:
         return
     c = model.config
     if (lens.n_layers, lens.d_model) != (c.n_layers, c.d_model):
-        raise InputError(f"tuned lens {where}: made for {lens.n_layers} layers of width {lens.d_model}, "
-                         f"but the model has {c.n_layers} layers of width {c.d_model}")
+        raise InputError(
+            f"tuned lens {where}: made for {lens.n_layers} layers of width {lens.d_model}, "
+            f"but the model has {c.n_layers} layers of width {c.d_model}"
+        )
 
 
 def _read_state(path: Path) -> dict[str, np.ndarray]:
@@ -87,7 +91,9 @@ def _read_state(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise InputError(f"tuned lens {path}: reading params.pt needs torch (pip install torch), or convert it to params.safetensors") from None
+        raise InputError(
+            f"tuned lens {path}: reading params.pt needs torch (pip install torch), or convert it to params.safetensors"
+        ) from None
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     return {key: value.detach().to(torch.float32).numpy() for key, value in state.items()}
 
@@ -97,21 +103,33 @@ def load_tuned_lens_library(path: str | Path, model=None) -> TunedLens:
     `params.safetensors`) or a params file alone (then the layer count comes from the keys)."""
     path = Path(path).absolute()
     folder = path if path.is_dir() else path.parent
-    params = path if path.is_file() else next((folder / n for n in ("params.safetensors", "params.pt") if (folder / n).is_file()), None)
+    params = (
+        path
+        if path.is_file()
+        else next((folder / n for n in ("params.safetensors", "params.pt") if (folder / n).is_file()), None)
+    )
     if params is None:
         raise InputError(f"tuned lens {path}: no params.pt or params.safetensors")
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     state = {key.removeprefix("layer_translators."): value for key, value in _read_state(params).items()}
-    n_layers = int(config.get("num_hidden_layers", 1 + max((int(k.split(".")[0]) for k in state if k.split(".")[0].isdigit()), default=-1)))
+    n_layers = int(
+        config.get(
+            "num_hidden_layers", 1 + max((int(k.split(".")[0]) for k in state if k.split(".")[0].isdigit()), default=-1)
+        )
+    )
     d = int(config.get("d_model", next(iter(state.values())).shape[-1] if state else 0))
     if model is not None and (n_layers, d) != (model.config.n_layers, model.config.d_model):
-        raise InputError(f"tuned lens {path}: config says {n_layers} layers of width {d}, but the model has "
-                         f"{model.config.n_layers} layers of width {model.config.d_model}")
+        raise InputError(
+            f"tuned lens {path}: config says {n_layers} layers of width {d}, but the model has "
+            f"{model.config.n_layers} layers of width {model.config.d_model}"
+        )
     weights, biases = [], []
     for i in range(n_layers):
         w = state.pop(f"{i}.weight", None)
         if w is None or tuple(w.shape) != (d, d):
-            raise InputError(f"tuned lens {params}: translator {i} weight missing or not [{d}, {d}] (got {None if w is None else w.shape})")
+            raise InputError(
+                f"tuned lens {params}: translator {i} weight missing or not [{d}, {d}] (got {None if w is None else w.shape})"
+            )
         b = state.pop(f"{i}.bias", None)
         if b is None and config.get("bias", True):
             raise InputError(f"tuned lens {params}: translator {i} has no bias but config.json says bias=true")
@@ -125,10 +143,14 @@ def load_tuned_lens_library(path: str | Path, model=None) -> TunedLens:
     return lens
 
 
-def save_tuned_lens_library(lens: TunedLens, directory: str | Path, base_model: str = "", file: str = "params.pt") -> Path:
+def save_tuned_lens_library(
+    lens: TunedLens, directory: str | Path, base_model: str = "", file: str = "params.pt"
+) -> Path:
     """Write a lens with the library's translators (`library_points`) in the library's layout."""
     if lens.points != library_points(lens.n_layers):
-        raise ValueError(f"the tuned-lens library has translators at resid_pre[0..L-1] only; this lens has points {lens.points}")
+        raise ValueError(
+            f"the tuned-lens library has translators at resid_pre[0..L-1] only; this lens has points {lens.points}"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -143,7 +165,14 @@ def save_tuned_lens_library(lens: TunedLens, directory: str | Path, base_model: 
         import torch
 
         torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, directory / file)
-    config = {"base_model_name_or_path": base_model, "d_model": lens.d_model, "num_hidden_layers": lens.n_layers,
-              "bias": True, "base_model_revision": None, "unembed_hash": None, "lens_type": "linear_tuned_lens"}
+    config = {
+        "base_model_name_or_path": base_model,
+        "d_model": lens.d_model,
+        "num_hidden_layers": lens.n_layers,
+        "bias": True,
+        "base_model_revision": None,
+        "unembed_hash": None,
+        "lens_type": "linear_tuned_lens",
+    }
     (directory / "config.json").write_text(json.dumps(config))
     return directory

@@ -68,7 +68,9 @@ def _optimizer(options: TunedLensTraining) -> optax.GradientTransformation:
             optax.sgd(schedule, momentum=options.momentum, nesterov=True),
         )
     warmup = min(options.warmup_steps, max(options.steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, options.learning_rate, max(warmup, 1), options.steps, 0.1 * options.learning_rate)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, options.learning_rate, max(warmup, 1), options.steps, 0.1 * options.learning_rate
+    )
     return optax.adamw(schedule, weight_decay=options.weight_decay)
 
 
@@ -110,11 +112,15 @@ def train_tuned_lens(
     record = TrainingRecord(options=asdict(options), points=lens.points)
     for _ in progress(range(options.steps), desc="tuned lens", quiet=quiet):
         rows = rng.integers(0, tokens.shape[0], size=options.batch_sequences)
-        params, opt_state, loss = _step(params, static, opt_state, model, jnp.asarray(tokens[rows]), jnp.asarray(mask[rows]), optimizer)
+        params, opt_state, loss = _step(
+            params, static, opt_state, model, jnp.asarray(tokens[rows]), jnp.asarray(mask[rows]), optimizer
+        )
         record.train_loss.append(float(loss))
     trained = eqx.combine(params, static)
     if heldout is not None:
-        record.heldout_kl_identity = heldout_kl(model, TunedLens.identity(c.n_layers, c.d_model, lens.points), *heldout).tolist()
+        record.heldout_kl_identity = heldout_kl(
+            model, TunedLens.identity(c.n_layers, c.d_model, lens.points), *heldout
+        ).tolist()
         record.heldout_kl_trained = heldout_kl(model, trained, *heldout).tolist()
     return trained, record
 
@@ -122,7 +128,13 @@ def train_tuned_lens(
 _lens_kl = eqx.filter_jit(lens_kl)
 
 
-def heldout_kl(model: Transformer, lens: TunedLens, tokens: np.ndarray, mask: np.ndarray | None = None, sequences_per_chunk: int = 16) -> np.ndarray:
+def heldout_kl(
+    model: Transformer,
+    lens: TunedLens,
+    tokens: np.ndarray,
+    mask: np.ndarray | None = None,
+    sequences_per_chunk: int = 16,
+) -> np.ndarray:
     """Per translator, `KL(p_final || p_lens)` averaged over all valid positions of `tokens`."""
     tokens = np.asarray(tokens, np.int32)
     mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask, bool)
@@ -131,6 +143,8 @@ def heldout_kl(model: Transformer, lens: TunedLens, tokens: np.ndarray, mask: np
         n = float(chunk_mask.sum())
         if n == 0:
             continue
-        total = total + n * np.asarray(_lens_kl(model, lens, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask)), np.float64)
+        total = total + n * np.asarray(
+            _lens_kl(model, lens, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask)), np.float64
+        )
         count += n
     return total / count

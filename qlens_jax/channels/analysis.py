@@ -29,7 +29,14 @@ import numpy as np
 
 from qlens_jax.channels.fit import LowRankMap, fit_metrics, reduced_rank_regression, split_indices
 from qlens_jax.channels.overlap import column_basis, overlap, overlap_matrix
-from qlens_jax.channels.responses import ChannelPair, Source, channel_pairs, check_sources, make_sources, module_responses
+from qlens_jax.channels.responses import (
+    ChannelPair,
+    Source,
+    channel_pairs,
+    check_sources,
+    make_sources,
+    module_responses,
+)
 from qlens_jax.channels.stats import DistanceTest, GroupTest, destination_test, distance_test
 from qlens_jax.channels.training import train_low_rank
 from qlens_jax.numerics import applies_precision
@@ -100,8 +107,16 @@ class ChannelResults:
 
 @applies_precision
 def channel_data(
-    model, dictionaries, tokens, mask=None, *, n_features: int = 1000, seed: int = 0, operators=None,
-    precision: str = "float32", quiet: bool = True,
+    model,
+    dictionaries,
+    tokens,
+    mask=None,
+    *,
+    n_features: int = 1000,
+    seed: int = 0,
+    operators=None,
+    precision: str = "float32",
+    quiet: bool = True,
 ) -> ChannelData:
     """Sample queries per dictionary and compute their responses at every destination block
     (`precision`: how the sweep's and the responses' products multiply, `qlens_jax.numerics`).
@@ -145,13 +160,18 @@ def _metrics(fitted: LowRankMap, X, Y, train, val, Y_train=None) -> dict:
     return out
 
 
-def _family(method, maps, metrics, data: ChannelData, config: ChannelConfig, response_bases, bases=None, **extra) -> FittedMaps:
+def _family(
+    method, maps, metrics, data: ChannelData, config: ChannelConfig, response_bases, bases=None, **extra
+) -> FittedMaps:
     bases = [column_basis(m.B, m.A) for m in maps] if bases is None else bases
     ol = overlap_matrix(bases)
     destinations = [p.destination for p in data.pairs]
     seed = int(stream(config.seed, "permutation").integers(2**31))
     return FittedMaps(
-        method, maps, metrics, ol,
+        method,
+        maps,
+        metrics,
+        ol,
         destination_test(ol, destinations, config.n_permutations, seed),
         distance_test(ol, [p.source for p in data.pairs], destinations, config.n_permutations, seed + 1),
         response_overlap=np.asarray([overlap(b, q) for b, q in zip(bases, response_bases)]),
@@ -160,7 +180,9 @@ def _family(method, maps, metrics, data: ChannelData, config: ChannelConfig, res
 
 
 @applies_precision
-def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, precision: str = "float32", quiet: bool = True) -> ChannelResults:
+def fit_channels(
+    data: ChannelData, config: ChannelConfig = ChannelConfig(), *, precision: str = "float32", quiet: bool = True
+) -> ChannelResults:
     """Fit every pair's map (closed form; trained and shuffled control as configured), then overlaps and tests."""
     from qlens_jax.progress import progress
 
@@ -171,7 +193,9 @@ def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, 
     train_seeds = stream(config.seed, "train").integers(2**31, size=len(data.pairs))
     closed, trained, control = ([], []), ([], [], [], []), ([], [])
     response_bases = []
-    for p, (pair, Y) in enumerate(progress(list(zip(data.pairs, data.responses)), desc="channel maps", quiet=quiet, unit="pair")):
+    for p, (pair, Y) in enumerate(
+        progress(list(zip(data.pairs, data.responses)), desc="channel maps", quiet=quiet, unit="pair")
+    ):
         X = np.asarray(data.sources[pair.source].queries, np.float64)
         train, val = splits[pair.source]
         response_bases.append(top_response_subspace(Y[train], rank))
@@ -180,8 +204,15 @@ def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, 
         closed[1].append(_metrics(fitted, X, Y, train, val))
         if config.train:
             result = train_low_rank(
-                X[train], Y[train], X[val], Y[val], rank, epochs=config.epochs, learning_rate=config.learning_rate,
-                init_scale=config.init_scale, seed=int(train_seeds[p]),
+                X[train],
+                Y[train],
+                X[val],
+                Y[val],
+                rank,
+                epochs=config.epochs,
+                learning_rate=config.learning_rate,
+                init_scale=config.init_scale,
+                seed=int(train_seeds[p]),
             )
             trained[0].append(result.map)
             trained[1].append(_metrics(result.map, X, Y, train, val))
@@ -194,7 +225,16 @@ def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, 
             control[1].append(_metrics(fitted, X, Y, train, val, Y_train=shuffled))
     fits = {"closed_form": _family("closed_form", *closed, data, config, response_bases)}
     if config.train:
-        fits["trained"] = _family("trained", trained[0], trained[1], data, config, response_bases, best_epochs=trained[2], histories=trained[3])
+        fits["trained"] = _family(
+            "trained",
+            trained[0],
+            trained[1],
+            data,
+            config,
+            response_bases,
+            best_epochs=trained[2],
+            histories=trained[3],
+        )
     if config.control:
         fits["shuffled_control"] = _family("shuffled_control", *control, data, config, response_bases)
     fits["response_subspace"] = _family("response_subspace", [], [], data, config, response_bases, bases=response_bases)
@@ -203,10 +243,26 @@ def fit_channels(data: ChannelData, config: ChannelConfig = ChannelConfig(), *, 
 
 @applies_precision
 def subspace_channels(
-    model, dictionaries, tokens, mask=None, config: ChannelConfig = ChannelConfig(), *, operators=None,
-    precision: str = "float32", quiet: bool = True,
+    model,
+    dictionaries,
+    tokens,
+    mask=None,
+    config: ChannelConfig = ChannelConfig(),
+    *,
+    operators=None,
+    precision: str = "float32",
+    quiet: bool = True,
 ) -> ChannelResults:
     """The whole analysis: responses from the first-order operators, maps, overlaps, tests
     (`precision`: how every product multiplies, `qlens_jax.numerics`)."""
-    data = channel_data(model, dictionaries, tokens, mask, n_features=config.n_features, seed=config.seed, operators=operators, quiet=quiet)
+    data = channel_data(
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        n_features=config.n_features,
+        seed=config.seed,
+        operators=operators,
+        quiet=quiet,
+    )
     return fit_channels(data, config, quiet=quiet)

@@ -21,15 +21,24 @@ def save_maps(results: ChannelResults, directory: str | Path) -> Path:
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty")
-    arrays = {method: {"A": np.stack([m.A for m in f.maps]).astype(np.float32), "B": np.stack([m.B for m in f.maps]).astype(np.float32)}
-              for method, f in results.fits.items() if f.maps}
+    arrays = {
+        method: {
+            "A": np.stack([m.A for m in f.maps]).astype(np.float32),
+            "B": np.stack([m.B for m in f.maps]).astype(np.float32),
+        }
+        for method, f in results.fits.items()
+        if f.maps
+    }
     arrays["feature_ids"] = {str(i): np.asarray(s.feature_ids, np.int64) for i, s in enumerate(results.data.sources)}
     with unglobbed(directory) as literal, ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(literal / "arrays", arrays)  # Orbax globs below the folder: `unglobbed`
     meta = {
-        "rank": results.rank, "methods": [m for m in results.fits if results.fits[m].maps],
-        "maps": [{"label": label, "source": p.source, "source_layer": p.source_layer, "destination": p.destination}
-                 for label, p in zip(map_labels(results), results.data.pairs)],
+        "rank": results.rank,
+        "methods": [m for m in results.fits if results.fits[m].maps],
+        "maps": [
+            {"label": label, "source": p.source, "source_layer": p.source_layer, "destination": p.destination}
+            for label, p in zip(map_labels(results), results.data.pairs)
+        ],
         "sources": [{"name": s.name, "layer": s.layer, "write_point": s.write_point} for s in results.data.sources],
         "convention": "W = B @ A maps a query v to B @ (A @ v); rows of a batch: Y = X @ A.T @ B.T",
     }
@@ -45,6 +54,9 @@ def load_maps(directory: str | Path) -> tuple[dict[str, list[LowRankMap]], dict,
     meta = json.loads((directory / "maps.json").read_text())
     with unglobbed(directory) as literal, ocp.StandardCheckpointer() as checkpointer:
         arrays = checkpointer.restore(literal / "arrays")
-    maps = {m: [LowRankMap(np.asarray(a), np.asarray(b)) for a, b in zip(arrays[m]["A"], arrays[m]["B"])] for m in meta["methods"]}
+    maps = {
+        m: [LowRankMap(np.asarray(a), np.asarray(b)) for a, b in zip(arrays[m]["A"], arrays[m]["B"])]
+        for m in meta["methods"]
+    }
     ids = {int(k): np.asarray(v) for k, v in arrays["feature_ids"].items()}
     return maps, meta, ids

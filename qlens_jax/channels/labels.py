@@ -10,4 +10,6 @@ def map_labels(results: ChannelResults) -> list[str]:
     data = results.data
     layers = [s.layer for s in data.sources]
     shared = len(set(layers)) < len(layers)
-    return [(f"{data.sources[p.source].name}:" if shared else "") + f"{p.source_layer}->{p.destination}" for p in data.pairs]
+    return [
+        (f"{data.sources[p.source].name}:" if shared else "") + f"{p.source_layer}->{p.destination}" for p in data.pairs
+    ]

@@ -19,7 +19,12 @@ import numpy as np
 from qlens_jax.channels.analysis import ChannelResults
 from qlens_jax.channels.labels import map_labels
 
-SHORT = {"closed_form": "closed form", "trained": "Adam", "shuffled_control": "shuffled control", "response_subspace": "response subspace"}
+SHORT = {
+    "closed_form": "closed form",
+    "trained": "Adam",
+    "shuffled_control": "shuffled control",
+    "response_subspace": "response subspace",
+}
 
 
 def _pyplot():
@@ -102,8 +107,13 @@ def overlap_distance_figure(results: ChannelResults, path: Path) -> Path:
         t = results.fits[method].distance
         for source in np.unique(t.pair_sources):
             keep = t.pair_sources == source
-            ax.scatter(t.distances[keep] + rng.uniform(-0.12, 0.12, keep.sum()), t.overlaps[keep], s=14, alpha=0.7,
-                       label=f"source L{results.data.sources[int(source)].layer}")
+            ax.scatter(
+                t.distances[keep] + rng.uniform(-0.12, 0.12, keep.sum()),
+                t.overlaps[keep],
+                s=14,
+                alpha=0.7,
+                label=f"source L{results.data.sources[int(source)].layer}",
+            )
         means = t.mean_by_distance()
         if means:
             ax.plot(list(means), [v for v, _ in means.values()], "k-o", lw=1.5, ms=4, label="mean")
@@ -135,7 +145,15 @@ def fit_quality_figure(results: ChannelResults, path: Path) -> Path:
             for a in range(len(layers)):
                 for b in range(len(dests)):
                     if np.isfinite(grid[a, b]):
-                        ax.text(b, a, f"{grid[a, b]:.2f}", ha="center", va="center", fontsize=7, color="w" if grid[a, b] < 0.6 else "k")
+                        ax.text(
+                            b,
+                            a,
+                            f"{grid[a, b]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="w" if grid[a, b] < 0.6 else "k",
+                        )
             ax.set_xticks(range(len(dests)), dests)
             ax.set_yticks(range(len(layers)), layers)
             ax.set_xlabel("destination block t")

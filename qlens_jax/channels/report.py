@@ -39,8 +39,16 @@ def fit_rows(results: ChannelResults, method: str) -> list[dict]:
     rows = []
     for k, (pair, metrics) in enumerate(zip(data.pairs, fits.metrics)):
         train, val = results.splits[pair.source]
-        row = {"method": method, "map": k, "source": data.sources[pair.source].name, "source_layer": pair.source_layer,
-               "destination": pair.destination, "rank": fits.maps[k].rank, "n_train": len(train), "n_val": len(val)}
+        row = {
+            "method": method,
+            "map": k,
+            "source": data.sources[pair.source].name,
+            "source_layer": pair.source_layer,
+            "destination": pair.destination,
+            "rank": fits.maps[k].rank,
+            "n_train": len(train),
+            "n_val": len(val),
+        }
         row.update(metrics)
         row["response_overlap"] = float(fits.response_overlap[k])
         if fits.best_epochs is not None:
@@ -56,8 +64,13 @@ def overlap_rows(results: ChannelResults) -> list[dict]:
     for i in range(len(data.pairs)):
         for j in range(i + 1, len(data.pairs)):
             a, b = data.pairs[i], data.pairs[j]
-            row = {"map_i": labels[i], "map_j": labels[j], "same_destination": a.destination == b.destination,
-                   "same_source": a.source == b.source, "destination_distance": abs(a.destination - b.destination)}
+            row = {
+                "map_i": labels[i],
+                "map_j": labels[j],
+                "same_destination": a.destination == b.destination,
+                "same_source": a.source == b.source,
+                "destination_distance": abs(a.destination - b.destination),
+            }
             row.update({f"overlap_{m}": float(f.overlap[i, j]) for m, f in results.fits.items()})
             rows.append(row)
     return rows
@@ -114,7 +127,10 @@ def summary(results: ChannelResults) -> dict:
     """Everything the Markdown report says, as JSON-ready numbers."""
     data, config = results.data, results.config
     out = {
-        "d_model": data.d_model, "n_layers": data.n_layers, "rank": results.rank, "n_tokens": data.n_tokens,
+        "d_model": data.d_model,
+        "n_layers": data.n_layers,
+        "rank": results.rank,
+        "n_tokens": data.n_tokens,
         "random_subspace_overlap": random_subspace_overlap(results.rank, data.d_model),
         "sources": [{"name": s.name, "layer": s.layer, "n_features": len(s.feature_ids)} for s in data.sources],
         "maps": map_labels(results),
@@ -122,16 +138,27 @@ def summary(results: ChannelResults) -> dict:
         "methods": {},
     }
     for method, fits in results.fits.items():
-        entry = {"mean_metrics": fits.mean_metrics(), "mean_response_overlap": float(np.mean(fits.response_overlap)),
-                 "destination_test": fits.destination.summary(),
-                 "distance_test": {**fits.distance.summary(), "mean_overlap_by_distance": {str(k): v for k, v in fits.distance.mean_by_distance().items()}}}
+        entry = {
+            "mean_metrics": fits.mean_metrics(),
+            "mean_response_overlap": float(np.mean(fits.response_overlap)),
+            "destination_test": fits.destination.summary(),
+            "distance_test": {
+                **fits.distance.summary(),
+                "mean_overlap_by_distance": {str(k): v for k, v in fits.distance.mean_by_distance().items()},
+            },
+        }
         if fits.best_epochs is not None:
             entry["best_epochs"] = list(map(int, fits.best_epochs))
         out["methods"][method] = entry
     return out
 
 
-METRIC_TITLES = {"mse": "MSE", "rel_frobenius": "rel. Frobenius", "cosine": "cosine", "explained_energy": "expl. energy"}
+METRIC_TITLES = {
+    "mse": "MSE",
+    "rel_frobenius": "rel. Frobenius",
+    "cosine": "cosine",
+    "explained_energy": "expl. energy",
+}
 
 
 def markdown_report(results: ChannelResults, figures: dict[str, str] | None = None, header: str = "") -> str:
@@ -154,40 +181,99 @@ def markdown_report(results: ChannelResults, figures: dict[str, str] | None = No
     rows = []
     for method, fits in results.fits.items():
         if fits.metrics:
-            rows.append({"method": METHOD_TITLES[method], **fits.mean_metrics(), "response_overlap": float(np.mean(fits.response_overlap))})
+            rows.append(
+                {
+                    "method": METHOD_TITLES[method],
+                    **fits.mean_metrics(),
+                    "response_overlap": float(np.mean(fits.response_overlap)),
+                }
+            )
     columns = [("method", "maps")] + [(f"train_{m}", f"train {METRIC_TITLES[m]}") for m in ("mse", "explained_energy")]
-    columns += [(f"val_{m}", f"val {METRIC_TITLES[m]}") for m in METRICS] + [("response_overlap", "OL with response subspace")]
+    columns += [(f"val_{m}", f"val {METRIC_TITLES[m]}") for m in METRICS] + [
+        ("response_overlap", "OL with response subspace")
+    ]
     lines += [markdown_table(rows, columns), ""]
     if "shuffled_control" in results.fits:
-        lines += ["The control's training columns are measured against the shuffled targets it was fitted to; its validation "
-                  "columns against the true responses.", ""]
+        lines += [
+            "The control's training columns are measured against the shuffled targets it was fitted to; its validation "
+            "columns against the true responses.",
+            "",
+        ]
     lines += ["## Overlap: same versus different destination", ""]
     rows = []
     for method, fits in results.fits.items():
         t = fits.destination
-        rows.append({
-            "method": METHOD_TITLES[method], "within": f"{_fmt(t.within_mean)} ± {_fmt(t.within_std)} (n={t.n_within})",
-            "between": f"{_fmt(t.between_mean)} ± {_fmt(t.between_std)} (n={t.n_between})", "gap": t.gap, "auc": t.auc,
-            "p_gap": _p(t.p_gap, t.n_permutations), "p_auc": _p(t.p_auc, t.n_permutations),
-        })
-    lines += [markdown_table(rows, [("method", "maps"), ("within", "same destination"), ("between", "different"),
-                                    ("gap", "gap"), ("auc", "AUC"), ("p_gap", "p (gap)"), ("p_auc", "p (AUC)")]), ""]
-    lines += ["Mean ± sample standard deviation over pairs of maps. One-sided permutation p-values, destination labels "
-              "shuffled over maps: p = (#{perm >= obs} + 1) / (n + 1). With few maps the number of distinct labelings "
-              "bounds the smallest reachable p.", ""]
+        rows.append(
+            {
+                "method": METHOD_TITLES[method],
+                "within": f"{_fmt(t.within_mean)} ± {_fmt(t.within_std)} (n={t.n_within})",
+                "between": f"{_fmt(t.between_mean)} ± {_fmt(t.between_std)} (n={t.n_between})",
+                "gap": t.gap,
+                "auc": t.auc,
+                "p_gap": _p(t.p_gap, t.n_permutations),
+                "p_auc": _p(t.p_auc, t.n_permutations),
+            }
+        )
+    lines += [
+        markdown_table(
+            rows,
+            [
+                ("method", "maps"),
+                ("within", "same destination"),
+                ("between", "different"),
+                ("gap", "gap"),
+                ("auc", "AUC"),
+                ("p_gap", "p (gap)"),
+                ("p_auc", "p (AUC)"),
+            ],
+        ),
+        "",
+    ]
+    lines += [
+        "Mean ± sample standard deviation over pairs of maps. One-sided permutation p-values, destination labels "
+        "shuffled over maps: p = (#{perm >= obs} + 1) / (n + 1). With few maps the number of distinct labelings "
+        "bounds the smallest reachable p.",
+        "",
+    ]
     lines += ["## Overlap versus destination distance (pairs with the same source)", ""]
     rows = []
     for method, fits in results.fits.items():
         t = fits.distance
         by = ", ".join(f"{k}: {v:.3f} (n={n})" for k, (v, n) in t.mean_by_distance().items())
-        rows.append({"method": METHOD_TITLES[method], "n": t.n_pairs, "rho": t.rho, "p_neg": _p(t.p_negative, t.n_permutations),
-                     "p_two": _p(t.p_two_sided, t.n_permutations), "by": by or "n/a"})
-    lines += [markdown_table(rows, [("method", "maps"), ("n", "pairs"), ("rho", "Spearman rho"), ("p_neg", "p (rho < 0)"),
-                                    ("p_two", "p (two-sided)"), ("by", "mean OL by |t_i - t_j|")]), ""]
+        rows.append(
+            {
+                "method": METHOD_TITLES[method],
+                "n": t.n_pairs,
+                "rho": t.rho,
+                "p_neg": _p(t.p_negative, t.n_permutations),
+                "p_two": _p(t.p_two_sided, t.n_permutations),
+                "by": by or "n/a",
+            }
+        )
+    lines += [
+        markdown_table(
+            rows,
+            [
+                ("method", "maps"),
+                ("n", "pairs"),
+                ("rho", "Spearman rho"),
+                ("p_neg", "p (rho < 0)"),
+                ("p_two", "p (two-sided)"),
+                ("by", "mean OL by |t_i - t_j|"),
+            ],
+        ),
+        "",
+    ]
     lines += ["Null: destination labels shuffled within each source.", "", "## Caveat", "", CAVEAT, ""]
     lines += ["## Per map", ""]
-    per_map = [("source", "source"), ("source_layer", "s"), ("destination", "t"), ("n_train", "train"), ("n_val", "val"),
-               ("train_explained_energy", "train expl. energy")] + [(f"val_{m}", f"val {METRIC_TITLES[m]}") for m in METRICS]
+    per_map = [
+        ("source", "source"),
+        ("source_layer", "s"),
+        ("destination", "t"),
+        ("n_train", "train"),
+        ("n_val", "val"),
+        ("train_explained_energy", "train expl. energy"),
+    ] + [(f"val_{m}", f"val {METRIC_TITLES[m]}") for m in METRICS]
     per_map.append(("response_overlap", "OL with response subspace"))
     for method in (m for m in results.fits if results.fits[m].metrics):
         extra = [("best_epoch", "best epoch")] if method == "trained" else []
@@ -199,7 +285,9 @@ def markdown_report(results: ChannelResults, figures: dict[str, str] | None = No
     return "\n".join(lines)
 
 
-def write_outputs(results: ChannelResults, out: str | Path, *, plots: bool = True, header: str = "", figure_prefix: str = "") -> dict[str, Path]:
+def write_outputs(
+    results: ChannelResults, out: str | Path, *, plots: bool = True, header: str = "", figure_prefix: str = ""
+) -> dict[str, Path]:
     """Write `channels.md`, `fit_metrics.csv`, `overlaps.csv`, `summary.json`, the figures and `maps/` into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +299,9 @@ def write_outputs(results: ChannelResults, out: str | Path, *, plots: bool = Tru
         for name, path in write_figures(results, out).items():
             figures[name] = figure_prefix + path.name
             written[name] = path
-    written["fit_metrics"] = write_csv(out / "fit_metrics.csv", [r for m in results.fits if results.fits[m].metrics for r in fit_rows(results, m)])
+    written["fit_metrics"] = write_csv(
+        out / "fit_metrics.csv", [r for m in results.fits if results.fits[m].metrics for r in fit_rows(results, m)]
+    )
     written["overlaps"] = write_csv(out / "overlaps.csv", overlap_rows(results))
     written["summary"] = out / "summary.json"
     written["summary"].write_text(json.dumps(_json_ready(summary(results)), indent=1))

@@ -105,9 +105,7 @@ def make_sources(dictionaries, n_layers: int, n_features: int, seed: int) -> lis
 def channel_pairs(sources: list[Source], n_layers: int) -> list[ChannelPair]:
     """Every (source, destination) pair, ordered by source then destination."""
     return [
-        ChannelPair(i, s.layer, t)
-        for i, s in enumerate(sources)
-        for t in destination_blocks(s.write_point, n_layers)
+        ChannelPair(i, s.layer, t) for i, s in enumerate(sources) for t in destination_blocks(s.write_point, n_layers)
     ]
 
 

@@ -40,7 +40,9 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     if positive.size == 0 or negative.size == 0:
         return float("nan")
     ranks = rankdata(np.concatenate([positive, negative]))
-    return float((ranks[: positive.size].sum() - positive.size * (positive.size + 1) / 2) / (positive.size * negative.size))
+    return float(
+        (ranks[: positive.size].sum() - positive.size * (positive.size + 1) / 2) / (positive.size * negative.size)
+    )
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,20 @@ def destination_test(ol: np.ndarray, destinations, n_permutations: int = 10_000,
     std = lambda x: float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
     mean = lambda x: float(np.mean(x)) if x.size else float("nan")
     return GroupTest(
-        n_maps=m, n_within=int(same.sum()), n_between=int((~same).sum()),
-        within_mean=mean(within), within_std=std(within), between_mean=mean(between), between_std=std(between),
-        gap=float(gap), auc=float(area), p_gap=permutation_p(null_gap, float(gap)), p_auc=permutation_p(null_auc, float(area)),
-        n_permutations=int(n_permutations), null_gap=null_gap, null_auc=null_auc,
+        n_maps=m,
+        n_within=int(same.sum()),
+        n_between=int((~same).sum()),
+        within_mean=mean(within),
+        within_std=std(within),
+        between_mean=mean(between),
+        between_std=std(between),
+        gap=float(gap),
+        auc=float(area),
+        p_gap=permutation_p(null_gap, float(gap)),
+        p_auc=permutation_p(null_auc, float(area)),
+        n_permutations=int(n_permutations),
+        null_gap=null_gap,
+        null_auc=null_auc,
     )
 
 
@@ -137,7 +149,10 @@ class DistanceTest:
         return d
 
     def mean_by_distance(self) -> dict[int, tuple[float, int]]:
-        return {int(k): (float(self.overlaps[self.distances == k].mean()), int((self.distances == k).sum())) for k in np.unique(self.distances)}
+        return {
+            int(k): (float(self.overlaps[self.distances == k].mean()), int((self.distances == k).sum()))
+            for k in np.unique(self.distances)
+        }
 
 
 def distance_test(ol: np.ndarray, sources, destinations, n_permutations: int = 10_000, seed: int = 0) -> DistanceTest:
@@ -166,4 +181,6 @@ def distance_test(ol: np.ndarray, sources, destinations, n_permutations: int = 1
         p_two = permutation_p(np.abs(finite), abs(rho))
     else:
         p_negative = p_two = float("nan")
-    return DistanceTest(int(values.size), rho, p_negative, p_two, int(n_permutations), distances, values, sources[i], null)
+    return DistanceTest(
+        int(values.size), rho, p_negative, p_two, int(n_permutations), distances, values, sources[i], null
+    )

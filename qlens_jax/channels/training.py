@@ -77,8 +77,15 @@ def train_low_rank(
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     best, best_epoch, losses, vals = _train(
-        jax.random.PRNGKey(seed), f32(X_train), f32(Y_train), f32(X_val), f32(Y_val),
-        rank=int(rank), epochs=int(epochs), learning_rate=float(learning_rate), init_scale=float(init_scale),
+        jax.random.PRNGKey(seed),
+        f32(X_train),
+        f32(Y_train),
+        f32(X_val),
+        f32(Y_val),
+        rank=int(rank),
+        epochs=int(epochs),
+        learning_rate=float(learning_rate),
+        init_scale=float(init_scale),
     )
     fitted = LowRankMap(A=np.asarray(best["A"]), B=np.asarray(best["B"]))
     return TrainedMap(fitted, int(best_epoch), np.asarray(losses), np.asarray(vals))

@@ -41,20 +41,23 @@ class Subcommand:
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
-        "signatures", "qlens_jax.cli.signatures:configure",
+        "signatures",
+        "qlens_jax.cli.signatures:configure",
         "compute Query Lens signatures of dictionary features (the main job)",
         "Compute the top-k / bottom-k token signatures of every requested feature under every\n"
         "requested lens, on a seeded token sample of a corpus, into a resumable output folder.",
     ),
     Subcommand(
-        "export", "qlens_jax.cli.export:configure",
+        "export",
+        "qlens_jax.cli.export:configure",
         "export a finished run in the reference implementation's format",
         "Write DIR/export/<lens>/feature_analysis.jsonl, one JSON object per feature with the fields of\n"
         "the reference implementation (feature_index, feature_str, feature_vector, stream_transition,\n"
         "readout, baseline, layer, top/bottom tokens and ids, stats, first-order per-layer lists).",
     ),
     Subcommand(
-        "view", "qlens_jax.cli.view:configure",
+        "view",
+        "qlens_jax.cli.view:configure",
         "write a self-contained HTML viewer of a finished run",
         "Write one self-contained HTML file with the signatures embedded (no server, no network): search by\n"
         "feature index, feature string or token; key and value signatures side by side, with\n"
@@ -62,7 +65,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "file://...; a search can be given in the URL, e.g. viewer.html#q=123 or #q=token:the.",
     ),
     Subcommand(
-        "demo", "qlens_jax.cli.demo:configure",
+        "demo",
+        "qlens_jax.cli.demo:configure",
         "run the main job on the bundled model and dictionaries (offline, about a minute)",
         "Compute Logit Lens and Query Lens signatures (both sides) of every feature of the bundled\n"
         "dictionaries (TopK SAEs on every layer of a small GPT-2 trained by the project, and a\n"
@@ -70,7 +74,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "example features. Needs no network.",
     ),
     Subcommand(
-        "channels", "qlens_jax.cli.channels:configure",
+        "channels",
+        "qlens_jax.cli.channels:configure",
         "fit low-rank maps between layers and test the Subspace Channel Hypothesis",
         "For sampled value vectors of each source dictionary, compute each later block's first-order\n"
         "response, fit a rank-r map per (source, destination) pair (closed form; --train adds the\n"
@@ -79,14 +84,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "figures (PNG), summary.json and the maps (Orbax checkpoint) into --out.",
     ),
     Subcommand(
-        "evaluate", "qlens_jax.cli.evaluate:configure",
+        "evaluate",
+        "qlens_jax.cli.evaluate:configure",
         "score lenses' signatures with the paper's input and output scores (and baselines)",
         "Score the signatures of a finished run (and baseline lenses: zero-out, token change, tuned\n"
         "lens) with the input score I(T) and the output score O(T) of the paper; write Table-1-style\n"
         "tables (Markdown, CSV) and per-layer figures (PNG). An LLM judge is optional (off by default).",
     ),
     Subcommand(
-        "compare", "qlens_jax.cli.compare:configure",
+        "compare",
+        "qlens_jax.cli.compare:configure",
         "how much the top-k lists of several runs agree (Jaccard; the paper's Table 9)",
         "For every lens, dictionary and layer that all runs computed and every feature they share,\n"
         "the Jaccard index of the top-k token sets between each pair of runs and, with three or more\n"
@@ -120,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for spec in SUBCOMMANDS:
-        sub = commands.add_parser(spec.name, help=spec.help, description=spec.description, formatter_class=HelpFormatter)
+        sub = commands.add_parser(
+            spec.name, help=spec.help, description=spec.description, formatter_class=HelpFormatter
+        )
         sub.set_defaults(_run=spec.configure(sub))
     return parser
 
@@ -150,5 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qlens {args.command}: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"qlens {args.command}: interrupted (finished work is kept; the same command continues it)", file=sys.stderr)
+        print(
+            f"qlens {args.command}: interrupted (finished work is kept; the same command continues it)", file=sys.stderr
+        )
         return 130

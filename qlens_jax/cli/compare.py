@@ -8,7 +8,9 @@ from pathlib import Path
 
 def configure(parser: argparse.ArgumentParser):
     """Declare `qlens compare`'s options; returns the runner."""
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="finished `qlens signatures` runs (folders or signatures.parquet files)")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="finished `qlens signatures` runs (folders or signatures.parquet files)"
+    )
     parser.add_argument("--k", type=int, default=25, help="size of the top-k lists compared")
     parser.add_argument("--out", metavar="DIR", help="write compare.csv and compare.md here (default: print the table)")
     return run
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         for a in agreements:
             row = a.row(labels)
-            print(f"{row['lens']}\t{row['dictionary']}/{row['layer']}\t{row['runs']}\tn={row['n_features']}\t"
-                  f"Jaccard {row['jaccard_mean']:.3f} ± {row['jaccard_ci95']:.3f}")
+            print(
+                f"{row['lens']}\t{row['dictionary']}/{row['layer']}\t{row['runs']}\tn={row['n_features']}\t"
+                f"Jaccard {row['jaccard_mean']:.3f} ± {row['jaccard_ci95']:.3f}"
+            )
     return 0

@@ -26,12 +26,18 @@ def signatures_argv(out: Path, num_samples: int, max_length: int, quiet: bool, p
     for name in default.DICTIONARY_NAMES:
         argv += ["--dictionary", str(default.dictionary_dir(name))]
     argv += [
-        "--corpus", str(default.heldout_text_path()),
-        "--num-samples", str(num_samples),
-        "--max-length", str(max_length),
-        "--lenses", ",".join(DEMO_LENSES),
-        "--precision", precision,
-        "--out", str(out),
+        "--corpus",
+        str(default.heldout_text_path()),
+        "--num-samples",
+        str(num_samples),
+        "--max-length",
+        str(max_length),
+        "--lenses",
+        ",".join(DEMO_LENSES),
+        "--precision",
+        precision,
+        "--out",
+        str(out),
     ]
     return argv + (["--quiet"] if quiet else [])
 
@@ -89,7 +95,9 @@ def run_demo(args: argparse.Namespace) -> int:
 def configure(parser: argparse.ArgumentParser):
     """Declare `qlens demo`'s options; returns the runner."""
     parser.add_argument("--out", default="qlens-demo", metavar="DIR", help="output folder")
-    parser.add_argument("--num-samples", type=int, default=128, metavar="N", help="windows of held-out text in the sample")
+    parser.add_argument(
+        "--num-samples", type=int, default=128, metavar="N", help="windows of held-out text in the sample"
+    )
     parser.add_argument("--max-length", type=int, default=32, metavar="N", help="tokens per window")
     add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

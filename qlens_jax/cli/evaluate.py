@@ -37,20 +37,44 @@ examples:
 The input score compares token ids (--match ids) unless --match strings is given. The
 judge is off unless --judge is given with --judge-endpoint (any OpenAI-compatible API).
 """
-BASELINE_CHOICES = ("zero_out", "token_change_1", "token_change_5", "token_change_10", "tuned_lens", "tuned_lens_linear")
+BASELINE_CHOICES = (
+    "zero_out",
+    "token_change_1",
+    "token_change_5",
+    "token_change_10",
+    "tuned_lens",
+    "tuned_lens_linear",
+)
 
 
 def configure(parser: argparse.ArgumentParser):
     """Declare `qlens evaluate`'s arguments on `parser`; returns the runner."""
     parser.epilog = EPILOG
     io = parser.add_argument_group("inputs and output")
-    io.add_argument("--model", required=True, metavar="SRC", help="the model the signatures were computed for (folder or Hub id)")
+    io.add_argument(
+        "--model", required=True, metavar="SRC", help="the model the signatures were computed for (folder or Hub id)"
+    )
     io.add_argument("--tokenizer", metavar="SRC", help="tokenizer folder or Hub id (default: the model's)")
-    io.add_argument("--dictionary", required=True, action="append", metavar="SRC", help="a dictionary the signatures name; repeat for several")
+    io.add_argument(
+        "--dictionary",
+        required=True,
+        action="append",
+        metavar="SRC",
+        help="a dictionary the signatures name; repeat for several",
+    )
     io.add_argument("--layers", metavar="RANGES", help="only dictionaries at these layers (default: all)")
-    io.add_argument("--signatures", metavar="DIR|FILE", help="a finished `qlens signatures` run folder or its signatures.parquet")
-    io.add_argument("--lenses", metavar="LENS[,LENS...]", help="only these lenses of --signatures (default: all in the file)")
-    io.add_argument("--corpus", required=True, metavar="SRC", help="text/JSONL/datasets/.npy corpus: its windows are the input score's contexts")
+    io.add_argument(
+        "--signatures", metavar="DIR|FILE", help="a finished `qlens signatures` run folder or its signatures.parquet"
+    )
+    io.add_argument(
+        "--lenses", metavar="LENS[,LENS...]", help="only these lenses of --signatures (default: all in the file)"
+    )
+    io.add_argument(
+        "--corpus",
+        required=True,
+        metavar="SRC",
+        help="text/JSONL/datasets/.npy corpus: its windows are the input score's contexts",
+    )
     io.add_argument("--text-field", default="text", help="field holding the text in JSONL / datasets corpora")
     io.add_argument("--corpus-split", help="split of a datasets DatasetDict (default: train)")
     io.add_argument("--corpus-max-tokens", type=int, help="read only the first N corpus tokens")
@@ -58,86 +82,196 @@ def configure(parser: argparse.ArgumentParser):
     io.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--features", metavar="RANGES", help="only these feature ids (default: those in the signatures)")
-    what.add_argument("--features-per-dictionary", type=int, metavar="N", help="a seeded random sample of N features per dictionary")
-    what.add_argument("--feature-sampling", choices=("random", "paper"), default="random",
-                      help="random: N features drawn with numpy; paper: the authors' sampler (10 N candidates in Python's "
-                           "random.Random(--seed).sample order, the first N with --min-contexts active contexts kept)")
-    what.add_argument("--baselines", metavar="LENS[,LENS...]",
-                      help="also compute these baselines here ('all' or a list of: " + ", ".join(BASELINE_CHOICES) + ")")
-    what.add_argument("--token-sample", metavar="FILE.npy", help="sample for the secant baselines (default: the run's sample.npy, else --corpus windows)")
-    what.add_argument("--num-samples", type=int, default=256, help="windows of --corpus in the baselines' sample when there is no sample.npy")
+    what.add_argument(
+        "--features-per-dictionary", type=int, metavar="N", help="a seeded random sample of N features per dictionary"
+    )
+    what.add_argument(
+        "--feature-sampling",
+        choices=("random", "paper"),
+        default="random",
+        help="random: N features drawn with numpy; paper: the authors' sampler (10 N candidates in Python's "
+        "random.Random(--seed).sample order, the first N with --min-contexts active contexts kept)",
+    )
+    what.add_argument(
+        "--baselines",
+        metavar="LENS[,LENS...]",
+        help="also compute these baselines here ('all' or a list of: " + ", ".join(BASELINE_CHOICES) + ")",
+    )
+    what.add_argument(
+        "--token-sample",
+        metavar="FILE.npy",
+        help="sample for the secant baselines (default: the run's sample.npy, else --corpus windows)",
+    )
+    what.add_argument(
+        "--num-samples",
+        type=int,
+        default=256,
+        help="windows of --corpus in the baselines' sample when there is no sample.npy",
+    )
     what.add_argument("--max-length", type=int, default=32, help="tokens per window of that sample")
-    what.add_argument("--tuned-lens", metavar="DIR", help="tuned-lens translators: a folder from --train-tuned-lens or the tuned-lens library")
-    what.add_argument("--train-tuned-lens", action="store_true", help="train the translators on --corpus windows (saved in --out/tuned_lens)")
+    what.add_argument(
+        "--tuned-lens",
+        metavar="DIR",
+        help="tuned-lens translators: a folder from --train-tuned-lens or the tuned-lens library",
+    )
+    what.add_argument(
+        "--train-tuned-lens",
+        action="store_true",
+        help="train the translators on --corpus windows (saved in --out/tuned_lens)",
+    )
     what.add_argument("--tuned-lens-steps", type=int, default=250, help="training steps")
-    what.add_argument("--tuned-lens-point", choices=("written", "layer"), default="written",
-                      help="written: the translator of the residual point the dictionary writes; layer: the library's "
-                           "translator of the dictionary's layer, the identity at the last layer (the authors' code)")
+    what.add_argument(
+        "--tuned-lens-point",
+        choices=("written", "layer"),
+        default="written",
+        help="written: the translator of the residual point the dictionary writes; layer: the library's "
+        "translator of the dictionary's layer, the identity at the last layer (the authors' code)",
+    )
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--k", type=int, default=25, help="size of each lens's token set T")
-    scoring.add_argument("--context-length", type=int, default=32, help="tokens per corpus context window (the paper: 128)")
-    scoring.add_argument("--contexts", choices=("windows", "paper"), default="windows",
-                         help="windows: non-overlapping windows of the concatenated corpus; paper: the authors' activation "
-                              "corpus (TransformerLens rows with EOS between documents, --max-contexts of them, 4096 by "
-                              "default, drawn with replacement by torch's generator seeded --seed)")
+    scoring.add_argument(
+        "--context-length", type=int, default=32, help="tokens per corpus context window (the paper: 128)"
+    )
+    scoring.add_argument(
+        "--contexts",
+        choices=("windows", "paper"),
+        default="windows",
+        help="windows: non-overlapping windows of the concatenated corpus; paper: the authors' activation "
+        "corpus (TransformerLens rows with EOS between documents, --max-contexts of them, 4096 by "
+        "default, drawn with replacement by torch's generator seeded --seed)",
+    )
     scoring.add_argument("--max-contexts", type=int, help="use at most this many context windows (default: all)")
     scoring.add_argument("--min-contexts", type=int, default=20, help="active contexts a feature needs for I(T)")
-    scoring.add_argument("--activations", metavar="FILE.pkl",
-                         help="the authors' feature sample (a pickle of util.Feature records, read without running code "
-                              "from it): only its features are evaluated, and I(T) uses its activations as contexts, as "
-                              "their input_score.py does (the token at each activation's maximum, compared as strings)")
-    scoring.add_argument("--require-contexts", action="store_true",
-                         help="leave out features with fewer than --min-contexts active contexts (no row), as the authors' "
-                              "feature sampler does; by default they are kept with I(T) = NaN")
-    scoring.add_argument("--kl-targets", default="0.25,0.5",
-                         help="mean KL the steering strengths are calibrated to; a negative target steers the other way "
-                              "(reported; S uses the positive targets)")
-    scoring.add_argument("--kl-positions", choices=("last", "all"), default="last",
-                         help="KL of the next token after each prefix (last), or averaged over every prefix position "
-                              "(all: the authors' definition)")
-    scoring.add_argument("--alpha-search", choices=("bisection", "integer"), default="bisection",
-                         help="bisection: real alpha within 2%% of the target; integer: the authors' integer search in "
-                              "[1, 1000], stopping within [target, target + 0.1]")
-    scoring.add_argument("--no-error-term", action="store_true",
-                         help="clean runs and the calibration use the dictionary's reconstruction at its site, the error "
-                              "term dropped (the authors' code, sae_lens's default); steering itself keeps it")
-    scoring.add_argument("--top-promoted", type=int, default=None, help="|S|: tokens most promoted by steering (default: --k, |S| = |T|)")
-    scoring.add_argument("--prefixes", metavar="FILE", help="neutral prefixes: one per line, or a JSON list such as the authors' data/generation_prompts.json "
-                              "(the paper's list; default: the 100 built in)")
+    scoring.add_argument(
+        "--activations",
+        metavar="FILE.pkl",
+        help="the authors' feature sample (a pickle of util.Feature records, read without running code "
+        "from it): only its features are evaluated, and I(T) uses its activations as contexts, as "
+        "their input_score.py does (the token at each activation's maximum, compared as strings)",
+    )
+    scoring.add_argument(
+        "--require-contexts",
+        action="store_true",
+        help="leave out features with fewer than --min-contexts active contexts (no row), as the authors' "
+        "feature sampler does; by default they are kept with I(T) = NaN",
+    )
+    scoring.add_argument(
+        "--kl-targets",
+        default="0.25,0.5",
+        help="mean KL the steering strengths are calibrated to; a negative target steers the other way "
+        "(reported; S uses the positive targets)",
+    )
+    scoring.add_argument(
+        "--kl-positions",
+        choices=("last", "all"),
+        default="last",
+        help="KL of the next token after each prefix (last), or averaged over every prefix position "
+        "(all: the authors' definition)",
+    )
+    scoring.add_argument(
+        "--alpha-search",
+        choices=("bisection", "integer"),
+        default="bisection",
+        help="bisection: real alpha within 2%% of the target; integer: the authors' integer search in "
+        "[1, 1000], stopping within [target, target + 0.1]",
+    )
+    scoring.add_argument(
+        "--no-error-term",
+        action="store_true",
+        help="clean runs and the calibration use the dictionary's reconstruction at its site, the error "
+        "term dropped (the authors' code, sae_lens's default); steering itself keeps it",
+    )
+    scoring.add_argument(
+        "--top-promoted", type=int, default=None, help="|S|: tokens most promoted by steering (default: --k, |S| = |T|)"
+    )
+    scoring.add_argument(
+        "--prefixes",
+        metavar="FILE",
+        help="neutral prefixes: one per line, or a JSON list such as the authors' data/generation_prompts.json "
+        "(the paper's list; default: the 100 built in)",
+    )
     scoring.add_argument("--prepend-bos", action="store_true", help="start every prefix with BOS")
     scoring.add_argument("--bos-id", type=int, help="BOS token id (default: from the tokenizer/model config)")
-    scoring.add_argument("--generate-tokens", type=int, default=0, help="also average over this many steered sampled tokens (the reference: 20)")
-    scoring.add_argument("--temperature", type=float, default=0.75, help="sampling temperature when generating (0: greedy)")
-    scoring.add_argument("--match", choices=("ids", "strings", "stripped"), default="ids",
-                         help="compare token ids; decoded strings with space markers normalized as the authors' normalize_token "
-                              "(strings, the paper's I(T)); or the same with surrounding whitespace stripped (stripped)")
+    scoring.add_argument(
+        "--generate-tokens",
+        type=int,
+        default=0,
+        help="also average over this many steered sampled tokens (the reference: 20)",
+    )
+    scoring.add_argument(
+        "--temperature", type=float, default=0.75, help="sampling temperature when generating (0: greedy)"
+    )
+    scoring.add_argument(
+        "--match",
+        choices=("ids", "strings", "stripped"),
+        default="ids",
+        help="compare token ids; decoded strings with space markers normalized as the authors' normalize_token "
+        "(strings, the paper's I(T)); or the same with surrounding whitespace stripped (stripped)",
+    )
     scoring.add_argument("--seed", type=int, default=0, help="seed of feature sampling, baseline sample and generation")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="what the model's weights are stored in while scoring (the paper's runs: bfloat16); norms, "
-                             "softmaxes and KLs stay float32")
-    parser.add_argument("--protocol", choices=("default", "paper"), default="default",
-                        help="paper: the paper's evaluation protocol, every convention of the authors' code (the contexts, "
-                             "feature filter and sampler, string matching, 20 steered tokens at T = 0.75, their KL and "
-                             "alpha search, BOS, no error term, the tuned-lens index, the judge, bfloat16, seed 42: docs/evaluation.md); "
-                             "an option given with another value is refused")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="what the model's weights are stored in while scoring (the paper's runs: bfloat16); norms, "
+        "softmaxes and KLs stay float32",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("default", "paper"),
+        default="default",
+        help="paper: the paper's evaluation protocol, every convention of the authors' code (the contexts, "
+        "feature filter and sampler, string matching, 20 steered tokens at T = 0.75, their KL and "
+        "alpha search, BOS, no error term, the tuned-lens index, the judge, bfloat16, seed 42: docs/evaluation.md); "
+        "an option given with another value is refused",
+    )
     judge = parser.add_argument_group("LLM judge (optional, off by default)")
     judge.add_argument("--judge", action="store_true", help="also rate each signature with an LLM judge")
-    judge.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    judge.add_argument("--judge-model", default=None, help="model name sent to the endpoint (default gpt-4o-mini; gpt-5-nano "
-                                                              "with --judge-preset paper)")
-    judge.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the API key, if the endpoint needs one")
-    judge.add_argument("--judge-preset", choices=("default", "paper"), default="default",
-                       help="default: a 1-5 rubric with the top tokens and a few activating contexts; paper: the paper's "
-                            "0-10 topical-concentration rubric on tokens only, gpt-5-nano, no temperature or max_tokens sent")
-    judge.add_argument("--judge-system-prompt", metavar="FILE", help="replace the rubric's system prompt with this file's text "
-                                                                     "(e.g. the authors' prompt, to reproduce their runs)")
-    judge.add_argument("--judge-temperature", default=None, metavar="T|none",
-                       help="temperature sent (default 0; 'none' sends none, as models that refuse it need)")
-    judge.add_argument("--judge-max-tokens", default=None, metavar="N|none", help="max_tokens sent (default 100; 'none' sends none)")
-    judge.add_argument("--judge-cost", action="store_true",
-                       help="print what the judge would be sent (requests, estimated tokens and, with --judge-price, the "
-                            "cost) once the signatures are selected, and stop before any request and any scoring")
-    judge.add_argument("--judge-price", default=None, metavar="IN,OUT", help="USD per million input and output tokens, for --judge-cost")
+    judge.add_argument(
+        "--judge-endpoint", metavar="URL", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+    )
+    judge.add_argument(
+        "--judge-model",
+        default=None,
+        help="model name sent to the endpoint (default gpt-4o-mini; gpt-5-nano with --judge-preset paper)",
+    )
+    judge.add_argument(
+        "--judge-api-key-env", metavar="VAR", help="environment variable holding the API key, if the endpoint needs one"
+    )
+    judge.add_argument(
+        "--judge-preset",
+        choices=("default", "paper"),
+        default="default",
+        help="default: a 1-5 rubric with the top tokens and a few activating contexts; paper: the paper's "
+        "0-10 topical-concentration rubric on tokens only, gpt-5-nano, no temperature or max_tokens sent",
+    )
+    judge.add_argument(
+        "--judge-system-prompt",
+        metavar="FILE",
+        help="replace the rubric's system prompt with this file's text "
+        "(e.g. the authors' prompt, to reproduce their runs)",
+    )
+    judge.add_argument(
+        "--judge-temperature",
+        default=None,
+        metavar="T|none",
+        help="temperature sent (default 0; 'none' sends none, as models that refuse it need)",
+    )
+    judge.add_argument(
+        "--judge-max-tokens", default=None, metavar="N|none", help="max_tokens sent (default 100; 'none' sends none)"
+    )
+    judge.add_argument(
+        "--judge-cost",
+        action="store_true",
+        help="print what the judge would be sent (requests, estimated tokens and, with --judge-price, the "
+        "cost) once the signatures are selected, and stop before any request and any scoring",
+    )
+    judge.add_argument(
+        "--judge-price",
+        default=None,
+        metavar="IN,OUT",
+        help="USD per million input and output tokens, for --judge-cost",
+    )
     add_precision_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return lambda args, argv=None: run_evaluate(args, argv or [], parser)
@@ -163,14 +297,24 @@ def _baselines(text: str | None) -> tuple[str, ...]:
     bad = [lens for lens in lenses if not lens.startswith("tuned_lens") and not is_secant(lens)]
     bad += [lens for lens in lenses if lens.startswith("tuned_lens") and lens not in BASELINE_CHOICES]
     if bad or not lenses:
-        raise InputError(f"--baselines {text!r}: unknown lens {bad[0] if bad else '(none)'!r}; choose from {', '.join(BASELINE_CHOICES)} or 'all'")
+        raise InputError(
+            f"--baselines {text!r}: unknown lens {bad[0] if bad else '(none)'!r}; choose from {', '.join(BASELINE_CHOICES)} or 'all'"
+        )
     return lenses
 
 
 def _check(args) -> None:
     from qlens_jax.corpus import check_encoding
 
-    for name in ("k", "context_length", "min_contexts", "top_promoted", "num_samples", "max_length", "tuned_lens_steps"):
+    for name in (
+        "k",
+        "context_length",
+        "min_contexts",
+        "top_promoted",
+        "num_samples",
+        "max_length",
+        "tuned_lens_steps",
+    ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     for name in ("features_per_dictionary", "max_contexts", "corpus_max_tokens"):
@@ -187,8 +331,14 @@ def _check(args) -> None:
         raise InputError("--baselines tuned_lens needs --tuned-lens DIR or --train-tuned-lens")
     if args.tuned_lens and args.train_tuned_lens:
         raise InputError("give either --tuned-lens or --train-tuned-lens, not both")
-    for option, value in (("--corpus", args.corpus), ("--signatures", args.signatures), ("--token-sample", args.token_sample),
-                          ("--tuned-lens", args.tuned_lens), ("--prefixes", args.prefixes), ("--activations", args.activations)):
+    for option, value in (
+        ("--corpus", args.corpus),
+        ("--signatures", args.signatures),
+        ("--token-sample", args.token_sample),
+        ("--tuned-lens", args.tuned_lens),
+        ("--prefixes", args.prefixes),
+        ("--activations", args.activations),
+    ):
         if value is not None and not Path(value).expanduser().exists():
             raise InputError(f"{option} {value}: no such file or directory")
     if args.judge:
@@ -232,9 +382,11 @@ def _judge_config(args):
     else:
         config = JudgeConfig(endpoint=args.judge_endpoint, api_key_env=args.judge_api_key_env, system_prompt=system)
     return dataclasses.replace(
-        config, model=args.judge_model or config.model,
+        config,
+        model=args.judge_model or config.model,
         temperature=_optional_number(args.judge_temperature, "--judge-temperature", float, config.temperature),
-        max_tokens=_optional_number(args.judge_max_tokens, "--judge-max-tokens", int, config.max_tokens))
+        max_tokens=_optional_number(args.judge_max_tokens, "--judge-max-tokens", int, config.max_tokens),
+    )
 
 
 def _activating_tokens(args, dictionaries):
@@ -248,8 +400,10 @@ def _activating_tokens(args, dictionaries):
     for layer in sorted({layer for layer, _ in activating}):
         here = [d.name for d in dictionaries if d.layer == layer]
         if len(here) > 1:
-            raise InputError(f"--activations {args.activations}: layer {layer} holds several dictionaries ({', '.join(here)}); "
-                             "the pickle names features by layer only: pass one --dictionary per layer")
+            raise InputError(
+                f"--activations {args.activations}: layer {layer} holds several dictionaries ({', '.join(here)}); "
+                "the pickle names features by layer only: pass one --dictionary per layer"
+            )
     return activating
 
 
@@ -262,12 +416,16 @@ def _judge_cost(args, sigs, vocab) -> None:
     shown = 0 if config.scale == "0-10" else 5  # EvaluationOptions.judge_contexts
     contexts = [["x" * 60] * shown] * len(token_lists)  # about one shown context's length each
     numbers = estimate(config, token_lists, contexts)
-    line = (f"qlens evaluate --judge-cost: {numbers['requests']} requests to {config.model}, about {numbers['input_tokens']:,} "
-            f"input and at most {numbers['output_tokens']:,} output tokens")
+    line = (
+        f"qlens evaluate --judge-cost: {numbers['requests']} requests to {config.model}, about {numbers['input_tokens']:,} "
+        f"input and at most {numbers['output_tokens']:,} output tokens"
+    )
     if args.judge_price:
         prices = _floats(args.judge_price, "--judge-price")
         if len(prices) != 2:
-            raise InputError(f"--judge-price {args.judge_price!r}: give USD per million input and output tokens, e.g. 0.05,0.4")
+            raise InputError(
+                f"--judge-price {args.judge_price!r}: give USD per million input and output tokens, e.g. 0.05,0.4"
+            )
         price_in, price_out = prices
         cost = numbers["input_tokens"] * price_in / 1e6 + numbers["output_tokens"] * price_out / 1e6
         line += f", about {cost:.2f} USD"
@@ -278,19 +436,33 @@ def _corpus_windows(args, tokenizer, model_dir: Path, vocab_size: int, quiet: bo
     """(context windows, their description, the tokenized corpus) of --corpus."""
     from qlens_jax.corpus import tokenize_corpus
 
-    corpus = tokenize_corpus(Path(args.corpus).expanduser(), tokenizer, text_field=args.text_field, split=args.corpus_split,
-                             max_tokens=args.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet, encoding=args.corpus_encoding)
+    corpus = tokenize_corpus(
+        Path(args.corpus).expanduser(),
+        tokenizer,
+        text_field=args.text_field,
+        split=args.corpus_split,
+        max_tokens=args.corpus_max_tokens,
+        vocab_size=vocab_size,
+        quiet=quiet,
+        encoding=args.corpus_encoding,
+    )
     if corpus.n_tokens and corpus.ids.max() >= vocab_size:
         raise InputError(f"--corpus {args.corpus}: token ids beyond the model's vocabulary ({vocab_size})")
-    description = {"corpus": str(Path(args.corpus).absolute()), "corpus_tokens": corpus.n_tokens,
-                   "context_length": args.context_length, "contexts": args.contexts}
+    description = {
+        "corpus": str(Path(args.corpus).absolute()),
+        "corpus_tokens": corpus.n_tokens,
+        "context_length": args.context_length,
+        "contexts": args.contexts,
+    }
     if args.contexts == "paper":
         windows = _paper_contexts(args, corpus, tokenizer, model_dir)
         description["context_windows"] = int(windows.shape[0])
         return windows.astype(np.int32), description, corpus
     n = corpus.n_tokens // args.context_length
     if n == 0:
-        raise InputError(f"--corpus {args.corpus}: {corpus.n_tokens} tokens, fewer than one --context-length window ({args.context_length})")
+        raise InputError(
+            f"--corpus {args.corpus}: {corpus.n_tokens} tokens, fewer than one --context-length window ({args.context_length})"
+        )
     windows = corpus.ids[: n * args.context_length].reshape(n, args.context_length)
     if args.max_contexts and n > args.max_contexts:
         windows = windows[np.sort(np.random.default_rng(args.seed).choice(n, args.max_contexts, replace=False))]
@@ -307,7 +479,9 @@ def _paper_contexts(args, corpus, tokenizer, model_dir: Path) -> np.ndarray:
 
     eos, pad = eos_and_pad_ids(tokenizer, Path(model_dir))
     if eos is None:
-        raise InputError("--contexts paper: the tokenizer names no EOS token, which the paper's rows put between documents")
+        raise InputError(
+            "--contexts paper: the tokenizer names no EOS token, which the paper's rows put between documents"
+        )
     rows = transformer_lens_rows(corpus, args.context_length, eos, pad)
     return rows[draw_rows(rows.shape[0], min(args.max_contexts or PAPER_CONTEXTS, rows.shape[0]), args.seed)]
 
@@ -327,7 +501,9 @@ def _select(sigs, dictionaries, args, listed=None):
         wanted = [s.strip() for s in args.lenses.split(",") if s.strip()]
         missing = sorted(set(wanted) - {t.lens for t in sigs})
         if missing:
-            raise InputError(f"--lenses {args.lenses}: not in --signatures {args.signatures} (have {sorted({t.lens for t in sigs})})")
+            raise InputError(
+                f"--lenses {args.lenses}: not in --signatures {args.signatures} (have {sorted({t.lens for t in sigs})})"
+            )
         sigs = Signatures(t for t in sigs if t.lens in wanted)
     keys = [(d.name, d.layer) for d in dictionaries]
     sigs = Signatures(t for t in sigs if (t.dictionary, t.layer) in keys)  # --layers may have dropped some
@@ -336,7 +512,11 @@ def _select(sigs, dictionaries, args, listed=None):
     features, order = [], {}
     for d in dictionaries:
         tables = [t for t in sigs if (t.dictionary, t.layer) == (d.name, d.layer)]
-        ids = np.unique(np.concatenate([np.asarray(t.feature_ids) for t in tables])) if tables else (np.arange(d.d_sae) if only is None else only)
+        ids = (
+            np.unique(np.concatenate([np.asarray(t.feature_ids) for t in tables]))
+            if tables
+            else (np.arange(d.d_sae) if only is None else only)
+        )
         if tables:
             common = set(ids.tolist())
             for t in tables:
@@ -355,15 +535,27 @@ def _select(sigs, dictionaries, args, listed=None):
         elif args.features_per_dictionary and len(ids) > args.features_per_dictionary:
             ids = np.sort(rng.choice(ids, args.features_per_dictionary, replace=False))
         if len(ids) and ids.max() >= d.d_sae:
-            raise InputError(f"--features: feature {int(ids.max())} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)")
+            raise InputError(
+                f"--features: feature {int(ids.max())} is out of range for {d.name!r} (layer {d.layer}, {d.d_sae} features)"
+            )
         features.append(ids)
     out = Signatures()
     for t in sigs:
         ids = features[keys.index((t.dictionary, t.layer))]
         rows = np.flatnonzero(np.isin(np.asarray(t.feature_ids), ids))
         take = lambda a: np.asarray(a)[rows]
-        out.append(SignatureTable(t.lens, t.dictionary, t.layer, take(t.feature_ids), take(t.top_ids), take(t.top_scores),
-                                  take(t.bottom_ids), take(t.bottom_scores)))
+        out.append(
+            SignatureTable(
+                t.lens,
+                t.dictionary,
+                t.layer,
+                take(t.feature_ids),
+                take(t.top_ids),
+                take(t.top_scores),
+                take(t.bottom_ids),
+                take(t.bottom_scores),
+            )
+        )
     return out, features, order
 
 
@@ -371,7 +563,9 @@ def _baseline_sample(args, windows_source, model, quiet):
     from qlens_jax.corpus import load_token_sample
 
     if args.token_sample:
-        return load_token_sample(args.token_sample, model.config.vocab_size), {"token_sample": str(Path(args.token_sample).absolute())}
+        return load_token_sample(args.token_sample, model.config.vocab_size), {
+            "token_sample": str(Path(args.token_sample).absolute())
+        }
     if args.signatures and Path(args.signatures).is_dir() and (Path(args.signatures) / "sample.npy").is_file():
         path = Path(args.signatures) / "sample.npy"
         return load_token_sample(path, model.config.vocab_size), {"token_sample": str(path.absolute())}
@@ -410,12 +604,21 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         sampling = {"feature_sampling": "paper"} if args.features_per_dictionary else {}
         apply_protocol(args, parser, argv or [], {**PAPER_EVALUATE, **sampling})
     _check(args)
-    options = EvaluationOptions(k=args.k, min_contexts=args.min_contexts, kl_targets=_floats(args.kl_targets, "--kl-targets"),
-                                top_s=args.top_promoted, generate_tokens=args.generate_tokens, temperature=float(args.temperature),
-                                match=args.match, seed=args.seed, kl_positions=args.kl_positions, alpha_search=args.alpha_search,
-                                error_term=not args.no_error_term,
-                                require_contexts=args.require_contexts or args.feature_sampling == "paper",
-                                max_features=args.features_per_dictionary if args.feature_sampling == "paper" else None)
+    options = EvaluationOptions(
+        k=args.k,
+        min_contexts=args.min_contexts,
+        kl_targets=_floats(args.kl_targets, "--kl-targets"),
+        top_s=args.top_promoted,
+        generate_tokens=args.generate_tokens,
+        temperature=float(args.temperature),
+        match=args.match,
+        seed=args.seed,
+        kl_positions=args.kl_positions,
+        alpha_search=args.alpha_search,
+        error_term=not args.no_error_term,
+        require_contexts=args.require_contexts or args.feature_sampling == "paper",
+        max_features=args.features_per_dictionary if args.feature_sampling == "paper" else None,
+    )
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model, model_dir, tokenizer = load_model_source(model_source(args))
@@ -432,9 +635,20 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         _judge_cost(args, sigs, vocab)
         return 0
     windows, description, corpus = _corpus_windows(args, tokenizer, model_dir, model.config.vocab_size, quiet)
-    record = {"command": sys.argv, "inputs": {"model": str(model_dir), "dictionaries": [f"{d.name}/{d.layer}" for d in dictionaries],
-                                              "signatures": args.signatures, **description},
-              "options": {k: v for k, v in vars(args).items() if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None), tuple, list))}}
+    record = {
+        "command": sys.argv,
+        "inputs": {
+            "model": str(model_dir),
+            "dictionaries": [f"{d.name}/{d.layer}" for d in dictionaries],
+            "signatures": args.signatures,
+            **description,
+        },
+        "options": {
+            k: v
+            for k, v in vars(args).items()
+            if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None), tuple, list))
+        },
+    }
     if args.baselines:
         (tokens, mask), sample = _baseline_sample(args, corpus, model, quiet)
         record["baseline_sample"] = sample
@@ -442,22 +656,57 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         if args.tuned_lens:
             translators = load_tuned_lens(args.tuned_lens, model)
         elif args.train_tuned_lens:
-            points = sorted({tuned_lens_point(d, model.config.n_layers, args.tuned_lens_point, model.config.parallel_residual) for d in dictionaries}
-                            - {final_row(model.config.n_layers)})
-            use = library_points(model.config.n_layers) if set(points) <= set(library_points(model.config.n_layers)) else all_points(model.config.n_layers)
+            points = sorted(
+                {
+                    tuned_lens_point(d, model.config.n_layers, args.tuned_lens_point, model.config.parallel_residual)
+                    for d in dictionaries
+                }
+                - {final_row(model.config.n_layers)}
+            )
+            use = (
+                library_points(model.config.n_layers)
+                if set(points) <= set(library_points(model.config.n_layers))
+                else all_points(model.config.n_layers)
+            )
             split = max(1, int(0.9 * len(windows)))
-            translators, training = train_tuned_lens(model, windows[:split], points=use, options=TunedLensTraining(steps=args.tuned_lens_steps, seed=args.seed),
-                                                     heldout=(windows[split:], None) if split < len(windows) else None, quiet=quiet)
-            save_tuned_lens(translators, out / "tuned_lens", record={"options": training.options, "points": list(training.points),
-                                                                      "heldout_kl_identity": training.heldout_kl_identity,
-                                                                      "heldout_kl_trained": training.heldout_kl_trained,
-                                                                      "final_train_loss": training.train_loss[-1]})
-            record["tuned_lens"] = {"points": list(training.points), "heldout_kl_identity": training.heldout_kl_identity,
-                                    "heldout_kl_trained": training.heldout_kl_trained}
+            translators, training = train_tuned_lens(
+                model,
+                windows[:split],
+                points=use,
+                options=TunedLensTraining(steps=args.tuned_lens_steps, seed=args.seed),
+                heldout=(windows[split:], None) if split < len(windows) else None,
+                quiet=quiet,
+            )
+            save_tuned_lens(
+                translators,
+                out / "tuned_lens",
+                record={
+                    "options": training.options,
+                    "points": list(training.points),
+                    "heldout_kl_identity": training.heldout_kl_identity,
+                    "heldout_kl_trained": training.heldout_kl_trained,
+                    "final_train_loss": training.train_loss[-1],
+                },
+            )
+            record["tuned_lens"] = {
+                "points": list(training.points),
+                "heldout_kl_identity": training.heldout_kl_identity,
+                "heldout_kl_trained": training.heldout_kl_trained,
+            }
         wanted = {i: ids for i, ids in enumerate(features) if len(ids)}
-        baselines = baseline_signatures(model, dictionaries, tokens, mask, lenses=args.baselines, features=wanted, k=args.k,
-                                        translators=translators, tuned_lens_point_choice=args.tuned_lens_point, quiet=quiet,
-                                        **precision_kwargs(args.precision))
+        baselines = baseline_signatures(
+            model,
+            dictionaries,
+            tokens,
+            mask,
+            lenses=args.baselines,
+            features=wanted,
+            k=args.k,
+            translators=translators,
+            tuned_lens_point_choice=args.tuned_lens_point,
+            quiet=quiet,
+            **precision_kwargs(args.precision),
+        )
         save_signatures(baselines, out / "baselines.parquet", dictionaries, vocab)
         sigs = Signatures([*sigs, *baselines])
     if not len(sigs):
@@ -470,12 +719,25 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     if args.prepend_bos and bos is None:
         raise InputError("--prepend-bos: the tokenizer names no BOS token; give its id with --bos-id")
     prefix_tokens, prefix_mask = prefix_batch(tokenizer, prefixes, bos_id=bos)
-    result = evaluate(model, dictionaries, sigs, windows, prefix_tokens=prefix_tokens, prefix_mask=prefix_mask, options=options,
-                      vocab=vocab, judge=_judge_config(args) if args.judge else None, quiet=quiet, feature_order=order,
-                      activating_tokens=activating)
+    result = evaluate(
+        model,
+        dictionaries,
+        sigs,
+        windows,
+        prefix_tokens=prefix_tokens,
+        prefix_mask=prefix_mask,
+        options=options,
+        vocab=vocab,
+        judge=_judge_config(args) if args.judge else None,
+        quiet=quiet,
+        feature_order=order,
+        activating_tokens=activating,
+    )
     scores = ("input_score", "output_score", "judge_score") if args.judge else ("input_score", "output_score")
-    preamble = (f"Evaluation of {len(sigs)} signature tables on {description['context_windows']} context windows of "
-                f"{args.context_length} tokens; token sets compared by {args.match}.")
+    preamble = (
+        f"Evaluation of {len(sigs)} signature tables on {description['context_windows']} context windows of "
+        f"{args.context_length} tokens; token sets compared by {args.match}."
+    )
     paths = write_report(out, result.rows, result.per_layer, result.overall, scores, preamble=preamble)
     record["seconds"] = round(time.time() - started, 1)
     record["evaluation_options"] = result.options
@@ -483,7 +745,10 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     (out / "evaluation.json").write_text(json.dumps(record, indent=1, default=str))
     print(f"qlens evaluate: {len(result.rows)} (lens, feature) rows -> {paths['table_md']} ({record['seconds']} s)")
     if result.judge_error:
-        print(f"qlens evaluate: the judge stopped: {result.judge_error} (the scores finished before are written; "
-              "the rest are NaN)", file=sys.stderr)
+        print(
+            f"qlens evaluate: the judge stopped: {result.judge_error} (the scores finished before are written; "
+            "the rest are NaN)",
+            file=sys.stderr,
+        )
         return 2
     return 0

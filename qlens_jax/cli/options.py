@@ -31,30 +31,62 @@ def add_layers_argument(group, help: str = "only dictionaries at these layers, e
 
 
 def add_corpus_encoding_argument(group) -> None:
-    group.add_argument("--corpus-encoding", default="utf-8", metavar="CODEC",
-                       help="text encoding of text and JSONL corpora: any Python codec name, e.g. latin-1, cp1252")
+    group.add_argument(
+        "--corpus-encoding",
+        default="utf-8",
+        metavar="CODEC",
+        help="text encoding of text and JSONL corpora: any Python codec name, e.g. latin-1, cp1252",
+    )
 
 
 def add_sample_arguments(group, seed: bool = True) -> None:
     """The token-sample options of `qlens signatures` (`seed`: also declare --seed here)."""
-    group.add_argument("--corpus", metavar="SRC",
-                       help="text file, JSONL file (one document per line), folder saved by datasets' save_to_disk, or .npy of token ids")
-    group.add_argument("--token-sample", metavar="FILE.npy",
-                       help="use this [num_samples, max_length] id array as the sample instead (-1 marks right padding)")
-    group.add_argument("--num-samples", type=int, default=None, metavar="N", help="windows in the sample (default 1024, as in the paper)")
-    group.add_argument("--max-length", type=int, default=None, metavar="N", help="tokens per window (default 32, as in the paper)")
+    group.add_argument(
+        "--corpus",
+        metavar="SRC",
+        help="text file, JSONL file (one document per line), folder saved by datasets' save_to_disk, or .npy of token ids",
+    )
+    group.add_argument(
+        "--token-sample",
+        metavar="FILE.npy",
+        help="use this [num_samples, max_length] id array as the sample instead (-1 marks right padding)",
+    )
+    group.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="windows in the sample (default 1024, as in the paper)",
+    )
+    group.add_argument(
+        "--max-length", type=int, default=None, metavar="N", help="tokens per window (default 32, as in the paper)"
+    )
     if seed:
         group.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the window sampling")
-    group.add_argument("--prepend-bos", action="store_true", help="start every window with BOS (the reference does not)")
-    group.add_argument("--bos-id", type=int, metavar="ID", help="BOS token id (default: from tokenizer_config.json or config.json)")
-    group.add_argument("--windows", choices=("concat", "document", "paper"), default="concat",
-                       help="concat: windows over the concatenated documents (the reference's convention); "
-                            "document: inside one document, short ones right-padded; "
-                            "paper: the authors' exact sample (TransformerLens rows with EOS between documents, "
-                            "last 1000 rows held out, torch's generator seeded --seed: use --seed 42 as the paper)")
-    group.add_argument("--text-field", default="text", metavar="NAME", help="field holding the text in JSONL / datasets corpora")
+    group.add_argument(
+        "--prepend-bos", action="store_true", help="start every window with BOS (the reference does not)"
+    )
+    group.add_argument(
+        "--bos-id", type=int, metavar="ID", help="BOS token id (default: from tokenizer_config.json or config.json)"
+    )
+    group.add_argument(
+        "--windows",
+        choices=("concat", "document", "paper"),
+        default="concat",
+        help="concat: windows over the concatenated documents (the reference's convention); "
+        "document: inside one document, short ones right-padded; "
+        "paper: the authors' exact sample (TransformerLens rows with EOS between documents, "
+        "last 1000 rows held out, torch's generator seeded --seed: use --seed 42 as the paper)",
+    )
+    group.add_argument(
+        "--text-field", default="text", metavar="NAME", help="field holding the text in JSONL / datasets corpora"
+    )
     group.add_argument("--corpus-split", metavar="NAME", help="split of a datasets DatasetDict (default: train)")
-    group.add_argument("--corpus-format", choices=("text", "jsonl", "datasets", "npy"), help="force the corpus format (default: detected)")
+    group.add_argument(
+        "--corpus-format",
+        choices=("text", "jsonl", "datasets", "npy"),
+        help="force the corpus format (default: detected)",
+    )
     group.add_argument("--corpus-max-tokens", type=int, metavar="N", help="read only the first N tokens of the corpus")
     add_corpus_encoding_argument(group)
 
@@ -74,9 +106,18 @@ def dictionary_sources(args: argparse.Namespace) -> DictionarySources:
 def sample_spec(args: argparse.Namespace) -> SampleSpec:
     """The `add_sample_arguments` options (and --seed) as a `SampleSpec`."""
     return SampleSpec(
-        corpus=args.corpus, token_sample=args.token_sample, num_samples=args.num_samples, max_length=args.max_length,
-        seed=args.seed, prepend_bos=args.prepend_bos, bos_id=args.bos_id, windows=args.windows, text_field=args.text_field,
-        corpus_split=args.corpus_split, corpus_format=args.corpus_format, corpus_max_tokens=args.corpus_max_tokens,
+        corpus=args.corpus,
+        token_sample=args.token_sample,
+        num_samples=args.num_samples,
+        max_length=args.max_length,
+        seed=args.seed,
+        prepend_bos=args.prepend_bos,
+        bos_id=args.bos_id,
+        windows=args.windows,
+        text_field=args.text_field,
+        corpus_split=args.corpus_split,
+        corpus_format=args.corpus_format,
+        corpus_max_tokens=args.corpus_max_tokens,
         corpus_encoding=args.corpus_encoding,
     )
 

@@ -33,51 +33,122 @@ def configure(parser: argparse.ArgumentParser):
     """Declare `qlens signatures`'s options; returns the runner."""
     parser.epilog = SIGNATURES_EPILOG
     io = parser.add_argument_group("inputs and output")
-    add_model_arguments(io, "model: a local Hugging Face model folder (config.json + weights) or a Hub id",
-                        "an SAE or transcoder (any format the converters read: folder, file or Hub id, or a sae_lens "
-                        "registry id RELEASE:SAE_ID); repeat for several; a folder holding one dictionary per layer adds all of them")
-    io.add_argument("--out", required=True, metavar="DIR", help="output folder (created; an existing run there is continued)")
+    add_model_arguments(
+        io,
+        "model: a local Hugging Face model folder (config.json + weights) or a Hub id",
+        "an SAE or transcoder (any format the converters read: folder, file or Hub id, or a sae_lens "
+        "registry id RELEASE:SAE_ID); repeat for several; a folder holding one dictionary per layer adds all of them",
+    )
+    io.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; an existing run there is continued)"
+    )
     add_sample_arguments(parser.add_argument_group("token sample"))
     what = parser.add_argument_group("what to compute")
-    what.add_argument("--lenses", default="query_lens_value,query_lens_key", metavar="LENS[,LENS...]",
-                      help="comma-separated lenses, or 'all': query_lens_value, query_lens_key, first_order_value, "
-                           "first_order_key, logit_lens_value, logit_lens_key")
+    what.add_argument(
+        "--lenses",
+        default="query_lens_value,query_lens_key",
+        metavar="LENS[,LENS...]",
+        help="comma-separated lenses, or 'all': query_lens_value, query_lens_key, first_order_value, "
+        "first_order_key, logit_lens_value, logit_lens_key",
+    )
     add_layers_argument(what)
-    what.add_argument("--features", metavar="SPEC",
-                      help="features of every dictionary: ranges like 0-99,250, a .txt/.json/.npy file of ids, or the "
-                           "reference implementation's feature-sample pickle (.pkl: layer and feature per record) (default: all)")
+    what.add_argument(
+        "--features",
+        metavar="SPEC",
+        help="features of every dictionary: ranges like 0-99,250, a .txt/.json/.npy file of ids, or the "
+        "reference implementation's feature-sample pickle (.pkl: layer and feature per record) (default: all)",
+    )
     what.add_argument("--k", type=int, default=25, metavar="N", help="tokens in each top-k and bottom-k list")
-    what.add_argument("--stats", action="store_true", help="also compute each feature's relative variance (costs one pass per feature)")
+    what.add_argument(
+        "--stats",
+        action="store_true",
+        help="also compute each feature's relative variance (costs one pass per feature)",
+    )
     how = parser.add_argument_group("numerics and resources")
-    how.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                     help="dtype the model, operators and activations are stored in (float32 is the reference)")
+    how.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="dtype the model, operators and activations are stored in (float32 is the reference)",
+    )
     add_precision_argument(how)
-    how.add_argument("--path", default="auto", choices=("auto", "dense", "per-feature"),
-                     help="dense operators, one pass per feature, or auto (dense when a run has at least d_model features)")
-    how.add_argument("--memory-budget-gb", type=float, metavar="GB", help="device memory to plan chunks for (default: from free memory)")
-    how.add_argument("--shard-size", type=int, default=4096, metavar="N", help="features per output shard (the unit of resumption)")
-    how.add_argument("--no-self-check", dest="self_check", action="store_false",
-                     help="skip checking a few dense-path features against the per-feature path")
-    how.add_argument("--remove-final-norm-bias", action="store_true", help="value readouts without the final LayerNorm's bias")
-    how.add_argument("--first-order-key-mask-seed", action="store_true", help="mask the first-order key seed at pads (the reference does not)")
-    how.add_argument("--exact-norm-jacobian", action="store_true", help="transcoder keys include the MLP norm's Jacobian")
+    how.add_argument(
+        "--path",
+        default="auto",
+        choices=("auto", "dense", "per-feature"),
+        help="dense operators, one pass per feature, or auto (dense when a run has at least d_model features)",
+    )
+    how.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        metavar="GB",
+        help="device memory to plan chunks for (default: from free memory)",
+    )
+    how.add_argument(
+        "--shard-size", type=int, default=4096, metavar="N", help="features per output shard (the unit of resumption)"
+    )
+    how.add_argument(
+        "--no-self-check",
+        dest="self_check",
+        action="store_false",
+        help="skip checking a few dense-path features against the per-feature path",
+    )
+    how.add_argument(
+        "--remove-final-norm-bias", action="store_true", help="value readouts without the final LayerNorm's bias"
+    )
+    how.add_argument(
+        "--first-order-key-mask-seed",
+        action="store_true",
+        help="mask the first-order key seed at pads (the reference does not)",
+    )
+    how.add_argument(
+        "--exact-norm-jacobian", action="store_true", help="transcoder keys include the MLP norm's Jacobian"
+    )
     scale = parser.add_argument_group("several devices and hosts")
-    scale.add_argument("--mesh", metavar="DATA,FEATURE",
-                       help="device mesh: devices splitting the token sample (data) and the sweeps' basis vectors "
-                            "(feature); readouts split features over all of them (default: every device on data)")
-    scale.add_argument("--weights", choices=("auto", "sharded", "replicated"), default="auto",
-                       help="on a mesh with a feature axis: split the vocabulary matrices and MLP units over it "
-                            "(for models that do not fit one device), or keep a full copy per device; auto splits "
-                            "when the weights take more than half of a device's free memory")
-    scale.add_argument("--distributed", action="store_true",
-                       help="join the other processes of a multi-host job (jax.distributed; Cloud TPU, SLURM, Open MPI "
-                            "and Kubernetes are read from the environment): all compute, process 0 alone writes DIR")
-    scale.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address (default: from the environment)")
-    scale.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: number of processes (default: from the environment)")
-    scale.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index, 0..N-1 (default: from the environment)")
-    parser.add_argument("--protocol", choices=("default", "paper"), default="default",
-                        help="paper: the paper's sample and numerics (--windows paper --seed 42 --num-samples 1024 "
-                             "--max-length 32 --dtype bfloat16 --k 25); an option given with another value is refused")
+    scale.add_argument(
+        "--mesh",
+        metavar="DATA,FEATURE",
+        help="device mesh: devices splitting the token sample (data) and the sweeps' basis vectors "
+        "(feature); readouts split features over all of them (default: every device on data)",
+    )
+    scale.add_argument(
+        "--weights",
+        choices=("auto", "sharded", "replicated"),
+        default="auto",
+        help="on a mesh with a feature axis: split the vocabulary matrices and MLP units over it "
+        "(for models that do not fit one device), or keep a full copy per device; auto splits "
+        "when the weights take more than half of a device's free memory",
+    )
+    scale.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the other processes of a multi-host job (jax.distributed; Cloud TPU, SLURM, Open MPI "
+        "and Kubernetes are read from the environment): all compute, process 0 alone writes DIR",
+    )
+    scale.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="with --distributed: process 0's address (default: from the environment)",
+    )
+    scale.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help="with --distributed: number of processes (default: from the environment)",
+    )
+    scale.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="with --distributed: this process's index, 0..N-1 (default: from the environment)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("default", "paper"),
+        default="default",
+        help="paper: the paper's sample and numerics (--windows paper --seed 42 --num-samples 1024 "
+        "--max-length 32 --dtype bfloat16 --k 25); an option given with another value is refused",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars (the one-line summary stays)")
 
     return lambda args, argv: run(args, argv, parser)
@@ -88,14 +159,31 @@ def signatures_job(args: argparse.Namespace) -> SignaturesJob:
     from qlens_jax.job.inputs import parse_lenses
 
     options = JobOptions(
-        out=args.out, lenses=parse_lenses(args.lenses), features=args.features, k=args.k, stats=args.stats, dtype=args.dtype,
-        precision=args.precision, path=args.path, memory_budget_gb=args.memory_budget_gb, shard_size=args.shard_size,
-        self_check=args.self_check, remove_final_norm_bias=args.remove_final_norm_bias,
-        first_order_key_mask_seed=args.first_order_key_mask_seed, exact_norm_jacobian=args.exact_norm_jacobian,
-        mesh=args.mesh, weights=args.weights, distributed=args.distributed, coordinator=args.coordinator,
-        num_processes=args.num_processes, process_id=args.process_id, quiet=args.quiet,
+        out=args.out,
+        lenses=parse_lenses(args.lenses),
+        features=args.features,
+        k=args.k,
+        stats=args.stats,
+        dtype=args.dtype,
+        precision=args.precision,
+        path=args.path,
+        memory_budget_gb=args.memory_budget_gb,
+        shard_size=args.shard_size,
+        self_check=args.self_check,
+        remove_final_norm_bias=args.remove_final_norm_bias,
+        first_order_key_mask_seed=args.first_order_key_mask_seed,
+        exact_norm_jacobian=args.exact_norm_jacobian,
+        mesh=args.mesh,
+        weights=args.weights,
+        distributed=args.distributed,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        quiet=args.quiet,
     )
-    return SignaturesJob(model=model_source(args), dictionaries=dictionary_sources(args), sample=sample_spec(args), options=options)
+    return SignaturesJob(
+        model=model_source(args), dictionaries=dictionary_sources(args), sample=sample_spec(args), options=options
+    )
 
 
 def run(args: argparse.Namespace, argv: list[str], parser: argparse.ArgumentParser | None = None) -> int:

@@ -10,8 +10,11 @@ def configure(parser: argparse.ArgumentParser):
     parser.add_argument("run_dir", metavar="DIR", help="output folder of a finished `qlens signatures` run")
     parser.add_argument("--out", metavar="FILE", help="HTML file to write (default: DIR/viewer.html)")
     parser.add_argument("--title", help="page title (default: the model's source)")
-    parser.add_argument("--layers", metavar="RANGES",
-                        help="only features of dictionaries at these layers, e.g. 3,5-7 (keeps large runs' pages small)")
+    parser.add_argument(
+        "--layers",
+        metavar="RANGES",
+        help="only features of dictionaries at these layers, e.g. 3,5-7 (keeps large runs' pages small)",
+    )
     return run
 
 

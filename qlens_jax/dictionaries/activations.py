@@ -35,16 +35,12 @@ def jumprelu(
     return kept * (pre > threshold).astype(pre.dtype)
 
 
-def _scatter_last(
-    like: Float[Array, "*batch d_sae"], indices: Array, values: Array
-) -> Float[Array, "*batch d_sae"]:
+def _scatter_last(like: Float[Array, "*batch d_sae"], indices: Array, values: Array) -> Float[Array, "*batch d_sae"]:
     """Zeros shaped like `like` with `values` placed at `indices` along the last axis."""
     return jnp.put_along_axis(jnp.zeros_like(like), indices, values, axis=-1, inplace=False)
 
 
-def topk(
-    pre: Float[Array, "*batch d_sae"], k: int, rectify: bool = True
-) -> Float[Array, "*batch d_sae"]:
+def topk(pre: Float[Array, "*batch d_sae"], k: int, rectify: bool = True) -> Float[Array, "*batch d_sae"]:
     """Keep the `k` largest pre-activations per example, zero the rest.
 
     `rectify=True` applies a ReLU to the kept values (sae_lens `TopK`, OpenAI

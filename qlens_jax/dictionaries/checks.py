@@ -19,9 +19,16 @@ def check_dictionary(d) -> None:
     if d.W_dec.shape[0] != d_sae:
         _fail(d, f"W_dec has {d.W_dec.shape[0]} rows but W_enc has {d_sae} columns (d_sae)")
     d_out = d.W_dec.shape[1]
-    shapes = {"b_enc": (d_sae,), "b_dec": (d_out,), "threshold": (d_sae,), "b_mag": (d_sae,),
-              "r_mag": (d_sae,), "W_skip": (d_out, d_in), "input_scale": (),
-              "log_sparsity": (d_sae,)}
+    shapes = {
+        "b_enc": (d_sae,),
+        "b_dec": (d_out,),
+        "threshold": (d_sae,),
+        "b_mag": (d_sae,),
+        "r_mag": (d_sae,),
+        "W_skip": (d_out, d_in),
+        "input_scale": (),
+        "log_sparsity": (d_sae,),
+    }
     for key, shape in shapes.items():
         value = getattr(d, key)
         if value is not None and tuple(value.shape) != shape:
@@ -54,5 +61,8 @@ def check_dictionary(d) -> None:
             _fail(d, f"an SAE has d_in == d_out, got {d_in} and {d_out}")
     else:
         if d.site_in not in TRANSCODER_INPUT_SITES or d.site_out not in TRANSCODER_OUTPUT_SITES:
-            _fail(d, f"a transcoder reads {TRANSCODER_INPUT_SITES} and writes "
-                     f"{TRANSCODER_OUTPUT_SITES}; got {d.site_in} -> {d.site_out}")
+            _fail(
+                d,
+                f"a transcoder reads {TRANSCODER_INPUT_SITES} and writes "
+                f"{TRANSCODER_OUTPUT_SITES}; got {d.site_in} -> {d.site_out}",
+            )

@@ -203,4 +203,3 @@ class Dictionary(eqx.Module):
     def feature_str(self, feature: int) -> str:
         """The reference implementation's feature id: `Feature {name}/{layer}/{feature}`."""
         return f"Feature {self.name}/{self.layer}/{feature}"
-

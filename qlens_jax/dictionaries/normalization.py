@@ -28,9 +28,7 @@ Stats = tuple[Float[Array, "*batch 1"], Float[Array, "*batch 1"], Float[Array, "
 """(shift, in_scale, out_scale), each broadcastable against `[..., d]`."""
 
 
-def input_stats(
-    x: Float[Array, "*batch d"], kind: str, scale: Float[Array, ""] | None = None
-) -> Stats:
+def input_stats(x: Float[Array, "*batch d"], kind: str, scale: Float[Array, ""] | None = None) -> Stats:
     """The per-token (shift, in_scale, out_scale) of normalization `kind` for input `x`."""
     xf = x.astype(jnp.float32)
     ones = jnp.ones(xf.shape[:-1] + (1,), jnp.float32)

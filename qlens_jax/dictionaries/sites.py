@@ -48,23 +48,35 @@ _TL_SITES = {
     "hook_mlp_out": "mlp_out",
     "mlp.hook_out": "mlp_out",
 }
-_TL_UNSUPPORTED = ("attn.hook_result", "hook_attn_in", "mlp.hook_pre", "mlp.hook_post",
-                   "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_pattern")
+_TL_UNSUPPORTED = (
+    "attn.hook_result",
+    "hook_attn_in",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_pattern",
+)
 
 _TL = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_HF = re.compile(
-    r"^(?:model\.|language_model\.|transformer\.|gpt_neox\.)*(?:layers|h)\.(\d+)(?:\.(.+))?$"
-)
+_HF = re.compile(r"^(?:model\.|language_model\.|transformer\.|gpt_neox\.)*(?:layers|h)\.(\d+)(?:\.(.+))?$")
 # Hugging Face module paths below `model.layers.{L}`, whatever the family.
 _HF_SITES = {
-    None: "resid_post", "output": "resid_post", "input": "resid_pre",
-    "pre_feedforward_layernorm.output": "mlp_in", "mlp.input": "mlp_in",
+    None: "resid_post",
+    "output": "resid_post",
+    "input": "resid_pre",
+    "pre_feedforward_layernorm.output": "mlp_in",
+    "mlp.input": "mlp_in",
     "post_feedforward_layernorm.output": "mlp_out",  # Gemma 2/3: the MLP's post-norm
     "self_attn.o_proj.input": "z",  # Llama, Qwen, Gemma: the concatenated heads
     "attn.c_proj.input": "z",  # GPT-2
-    "attn.output": "attn_out", "attn.c_proj.output": "attn_out",  # GPT-2 has no post-norms
+    "attn.output": "attn_out",
+    "attn.c_proj.output": "attn_out",  # GPT-2 has no post-norms
     # GPT-NeoX (`gpt_neox.layers.L`): no post-norms either
-    "attention.dense.input": "z", "attention.output": "attn_out", "attention.dense.output": "attn_out",
+    "attention.dense.input": "z",
+    "attention.output": "attn_out",
+    "attention.dense.output": "attn_out",
     "mlp.dense_4h_to_h.output": "mlp_out",
 }
 # Module outputs that are added straight to the residual, except in families with post-norms

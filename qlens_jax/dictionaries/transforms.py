@@ -25,13 +25,15 @@ def fold_input_scale(d: Dictionary) -> Dictionary:
         return (a.astype(jnp.float32) * factor).astype(a.dtype)
 
     return dataclasses.replace(
-        d, W_enc=scaled(d.W_enc, s), W_dec=scaled(d.W_dec, 1 / s), b_dec=scaled(d.b_dec, 1 / s),
-        input_scale=None, input_norm="none",
+        d,
+        W_enc=scaled(d.W_enc, s),
+        W_dec=scaled(d.W_dec, 1 / s),
+        b_dec=scaled(d.b_dec, 1 / s),
+        input_scale=None,
+        input_norm="none",
     )
 
 
 def astype(d: Dictionary, dtype) -> Dictionary:
     """Cast every floating parameter of `d` to `dtype` (static metadata unchanged)."""
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, d
-    )
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, d)

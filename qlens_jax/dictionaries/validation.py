@@ -46,10 +46,14 @@ def model_facts(model) -> ModelFacts:
             f"model_type), got {type(model).__name__}"
         ) from e
     n_heads, head_dim = getattr(config, "n_heads", None), getattr(config, "head_dim", None)
-    return ModelFacts(d_model, n_layers, getattr(config, "model_type", None),
-                      None if n_heads is None else int(n_heads),
-                      None if head_dim is None else int(head_dim),
-                      bool(getattr(config, "parallel_residual", False)))
+    return ModelFacts(
+        d_model,
+        n_layers,
+        getattr(config, "model_type", None),
+        None if n_heads is None else int(n_heads),
+        None if head_dim is None else int(head_dim),
+        bool(getattr(config, "parallel_residual", False)),
+    )
 
 
 def _describe(d: Dictionary) -> str:
@@ -59,8 +63,12 @@ def _describe(d: Dictionary) -> str:
 
 def _recorded_hooks(d: Dictionary) -> tuple[tuple[str, str], ...]:
     """(hook name, the site it must name) for every hook recorded with the dictionary."""
-    hooks = ((d.info.hook_name, d.site_in), (d.info.hf_hook_name, d.site_in),
-             (d.info.hook_name_out, d.site_out), (d.info.hf_hook_name_out, d.site_out))
+    hooks = (
+        (d.info.hook_name, d.site_in),
+        (d.info.hf_hook_name, d.site_in),
+        (d.info.hook_name_out, d.site_out),
+        (d.info.hf_hook_name_out, d.site_out),
+    )
     return tuple((hook, site) for hook, site in hooks if hook is not None)
 
 
@@ -70,8 +78,10 @@ def expected_width(site: str, facts: ModelFacts, who: str = "a dictionary") -> i
     if site != "z":
         return facts.d_model
     if facts.z_width is None:
-        raise DictionaryError(f"{who} reads z (the heads' outputs concatenated), but the model "
-                              "given does not say n_heads and head_dim; pass a ModelConfig")
+        raise DictionaryError(
+            f"{who} reads z (the heads' outputs concatenated), but the model "
+            "given does not say n_heads and head_dim; pass a ModelConfig"
+        )
     return facts.z_width
 
 
@@ -107,9 +117,7 @@ def validate_dictionary(d: Dictionary, model) -> None:
     hooks = _recorded_hooks(d)
     if not 0 <= d.layer < facts.n_layers:
         named = f" (its hook {hooks[0][0]!r} names a block this model does not have)" if hooks else ""
-        raise DictionaryError(
-            f"{who} is at layer {d.layer} but the model has layers 0..{facts.n_layers - 1}{named}"
-        )
+        raise DictionaryError(f"{who} is at layer {d.layer} but the model has layers 0..{facts.n_layers - 1}{named}")
     if facts.parallel_residual and d.site_out == "resid_mid":
         raise DictionaryError(
             f"{who} is placed at resid_mid, but the blocks of this {facts.model_type} model are parallel "

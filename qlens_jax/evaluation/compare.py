@@ -44,9 +44,16 @@ class Agreement:
     ci95: float
 
     def row(self, labels: list[str]) -> dict:
-        return {"lens": self.lens, "dictionary": self.dictionary, "layer": self.layer,
-                "runs": " & ".join(labels[i] for i in self.runs), "n_features": self.n_features,
-                "jaccard_mean": self.mean, "jaccard_std": self.std, "jaccard_ci95": self.ci95}
+        return {
+            "lens": self.lens,
+            "dictionary": self.dictionary,
+            "layer": self.layer,
+            "runs": " & ".join(labels[i] for i in self.runs),
+            "n_features": self.n_features,
+            "jaccard_mean": self.mean,
+            "jaccard_std": self.std,
+            "jaccard_ci95": self.ci95,
+        }
 
 
 def _summary(values: np.ndarray) -> tuple[float, float, float]:
@@ -77,7 +84,9 @@ def compare_runs(sources: list, k: int = 25) -> list[Agreement]:
         for t in tables:
             table = t[key]
             if np.asarray(table.top_ids).shape[1] < k:
-                raise InputError(f"lens {key[0]} of {key[1]}/{key[2]} keeps {np.asarray(table.top_ids).shape[1]} tokens, fewer than --k {k}")
+                raise InputError(
+                    f"lens {key[0]} of {key[1]}/{key[2]} keeps {np.asarray(table.top_ids).shape[1]} tokens, fewer than --k {k}"
+                )
             rows = {int(f): i for i, f in enumerate(np.asarray(table.feature_ids))}
             tops.append(np.asarray(table.top_ids)[[rows[f] for f in ids], :k])
         for group in groups:
@@ -98,7 +107,10 @@ def write_comparison(out: Path, agreements: list[Agreement], labels: list[str]) 
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| lens | dictionary | layer | runs | features | Jaccard (mean ± 95 % CI) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['lens']} | {r['dictionary']} | {r['layer']} | {r['runs']} | {r['n_features']} | "
-              f"{r['jaccard_mean']:.3f} ± {r['jaccard_ci95']:.3f} |" for r in rows]
+    lines += [
+        f"| {r['lens']} | {r['dictionary']} | {r['layer']} | {r['runs']} | {r['n_features']} | "
+        f"{r['jaccard_mean']:.3f} ± {r['jaccard_ci95']:.3f} |"
+        for r in rows
+    ]
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     return {"csv": out / "compare.csv", "md": out / "compare.md"}

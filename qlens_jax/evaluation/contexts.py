@@ -60,7 +60,13 @@ def _empty(n_features: int, n_top: int) -> _State:
     return _State(jnp.full((n_features, n_top), -jnp.inf, jnp.float32), minus, minus, minus)
 
 
-def _merge(state: _State, acts: Float[Array, "b s F"], tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], rows: Int[Array, " b"]) -> _State:
+def _merge(
+    state: _State,
+    acts: Float[Array, "b s F"],
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    rows: Int[Array, " b"],
+) -> _State:
     masked = jnp.where(mask[..., None], acts.astype(jnp.float32), -jnp.inf)
     best = masked.max(1).T  # [F, b]
     where = masked.argmax(1).T.astype(jnp.int32)  # [F, b]
@@ -107,11 +113,17 @@ def top_contexts(
     n = tokens.shape[0]
     chunks = iter_token_chunks(tokens, mask, sequences_per_chunk)
     starts = range(0, n, sequences_per_chunk)
-    for start, (chunk_tokens, chunk_mask) in progress(zip(starts, chunks), desc="contexts", quiet=quiet, unit="chunk", total=len(starts)):
+    for start, (chunk_tokens, chunk_mask) in progress(
+        zip(starts, chunks), desc="contexts", quiet=quiet, unit="chunk", total=len(starts)
+    ):
         rows = np.arange(start, start + sequences_per_chunk)
         rows = np.where(rows < n, rows, -1).astype(np.int32)
-        states = _step(model, dictionaries, ids, states, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask), jnp.asarray(rows))
+        states = _step(
+            model, dictionaries, ids, states, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask), jnp.asarray(rows)
+        )
     return [
-        TopContexts(np.asarray(f), np.asarray(s.values), np.asarray(s.contexts), np.asarray(s.positions), np.asarray(s.tokens))
+        TopContexts(
+            np.asarray(f), np.asarray(s.values), np.asarray(s.contexts), np.asarray(s.positions), np.asarray(s.tokens)
+        )
         for f, s in zip(ids, states)
     ]

@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from qlens_jax.errors import InputError
 
 SCALES = ("1-5", "0-10")
-SYSTEM = ("You rate how interpretable a feature of a language model is, from a list of tokens that a method "
-          "associates with it. Answer with JSON only.")
+SYSTEM = (
+    "You rate how interpretable a feature of a language model is, from a list of tokens that a method "
+    "associates with it. Answer with JSON only."
+)
 TEMPLATE = """Tokens associated with one feature (most associated first):
 {tokens}
 {contexts}
@@ -92,8 +94,10 @@ class JudgeConfig:
         if self.scale not in SCALES:
             raise JudgeError(f"--judge-scale {self.scale!r}: choose from {', '.join(SCALES)}")
         if not self.endpoint:
-            raise JudgeError("the interpretability score needs an OpenAI-compatible endpoint: give --judge-endpoint URL "
-                             "(e.g. http://localhost:8000/v1) and --judge-model NAME")
+            raise JudgeError(
+                "the interpretability score needs an OpenAI-compatible endpoint: give --judge-endpoint URL "
+                "(e.g. http://localhost:8000/v1) and --judge-model NAME"
+            )
         if not self.endpoint.startswith(("http://", "https://")):
             raise JudgeError(f"--judge-endpoint {self.endpoint!r}: expected an http(s) URL")
         if self.api_key_env and not os.environ.get(self.api_key_env):
@@ -102,8 +106,15 @@ class JudgeConfig:
 
 def paper_judge(endpoint: str | None, api_key_env: str | None = None, system_prompt: str | None = None) -> JudgeConfig:
     """The paper's judge: GPT-5-nano, the 0-10 rubric on tokens only, no `temperature` or `max_tokens` sent."""
-    return JudgeConfig(endpoint=endpoint, model="gpt-5-nano", api_key_env=api_key_env, temperature=None, max_tokens=None,
-                       scale="0-10", system_prompt=system_prompt)
+    return JudgeConfig(
+        endpoint=endpoint,
+        model="gpt-5-nano",
+        api_key_env=api_key_env,
+        temperature=None,
+        max_tokens=None,
+        scale="0-10",
+        system_prompt=system_prompt,
+    )
 
 
 def build_prompt(tokens: Sequence[str], contexts: Sequence[str] = (), scale: str = "1-5") -> str:
@@ -113,7 +124,11 @@ def build_prompt(tokens: Sequence[str], contexts: Sequence[str] = (), scale: str
     shown = ", ".join(json.dumps(t, ensure_ascii=False) for t in tokens)
     context_text = ""
     if contexts:
-        context_text = "\nText where the feature is most active (most-activated token in [[ ]]):\n" + "\n".join(f"- {c}" for c in contexts) + "\n"
+        context_text = (
+            "\nText where the feature is most active (most-activated token in [[ ]]):\n"
+            + "\n".join(f"- {c}" for c in contexts)
+            + "\n"
+        )
     return TEMPLATE.format(tokens=shown, contexts=context_text)
 
 
@@ -138,14 +153,19 @@ def parse_score(text: str, scale: str = "1-5") -> float:
     return float(numbers[0]) if len(numbers) == 1 else float("nan")
 
 
-def estimate(config: JudgeConfig, token_lists: Sequence[Sequence[str]], contexts: Sequence[Sequence[str]] | None = None) -> dict:
+def estimate(
+    config: JudgeConfig, token_lists: Sequence[Sequence[str]], contexts: Sequence[Sequence[str]] | None = None
+) -> dict:
     """What judging `token_lists` will send: requests, and input / output tokens estimated at four
     characters a token (output: `max_tokens`, else 100 a reply)."""
     contexts = contexts or [()] * len(token_lists)
     system = len(system_prompt(config))
     chars = sum(system + len(build_prompt(tokens, ctx, config.scale)) for tokens, ctx in zip(token_lists, contexts))
-    return {"requests": len(token_lists), "input_tokens": int(chars / 4),
-            "output_tokens": len(token_lists) * (config.max_tokens or 100)}
+    return {
+        "requests": len(token_lists),
+        "input_tokens": int(chars / 4),
+        "output_tokens": len(token_lists) * (config.max_tokens or 100),
+    }
 
 
 def _refusal(err: urllib.error.HTTPError) -> str:
@@ -163,8 +183,10 @@ def _refusal(err: urllib.error.HTTPError) -> str:
 
 
 def _post(config: JudgeConfig, prompt: str) -> str:
-    request = {"model": config.model, "messages": [{"role": "system", "content": system_prompt(config)},
-                                                   {"role": "user", "content": prompt}]}
+    request = {
+        "model": config.model,
+        "messages": [{"role": "system", "content": system_prompt(config)}, {"role": "user", "content": prompt}],
+    }
     if config.temperature is not None:
         request["temperature"] = config.temperature
     if config.max_tokens is not None:
@@ -184,12 +206,16 @@ def _post(config: JudgeConfig, prompt: str) -> str:
         except (urllib.error.URLError, TimeoutError, json.JSONDecodeError, KeyError, IndexError) as err:
             last = err
             if isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500 and err.code != 429:
-                raise JudgeError(f"judge endpoint {url} refused the request (HTTP {err.code}): {_refusal(err)}") from None
+                raise JudgeError(
+                    f"judge endpoint {url} refused the request (HTTP {err.code}): {_refusal(err)}"
+                ) from None
             time.sleep(min(2.0**attempt, 10.0))
     raise JudgeError(f"judge endpoint {url}: request failed ({last})")
 
 
-def judge_scores(config: JudgeConfig, token_lists: Sequence[Sequence[str]], contexts: Sequence[Sequence[str]] | None = None) -> list[float]:
+def judge_scores(
+    config: JudgeConfig, token_lists: Sequence[Sequence[str]], contexts: Sequence[Sequence[str]] | None = None
+) -> list[float]:
     """One rating per token list (NaN for unparsable replies). On a failed request the
     `JudgeError` carries `scores`: those finished, NaN for the rest."""
     config.check()

@@ -73,19 +73,43 @@ def promoted_tokens(
     parts = []
     for start in range(0, len(features), feature_chunk):
         chunk = jnp.asarray(features[start : start + feature_chunk])
-        calibration = calibrate_alphas(model, dictionary, tokens, mask, chunk, targets_array,
-                                       max_iter=max_iter, rtol=rtol, config_chunk=config_chunk,
-                                       kl_positions=kl_positions, search=alpha_search, error_term=error_term)
-        changes = rank_changes(model, dictionary, tokens, mask, chunk, calibration.alphas, jax.random.fold_in(key, start),
-                               generate_tokens=generate_tokens, temperature=temperature, config_chunk=config_chunk,
-                               error_term=error_term, use=use)
+        calibration = calibrate_alphas(
+            model,
+            dictionary,
+            tokens,
+            mask,
+            chunk,
+            targets_array,
+            max_iter=max_iter,
+            rtol=rtol,
+            config_chunk=config_chunk,
+            kl_positions=kl_positions,
+            search=alpha_search,
+            error_term=error_term,
+        )
+        changes = rank_changes(
+            model,
+            dictionary,
+            tokens,
+            mask,
+            chunk,
+            calibration.alphas,
+            jax.random.fold_in(key, start),
+            generate_tokens=generate_tokens,
+            temperature=temperature,
+            config_chunk=config_chunk,
+            error_term=error_term,
+            use=use,
+        )
         top_change, top_ids = jax.lax.top_k(changes, top_s)
         parts.append((calibration.alphas, calibration.kl, calibration.reached, top_ids, top_change))
     cat = lambda i: np.concatenate([np.asarray(p[i]) for p in parts]) if parts else np.zeros((0,))
     return Promoted(features, np.asarray(targets, np.float32), cat(0), cat(1), cat(2), cat(3), cat(4))
 
 
-def output_scores(promoted: Promoted, token_sets: ArrayLike, *, match: str = "ids", vocab: np.ndarray | None = None) -> np.ndarray:
+def output_scores(
+    promoted: Promoted, token_sets: ArrayLike, *, match: str = "ids", vocab: np.ndarray | None = None
+) -> np.ndarray:
     """`O(T) = |S ∩ T| / |S|` per feature (`token_sets[f]`: the lens's top-k for `promoted.features[f]`)."""
     token_sets = np.asarray(token_sets)
     if token_sets.shape[0] != len(promoted.features):

@@ -47,10 +47,13 @@ def markdown_table(overall: list[StratifiedStat], per_layer: list[LayerStat], sc
         lenses = list(dict.fromkeys(s.lens for s in rows))
         present = [score for score in scores if any(s.score == score for s in rows)]
         n_layers = max(s.layers for s in rows)
-        lines += [f"**{family}** (stratified over {n_layers} layer{'s' if n_layers != 1 else ''}; mean ± 95 % CI; "
-                  "n: features with a score (+ features without one))", "",
-                  "| lens | " + " | ".join(f"{SCORE_TITLES.get(s, s)} | n" for s in present) + " |",
-                  "|---|" + "---|---|" * len(present)]
+        lines += [
+            f"**{family}** (stratified over {n_layers} layer{'s' if n_layers != 1 else ''}; mean ± 95 % CI; "
+            "n: features with a score (+ features without one))",
+            "",
+            "| lens | " + " | ".join(f"{SCORE_TITLES.get(s, s)} | n" for s in present) + " |",
+            "|---|" + "---|---|" * len(present),
+        ]
         for lens in lenses:
             cells = []
             for score in present:
@@ -58,19 +61,32 @@ def markdown_table(overall: list[StratifiedStat], per_layer: list[LayerStat], sc
                 if stat is None:
                     cells += ["–", "–"]
                 else:
-                    cells += [f"{_fmt(stat.mean)} ± {_fmt(stat.ci95)}", f"{stat.n}" + (f" (+{stat.n_missing} none)" if stat.n_missing else "")]
+                    cells += [
+                        f"{_fmt(stat.mean)} ± {_fmt(stat.ci95)}",
+                        f"{stat.n}" + (f" (+{stat.n_missing} none)" if stat.n_missing else ""),
+                    ]
             lines.append(f"| {lens} | " + " | ".join(cells) + " |")
         lines.append("")
         layers = sorted({s.layer for s in per_layer if s.family == family})
         if len(layers) > 1:
             for score in present:
-                lines += [f"Per layer, {SCORE_TITLES.get(score, score)} (mean / sample std / n):", "",
-                          "| lens | " + " | ".join(f"layer {layer}" for layer in layers) + " |",
-                          "|---|" + "---|" * len(layers)]
+                lines += [
+                    f"Per layer, {SCORE_TITLES.get(score, score)} (mean / sample std / n):",
+                    "",
+                    "| lens | " + " | ".join(f"layer {layer}" for layer in layers) + " |",
+                    "|---|" + "---|" * len(layers),
+                ]
                 for lens in lenses:
                     cells = []
                     for layer in layers:
-                        s = next((x for x in per_layer if (x.family, x.lens, x.score, x.layer) == (family, lens, score, layer)), None)
+                        s = next(
+                            (
+                                x
+                                for x in per_layer
+                                if (x.family, x.lens, x.score, x.layer) == (family, lens, score, layer)
+                            ),
+                            None,
+                        )
                         cells.append("–" if s is None else f"{_fmt(s.mean)} / {_fmt(s.std)} / {s.n}")
                     lines.append(f"| {lens} | " + " | ".join(cells) + " |")
                 lines.append("")
@@ -101,9 +117,17 @@ def write_figures(out: Path, per_layer: list[LayerStat], scores: tuple[str, ...]
             for j, lens in enumerate(lenses):
                 mine = sorted((s for s in stats if s.lens == lens), key=lambda s: s.layer)
                 offset = 0.3 * (j / max(len(lenses) - 1, 1) - 0.5)  # side by side, so the CI bars stay readable
-                ax.errorbar([s.layer + offset for s in mine], [s.mean for s in mine],
-                            yerr=[0.0 if math.isnan(s.ci95) else s.ci95 for s in mine], marker=markers[j % len(markers)],
-                            color=colors[(2 * j) % 20 if j < 10 else (2 * j + 1) % 20], markersize=4, capsize=2, lw=1, label=lens)
+                ax.errorbar(
+                    [s.layer + offset for s in mine],
+                    [s.mean for s in mine],
+                    yerr=[0.0 if math.isnan(s.ci95) else s.ci95 for s in mine],
+                    marker=markers[j % len(markers)],
+                    color=colors[(2 * j) % 20 if j < 10 else (2 * j + 1) % 20],
+                    markersize=4,
+                    capsize=2,
+                    lw=1,
+                    label=lens,
+                )
             layers = sorted({s.layer for s in stats})
             ax.set_xticks(layers)
             ax.set_xlabel("layer")
@@ -135,8 +159,12 @@ def write_group_figures(out: Path, per_layer: list[LayerStat], scores: tuple[str
         present = [score for score in scores if any(s.score == score for _, s in mine)]
         lenses = list(dict.fromkeys(s.lens for _, s in mine))
         groups = list(dict.fromkeys(name for name, _ in mine))
-        fig, axes = plt.subplots(1, len(present), figsize=(max(4.0, 1.2 * len(groups) * max(len(lenses), 2) / 2) * len(present), 3.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1,
+            len(present),
+            figsize=(max(4.0, 1.2 * len(groups) * max(len(lenses), 2) / 2) * len(present), 3.6),
+            squeeze=False,
+        )
         width = 0.8 / max(len(lenses), 1)
         for ax, score in zip(axes[0], present):
             for j, lens in enumerate(lenses):
@@ -159,8 +187,14 @@ def write_group_figures(out: Path, per_layer: list[LayerStat], scores: tuple[str
     return written
 
 
-def write_report(out: Path, rows: list[dict], per_layer: list[LayerStat], overall: list[StratifiedStat],
-                 scores: tuple[str, ...], preamble: str = "") -> dict[str, Path | list[Path]]:
+def write_report(
+    out: Path,
+    rows: list[dict],
+    per_layer: list[LayerStat],
+    overall: list[StratifiedStat],
+    scores: tuple[str, ...],
+    preamble: str = "",
+) -> dict[str, Path | list[Path]]:
     """Write every file listed in the module docstring; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -57,12 +57,23 @@ class EvaluationOptions:
     def __post_init__(self):
         if self.match not in MATCHES:
             raise InputError(f"--match {self.match!r}: choose from {', '.join(MATCHES)}")
-        for name in ("k", "min_contexts", "top_s", "sequences_per_chunk", "feature_chunk", "config_chunk", "max_iter", "max_features"):
+        for name in (
+            "k",
+            "min_contexts",
+            "top_s",
+            "sequences_per_chunk",
+            "feature_chunk",
+            "config_chunk",
+            "max_iter",
+            "max_features",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not any(t > 0 for t in self.kl_targets) or any(t == 0 for t in self.kl_targets):
-            raise InputError(f"--kl-targets {self.kl_targets}: need at least one positive target, and none zero "
-                             "(negative targets steer the other way)")
+            raise InputError(
+                f"--kl-targets {self.kl_targets}: need at least one positive target, and none zero "
+                "(negative targets steer the other way)"
+            )
         if self.kl_positions not in KL_POSITIONS:
             raise InputError(f"--kl-positions {self.kl_positions!r}: choose from {', '.join(KL_POSITIONS)}")
         if self.alpha_search not in ALPHA_SEARCHES:
@@ -98,7 +109,13 @@ class EvaluationResult:
 def _context_text(tokens: np.ndarray, row: int, position: int, vocab: np.ndarray, width: int = 8) -> str:
     lo, hi = max(0, position - width), min(tokens.shape[1], position + 3)
     pieces = [str(vocab[t]) for t in tokens[row, lo:position]]
-    return "".join(pieces) + "[[" + str(vocab[tokens[row, position]]) + "]]" + "".join(str(vocab[t]) for t in tokens[row, position + 1:hi])
+    return (
+        "".join(pieces)
+        + "[["
+        + str(vocab[tokens[row, position]])
+        + "]]"
+        + "".join(str(vocab[t]) for t in tokens[row, position + 1 : hi])
+    )
 
 
 def _kept_features(top: TopContexts, options: EvaluationOptions, order: np.ndarray | None) -> np.ndarray:
@@ -107,7 +124,9 @@ def _kept_features(top: TopContexts, options: EvaluationOptions, order: np.ndarr
     if options.max_features is None:
         return passing
     ids = np.asarray(top.features)
-    ranked = passing if order is None else passing[np.argsort([list(order).index(f) for f in ids[passing]], kind="stable")]
+    ranked = (
+        passing if order is None else passing[np.argsort([list(order).index(f) for f in ids[passing]], kind="stable")]
+    )
     return np.sort(ranked[: options.max_features])
 
 
@@ -118,7 +137,9 @@ def _pickled_input_scores(activating, layer: int, feature_ids: np.ndarray, token
     listed = [(int(f), row) for f, row in zip(feature_ids, token_sets) if (layer, int(f)) in activating]
     scores = np.full(len(feature_ids), np.nan)
     if listed:
-        found = input_scores_from_strings([activating[(layer, f)] for f, _ in listed], [[str(vocab[t]) for t in row] for _, row in listed])
+        found = input_scores_from_strings(
+            [activating[(layer, f)] for f, _ in listed], [[str(vocab[t]) for t in row] for _, row in listed]
+        )
         scores[[i for i, f in enumerate(feature_ids) if (layer, int(f)) in activating]] = found
     return scores
 
@@ -127,8 +148,16 @@ def _table_rows(table, ids: np.ndarray):
     """`table` restricted to the feature ids `ids`."""
     rows = np.flatnonzero(np.isin(np.asarray(table.feature_ids), ids))
     take = lambda a: np.asarray(a)[rows]
-    return type(table)(table.lens, table.dictionary, table.layer, take(table.feature_ids), take(table.top_ids),
-                       take(table.top_scores), take(table.bottom_ids), take(table.bottom_scores))
+    return type(table)(
+        table.lens,
+        table.dictionary,
+        table.layer,
+        take(table.feature_ids),
+        take(table.top_ids),
+        take(table.top_scores),
+        take(table.bottom_ids),
+        take(table.bottom_scores),
+    )
 
 
 @applies_precision
@@ -180,28 +209,68 @@ def evaluate(
         if t.top_ids.shape[1] < options.k:
             raise InputError(f"lens {t.lens} keeps {t.top_ids.shape[1]} tokens per feature, fewer than --k {options.k}")
     used = sorted({index[(t.dictionary, t.layer)] for t in sigs})
-    features = {i: np.unique(np.concatenate([np.asarray(t.feature_ids) for t in sigs if index[(t.dictionary, t.layer)] == i])) for i in used}
-    contexts = top_contexts(model, [items[i] for i in used], [features[i] for i in used], context_tokens, context_mask,
-                            n_top=options.n_top_contexts or options.min_contexts, sequences_per_chunk=options.sequences_per_chunk, quiet=quiet)
+    features = {
+        i: np.unique(np.concatenate([np.asarray(t.feature_ids) for t in sigs if index[(t.dictionary, t.layer)] == i]))
+        for i in used
+    }
+    contexts = top_contexts(
+        model,
+        [items[i] for i in used],
+        [features[i] for i in used],
+        context_tokens,
+        context_mask,
+        n_top=options.n_top_contexts or options.min_contexts,
+        sequences_per_chunk=options.sequences_per_chunk,
+        quiet=quiet,
+    )
     contexts_by = dict(zip(used, contexts))
     if options.require_contexts:
         for i in used:
             keep = _kept_features(contexts_by[i], options, (feature_order or {}).get((items[i].name, items[i].layer)))
             features[i] = features[i][keep]
-            contexts_by[i] = TopContexts(*(np.asarray(a)[keep] for a in (contexts_by[i].features, contexts_by[i].values,
-                                                                         contexts_by[i].contexts, contexts_by[i].positions,
-                                                                         contexts_by[i].tokens)))
+            contexts_by[i] = TopContexts(
+                *(
+                    np.asarray(a)[keep]
+                    for a in (
+                        contexts_by[i].features,
+                        contexts_by[i].values,
+                        contexts_by[i].contexts,
+                        contexts_by[i].positions,
+                        contexts_by[i].tokens,
+                    )
+                )
+            )
         used = [i for i in used if len(features[i])]
-        sigs = [_table_rows(t, features[index[(t.dictionary, t.layer)]]) for t in sigs if index[(t.dictionary, t.layer)] in used]
+        sigs = [
+            _table_rows(t, features[index[(t.dictionary, t.layer)]])
+            for t in sigs
+            if index[(t.dictionary, t.layer)] in used
+        ]
         if not sigs:
-            raise InputError(f"no feature has {options.min_contexts} active contexts in the corpus windows (--require-contexts)")
+            raise InputError(
+                f"no feature has {options.min_contexts} active contexts in the corpus windows (--require-contexts)"
+            )
     promoted_by = {}
     for i in progress(used, desc="steering", quiet=quiet, unit="dictionary"):
-        promoted_by[i] = promoted_tokens(model, items[i], features[i], prefix_tokens, prefix_mask, targets=options.kl_targets,
-                                         top_s=options.s_size, generate_tokens=options.generate_tokens, temperature=options.temperature,
-                                         seed=options.seed, feature_chunk=options.feature_chunk, config_chunk=options.config_chunk,
-                                         max_iter=options.max_iter, rtol=options.rtol, kl_positions=options.kl_positions,
-                                         alpha_search=options.alpha_search, error_term=options.error_term)
+        promoted_by[i] = promoted_tokens(
+            model,
+            items[i],
+            features[i],
+            prefix_tokens,
+            prefix_mask,
+            targets=options.kl_targets,
+            top_s=options.s_size,
+            generate_tokens=options.generate_tokens,
+            temperature=options.temperature,
+            seed=options.seed,
+            feature_chunk=options.feature_chunk,
+            config_chunk=options.config_chunk,
+            max_iter=options.max_iter,
+            rtol=options.rtol,
+            kl_positions=options.kl_positions,
+            alpha_search=options.alpha_search,
+            error_term=options.error_term,
+        )
     rows = []
     judge_error = None
     context_tokens = np.asarray(context_tokens)
@@ -210,18 +279,34 @@ def evaluate(
         d, top, promoted = items[i], contexts_by[i], promoted_by[i]
         where = np.searchsorted(features[i], np.asarray(table.feature_ids))
         token_sets = np.asarray(table.top_ids)[:, : options.k]
-        sub_top = TopContexts(*(np.asarray(a)[where] for a in (top.features, top.values, top.contexts, top.positions, top.tokens)))
-        sub_promoted = Promoted(promoted.features[where], promoted.targets, *(a[where] for a in (promoted.alphas, promoted.kl, promoted.reached, promoted.promoted, promoted.change)))
+        sub_top = TopContexts(
+            *(np.asarray(a)[where] for a in (top.features, top.values, top.contexts, top.positions, top.tokens))
+        )
+        sub_promoted = Promoted(
+            promoted.features[where],
+            promoted.targets,
+            *(a[where] for a in (promoted.alphas, promoted.kl, promoted.reached, promoted.promoted, promoted.change)),
+        )
         if activating_tokens is None:
-            scores_in = input_scores(sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab)
+            scores_in = input_scores(
+                sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab
+            )
         else:
-            scores_in = _pickled_input_scores(activating_tokens, table.layer, np.asarray(table.feature_ids), token_sets, vocab)
+            scores_in = _pickled_input_scores(
+                activating_tokens, table.layer, np.asarray(table.feature_ids), token_sets, vocab
+            )
         scores_out = output_scores(sub_promoted, token_sets, match=options.match, vocab=vocab)
         judged = [float("nan")] * len(where)
         if judge is not None:
             token_lists = [[str(vocab[t]) for t in row] for row in token_sets]
-            shown = [[_context_text(context_tokens, int(c), int(p), vocab) for c, p, a in zip(sub_top.contexts[f], sub_top.positions[f], sub_top.active[f]) if a][: options.judge_contexts]
-                     for f in range(len(where))]
+            shown = [
+                [
+                    _context_text(context_tokens, int(c), int(p), vocab)
+                    for c, p, a in zip(sub_top.contexts[f], sub_top.positions[f], sub_top.active[f])
+                    if a
+                ][: options.judge_contexts]
+                for f in range(len(where))
+            ]
             if judge_error is None:
                 try:
                     judged = judge_scores(judge, token_lists, shown if options.judge_contexts else None)
@@ -230,9 +315,18 @@ def evaluate(
                         raise
                     judged, judge_error = err.scores, str(err)
         for f, feature in enumerate(np.asarray(table.feature_ids)):
-            row = {"lens": table.lens, "family": d.name, "dictionary": d.name, "layer": d.layer, "feature": int(feature),
-                   "feature_str": d.feature_str(int(feature)), "input_score": float(scores_in[f]), "output_score": float(scores_out[f]),
-                   "judge_score": judged[f], "active_contexts": int(sub_top.n_active[f])}
+            row = {
+                "lens": table.lens,
+                "family": d.name,
+                "dictionary": d.name,
+                "layer": d.layer,
+                "feature": int(feature),
+                "feature_str": d.feature_str(int(feature)),
+                "input_score": float(scores_in[f]),
+                "output_score": float(scores_out[f]),
+                "judge_score": judged[f],
+                "active_contexts": int(sub_top.n_active[f]),
+            }
             for t, target in enumerate(promoted.targets):
                 row[f"alpha_kl{target:g}"] = float(sub_promoted.alphas[f, t])
                 row[f"kl_at_alpha_kl{target:g}"] = float(sub_promoted.kl[f, t])
@@ -240,5 +334,12 @@ def evaluate(
             rows.append(row)
     scores = SCORES if judge is not None else SCORES[:2]
     per_layer, overall = summarize(rows, scores)
-    return EvaluationResult(rows, per_layer, overall, [contexts_by[i] for i in used], [promoted_by[i] for i in used], asdict(options),
-                            judge_error)
+    return EvaluationResult(
+        rows,
+        per_layer,
+        overall,
+        [contexts_by[i] for i in used],
+        [promoted_by[i] for i in used],
+        asdict(options),
+        judge_error,
+    )

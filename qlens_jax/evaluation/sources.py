@@ -28,7 +28,9 @@ def load_signatures(source) -> Signatures:
     if isinstance(source, (list, tuple)) and all(isinstance(t, SignatureTable) for t in source):
         return Signatures(source)
     if not isinstance(source, (str, Path)):
-        raise InputError(f"signatures: expected a Signatures object, a signatures.parquet or a run folder, got {type(source).__name__}")
+        raise InputError(
+            f"signatures: expected a Signatures object, a signatures.parquet or a run folder, got {type(source).__name__}"
+        )
     from qlens_jax.io.parquet import read_table
 
     path = Path(source).expanduser()
@@ -40,17 +42,25 @@ def load_signatures(source) -> Signatures:
         table = read_table(path)
     except (ValueError, OSError) as err:
         raise InputError(f"--signatures {source}: {err}") from None
-    keys = list(zip(table.column("lens").to_pylist(), table.column("dictionary").to_pylist(), table.column("layer").to_pylist()))
+    keys = list(
+        zip(table.column("lens").to_pylist(), table.column("dictionary").to_pylist(), table.column("layer").to_pylist())
+    )
     out = Signatures()
     for key in dict.fromkeys(keys):
         rows = np.flatnonzero([k == key for k in keys])
         part = table.take(rows)
-        out.append(SignatureTable(
-            lens=key[0], dictionary=key[1], layer=int(key[2]),
-            feature_ids=np.asarray(part.column("feature").to_pylist(), np.int64),
-            top_ids=_stack(part.column("top_ids")).astype(np.int64), top_scores=_stack(part.column("top_scores")).astype(np.float32),
-            bottom_ids=_stack(part.column("bottom_ids")).astype(np.int64), bottom_scores=_stack(part.column("bottom_scores")).astype(np.float32),
-        ))
+        out.append(
+            SignatureTable(
+                lens=key[0],
+                dictionary=key[1],
+                layer=int(key[2]),
+                feature_ids=np.asarray(part.column("feature").to_pylist(), np.int64),
+                top_ids=_stack(part.column("top_ids")).astype(np.int64),
+                top_scores=_stack(part.column("top_scores")).astype(np.float32),
+                bottom_ids=_stack(part.column("bottom_ids")).astype(np.int64),
+                bottom_scores=_stack(part.column("bottom_scores")).astype(np.float32),
+            )
+        )
     return out
 
 
@@ -70,5 +80,9 @@ def save_signatures(signatures: Signatures, path: str | Path, dictionaries, voca
     for table in signatures:
         i = index[(table.dictionary, table.layer)]
         strs = [items[i].feature_str(int(f)) for f in table.feature_ids]
-        parts.append(signature_rows(table, keep=len(table), dictionary_index=i, feature_strs=strs, vocab=np.asarray(vocab, dtype=object)))
+        parts.append(
+            signature_rows(
+                table, keep=len(table), dictionary_index=i, feature_strs=strs, vocab=np.asarray(vocab, dtype=object)
+            )
+        )
     return write_table(Path(path), pa.concat_tables(parts))

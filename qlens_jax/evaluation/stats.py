@@ -63,8 +63,17 @@ def stratified(layers: list[LayerStat]) -> StratifiedStat:
     mean = float(np.mean([s.mean for s in used])) if count else float("nan")
     variance = sum(s.std**2 / s.n for s in used) if count else float("nan")
     se = float(np.sqrt(variance) / count) if count else float("nan")
-    return StratifiedStat(first.family, first.lens, first.score, layers=count, n=sum(s.n for s in used),
-                          n_missing=sum(s.n_missing for s in layers), mean=mean, se=se, ci95=Z95 * se)
+    return StratifiedStat(
+        first.family,
+        first.lens,
+        first.score,
+        layers=count,
+        n=sum(s.n for s in used),
+        n_missing=sum(s.n_missing for s in layers),
+        mean=mean,
+        se=se,
+        ci95=Z95 * se,
+    )
 
 
 def summarize(rows: list[dict], scores: tuple[str, ...]) -> tuple[list[LayerStat], list[StratifiedStat]]:
@@ -76,8 +85,13 @@ def summarize(rows: list[dict], scores: tuple[str, ...]) -> tuple[list[LayerStat
     per_layer, overall = [], []
     for (family, lens), by_layer in groups.items():
         for score in scores:
-            stats = [layer_stat(np.asarray([r.get(score, np.nan) for r in by_layer[layer]], np.float64), (family, lens, score, layer))
-                     for layer in sorted(by_layer)]
+            stats = [
+                layer_stat(
+                    np.asarray([r.get(score, np.nan) for r in by_layer[layer]], np.float64),
+                    (family, lens, score, layer),
+                )
+                for layer in sorted(by_layer)
+            ]
             if all(s.n == 0 and s.n_missing == 0 for s in stats):
                 continue
             per_layer.extend(stats)

@@ -43,7 +43,9 @@ INTEGER_RANGE = (1, 1000)
 INTEGER_TOLERANCE = 0.1
 
 
-def _last_logprobs(model: Transformer, final: Float[Array, "b s d"], lengths: Int[Array, " b"]) -> Float[Array, "b vocab"]:
+def _last_logprobs(
+    model: Transformer, final: Float[Array, "b s d"], lengths: Int[Array, " b"]
+) -> Float[Array, "b vocab"]:
     h = final[jnp.arange(final.shape[0]), lengths - 1]
     return jax.nn.log_softmax(model.unembed(h).astype(jnp.float32), axis=-1)
 
@@ -52,8 +54,9 @@ def _kl(clean: Float[Array, "b vocab"], steered: Float[Array, "b vocab"]) -> Flo
     return jnp.mean(jnp.sum(jnp.exp(clean) * (clean - steered), axis=-1))
 
 
-def _kl_all_positions(model: Transformer, clean: Float[Array, "b s d"], steered: Float[Array, "b s d"],
-                      mask: Bool[Array, "b s"]) -> Float[Array, ""]:
+def _kl_all_positions(
+    model: Transformer, clean: Float[Array, "b s d"], steered: Float[Array, "b s d"], mask: Bool[Array, "b s"]
+) -> Float[Array, ""]:
     """The authors' KL: per prefix, the mean over its valid positions of KL(clean || steered) of
     the next-token distributions; then the mean over prefixes."""
     logp = jax.nn.log_softmax(model.unembed(clean).astype(jnp.float32), axis=-1)
@@ -92,16 +95,37 @@ def _bisection(kl_at, target, alpha0: float, max_alpha: float, max_iter: int, rt
         new_lo = jnp.where(hit, lo, candidate)
         new_hi = jnp.where(hit, candidate, jnp.where(bracketed, hi, 2.0 * hi))
         new_bracketed = bracketed | hit
-        converged = (err <= rtol) | (~new_bracketed & (new_hi > max_alpha)) | (new_bracketed & (new_hi - new_lo <= 1e-6 * new_hi))
+        converged = (
+            (err <= rtol)
+            | (~new_bracketed & (new_hi > max_alpha))
+            | (new_bracketed & (new_hi - new_lo <= 1e-6 * new_hi))
+        )
         keep = lambda old, new: jnp.where(done, old, new)
-        return (keep(lo, new_lo), keep(hi, new_hi), keep(bracketed, new_bracketed), done | converged,
-                jnp.where(better, candidate, best_alpha), jnp.where(better, err, best_err), jnp.where(better, kl, best_kl), it + 1)
+        return (
+            keep(lo, new_lo),
+            keep(hi, new_hi),
+            keep(bracketed, new_bracketed),
+            done | converged,
+            jnp.where(better, candidate, best_alpha),
+            jnp.where(better, err, best_err),
+            jnp.where(better, kl, best_kl),
+            it + 1,
+        )
 
     def cond(state):
         return (state[-1] < max_iter) & ~jnp.all(state[3])
 
     zeros, false = jnp.zeros(n, jnp.float32), jnp.zeros(n, bool)
-    init = (zeros, jnp.full(n, alpha0, jnp.float32), false, false, zeros, jnp.full(n, jnp.inf, jnp.float32), zeros, jnp.asarray(0))
+    init = (
+        zeros,
+        jnp.full(n, alpha0, jnp.float32),
+        false,
+        false,
+        zeros,
+        jnp.full(n, jnp.inf, jnp.float32),
+        zeros,
+        jnp.asarray(0),
+    )
     _, _, _, _, alpha, err, kl, it = jax.lax.while_loop(cond, body, init)
     return sign * alpha, kl, err <= rtol, it
 
@@ -124,8 +148,13 @@ def _integer_search(kl_at, target):
         new_mid = jnp.floor_divide(low + high, 2)
         new_kl = kl_at(new_mid.astype(jnp.float32))
         shrink = jnp.where(negative, new_kl < goal, new_kl > goal)
-        return (jnp.where(run & ~shrink, new_mid, low), jnp.where(run & shrink, new_mid, high),
-                jnp.where(run, new_mid, mid), jnp.where(run, new_kl, kl), it + 1)
+        return (
+            jnp.where(run & ~shrink, new_mid, low),
+            jnp.where(run & shrink, new_mid, high),
+            jnp.where(run, new_mid, mid),
+            jnp.where(run, new_kl, kl),
+            it + 1,
+        )
 
     def cond(state):
         low, high, _, kl, _ = state
@@ -163,7 +192,9 @@ def calibrate_alphas(
     `rtol`) or "integer" (the authors' integer search); `error_term=False`: both runs use the
     dictionary's reconstruction at its site (the authors' calibration)."""
     if kl_positions not in KL_POSITIONS or search not in ALPHA_SEARCHES:
-        raise ValueError(f"kl_positions {kl_positions!r} / search {search!r}: choose from {KL_POSITIONS} / {ALPHA_SEARCHES}")
+        raise ValueError(
+            f"kl_positions {kl_positions!r} / search {search!r}: choose from {KL_POSITIONS} / {ALPHA_SEARCHES}"
+        )
     n_f, n_t = features.shape[0], targets.shape[0]
     site = splice_point(model, dictionary, tokens, mask, error_term=error_term)
     lengths = mask.sum(1)
@@ -189,14 +220,17 @@ def calibrate_alphas(
     return Calibration(alpha.reshape(shape), kl.reshape(shape), reached.reshape(shape), it)
 
 
-def _steered_changes(model, dictionary, tokens, mask, feature, alpha, key, steps: int, temperature: float, error_term: bool,
-                     unsteered):
+def _steered_changes(
+    model, dictionary, tokens, mask, feature, alpha, key, steps: int, temperature: float, error_term: bool, unsteered
+):
     """Sum over `steps` steps of the prefix-mean rank-percentile change, sampling from the steered
     model (greedy at `temperature` 0). The steering keeps the error term and skips the prefix
     positions marked in `unsteered`; the clean distribution is taken on the same, steered,
     context, with the error term dropped when `error_term` is False."""
     n_prefixes, width = tokens.shape
-    extend = lambda a, fill: jnp.concatenate([a, jnp.full((n_prefixes, steps - 1), fill, a.dtype)], axis=1) if steps > 1 else a
+    extend = lambda a, fill: (
+        jnp.concatenate([a, jnp.full((n_prefixes, steps - 1), fill, a.dtype)], axis=1) if steps > 1 else a
+    )
     tokens, mask, steer = extend(tokens, 0), extend(mask, False), ~extend(unsteered, False)
     rows = jnp.arange(n_prefixes)
 
@@ -205,7 +239,9 @@ def _steered_changes(model, dictionary, tokens, mask, feature, alpha, key, steps
         site = splice_point(model, dictionary, tokens, mask)
         clean_site = site if error_term else splice_point(model, dictionary, tokens, mask, error_term=False)
         clean = _last_logprobs(model, run_from(model, clean_site.h, mask, clean_site.point), lengths)
-        steered = _last_logprobs(model, set_feature(model, dictionary, site, mask, feature, alpha, where=steer), lengths)
+        steered = _last_logprobs(
+            model, set_feature(model, dictionary, site, mask, feature, alpha, where=steer), lengths
+        )
         total = total + jnp.mean(rank_percentiles(steered) - rank_percentiles(clean), axis=0)
         if steps > 1:
             if temperature > 0:
@@ -253,7 +289,9 @@ def rank_changes(
 
     def one(args):
         feature, alpha, k = args
-        return _steered_changes(model, dictionary, tokens, mask, feature, alpha, k, steps, temperature, error_term, unsteered)
+        return _steered_changes(
+            model, dictionary, tokens, mask, feature, alpha, k, steps, temperature, error_term, unsteered
+        )
 
     totals = jax.lax.map(one, (jnp.repeat(features, n_t), alphas.reshape(-1), keys), batch_size=config_chunk)
     weights = jnp.ones(n_t, jnp.float32) if use is None else use.astype(jnp.float32)

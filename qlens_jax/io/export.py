@@ -69,7 +69,9 @@ def record(row: dict, feature_index: int) -> dict:
     return out
 
 
-def export_jsonl(run_dir: str | Path, out: str | Path | None = None, lenses: str | None = None) -> list[tuple[Path, int]]:
+def export_jsonl(
+    run_dir: str | Path, out: str | Path | None = None, lenses: str | None = None
+) -> list[tuple[Path, int]]:
     """Write one feature_analysis.jsonl per lens; returns (path, rows) per file."""
     manifest, signatures = open_finished(run_dir)
     run_lenses = manifest["options"]["lenses"]

@@ -102,7 +102,9 @@ def signature_rows(
         if not first_order:
             columns[name] = pa.nulls(n, kind)
         elif name == "layer_indices":
-            columns[name] = _nested(np.broadcast_to(np.asarray(table.layer_indices, np.int32), (n, len(table.layer_indices))), pa.int32())
+            columns[name] = _nested(
+                np.broadcast_to(np.asarray(table.layer_indices, np.int32), (n, len(table.layer_indices))), pa.int32()
+            )
         elif name.endswith("_tokens"):
             columns[name] = _nested(vocab[ids(getattr(table, name.replace("_tokens", "_ids")))], pa.string())
         elif name.endswith("_ids"):

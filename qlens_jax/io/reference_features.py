@@ -77,7 +77,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             import codecs
 
             return codecs.encode
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only util.Feature / util.Activation records are read)")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} (only util.Feature / util.Activation records are read)"
+        )
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,16 @@ def read_activating_tokens(path: str | Path) -> dict[tuple[int, int], list[str]]
             pairs = getattr(activation, "token_values", None)
             if index is None:
                 continue
-            if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
-                raise InputError(f"--activations {path}: item {i} ({ref.layer}/{ref.feature}), activation {j}: token_values "
-                                 "is not a list of (token, value) pairs")
-            if isinstance(index, (int, np.integer)) and index < len(pairs):  # as theirs: a negative index counts from the end
+            if not isinstance(pairs, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs
+            ):
+                raise InputError(
+                    f"--activations {path}: item {i} ({ref.layer}/{ref.feature}), activation {j}: token_values "
+                    "is not a list of (token, value) pairs"
+                )
+            if isinstance(index, (int, np.integer)) and index < len(
+                pairs
+            ):  # as theirs: a negative index counts from the end
                 tokens.append(str(pairs[index][0]))
         out[(ref.layer, ref.feature)] = tokens
     return out

@@ -26,7 +26,12 @@ from qlens_jax.errors import InputError
 from qlens_jax.io.atomic import TEMP_PREFIX, remove_temporaries, write_json_atomic
 
 RUN_JSON, SAMPLE, OPERATORS, SHARDS, SIGNATURES, LOCK = (
-    "run.json", "sample.npy", "operators", "shards", "signatures.parquet", ".lock",
+    "run.json",
+    "sample.npy",
+    "operators",
+    "shards",
+    "signatures.parquet",
+    ".lock",
 )
 
 
@@ -38,9 +43,15 @@ def check_writable(directory: Path) -> None:
         probe_in = probe_in.parent
     if not probe_in.is_dir():
         raise InputError(f"--out {directory}: {probe_in} is not a directory")
-    leftovers = [p for p in directory.iterdir() if p.name != LOCK and not p.name.startswith(TEMP_PREFIX)] if probe_in == directory else []
+    leftovers = (
+        [p for p in directory.iterdir() if p.name != LOCK and not p.name.startswith(TEMP_PREFIX)]
+        if probe_in == directory
+        else []
+    )
     if leftovers and not (directory / RUN_JSON).exists():
-        raise InputError(f"--out {directory}: not empty and not a qlens run (no {RUN_JSON}); choose a new or empty folder")
+        raise InputError(
+            f"--out {directory}: not empty and not a qlens run (no {RUN_JSON}); choose a new or empty folder"
+        )
     probe = probe_in / f".qlens-probe-{os.getpid()}"
     try:
         probe.write_bytes(b"")
@@ -148,5 +159,7 @@ def open_finished(path: str | Path) -> tuple[dict, Path]:
         raise InputError(f"{path}: not a qlens run folder (no {RUN_JSON})")
     manifest = json.loads((path / RUN_JSON).read_text())
     if manifest.get("status") != "complete" or not (path / SIGNATURES).is_file():
-        raise InputError(f"{path}: the run is not finished (no {SIGNATURES}); rerun its `qlens signatures` command to complete it")
+        raise InputError(
+            f"{path}: the run is not finished (no {SIGNATURES}); rerun its `qlens signatures` command to complete it"
+        )
     return manifest, path / SIGNATURES

@@ -56,8 +56,10 @@ def parse_ranges(text: str, option: str) -> np.ndarray:
         lo, _, hi = (p.strip() for p in part.partition("-"))
         for number in (lo, hi):
             if len(number) > len(str(MAX_ID)) or (number and int(number) > MAX_ID):
-                raise InputError(f"{option} {shown!r}: {number[:20]}{'...' if len(number) > 20 else ''} is larger than "
-                                 f"any feature id or layer (at most {MAX_ID})")
+                raise InputError(
+                    f"{option} {shown!r}: {number[:20]}{'...' if len(number) > 20 else ''} is larger than "
+                    f"any feature id or layer (at most {MAX_ID})"
+                )
         lo, hi = int(lo), int(hi or lo)
         if hi < lo:
             raise InputError(f"{option} {shown!r}: range {part.strip()} runs backwards")
@@ -72,7 +74,9 @@ def parse_lenses(text: str) -> tuple[str, ...]:
     lenses = LENSES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [lens for lens in lenses if lens not in LENSES]
     if unknown or not lenses:
-        raise InputError(f"--lenses {text!r}: unknown lens {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(LENSES)} or 'all'")
+        raise InputError(
+            f"--lenses {text!r}: unknown lens {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(LENSES)} or 'all'"
+        )
     if len(set(lenses)) != len(lenses):
         raise InputError(f"--lenses {text!r}: a lens is named twice")
     return lenses
@@ -110,8 +114,11 @@ def parse_features(text: str | None):
 
 def check_sample(sample: SampleSpec) -> None:
     """Checks of the sample options that need no file contents."""
-    sizes = (("--num-samples", sample.num_samples), ("--max-length", sample.max_length),
-             ("--corpus-max-tokens", sample.corpus_max_tokens))
+    sizes = (
+        ("--num-samples", sample.num_samples),
+        ("--max-length", sample.max_length),
+        ("--corpus-max-tokens", sample.corpus_max_tokens),
+    )
     for name, value in sizes:
         if value is not None and value < 1:
             raise InputError(f"{name} {value}: must be at least 1")
@@ -151,8 +158,11 @@ def check_job(job: SignaturesJob, writes_output: bool = True) -> None:
     if options.mesh is not None:
         parse_mesh(options.mesh)
     if not options.distributed:
-        for option, value in (("--coordinator", options.coordinator), ("--num-processes", options.num_processes),
-                              ("--process-id", options.process_id)):
+        for option, value in (
+            ("--coordinator", options.coordinator),
+            ("--num-processes", options.num_processes),
+            ("--process-id", options.process_id),
+        ):
             if value is not None:
                 raise InputError(f"{option} {value}: only used with --distributed")
     if writes_output:
@@ -175,17 +185,25 @@ def job_mesh(options: JobOptions, model):
 
     if options.mesh is None:
         if options.weights == "sharded":
-            raise InputError("--weights sharded: give a --mesh with a feature axis to split the weights over, e.g. --mesh 1,8")
+            raise InputError(
+                "--weights sharded: give a --mesh with a feature axis to split the weights over, e.g. --mesh 1,8"
+            )
         return sharding.make_mesh() if jax.device_count() > 1 else None
     data, feature = parse_mesh(options.mesh)
     if options.weights == "sharded" and feature == 1:
-        raise InputError(f"--weights sharded: the mesh {options.mesh} has no feature axis to split the weights over; "
-                         "use e.g. --mesh 1,N")
+        raise InputError(
+            f"--weights sharded: the mesh {options.mesh} has no feature axis to split the weights over; "
+            "use e.g. --mesh 1,N"
+        )
     if data * feature != jax.device_count():
-        raise InputError(f"--mesh {options.mesh}: needs {data * feature} devices; this job has {jax.device_count()} "
-                         f"({jax.process_count()} process(es) x {jax.local_device_count()} local)")
+        raise InputError(
+            f"--mesh {options.mesh}: needs {data * feature} devices; this job has {jax.device_count()} "
+            f"({jax.process_count()} process(es) x {jax.local_device_count()} local)"
+        )
     if model.config.d_model % feature:
-        raise InputError(f"--mesh {options.mesh}: the feature axis ({feature}) must divide d_model ({model.config.d_model})")
+        raise InputError(
+            f"--mesh {options.mesh}: the feature axis ({feature}) must divide d_model ({model.config.d_model})"
+        )
     return sharding.make_mesh((data, feature))
 
 
@@ -248,7 +266,9 @@ def bos_token_id(given: int | None, tokenizer, model_dir: Path) -> int | None:
 def eos_and_pad_ids(tokenizer, model_dir: Path) -> tuple[int | None, int | None]:
     """The tokenizer's EOS and pad token ids (None where it names none), as TransformerLens's
     `tokenize_and_concatenate` reads them from a Hugging Face tokenizer."""
-    return _tokenizer_special_id("eos_token", tokenizer, model_dir), _tokenizer_special_id("pad_token", tokenizer, model_dir)
+    return _tokenizer_special_id("eos_token", tokenizer, model_dir), _tokenizer_special_id(
+        "pad_token", tokenizer, model_dir
+    )
 
 
 def load_model_source(source: ModelSource):
@@ -302,7 +322,9 @@ def load_dictionary_sources(sources: DictionarySources, model) -> list:
         layers = set(parse_ranges(sources.layers, "--layers").tolist())
         missing = sorted(layers - {d.layer for d in loaded})
         if missing:
-            raise InputError(f"--layers {sources.layers}: no dictionary at layer(s) {missing} (have {sorted({d.layer for d in loaded})})")
+            raise InputError(
+                f"--layers {sources.layers}: no dictionary at layer(s) {missing} (have {sorted({d.layer for d in loaded})})"
+            )
         loaded = [d for d in loaded if d.layer in layers]
     return loaded
 
@@ -315,8 +337,10 @@ def select_features(spec, dictionaries: list, layers_given: bool, option_text: s
             ids = np.arange(d.d_sae, dtype=np.int64) if spec is None else spec
             bad = ids[(ids < 0) | (ids >= d.d_sae)]
             if bad.size:
-                raise InputError(f"--features {option_text}: feature {int(bad[0])} is out of range for {d.name!r} "
-                                 f"(layer {d.layer}, {d.d_sae} features)")
+                raise InputError(
+                    f"--features {option_text}: feature {int(bad[0])} is out of range for {d.name!r} "
+                    f"(layer {d.layer}, {d.d_sae} features)"
+                )
             features.append(ids)
         return features, strings
     chosen = [[] for _ in dictionaries]
@@ -326,15 +350,21 @@ def select_features(spec, dictionaries: list, layers_given: bool, option_text: s
         if not at_layer:
             if layers_given:
                 continue
-            raise InputError(f"--features {option_text}: has features at layer {ref.layer}, but no --dictionary is at that layer")
+            raise InputError(
+                f"--features {option_text}: has features at layer {ref.layer}, but no --dictionary is at that layer"
+            )
         if len(named) != 1 and len(at_layer) != 1:
-            raise InputError(f"--features {option_text}: {ref.name or 'a feature'} at layer {ref.layer} matches several dictionaries; "
-                             "name them like the sample ({type}-{size})")
+            raise InputError(
+                f"--features {option_text}: {ref.name or 'a feature'} at layer {ref.layer} matches several dictionaries; "
+                "name them like the sample ({type}-{size})"
+            )
         index = named[0] if len(named) == 1 else at_layer[0]
         d = dictionaries[index]
         if not 0 <= ref.feature < d.d_sae:
-            raise InputError(f"--features {option_text}: feature {ref.feature} is out of range for {d.name!r} "
-                             f"(layer {d.layer}, {d.d_sae} features)")
+            raise InputError(
+                f"--features {option_text}: feature {ref.feature} is out of range for {d.name!r} "
+                f"(layer {d.layer}, {d.d_sae} features)"
+            )
         chosen[index].append(ref.feature)
         if ref.feature_str:
             strings[index][ref.feature] = ref.feature_str
@@ -352,27 +382,53 @@ def draw_sample(sample: SampleSpec, tokenizer, model, model_dir: Path, quiet: bo
         description = {"token_sample": str(Path(sample.token_sample).absolute())}
     else:
         corpus = tokenize_corpus(
-            Path(sample.corpus).expanduser(), tokenizer, fmt=sample.corpus_format, text_field=sample.text_field,
-            split=sample.corpus_split, max_tokens=sample.corpus_max_tokens, vocab_size=vocab_size, quiet=quiet,
+            Path(sample.corpus).expanduser(),
+            tokenizer,
+            fmt=sample.corpus_format,
+            text_field=sample.text_field,
+            split=sample.corpus_split,
+            max_tokens=sample.corpus_max_tokens,
+            vocab_size=vocab_size,
+            quiet=quiet,
             encoding=sample.corpus_encoding,
         )
         if corpus.n_tokens and corpus.ids.max() >= vocab_size:
-            raise CorpusError(f"--corpus {sample.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, "
-                              f"beyond the model's vocabulary ({vocab_size})")
+            raise CorpusError(
+                f"--corpus {sample.corpus}: the tokenizer gives ids up to {corpus.ids.max()}, "
+                f"beyond the model's vocabulary ({vocab_size})"
+            )
         num_samples, max_length = sample.num_samples or 1024, sample.max_length or 32
         bos = bos_token_id(sample.bos_id, tokenizer, model_dir) if sample.prepend_bos else None
         if sample.windows == "paper":
             if sample.prepend_bos or sample.corpus_max_tokens is not None:
-                raise CorpusError("--windows paper builds the authors' sample (no BOS, the whole corpus): "
-                                  "drop --prepend-bos / --corpus-max-tokens")
-            tokens, mask = paper_sample(corpus, num_samples, max_length, sample.seed, *eos_and_pad_ids(tokenizer, model_dir))
+                raise CorpusError(
+                    "--windows paper builds the authors' sample (no BOS, the whole corpus): "
+                    "drop --prepend-bos / --corpus-max-tokens"
+                )
+            tokens, mask = paper_sample(
+                corpus, num_samples, max_length, sample.seed, *eos_and_pad_ids(tokenizer, model_dir)
+            )
         else:
-            tokens, mask = sample_windows(corpus, num_samples, max_length, sample.seed, prepend_bos=sample.prepend_bos, bos_id=bos,
-                                          windows=sample.windows)
+            tokens, mask = sample_windows(
+                corpus,
+                num_samples,
+                max_length,
+                sample.seed,
+                prepend_bos=sample.prepend_bos,
+                bos_id=bos,
+                windows=sample.windows,
+            )
         description = {
-            "corpus": str(Path(sample.corpus).absolute()), "format": corpus.format, "documents": corpus.n_documents,
-            "corpus_tokens": corpus.n_tokens, "num_samples": num_samples, "max_length": max_length, "seed": sample.seed,
-            "prepend_bos": sample.prepend_bos, "bos_id": bos, "windows": sample.windows,
+            "corpus": str(Path(sample.corpus).absolute()),
+            "format": corpus.format,
+            "documents": corpus.n_documents,
+            "corpus_tokens": corpus.n_tokens,
+            "num_samples": num_samples,
+            "max_length": max_length,
+            "seed": sample.seed,
+            "prepend_bos": sample.prepend_bos,
+            "bos_id": bos,
+            "windows": sample.windows,
         }
         if corpus.format in ("text", "jsonl"):
             description["encoding"] = sample.corpus_encoding
@@ -399,7 +455,14 @@ def prepare(job: SignaturesJob, quiet: bool, writes_output: bool = True) -> Inpu
         raise InputError(f"--features {features_text}: selects no feature of the given dictionaries")
     tokens, mask, sample = draw_sample(job.sample, tokenizer, model, model_dir, quiet)
     return Inputs(
-        model=model, model_dir=Path(model_dir), tokenizer=tokenizer, vocab=vocab_strings(tokenizer, model.config.vocab_size),
-        dictionaries=dictionaries, features=features, feature_strs=strings, tokens=tokens, mask=mask,
+        model=model,
+        model_dir=Path(model_dir),
+        tokenizer=tokenizer,
+        vocab=vocab_strings(tokenizer, model.config.vocab_size),
+        dictionaries=dictionaries,
+        features=features,
+        feature_strs=strings,
+        tokens=tokens,
+        mask=mask,
         description={"sample": sample},
     )

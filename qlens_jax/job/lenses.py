@@ -20,7 +20,10 @@ from qlens_jax.errors import InputError
 
 UNDEFINED_AT_SITE = {"z": ("logit_lens_key",)}
 WHY = {
-    ("logit_lens_key", "z"): "its key vectors live in the heads' output space (z), not the residual stream W_E embeds into",
+    (
+        "logit_lens_key",
+        "z",
+    ): "its key vectors live in the heads' output space (z), not the residual stream W_E embeds into",
 }
 
 
@@ -40,12 +43,19 @@ class Skipped:
     reason: str
 
     def note(self) -> str:
-        return (f"qlens: note: {self.lens} is not defined for {self.dictionary} (layer {self.layer}): {self.reason}; "
-                "skipped for it")
+        return (
+            f"qlens: note: {self.lens} is not defined for {self.dictionary} (layer {self.layer}): {self.reason}; "
+            "skipped for it"
+        )
 
     def record(self) -> dict:
-        return {"lens": self.lens, "dictionary_index": self.dictionary_index, "dictionary": self.dictionary, "layer": self.layer,
-                "reason": self.reason}
+        return {
+            "lens": self.lens,
+            "dictionary_index": self.dictionary_index,
+            "dictionary": self.dictionary,
+            "layer": self.layer,
+            "reason": self.reason,
+        }
 
 
 def skipped_lenses(lenses: tuple[str, ...], dictionaries: list) -> list[Skipped]:
@@ -61,8 +71,10 @@ def skipped_lenses(lenses: tuple[str, ...], dictionaries: list) -> list[Skipped]
         missing = [s for s in skipped if s.lens == lens]
         if len(missing) == len(dictionaries):
             names = ", ".join(f"{s.dictionary} (layer {s.layer})" for s in missing)
-            raise InputError(f"--lenses: {lens} is not defined for any dictionary of this run ({names}): {missing[0].reason}; "
-                             f"drop {lens} from --lenses")
+            raise InputError(
+                f"--lenses: {lens} is not defined for any dictionary of this run ({names}): {missing[0].reason}; "
+                f"drop {lens} from --lenses"
+            )
     return skipped
 
 

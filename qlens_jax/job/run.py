@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import jax
 import numpy as np
@@ -37,8 +37,16 @@ from qlens_jax.progress import progress
 
 # Options that change the numbers or the shard layout (the rest: --quiet, --memory-budget-gb...).
 OUTPUT_OPTIONS = (
-    "lenses", "k", "dtype", "precision", "path", "stats", "shard_size", "remove_final_norm_bias",
-    "first_order_key_mask_seed", "exact_norm_jacobian",
+    "lenses",
+    "k",
+    "dtype",
+    "precision",
+    "path",
+    "stats",
+    "shard_size",
+    "remove_final_norm_bias",
+    "first_order_key_mask_seed",
+    "exact_norm_jacobian",
 )
 
 
@@ -68,7 +76,7 @@ def shard_plan(lenses, features: list[np.ndarray], shard_size: int, skipped: lis
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _json_value(value):
@@ -80,9 +88,17 @@ def _json_value(value):
 def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict, skipped: list[Skipped]) -> dict:
     dictionaries = [
         {
-            "source": d.info.source, "format": d.info.format, "name": d.name, "layer": d.layer, "kind": d.kind,
-            "site_in": d.site_in, "site_out": d.site_out, "d_sae": d.d_sae, "sha256": hashing.dictionary_hash(d),
-            "features": int(len(ids)), "features_sha256": hashing.arrays_hash(ids),
+            "source": d.info.source,
+            "format": d.info.format,
+            "name": d.name,
+            "layer": d.layer,
+            "kind": d.kind,
+            "site_in": d.site_in,
+            "site_out": d.site_out,
+            "d_sae": d.d_sae,
+            "sha256": hashing.dictionary_hash(d),
+            "features": int(len(ids)),
+            "features_sha256": hashing.arrays_hash(ids),
         }
         for d, ids in zip(inputs.dictionaries, inputs.features)
     ]
@@ -92,9 +108,16 @@ def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict, skipped: lis
     sample["valid_tokens"] = int(inputs.mask.sum())
     corpus = sample.get("corpus") or sample.get("token_sample")
     sample["file_sha256"] = hashing.path_hash(corpus)
-    model = {"source": job.model.model, "path": str(inputs.model_dir), "sha256": hashing.model_hash(inputs.model),
-             "config": {k: v for k, v in vars(inputs.model.config).items() if not isinstance(v, tuple)}}
-    tokenizer = {"source": job.model.tokenizer or job.model.model, "sha256": hashing.text_hash(inputs.tokenizer.to_str())}
+    model = {
+        "source": job.model.model,
+        "path": str(inputs.model_dir),
+        "sha256": hashing.model_hash(inputs.model),
+        "config": {k: v for k, v in vars(inputs.model.config).items() if not isinstance(v, tuple)},
+    }
+    tokenizer = {
+        "source": job.model.tokenizer or job.model.model,
+        "sha256": hashing.text_hash(inputs.tokenizer.to_str()),
+    }
     options = {key: _json_value(value) for key, value in job.record().items()}
     fingerprint_inputs = {
         "model": model["sha256"],
@@ -133,29 +156,48 @@ def _plan(options: JobOptions, inputs: Inputs, first: LensPlan) -> dict:
     }
 
 
-def lens_plan(options: JobOptions, inputs: Inputs, mesh, lenses: tuple[str, ...] | None = None,
-              positions: list[int] | None = None, model=None) -> LensPlan:
+def lens_plan(
+    options: JobOptions,
+    inputs: Inputs,
+    mesh,
+    lenses: tuple[str, ...] | None = None,
+    positions: list[int] | None = None,
+    model=None,
+) -> LensPlan:
     """The kernel's plan of the whole run (or of `lenses` over the dictionaries at run
     `positions`): every dictionary and feature validated once; path and chunk sizes planned
     from the budget (what a first start stores in run.json). `model`: the model to plan with
     (another plan's, already cast and placed), else the run's."""
-    from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
     from qlens_jax import memory
+    from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
 
     positions = list(range(len(inputs.dictionaries))) if positions is None else positions
     lens_options = LensOptions(
-        k=options.k, dtype=options.dtype, precision=options.precision, stats=options.stats,
+        k=options.k,
+        dtype=options.dtype,
+        precision=options.precision,
+        stats=options.stats,
         remove_final_norm_bias=options.remove_final_norm_bias,
-        first_order_key_mask_seed=options.first_order_key_mask_seed, exact_norm_jacobian=options.exact_norm_jacobian,
+        first_order_key_mask_seed=options.first_order_key_mask_seed,
+        exact_norm_jacobian=options.exact_norm_jacobian,
     )
     execution = ExecutionOptions(
-        path=options.path, mesh=mesh, shard_weights=_shard_weights(options), self_check=options.self_check, quiet=True,
+        path=options.path,
+        mesh=mesh,
+        shard_weights=_shard_weights(options),
+        self_check=options.self_check,
+        quiet=True,
         memory_budget_gb=float(options.memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))),
     )
     return plan_request(
-        inputs.model if model is None else model, [inputs.dictionaries[i] for i in positions], inputs.tokens, inputs.mask,
+        inputs.model if model is None else model,
+        [inputs.dictionaries[i] for i in positions],
+        inputs.tokens,
+        inputs.mask,
         lenses=options.lenses if lenses is None else lenses,
-        features={n: inputs.features[i] for n, i in enumerate(positions)}, options=lens_options, execution=execution,
+        features={n: inputs.features[i] for n, i in enumerate(positions)},
+        options=lens_options,
+        execution=execution,
     )
 
 
@@ -178,9 +220,13 @@ def with_stored_plan(plan: LensPlan, stored: dict, quiet: bool) -> LensPlan:
     from qlens_jax.lens import ChunkPlan
 
     execution = replace(
-        plan.execution, path=stored["path"], memory_budget_gb=stored["memory_budget_gb"],
-        sequences_per_chunk=stored["sequences_per_chunk"], tangent_chunk=stored["tangent_chunk"],
-        feature_chunk=stored["feature_chunk"], quiet=quiet,
+        plan.execution,
+        path=stored["path"],
+        memory_budget_gb=stored["memory_budget_gb"],
+        sequences_per_chunk=stored["sequences_per_chunk"],
+        tangent_chunk=stored["tangent_chunk"],
+        feature_chunk=stored["feature_chunk"],
+        quiet=quiet,
     )
     chunks = ChunkPlan(stored["sequences_per_chunk"], stored["tangent_chunk"])
     return replace(plan, path=stored["path"], chunks=chunks, execution=execution)
@@ -208,8 +254,17 @@ def _operators(run: RunDir | None, plan: LensPlan, lenses) -> TransportOperators
     plan = plan.select(lenses=tuple(lens for lens in plan.lenses if lens in lenses))
     if plan.path != "dense" or not plan.transport_lenses:
         return None
-    fields = ("value", "key", "first_order", "first_order_all", "value_at_sites", "key_at_sites", "z_hop_value", "z_hop_key",
-              "z_hop_key_all")
+    fields = (
+        "value",
+        "key",
+        "first_order",
+        "first_order_all",
+        "value_at_sites",
+        "key_at_sites",
+        "z_hop_value",
+        "z_hop_key",
+        "z_hop_key_all",
+    )
     if distributed.share(run.operators.exists() if run else None):
         operators = load_operators(run.operators) if run else None
         if not distributed.is_multiprocess():
@@ -217,7 +272,9 @@ def _operators(run: RunDir | None, plan: LensPlan, lenses) -> TransportOperators
         static = ("n_tokens", "value_from_point", "key_to_point")
         static = distributed.share({f: getattr(operators, f) for f in static} if run else None)
         sites = distributed.share([[p.site, p.layer] for p in operators.sites] if run else None)
-        host = {f: np.asarray(getattr(operators, f)) for f in fields if getattr(operators, f) is not None} if run else None
+        host = (
+            {f: np.asarray(getattr(operators, f)) for f in fields if getattr(operators, f) is not None} if run else None
+        )
         host = distributed.share_arrays(host)
         return TransportOperators(**{f: host.get(f) for f in fields}, **static, sites=tuple(Point(*p) for p in sites))
     # Sweeps only the blocks between the embedding / the top and this run's dictionaries.
@@ -250,13 +307,19 @@ def _compute_shard(inputs: Inputs, plans: RunPlans, operators, shard: Shard, wid
     dictionary = inputs.dictionaries[shard.dictionary_index]
     reference = inputs.feature_strs[shard.dictionary_index]
     feature_strs = [reference.get(int(i)) or dictionary.feature_str(int(i)) for i in ids]
-    return signature_rows(table, keep=len(ids), dictionary_index=shard.dictionary_index, feature_strs=feature_strs, vocab=inputs.vocab)
+    return signature_rows(
+        table, keep=len(ids), dictionary_index=shard.dictionary_index, feature_strs=feature_strs, vocab=inputs.vocab
+    )
 
 
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}h{minutes:02d}m{seconds:02.0f}s" if hours else (f"{minutes}m{seconds:02.0f}s" if minutes else f"{seconds:.1f}s")
+    return (
+        f"{hours}h{minutes:02d}m{seconds:02.0f}s"
+        if hours
+        else (f"{minutes}m{seconds:02.0f}s" if minutes else f"{seconds:.1f}s")
+    )
 
 
 def _start_session(run: RunDir, shards: list[Shard], inputs: Inputs, mesh) -> dict:
@@ -265,9 +328,14 @@ def _start_session(run: RunDir, shards: list[Shard], inputs: Inputs, mesh) -> di
 
     session = run.manifest["sessions"][-1]
     remaining = [s.name for s in shards if not run.shard_path(s.name).exists()]
-    session.update(resumed=run.resumed, shards_done_at_start=len(shards) - len(remaining), shards=len(shards),
-                   processes=jax.process_count(), devices=jax.device_count(),
-                   mesh=dict(mesh.shape) if mesh is not None else {"data": 1, "feature": 1})
+    session.update(
+        resumed=run.resumed,
+        shards_done_at_start=len(shards) - len(remaining),
+        shards=len(shards),
+        processes=jax.process_count(),
+        devices=jax.device_count(),
+        mesh=dict(mesh.shape) if mesh is not None else {"data": 1, "feature": 1},
+    )
     finished = not remaining and run.manifest.get("status") == "complete" and run.signatures.exists()
     if not finished:  # a finished run stays "complete" for readers (export, view) while restarted
         run.manifest["status"] = "running"
@@ -319,7 +387,11 @@ def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
     planned = distributed.checked(lambda: lens_plans(options, inputs, mesh, skipped))
     shards = shard_plan(options.lenses, inputs.features, options.shard_size, skipped)
     run = distributed.checked(
-        lambda: RunDir.open(options.out, _manifest(job, argv, inputs, _plan(options, inputs, planned.first), skipped)) if writer else None
+        lambda: (
+            RunDir.open(options.out, _manifest(job, argv, inputs, _plan(options, inputs, planned.first), skipped))
+            if writer
+            else None
+        )
     )
     if writer:  # one line per skipped pair, --quiet or not: it says what the output lacks
         for s in skipped:
@@ -346,7 +418,9 @@ def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
                 continue
             dictionary = inputs.dictionaries[index]
             desc = f"readout {lens} L{dictionary.layer} {dictionary.name}"
-            for shard in progress(left, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(left)):
+            for shard in progress(
+                left, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(left)
+            ):
                 self_check = options.self_check and shard.chunk == 0
                 rows = _compute_shard(inputs, reading, operators, shard, stored["shard_width"], self_check)
                 if run:

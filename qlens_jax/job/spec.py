@@ -102,7 +102,10 @@ class SignaturesJob:
     def record(self) -> dict:
         """The options as run.json's `options` records them, by option name."""
         return {
-            "model": self.model.model, "tokenizer": self.model.tokenizer,
-            "dictionary": list(self.dictionaries.sources), "layers": self.dictionaries.layers,
-            **asdict(self.sample), **asdict(self.options),
+            "model": self.model.model,
+            "tokenizer": self.model.tokenizer,
+            "dictionary": list(self.dictionaries.sources),
+            "layers": self.dictionaries.layers,
+            **asdict(self.sample),
+            **asdict(self.options),
         }

@@ -41,10 +41,19 @@ def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
     if plan.path != "dense" or not plan.transport_lenses:
         return None
     return transport_operators(
-        plan.model, plan.tokens, plan.mask, sweeps=plan.sweeps, plan=plan.chunks, mesh=plan.execution.mesh,
-        with_input_norms=plan.needs_input_norms, shard_weights=plan.shard_weights, quiet=plan.execution.quiet,
+        plan.model,
+        plan.tokens,
+        plan.mask,
+        sweeps=plan.sweeps,
+        plan=plan.chunks,
+        mesh=plan.execution.mesh,
+        with_input_norms=plan.needs_input_norms,
+        shard_weights=plan.shard_weights,
+        quiet=plan.execution.quiet,
         memory_budget_gb=plan.execution.memory_budget_gb,
-        value_from_point=plan.value_from_point, key_to_point=plan.key_to_point, sites=plan.sites,
+        value_from_point=plan.value_from_point,
+        key_to_point=plan.key_to_point,
+        sites=plan.sites,
         precision=plan.options.precision,
     )
 
@@ -145,14 +154,23 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             else:
                 if plan.path == "dense":
                     assert operators is not None  # checked on entry: the dense path has operators
-                    blocks, terms = first_order_terms_dense(operators, request.points, side, n_layers, options.first_order_key_mask_seed)
+                    blocks, terms = first_order_terms_dense(
+                        operators, request.points, side, n_layers, options.first_order_key_mask_seed
+                    )
                     result = finite(context.read_first_order(side, vectors, terms))
                     if execution.self_check:
                         self_check.check_first_order(plan, request, side, vectors, terms, lens)
                 else:
                     blocks, term_vectors = first_order_terms_per_feature(
-                        plan.model, plan.tokens, plan.mask, plan.chunks, side, np.asarray(vectors), request.points,
-                        n_layers, options.first_order_key_mask_seed,
+                        plan.model,
+                        plan.tokens,
+                        plan.mask,
+                        plan.chunks,
+                        side,
+                        np.asarray(vectors),
+                        request.points,
+                        n_layers,
+                        options.first_order_key_mask_seed,
                     )
                     result = context.read_first_order(side, term_vectors, None)
                 extra = {"layer_indices": np.asarray([request.dictionary.layer, *blocks])}
@@ -173,8 +191,14 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
 
 def _finite(result: dict, *, lens: str, side: str, request) -> dict:
     """`result` once `check_finite_scores` has found no NaN or infinite score in it."""
-    check_finite_scores(result, request.features, lens=lens, side=side, dictionary=request.dictionary.name,
-                        layer=request.dictionary.layer)
+    check_finite_scores(
+        result,
+        request.features,
+        lens=lens,
+        side=side,
+        dictionary=request.dictionary.name,
+        layer=request.dictionary.layer,
+    )
     return result
 
 
@@ -211,7 +235,14 @@ def query_lens(
     """
     options, execution = split_options(option_fields, options, execution)
     plan = plan_request(
-        model, dictionaries, tokens, mask, lenses=lenses, features=features, options=options, execution=execution,
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        lenses=lenses,
+        features=features,
+        options=options,
+        execution=execution,
         have_operators=operators is not None,
     )
     if operators is None:

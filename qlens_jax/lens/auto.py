@@ -16,7 +16,7 @@ SWEEP_ORDERS = ("auto", "blockwise", "basis")
 
 
 def path(requested: str, n_features: int, d_model: int, have_operators: bool = False) -> str:
-    """"dense" or "per-feature" for a `requested` path: "auto" takes the dense path when
+    """ "dense" or "per-feature" for a `requested` path: "auto" takes the dense path when
     operators are given or when there are at least `d_model` features (the sweeps then cost
     no more than one pass per feature)."""
     if requested not in PATHS:
@@ -27,7 +27,7 @@ def path(requested: str, n_features: int, d_model: int, have_operators: bool = F
 
 
 def sweep_order(requested: str, config: ModelConfig, basis_per_device: int, sequences_fitting: int) -> str:
-    """"blockwise" or "basis" for a `requested` sweep order: "auto" takes the block-major
+    """ "blockwise" or "basis" for a `requested` sweep order: "auto" takes the block-major
     sweeps when at least one sequence's tangents fit the memory budget (`sequences_fitting`,
     from `blockwise.sequences_that_fit`) and explicit MLP Jacobians pay (`blockwise.worth_it`)."""
     if requested not in SWEEP_ORDERS:

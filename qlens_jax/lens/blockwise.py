@@ -47,7 +47,12 @@ from jaxtyping import Array, Bool, Float, Int
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Point
 from qlens_jax.lens.transport import (
-    attention_batch, attention_z_batch, basis_tangents, clean_states, masked_sum, through_input_norm,
+    attention_batch,
+    attention_z_batch,
+    basis_tangents,
+    clean_states,
+    masked_sum,
+    through_input_norm,
 )
 from qlens_jax.memory import is_cpu
 from qlens_jax.models import Block, Transformer, attention_output, block_output, mlp_block_input, mlp_cost, mlp_input
@@ -63,6 +68,8 @@ CPU_TOKEN_CHUNK = 1
 def token_chunk() -> int:
     """Positions per MLP-Jacobian step on the default backend."""
     return CPU_TOKEN_CHUNK if is_cpu() else TOKEN_CHUNK
+
+
 # Vectors mapped through an attention VJP (or its transpose) at once: faster than one at a
 # time on CPU.
 VJP_CHUNK = 8
@@ -80,7 +87,9 @@ def worth_it(config: ModelConfig, basis_per_device: int) -> bool:
     return cost.form + r * d * d < r * cost.per_vector
 
 
-def sequences_that_fit(model: Transformer, seq_len: int, basis_per_device: int, budget_gb: float, kept_blocks: int = 0) -> int:
+def sequences_that_fit(
+    model: Transformer, seq_len: int, basis_per_device: int, budget_gb: float, kept_blocks: int = 0
+) -> int:
     """Sequences per step whose block-major state fits 80 % of the budget (0: not even one):
     about five copies of the `r x tokens x d` tangents and one `d x d` Jacobian per position
     (plus `kept_blocks` more, kept for a second sweep by `both_sweeps_blockwise`), the MLP
@@ -106,7 +115,9 @@ def mlp_jacobian(block: Block, h: Float[Array, " d"]) -> Float[Array, "d d"]:
     return jax.vmap(lambda column: pull_norm(column)[0], in_axes=1, out_axes=1)(product)
 
 
-def apply_rowwise(tangents: Float[Array, "r b s d"], q: Float[Array, "b s d e"], transpose: bool) -> Float[Array, "r b s e"]:
+def apply_rowwise(
+    tangents: Float[Array, "r b s d"], q: Float[Array, "b s d e"], transpose: bool
+) -> Float[Array, "r b s e"]:
     """`t @ Q` (or `t @ Q^T`) at every position for every tangent. On CPU: one `[r, d] x [d, e]`
     GEMM per position, written in place (80 % of the float32 matmul peak, where one batched
     GEMM over positions with the transposes it needs ran at 50 %). Elsewhere: that one batched
@@ -130,7 +141,9 @@ def apply_rowwise(tangents: Float[Array, "r b s d"], q: Float[Array, "b s d e"],
     return jax.lax.fori_loop(0, b * s, one_position, jnp.zeros((r, b, s, e), tangents.dtype))
 
 
-def mlp_jacobians(block: Block, h: Float[Array, "b s d"], positions_per_step: int | None = None) -> Float[Array, "b s d d"]:
+def mlp_jacobians(
+    block: Block, h: Float[Array, "b s d"], positions_per_step: int | None = None
+) -> Float[Array, "b s d d"]:
     """`mlp_jacobian` at every position, `positions_per_step` (default: `token_chunk()`) per step."""
     d = h.shape[-1]
     flat = h.reshape(-1, d)
@@ -150,7 +163,9 @@ def _blocks(model: Transformer, start: int, stop: int):
     return jax.tree.map(take, model.blocks), jax.tree.map(take, model.meta)
 
 
-def _value_blocks(model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi: int, jacobians=None, record_z: bool = False):
+def _value_blocks(
+    model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi: int, jacobians=None, record_z: bool = False
+):
     """Pull `cotangent` (at `resid_post[hi - 1]`) down through blocks `hi - 1 .. lo`: the
     cotangent at `resid_pre[lo]` and each block's position sums at its `resid_pre`,
     `resid_mid` and, with `record_z`, its `z` (else None). `jacobians[b]`: block `b`'s MLP
@@ -178,8 +193,17 @@ def _value_blocks(model, mask, tangent_chunk, cotangent, pres, mids, lo: int, hi
     return jax.lax.scan(step, cotangent, xs, reverse=True)
 
 
-def _value_sweep(model, mask, basis, tangent_chunk, states, first_block: int, jacobians=None, shared_blocks: int = 0,
-                 sites: tuple[Point, ...] = ()):
+def _value_sweep(
+    model,
+    mask,
+    basis,
+    tangent_chunk,
+    states,
+    first_block: int,
+    jacobians=None,
+    shared_blocks: int = 0,
+    sites: tuple[Point, ...] = (),
+):
     """The value sweep's outputs (see `value_sweep_blockwise`); blocks below `shared_blocks`
     take their MLP Jacobians from `jacobians` instead of forming them again."""
     n_layers, d = model.config.n_layers, model.config.d_model
@@ -191,7 +215,9 @@ def _value_sweep(model, mask, basis, tangent_chunk, states, first_block: int, ja
     sums, cot = {"resid_pre": [], "resid_mid": [], "z": []}, top
     for lo, hi, given in ((split, n_layers, None), (first_block, split, jacobians)):
         if lo < hi:
-            cot, (at_pre, at_mid, at_z) = _value_blocks(model, mask, tangent_chunk, cot, pres, mids, lo, hi, given, bool(z_sites))
+            cot, (at_pre, at_mid, at_z) = _value_blocks(
+                model, mask, tangent_chunk, cot, pres, mids, lo, hi, given, bool(z_sites)
+            )
             sums["resid_pre"].insert(0, at_pre)
             sums["resid_mid"].insert(0, at_mid)
             sums["z"].insert(0, at_z)
@@ -216,16 +242,30 @@ def _side_by_side(parts: list, like: Float[Array, "r d"]) -> Float[Array, "r wid
 
 @eqx.filter_jit
 def value_sweep_blockwise(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
-    first_block: int = 0, sites: tuple[Point, ...] = (),
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    basis: Int[Array, " r"],
+    tangent_chunk: int,
+    first_block: int = 0,
+    sites: tuple[Point, ...] = (),
 ) -> tuple[Float[Array, "points r d"], Float[Array, "r width"]]:
     """As `operators.value_sweep_chunk`, block by block from the top down to `first_block`
     (points before `resid_pre[first_block]` are zero)."""
     return _value_sweep(model, mask, basis, tangent_chunk, clean_states(model, tokens, mask), first_block, sites=sites)
 
 
-def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool, n_blocks: int, keep_jacobians: bool,
-               sites: tuple[Point, ...] = ()):
+def _key_sweep(
+    model,
+    mask,
+    basis,
+    tangent_chunk,
+    states,
+    with_input_norms: bool,
+    n_blocks: int,
+    keep_jacobians: bool,
+    sites: tuple[Point, ...] = (),
+):
     """The key sweep's outputs (see `key_sweep_blockwise`) and, when `keep_jacobians`, every
     swept block's MLP Jacobians (`[n_blocks, b, s, d, d]`, else None)."""
     n_layers, d = model.config.n_layers, model.config.d_model
@@ -267,7 +307,13 @@ def _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms: bool
             "attn_out": masked_sum(tan_attn, mask) if "attn_out" in recorded else None,
             "mlp_out": masked_sum(tan_mlp, mask) if "mlp_out" in recorded else None,
         }
-        return tan_post, (sums, through_norms(pre, tangent), through_norms(mid, tan_mid), outputs, q if keep_jacobians else None)
+        return tan_post, (
+            sums,
+            through_norms(pre, tangent),
+            through_norms(mid, tan_mid),
+            outputs,
+            q if keep_jacobians else None,
+        )
 
     last, ((at_pre, at_mid, at_mlp_in), norm_pre, norm_mid, outputs, jacobians) = jax.lax.scan(
         step, bottom, (blocks, meta, pres[:n_blocks], mids[:n_blocks])
@@ -312,7 +358,9 @@ def key_sweep_blockwise(
     `sites` must lie in those blocks)."""
     n_blocks = model.config.n_layers if n_blocks is None else n_blocks
     states = clean_states(model, tokens, mask)
-    return _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=False, sites=sites)[0]
+    return _key_sweep(
+        model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=False, sites=sites
+    )[0]
 
 
 @eqx.filter_jit
@@ -326,13 +374,19 @@ def both_sweeps_blockwise(
     with_input_norms: bool = False,
     n_blocks: int | None = None,
     sites: tuple[Point, ...] = (),
-) -> tuple[tuple[Float[Array, "points r d"], Float[Array, "r v"]], tuple[Float[Array, "key_points r d"], Float[Array, "r k"]]]:
+) -> tuple[
+    tuple[Float[Array, "points r d"], Float[Array, "r v"]], tuple[Float[Array, "key_points r d"], Float[Array, "r k"]]
+]:
     """`value_sweep_blockwise` and `key_sweep_blockwise` in one step that forms each MLP
     Jacobian once: the key sweep keeps those of its blocks (`n_blocks x tokens x d^2` floats)
     and the value sweep reuses them, so the blocks both sweep cost 4 instead of 8 `d^3` of
     Jacobian per token."""
     n_blocks = model.config.n_layers if n_blocks is None else n_blocks
     states = clean_states(model, tokens, mask)
-    key, jacobians = _key_sweep(model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=True, sites=sites)
-    value = _value_sweep(model, mask, basis, tangent_chunk, states, first_block, jacobians, shared_blocks=n_blocks, sites=sites)
+    key, jacobians = _key_sweep(
+        model, mask, basis, tangent_chunk, states, with_input_norms, n_blocks, keep_jacobians=True, sites=sites
+    )
+    value = _value_sweep(
+        model, mask, basis, tangent_chunk, states, first_block, jacobians, shared_blocks=n_blocks, sites=sites
+    )
     return value, key

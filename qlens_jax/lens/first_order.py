@@ -19,10 +19,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from qlens_jax.lens import per_feature
+from qlens_jax.lens import per_feature, points as pts
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks
 from qlens_jax.lens.operators import TransportOperators
-from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import DictionaryPoints, Module
 
 
@@ -107,23 +106,39 @@ def _module_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, mask
         if side == "value":
             sums = per_feature.first_order_value_chunk(model, chunk_tokens, chunk_mask, vectors, plan.tangent_chunk)
         else:
-            sums = per_feature.first_order_key_chunk(model, chunk_tokens, chunk_mask, vectors, plan.tangent_chunk, mask_seed)
+            sums = per_feature.first_order_key_chunk(
+                model, chunk_tokens, chunk_mask, vectors, plan.tangent_chunk, mask_seed
+            )
         total = total + sums
     # an array: every request has at least one token chunk
     return total / float(np.asarray(mask).sum())  # pyright: ignore[reportReturnType]
 
 
-def _hop_per_feature(model, tokens, mask, plan: ChunkPlan, side: str, vectors, points: DictionaryPoints, n_layers: int,
-                     mask_seed: bool, kind: str) -> jnp.ndarray:
+def _hop_per_feature(
+    model,
+    tokens,
+    mask,
+    plan: ChunkPlan,
+    side: str,
+    vectors,
+    points: DictionaryPoints,
+    n_layers: int,
+    mask_seed: bool,
+    kind: str,
+) -> jnp.ndarray:
     """The first hop of each module-output vector into the residual (`hop_kind`): `[n, d]`."""
     site = points.write if side == "value" else points.read
     if kind == "module":
         assert site.module is not None  # `hop_kind`: a module's output
-        return _module_means(model, tokens, mask, plan, side, vectors, mask_seed)[:, pts.module_row(site.module, n_layers)]
+        return _module_means(model, tokens, mask, plan, side, vectors, mask_seed)[
+            :, pts.module_row(site.module, n_layers)
+        ]
     total = 0.0
     for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, plan.sequences_per_chunk):
         chunk_tokens, chunk_mask = jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask)
         args = (model, chunk_tokens, chunk_mask, vectors, site.layer, plan.tangent_chunk)
-        total = total + (per_feature.z_hop_value_chunk(*args) if side == "value" else per_feature.z_hop_key_chunk(*args, mask_seed))
+        total = total + (
+            per_feature.z_hop_value_chunk(*args) if side == "value" else per_feature.z_hop_key_chunk(*args, mask_seed)
+        )
     # an array: every request has at least one token chunk
     return total / float(np.asarray(mask).sum())  # pyright: ignore[reportReturnType]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax.numpy as jnp
+import numpy as np
 
 from qlens_jax.lens import per_feature
 from qlens_jax.lens.chunks import iter_token_chunks

@@ -37,12 +37,9 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from qlens_jax import sharding
-
-from qlens_jax import memory
+from qlens_jax import memory, sharding
 from qlens_jax.globs import unglobbed
-from qlens_jax.lens import auto, blockwise, transport
-from qlens_jax.lens import points as pts
+from qlens_jax.lens import auto, blockwise, points as pts, transport
 from qlens_jax.lens.chunks import ChunkPlan, iter_token_chunks, plan_chunks
 from qlens_jax.lens.points import Point
 from qlens_jax.lens.validation import LensRequestError
@@ -85,7 +82,9 @@ class TransportOperators(eqx.Module):
             if point not in recorded or at_sites is None:
                 return False
         if side == "value":
-            return self.value is not None and pts.row(pts.flows_into(point, n_layers), n_layers) >= self.value_from_point
+            return (
+                self.value is not None and pts.row(pts.flows_into(point, n_layers), n_layers) >= self.value_from_point
+            )
         if self.key is None:
             return False
         return self.key_to_point is None or pts.row(pts.flows_into(point, n_layers), n_layers) <= self.key_to_point
@@ -113,7 +112,11 @@ class TransportOperators(eqx.Module):
 
 @eqx.filter_jit
 def value_sweep_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    basis: Int[Array, " r"],
+    tangent_chunk: int,
     sites: tuple[Point, ...] = (),
 ) -> tuple[Float[Array, "points r d"], Float[Array, "r width"]]:
     """Position-summed top-down cotangents at every point, for each basis cotangent `e_i`, i in
@@ -122,7 +125,9 @@ def value_sweep_chunk(
     d, z_sites = c.d_model, pts.value_sites(sites)
     zeros = jnp.zeros((pts.n_points(c.n_layers), d), jnp.float32)
     z_zeros = jnp.zeros((c.n_layers, c.n_heads * c.head_dim), jnp.float32) if z_sites else None
-    _, pull = jax.vjp(lambda deltas, z_deltas: transport.final_from_probes(model, tokens, mask, deltas, z_deltas), zeros, z_zeros)
+    _, pull = jax.vjp(
+        lambda deltas, z_deltas: transport.final_from_probes(model, tokens, mask, deltas, z_deltas), zeros, z_zeros
+    )
     dtype = model.embed_tokens.dtype
 
     def one(i):
@@ -141,7 +146,11 @@ def _no_sites(basis: Int[Array, " r"]) -> Float[Array, "r 0"]:
 
 @eqx.filter_jit
 def key_sweep_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    basis: Int[Array, " r"],
+    tangent_chunk: int,
     with_input_norms: bool = False,
     sites: tuple[Point, ...] = (),
 ) -> tuple[Float[Array, "key_points r d"], Float[Array, "r width"]]:
@@ -161,7 +170,11 @@ def key_sweep_chunk(
 
 @eqx.filter_jit
 def first_order_sweep_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    basis: Int[Array, " r"],
+    tangent_chunk: int,
     z_layers: tuple[int, ...] = (),
 ):
     """Each module's Jacobian applied to each broadcast basis vector `e_j` (j in `basis`),
@@ -186,7 +199,11 @@ def first_order_sweep_chunk(
 
 
 def _z_hops(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], basis: Int[Array, " r"], tangent_chunk: int,
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    basis: Int[Array, " r"],
+    tangent_chunk: int,
     z_layers: tuple[int, ...],
 ):
     """`first_order_sweep_chunk`'s `z` hops: three `[n_z, q, r]` arrays."""
@@ -198,12 +215,18 @@ def _z_hops(
     pres, zs = transport.clean_z(model, tokens, mask, z_layers)
     into, from_valid, from_all = [], [], []
     for index, layer in enumerate(z_layers):
-        _, pull = jax.vjp(lambda dz: transport.output_from_z(model, layer, zs[index], mask, dz), jnp.zeros(q, jnp.float32))
+        _, pull = jax.vjp(
+            lambda dz: transport.output_from_z(model, layer, zs[index], mask, dz), jnp.zeros(q, jnp.float32)
+        )
         cotangent = lambda i: transport.basis_tangents(i, d, mask, zs.dtype)
         into.append(jax.lax.map(lambda i: pull(cotangent(i))[0], basis, batch_size=tangent_chunk))
-        _, push = jax.linearize(lambda dh: transport.z_from_input(model, layer, pres[index], mask, dh), jnp.zeros(d, jnp.float32))
+        _, push = jax.linearize(
+            lambda dh: transport.z_from_input(model, layer, pres[index], mask, dh), jnp.zeros(d, jnp.float32)
+        )
         sums = lambda out: (transport.masked_sum(out, mask), out.astype(jnp.float32).sum(axis=(0, 1)))
-        valid, every = jax.lax.map(lambda j: sums(push(jax.nn.one_hot(j, d, dtype=jnp.float32))), basis, batch_size=tangent_chunk)
+        valid, every = jax.lax.map(
+            lambda j: sums(push(jax.nn.one_hot(j, d, dtype=jnp.float32))), basis, batch_size=tangent_chunk
+        )
         from_valid.append(valid)
         from_all.append(every)
     # [n_z, r, q] -> [n_z, q, r]
@@ -245,7 +268,9 @@ def sweep_output_shapes(
     key = (shape(len(pts.key_points(n_layers, with_input_norms)), d, d), shape(d, width(sites)))
     modules = shape(len(pts.modules(n_layers)), d, d)
     hop = shape(len(z_sites), config.n_heads * config.head_dim, d)
-    return {"value": value, "key": key, "value+key": (value, key), "first_order": (modules, modules, hop, hop, hop)}[name]
+    return {"value": value, "key": key, "value+key": (value, key), "first_order": (modules, modules, hop, hop, hop)}[
+        name
+    ]
 
 
 @functools.cache
@@ -281,8 +306,13 @@ def _add(totals, sums):
 
 @functools.cache
 def sharded_sweep(
-    name: str, mesh: Mesh, tangent_chunk: int, with_input_norms: bool = False, weights_sharded: bool = False,
-    blocks: tuple[int, int] | None = None, sites: tuple[Point, ...] = (),
+    name: str,
+    mesh: Mesh,
+    tangent_chunk: int,
+    with_input_norms: bool = False,
+    weights_sharded: bool = False,
+    blocks: tuple[int, int] | None = None,
+    sites: tuple[Point, ...] = (),
 ):
     """Sweep `name` over the mesh: token chunks split over `data` (contributions summed across
     it), basis vectors split over `feature`, outputs with the basis axis split over `feature`.
@@ -311,7 +341,9 @@ def sharded_sweep(
         first, stop = blocks
         function = BLOCKWISE[name]
         extra = {
-            "value": (first, sites), "key": (with_input_norms, stop, sites), "value+key": (first, with_input_norms, stop, sites),
+            "value": (first, sites),
+            "key": (with_input_norms, stop, sites),
+            "value+key": (first, with_input_norms, stop, sites),
         }[name]
     run = lambda model, tokens, mask, basis: function(model, tokens, mask, basis, tangent_chunk, *extra)
     if weights_sharded:
@@ -389,7 +421,9 @@ def transport_operators(
     d = model.config.d_model
     if d % n_basis:
         raise LensRequestError(f"the mesh's feature axis ({n_basis} devices) must divide d_model ({d})")
-    plan = plan or plan_chunks(model, tokens.shape, memory_budget_gb, sequences_per_chunk, device=memory.planning_device(mesh))
+    plan = plan or plan_chunks(
+        model, tokens.shape, memory_budget_gb, sequences_per_chunk, device=memory.planning_device(mesh)
+    )
     n_tokens = int(mask.sum())
     model = sharding.place_weights(model, mesh, shard_weights)
     weights_sharded = sharding.vocab_sharded(model)
@@ -401,15 +435,21 @@ def transport_operators(
     fitting = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb)
     use_blockwise = auto.sweep_order(sweep_order, model.config, d // n_basis, fitting) == "blockwise"
     # Block-major value and key sweeps hold every basis vector's tangents: fewer sequences per step.
-    block_range = {
-        "value": (pts.value_first_block(value_from_point, n_layers), n_layers),
-        "key": (0, pts.key_block_stop(key_to_point, n_layers)),
-    } if use_blockwise else {}
+    block_range = (
+        {
+            "value": (pts.value_first_block(value_from_point, n_layers), n_layers),
+            "key": (0, pts.key_block_stop(key_to_point, n_layers)),
+        }
+        if use_blockwise
+        else {}
+    )
     jobs = [name for name in SWEEPS if name in sweeps]
     shared = _shared_blocks(block_range) if {"value", "key"} <= set(jobs) else 0
     # The key sweep keeps the Jacobians of every block it passes.
     kept = block_range["key"][1] if shared else 0
-    fitting_shared = blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb, kept) if shared else 0
+    fitting_shared = (
+        blockwise.sequences_that_fit(model, tokens.shape[1], d // n_basis, budget_gb, kept) if shared else 0
+    )
     if fitting_shared >= 1:
         # Both sweeps in one step, each MLP Jacobian formed once (`both_sweeps_blockwise`).
         jobs = ["value+key"] + [name for name in jobs if name not in ("value", "key")]
@@ -455,7 +495,9 @@ def _check_sites(sites, n_layers: int) -> tuple[Point, ...]:
     sites = tuple(sorted(set(sites)))
     for point in sites:
         if not isinstance(point, Point) or point.site not in pts.MODULE_OUTPUT_SITES or not 0 <= point.layer < n_layers:
-            raise LensRequestError(f"sites must be module outputs {pts.MODULE_OUTPUT_SITES} of blocks 0 .. {n_layers - 1}; got {point}")
+            raise LensRequestError(
+                f"sites must be module outputs {pts.MODULE_OUTPUT_SITES} of blocks 0 .. {n_layers - 1}; got {point}"
+            )
     return sites
 
 
@@ -477,8 +519,17 @@ def _shared_blocks(block_range: dict) -> int:
     return max(0, block_range["key"][1] - block_range["value"][0])
 
 
-_SAVED_ARRAYS = ("value", "key", "first_order", "first_order_all", "value_at_sites", "key_at_sites", "z_hop_value",
-                 "z_hop_key", "z_hop_key_all")
+_SAVED_ARRAYS = (
+    "value",
+    "key",
+    "first_order",
+    "first_order_all",
+    "value_at_sites",
+    "key_at_sites",
+    "z_hop_value",
+    "z_hop_key",
+    "z_hop_key_all",
+)
 
 
 def _this_process_only():
@@ -503,13 +554,22 @@ def save_operators(operators: TransportOperators, directory: str | Path) -> Path
     arrays = {k: getattr(operators, k) for k in _SAVED_ARRAYS}
     arrays = {k: v for k, v in arrays.items() if v is not None and v.size}
     arrays = {k: sharding.to_host(v) for k, v in arrays.items()}
-    with unglobbed(directory) as literal, ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+    with (
+        unglobbed(directory) as literal,
+        ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer,
+    ):
         checkpointer.save(literal / "arrays", arrays)  # Orbax globs below the folder: `unglobbed`
-    (directory / "operators.json").write_text(json.dumps({
-        "n_tokens": operators.n_tokens, "arrays": sorted(arrays),
-        "value_from_point": operators.value_from_point, "key_to_point": operators.key_to_point,
-        "sites": [[p.site, p.layer] for p in operators.sites],
-    }))
+    (directory / "operators.json").write_text(
+        json.dumps(
+            {
+                "n_tokens": operators.n_tokens,
+                "arrays": sorted(arrays),
+                "value_from_point": operators.value_from_point,
+                "key_to_point": operators.key_to_point,
+                "sites": [[p.site, p.layer] for p in operators.sites],
+            }
+        )
+    )
     return directory
 
 
@@ -523,12 +583,20 @@ def load_operators(directory: str | Path) -> TransportOperators:
     if not meta_path.exists():
         raise FileNotFoundError(f"{directory} holds no saved transport operators (no operators.json)")
     meta = json.loads(meta_path.read_text())
-    with unglobbed(directory) as literal, ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer:
+    with (
+        unglobbed(directory) as literal,
+        ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as checkpointer,
+    ):
         arrays = checkpointer.restore(literal / "arrays")
     get = lambda k: jnp.asarray(arrays[k]) if k in arrays else None
     return TransportOperators(
-        get("value"), get("key"), get("first_order"), get("first_order_all"), meta["n_tokens"],
-        value_from_point=meta.get("value_from_point", 0), key_to_point=meta.get("key_to_point"),
+        get("value"),
+        get("key"),
+        get("first_order"),
+        get("first_order_all"),
+        meta["n_tokens"],
+        value_from_point=meta.get("value_from_point", 0),
+        key_to_point=meta.get("key_to_point"),
         sites=tuple(Point(site, layer) for site, layer in meta.get("sites", [])),
         **{k: get(k) for k in _SAVED_ARRAYS[4:]},
     )

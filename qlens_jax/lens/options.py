@@ -59,7 +59,9 @@ class LensOptions:
         if self.dtype not in DTYPES:
             raise LensRequestError(f"dtype {self.dtype!r} is not supported; choose from {', '.join(DTYPES)}")
         if self.precision not in PRECISIONS:
-            raise LensRequestError(f"precision {self.precision!r} is not supported; choose from {', '.join(PRECISIONS)}")
+            raise LensRequestError(
+                f"precision {self.precision!r} is not supported; choose from {', '.join(PRECISIONS)}"
+            )
 
     def fingerprint(self) -> dict[str, Any]:
         """The options as plain values, for run manifests."""
@@ -110,11 +112,17 @@ class ExecutionOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise LensRequestError(f"{name}={value} must be a positive integer")
-        if isinstance(self.self_check_features, bool) or not isinstance(self.self_check_features, (int, np.integer)) or self.self_check_features < 1:
+        if (
+            isinstance(self.self_check_features, bool)
+            or not isinstance(self.self_check_features, (int, np.integer))
+            or self.self_check_features < 1
+        ):
             raise LensRequestError(f"self_check_features={self.self_check_features} must be a positive integer")
 
 
-def split_options(overrides: dict[str, Any], options: LensOptions, execution: ExecutionOptions) -> tuple[LensOptions, ExecutionOptions]:
+def split_options(
+    overrides: dict[str, Any], options: LensOptions, execution: ExecutionOptions
+) -> tuple[LensOptions, ExecutionOptions]:
     """`options` and `execution` with the fields named in `overrides` replaced (the keyword
     shorthand of `query_lens`); a name that is in neither raises `TypeError`."""
     lens_names = {f.name for f in fields(LensOptions)}

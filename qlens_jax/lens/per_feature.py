@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from qlens_jax.lens import transport
-from qlens_jax.lens import points as pts
+from qlens_jax.lens import points as pts, transport
 from qlens_jax.models import Transformer
 
 
@@ -24,11 +23,18 @@ def _sum_and_square(x: Float[Array, "b s d"], mask: Bool[Array, "b s"]):
 
 @eqx.filter_jit
 def value_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n d"], points: Int[Array, " n"], tangent_chunk: int
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n d"],
+    points: Int[Array, " n"],
+    tangent_chunk: int,
 ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
     """Push each vector forward from its write point (`points.row`): position sums and sums of squares."""
     shape = (pts.n_points(model.config.n_layers), model.config.d_model)
-    _, push = jax.linearize(lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), jnp.zeros(shape, jnp.float32))
+    _, push = jax.linearize(
+        lambda deltas: transport.final_from_probes(model, tokens, mask, deltas), jnp.zeros(shape, jnp.float32)
+    )
 
     def one(args):
         vector, point = args
@@ -63,7 +69,13 @@ def key_chunk(
 
 
 @eqx.filter_jit
-def first_order_value_chunk(model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n d"], tangent_chunk: int) -> Float[Array, "n modules d"]:
+def first_order_value_chunk(
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n d"],
+    tangent_chunk: int,
+) -> Float[Array, "n modules d"]:
     """Each module's Jacobian applied to each vector broadcast over valid positions, summed."""
     n_modules = len(pts.modules(model.config.n_layers))
     inputs = transport.clean_module_inputs(model, tokens, mask)
@@ -75,7 +87,12 @@ def first_order_value_chunk(model: Transformer, tokens: Int[Array, "b s"], mask:
 
 @eqx.filter_jit
 def first_order_key_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n d"], tangent_chunk: int, mask_seed: bool
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n d"],
+    tangent_chunk: int,
+    mask_seed: bool,
 ) -> Float[Array, "n modules d"]:
     """Each module's VJP of each vector; the seed covers every position unless `mask_seed`
     (the reference's convention, docs/definitions.md section 1), the result only valid ones."""
@@ -94,7 +111,12 @@ def first_order_key_chunk(
 
 @eqx.filter_jit
 def z_value_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n q"], layer: int, tangent_chunk: int
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n q"],
+    layer: int,
+    tangent_chunk: int,
 ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
     """Push each vector forward from `z[layer]` (through the output projection, any post-norm
     and every later module): position sums and sums of squares."""
@@ -108,7 +130,12 @@ def z_value_chunk(
 
 @eqx.filter_jit
 def site_key_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n w"], site: pts.Point, tangent_chunk: int
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n w"],
+    site: pts.Point,
+    tangent_chunk: int,
 ) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
     """Pull each vector back from module output `site` (static) to the embedding: sums and
     sums of squares."""
@@ -122,18 +149,33 @@ def site_key_chunk(
 
 
 @eqx.filter_jit
-def z_hop_value_chunk(model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n q"], layer: int, tangent_chunk: int) -> Float[Array, "n d"]:
+def z_hop_value_chunk(
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n q"],
+    layer: int,
+    tangent_chunk: int,
+) -> Float[Array, "n d"]:
     """The first-order hop of each value vector from `z[layer]` into the residual: the output
     projection (and any post-norm) at each valid position, summed."""
     _, zs = transport.clean_z(model, tokens, mask, (layer,))
     zeros = jnp.zeros(zs.shape[-1], jnp.float32)
     _, push = jax.linearize(lambda dz: transport.output_from_z(model, layer, zs[0], mask, dz), zeros)
-    return jax.lax.map(lambda u: transport.masked_sum(push(u), mask), vectors.astype(jnp.float32), batch_size=tangent_chunk)
+    return jax.lax.map(
+        lambda u: transport.masked_sum(push(u), mask), vectors.astype(jnp.float32), batch_size=tangent_chunk
+    )
 
 
 @eqx.filter_jit
 def z_hop_key_chunk(
-    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"], vectors: Float[Array, "n q"], layer: int, tangent_chunk: int, mask_seed: bool
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n q"],
+    layer: int,
+    tangent_chunk: int,
+    mask_seed: bool,
 ) -> Float[Array, "n d"]:
     """The first-order hop of each key vector from `z[layer]` back to the block's input: the
     VJP of the attention up to `z`, seeded as `first_order_key_chunk` seeds a module."""

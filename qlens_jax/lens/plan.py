@@ -16,9 +16,9 @@ import numpy as np
 
 from qlens_jax import memory, sharding
 from qlens_jax.dictionaries import Dictionary
+from qlens_jax.lens import auto
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
-from qlens_jax.lens import auto
 from qlens_jax.lens.points import MODULE_OUTPUT_SITES, DictionaryPoints, Point, dictionary_points, flows_into
 from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
@@ -217,7 +217,12 @@ def plan_request(
     if sum(len(r.features) for r in requests) == 0:
         raise LensRequestError("the request selects no features")
     check_weight_scales(model, requests, lenses, options.dtype, options.precision)
-    normalizing = [r for r in requests if r.points.read.site in MODULE_OUTPUT_SITES and getattr(r.dictionary, "input_norm", "none") not in ("none", "scale")]
+    normalizing = [
+        r
+        for r in requests
+        if r.points.read.site in MODULE_OUTPUT_SITES
+        and getattr(r.dictionary, "input_norm", "none") not in ("none", "scale")
+    ]
     if options.exact_norm_jacobian and normalizing:
         raise LensRequestError(
             f"exact_norm_jacobian is not available for {normalizing[0].describe()}: it normalizes its input "
@@ -239,11 +244,25 @@ def plan_request(
             shard_weights = sharding.should_shard_weights(model, execution.mesh)
         if shard_weights:
             model = sharding.shard_weights(model, execution.mesh)
-    chunks = plan_chunks(model, tokens.shape, execution.memory_budget_gb, execution.sequences_per_chunk, execution.tangent_chunk,
-                         device=memory.planning_device(execution.mesh))
+    chunks = plan_chunks(
+        model,
+        tokens.shape,
+        execution.memory_budget_gb,
+        execution.sequences_per_chunk,
+        execution.tangent_chunk,
+        device=memory.planning_device(execution.mesh),
+    )
     n_features = sum(len(r.features) for r in requests)
     path = auto.path(execution.path, n_features, model.config.d_model, have_operators)
     return LensPlan(
-        model=model, tokens=tokens, mask=mask, lenses=lenses, requests=tuple(requests), options=options,
-        execution=execution, path=path, chunks=chunks, shard_weights=bool(shard_weights),
+        model=model,
+        tokens=tokens,
+        mask=mask,
+        lenses=lenses,
+        requests=tuple(requests),
+        options=options,
+        execution=execution,
+        path=path,
+        chunks=chunks,
+        shard_weights=bool(shard_weights),
     )

@@ -203,7 +203,9 @@ def row(point: Point, n_layers: int) -> int:
     per-feature perturbation stacks: its position in `key_points(n_layers, True)`."""
     rows = _rows(n_layers)
     if point not in rows:
-        raise LensRequestError(f"{point} is not a point the sweeps record for {n_layers} layers (see points.key_points)")
+        raise LensRequestError(
+            f"{point} is not a point the sweeps record for {n_layers} layers (see points.key_points)"
+        )
     return rows[point]
 
 
@@ -279,7 +281,12 @@ class DictionaryPoints:
 
 
 def dictionary_points(
-    site_in: str, site_out: str, layer: int, n_layers: int, exact_norm_jacobian: bool = False, input_norm: str = "none",
+    site_in: str,
+    site_out: str,
+    layer: int,
+    n_layers: int,
+    exact_norm_jacobian: bool = False,
+    input_norm: str = "none",
     parallel: bool = False,
 ) -> DictionaryPoints:
     """Write and read points of a dictionary. With `exact_norm_jacobian`, keys are read after the

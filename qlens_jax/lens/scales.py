@@ -24,7 +24,10 @@ from qlens_jax.lens.signatures import lens_side
 from qlens_jax.models import Transformer
 
 HEADROOM = 2.0**20
-MATRICES = {"value": ("W_dec", "row", 1), "key": ("W_enc", "column", 0)}  # side -> (weight, its feature axis, reduced axis)
+MATRICES = {
+    "value": ("W_dec", "row", 1),
+    "key": ("W_enc", "column", 0),
+}  # side -> (weight, its feature axis, reduced axis)
 
 
 @partial(jax.jit, static_argnums=1)
@@ -50,7 +53,9 @@ def check_weight_scales(model: Transformer, requests, lenses: tuple[str, ...], d
         first_lens.setdefault(lens_side(lens), lens)
     readout = {}
     for side, lens in first_lens.items():
-        readout[side] = float(_abs_max(model.W_U, None)) if side == "value" else max(1.0, float(_abs_max(model.W_E, None)))
+        readout[side] = (
+            float(_abs_max(model.W_U, None)) if side == "value" else max(1.0, float(_abs_max(model.W_E, None)))
+        )
         name, axis_name, reduced = MATRICES[side]
         for request in requests:
             d = request.dictionary

@@ -49,7 +49,12 @@ def check_query_lens(plan, request, side: str, vectors, point, op, lens: str) ->
     pick = self_check_indices(len(vectors), plan.execution.self_check_features)
     sample = np.asarray(vectors[pick], np.float32)
     mean, _ = per_feature_means(plan, side, sample, point, quiet=True)
-    compare(sample @ op.T, mean, tolerance(plan.options.dtype, plan.options.precision), f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})")
+    compare(
+        sample @ op.T,
+        mean,
+        tolerance(plan.options.dtype, plan.options.precision),
+        f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})",
+    )
 
 
 def check_first_order(plan, request, side: str, vectors, terms, lens: str) -> None:
@@ -58,7 +63,20 @@ def check_first_order(plan, request, side: str, vectors, terms, lens: str) -> No
     sample = np.asarray(vectors[pick], np.float32)
     n_layers = plan.model.config.n_layers
     _, reference = first_order_terms_per_feature(
-        plan.model, plan.tokens, plan.mask, plan.chunks, side, sample, request.points, n_layers, plan.options.first_order_key_mask_seed
+        plan.model,
+        plan.tokens,
+        plan.mask,
+        plan.chunks,
+        side,
+        sample,
+        request.points,
+        n_layers,
+        plan.options.first_order_key_mask_seed,
     )
     dense = jnp.einsum("nd,tid->nti", sample, terms)
-    compare(dense.sum(1), reference.sum(1), tolerance(plan.options.dtype, plan.options.precision), f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})")
+    compare(
+        dense.sum(1),
+        reference.sum(1),
+        tolerance(plan.options.dtype, plan.options.precision),
+        f"{lens} of {request.dictionary.name} (layer {request.dictionary.layer})",
+    )

@@ -42,7 +42,14 @@ from qlens_jax.dictionaries.normalization import input_stats, normalize
 from qlens_jax.lens import points as pts
 from qlens_jax.lens.points import Module, Point
 from qlens_jax.models import (
-    Transformer, attention_output, attention_residual, attention_z, block_output, mlp_block_input, mlp_input, mlp_residual,
+    Transformer,
+    attention_output,
+    attention_residual,
+    attention_z,
+    block_output,
+    mlp_block_input,
+    mlp_input,
+    mlp_residual,
 )
 
 attention_batch = jax.vmap(attention_residual, in_axes=(None, None, 0, 0))
@@ -51,7 +58,9 @@ attention_z_batch = jax.vmap(attention_z, in_axes=(None, None, 0, 0))
 attention_z_batch.__doc__ = "`attention_z` over a batch: `(block, meta, h [b, s, d], mask [b, s])` -> `[b, s, q]`."
 
 
-def basis_tangents(basis: Int[Array, "*r"], d: int, mask: Bool[Array, "b s"], dtype=jnp.float32) -> Float[Array, "*r b s d"]:
+def basis_tangents(
+    basis: Int[Array, "*r"], d: int, mask: Bool[Array, "b s"], dtype=jnp.float32
+) -> Float[Array, "*r b s d"]:
     """The basis vectors `e_j`, j in `basis`, at every valid position (zero at pads): the
     tangents and cotangents that the dense sweeps push through the model."""
     one_hot = jax.nn.one_hot(basis, d, dtype=jnp.float32)[..., None, None, :]
@@ -114,7 +123,9 @@ def _run(model: Transformer, tokens, mask, pre_deltas, mid_deltas, delta0, z_del
     return final, pres, mids, mlp_ins, outputs
 
 
-def run_from(model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b s"], point: Point) -> Float[Array, "b s d"]:
+def run_from(
+    model: Transformer, h: Float[Array, "b s d"], mask: Bool[Array, "b s"], point: Point
+) -> Float[Array, "b s d"]:
     """The final residual when the stream at residual point `point` is `h` (a splice: the
     model run on from where a dictionary writes). `point` is static."""
     n_layers = model.config.n_layers
@@ -212,7 +223,9 @@ def points_and_sites_from_embedding(
     return stack, side_by_side(outputs, sites, final)
 
 
-def side_by_side(outputs: dict | None, sites: tuple[Point, ...], like: Float[Array, "b s d"]) -> Float[Array, "b s width"]:
+def side_by_side(
+    outputs: dict | None, sites: tuple[Point, ...], like: Float[Array, "b s d"]
+) -> Float[Array, "b s width"]:
     """The module outputs `sites` picked from `_run`'s per-block `outputs` (`{site: [L, b, s,
     width]}`), concatenated along the last axis; `[b, s, 0]` without sites."""
     if not sites:
@@ -238,7 +251,9 @@ def assemble(points, source) -> Float[Array, " points *rest"]:
     return jnp.concatenate(parts, axis=0)
 
 
-def clean_states(model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]) -> tuple[Float[Array, "b s d"], Float[Array, "L b s d"], Float[Array, "L b s d"]]:
+def clean_states(
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]
+) -> tuple[Float[Array, "b s d"], Float[Array, "L b s d"], Float[Array, "L b s d"]]:
     """The clean final residual and every block's `resid_pre` and `resid_mid`."""
     n_layers, d = model.config.n_layers, model.config.d_model
     zeros = jnp.zeros((n_layers, 1, 1, d), jnp.float32)
@@ -280,7 +295,9 @@ def module_outputs(
     return out.reshape(inputs.shape)
 
 
-def clean_z(model: Transformer, tokens, mask, layers: tuple[int, ...]) -> tuple[Float[Array, "n b s d"], Float[Array, "n b s q"]]:
+def clean_z(
+    model: Transformer, tokens, mask, layers: tuple[int, ...]
+) -> tuple[Float[Array, "n b s d"], Float[Array, "n b s q"]]:
     """The clean `resid_pre` and `z` of blocks `layers` (static): where the first-order hops
     into and out of `z` are linearized."""
     n_layers, d = model.config.n_layers, model.config.d_model
@@ -291,16 +308,26 @@ def clean_z(model: Transformer, tokens, mask, layers: tuple[int, ...]) -> tuple[
     return pres[pick], outputs["z"][pick]
 
 
-def z_from_input(model: Transformer, layer: Int[Array, ""] | int, pre: Float[Array, "b s d"], mask: Bool[Array, "b s"],
-                 delta: Float[Array, " d"]) -> Float[Array, "b s q"]:
+def z_from_input(
+    model: Transformer,
+    layer: Int[Array, ""] | int,
+    pre: Float[Array, "b s d"],
+    mask: Bool[Array, "b s"],
+    delta: Float[Array, " d"],
+) -> Float[Array, "b s q"]:
     """Block `layer`'s `z` when `delta` is added to its input `pre` at every valid position:
     the one hop a key vector at `z` takes back to the residual (docs/definitions.md section 1b)."""
     block, meta = model.block(layer)
     return attention_z_batch(block, meta, pre + (delta * mask[..., None]).astype(pre.dtype), mask)
 
 
-def output_from_z(model: Transformer, layer: Int[Array, ""] | int, z: Float[Array, "b s q"], mask: Bool[Array, "b s"],
-                  delta: Float[Array, " q"]) -> Float[Array, "b s d"]:
+def output_from_z(
+    model: Transformer,
+    layer: Int[Array, ""] | int,
+    z: Float[Array, "b s q"],
+    mask: Bool[Array, "b s"],
+    delta: Float[Array, " q"],
+) -> Float[Array, "b s d"]:
     """What block `layer`'s attention adds to the residual when `delta` is added to its `z`
     at every valid position: the one hop a value vector at `z` takes into the residual."""
     block, _ = model.block(layer)

@@ -3,11 +3,11 @@
 from qlens_jax.models.config import ModelConfig, ModelConfigError
 from qlens_jax.models.mlp import MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
 from qlens_jax.models.transformer import (
+    MLP,
     Attention,
     Block,
     LayerMeta,
     Linear,
-    MLP,
     Norm,
     Residuals,
     Transformer,

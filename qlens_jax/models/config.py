@@ -89,7 +89,9 @@ class ModelConfig:
             if len(getattr(self, name)) != self.n_layers:
                 raise ModelConfigError(f"ModelConfig.{name} needs one entry per layer ({self.n_layers})")
         if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
-            raise ModelConfigError(f"ModelConfig.rotary_dim must be even and in 2 .. head_dim={self.head_dim}, got {self.rotary_dim}")
+            raise ModelConfigError(
+                f"ModelConfig.rotary_dim must be even and in 2 .. head_dim={self.head_dim}, got {self.rotary_dim}"
+            )
         if self.positional == "rope":
             if len(self.rope_inv_freq) != self.n_layers:
                 raise ModelConfigError(f"ModelConfig.rope_inv_freq needs one entry per layer ({self.n_layers})")

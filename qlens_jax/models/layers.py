@@ -107,9 +107,7 @@ def apply_rope(
     return x * cos + rotated * sin
 
 
-def attention_mask(
-    mask: Bool[Array, " seq"], window: Int[Array, ""]
-) -> Bool[Array, "seq seq"]:
+def attention_mask(mask: Bool[Array, " seq"], window: Int[Array, ""]) -> Bool[Array, "seq seq"]:
     """Which keys each query may see: causal, valid keys only, and within `window` when > 0.
 
     A pad query whose window holds no valid key gets an empty row; `dot_product_attention`

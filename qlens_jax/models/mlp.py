@@ -15,6 +15,7 @@ Row convention throughout: a tangent row `t` maps to `t @ M`.
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import equinox as eqx
@@ -35,9 +36,7 @@ class MLPCost(NamedTuple):
     forming_floats: int  # floats alive while forming one position's Jacobian
 
 
-def autodiff_jacobian(
-    fn, x: Float[Array, " d"]
-) -> tuple[Float[Array, " d_out"], Float[Array, "d d_out"]]:
+def autodiff_jacobian(fn, x: Float[Array, " d"]) -> tuple[Float[Array, " d_out"], Float[Array, "d d_out"]]:
     """`fn(x)` and its Jacobian at `x` in row convention (row `i` is the JVP of the `i`-th
     basis vector): the default of every `ResidualMLP`."""
     out, push = jax.linearize(fn, x)
@@ -55,13 +54,18 @@ class ResidualMLP(eqx.Module):
     `__call__` (`[*batch, d_model] -> [*batch, d_model]`) and `cost`; `jacobian` defaults to
     forward-mode autodiff."""
 
+    @abc.abstractmethod
+    def __call__(self, x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+        """The module's output at every position of `x`."""
+
     def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
         """The module's output at `x` and its Jacobian there, row convention."""
         return autodiff_jacobian(self, x)
 
     @staticmethod
+    @abc.abstractmethod
     def cost(config: ModelConfig) -> MLPCost:
-        raise NotImplementedError
+        """What forming and applying the module's Jacobian costs for `config`."""
 
 
 class MLP(ResidualMLP):

@@ -157,14 +157,18 @@ def mlp_residual(block: Block, h: Float[Array, "*seq d_model"]) -> Float[Array, 
     return out if block.mlp_post_norm is None else block.mlp_post_norm(out)
 
 
-def mlp_block_input(h: Float[Array, "*seq d_model"], attn_out: Float[Array, "*seq d_model"], parallel: bool) -> Float[Array, "*seq d_model"]:
+def mlp_block_input(
+    h: Float[Array, "*seq d_model"], attn_out: Float[Array, "*seq d_model"], parallel: bool
+) -> Float[Array, "*seq d_model"]:
     """What the MLP of a block reads (before its norm) given the block input `h` and the
     attention output: `resid_mid = h + attn_out`, or `h` itself in a parallel block."""
     return h if parallel else h + attn_out
 
 
 def block_output(
-    mid: Float[Array, "*seq d_model"], attn_out: Float[Array, "*seq d_model"], mlp_out: Float[Array, "*seq d_model"],
+    mid: Float[Array, "*seq d_model"],
+    attn_out: Float[Array, "*seq d_model"],
+    mlp_out: Float[Array, "*seq d_model"],
     parallel: bool,
 ) -> Float[Array, "*seq d_model"]:
     """`resid_post` from the MLP's input `mid` (`mlp_block_input`) and both module outputs:
@@ -276,6 +280,7 @@ def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
     """Random routed experts (normal, std 0.02; the router std 1, so that routing gaps are not
     tiny), stacked over layers; `keys` an iterator of PRNG keys."""
     c = config
+    assert c.router is not None  # ModelConfig checks that a model with experts names its router
     normal = lambda std, *dims: std * jax.random.normal(next(keys), (c.n_layers, *dims), dtype)
     return RoutedMLP(
         router=normal(1.0, c.d_model, c.n_experts),
@@ -318,11 +323,15 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         head_dim=c.head_dim,
         softcap=c.attn_logit_softcap,
     )
-    mlp = routed_mlp(c, keys, dtype) if c.n_experts else MLP(
-        up_proj=dense(c.d_model, c.d_mlp, c.mlp_bias),
-        down_proj=dense(c.d_mlp, c.d_model, c.mlp_bias),
-        gate_proj=dense(c.d_model, c.d_mlp, c.mlp_bias) if c.gated_mlp else None,
-        activation=c.activation,
+    mlp = (
+        routed_mlp(c, keys, dtype)
+        if c.n_experts
+        else MLP(
+            up_proj=dense(c.d_model, c.d_mlp, c.mlp_bias),
+            down_proj=dense(c.d_mlp, c.d_model, c.mlp_bias),
+            gate_proj=dense(c.d_model, c.d_mlp, c.mlp_bias) if c.gated_mlp else None,
+            activation=c.activation,
+        )
     )
     blocks = Block(
         attn_norm=norm(c.d_model),

@@ -19,7 +19,6 @@ from qlens_jax.readout.sharded import Layout
 from qlens_jax.readout.streaming import FeatureRows, host_rows, run_chunks
 from qlens_jax.readout.topk import TopK
 
-
 Vectors = Float[Array, "n w"] | Float[np.ndarray, "n w"] | FeatureRows
 
 
@@ -60,15 +59,26 @@ class ReadoutContext:
         return key_score_fn(self.model.W_E if logit_lens else self.key_matrix, op)
 
     @applies_precision
-    def read(self, side: str, vectors: Vectors, op: Float[Array, "d w"] | None = None, logit_lens: bool = False,
-             precision: str = "float32") -> dict:
+    def read(
+        self,
+        side: str,
+        vectors: Vectors,
+        op: Float[Array, "d w"] | None = None,
+        logit_lens: bool = False,
+        precision: str = "float32",
+    ) -> dict:
         """Top/bottom-k of `vectors @ op.T` (or `vectors`) under the side's readout (`precision`:
         `qlens_jax.numerics`; inside another entry point, that one's mode)."""
         return read_topk(self.score_fn(side, op, logit_lens), vectors, self.k, self.feature_chunk, self.layout)
 
     @applies_precision
-    def read_first_order(self, side: str, vectors: Vectors | Float[Array, "n T d"] | Float[np.ndarray, "n T d"],
-                         terms_op: Float[Array, "T d w"] | None, precision: str = "float32") -> dict:
+    def read_first_order(
+        self,
+        side: str,
+        vectors: Vectors | Float[Array, "n T d"] | Float[np.ndarray, "n T d"],
+        terms_op: Float[Array, "T d w"] | None,
+        precision: str = "float32",
+    ) -> dict:
         """Total and per-term signatures and energies; `vectors` are raw `[n, d]` with
         `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op=None`."""
         # without `terms_op`, `vectors` are the transported terms, an array

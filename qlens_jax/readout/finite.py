@@ -30,8 +30,9 @@ def first_non_finite(arrays: dict[str, np.ndarray]) -> tuple[int, str, float] | 
     return found
 
 
-def check_finite_scores(arrays: dict[str, np.ndarray], feature_ids, *, lens: str, side: str, dictionary: str,
-                        layer: int) -> None:
+def check_finite_scores(
+    arrays: dict[str, np.ndarray], feature_ids, *, lens: str, side: str, dictionary: str, layer: int
+) -> None:
     """Raise `NonFiniteScoreError` if a row of `arrays` (one row per feature of `feature_ids`)
     holds a NaN or an infinity, naming the lens, the dictionary and the feature."""
     found = first_non_finite(arrays)

@@ -23,6 +23,7 @@ ScoreFn = Callable[[Float[Array, "n d"]], Float[Array, "n vocab"]]
 @eqx.filter_jit
 def readout_chunks(score_fn: ScoreFn, chunks: Float[Array, "c n d"], k: int, layout: Layout) -> TopK:
     """Top and bottom `k` tokens of every row of every chunk under `score_fn` (`[c, n, k]` each)."""
+
     def one(chunk):
         scores = layout.scores(score_fn(layout.rows(chunk)))
         return TopK(*map(layout.rows, layout.topk(scores, k)))
@@ -31,11 +32,13 @@ def readout_chunks(score_fn: ScoreFn, chunks: Float[Array, "c n d"], k: int, lay
 
 
 @eqx.filter_jit
-def first_order_chunks(score_fn: ScoreFn, terms_op: Float[Array, "T d w"] | None, chunks: Float[Array, "c n *rest"],
-                       k: int, layout: Layout) -> tuple[TopK, TopK, Float[Array, "c n T"]]:
+def first_order_chunks(
+    score_fn: ScoreFn, terms_op: Float[Array, "T d w"] | None, chunks: Float[Array, "c n *rest"], k: int, layout: Layout
+) -> tuple[TopK, TopK, Float[Array, "c n T"]]:
     """Per chunk: the top/bottom `k` of the total of a feature's first-order terms, of each term
     (`[c, n, T, k]`), and each term's energy `<m_t, m> / <m, m>`. Rows are raw vectors `[n, d]`
     with `terms_op [T, d, d]`, or already transported terms `[n, T, d]` with `terms_op` None."""
+
     def one(chunk):
         chunk = layout.rows(chunk)
         terms = chunk if terms_op is None else jnp.einsum("nd,tid->nti", chunk, terms_op)

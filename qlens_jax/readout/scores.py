@@ -12,11 +12,12 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from qlens_jax.models import Transformer
-from qlens_jax.models import layers
+from qlens_jax.models import Transformer, layers
 
 
-def value_scores(model: Transformer, vectors: Float[Array, "n d"], remove_final_norm_bias: bool = False) -> Float[Array, "n vocab"]:
+def value_scores(
+    model: Transformer, vectors: Float[Array, "n d"], remove_final_norm_bias: bool = False
+) -> Float[Array, "n vocab"]:
     """`W_U^T LN_final(m)`: the final norm applied to the vector as a function, then the unembedding.
 
     `remove_final_norm_bias` drops LayerNorm's bias, a feature-independent term.
@@ -29,11 +30,17 @@ def value_scores(model: Transformer, vectors: Float[Array, "n d"], remove_final_
     return layers.softcap(logits, model.config.final_logit_softcap)
 
 
-def centered_embeddings(model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]) -> Float[Array, "vocab d"]:
+def centered_embeddings(
+    model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]
+) -> Float[Array, "vocab d"]:
     """`(e_t - c) / ||e_t - c||` with `c` the mean embedding row over the sample's valid tokens
     (frequency weighted, the reference's single centre)."""
     W_E = model.W_E.astype(jnp.float32)
-    counts = jnp.zeros(W_E.shape[0], jnp.float32).at[jnp.asarray(tokens).reshape(-1)].add(jnp.asarray(mask, jnp.float32).reshape(-1))
+    counts = (
+        jnp.zeros(W_E.shape[0], jnp.float32)
+        .at[jnp.asarray(tokens).reshape(-1)]
+        .add(jnp.asarray(mask, jnp.float32).reshape(-1))
+    )
     centre = counts @ W_E / counts.sum()
     centred = W_E - centre
     norms = jnp.linalg.norm(centred, axis=-1, keepdims=True)
@@ -51,19 +58,23 @@ def transported(op: Float[Array, "d w"] | None, vectors: Float[Array, "n w"]) ->
     return vectors if op is None else jnp.matmul(vectors, op.T.astype(jnp.float32))
 
 
-def transported_value_scores(model: Transformer, remove_final_norm_bias: bool, op: Float[Array, "d w"] | None,
-                             vectors: Float[Array, "n w"]) -> Float[Array, "n vocab"]:
+def transported_value_scores(
+    model: Transformer, remove_final_norm_bias: bool, op: Float[Array, "d w"] | None, vectors: Float[Array, "n w"]
+) -> Float[Array, "n vocab"]:
     """`value_scores` of the `transported` vectors (arguments ordered for `eqx.Partial`)."""
     return value_scores(model, transported(op, vectors), remove_final_norm_bias)
 
 
-def transported_dot_scores(matrix: Float[Array, "vocab d"], op: Float[Array, "d w"] | None,
-                           vectors: Float[Array, "n w"]) -> Float[Array, "n vocab"]:
+def transported_dot_scores(
+    matrix: Float[Array, "vocab d"], op: Float[Array, "d w"] | None, vectors: Float[Array, "n w"]
+) -> Float[Array, "n vocab"]:
     """`dot_scores` of the `transported` vectors (arguments ordered for `eqx.Partial`)."""
     return dot_scores(matrix, transported(op, vectors))
 
 
-def value_score_fn(model: Transformer, remove_final_norm_bias: bool = False, op: Float[Array, "d w"] | None = None) -> eqx.Partial:
+def value_score_fn(
+    model: Transformer, remove_final_norm_bias: bool = False, op: Float[Array, "d w"] | None = None
+) -> eqx.Partial:
     """The value readout as a function of feature vectors `[n, d] -> [n, vocab]`, a pytree
     (its weights are traced, not baked in) for the jitted chunk programs."""
     return eqx.Partial(transported_value_scores, model, remove_final_norm_bias, op)

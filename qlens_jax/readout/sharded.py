@@ -40,7 +40,9 @@ def _split_topk(scores: Float[Array, "n vocab"], k: int, vocab_size: int, mesh: 
     rows = sharding.spec(row_axis, None)
     # check_vma=False: the merged lists are the same on every `vocab` device (all-gathered
     # candidates), which the replication check does not infer through `top_k`.
-    split = jax.shard_map(local, mesh=mesh, in_specs=sharding.spec(row_axis, "vocab"), out_specs=TopK._make([rows] * 4), check_vma=False)
+    split = jax.shard_map(
+        local, mesh=mesh, in_specs=sharding.spec(row_axis, "vocab"), out_specs=TopK._make([rows] * 4), check_vma=False
+    )
     return split(scores)
 
 

@@ -32,7 +32,9 @@ class FeatureRows:
 
     def __init__(self, matrix, transposed: bool, index: np.ndarray):
         self.matrix, self.transposed, self.index = matrix, transposed, np.asarray(index)
-        self.contiguous = bool(len(self.index)) and (self.index == np.arange(self.index[0], self.index[0] + len(self.index))).all()
+        self.contiguous = (
+            bool(len(self.index)) and (self.index == np.arange(self.index[0], self.index[0] + len(self.index))).all()
+        )
 
     def __len__(self) -> int:
         return len(self.index)

@@ -33,7 +33,9 @@ class TopK(NamedTuple):
     bottom_scores: Float[Array, "n k"]
 
 
-def top_k(x: Float[Array, "n vocab"], k: int, negate: bool = False, group: int = GROUP) -> tuple[Float[Array, "n k"], Int[Array, "n k"]]:
+def top_k(
+    x: Float[Array, "n vocab"], k: int, negate: bool = False, group: int = GROUP
+) -> tuple[Float[Array, "n k"], Int[Array, "n k"]]:
     """`jax.lax.top_k(-x if negate else x, k)`: the same values and ids, in the same order.
     `negate` (the bottom `k`, negated) spares a negated copy of `x`."""
     n, vocab = x.shape

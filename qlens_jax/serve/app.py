@@ -117,7 +117,9 @@ class Server:
 
     async def run_info(self, request: Request):
         indexer = self.queries.indexer
-        progress = {f"{kind}_index": indexer.progress(kind) if indexer is not None else None for kind in ("feature", "token")}
+        progress = {
+            f"{kind}_index": indexer.progress(kind) if indexer is not None else None for kind in ("feature", "token")
+        }
         return FiniteJSONResponse(self.run.summary() | progress)
 
     async def feature(self, request: Request):
@@ -160,12 +162,16 @@ class Server:
         name, top = _text(request, "dictionary", required=False), _int(request, "top", 50, 1, MAX_TOP)
         entry = str(self.dictionary(name).index) if name is not None else None
         if not self._reverse_slots.acquire(blocking=False):
-            raise BusyError(f"busy: {MAX_REVERSE} reverse lookups are running or waiting (they run one at a time); "
-                            "try again in a few seconds")
+            raise BusyError(
+                f"busy: {MAX_REVERSE} reverse lookups are running or waiting (they run one at a time); "
+                "try again in a few seconds"
+            )
 
         def run():
             try:
-                return self.reverse().lookup(token, side, entry, top, names={"token": "token", "top": "top", "dictionary": "dictionary"})
+                return self.reverse().lookup(
+                    token, side, entry, top, names={"token": "token", "top": "top", "dictionary": "dictionary"}
+                )
             finally:  # released by the worker, so a client that leaves does not free a slot still in use
                 self._reverse_slots.release()
 
@@ -177,8 +183,10 @@ def _same_origin(request: Request) -> None:
     header, which a page of another site cannot send here without a CORS preflight that this
     server never grants, and a browser's own `Sec-Fetch-Site` / `Origin`, where sent, say this site."""
     if REQUEST_HEADER not in request.headers:
-        raise CrossOriginError(f"this request needs the header {REQUEST_HEADER} (the page sends it; "
-                               f"with curl: -H '{REQUEST_HEADER}: 1'), so that other web sites cannot start it")
+        raise CrossOriginError(
+            f"this request needs the header {REQUEST_HEADER} (the page sends it; "
+            f"with curl: -H '{REQUEST_HEADER}: 1'), so that other web sites cannot start it"
+        )
     site = request.headers.get("sec-fetch-site")
     if site not in (None, "same-origin", "none"):
         raise CrossOriginError(f"a request from another site (Sec-Fetch-Site: {site}) is refused")
@@ -220,11 +228,18 @@ class _InternalErrors:
             _log.exception("qlens serve: %s %s failed", scope.get("method"), scope.get("path"))
             if started or scope["type"] != "http":
                 raise
-            await _error(f"internal error ({type(err).__name__}); the server log has the details", 500)(scope, receive, send)
+            await _error(f"internal error ({type(err).__name__}); the server log has the details", 500)(
+                scope, receive, send
+            )
 
 
-def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowed_hosts: list[str] | None = None,
-               reverse_factory=ReverseLookup, index_tokens: bool = True) -> Starlette:
+def create_app(
+    run: RunData | str | Path,
+    vocab: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
+    reverse_factory=ReverseLookup,
+    index_tokens: bool = True,
+) -> Starlette:
     """The app over run folder `run`. `vocab`: display string per token id (default: the run's
     tokenizer's); `allowed_hosts`: Host headers accepted (default: any); `index_tokens`: build
     the feature and token indexes (`indexer`) in the background while serving (False: queries
@@ -244,6 +259,7 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
     ]
     middleware = [Middleware(_InternalErrors)]
     middleware += [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if server.queries.indexer is not None and index_tokens:
@@ -252,8 +268,12 @@ def create_app(run: RunData | str | Path, vocab: list[str] | None = None, allowe
         if server.queries.indexer is not None:
             server.queries.indexer.stop()
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={QlensError: _qlens_error, HTTPException: _http_error})
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={QlensError: _qlens_error, HTTPException: _http_error},
+    )
     app.state.server = server
     return app
 

@@ -24,7 +24,9 @@ SEARCH_DESCRIPTION = (
 
 
 def configure_serve(parser: argparse.ArgumentParser):
-    parser.add_argument("run_dir", metavar="DIR", help="output folder of a `qlens signatures` run (finished or in progress)")
+    parser.add_argument(
+        "run_dir", metavar="DIR", help="output folder of a `qlens signatures` run (finished or in progress)"
+    )
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
 
@@ -37,14 +39,29 @@ def configure_serve(parser: argparse.ArgumentParser):
             raise InputError(f"--port {args.port}: must be between 1 and 65535")
         run_data = RunData(args.run_dir)
         local = args.host in ("127.0.0.1", "localhost", "::1")
-        hosts = ["127.0.0.1", "localhost", "[::1]", f"127.0.0.1:{args.port}", f"localhost:{args.port}", f"[::1]:{args.port}"] if local else None
+        hosts = (
+            [
+                "127.0.0.1",
+                "localhost",
+                "[::1]",
+                f"127.0.0.1:{args.port}",
+                f"localhost:{args.port}",
+                f"[::1]:{args.port}",
+            ]
+            if local
+            else None
+        )
         run_data.check_files()  # a truncated or miscounted signature file: one line naming it, exit 2
         sock = bind(args.host, args.port)  # bound before anything is announced: a port in use is one line, exit 2
         app = create_app(run_data, allowed_hosts=hosts)
-        where = "this machine only" if local else "reachable from other machines: anyone who can reach it can read the run"
+        where = (
+            "this machine only" if local else "reachable from other machines: anyone who can reach it can read the run"
+        )
         shown = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"qlens serve: {run_data.path} at http://{shown}:{args.port}/ (bound to {args.host}, {where}); Ctrl-C stops it",
-              flush=True)
+        print(
+            f"qlens serve: {run_data.path} at http://{shown}:{args.port}/ (bound to {args.host}, {where}); Ctrl-C stops it",
+            flush=True,
+        )
         serve(app, sock)
         return 0
 
@@ -56,7 +73,9 @@ def configure_search(parser: argparse.ArgumentParser):
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--promotes", metavar="TOKEN", help="rank features by the token's Query Lens value score")
     which.add_argument("--activated-by", metavar="TOKEN", help="rank features by the token's Query Lens key score")
-    parser.add_argument("--dictionary", metavar="NAME", help="only this dictionary of the run (NAME, NAME/LAYER or its index)")
+    parser.add_argument(
+        "--dictionary", metavar="NAME", help="only this dictionary of the run (NAME, NAME/LAYER or its index)"
+    )
     parser.add_argument("--top", type=int, default=50, help="how many features to list (default 50)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -75,11 +94,15 @@ def configure_search(parser: argparse.ArgumentParser):
             print(json.dumps(result))
             return 0
         verb = "promotes" if side == "value" else "is activated by"
-        print(f"features whose Query Lens {side} score of {result['token']!r} (id {result['token_id']}) is highest "
-              f"(which {verb} it), of {result['features_scored']} features, in {result['seconds']} s:")
+        print(
+            f"features whose Query Lens {side} score of {result['token']!r} (id {result['token_id']}) is highest "
+            f"(which {verb} it), of {result['features_scored']} features, in {result['seconds']} s:"
+        )
         print(f"{'rank':>5}  {'score':>11}  feature")
         for hit in result["hits"]:
-            print(f"{hit['rank']:>5}  {hit['score']:>11.5g}  Feature {hit['dictionary']}/{hit['layer']}/{hit['feature']}")
+            print(
+                f"{hit['rank']:>5}  {hit['score']:>11.5g}  Feature {hit['dictionary']}/{hit['layer']}/{hit['feature']}"
+            )
         return 0
 
     return run

@@ -35,7 +35,17 @@ from qlens_jax.serve.rundata import COLUMNS
 
 INDEX_VERSION = 2  # 2: keyed by the file's identity (device and inode too)
 _FEATURE_BITS = 40
-_ARRAYS = ("keys", "rows", "lens", "relative_variance", "relative_variance_valid", "n_top", "n_bottom", "list_offsets", "string_offsets")
+_ARRAYS = (
+    "keys",
+    "rows",
+    "lens",
+    "relative_variance",
+    "relative_variance_valid",
+    "n_top",
+    "n_bottom",
+    "list_offsets",
+    "string_offsets",
+)
 
 
 class FeatureIndexError(ValueError):
@@ -75,7 +85,12 @@ def _interleaved_lists(n_top: np.ndarray, n_bottom: np.ndarray, parts: list[np.n
     rows = len(n_top)
     if rows and (n_top == n_top[0]).all() and (n_bottom == n_bottom[0]).all():  # the usual case: one k per row group
         a, b = int(n_top[0]), int(n_bottom[0])
-        blocks = [top_ids.reshape(rows, a), top_scores.reshape(rows, a), bottom_ids.reshape(rows, b), bottom_scores.reshape(rows, b)]
+        blocks = [
+            top_ids.reshape(rows, a),
+            top_scores.reshape(rows, a),
+            bottom_ids.reshape(rows, b),
+            bottom_scores.reshape(rows, b),
+        ]
         return np.concatenate(blocks, axis=1).tobytes()
     top_at, bottom_at = np.concatenate([[0], np.cumsum(n_top)]), np.concatenate([[0], np.cumsum(n_bottom)])
     out = []
@@ -126,7 +141,9 @@ def build_feature_index(source: Path) -> Path:
                 arrays["keys"].append((index.astype(np.int64) << _FEATURE_BITS) | feature)
                 arrays["lens"].append(np.asarray([lenses[n] for n in lens_names], np.uint8))
                 variance = table.column("relative_variance").combine_chunks()
-                arrays["relative_variance_valid"].append(~np.asarray(variance.is_null().to_numpy(zero_copy_only=False), bool))
+                arrays["relative_variance_valid"].append(
+                    ~np.asarray(variance.is_null().to_numpy(zero_copy_only=False), bool)
+                )
                 arrays["relative_variance"].append(variance.fill_null(0.0).to_numpy().astype(np.float32))
                 n_top, top_ids = _list_parts(table.column("top_ids"))
                 n_top_scores, top_scores = _list_parts(table.column("top_scores"))
@@ -134,11 +151,18 @@ def build_feature_index(source: Path) -> Path:
                 n_bottom_scores, bottom_scores = _list_parts(table.column("bottom_scores"))
                 if not (np.array_equal(n_top, n_top_scores) and np.array_equal(n_bottom, n_bottom_scores)):
                     raise FeatureIndexError(f"{source}: lists of ids and scores of different lengths")
-                parts = [top_ids.astype(np.int32), top_scores.astype(np.float32), bottom_ids.astype(np.int32), bottom_scores.astype(np.float32)]
+                parts = [
+                    top_ids.astype(np.int32),
+                    top_scores.astype(np.float32),
+                    bottom_ids.astype(np.int32),
+                    bottom_scores.astype(np.float32),
+                ]
                 lists.write(_interleaved_lists(n_top, n_bottom, parts))
                 arrays["n_top"].append(n_top)
                 arrays["n_bottom"].append(n_bottom)
-                arrays["list_offsets"].append(list_end + 8 * np.cumsum(n_top + n_bottom, dtype=np.int64) - 8 * (n_top + n_bottom))
+                arrays["list_offsets"].append(
+                    list_end + 8 * np.cumsum(n_top + n_bottom, dtype=np.int64) - 8 * (n_top + n_bottom)
+                )
                 list_end += 8 * int((n_top + n_bottom).sum())
                 lengths, text = _string_parts(table.column("feature_str"))
                 strings.write(text)
@@ -151,8 +175,13 @@ def build_feature_index(source: Path) -> Path:
         merged["rows"], merged["keys"] = order.astype(np.int64), merged["keys"][order]
         for name, array in merged.items():
             np.save(temporary / f"{name}.npy", array)
-        meta = {"version": INDEX_VERSION, "source": str(source), "rows": int(len(order)), "lenses": list(lenses),
-                "dictionaries": {str(i): list(v) for i, v in dictionaries.items()}}
+        meta = {
+            "version": INDEX_VERSION,
+            "source": str(source),
+            "rows": int(len(order)),
+            "lenses": list(lenses),
+            "dictionaries": {str(i): list(v) for i, v in dictionaries.items()},
+        }
         (temporary / "meta.json").write_text(json.dumps(meta))
         try:
             temporary.rename(target)
@@ -185,7 +214,10 @@ class FeatureIndex:
             return []
         name, layer = self._dictionaries[dictionary_index]
         out = []
-        lists_fd, strings_fd = os.open(self.folder / "lists.bin", os.O_RDONLY), os.open(self.folder / "strings.bin", os.O_RDONLY)
+        lists_fd, strings_fd = (
+            os.open(self.folder / "lists.bin", os.O_RDONLY),
+            os.open(self.folder / "strings.bin", os.O_RDONLY),
+        )
         try:
             for row in a["rows"][lo:hi]:
                 n_top, n_bottom = int(a["n_top"][row]), int(a["n_bottom"][row])
@@ -196,13 +228,23 @@ class FeatureIndex:
                 ids_bottom = np.frombuffer(lists, np.int32, n_bottom, 8 * n_top)
                 scores_bottom = np.frombuffer(lists, np.float32, n_bottom, 8 * n_top + 4 * n_bottom)
                 s0, s1 = int(a["string_offsets"][row]), int(a["string_offsets"][row + 1])
-                out.append({
-                    "lens": self._lenses[a["lens"][row]], "dictionary": name, "dictionary_index": dictionary_index, "layer": layer,
-                    "feature": feature, "feature_str": os.pread(strings_fd, s1 - s0, s0).decode(),
-                    "relative_variance": float(a["relative_variance"][row]) if a["relative_variance_valid"][row] else None,
-                    "top_ids": ids_top.tolist(), "top_scores": scores_top.tolist(),
-                    "bottom_ids": ids_bottom.tolist(), "bottom_scores": scores_bottom.tolist(),
-                })
+                out.append(
+                    {
+                        "lens": self._lenses[a["lens"][row]],
+                        "dictionary": name,
+                        "dictionary_index": dictionary_index,
+                        "layer": layer,
+                        "feature": feature,
+                        "feature_str": os.pread(strings_fd, s1 - s0, s0).decode(),
+                        "relative_variance": float(a["relative_variance"][row])
+                        if a["relative_variance_valid"][row]
+                        else None,
+                        "top_ids": ids_top.tolist(),
+                        "top_scores": scores_top.tolist(),
+                        "bottom_ids": ids_bottom.tolist(),
+                        "bottom_scores": scores_bottom.tolist(),
+                    }
+                )
         finally:
             os.close(lists_fd)
             os.close(strings_fd)

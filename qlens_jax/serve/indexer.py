@@ -17,19 +17,26 @@ from qlens_jax.serve.feature_index import build_feature_index, index_folder
 from qlens_jax.serve.token_index import build_index, index_path
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {"feature": build_feature_index, "token": build_index}
-WHERE: dict[str, Callable[[Path], Path]] = {"feature": index_folder, "token": index_path}  # the index of a file as it is now
+WHERE: dict[str, Callable[[Path], Path]] = {
+    "feature": index_folder,
+    "token": index_path,
+}  # the index of a file as it is now
 
 
 class Indexer:
     """The indexes (`kinds`, built in that order for each file) of the files `list_files()` names."""
 
-    def __init__(self, list_files: Callable[[], list[Path]], kinds: tuple[str, ...] = tuple(BUILDERS), poll_seconds: float = 2.0):
+    def __init__(
+        self, list_files: Callable[[], list[Path]], kinds: tuple[str, ...] = tuple(BUILDERS), poll_seconds: float = 2.0
+    ):
         unknown = set(kinds) - set(BUILDERS)
         if unknown:
             raise ValueError(f"index kinds {sorted(unknown)}: choose from {sorted(BUILDERS)}")
         self._list_files, self._kinds, self._poll = list_files, kinds, poll_seconds
         self._ready: dict[str, dict[Path, Path]] = {kind: {} for kind in kinds}
-        self._failed: dict[str, set[tuple]] = {kind: set() for kind in kinds}  # (path, size, mtime): a rewritten file is tried again
+        self._failed: dict[str, set[tuple]] = {
+            kind: set() for kind in kinds
+        }  # (path, size, mtime): a rewritten file is tried again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: dict[str, str | None] = {kind: None for kind in kinds}
@@ -74,7 +81,11 @@ class Indexer:
 
     def progress(self, kind: str) -> dict:
         files = self._list_files()
-        return {"files": len(files), "indexed": sum(1 for f in files if self._current(kind, f) is not None), "error": self.errors[kind]}
+        return {
+            "files": len(files),
+            "indexed": sum(1 for f in files if self._current(kind, f) is not None),
+            "error": self.errors[kind],
+        }
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -24,7 +24,11 @@ FOLDER = "norm-stats"
 def statistics_path(rows_folder: Path, op: np.ndarray, norm: Norm, dtype: str) -> Path:
     """Where the statistics of the rows in `rows_folder` transported by `op` are kept."""
     digest = hashlib.sha256(np.ascontiguousarray(op, np.float32).tobytes())
-    digest.update(json.dumps({"shape": list(op.shape), "norm": norm.kind, "eps": norm.eps, "dtype": dtype}, sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"shape": list(op.shape), "norm": norm.kind, "eps": norm.eps, "dtype": dtype}, sort_keys=True
+        ).encode()
+    )
     return rows_folder / FOLDER / f"{digest.hexdigest()}.npy"
 
 

@@ -11,12 +11,13 @@ routes require (a page of another site cannot send it here).
 
 from __future__ import annotations
 
-from qlens_jax.viewer.page import CSS as VIEWER_CSS
-from qlens_jax.viewer.page import html_page
+from qlens_jax.viewer.page import CSS as VIEWER_CSS, html_page
 
 REQUEST_HEADER = "X-Qlens-Request"
 
-CSS = VIEWER_CSS + """
+CSS = (
+    VIEWER_CSS
+    + """
 table.hits { border-collapse: collapse; width: 100%; font-size: .85rem; }
 table.hits th, table.hits td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid var(--line); }
 table.hits td.num { font-family: ui-monospace, monospace; text-align: right; }
@@ -25,6 +26,7 @@ a:hover { text-decoration: underline; }
 ol.tokens li a { color: inherit; }
 #error { color: #c62828; }
 """
+)
 
 JS = r"""
 "use strict";
@@ -186,6 +188,9 @@ start();
 
 def render(title: str) -> str:
     """The page (no data in it: everything comes from the API)."""
-    placeholder = ("feature (123, L3/123, NAME/3/123), token (the), or a reverse lookup "
-                   "(promotes: Paris, activated-by: Paris)")
-    return html_page(title, placeholder, JS.replace("REQUEST_HEADER", REQUEST_HEADER), notices='<p id="error"></p>\n', css=CSS)
+    placeholder = (
+        "feature (123, L3/123, NAME/3/123), token (the), or a reverse lookup (promotes: Paris, activated-by: Paris)"
+    )
+    return html_page(
+        title, placeholder, JS.replace("REQUEST_HEADER", REQUEST_HEADER), notices='<p id="error"></p>\n', css=CSS
+    )

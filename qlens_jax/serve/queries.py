@@ -84,19 +84,34 @@ class Queries:
         files = self.run.parquet_files() if files is None else files
         if not files:
             return []
-        return self._query(sql.replace("{files}", "read_parquet($files)"), {"files": duckdb_paths(files), **dict(params)})
+        return self._query(
+            sql.replace("{files}", "read_parquet($files)"), {"files": duckdb_paths(files), **dict(params)}
+        )
 
     # ---- features ---------------------------------------------------------------------------
     def _rows_to_features(self, rows: list[dict]) -> list[dict]:
         features: dict[tuple[int, int], dict] = {}
         for row in rows:
             key = (row["dictionary_index"], row["feature"])
-            entry = features.setdefault(key, {
-                "dictionary": row["dictionary"], "dictionary_index": row["dictionary_index"], "layer": row["layer"],
-                "feature": row["feature"], "feature_str": row["feature_str"], "lenses": {},
-            })
-            lists = {side: {"ids": row[f"{side}_ids"], "tokens": [self.vocab[i] for i in row[f"{side}_ids"]], "scores": row[f"{side}_scores"]}
-                     for side in ("top", "bottom")}
+            entry = features.setdefault(
+                key,
+                {
+                    "dictionary": row["dictionary"],
+                    "dictionary_index": row["dictionary_index"],
+                    "layer": row["layer"],
+                    "feature": row["feature"],
+                    "feature_str": row["feature_str"],
+                    "lenses": {},
+                },
+            )
+            lists = {
+                side: {
+                    "ids": row[f"{side}_ids"],
+                    "tokens": [self.vocab[i] for i in row[f"{side}_ids"]],
+                    "scores": row[f"{side}_scores"],
+                }
+                for side in ("top", "bottom")
+            }
             entry["lenses"][row["lens"]] = {
                 **lists,
                 "relative_variance": row["relative_variance"],
@@ -106,7 +121,9 @@ class Queries:
     def feature(self, dictionary: DictionaryEntry, feature: int) -> dict:
         """Every lens's lists of one feature; `NotFoundError` when the run has none for it."""
         if not 0 <= feature < dictionary.d_sae:
-            raise NotFoundError(f"feature {feature} is out of range for {dictionary.name}/{dictionary.layer} ({dictionary.d_sae} features)")
+            raise NotFoundError(
+                f"feature {feature} is out of range for {dictionary.name}/{dictionary.layer} ({dictionary.d_sae} features)"
+            )
         files = self.run.parquet_files()
         indexed, scanned = self.indexer.split(files, "feature") if self.indexer is not None else ([], files)
         rows = [row for folder in indexed for row in self._feature_index(folder).rows(dictionary.index, feature)]
@@ -114,12 +131,15 @@ class Queries:
             "SELECT lens, dictionary, dictionary_index, layer, feature, feature_str, relative_variance, "
             + ", ".join(_LIST_COLUMNS)
             + " FROM {files} WHERE dictionary_index = $d AND feature = $f",
-            [("d", dictionary.index), ("f", feature)], scanned,
+            [("d", dictionary.index), ("f", feature)],
+            scanned,
         )
         rows.sort(key=lambda row: row["lens"])
         if not rows:
             state = "" if self.run.complete else " (yet: the run is still in progress)"
-            raise NotFoundError(f"feature {dictionary.name}/{dictionary.layer}/{feature} has no signatures in this run{state}")
+            raise NotFoundError(
+                f"feature {dictionary.name}/{dictionary.layer}/{feature} has no signatures in this run{state}"
+            )
         return self._rows_to_features(rows)[0]
 
     def features_indexed(self) -> bool:
@@ -188,12 +208,24 @@ class Queries:
         hits = []
         for row in rows:
             entry = self.run.dictionaries[row["dictionary_index"]]
-            hits.append({"lens": row["lens"], "dictionary": entry.name, "dictionary_index": entry.index, "layer": entry.layer,
-                         "feature": row["feature"], "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
-                         "side": row["side"], "rank": row["rank"], "score": row["score"]})
+            hits.append(
+                {
+                    "lens": row["lens"],
+                    "dictionary": entry.name,
+                    "dictionary_index": entry.index,
+                    "layer": entry.layer,
+                    "feature": row["feature"],
+                    "feature_str": f"Feature {entry.name}/{entry.layer}/{row['feature']}",
+                    "side": row["side"],
+                    "rank": row["rank"],
+                    "score": row["score"],
+                }
+            )
         return {"token": text, "token_ids": ids, "total": total, "hits": hits}
 
-    def _sql_search(self, indexed: list[Path], scanned: list[Path], ids: list[int], lens: str | None, limit: int, offset: int) -> list[dict]:
+    def _sql_search(
+        self, indexed: list[Path], scanned: list[Path], ids: list[int], lens: str | None, limit: int, offset: int
+    ) -> list[dict]:
         """`token_search`'s rows by DuckDB, over token indexes and files not indexed yet: the best
         entry (top list first, then lowest rank) per lens and feature, ordered, with the total."""
         params = {"limit": limit, "offset": offset, **{f"t{i}": t for i, t in enumerate(ids)}}
@@ -204,8 +236,10 @@ class Queries:
         if indexed:
             params["indexed"] = duckdb_paths(indexed)
             wanted = ", ".join(f"$t{i}" for i in range(len(ids)))
-            parts.append(f"SELECT lens, dictionary_index, feature, side, rank, score FROM read_parquet($indexed) "
-                         f"WHERE {lens_filter}token_id IN ({wanted})")
+            parts.append(
+                f"SELECT lens, dictionary_index, feature, side, rank, score FROM read_parquet($indexed) "
+                f"WHERE {lens_filter}token_id IN ({wanted})"
+            )
         if scanned:
             params["scanned"] = duckdb_paths(scanned)
             parts.append(self._scan_sql(len(ids), lens_filter))
@@ -219,13 +253,22 @@ class Queries:
             params,
         )
 
-    def _indexed_search(self, indexed: list[Path], ids: list[int], lens: str | None, limit: int, offset: int) -> list[dict]:
+    def _indexed_search(
+        self, indexed: list[Path], ids: list[int], lens: str | None, limit: int, offset: int
+    ) -> list[dict]:
         """`_sql_search`'s rows when every file has its token index: the few row groups of the
         ids read with pyarrow (`TokenIndex`), the best entry per lens and feature kept here."""
         best: dict[tuple, tuple] = {}
         for path in indexed:
             columns = self._token_index(path).entries(ids, lens)
-            for row in zip(columns["lens"], columns["dictionary_index"], columns["feature"], columns["side"], columns["rank"], columns["score"]):
+            for row in zip(
+                columns["lens"],
+                columns["dictionary_index"],
+                columns["feature"],
+                columns["side"],
+                columns["rank"],
+                columns["score"],
+            ):
                 key, order = row[:3], (row[3] != "top", row[4])
                 if key not in best or order < best[key][0]:
                     best[key] = (order, row)
@@ -243,15 +286,19 @@ class Queries:
     @staticmethod
     def _scan_sql(n_ids: int, lens_filter: str) -> str:
         """The best entry of each row of the files not indexed yet that lists one of the ids."""
-        position = lambda column: "least(" + ", ".join(f"coalesce(list_position({column}, $t{i}), {_ABSENT})" for i in range(n_ids)) + ")"
+        position = lambda column: (
+            "least(" + ", ".join(f"coalesce(list_position({column}, $t{i}), {_ABSENT})" for i in range(n_ids)) + ")"
+        )
         # list_contains per id is several times faster in DuckDB than one list_has_any
-        contains = " OR ".join(f"list_contains({column}, $t{i})" for column in ("top_ids", "bottom_ids") for i in range(n_ids))
+        contains = " OR ".join(
+            f"list_contains({column}, $t{i})" for column in ("top_ids", "bottom_ids") for i in range(n_ids)
+        )
         return f"""
             SELECT lens, dictionary_index, feature,
                    CASE WHEN rt < {_ABSENT} THEN 'top' ELSE 'bottom' END AS side,
                    CASE WHEN rt < {_ABSENT} THEN rt ELSE rb END AS rank,
                    CASE WHEN rt < {_ABSENT} THEN top_scores[rt] ELSE bottom_scores[rb] END AS score
             FROM (SELECT lens, dictionary_index, feature, top_scores, bottom_scores,
-                         {position('top_ids')} AS rt, {position('bottom_ids')} AS rb
+                         {position("top_ids")} AS rt, {position("bottom_ids")} AS rb
                   FROM read_parquet($scanned) WHERE {lens_filter}({contains}))
         """

@@ -57,13 +57,21 @@ class ReverseHit:
     score: float
 
     def as_dict(self) -> dict:
-        return dict(rank=self.rank, dictionary=self.dictionary, dictionary_index=self.dictionary_index, layer=self.layer,
-                    feature=self.feature, score=self.score)
+        return dict(
+            rank=self.rank,
+            dictionary=self.dictionary,
+            dictionary_index=self.dictionary_index,
+            layer=self.layer,
+            feature=self.feature,
+            score=self.score,
+        )
 
 
 @eqx.filter_jit
 def _statistics_chunk(model, op: Float[Array, "d w"], rows: Float[Array, "n w"]) -> Float[Array, "n 2"]:
-    return norm_statistics(model.final_norm, transported(op, rows).astype(model.embed_tokens.dtype))  # cast as value_scores does
+    return norm_statistics(
+        model.final_norm, transported(op, rows).astype(model.embed_tokens.dtype)
+    )  # cast as value_scores does
 
 
 @eqx.filter_jit
@@ -103,23 +111,38 @@ class ReverseLookup:
             raise UnavailableError(f"{run.path}: the model at {self.model_path} differs from the one the run used")
         if text_hash(tokenizer.to_str()) != inputs["tokenizer"]["sha256"]:
             raise UnavailableError(f"{run.path}: the tokenizer of {self.model_path} differs from the one the run used")
-        self.model = cast_model(model, options.get("dtype", "float32")) if options.get("dtype", "float32") != "float32" else model
+        self.model = (
+            cast_model(model, options.get("dtype", "float32"))
+            if options.get("dtype", "float32") != "float32"
+            else model
+        )
         self.tokenizer = tokenizer
         self.vocab = vocab_strings(tokenizer, model.config.vocab_size)
         self.remove_final_norm_bias = bool(options.get("remove_final_norm_bias", False))
         self.exact_norm_jacobian = bool(options.get("exact_norm_jacobian", False))
         operators = run.path / "operators"
         if not (operators / "operators.json").is_file():
-            raise UnavailableError(f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
-                                   "rerun it with --path dense to look tokens up in reverse")
+            raise UnavailableError(
+                f"{run.path}: the run saved no transport operators (it ran on the per-feature path); "
+                "rerun it with --path dense to look tokens up in reverse"
+            )
         try:
             self.operators = load_operators(operators)
         except Exception as err:  # noqa: BLE001 (Orbax / TensorStore raise many types; each means the same)
-            unmerged = not (operators / "arrays" / "manifest.ocdbt").exists() and any((operators / "arrays").glob("ocdbt.process_*"))
-            hint = ("; they were saved unmerged, as qlens did under a folder whose path holds [ * or ? before issue 26: "
-                    "rerun the run into a new folder") if unmerged else ""
-            raise UnavailableError(f"{operators}: cannot read the run's saved operators "
-                                   f"({' '.join(str(err).split())[:200]}){hint}") from None
+            unmerged = not (operators / "arrays" / "manifest.ocdbt").exists() and any(
+                (operators / "arrays").glob("ocdbt.process_*")
+            )
+            hint = (
+                (
+                    "; they were saved unmerged, as qlens did under a folder whose path holds [ * or ? before issue 26: "
+                    "rerun the run into a new folder"
+                )
+                if unmerged
+                else ""
+            )
+            raise UnavailableError(
+                f"{operators}: cannot read the run's saved operators ({' '.join(str(err).split())[:200]}){hint}"
+            ) from None
         sample = run.path / "sample.npy"
         if not sample.is_file():  # a FIFO would block the read
             raise UnavailableError(f"{sample}: missing or not a regular file")
@@ -155,15 +178,22 @@ class ReverseLookup:
 
         meta = self.rows(entry).meta
         n_layers = self.model.config.n_layers
-        points = dictionary_points(meta["site_in"], meta["site_out"], entry.layer, n_layers, self.exact_norm_jacobian, meta["input_norm"])
+        points = dictionary_points(
+            meta["site_in"], meta["site_out"], entry.layer, n_layers, self.exact_norm_jacobian, meta["input_norm"]
+        )
         point = points.write if side == "value" else points.read
         stored = self.operators.value if side == "value" else self.operators.key
         residual = point.site not in MODULE_OUTPUT_SITES
-        if (stored is None or not self.operators.covers(side, point, n_layers)
-                or (residual and row(point, n_layers) >= stored.shape[0])):
+        if (
+            stored is None
+            or not self.operators.covers(side, point, n_layers)
+            or (residual and row(point, n_layers) >= stored.shape[0])
+        ):
             lens = f"query_lens_{side}"
-            raise UnavailableError(f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
-                             f"the reverse lookup on the {side} side needs a run with the {lens} lens")
+            raise UnavailableError(
+                f"{self.run.path}: the run's operators hold no {side} rows for {entry.name} (layer {entry.layer}); "
+                f"the reverse lookup on the {side} side needs a run with the {lens} lens"
+            )
         return self.operators.operator(side, point, n_layers, self.model.config)
 
     def norm_statistics(self, entry: DictionaryEntry) -> np.ndarray:
@@ -186,7 +216,9 @@ class ReverseLookup:
         """Where `norm_statistics(entry)` are kept: beside the dictionary's rows, named by the
         operator and the final norm (`norm_cache.statistics_path`)."""
         folder = self.rows(entry).value.path.parent
-        return statistics_path(folder, np.asarray(self.operator(entry, "value")), self.model.final_norm, str(self.model.embed_tokens.dtype))
+        return statistics_path(
+            folder, np.asarray(self.operator(entry, "value")), self.model.final_norm, str(self.model.embed_tokens.dtype)
+        )
 
     def scores(self, entry: DictionaryEntry, side: str, token: int) -> np.ndarray:
         """The token's exact score for every feature of `entry`: `[d_sae]` float32."""
@@ -195,7 +227,9 @@ class ReverseLookup:
         if side == "value":
             stats = self.norm_statistics(entry)
             factors = value_factors(self.model, op, token, self.remove_final_norm_bias)
-            return self._map_chunks(rows.value, lambda start, x: factored_value_scores(factors, self._padded(stats[start:]), x))
+            return self._map_chunks(
+                rows.value, lambda start, x: factored_value_scores(factors, self._padded(stats[start:]), x)
+            )
         if self._key_matrix is None:
             self._key_matrix = centered_embeddings(self.model, jnp.asarray(self.tokens), jnp.asarray(self.mask))
         pulled = pulled_readout_row(self._key_matrix[token][None], op)
@@ -204,7 +238,11 @@ class ReverseLookup:
     def _padded(self, array: np.ndarray) -> np.ndarray:
         """The first `chunk` rows of `array`, zero-padded to `chunk` (one compiled shape for every chunk)."""
         block = array[: self.chunk]
-        return block if len(block) == self.chunk else np.concatenate([block, np.zeros((self.chunk - len(block), *block.shape[1:]), block.dtype)])
+        return (
+            block
+            if len(block) == self.chunk
+            else np.concatenate([block, np.zeros((self.chunk - len(block), *block.shape[1:]), block.dtype)])
+        )
 
     def _map_chunks(self, source: RowFile, score) -> np.ndarray:
         """`score(start, rows)` of the rows of `source`, chunk by chunk in order, concatenated."""
@@ -214,8 +252,14 @@ class ReverseLookup:
             out.append(score(start, jnp.asarray(block)))  # dispatched asynchronously: the next read overlaps it
         return np.concatenate([np.asarray(o) for o in out])[:n]
 
-    def lookup(self, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50,
-               names: dict[str, str] | None = None) -> dict:
+    def lookup(
+        self,
+        token: str | int,
+        side: str = "value",
+        dictionary: str | None = None,
+        top: int = 50,
+        names: dict[str, str] | None = None,
+    ) -> dict:
         """The `top` features with the highest score of `token` on `side`, over every dictionary
         of the run (or the one named), best first, with the time taken. `names`: what to call the
         token, top and dictionary in errors (`{"token": ..., "top": ..., "dictionary": ...}`;
@@ -225,25 +269,41 @@ class ReverseLookup:
             raise QueryError(f"side {side!r}: choose 'value' (promotes) or 'key' (activated-by)")
         if not isinstance(top, int) or not 1 <= top <= MAX_TOP:
             raise QueryError(f"{names['top']} {top}: must be between 1 and {MAX_TOP}")
-        entries = [self.run.dictionary(dictionary, names["dictionary"])] if dictionary is not None else self.run.dictionaries
+        entries = (
+            [self.run.dictionary(dictionary, names["dictionary"])] if dictionary is not None else self.run.dictionaries
+        )
         token_id = self.token_id(token, names["token"])
         start = time.perf_counter()
         candidates = []
         with self._lock:
             for entry in entries:
                 scores = self.scores(entry, side, token_id)
-                check_finite_scores({"score": scores}, np.arange(len(scores)), lens=f"query_lens_{side}", side=side,
-                                    dictionary=entry.name, layer=entry.layer)
+                check_finite_scores(
+                    {"score": scores},
+                    np.arange(len(scores)),
+                    lens=f"query_lens_{side}",
+                    side=side,
+                    dictionary=entry.name,
+                    layer=entry.layer,
+                )
                 keep = min(top, len(scores))
                 best = np.argpartition(-scores, keep - 1)[:keep]
                 candidates.extend((float(scores[i]), entry, int(i)) for i in best)
         candidates.sort(key=lambda c: (-c[0], c[1].index, c[2]))
         hits = [ReverseHit(r + 1, e.name, e.index, e.layer, f, s) for r, (s, e, f) in enumerate(candidates[:top])]
-        return {"token": self.vocab[token_id], "token_id": token_id, "side": side, "features_scored": sum(e.d_sae for e in entries),
-                "seconds": round(time.perf_counter() - start, 3), "hits": [h.as_dict() for h in hits]}
+        return {
+            "token": self.vocab[token_id],
+            "token_id": token_id,
+            "side": side,
+            "features_scored": sum(e.d_sae for e in entries),
+            "seconds": round(time.perf_counter() - start, 3),
+            "hits": [h.as_dict() for h in hits],
+        }
 
 
-def reverse_lookup(run_dir: str | Path, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50) -> list[ReverseHit]:
+def reverse_lookup(
+    run_dir: str | Path, token: str | int, side: str = "value", dictionary: str | None = None, top: int = 50
+) -> list[ReverseHit]:
     """Features of the run in `run_dir` ranked by the exact Query Lens score of `token`.
 
     `side="value"`: the features that promote the token most (QL-value score of the token);

@@ -44,7 +44,9 @@ class RowFile:
         self.path = path
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             self._offset = f.tell()
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -60,7 +62,11 @@ class RowFile:
         """Rows `start .. stop - 1` as a new float32 array."""
         stop = min(stop, self.shape[0])
         begin = self._offset + start * self._row_bytes
-        block = np.frombuffer(self._map, np.float32, (stop - start) * self.shape[1], begin).reshape(stop - start, self.shape[1]).copy()
+        block = (
+            np.frombuffer(self._map, np.float32, (stop - start) * self.shape[1], begin)
+            .reshape(stop - start, self.shape[1])
+            .copy()
+        )
         page = mmap.PAGESIZE
         aligned = begin - begin % page
         self._map.madvise(mmap.MADV_DONTNEED, aligned, begin + (stop - start) * self._row_bytes - aligned)
@@ -88,12 +94,23 @@ def open_rows(entry, model_path: str) -> DictionaryRows:
     the cache has none (in a child process; `InputError` if the source changed since the run)."""
     folder = rows_folder(entry.sha256)
     if not (folder / "meta.json").is_file():
-        command = [sys.executable, "-m", "qlens_jax.serve.rows", entry.source, str(model_path), entry.name, str(entry.layer),
-                   entry.sha256, str(folder)]
+        command = [
+            sys.executable,
+            "-m",
+            "qlens_jax.serve.rows",
+            entry.source,
+            str(model_path),
+            entry.name,
+            str(entry.layer),
+            entry.sha256,
+            str(folder),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-            raise UnavailableError(lines[-1] if lines else f"converting dictionary {entry.name} failed (exit {result.returncode})")
+            raise UnavailableError(
+                lines[-1] if lines else f"converting dictionary {entry.name} failed (exit {result.returncode})"
+            )
     meta = json.loads((folder / "meta.json").read_text())
     return DictionaryRows(RowFile(folder / "value.npy"), RowFile(folder / "key.npy"), meta)
 
@@ -110,8 +127,10 @@ def write_rows(source: str, model_path: str, name: str, layer: int, sha256: str,
         raise InputError(f"dictionary {source}: holds no dictionary {name!r} at layer {layer} (the run's)")
     (dictionary,) = members
     if dictionary_hash(dictionary) != sha256:
-        raise InputError(f"dictionary {source}: its weights differ from the run's ({name}, layer {layer}); "
-                         "the reverse lookup needs the dictionaries the run used")
+        raise InputError(
+            f"dictionary {source}: its weights differ from the run's ({name}, layer {layer}); "
+            "the reverse lookup needs the dictionaries the run used"
+        )
     temporary = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -123,8 +142,16 @@ def write_rows(source: str, model_path: str, name: str, layer: int, sha256: str,
             out[start : start + _BLOCK] = np.asarray(block, np.float32)
         out.flush()
         del out
-    meta = {"name": name, "layer": layer, "site_in": dictionary.site_in, "site_out": dictionary.site_out,
-            "input_norm": dictionary.input_norm, "d_sae": dictionary.d_sae, "sha256": sha256, "source": source}
+    meta = {
+        "name": name,
+        "layer": layer,
+        "site_in": dictionary.site_in,
+        "site_out": dictionary.site_out,
+        "input_norm": dictionary.input_norm,
+        "d_sae": dictionary.d_sae,
+        "sha256": sha256,
+        "source": source,
+    }
     (temporary / "meta.json").write_text(json.dumps(meta))
     try:
         temporary.rename(folder)

@@ -28,8 +28,19 @@ from qlens_jax.serve.literal_paths import file_identity
 
 _FEATURE_STR = re.compile(r"^\s*(?:Feature\s+)?(.+)/(\d+)/(\d+)\s*$")
 _SHARD_NAME = re.compile(r"^(.+)\.d(\d{3,})\.c(\d{5,})\.parquet$")
-COLUMNS = ("lens", "dictionary", "dictionary_index", "layer", "feature", "feature_str", "relative_variance",
-           "top_ids", "top_scores", "bottom_ids", "bottom_scores")  # what the server reads
+COLUMNS = (
+    "lens",
+    "dictionary",
+    "dictionary_index",
+    "layer",
+    "feature",
+    "feature_str",
+    "relative_variance",
+    "top_ids",
+    "top_scores",
+    "bottom_ids",
+    "bottom_scores",
+)  # what the server reads
 
 
 @dataclass(frozen=True)
@@ -61,8 +72,17 @@ class RunData:
             self.manifest = json.loads(run_json.read_text())
             entries = self.manifest["inputs"]["dictionaries"]
             self.dictionaries = [
-                DictionaryEntry(i, e["name"], int(e["layer"]), int(e["d_sae"]), e["source"], e["sha256"], e["site_in"], e["site_out"],
-                                int(e.get("features", e["d_sae"])))
+                DictionaryEntry(
+                    i,
+                    e["name"],
+                    int(e["layer"]),
+                    int(e["d_sae"]),
+                    e["source"],
+                    e["sha256"],
+                    e["site_in"],
+                    e["site_out"],
+                    int(e.get("features", e["d_sae"])),
+                )
                 for i, e in enumerate(entries)
             ]
             self.lenses = list(self.manifest["options"]["lenses"])
@@ -84,7 +104,11 @@ class RunData:
             listed = [self.path / SIGNATURES]
         else:
             shards = self.path / SHARDS
-            listed = sorted(p for p in shards.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX)) if shards.is_dir() else []
+            listed = (
+                sorted(p for p in shards.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX))
+                if shards.is_dir()
+                else []
+            )
         files = []
         for path in listed:
             try:
@@ -165,7 +189,9 @@ class RunData:
             "k": self.manifest.get("options", {}).get("k"),
             "sample": self.manifest.get("inputs", {}).get("sample", {}).get("shape"),
             "lenses": self.lenses,
-            "dictionaries": [{"index": e.index, "name": e.name, "layer": e.layer, "d_sae": e.d_sae, "features": e.features}
-                             for e in self.dictionaries],
+            "dictionaries": [
+                {"index": e.index, "name": e.name, "layer": e.layer, "d_sae": e.d_sae, "features": e.features}
+                for e in self.dictionaries
+            ],
             "command": " ".join(self.manifest.get("command", [])),
         }

@@ -41,8 +41,10 @@ class BoundedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE and self._head_too_large(data):
             body = b'{"error": "request line and headers longer than %d bytes"}' % MAX_HEAD_BYTES
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
             self.transport.close()
             return
         super().data_received(data)
@@ -86,8 +88,9 @@ def bind(host: str, port: int) -> socket.socket:
     if not 0 <= port < 65536:
         raise InputError(f"--port {port}: must be between 1 and 65535")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo("127.0.0.1" if host == "localhost" else host, port,
-                                                             type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            "127.0.0.1" if host == "localhost" else host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except (socket.gaierror, UnicodeError) as err:
         raise InputError(f"--host {host!r}: not an address of this machine ({err})") from None
     sock = socket.socket(family, kind, proto)
@@ -97,8 +100,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as err:
         sock.close()
-        raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
-                         "choose another --port") from None
+        raise InputError(
+            f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); choose another --port"
+        ) from None
     return sock
 
 
@@ -106,9 +110,15 @@ def uvicorn_server(app, keep_alive: int = KEEP_ALIVE_SECONDS):
     """A uvicorn server of `app` with the limits above (`.run(sockets=[bind(...)])` serves)."""
     import uvicorn
 
-    config = uvicorn.Config(app, http=BoundedH11Protocol, timeout_keep_alive=keep_alive,
-                            h11_max_incomplete_event_size=MAX_HEAD_BYTES, limit_concurrency=MAX_CONNECTIONS,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        http=BoundedH11Protocol,
+        timeout_keep_alive=keep_alive,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        limit_concurrency=MAX_CONNECTIONS,
+        log_level="warning",
+        lifespan="on",
+    )
     return uvicorn.Server(config)
 
 

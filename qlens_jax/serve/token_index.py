@@ -47,12 +47,21 @@ def build_index(source: Path, threads: int = 1, memory_limit: str = "1GB") -> Pa
     temporary = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
     quoted = duckdb_path(source).replace("'", "''")
     lists = " UNION ALL ".join(_LIST.format(side=side, source=quoted) for side in ("top", "bottom"))
-    connection = duckdb.connect(":memory:", config={"threads": str(threads), "memory_limit": memory_limit,
-                                                   "temp_directory": str(spill), "preserve_insertion_order": "false"})
+    connection = duckdb.connect(
+        ":memory:",
+        config={
+            "threads": str(threads),
+            "memory_limit": memory_limit,
+            "temp_directory": str(spill),
+            "preserve_insertion_order": "false",
+        },
+    )
     try:
         target_sql = str(temporary).replace("'", "''")
-        connection.execute(f"COPY (SELECT * FROM ({lists}) ORDER BY token_id, side DESC, rank, lens, dictionary_index, feature) "
-                           f"TO '{target_sql}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})")
+        connection.execute(
+            f"COPY (SELECT * FROM ({lists}) ORDER BY token_id, side DESC, rank, lens, dictionary_index, feature) "
+            f"TO '{target_sql}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})"
+        )
     finally:
         connection.close()
     os.replace(temporary, target)
@@ -89,7 +98,9 @@ class TokenIndex:
         import pyarrow.parquet as pq
 
         ids = np.asarray(token_ids, np.int64)
-        groups = np.flatnonzero(((self._low[:, None] <= ids[None, :]) & (ids[None, :] <= self._high[:, None])).any(axis=1))
+        groups = np.flatnonzero(
+            ((self._low[:, None] <= ids[None, :]) & (ids[None, :] <= self._high[:, None])).any(axis=1)
+        )
         if not len(groups):
             return {name: [] for name in self._metadata.schema.names}
         table = pq.ParquetFile(self.path, metadata=self._metadata).read_row_groups(groups.tolist(), use_threads=False)

@@ -44,7 +44,9 @@ class ValueFactors(eqx.Module):
     softcap: float | None = eqx.field(static=True)
 
 
-def value_factors(model: Transformer, op: Float[Array, "d w"], token: int | Int[Array, ""], remove_final_norm_bias: bool = False) -> ValueFactors:
+def value_factors(
+    model: Transformer, op: Float[Array, "d w"], token: int | Int[Array, ""], remove_final_norm_bias: bool = False
+) -> ValueFactors:
     """`ValueFactors` of `token` with the model's final norm (its weight, bias, offset) and soft-capping.
     `op` maps the dictionary's value vectors (`w` wide: `d_model`, or `n_heads x head_dim` at `z`)
     to the final residual (`X @ op.T`)."""
@@ -52,7 +54,9 @@ def value_factors(model: Transformer, op: Float[Array, "d w"], token: int | Int[
 
 
 @eqx.filter_jit
-def _value_factors(model: Transformer, op: Float[Array, "d w"], token: Int[Array, ""], remove_final_norm_bias: bool) -> ValueFactors:
+def _value_factors(
+    model: Transformer, op: Float[Array, "d w"], token: Int[Array, ""], remove_final_norm_bias: bool
+) -> ValueFactors:
     # jitted with a traced token: one compilation for every token, and W_U's column read in place
     norm = model.final_norm
     column = model.W_U[:, token].astype(jnp.float32)
@@ -60,11 +64,15 @@ def _value_factors(model: Transformer, op: Float[Array, "d w"], token: Int[Array
     scaled = scale * column
     bias = None if remove_final_norm_bias or norm.kind != "layernorm" else norm.bias
     constant = jnp.zeros((), jnp.float32) if bias is None else jnp.dot(bias.astype(jnp.float32), column)
-    return ValueFactors(jnp.matmul(op.astype(jnp.float32).T, scaled), scaled.sum(), constant, model.config.final_logit_softcap)
+    return ValueFactors(
+        jnp.matmul(op.astype(jnp.float32).T, scaled), scaled.sum(), constant, model.config.final_logit_softcap
+    )
 
 
 @eqx.filter_jit
-def factored_value_scores(factors: ValueFactors, statistics: Float[Array, "n 2"], rows: Float[Array, "n w"]) -> Float[Array, " n"]:
+def factored_value_scores(
+    factors: ValueFactors, statistics: Float[Array, "n 2"], rows: Float[Array, "n w"]
+) -> Float[Array, " n"]:
     """`s_i(t)` for rows `v_i`, exactly the `value_scores` entry of `t` for `m_i = M_p v_i`.
 
     With LayerNorm `LN(m) = g * (m - mu(m)) * rstd(m) + beta`, column `w_t = W_U[:, t]`:

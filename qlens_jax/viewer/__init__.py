@@ -18,7 +18,6 @@ from qlens_jax.io.rundir import open_finished
 from qlens_jax.viewer.data import viewer_data
 from qlens_jax.viewer.page import render
 
-
 MAX_SIGNATURES = 50_000  # features x lenses embedded in one page (the demo's 10,240 x 6 is 24.6 MB)
 
 
@@ -32,7 +31,9 @@ def count_signatures(run_dir: str | Path, layers=None) -> int:
     return int(pc.sum(pc.is_in(column, pa.array(list(layers), pa.int32()))).as_py() or 0)
 
 
-def write_viewer(run_dir: str | Path, out: str | Path | None = None, title: str | None = None, layers=None) -> tuple[Path, int]:
+def write_viewer(
+    run_dir: str | Path, out: str | Path | None = None, title: str | None = None, layers=None
+) -> tuple[Path, int]:
     """Write the viewer of `run_dir` (default `run_dir/viewer.html`); returns (path, features).
 
     Raises `InputError` (before reading the signatures) when the page would hold more than

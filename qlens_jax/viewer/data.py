@@ -18,8 +18,20 @@ import pyarrow.compute as pc
 from qlens_jax.io.parquet import read_table
 from qlens_jax.io.rundir import open_finished
 
-_COLUMNS = ["lens", "dictionary", "dictionary_index", "layer", "feature", "feature_str",
-            "top_ids", "top_tokens", "top_scores", "bottom_ids", "bottom_tokens", "bottom_scores"]
+_COLUMNS = [
+    "lens",
+    "dictionary",
+    "dictionary_index",
+    "layer",
+    "feature",
+    "feature_str",
+    "top_ids",
+    "top_tokens",
+    "top_scores",
+    "bottom_ids",
+    "bottom_tokens",
+    "bottom_scores",
+]
 
 
 def _round(values: list[float]) -> list[float]:
@@ -40,10 +52,17 @@ def viewer_data(run_dir: str | Path, title: str | None = None, layers=None) -> d
         for row in batch.to_pylist():
             key = (row["dictionary_index"], row["feature"])
             dictionaries.setdefault(row["dictionary_index"], {"name": row["dictionary"], "layer": row["layer"]})
-            entry = features.setdefault(key, {"d": key[0], "f": key[1], "s": row["feature_str"], "layer": row["layer"], "L": {}})
+            entry = features.setdefault(
+                key, {"d": key[0], "f": key[1], "s": row["feature_str"], "layer": row["layer"], "L": {}}
+            )
             for side in ("top", "bottom"):
                 tokens.update(zip(row[f"{side}_ids"], row[f"{side}_tokens"]))
-            entry["L"][row["lens"]] = [row["top_ids"], _round(row["top_scores"]), row["bottom_ids"], _round(row["bottom_scores"])]
+            entry["L"][row["lens"]] = [
+                row["top_ids"],
+                _round(row["top_scores"]),
+                row["bottom_ids"],
+                _round(row["bottom_scores"]),
+            ]
     ordered = sorted(features.values(), key=lambda e: (e["layer"], e["f"], e["d"]))
     model = manifest["inputs"]["model"]["source"]
     return {

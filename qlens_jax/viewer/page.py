@@ -166,7 +166,9 @@ def _embed(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def html_page(title: str, placeholder: str, script: str, notices: str = "", data_script: str = "", css: str = CSS) -> str:
+def html_page(
+    title: str, placeholder: str, script: str, notices: str = "", data_script: str = "", css: str = CSS
+) -> str:
     """The page shell the viewer and `qlens serve` share: header, search box, status line,
     results, then `data_script` (embedded data, if any) and `script`; `css` is the viewer's unless
     given. `title` is escaped here."""
@@ -196,6 +198,8 @@ def html_page(title: str, placeholder: str, script: str, notices: str = "", data
 def render(data: dict) -> str:
     """The self-contained viewer: the signatures embedded as JSON."""
     return html_page(
-        data["title"], "feature index (123), layer/feature (3/123), feature string, or a token (token:the)", JS,
+        data["title"],
+        "feature index (123), layer/feature (3/123), feature string, or a token (token:the)",
+        JS,
         data_script=f'<script type="application/json" id="qlens-data">{_embed(data)}</script>\n',
     )

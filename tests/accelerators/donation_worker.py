@@ -36,15 +36,19 @@ def main():
             lowered = step.lower(*args)
             sums = jax.tree.leaves(step(*args[:-1]))
             updated = jax.tree.leaves(step(*args))
-            report[placement].append({
-                "step": [name, blocks],
-                "accumulator_types": [f"tensor<{'x'.join(map(str, t.shape))}xf32>" for t in totals],
-                "aliased_arguments": aliased_argument_types(lowered.as_text()),
-                "outputs": len(totals),
-                "aliased_outputs": len(aliased_outputs(lowered.compile().as_text())),
-                "deleted": [t.is_deleted() for t in totals],
-                "bitwise_equal_to_sums": all(np.asarray(u).tobytes() == np.asarray(s).tobytes() for u, s in zip(updated, sums)),
-            })
+            report[placement].append(
+                {
+                    "step": [name, blocks],
+                    "accumulator_types": [f"tensor<{'x'.join(map(str, t.shape))}xf32>" for t in totals],
+                    "aliased_arguments": aliased_argument_types(lowered.as_text()),
+                    "outputs": len(totals),
+                    "aliased_outputs": len(aliased_outputs(lowered.compile().as_text())),
+                    "deleted": [t.is_deleted() for t in totals],
+                    "bitwise_equal_to_sums": all(
+                        np.asarray(u).tobytes() == np.asarray(s).tobytes() for u, s in zip(updated, sums)
+                    ),
+                }
+            )
     print(json.dumps(report))
 
 

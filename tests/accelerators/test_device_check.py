@@ -23,8 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("device") / "device-cpu-tiny.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--size", "tiny", "--budget-s", "60", "--out", str(out)],
-                   cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.device_check", "--size", "tiny", "--budget-s", "60", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return json.loads(out.read_text()) | {"path": str(out)}
 
 
@@ -41,8 +48,14 @@ def test_every_part_is_recorded(tiny_run):
 def test_float32_parity_with_the_cpu_fixture(tiny_run):
     parity = tiny_run["parts"]["parity"]["float32"]
     assert parity["passed"] is True
-    assert set(parity["lenses"]) == {"logit_lens_value", "logit_lens_key", "first_order_value", "first_order_key",
-                                     "query_lens_value", "query_lens_key"}
+    assert set(parity["lenses"]) == {
+        "logit_lens_value",
+        "logit_lens_key",
+        "first_order_value",
+        "first_order_key",
+        "query_lens_value",
+        "query_lens_key",
+    }
     for lens, result in parity["lenses"].items():
         assert result["ids_identical"], lens
         assert result["max_score_error"] <= 1e-4, lens
@@ -57,8 +70,14 @@ def test_gpu_only_modes_are_recorded_unavailable(tiny_run):
 
 
 def test_the_table_has_a_row_per_file(tiny_run):
-    out = subprocess.run([sys.executable, "-m", "benchmarks.device_check", "--table", tiny_run["path"], tiny_run["path"]], cwd=ROOT,
-                         env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.device_check", "--table", tiny_run["path"], tiny_run["path"]],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rows = [line for line in out.splitlines() if line.startswith("| cpu | tiny |")]
     assert len(rows) == 2 and "passed" in rows[0]
 
@@ -83,8 +102,15 @@ def test_parts_that_do_not_fit_are_skipped_and_overruns_stopped(tmp_path, monkey
     def job(seconds):
         def run(cfg, parts):
             time.sleep(seconds)
-            return {"total_s": seconds, "sweep_s": seconds, "readout_s": 0.0, "compile_s": 0.0,
-                    "sweep": {"flops": 1.0}, "readout": {"flops": 1.0}}
+            return {
+                "total_s": seconds,
+                "sweep_s": seconds,
+                "readout_s": 0.0,
+                "compile_s": 0.0,
+                "sweep": {"flops": 1.0},
+                "readout": {"flops": 1.0},
+            }
+
         return run
 
     exited = threading.Event()
@@ -104,7 +130,10 @@ def test_parts_that_do_not_fit_are_skipped_and_overruns_stopped(tmp_path, monkey
     parts = json.loads(path.read_text())["parts"]
     assert list(parts) == list(device_check.PARTS)
     assert parts["gpt2_small_2048_float32"]["status"] == "ok"
-    assert parts["gpt2_small_32768_float32"]["status"] == "skipped" and "needs about 4 s" in parts["gpt2_small_32768_float32"]["reason"]
+    assert (
+        parts["gpt2_small_32768_float32"]["status"] == "skipped"
+        and "needs about 4 s" in parts["gpt2_small_32768_float32"]["reason"]
+    )
     assert parts["gpt2_small_32768_tf32"]["status"] == "unavailable on cpu"
     assert parts["gemma3_1b_single_layer"]["status"] == "stopped"
     assert parts["gemma3_1b_single_layer"]["wall_s"] < 10
@@ -135,7 +164,9 @@ def test_a_paper_part_runs_its_job_layers_and_reports_the_bfloat16_overlap(paper
     assert overlap["lists"] == 256 and 0.8 <= overlap["min"] <= overlap["mean"] <= 1.0
     assert low["sweep"]["flops"] > 0 and low["readout"]["flops"] > 0
     # the bfloat16 part's estimate is the float32 part's measured time
-    assert device_check.estimate_s("paper_qwen3_1_7b_bfloat16", device_check.SIZES["tiny"], paper_parts) == low["total_s"]
+    assert (
+        device_check.estimate_s("paper_qwen3_1_7b_bfloat16", device_check.SIZES["tiny"], paper_parts) == low["total_s"]
+    )
 
 
 def test_the_million_part_runs_every_feature_slice_by_slice():

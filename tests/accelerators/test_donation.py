@@ -64,7 +64,14 @@ def aliased_outputs(hlo: str) -> list[str]:
 
 # Basis-major value, key and first-order sweeps; block-major value, key and both sides in one
 # step (bounded, as a job restricted to some layers runs it).
-STEPS = [("value", None), ("key", None), ("first_order", None), ("value", (0, 3)), ("key", (0, 3)), ("value+key", (1, 2))]
+STEPS = [
+    ("value", None),
+    ("key", None),
+    ("first_order", None),
+    ("value", (0, 3)),
+    ("key", (0, 3)),
+    ("value+key", (1, 2)),
+]
 
 
 @pytest.mark.parametrize("name, blocks", STEPS)

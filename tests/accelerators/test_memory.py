@@ -17,8 +17,8 @@ from kernel_fixtures import dictionary_set
 from qlens_jax import memory
 from qlens_jax.lens import blockwise, operators
 from qlens_jax.lens.chunks import plan_chunks
-from qlens_jax.readout import feature_chunk_for
 from qlens_jax.models import init_transformer
+from qlens_jax.readout import feature_chunk_for
 from tiny_models import build_hf_model, padded_batch
 
 GiB = 2**30
@@ -87,7 +87,10 @@ def test_chunk_plans_follow_the_devices_memory(gpt2_small):
     # Tangents: vmapped chunks sized to the device on accelerators, one at a time on CPU.
     assert plan_small.tangent_chunk > 1 and plan_large.tangent_chunk > 1
     assert plan_chunks(gpt2_small, shape, device=FakeDevice("cpu")).tangent_chunk == 1
-    fixed = plan_chunks(gpt2_small, shape, sequences_per_chunk=2, device=small), plan_chunks(gpt2_small, shape, sequences_per_chunk=2, device=large)
+    fixed = (
+        plan_chunks(gpt2_small, shape, sequences_per_chunk=2, device=small),
+        plan_chunks(gpt2_small, shape, sequences_per_chunk=2, device=large),
+    )
     assert 9 * fixed[0].tangent_chunk <= fixed[1].tangent_chunk or fixed[1].tangent_chunk == gpt2_small.config.d_model
 
 
@@ -111,7 +114,9 @@ def test_the_sweep_order_and_sizes_follow_the_devices_memory(tiny, monkeypatch, 
     with pytest.raises(Planned):
         qlens_jax.transport_operators(model, tokens, mask, sweeps=("value", "key"))
     budget = memory.default_budget_gb(device)
-    fits = blockwise.sequences_that_fit(model, tokens.shape[1], model.config.d_model, budget, kept_blocks=model.config.n_layers)
+    fits = blockwise.sequences_that_fit(
+        model, tokens.shape[1], model.config.d_model, budget, kept_blocks=model.config.n_layers
+    )
     assert (seen["blocks"] is not None) == block_major == (fits >= 1)
     assert seen["name"] == ("value+key" if block_major else "value")
     expected = plan_chunks(model, tokens.shape, device=device).tangent_chunk

@@ -58,13 +58,30 @@ def test_every_dot_of_query_lens_follows_the_policy(tiny, tmp_path, monkeypatch,
     model, dictionaries, tokens, mask = tiny
     with dumped_modules(tmp_path):
         for path in ("dense", "per-feature"):
-            qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=qlens_jax.LENSES, features=[0, 5, 7, 9, 11],
-                                 k=5, path=path, precision=mode)
-    dots = _check(tmp_path, mode, (
-        "jit_sweep_step",  # the sharded sweeps (block-major value+key, first order)
-        "jit_readout_chunks", "jit_first_order_chunks",
-        "jit_value_chunk", "jit_key_chunk", "jit_first_order_value_chunk", "jit_first_order_key_chunk",  # per-feature path
-    ))
+            qlens_jax.query_lens(
+                model,
+                dictionaries,
+                tokens,
+                mask,
+                lenses=qlens_jax.LENSES,
+                features=[0, 5, 7, 9, 11],
+                k=5,
+                path=path,
+                precision=mode,
+            )
+    dots = _check(
+        tmp_path,
+        mode,
+        (
+            "jit_sweep_step",  # the sharded sweeps (block-major value+key, first order)
+            "jit_readout_chunks",
+            "jit_first_order_chunks",
+            "jit_value_chunk",
+            "jit_key_chunk",
+            "jit_first_order_value_chunk",
+            "jit_first_order_key_chunk",  # per-feature path
+        ),
+    )
     assert sum("jit_sweep_step" in name for name in dots) >= 2
 
 
@@ -73,8 +90,17 @@ def test_every_dot_of_the_baselines_follows_the_policy(tiny, tmp_path, monkeypat
     model, dictionaries, tokens, mask = tiny
     translators = TunedLens.identity(model.config.n_layers, model.config.d_model)
     with dumped_modules(tmp_path):
-        baseline_signatures(model, dictionaries[:1], tokens, mask, lenses=("zero_out", "token_change_5", "tuned_lens"),
-                            features=[1, 2, 3], k=5, translators=translators, precision=mode)
+        baseline_signatures(
+            model,
+            dictionaries[:1],
+            tokens,
+            mask,
+            lenses=("zero_out", "token_change_5", "tuned_lens"),
+            features=[1, 2, 3],
+            k=5,
+            translators=translators,
+            precision=mode,
+        )
     dots = _check(tmp_path, mode, ("jit_readout_chunks",))
     assert len(dots) >= 3
 
@@ -98,17 +124,31 @@ def test_gpu_modes_reach_every_dot_of_the_sweep_and_readout_steps(tiny, mode):
     basis = sharding.put(np.arange(model.config.d_model), mesh, "basis")
     n_layers = model.config.n_layers
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-    context = ReadoutContext(model=model, key_matrix=model.W_E.astype(jnp.float32), remove_final_norm_bias=False, k=5, feature_chunk=4)
+    context = ReadoutContext(
+        model=model, key_matrix=model.W_E.astype(jnp.float32), remove_final_norm_bias=False, k=5, feature_chunk=4
+    )
     chunks = jnp.ones((1, 4, model.config.d_model), jnp.float32)
     op = jnp.eye(model.config.d_model, dtype=jnp.float32)
     terms = jnp.ones((3, model.config.d_model, model.config.d_model), jnp.float32)
     steps = {
-        "block-major sweeps": (operators.sharded_sweep("value+key", mesh, 4, False, False, (0, n_layers)), (model, tokens, mask, basis)),
+        "block-major sweeps": (
+            operators.sharded_sweep("value+key", mesh, 4, False, False, (0, n_layers)),
+            (model, tokens, mask, basis),
+        ),
         "basis-major value sweep": (operators.sharded_sweep("value", mesh, 4), (model, tokens, mask, basis)),
         "first-order sweep": (operators.sharded_sweep("first_order", mesh, 4), (model, tokens, mask, basis)),
-        "value readout": (jax.jit(lambda c: readout_chunks(context.score_fn("value", op), c, 5, context.layout)), (chunks,)),
-        "key readout": (jax.jit(lambda c: readout_chunks(context.score_fn("key", op), c, 5, context.layout)), (chunks,)),
-        "first-order readout": (jax.jit(lambda c: first_order_chunks(context.score_fn("value"), terms, c, 5, context.layout)), (chunks,)),
+        "value readout": (
+            jax.jit(lambda c: readout_chunks(context.score_fn("value", op), c, 5, context.layout)),
+            (chunks,),
+        ),
+        "key readout": (
+            jax.jit(lambda c: readout_chunks(context.score_fn("key", op), c, 5, context.layout)),
+            (chunks,),
+        ),
+        "first-order readout": (
+            jax.jit(lambda c: first_order_chunks(context.score_fn("value"), terms, c, 5, context.layout)),
+            (chunks,),
+        ),
     }
     for name, (step, args) in steps.items():
         with numerics.matmul_precision(mode, backend="gpu"):
@@ -168,9 +208,21 @@ def test_float32_is_available_everywhere_and_nested_entries_inherit_the_mode(mon
     assert numerics.active_precision() is None
 
 
-@pytest.mark.parametrize("entry", [qlens_jax.transport_operators, baseline_signatures, evaluate,
-                                   channel_data, fit_channels, subspace_channels, module_responses, train_low_rank,
-                                   ReadoutContext.read, ReadoutContext.read_first_order])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        qlens_jax.transport_operators,
+        baseline_signatures,
+        evaluate,
+        channel_data,
+        fit_channels,
+        subspace_channels,
+        module_responses,
+        train_low_rank,
+        ReadoutContext.read,
+        ReadoutContext.read_first_order,
+    ],
+)
 def test_every_computing_entry_point_takes_a_precision(entry):
     """Defaults to float32, and is checked (so applied) before the body runs: the body would
     fail differently on the placeholder arguments."""
@@ -193,8 +245,10 @@ def test_no_code_passes_its_own_precision_to_a_product():
     pattern = re.compile(r"Precision\.|precision\s*=\s*(jax|lax|_|\"|')|default_matmul_precision")
     offenders = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in sorted((ROOT / "qlens_jax").rglob("*.py")) if path.name != "numerics.py"
-        for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)
+        for path in sorted((ROOT / "qlens_jax").rglob("*.py"))
+        if path.name != "numerics.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
     ]
     assert offenders == []
 
@@ -203,6 +257,8 @@ def test_cast_model_changes_storage_not_metadata(tiny):
     model = tiny[0]
     cast = numerics.cast_model(model, "bfloat16")
     assert cast.embed_tokens.dtype == jnp.bfloat16
-    assert jax.tree.leaves(cast.meta) and all(x.dtype == m.dtype for x, m in zip(jax.tree.leaves(cast.meta), jax.tree.leaves(model.meta)))
+    assert jax.tree.leaves(cast.meta) and all(
+        x.dtype == m.dtype for x, m in zip(jax.tree.leaves(cast.meta), jax.tree.leaves(model.meta))
+    )
     with pytest.raises(numerics.PrecisionError, match="float16"):
         numerics.cast_model(model, "float16")

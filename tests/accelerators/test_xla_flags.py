@@ -13,7 +13,9 @@ from qlens_jax import _xla_flags
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("platforms, cpu", [("cpu", True), ("cuda", False), ("cuda,cpu", False), ("tpu", False), (" CPU ", True)])
+@pytest.mark.parametrize(
+    "platforms, cpu", [("cpu", True), ("cuda", False), ("cuda,cpu", False), ("tpu", False), (" CPU ", True)]
+)
 def test_jax_platforms_decides(monkeypatch, platforms, cpu):
     monkeypatch.setenv("JAX_PLATFORMS", platforms)
     assert _xla_flags.cpu_is_the_backend() is cpu
@@ -23,7 +25,9 @@ def test_an_installed_accelerator_plugin_means_no_cpu_flag(monkeypatch):
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     monkeypatch.delenv("JAX_PLATFORM_NAME", raising=False)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "jax_cuda13_plugin" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "jax_cuda13_plugin" else real(name, *a)
+    )
     assert _xla_flags.cpu_is_the_backend() is False
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import converters
-from splice_reference import clean_logits, direct_secant, make_dictionary
 from qlens_jax.baselines import baseline_signatures
 from qlens_jax.baselines.secant import mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import feature_change, point_value, site_input, write_point
@@ -19,6 +18,7 @@ from qlens_jax.lens.points import value_points
 from qlens_jax.lens.transport import run_from
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.models import attention_output
+from splice_reference import clean_logits, direct_secant, make_dictionary
 from tiny_models import build_hf_model, padded_batch
 
 LENSES = ("zero_out", "token_change_1", "token_change_5", "token_change_10")
@@ -44,10 +44,19 @@ def models(gpt2):
 def _dictionaries(d, n_layers):
     return {
         "sae-resid_pre": make_dictionary(d, 1, "resid_pre", "resid_pre", "sae", 1),
-        "sae-resid_mid-layernorm-topk": make_dictionary(d, 0, "resid_mid", "resid_mid", "sae", 2, activation="topk", k=6,
-                                                        input_norm="layer_norm"),
-        "sae-resid_post-last-jumprelu": make_dictionary(d, n_layers - 1, "resid_post", "resid_post", "sae", 3, activation="jumprelu",
-                                                        rescale_acts_by_decoder_norm=True),
+        "sae-resid_mid-layernorm-topk": make_dictionary(
+            d, 0, "resid_mid", "resid_mid", "sae", 2, activation="topk", k=6, input_norm="layer_norm"
+        ),
+        "sae-resid_post-last-jumprelu": make_dictionary(
+            d,
+            n_layers - 1,
+            "resid_post",
+            "resid_post",
+            "sae",
+            3,
+            activation="jumprelu",
+            rescale_acts_by_decoder_norm=True,
+        ),
         "transcoder-mlp_in-skip": make_dictionary(d, 1, "mlp_in", "mlp_out", "transcoder", 4, skip=True),
         "transcoder-resid_mid": make_dictionary(d, 0, "resid_mid", "mlp_out", "transcoder", 5),
     }
@@ -57,8 +66,11 @@ def _module_output_dictionary(model, site: str):
     """An SAE on `site` (`z`, `attn_out` or `mlp_out`) of a middle or the last block, with varied options."""
     c = model.config
     width = c.n_heads * c.head_dim if site == "z" else c.d_model
-    options = {"z": dict(activation="jumprelu", input_norm="layer_norm"), "attn_out": dict(skip=True),
-               "mlp_out": dict(rescale_acts_by_decoder_norm=True)}[site]
+    options = {
+        "z": dict(activation="jumprelu", input_norm="layer_norm"),
+        "attn_out": dict(skip=True),
+        "mlp_out": dict(rescale_acts_by_decoder_norm=True),
+    }[site]
     layer = {"z": 1, "attn_out": c.n_layers - 2, "mlp_out": c.n_layers - 1}[site]
     # seeds whose FEATURES are active somewhere in every model
     seed = {"z": 10, "attn_out": 17, "mlp_out": 20 if c.parallel_residual else 15}[site]
@@ -70,8 +82,17 @@ def _scores(model, dictionary, tokens, mask, lenses=LENSES, features=FEATURES):
     specs = [secant_spec(lens) for lens in lenses]
     values = np.repeat([v for v, _ in specs], len(features))
     signs = np.repeat([s for _, s in specs], len(features))
-    diffs = mean_differences(model, dictionary, tokens, mask, np.tile(features, len(lenses)), values, signs,
-                             sequences_per_chunk=2, config_chunk=5)
+    diffs = mean_differences(
+        model,
+        dictionary,
+        tokens,
+        mask,
+        np.tile(features, len(lenses)),
+        values,
+        signs,
+        sequences_per_chunk=2,
+        config_chunk=5,
+    )
     scores = np.asarray(diffs) if sums_logits(model) else np.asarray(diffs @ model.W_U)
     return scores.reshape(len(lenses), len(features), -1)
 
@@ -104,7 +125,9 @@ def test_module_output_secants_match_hand_splice(models, arch, site):
 def test_parallel_block_transcoder_secants_match_hand_splice(models):
     """A transcoder reading the MLP block input of a parallel block (its resid_mid: resid_pre)."""
     model, tokens, mask = models["neox-parallel"]
-    _assert_secants_match_hand_splice(model, tokens, mask, make_dictionary(model.config.d_model, 1, "resid_mid", "mlp_out", "transcoder", 17))
+    _assert_secants_match_hand_splice(
+        model, tokens, mask, make_dictionary(model.config.d_model, 1, "resid_mid", "mlp_out", "transcoder", 17)
+    )
 
 
 def _assert_secants_match_hand_splice(model, tokens, mask, dictionary):
@@ -133,8 +156,12 @@ def test_module_output_sites_are_read_as_written(models):
     z = make_dictionary(c.n_heads * c.head_dim, layer, "z", "z", "sae", 3)
     pre, mid, post = (np.asarray(getattr(residuals, s)[layer]) for s in ("resid_pre", "resid_mid", "resid_post"))
     valid = np.asarray(mask)
-    np.testing.assert_allclose(np.asarray(site_input(attn_out, residuals))[valid], (mid - pre)[valid], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(site_input(mlp_out, residuals))[valid], (post - mid)[valid], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(site_input(attn_out, residuals))[valid], (mid - pre)[valid], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(site_input(mlp_out, residuals))[valid], (post - mid)[valid], rtol=1e-5, atol=1e-5
+    )
     x = site_input(z, residuals)
     assert x.shape == (*tokens.shape, c.n_heads * c.head_dim)
     block, _ = model.block(layer)
@@ -158,7 +185,9 @@ def test_z_dictionary_has_no_residual_write_point(models):
 def test_signatures_are_topk_of_the_definition(gpt2):
     model, tokens, mask = gpt2
     dictionary = _dictionaries(model.config.d_model, model.config.n_layers)["transcoder-mlp_in-skip"]
-    sigs = baseline_signatures(model, [dictionary], tokens, mask, lenses=LENSES, features=FEATURES, k=7, sequences_per_chunk=2)
+    sigs = baseline_signatures(
+        model, [dictionary], tokens, mask, lenses=LENSES, features=FEATURES, k=7, sequences_per_chunk=2
+    )
     assert [t.lens for t in sigs] == list(LENSES)
     for table in sigs:
         assert table.dictionary == dictionary.name and table.layer == dictionary.layer
@@ -168,7 +197,9 @@ def test_signatures_are_topk_of_the_definition(gpt2):
             order = np.argsort(-expected)
             np.testing.assert_array_equal(table.top_ids[j], order[:7])
             np.testing.assert_array_equal(table.bottom_ids[j], order[::-1][:7])
-            np.testing.assert_allclose(table.top_scores[j], expected[order[:7]], rtol=1e-4, atol=_tolerance(model, tokens, mask))
+            np.testing.assert_allclose(
+                table.top_scores[j], expected[order[:7]], rtol=1e-4, atol=_tolerance(model, tokens, mask)
+            )
 
 
 def test_softcapped_model_sums_logits():
@@ -203,7 +234,9 @@ def test_run_from_every_point_is_the_clean_run(gpt2):
     jitted = eqx.filter_jit(run_from)
     for point in value_points(model.config.n_layers):
         ours = jitted(model, point_value(residuals, point), mask, point)
-        np.testing.assert_allclose(np.asarray(ours)[np.asarray(mask)], np.asarray(final)[np.asarray(mask)], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(ours)[np.asarray(mask)], np.asarray(final)[np.asarray(mask)], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_a_non_finite_baseline_score_is_refused_naming_the_feature(gpt2):
@@ -214,6 +247,9 @@ def test_a_non_finite_baseline_score_is_refused_naming_the_feature(gpt2):
     model, tokens, mask = gpt2
     dictionary = _dictionaries(model.config.d_model, model.config.n_layers)["sae-resid_pre"]
     dictionary = eqx.tree_at(lambda d: d.W_dec, dictionary, dictionary.W_dec.at[6].set(3e38))
-    with pytest.raises(NonFiniteScoreError, match=r"token_change_1 of dictionary .* \(layer 1\), feature 6: .*non-finite"):
-        baseline_signatures(model, [dictionary], tokens, mask, lenses=("token_change_1",), features=FEATURES, k=7,
-                            sequences_per_chunk=2)
+    with pytest.raises(
+        NonFiniteScoreError, match=r"token_change_1 of dictionary .* \(layer 1\), feature 6: .*non-finite"
+    ):
+        baseline_signatures(
+            model, [dictionary], tokens, mask, lenses=("token_change_1",), features=FEATURES, k=7, sequences_per_chunk=2
+        )

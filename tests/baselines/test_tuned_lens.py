@@ -49,8 +49,12 @@ def _windows(vocab, n, seq, seed):
 def _random_lens(model, points, seed=0):
     rng = np.random.default_rng(seed)
     d = model.config.d_model
-    return TunedLens(jnp.asarray(0.1 * rng.normal(size=(len(points), d, d)), jnp.float32),
-                     jnp.asarray(0.1 * rng.normal(size=(len(points), d)), jnp.float32), tuple(points), model.config.n_layers)
+    return TunedLens(
+        jnp.asarray(0.1 * rng.normal(size=(len(points), d, d)), jnp.float32),
+        jnp.asarray(0.1 * rng.normal(size=(len(points), d)), jnp.float32),
+        tuple(points),
+        model.config.n_layers,
+    )
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd_nesterov", 1.0), ("adam", 1e-2)])
@@ -59,7 +63,9 @@ def test_training_lowers_heldout_kl(gpt2, optimizer, lr):
     vocab = model.config.vocab_size
     train, held = _windows(vocab, 64, 12, seed=0), _windows(vocab, 16, 12, seed=1)
     options = TunedLensTraining(steps=60, batch_sequences=8, optimizer=optimizer, learning_rate=lr)
-    lens, record = train_tuned_lens(model, train, points=all_points(model.config.n_layers), options=options, heldout=(held, None))
+    lens, record = train_tuned_lens(
+        model, train, points=all_points(model.config.n_layers), options=options, heldout=(held, None)
+    )
     identity, trained = np.asarray(record.heldout_kl_identity), np.asarray(record.heldout_kl_trained)
     assert identity.shape == (2 * model.config.n_layers,)
     assert (identity > 0.05).all(), identity  # the logit lens is off, so there is something to learn
@@ -100,9 +106,19 @@ def test_reads_tuned_lens_library_files(gpt2, tmp_path):
     folder = tmp_path / "gpt2-lens"
     folder.mkdir()
     torch.save(translators.state_dict(), folder / "params.pt")
-    (folder / "config.json").write_text(json.dumps({"base_model_name_or_path": "tiny", "d_model": d, "num_hidden_layers": n_layers,
-                                                     "bias": True, "base_model_revision": None, "unembed_hash": None,
-                                                     "lens_type": "linear_tuned_lens"}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": "tiny",
+                "d_model": d,
+                "num_hidden_layers": n_layers,
+                "bias": True,
+                "base_model_revision": None,
+                "unembed_hash": None,
+                "lens_type": "linear_tuned_lens",
+            }
+        )
+    )
     lens = load_tuned_lens(folder, model)
     assert lens.points == library_points(n_layers)
     with torch.no_grad():
@@ -127,8 +143,15 @@ def test_library_files_errors(gpt2, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"d_model": d, "num_hidden_layers": model.config.n_layers}))
     with pytest.raises(InputError, match="translator 1 weight missing"):
         load_tuned_lens(tmp_path, model)
-    torch.save({f"{i}.{n}": torch.zeros(d, d) if n == "weight" else torch.zeros(d) for i in range(3) for n in ("weight", "bias")}
-               | {"extra": torch.zeros(1)}, tmp_path / "params.pt")
+    torch.save(
+        {
+            f"{i}.{n}": torch.zeros(d, d) if n == "weight" else torch.zeros(d)
+            for i in range(3)
+            for n in ("weight", "bias")
+        }
+        | {"extra": torch.zeros(1)},
+        tmp_path / "params.pt",
+    )
     with pytest.raises(InputError, match="keys not understood"):
         load_tuned_lens(tmp_path, model)
     (tmp_path / "config.json").write_text(json.dumps({"d_model": d + 1, "num_hidden_layers": 3}))
@@ -141,10 +164,14 @@ def test_tuned_lens_signatures(gpt2):
     n_layers, d = model.config.n_layers, model.config.d_model
     lens = _random_lens(model, all_points(n_layers), seed=3)
     tokens = _windows(model.config.vocab_size, 4, 8, seed=2)
-    dictionaries = [make_dictionary(d, 0, "resid_post", "resid_post", "sae", 1),
-                    make_dictionary(d, 1, "resid_mid", "resid_mid", "sae", 2),
-                    make_dictionary(d, n_layers - 1, "resid_post", "resid_post", "sae", 3)]
-    sigs = baseline_signatures(model, dictionaries, tokens, lenses=("tuned_lens", "tuned_lens_linear"), features=[2, 5], k=5, translators=lens)
+    dictionaries = [
+        make_dictionary(d, 0, "resid_post", "resid_post", "sae", 1),
+        make_dictionary(d, 1, "resid_mid", "resid_mid", "sae", 2),
+        make_dictionary(d, n_layers - 1, "resid_post", "resid_post", "sae", 3),
+    ]
+    sigs = baseline_signatures(
+        model, dictionaries, tokens, lenses=("tuned_lens", "tuned_lens_linear"), features=[2, 5], k=5, translators=lens
+    )
     assert [t.lens for t in sigs] == ["tuned_lens"] * 3 + ["tuned_lens_linear"] * 3
     for table, dictionary, point in zip(sigs, dictionaries * 2, (2, 3, 2 * n_layers) * 2):
         v = dictionary.W_dec[jnp.asarray([2, 5])]
@@ -163,19 +190,33 @@ def test_tuned_lens_at_the_dictionary_layer_as_the_authors_apply_it(gpt2):
     n_layers, d = model.config.n_layers, model.config.d_model
     lens = _random_lens(model, library_points(n_layers), seed=4)
     tokens = _windows(model.config.vocab_size, 2, 6, seed=2)
-    dictionaries = [make_dictionary(d, layer, "resid_post", "resid_post", "sae", 7 + layer) for layer in (0, 1, n_layers - 1)]
-    sigs = baseline_signatures(model, dictionaries, tokens, lenses=("tuned_lens",), features=[1, 4], k=5, translators=lens,
-                               tuned_lens_point_choice="layer")
+    dictionaries = [
+        make_dictionary(d, layer, "resid_post", "resid_post", "sae", 7 + layer) for layer in (0, 1, n_layers - 1)
+    ]
+    sigs = baseline_signatures(
+        model,
+        dictionaries,
+        tokens,
+        lenses=("tuned_lens",),
+        features=[1, 4],
+        k=5,
+        translators=lens,
+        tuned_lens_point_choice="layer",
+    )
     for table, dictionary in zip(sigs, dictionaries):
         v = dictionary.W_dec[jnp.asarray([1, 4])]
         layer = dictionary.layer
         translated = v if layer == n_layers - 1 else v + v @ lens.weight[layer].T + lens.bias[layer]
         scores = np.asarray(value_scores(model, translated))
         np.testing.assert_array_equal(table.top_ids, np.argsort(-scores, axis=1)[:, :5])
-    written = baseline_signatures(model, dictionaries[:1], tokens, lenses=("tuned_lens",), features=[1, 4], k=5, translators=lens)
+    written = baseline_signatures(
+        model, dictionaries[:1], tokens, lenses=("tuned_lens",), features=[1, 4], k=5, translators=lens
+    )
     assert not np.array_equal(written[0].top_scores, sigs[0].top_scores)  # layer 0's written point is resid_pre[1]
     with pytest.raises(LensRequestError, match="tuned_lens_point 'x'"):
-        baseline_signatures(model, dictionaries, tokens, lenses=("tuned_lens",), translators=lens, tuned_lens_point_choice="x")
+        baseline_signatures(
+            model, dictionaries, tokens, lenses=("tuned_lens",), translators=lens, tuned_lens_point_choice="x"
+        )
 
 
 def test_tuned_lens_needs_translators_at_the_write_point(gpt2):
@@ -186,6 +227,8 @@ def test_tuned_lens_needs_translators_at_the_write_point(gpt2):
     with pytest.raises(LensRequestError, match="need translators"):
         baseline_signatures(model, [mid], tokens, lenses=("tuned_lens",))
     with pytest.raises(LensRequestError, match=r"writes at resid_mid\[1\].*no translator"):
-        baseline_signatures(model, [mid], tokens, lenses=("tuned_lens",), translators=TunedLens.identity(model.config.n_layers, d))
+        baseline_signatures(
+            model, [mid], tokens, lenses=("tuned_lens",), translators=TunedLens.identity(model.config.n_layers, d)
+        )
     with pytest.raises(LensRequestError, match="unknown baseline lens"):
         baseline_signatures(model, [mid], tokens, lenses=("zero_in",))

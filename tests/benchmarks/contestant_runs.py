@@ -6,8 +6,22 @@ import json
 
 from benchmarks import throughput
 
-TINY = ["--size", "tiny", "--features", "256", "--layers", "0", "3", "--ref-features", "1", "--batch", "1", "--seq", "16",
-        "--quiet"]
+TINY = [
+    "--size",
+    "tiny",
+    "--features",
+    "256",
+    "--layers",
+    "0",
+    "3",
+    "--ref-features",
+    "1",
+    "--batch",
+    "1",
+    "--seq",
+    "16",
+    "--quiet",
+]
 
 
 def run(argv, tmp_path, capsys=None):

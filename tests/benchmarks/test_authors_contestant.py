@@ -9,13 +9,16 @@ from contestant_runs import run
 
 def test_authors_code_is_the_contestant(authors_repo, tmp_path, capsys):
     work = tmp_path / "shared-inputs"
-    code, text, data = run(["--authors-repo", str(authors_repo), "--authors-workdir", str(work), "--no-roofline"],
-                           tmp_path, capsys)
+    code, text, data = run(
+        ["--authors-repo", str(authors_repo), "--authors-workdir", str(work), "--no-roofline"], tmp_path, capsys
+    )
     assert code == 0
     assert data["contestant"]["name"] == "authors"
     # the results file names the checkout without the machine's path
     assert data["contestant"]["repo"] == f"{authors_repo.name} (outside the repository)"
-    assert f"contestant: the authors' code ({authors_repo.name}" in text and str(authors_repo.resolve()) not in json.dumps(data)
+    assert f"contestant: the authors' code ({authors_repo.name}" in text and str(
+        authors_repo.resolve()
+    ) not in json.dumps(data)
     agreement = data["agreement"]
     assert agreement["passed"] and agreement["features_checked"] == 16
     assert agreement["identical"] == agreement["features_checked"]  # ids only: no tie allowance

@@ -8,8 +8,7 @@ import pytest
 from benchmarks import throughput
 from contestant_runs import run
 
-
-FAKE_UTIL = '''
+FAKE_UTIL = """
 from dataclasses import dataclass
 
 @dataclass
@@ -18,19 +17,19 @@ class Feature:
     feature: int
     layer: int
     type: str
-'''
-FAKE_COMMON = '''
+"""
+FAKE_COMMON = """
 class ResidCache:
     @staticmethod
     def build_for_local_pile_sample(**kwargs):
         return ResidCache()
 
 VJPResidCache = ResidCache
-'''
-FAKE_ANALYZE = '''
+"""
+FAKE_ANALYZE = """
 def analyze_feature(f, k, **kwargs):
     return {"top_ids": list(range(k)), "bottom_ids": list(range(k, 2 * k))}
-'''
+"""
 
 
 @pytest.fixture
@@ -54,14 +53,17 @@ def test_lists_that_differ_from_the_contestants_print_no_ratio(fake_repo, tmp_pa
     assert not data["agreement"]["passed"] and data["agreement"]["mismatches"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--authors-repo", "/nonexistent/query-lens"], "--authors-repo /nonexistent/query-lens: not a checkout"),
-    (["--authors-python", "/nonexistent/python"], "--authors-python /nonexistent/python: no such interpreter"),
-    (["--size", "llama-tiny"], "the authors' code cannot run on --size llama-tiny"),
-    # Gemma-3 only at the published shapes, which TransformerLens takes from its own table by name
-    (["--size", "gemma3-tiny"], "only Gemma-3-270M and Gemma-3-1B"),
-    (["--lenses", "logit_lens_value"], "timed for ['query_lens_key', 'query_lens_value'] only"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--authors-repo", "/nonexistent/query-lens"], "--authors-repo /nonexistent/query-lens: not a checkout"),
+        (["--authors-python", "/nonexistent/python"], "--authors-python /nonexistent/python: no such interpreter"),
+        (["--size", "llama-tiny"], "the authors' code cannot run on --size llama-tiny"),
+        # Gemma-3 only at the published shapes, which TransformerLens takes from its own table by name
+        (["--size", "gemma3-tiny"], "only Gemma-3-270M and Gemma-3-1B"),
+        (["--lenses", "logit_lens_value"], "timed for ['query_lens_key', 'query_lens_value'] only"),
+    ],
+)
 def test_bad_contestant_arguments_are_refused_before_any_work(argv, message, fake_repo, capsys):
     base = ["--authors-repo", str(fake_repo)]
     with pytest.raises(SystemExit) as exit_:

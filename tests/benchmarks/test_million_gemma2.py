@@ -21,18 +21,26 @@ def test_the_shape_is_gemma_2_2b():
     config = builders.gemma2_model_config(shape)
     skeleton = eqx.filter_eval_shape(init_transformer, config, jax.random.key(0))
     # weights only: `meta` holds per-layer constants (attention scale, window, RoPE frequencies)
-    ours = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(skeleton)
-               if ".meta" not in jax.tree_util.keystr(path))
+    ours = sum(
+        int(np.prod(x.shape))
+        for path, x in jax.tree_util.tree_leaves_with_path(skeleton)
+        if ".meta" not in jax.tree_util.keystr(path)
+    )
     hf_config = transformers.Gemma2Config(
-        vocab_size=shape["vocab_size"], hidden_size=shape["d_model"], num_hidden_layers=shape["n_layers"],
-        num_attention_heads=shape["n_heads"], num_key_value_heads=shape["n_kv_heads"], head_dim=shape["head_dim"],
-        intermediate_size=shape["d_mlp"])
+        vocab_size=shape["vocab_size"],
+        hidden_size=shape["d_model"],
+        num_hidden_layers=shape["n_layers"],
+        num_attention_heads=shape["n_heads"],
+        num_key_value_heads=shape["n_kv_heads"],
+        head_dim=shape["head_dim"],
+        intermediate_size=shape["d_mlp"],
+    )
     with torch.device("meta"):
         theirs = sum(p.numel() for p in transformers.Gemma2ForCausalLM(hf_config).parameters())
     assert ours == theirs
     assert config.attn_logit_softcap == 50.0 and config.final_logit_softcap == 30.0 and config.post_norms
     assert config.sliding_windows[:4] == (4096, 0, 4096, 0)
-    assert config.attn_scales[0] == pytest.approx(256 ** -0.5)
+    assert config.attn_scales[0] == pytest.approx(256**-0.5)
 
 
 def test_the_million_feature_plan_fits_24_gib():

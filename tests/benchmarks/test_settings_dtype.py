@@ -9,8 +9,10 @@ from contestant_runs import run
 
 @pytest.fixture(scope="module")
 def bfloat16_run(tmp_path_factory):
-    return run(["--size", "qwen3-tiny", "--layers", "1", "2", "--dtype", "bfloat16", "--no-roofline"],
-               tmp_path_factory.mktemp("bfloat16"))
+    return run(
+        ["--size", "qwen3-tiny", "--layers", "1", "2", "--dtype", "bfloat16", "--no-roofline"],
+        tmp_path_factory.mktemp("bfloat16"),
+    )
 
 
 def test_the_agreement_check_uses_float32_lists(bfloat16_run):

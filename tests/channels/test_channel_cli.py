@@ -6,8 +6,7 @@ import json
 import pytest
 
 from qlens_jax.channels.checkpoint import load_maps
-from qlens_jax.cli import build_parser
-from qlens_jax.cli import main as qlens_main
+from qlens_jax.cli import build_parser, main as qlens_main
 from world import build_world
 
 
@@ -26,8 +25,25 @@ def main(argv):
 
 
 def channel_args(world, out, *extra):
-    args = ["--model", str(world.model), "--corpus", str(world.corpus_text), "--num-samples", "6", "--max-length", "10",
-            "--features-per-layer", "30", "--rank", "4", "--permutations", "99", "--quiet", "--out", str(out)]
+    args = [
+        "--model",
+        str(world.model),
+        "--corpus",
+        str(world.corpus_text),
+        "--num-samples",
+        "6",
+        "--max-length",
+        "10",
+        "--features-per-layer",
+        "30",
+        "--rank",
+        "4",
+        "--permutations",
+        "99",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     for d in world.dictionaries:
         args += ["--dictionary", str(d)]
     return args + list(extra)
@@ -37,8 +53,18 @@ def test_channels_command_writes_tables_figures_and_maps(world, tmp_path, capsys
     out = tmp_path / "run[1]"  # a glob character in the path: the maps' checkpoint takes it literally
     assert main(channel_args(world, out, "--train", "--epochs", "30")) == 0
     assert "4 maps of rank 4" in capsys.readouterr().out
-    for name in ("channels.md", "fit_metrics.csv", "overlaps.csv", "summary.json", "sample.npy", "overlap_matrix.png",
-                 "overlap_groups.png", "overlap_distance.png", "fit_quality.png", "training_curves.png"):
+    for name in (
+        "channels.md",
+        "fit_metrics.csv",
+        "overlaps.csv",
+        "summary.json",
+        "sample.npy",
+        "overlap_matrix.png",
+        "overlap_groups.png",
+        "overlap_distance.png",
+        "fit_quality.png",
+        "training_curves.png",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rank"] == 4 and summary["maps"] == ["0->1", "0->2", "2->2", "1->2"]
@@ -50,7 +76,11 @@ def test_channels_command_writes_tables_figures_and_maps(world, tmp_path, capsys
     assert all(closed[k] <= trained[k] for k in closed)
     assert len(read_csv(out / "overlaps.csv")) == 6
     report = (out / "channels.md").read_text()
-    assert "## Fit quality" in report and "![overlap_groups](overlap_groups.png)" in report and "partly follows from the construction" in report
+    assert (
+        "## Fit quality" in report
+        and "![overlap_groups](overlap_groups.png)" in report
+        and "partly follows from the construction" in report
+    )
     maps, meta, ids = load_maps(out / "maps")
     assert meta["methods"] == ["closed_form", "trained", "shuffled_control"] and len(maps["closed_form"]) == 4
     assert maps["closed_form"][0].A.shape == (4, world.d_model) and maps["closed_form"][0].B.shape == (world.d_model, 4)
@@ -75,7 +105,9 @@ def test_bad_inputs_are_one_line_errors(world, tmp_path, capsys):
 
 
 def test_qlens_registers_channels(world, tmp_path, capsys):
-    args = build_parser().parse_args(["channels", "--model", "m", "--dictionary", "d", "--out", "o", "--token-sample", "s.npy"])
+    args = build_parser().parse_args(
+        ["channels", "--model", "m", "--dictionary", "d", "--out", "o", "--token-sample", "s.npy"]
+    )
     assert args.command == "channels" and callable(args._run) and args.rank is None and args.features_per_layer == 1000
     assert args.precision == "float32" and args.corpus_encoding == "utf-8"
     assert main(channel_args(world, tmp_path / "r", "--validation-fraction", "1.5")) == 2
@@ -87,7 +119,10 @@ def test_bad_bytes_need_their_encoding(world, tmp_path, capsys):
     corpus.write_bytes(bytes(range(256)) * 64)
 
     def args(out, *extra):
-        return [a if a != str(world.corpus_text) else str(corpus) for a in channel_args(world, tmp_path / out, "--no-plots", *extra)]
+        return [
+            a if a != str(world.corpus_text) else str(corpus)
+            for a in channel_args(world, tmp_path / out, "--no-plots", *extra)
+        ]
 
     assert main(args("a")) == 2
     err = capsys.readouterr().err

@@ -54,7 +54,9 @@ def test_closed_form_is_a_local_minimum():
     base = sse(fitted, X, Y)
     rng = np.random.default_rng(3)
     for _ in range(20):
-        moved = type(fitted)(fitted.A + 1e-3 * rng.normal(size=fitted.A.shape), fitted.B + 1e-3 * rng.normal(size=fitted.B.shape))
+        moved = type(fitted)(
+            fitted.A + 1e-3 * rng.normal(size=fitted.A.shape), fitted.B + 1e-3 * rng.normal(size=fitted.B.shape)
+        )
         assert sse(moved, X, Y) >= base
 
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from world import shared_module_world, write_saelens
 
 import converters
 import qlens_jax.lens
@@ -15,6 +14,7 @@ from qlens_jax.channels import channel_data
 from qlens_jax.cli import main
 from qlens_jax.errors import InputError
 from qlens_jax.lens import transport_operators
+from world import shared_module_world, write_saelens
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,14 @@ def inputs(world, tmp_path_factory):
     model = converters.load_model(world.model)
     seeds = {folder: seed for seed, (folder, *_) in enumerate(MODULE_DICTIONARIES, start=11)}
     twins_dir = tmp_path_factory.mktemp("twins")
-    twins = [write_saelens(twins_dir / "resid-mid-l1", world.d_model, hook="blocks.1.hook_resid_mid", seed=seeds["sae-attn-out-l1"]),
-             write_saelens(twins_dir / "resid-post-l0", world.d_model, hook="blocks.0.hook_resid_post", seed=seeds["sae-mlp-out-l0"])]
+    twins = [
+        write_saelens(
+            twins_dir / "resid-mid-l1", world.d_model, hook="blocks.1.hook_resid_mid", seed=seeds["sae-attn-out-l1"]
+        ),
+        write_saelens(
+            twins_dir / "resid-post-l0", world.d_model, hook="blocks.0.hook_resid_post", seed=seeds["sae-mlp-out-l0"]
+        ),
+    ]
     module = converters.load_dictionaries([str(world.dictionaries[1]), str(world.dictionaries[3])], model)
     residual = converters.load_dictionaries([str(t) for t in twins], model)
     rng = np.random.default_rng(0)
@@ -73,9 +79,28 @@ def test_z_dictionaries_are_refused_by_name_before_any_work(world, inputs, monke
 
 
 def channel_args(world, out, dictionaries, *extra):
-    args = ["channels", "--model", str(world.model), "--corpus", str(world.corpus_text), "--num-samples", "6", "--max-length", "10",
-            "--features-per-layer", "30", "--rank", "4", "--permutations", "99", "--no-plots", "--no-control", "--quiet",
-            "--out", str(out)]
+    args = [
+        "channels",
+        "--model",
+        str(world.model),
+        "--corpus",
+        str(world.corpus_text),
+        "--num-samples",
+        "6",
+        "--max-length",
+        "10",
+        "--features-per-layer",
+        "30",
+        "--rank",
+        "4",
+        "--permutations",
+        "99",
+        "--no-plots",
+        "--no-control",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     for d in dictionaries:
         args += ["--dictionary", str(d)]
     return args + list(extra)
@@ -91,5 +116,12 @@ def test_channels_command_on_module_outputs(world, tmp_path, capsys):
     kept = [d for i, d in enumerate(world.dictionaries) if i != 2]  # resid_post[1], attn_out[1], mlp_out[0]
     assert main(channel_args(world, out, kept)) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["maps"] == ["resid-post-40:1->2", "resid-post-40:1->3", "attn-out-40:1->2", "attn-out-40:1->3",
-                               "mlp-out-40:0->1", "mlp-out-40:0->2", "mlp-out-40:0->3"]
+    assert summary["maps"] == [
+        "resid-post-40:1->2",
+        "resid-post-40:1->3",
+        "attn-out-40:1->2",
+        "attn-out-40:1->3",
+        "mlp-out-40:0->1",
+        "mlp-out-40:0->2",
+        "mlp-out-40:0->3",
+    ]

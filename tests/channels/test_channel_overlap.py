@@ -54,5 +54,7 @@ def test_rank_threshold_drops_null_directions():
 
 def test_random_subspaces_overlap_about_r_over_d():
     rng = np.random.default_rng(4)
-    values = [overlap(column_basis(rng.normal(size=(40, 5))), column_basis(rng.normal(size=(40, 5)))) for _ in range(200)]
+    values = [
+        overlap(column_basis(rng.normal(size=(40, 5))), column_basis(rng.normal(size=(40, 5)))) for _ in range(200)
+    ]
     assert np.mean(values) == pytest.approx(5 / 40, abs=0.01)

@@ -75,6 +75,10 @@ def test_distance_test_detects_decay_and_is_calibrated_under_the_null():
     planted = distance_test(decaying_overlaps(sources, destinations, 0.8, 0), sources, destinations, 2000, seed=0)
     assert planted.rho < -0.5 and planted.p_negative < 0.005
     assert planted.n_pairs == sum(k * (k - 1) // 2 for k in (5, 4, 3, 2))
-    null_p = [distance_test(decaying_overlaps(sources, destinations, 0.0, 50 + k), sources, destinations, 199, seed=k).p_negative
-              for k in range(30)]
+    null_p = [
+        distance_test(
+            decaying_overlaps(sources, destinations, 0.0, 50 + k), sources, destinations, 199, seed=k
+        ).p_negative
+        for k in range(30)
+    ]
     assert kstest(null_p, "uniform").pvalue > 0.01

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+
 from world import base_args, shared_temp, shared_world
 
 
@@ -28,8 +29,19 @@ def _direct_signatures(world, out: Path) -> list:
     tokens, mask = load_token_sample(out / "sample.npy")
     model = converters.load_model(world.model)
     dictionaries = converters.load_dictionaries([str(d) for d in world.dictionaries], model)
-    return list(qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=qlens_jax.LENSES, k=25, stats=True,
-                                     self_check=False, memory_budget_gb=1.0))
+    return list(
+        qlens_jax.query_lens(
+            model,
+            dictionaries,
+            tokens,
+            mask,
+            lenses=qlens_jax.LENSES,
+            k=25,
+            stats=True,
+            self_check=False,
+            memory_budget_gb=1.0,
+        )
+    )
 
 
 @pytest.fixture(scope="session")

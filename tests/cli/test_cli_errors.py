@@ -6,11 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
-from world import base_args, drop, write_saelens
 
 from qlens_jax.cli import main
 from qlens_jax.errors import InputError
 from qlens_jax.io.rundir import RunDir
+from world import base_args, drop, write_saelens
 
 
 def _replace(args: list[str], option: str, value: str) -> list[str]:
@@ -98,39 +98,65 @@ def _bytes_jsonl(world, tmp_path):
 
 # name -> (edit of the arguments, expected fragments of the one-line message)
 CASES = {
-    "missing model": (lambda a, w, t: _replace(a, "--model", str(t / "no-model")), ["--model", "no-model", "no such file"]),
-    "missing dictionary": (lambda a, w, t: a + ["--dictionary", str(t / "no-sae")], ["--dictionary", "no-sae", "no such file"]),
-    "missing corpus": (lambda a, w, t: _replace(a, "--corpus", str(t / "none.txt")), ["--corpus", "none.txt", "no such file"]),
+    "missing model": (
+        lambda a, w, t: _replace(a, "--model", str(t / "no-model")),
+        ["--model", "no-model", "no such file"],
+    ),
+    "missing dictionary": (
+        lambda a, w, t: a + ["--dictionary", str(t / "no-sae")],
+        ["--dictionary", "no-sae", "no such file"],
+    ),
+    "missing corpus": (
+        lambda a, w, t: _replace(a, "--corpus", str(t / "none.txt")),
+        ["--corpus", "none.txt", "no such file"],
+    ),
     "dictionary wider than the model": (
         lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_wide_dictionary(w, t))],
         ["--dictionary", "wide", "d_in=32", "d_model=48"],
     ),
     "dictionary beyond the model's layers": (
-        lambda a, w, t: a + ["--dictionary", str(_deep_dictionary(w, t))], ["--dictionary", "deep", "layer 7", "0..2"],
+        lambda a, w, t: a + ["--dictionary", str(_deep_dictionary(w, t))],
+        ["--dictionary", "deep", "layer 7", "0..2"],
     ),
     "model folder that is not a model": (
-        lambda a, w, t: _replace(a, "--model", str(w.dictionaries[0])), ["--model", "sae-l0", "config.json"],
+        lambda a, w, t: _replace(a, "--model", str(w.dictionaries[0])),
+        ["--model", "sae-l0", "config.json"],
     ),
-    "corpus too small": (lambda a, w, t: _replace(a, "--num-samples", "100000"), ["--corpus", "corpus.txt", "needs at least 1000000"]),
+    "corpus too small": (
+        lambda a, w, t: _replace(a, "--num-samples", "100000"),
+        ["--corpus", "corpus.txt", "needs at least 1000000"],
+    ),
     "corpus record without text": (
-        lambda a, w, t: _replace(a, "--corpus", str(_jsonl_without_text(w, t))), ["--corpus", "line 2", "'text'", "--text-field"],
+        lambda a, w, t: _replace(a, "--corpus", str(_jsonl_without_text(w, t))),
+        ["--corpus", "line 2", "'text'", "--text-field"],
     ),
-    "unknown lens": (lambda a, w, t: a + ["--lenses", "query_lens_value,tuned_lens"], ["--lenses", "'tuned_lens'", "logit_lens_key"]),
+    "unknown lens": (
+        lambda a, w, t: a + ["--lenses", "query_lens_value,tuned_lens"],
+        ["--lenses", "'tuned_lens'", "logit_lens_key"],
+    ),
     "feature out of range": (lambda a, w, t: a + ["--features", "0-40"], ["--features", "feature 40", "40 features"]),
-    "missing feature file": (lambda a, w, t: a + ["--features", str(t / "sample.pkl")], ["--features", "sample.pkl", "no such file"]),
+    "missing feature file": (
+        lambda a, w, t: a + ["--features", str(t / "sample.pkl")],
+        ["--features", "sample.pkl", "no such file"],
+    ),
     "layer without a dictionary": (lambda a, w, t: a + ["--layers", "1-2,5"], ["--layers", "[5]"]),
     "corpus and token sample": (
-        lambda a, w, t: a + ["--token-sample", str(_bad_padding_sample(w, t))], ["exactly one of --corpus and --token-sample"],
+        lambda a, w, t: a + ["--token-sample", str(_bad_padding_sample(w, t))],
+        ["exactly one of --corpus and --token-sample"],
     ),
     "token sample padded on the left": (
-        lambda a, w, t: drop(a, "--corpus", "--num-samples", "--max-length") + ["--token-sample", str(_bad_padding_sample(w, t))],
+        lambda a, w, t: (
+            drop(a, "--corpus", "--num-samples", "--max-length") + ["--token-sample", str(_bad_padding_sample(w, t))]
+        ),
         ["--token-sample", "row 0", "pad on the right"],
     ),
     "BOS beyond the vocabulary": (
-        lambda a, w, t: a + ["--prepend-bos", "--bos-id", "5000"], ["--corpus", "does not fit the model", "[0, 320)"],
+        lambda a, w, t: a + ["--prepend-bos", "--bos-id", "5000"],
+        ["--corpus", "does not fit the model", "[0, 320)"],
     ),
     "windows longer than the model's positions": (
-        lambda a, w, t: _replace(a, "--max-length", "100"), ["--max-length 100", "64 positions"],
+        lambda a, w, t: _replace(a, "--max-length", "100"),
+        ["--max-length 100", "64 positions"],
     ),
     "corpus that is not UTF-8": (
         lambda a, w, t: _replace(a, "--corpus", str(_bytes_corpus(w, t))),
@@ -141,21 +167,34 @@ CASES = {
         ["--corpus", "bytes.jsonl", "byte 64 (0xe9)"],
     ),
     "unknown corpus encoding": (
-        lambda a, w, t: a + ["--corpus-encoding", "no-such-codec"], ["--corpus-encoding 'no-such-codec'", "not a text codec"],
+        lambda a, w, t: a + ["--corpus-encoding", "no-such-codec"],
+        ["--corpus-encoding 'no-such-codec'", "not a text codec"],
     ),
     "tf32 without a GPU": (lambda a, w, t: a + ["--precision", "tf32"], ["--precision tf32", "tf32 needs a GPU"]),
     "non-positive k": (lambda a, w, t: a + ["--k", "0"], ["--k 0", "at least 1"]),
-    "output under a file": (lambda a, w, t: _replace(a, "--out", str(w.corpus_text / "out")), ["--out", "corpus.txt", "not a directory"]),
-    "output in a read-only place": (lambda a, w, t: _replace(a, "--out", "/proc/qlens-out"), ["--out", "/proc/qlens-out", "cannot write"]),
-    "feature id beyond any integer": (
-        lambda a, w, t: a + ["--features", "99999999999999999999999"], ["--features", "larger than any feature id", "2147483647"],
+    "output under a file": (
+        lambda a, w, t: _replace(a, "--out", str(w.corpus_text / "out")),
+        ["--out", "corpus.txt", "not a directory"],
     ),
-    "feature range too long to list": (lambda a, w, t: a + ["--features", "0-2000000000"], ["--features", "lists 2000000001 ids"]),
+    "output in a read-only place": (
+        lambda a, w, t: _replace(a, "--out", "/proc/qlens-out"),
+        ["--out", "/proc/qlens-out", "cannot write"],
+    ),
+    "feature id beyond any integer": (
+        lambda a, w, t: a + ["--features", "99999999999999999999999"],
+        ["--features", "larger than any feature id", "2147483647"],
+    ),
+    "feature range too long to list": (
+        lambda a, w, t: a + ["--features", "0-2000000000"],
+        ["--features", "lists 2000000001 ids"],
+    ),
     "corpus of whitespace lines": (
-        lambda a, w, t: _replace(a, "--corpus", str(_blank_corpus(w, t))), ["--corpus", "blank.txt", "only empty or whitespace"],
+        lambda a, w, t: _replace(a, "--corpus", str(_blank_corpus(w, t))),
+        ["--corpus", "blank.txt", "only empty or whitespace"],
     ),
     "JSONL corpus of whitespace texts": (
-        lambda a, w, t: _replace(a, "--corpus", str(_blank_jsonl(w, t))), ["--corpus", "blank.jsonl", "only empty or whitespace"],
+        lambda a, w, t: _replace(a, "--corpus", str(_blank_jsonl(w, t))),
+        ["--corpus", "blank.jsonl", "only empty or whitespace"],
     ),
     "dictionary config of the wrong type": (
         lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_retyped_dictionary(w, t))],
@@ -170,12 +209,16 @@ CASES = {
         ["dictionary 'resid-post-40' (layer 0)", "feature 5's W_dec row", "up to 3e+38", "overflows"],
     ),
     "huge key vector": (
-        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t, "W_enc", 7, -1e30)),
-                                                  "--lenses", "query_lens_key"],
+        lambda a, w, t: (
+            drop(a, "--dictionary")
+            + ["--dictionary", str(_huge_dictionary(w, t, "W_enc", 7, -1e30)), "--lenses", "query_lens_key"]
+        ),
         ["dictionary 'resid-post-40' (layer 0)", "feature 7's W_enc column", "query_lens_key", "overflows"],
     ),
     "huge value vector under bfloat16": (
-        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t, value=1e17)), "--dtype", "bfloat16"],
+        lambda a, w, t: (
+            drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t, value=1e17)), "--dtype", "bfloat16"]
+        ),
         ["feature 5's W_dec row", "(3.39e+38,"],
     ),
 }
@@ -233,9 +276,30 @@ def test_export_and_view_need_a_finished_run(command, world, tmp_path, capsys):
 PRECISION = ["--precision", "tf32 = TensorFloat-32", "GPUs only", "float32 accumulation", "Distinct from --dtype"]
 HELP = {
     (): ["signatures", "export", "view", "demo", "channels", "evaluate", "main job"],
-    ("signatures",): ["--model", "--dictionary", "--corpus", "--out", "--token-sample", "--num-samples", "--max-length",
-                      "--seed", "--prepend-bos", "--lenses", "--layers", "--features", "--k", "--dtype", "--path",
-                      "--memory-budget-gb", "--quiet", "default: 25", "1024", "resumable", "--corpus-encoding", *PRECISION],
+    ("signatures",): [
+        "--model",
+        "--dictionary",
+        "--corpus",
+        "--out",
+        "--token-sample",
+        "--num-samples",
+        "--max-length",
+        "--seed",
+        "--prepend-bos",
+        "--lenses",
+        "--layers",
+        "--features",
+        "--k",
+        "--dtype",
+        "--path",
+        "--memory-budget-gb",
+        "--quiet",
+        "default: 25",
+        "1024",
+        "resumable",
+        "--corpus-encoding",
+        *PRECISION,
+    ],
     ("export",): ["feature_analysis.jsonl", "--format", "stream_transition"],
     ("view",): ["self-contained", "#q=", "--out"],
     ("demo",): ["bundled", "--num-samples", "--out", *PRECISION],
@@ -281,8 +345,13 @@ def test_a_non_finite_score_stops_the_run_naming_the_feature(lens, extra, world,
 
     monkeypatch.setattr(qlens_jax.lens.scales, "check_weight_scales", lambda *args, **kwargs: None)
     out = tmp_path / "out"
-    args = drop(base_args(world, out), "--dictionary") + ["--dictionary", str(_huge_dictionary(world, tmp_path)),
-                                                          "--lenses", lens, *extra]
+    args = drop(base_args(world, out), "--dictionary") + [
+        "--dictionary",
+        str(_huge_dictionary(world, tmp_path)),
+        "--lenses",
+        lens,
+        *extra,
+    ]
     assert main(args) == 2
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "Traceback" not in message
@@ -326,5 +395,8 @@ def test_search_stops_on_a_non_finite_score(full_run, capsys, monkeypatch):
     monkeypatch.setattr(ReverseLookup, "scores", scores)
     assert main(["search", str(full_run[0]), "--activated-by", " the"]) == 2
     message = capsys.readouterr().err.strip()
-    assert "query_lens_key of dictionary 'resid-post-40' (layer 0), feature 3: the readout gave a non-finite score" in message
+    assert (
+        "query_lens_key of dictionary 'resid-post-40' (layer 0), feature 3: the readout gave a non-finite score"
+        in message
+    )
     assert "W_enc column" in message and "\n" not in message

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from world import base_args, corpus_documents, drop
 
 import converters
 from qlens_jax.cli import main
@@ -18,6 +17,7 @@ from qlens_jax.corpus import (
     save_token_sample,
     tokenize_corpus,
 )
+from world import base_args, corpus_documents, drop
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,9 @@ def test_documents_are_tokenized_alone_and_concatenated(tokenizer, documents, tm
     import datasets
 
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": d}) + "\n\n" for d in documents))
-    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"body": documents})}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"body": documents})}).save_to_disk(
+        str(tmp_path / "ds")
+    )
     pieces = [_encode(tokenizer, d) for d in documents]
     for name in ("docs.jsonl", "ds"):
         corpus = tokenize_corpus(tmp_path / name, tokenizer, text_field="body")
@@ -124,7 +126,9 @@ def test_document_windows_stay_inside_documents_and_pad_on_the_right():
 
 def test_too_small_a_corpus_is_an_error_not_a_smaller_sample():
     corpus = _corpus()
-    with pytest.raises(CorpusError, match=r"200 tokens, but a sample of 21 windows of 10 corpus tokens needs at least 210"):
+    with pytest.raises(
+        CorpusError, match=r"200 tokens, but a sample of 21 windows of 10 corpus tokens needs at least 210"
+    ):
         sample_windows(corpus, 21, 10, seed=0)
     tokens, _ = sample_windows(corpus, 20, 10, seed=0)
     assert tokens.shape == (20, 10)
@@ -163,15 +167,19 @@ def test_cli_reads_a_text_corpus_a_token_sample_and_a_jsonl_corpus(world, tmp_pa
     assert main(args + ["--token-sample", str(from_text / "sample.npy")]) == 0
     assert pq.read_table(from_sample / "signatures.parquet").equals(expected)
     np.testing.assert_array_equal(np.load(from_sample / "sample.npy"), tokens)
-    assert json.loads((from_sample / "run.json").read_text())["fingerprint_inputs"]["sample"] == \
-        json.loads((from_text / "run.json").read_text())["fingerprint_inputs"]["sample"]
+    assert (
+        json.loads((from_sample / "run.json").read_text())["fingerprint_inputs"]["sample"]
+        == json.loads((from_text / "run.json").read_text())["fingerprint_inputs"]["sample"]
+    )
 
     from_jsonl = tmp_path / "from-jsonl"
     args = base_args(world, from_jsonl, *LOGIT_LENSES, "--seed", "5", "--prepend-bos", "--bos-id", "0")
     args[args.index("--corpus") + 1] = str(world.corpus_jsonl)
     assert main(args) == 0
     assert pq.read_table(from_jsonl / "signatures.parquet").equals(expected)
-    tokens, _ = sample_windows(tokenize_corpus(world.corpus_jsonl, tokenizer), 6, 10, seed=5, prepend_bos=True, bos_id=0)
+    tokens, _ = sample_windows(
+        tokenize_corpus(world.corpus_jsonl, tokenizer), 6, 10, seed=5, prepend_bos=True, bos_id=0
+    )
     np.testing.assert_array_equal(np.load(from_jsonl / "sample.npy"), tokens)
     sample = json.loads((from_jsonl / "run.json").read_text())["inputs"]["sample"]
     assert (sample["format"], sample["documents"], sample["seed"], sample["prepend_bos"]) == ("jsonl", 40, 5, True)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from world import base_args, shared_module_run, shared_module_world
 
 from qlens_jax.cli import main
+from world import base_args, shared_module_run, shared_module_world
 
 ROOT = Path(__file__).resolve().parents[2]
 # Dense path, both Query Lens sides, three shards per dictionary and lens; self-check on
@@ -33,13 +33,32 @@ def _free_port() -> int:
 def _launch(args_of_process: list[list[str]]) -> list[subprocess.CompletedProcess]:
     """Run one `qlens` process per argument list, joined as one distributed job."""
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     n = len(args_of_process)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "qlens_jax.cli", *args, "--distributed", "--coordinator", f"127.0.0.1:{port}",
-             "--num-processes", str(n), "--process-id", str(i)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "qlens_jax.cli",
+                *args,
+                "--distributed",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                str(n),
+                "--process-id",
+                str(i),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i, args in enumerate(args_of_process)
     ]
@@ -62,7 +81,9 @@ def _assert_same_signatures(got: Path, want: Path) -> None:
         if "score" in column or column in ("relative_variance", "layer_energy"):
             # row by row: first-order rows hold as many terms as their dictionary has blocks after it
             for g, w in zip(got[column], want[column], strict=True):
-                np.testing.assert_allclose(np.asarray(g, float), np.asarray(w, float), rtol=1e-5, atol=1e-6, err_msg=column)
+                np.testing.assert_allclose(
+                    np.asarray(g, float), np.asarray(w, float), rtol=1e-5, atol=1e-6, err_msg=column
+                )
         else:
             assert got[column] == want[column], column
 

@@ -93,9 +93,13 @@ def test_no_import_cycles_among_qlens_jax_modules():
 
 
 def test_only_the_cli_package_imports_the_cli():
-    importers = sorted(name for name, targets in import_graph().items()
-                       if any(t == "qlens_jax.cli" or t.startswith("qlens_jax.cli.") for t in targets)
-                       and name != "qlens_jax.cli" and not name.startswith("qlens_jax.cli."))
+    importers = sorted(
+        name
+        for name, targets in import_graph().items()
+        if any(t == "qlens_jax.cli" or t.startswith("qlens_jax.cli.") for t in targets)
+        and name != "qlens_jax.cli"
+        and not name.startswith("qlens_jax.cli.")
+    )
     assert importers == []
 
 

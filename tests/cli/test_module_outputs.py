@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from world import base_args, drop, shared_module_run, shared_module_world, write_saelens
 
 import converters
 import qlens_jax
 from qlens_jax.cli import main
 from qlens_jax.corpus import load_token_sample
 from qlens_jax.viewer import viewer_data
+from world import base_args, drop, shared_module_run, shared_module_world, write_saelens
 
 NAMES = ["resid-post-40", "attn-out-40", "z-40", "mlp-out-40"]
 SITES = ["resid_post", "attn_out", "z", "mlp_out"]
@@ -55,17 +55,24 @@ def test_parquet_matches_query_lens(run, direct):
     table = pq.read_table(run[0] / "signatures.parquet")
     assert table.num_rows == sum(len(t) for t in direct) == 40 * (4 * 6 - 1)
     assert sorted({(t.lens, t.dictionary) for t in direct}) == sorted(
-        set(zip(table["lens"].to_pylist(), table["dictionary"].to_pylist())))
+        set(zip(table["lens"].to_pylist(), table["dictionary"].to_pylist()))
+    )
     for expected in direct:
-        rows = table.filter(pc.and_(pc.equal(table["lens"], expected.lens), pc.equal(table["dictionary"], expected.dictionary)))
+        rows = table.filter(
+            pc.and_(pc.equal(table["lens"], expected.lens), pc.equal(table["dictionary"], expected.dictionary))
+        )
         got = {name: rows[name].to_pylist() for name in rows.column_names}
         assert got["feature"] == expected.feature_ids.tolist() and set(got["layer"]) == {expected.layer}
         for side in ("top", "bottom"):
             np.testing.assert_array_equal(np.asarray(got[f"{side}_ids"]), expected.__dict__[f"{side}_ids"])
-            np.testing.assert_array_equal(np.asarray(got[f"{side}_scores"], np.float32), expected.__dict__[f"{side}_scores"])
+            np.testing.assert_array_equal(
+                np.asarray(got[f"{side}_scores"], np.float32), expected.__dict__[f"{side}_scores"]
+            )
         if expected.lens.startswith("first_order"):
             assert got["layer_indices"] == [expected.layer_indices.tolist()] * len(expected)
-            np.testing.assert_array_equal(np.asarray(got["layer_energy"], np.float64), np.asarray(expected.layer_energy, np.float64))
+            np.testing.assert_array_equal(
+                np.asarray(got["layer_energy"], np.float64), np.asarray(expected.layer_energy, np.float64)
+            )
 
 
 def test_default_names_sites_and_the_skipped_lens_in_run_json(run):
@@ -74,11 +81,19 @@ def test_default_names_sites_and_the_skipped_lens_in_run_json(run):
     dictionaries = manifest["inputs"]["dictionaries"]
     assert [d["name"] for d in dictionaries] == NAMES
     assert [(d["site_in"], d["site_out"]) for d in dictionaries] == [(s, s) for s in SITES]
-    assert manifest["skipped"] == [{"lens": "logit_lens_key", "dictionary_index": 2, "dictionary": "z-40", "layer": 2,
-                                    "reason": manifest["skipped"][0]["reason"]}]
+    assert manifest["skipped"] == [
+        {
+            "lens": "logit_lens_key",
+            "dictionary_index": 2,
+            "dictionary": "z-40",
+            "layer": 2,
+            "reason": manifest["skipped"][0]["reason"],
+        }
+    ]
     assert "heads' output space" in manifest["skipped"][0]["reason"]
-    assert [line for line in stderr.splitlines() if line.startswith("qlens: note:")] == [line for line in stderr.splitlines()
-                                                                                         if NOTE in line]
+    assert [line for line in stderr.splitlines() if line.startswith("qlens: note:")] == [
+        line for line in stderr.splitlines() if NOTE in line
+    ]
     assert stderr.count(NOTE) == 1
     table = pq.read_table(out / "signatures.parquet", columns=["lens", "dictionary"])
     pairs = set(zip(table["lens"].to_pylist(), table["dictionary"].to_pylist()))
@@ -98,8 +113,10 @@ def test_a_lens_no_dictionary_has_is_refused_before_any_work(world, tmp_path, ca
     args = drop(base_args(world, out, "--lenses", "query_lens_key,logit_lens_key"), "--dictionary")
     assert main(args + ["--dictionary", str(world.dictionaries[2])]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("qlens signatures: error: --lenses: logit_lens_key is not defined for any dictionary of this run "
-                          "(z-40 (layer 2))") and err.endswith("drop logit_lens_key from --lenses")
+    assert err.startswith(
+        "qlens signatures: error: --lenses: logit_lens_key is not defined for any dictionary of this run "
+        "(z-40 (layer 2))"
+    ) and err.endswith("drop logit_lens_key from --lenses")
     assert not out.exists()
 
 
@@ -133,7 +150,9 @@ def test_interrupted_run_resumes_to_identical_bytes_with_its_stored_plan(run, tm
 
 def test_a_changed_z_dictionary_is_refused_by_the_fingerprint(world, run, tmp_path, capsys):
     out, args, _ = run
-    other = write_saelens(tmp_path / "sae-z-l2", world.d_z, hook="blocks.2.attn.hook_z", seed=99, reshape_activations="hook_z")
+    other = write_saelens(
+        tmp_path / "sae-z-l2", world.d_z, hook="blocks.2.attn.hook_z", seed=99, reshape_activations="hook_z"
+    )
     changed = [str(other) if a == str(world.dictionaries[2]) else a for a in args]
     before = (out / "signatures.parquet").read_bytes()
     assert main(changed) == 2
@@ -146,12 +165,16 @@ def test_export_writes_the_pairs_the_run_has(run, tmp_path):
     out, *_ = run
     assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
     for lens in qlens_jax.LENSES:
-        records = [json.loads(line) for line in (tmp_path / "export" / lens / "feature_analysis.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line)
+            for line in (tmp_path / "export" / lens / "feature_analysis.jsonl").read_text().splitlines()
+        ]
         names = {r["feature_str"].split()[1].split("/")[0] for r in records}
         assert names == set(NAMES) - ({"z-40"} if lens == "logit_lens_key" else set())
         assert len(records) == 40 * len(names)
         assert [(r["layer"], int(r["feature_str"].rsplit("/", 1)[1])) for r in records] == sorted(
-            (r["layer"], int(r["feature_str"].rsplit("/", 1)[1])) for r in records)
+            (r["layer"], int(r["feature_str"].rsplit("/", 1)[1])) for r in records
+        )
 
 
 def test_viewer_shows_every_feature_with_the_lenses_it_has(run, tmp_path):
@@ -176,9 +199,28 @@ def test_evaluate_scores_the_z_dictionary_of_the_run(world, run, tmp_path):
 
     out = tmp_path / "eval"
     z = world.dictionaries[SITES.index("z")]
-    args = ["evaluate", "--model", str(world.model), "--dictionary", str(z), "--signatures", str(run[0]),
-            "--corpus", str(world.corpus_text), "--features", "0-1", "--baselines", "zero_out", "--max-contexts", "40",
-            "--min-contexts", "1", "--out", str(out), "--quiet"]
+    args = [
+        "evaluate",
+        "--model",
+        str(world.model),
+        "--dictionary",
+        str(z),
+        "--signatures",
+        str(run[0]),
+        "--corpus",
+        str(world.corpus_text),
+        "--features",
+        "0-1",
+        "--baselines",
+        "zero_out",
+        "--max-contexts",
+        "40",
+        "--min-contexts",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))

@@ -44,7 +44,9 @@ def _transformer_lens_rows(documents, num_proc):
 
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(default.model_dir())
     dataset = datasets.Dataset.from_dict({"text": documents})
-    rows = tokenize_and_concatenate(dataset, hf_tokenizer, max_length=MAX_LENGTH, add_bos_token=False, num_proc=num_proc)
+    rows = tokenize_and_concatenate(
+        dataset, hf_tokenizer, max_length=MAX_LENGTH, add_bos_token=False, num_proc=num_proc
+    )
     return np.asarray(rows["tokens"]), hf_tokenizer
 
 

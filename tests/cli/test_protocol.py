@@ -19,9 +19,25 @@ from qlens_jax.protocol import PAPER_EVALUATE, Protocol
 
 
 def _signatures(out, *extra):
-    return main(["signatures", "--model", str(default.model_dir()), "--dictionary", str(default.dictionary_dir("resid-post-1")),
-                 "--corpus", str(default.heldout_text_path()), "--features", "0-3", "--lenses", "logit_lens_value",
-                 "--out", str(out), "--quiet", *extra])
+    return main(
+        [
+            "signatures",
+            "--model",
+            str(default.model_dir()),
+            "--dictionary",
+            str(default.dictionary_dir("resid-post-1")),
+            "--corpus",
+            str(default.heldout_text_path()),
+            "--features",
+            "0-3",
+            "--lenses",
+            "logit_lens_value",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_signatures_with_the_paper_protocol_draw_the_authors_sample_in_bfloat16(tmp_path):
@@ -36,19 +52,42 @@ def test_signatures_with_the_paper_protocol_draw_the_authors_sample_in_bfloat16(
     assert "bfloat16" in json.dumps(record)
 
 
-@pytest.mark.parametrize("command, extra, message", [
-    ("signatures", ["--windows", "concat"], "--protocol paper sets --windows paper; it contradicts --windows concat"),
-    ("signatures", ["--seed=7"], "it contradicts --seed 7"),
-    ("evaluate", ["--match", "ids"], "--protocol paper sets --match strings; it contradicts --match ids"),
-    ("evaluate", ["--kl-positions", "last"], "contradicts --kl-positions last"),
-])
+@pytest.mark.parametrize(
+    "command, extra, message",
+    [
+        (
+            "signatures",
+            ["--windows", "concat"],
+            "--protocol paper sets --windows paper; it contradicts --windows concat",
+        ),
+        ("signatures", ["--seed=7"], "it contradicts --seed 7"),
+        ("evaluate", ["--match", "ids"], "--protocol paper sets --match strings; it contradicts --match ids"),
+        ("evaluate", ["--kl-positions", "last"], "contradicts --kl-positions last"),
+    ],
+)
 def test_contradicting_options_are_refused(tmp_path, capsys, command, extra, message):
     if command == "signatures":
         code = _signatures(tmp_path / "run", "--protocol", "paper", *extra)
     else:
-        code = main(["evaluate", "--model", str(default.model_dir()), "--dictionary", str(default.dictionary_dir("resid-post-1")),
-                     "--corpus", str(default.heldout_text_path()), "--baselines", "zero_out", "--protocol", "paper", *extra,
-                     "--out", str(tmp_path / "eval"), "--quiet"])
+        code = main(
+            [
+                "evaluate",
+                "--model",
+                str(default.model_dir()),
+                "--dictionary",
+                str(default.dictionary_dir("resid-post-1")),
+                "--corpus",
+                str(default.heldout_text_path()),
+                "--baselines",
+                "zero_out",
+                "--protocol",
+                "paper",
+                *extra,
+                "--out",
+                str(tmp_path / "eval"),
+                "--quiet",
+            ]
+        )
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -58,7 +97,12 @@ def test_contradicting_options_are_refused(tmp_path, capsys, command, extra, mes
 def test_python_api():
     options = EvaluationOptions.for_protocol(Protocol.PAPER)
     assert (options.kl_positions, options.alpha_search, options.error_term, options.generate_tokens, options.match) == (
-        "all", "integer", False, 20, "strings")
+        "all",
+        "integer",
+        False,
+        20,
+        "strings",
+    )
     assert options.s_size == 25 and options.require_contexts and options.seed == 42
     assert EvaluationOptions.for_protocol(Protocol.PAPER, feature_chunk=8).feature_chunk == 8
     assert EvaluationOptions.for_protocol("default") == EvaluationOptions()

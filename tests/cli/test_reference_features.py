@@ -10,7 +10,6 @@ import types
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from world import base_args
 
 import converters
 import qlens_jax
@@ -18,6 +17,7 @@ from qlens_jax.cli import main
 from qlens_jax.corpus import load_token_sample
 from qlens_jax.errors import InputError
 from qlens_jax.io.reference_features import Activation, Feature, read_feature_sample
+from world import base_args
 
 
 def _util_module():
@@ -55,8 +55,17 @@ def write_sample(path, records: list[tuple[str, int]], monkeypatch, protocol=pic
     monkeypatch.setitem(sys.modules, "util", util)
     activation = util.Activation([(" the", np.float32(1.5)), (" river", 0.25)], np.float32(1.5), 0.0, np.int64(0))
     features = [
-        util.Feature("tiny", feature, layer, "res", activations=[activation], sae_id=f"{layer}-res-40", sae_release="test",
-                     size="40", steering_cache={"alpha": np.asarray([0.5, 1.0])})
+        util.Feature(
+            "tiny",
+            feature,
+            layer,
+            "res",
+            activations=[activation],
+            sae_id=f"{layer}-res-40",
+            sae_release="test",
+            size="40",
+            steering_cache={"alpha": np.asarray([0.5, 1.0])},
+        )
         for layer, feature in records
     ]
     path.write_bytes(pickle.dumps(features, protocol=protocol))
@@ -69,7 +78,10 @@ def test_reads_records_without_the_util_module(tmp_path, monkeypatch, protocol):
     path = write_sample(tmp_path / "sample.pkl", [("0", 3), ("2", 17)], monkeypatch, protocol)
     assert "util" not in sys.modules
     refs = read_feature_sample(path)
-    assert [(r.layer, r.feature, r.feature_str) for r in refs] == [(0, 3, "Feature res-40/0/3"), (2, 17, "Feature res-40/2/17")]
+    assert [(r.layer, r.feature, r.feature_str) for r in refs] == [
+        (0, 3, "Feature res-40/0/3"),
+        (2, 17, "Feature res-40/2/17"),
+    ]
 
 
 def test_records_become_local_classes(tmp_path, monkeypatch):
@@ -117,8 +129,16 @@ def test_cli_runs_the_sample_features_and_exports_them(world, tmp_path, monkeypa
     model = converters.load_model(world.model)
     dictionaries = converters.load_dictionaries([str(d) for d in world.dictionaries[:2]], model)
     tokens, mask = load_token_sample(out / "sample.npy")
-    expected = qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=("logit_lens_value",), features={0: [3, 39], 1: [17]},
-                                    self_check=False, memory_budget_gb=1.0)
+    expected = qlens_jax.query_lens(
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        lenses=("logit_lens_value",),
+        features={0: [3, 39], 1: [17]},
+        self_check=False,
+        memory_budget_gb=1.0,
+    )
     assert table["top_ids"].to_pylist() == [ids for t in expected for ids in t.top_ids.tolist()]
     assert main(["export", str(out)]) == 0
     lines = (out / "export" / "logit_lens_value" / "feature_analysis.jsonl").read_text().splitlines()
@@ -130,4 +150,19 @@ def test_features_at_a_layer_without_dictionary_are_an_error(world, tmp_path, mo
     assert main(base_args(world, tmp_path / "run", "--features", str(path))) == 2
     assert "has features at layer 5, but no --dictionary is at that layer" in capsys.readouterr().err
     # ... unless --layers leaves that layer out on purpose
-    assert main(base_args(world, tmp_path / "run", "--features", str(path), "--layers", "0", "--lenses", "logit_lens_value", "--no-self-check")) == 0
+    assert (
+        main(
+            base_args(
+                world,
+                tmp_path / "run",
+                "--features",
+                str(path),
+                "--layers",
+                "0",
+                "--lenses",
+                "logit_lens_value",
+                "--no-self-check",
+            )
+        )
+        == 0
+    )

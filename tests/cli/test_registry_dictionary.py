@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import torch
-from world import base_args, drop
 
 from converters import load_dictionary, load_model
 from qlens_jax.cli import main
 from qlens_jax.io import hashing
+from world import base_args, drop
 
 RELEASE, SAE_ID = "gpt2-small-hook-z-kk", "blocks.0.hook_z"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -27,8 +27,12 @@ def cached_hook_z(cache, d_z: int, d_sae: int = 40):
     folder.mkdir(parents=True)
     file_name = registry.lookup(RELEASE, SAE_ID).path
     g = np.random.default_rng(0)
-    weights = {"W_enc": g.normal(size=(d_z, d_sae)), "W_dec": g.normal(size=(d_sae, d_z)),
-               "b_enc": g.normal(size=d_sae) * 0.5, "b_dec": g.normal(size=d_z) * 0.5}
+    weights = {
+        "W_enc": g.normal(size=(d_z, d_sae)),
+        "W_dec": g.normal(size=(d_sae, d_z)),
+        "b_enc": g.normal(size=d_sae) * 0.5,
+        "b_dec": g.normal(size=d_z) * 0.5,
+    }
     torch.save({k: torch.from_numpy(v.astype(np.float32)) for k, v in weights.items()}, folder / file_name)
     cfg = {"act_name": SAE_ID.replace("hook_z", "attn.hook_z"), "act_size": d_z, "dict_size": d_sae, "layer": 0}
     (folder / file_name.replace(".pt", "_cfg.json")).write_text(json.dumps(cfg))

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from world import base_args
-
 from qlens_jax.cli import main
+from world import base_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # Three shards per dictionary and lens (16 + 16 + 8 padded to 16): 18 shards in all. The
@@ -34,9 +33,18 @@ def test_killed_run_resumes_to_identical_bytes(world, tmp_path):
 
     out = tmp_path / "killed"
     args = base_args(world, out, *EXTRA)
-    env = {**os.environ, "QLENS_TEST_SLOW_SHARDS": "0.5", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", *args], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "QLENS_TEST_SLOW_SHARDS": "0.5",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qlens_jax.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     shards = out / "shards"
     deadline = time.monotonic() + 300
     try:

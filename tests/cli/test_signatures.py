@@ -6,9 +6,9 @@ folder is refused."""
 import json
 
 import numpy as np
-import pytest
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 import converters
 import qlens_jax
@@ -28,23 +28,33 @@ def test_parquet_matches_query_lens(world, full_run):
     vocab = np.asarray(token_strings(converters.load_tokenizer(world.model)), object)
     assert table.num_rows == sum(len(t) for t in signatures) == 6 * 3 * 40
     for expected in signatures:
-        rows = table.filter(pc.and_(pc.equal(table["lens"], expected.lens), pc.equal(table["dictionary"], expected.dictionary)))
+        rows = table.filter(
+            pc.and_(pc.equal(table["lens"], expected.lens), pc.equal(table["dictionary"], expected.dictionary))
+        )
         got = {name: rows[name].to_pylist() for name in rows.column_names}
         assert got["feature"] == expected.feature_ids.tolist()
         assert set(got["layer"]) == {expected.layer}
-        assert got["feature_str"] == [f"Feature {expected.dictionary}/{expected.layer}/{i}" for i in expected.feature_ids]
+        assert got["feature_str"] == [
+            f"Feature {expected.dictionary}/{expected.layer}/{i}" for i in expected.feature_ids
+        ]
         for side in ("top", "bottom"):
             np.testing.assert_array_equal(np.asarray(got[f"{side}_ids"]), expected.__dict__[f"{side}_ids"])
-            np.testing.assert_array_equal(np.asarray(got[f"{side}_scores"], np.float32), expected.__dict__[f"{side}_scores"])
+            np.testing.assert_array_equal(
+                np.asarray(got[f"{side}_scores"], np.float32), expected.__dict__[f"{side}_scores"]
+            )
             assert got[f"{side}_tokens"] == vocab[np.asarray(expected.__dict__[f"{side}_ids"])].tolist()
         if expected.lens.startswith("query_lens"):
-            np.testing.assert_array_equal(np.asarray(got["relative_variance"], np.float32), expected.stats["relative_variance"])
+            np.testing.assert_array_equal(
+                np.asarray(got["relative_variance"], np.float32), expected.stats["relative_variance"]
+            )
         else:
             assert got["relative_variance"] == [None] * len(expected)
         if expected.lens.startswith("first_order"):
             assert got["layer_indices"] == [expected.layer_indices.tolist()] * len(expected)
             for name in FIRST_ORDER_FIELDS:
-                np.testing.assert_array_equal(np.asarray(got[name], np.float64), np.asarray(expected.__dict__[name], np.float64))
+                np.testing.assert_array_equal(
+                    np.asarray(got[name], np.float64), np.asarray(expected.__dict__[name], np.float64)
+                )
             assert got["layer_top_tokens"] == vocab[expected.layer_top_ids].tolist()
         else:
             assert got["layer_indices"] == [None] * len(expected)
@@ -63,7 +73,11 @@ def test_run_json_records_the_run(world, full_run):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete"
     assert run["command"] == ["qlens", *args]
-    assert run["options"]["lenses"] == list(qlens_jax.LENSES) and run["options"]["k"] == 25 and run["options"]["stats"] is True
+    assert (
+        run["options"]["lenses"] == list(qlens_jax.LENSES)
+        and run["options"]["k"] == 25
+        and run["options"]["stats"] is True
+    )
     assert run["options"]["precision"] == "float32" and run["fingerprint_inputs"]["precision"] == "float32"
     assert run["options"]["corpus_encoding"] == "utf-8"
     inputs = run["inputs"]
@@ -72,7 +86,12 @@ def test_run_json_records_the_run(world, full_run):
     assert all(len(d["sha256"]) == 64 for d in inputs["dictionaries"])
     sample = inputs["sample"]
     assert sample["encoding"] == "utf-8"
-    assert sample["shape"] == [6, 10] and sample["seed"] == 0 and sample["prepend_bos"] is False and sample["format"] == "text"
+    assert (
+        sample["shape"] == [6, 10]
+        and sample["seed"] == 0
+        and sample["prepend_bos"] is False
+        and sample["format"] == "text"
+    )
     assert len(sample["file_sha256"]) == 64
     assert run["plan"]["path"] == "dense" and run["plan"]["shard_width"] == 40
     session = run["sessions"][0]
@@ -104,7 +123,9 @@ def test_different_inputs_into_the_same_folder_are_refused(world, full_run, caps
     changed = args + change
     assert main(changed) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("qlens signatures: error: --out") and f"different inputs ({differs});" in err and "\n" not in err
+    assert (
+        err.startswith("qlens signatures: error: --out") and f"different inputs ({differs});" in err and "\n" not in err
+    )
     assert (out / "signatures.parquet").read_bytes() == before
 
 

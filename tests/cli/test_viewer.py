@@ -16,8 +16,10 @@ import pytest
 
 from qlens_jax.cli import main
 
-LENS_ORDER = {"key": ["query_lens_key", "first_order_key", "logit_lens_key"],
-              "value": ["query_lens_value", "first_order_value", "logit_lens_value"]}
+LENS_ORDER = {
+    "key": ["query_lens_key", "first_order_key", "logit_lens_key"],
+    "value": ["query_lens_value", "first_order_value", "logit_lens_value"],
+}
 
 
 def chromium() -> str:
@@ -80,9 +82,20 @@ def rows(full_run):
 
 def browse(page, query, tmp_path) -> _Page:
     url = page.absolute().as_uri() + "#q=" + urllib.parse.quote(query)
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=10000", "--dump-dom", url]
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        url,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     parsed = _Page()
@@ -101,7 +114,10 @@ def test_page_is_self_contained(viewer):
 def test_search_by_feature_index_shows_every_lens_side_by_side(viewer, rows, tmp_path):
     page = browse(viewer, "17", tmp_path)
     assert [c["feature_str"] for c in page.cards] == [
-        "Feature resid-post-40/0/17", "Feature transcoder-40/1/17", "Feature resid-pre-40/2/17"]
+        "Feature resid-post-40/0/17",
+        "Feature transcoder-40/1/17",
+        "Feature resid-pre-40/2/17",
+    ]
     assert page.count == 3 and page.status.startswith("3 matches for feature 17")
     for card in page.cards:
         assert card["sides"] == LENS_ORDER  # key and value side by side; Logit Lens next to Query Lens
@@ -112,7 +128,9 @@ def test_search_by_feature_index_shows_every_lens_side_by_side(viewer, rows, tmp
 
 
 def test_search_by_feature_string_and_layer(viewer, tmp_path):
-    assert [c["feature_str"] for c in browse(viewer, "Feature transcoder-40/1/5", tmp_path).cards] == ["Feature transcoder-40/1/5"]
+    assert [c["feature_str"] for c in browse(viewer, "Feature transcoder-40/1/5", tmp_path).cards] == [
+        "Feature transcoder-40/1/5"
+    ]
     assert [c["feature_str"] for c in browse(viewer, "L2/39", tmp_path).cards] == ["Feature resid-pre-40/2/39"]
 
 

@@ -56,28 +56,46 @@ def train_tokenizer(documents: list[str], vocab_size: int = 320):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(documents, trainer)
     return tokenizer
 
 
-def write_saelens(path: Path, d_model: int, *, hook: str, seed: int, hook_out: str | None = None, d_sae: int = N_FEATURES,
-                  reshape_activations: str | None = None) -> Path:
+def write_saelens(
+    path: Path,
+    d_model: int,
+    *,
+    hook: str,
+    seed: int,
+    hook_out: str | None = None,
+    d_sae: int = N_FEATURES,
+    reshape_activations: str | None = None,
+) -> Path:
     """A sae_lens v6 folder (an SAE, or a transcoder when `hook_out` is given). `d_model` is the
     width of the hook (`n_heads x head_dim` for `attn.hook_z`); `reshape_activations="hook_z"`
     is how sae_lens marks an SAE that flattens the heads of `hook_z`."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     weights = {
-        "W_enc": rng.normal(size=(d_model, d_sae)), "W_dec": rng.normal(size=(d_sae, d_model)),
-        "b_enc": rng.normal(size=d_sae), "b_dec": rng.normal(size=d_model),
+        "W_enc": rng.normal(size=(d_model, d_sae)),
+        "W_dec": rng.normal(size=(d_sae, d_model)),
+        "b_enc": rng.normal(size=d_sae),
+        "b_dec": rng.normal(size=d_model),
     }
     save_file({k: v.astype(np.float32) for k, v in weights.items()}, str(path / "sae_weights.safetensors"))
     metadata = {"sae_lens_version": "6.54.12", "hook_name": hook}
-    config = {"architecture": "standard", "d_in": d_model, "d_sae": d_sae, "dtype": "float32",
-              "apply_b_dec_to_input": True, "normalize_activations": "none"}
+    config = {
+        "architecture": "standard",
+        "d_in": d_model,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+    }
     if reshape_activations is not None:
         config["reshape_activations"] = reshape_activations
     if hook_out is not None:
@@ -90,8 +108,15 @@ def write_saelens(path: Path, d_model: int, *, hook: str, seed: int, hook_out: s
 def world_at(root: Path) -> World:
     """The world `build_world(root)` wrote (same layout), without building it again."""
     config = json.loads((root / "model" / "config.json").read_text())
-    return World(root, root / "model", (root / "sae-l0", root / "sae-l2", root / "tc-l1"), root / "corpus.txt",
-                 root / "corpus.jsonl", config["vocab_size"], config["n_embd"])
+    return World(
+        root,
+        root / "model",
+        (root / "sae-l0", root / "sae-l2", root / "tc-l1"),
+        root / "corpus.txt",
+        root / "corpus.jsonl",
+        config["vocab_size"],
+        config["n_embd"],
+    )
 
 
 def build_world(root: Path) -> World:
@@ -105,7 +130,9 @@ def build_world(root: Path) -> World:
     dictionaries = (
         write_saelens(root / "sae-l0", d_model, hook="blocks.0.hook_resid_post", seed=1),
         write_saelens(root / "sae-l2", d_model, hook="blocks.2.hook_resid_pre", seed=2),
-        write_saelens(root / "tc-l1", d_model, hook="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out", seed=3),
+        write_saelens(
+            root / "tc-l1", d_model, hook="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out", seed=3
+        ),
     )
     corpus_text = root / "corpus.txt"
     corpus_text.write_text("\n\n".join(documents))
@@ -141,15 +168,24 @@ MODULE_ARCHITECTURE = "gemma3-sliding"
 def module_world_at(root: Path) -> ModuleWorld:
     """The world `build_module_world(root)` wrote, without building it again."""
     config = json.loads((root / "model" / "config.json").read_text())
-    return ModuleWorld(root, root / "model", tuple(root / folder for folder, *_ in MODULE_DICTIONARIES), root / "corpus.txt",
-                       config["vocab_size"], config["hidden_size"], config["num_attention_heads"] * config["head_dim"])
+    return ModuleWorld(
+        root,
+        root / "model",
+        tuple(root / folder for folder, *_ in MODULE_DICTIONARIES),
+        root / "corpus.txt",
+        config["vocab_size"],
+        config["hidden_size"],
+        config["num_attention_heads"] * config["head_dim"],
+    )
 
 
 def build_module_world(root: Path) -> ModuleWorld:
     root.mkdir(parents=True, exist_ok=True)
     documents = corpus_documents()
     tokenizer = train_tokenizer(documents)
-    model_dir = save_hf_model(build_hf_model(MODULE_ARCHITECTURE, seed=0, vocab_size=tokenizer.get_vocab_size()), root / "model")
+    model_dir = save_hf_model(
+        build_hf_model(MODULE_ARCHITECTURE, seed=0, vocab_size=tokenizer.get_vocab_size()), root / "model"
+    )
     tokenizer.save(str(model_dir / "tokenizer.json"))
     (root / "corpus.txt").write_text("\n\n".join(documents))
     world = module_world_at(root)
@@ -162,8 +198,22 @@ def build_module_world(root: Path) -> ModuleWorld:
 
 def base_args(world: World | ModuleWorld, out: Path, *extra: str) -> list[str]:
     """`qlens signatures` arguments on the tiny world (small sample, quiet)."""
-    args = ["signatures", "--model", str(world.model), "--out", str(out), "--corpus", str(world.corpus_text),
-            "--num-samples", "6", "--max-length", "10", "--memory-budget-gb", "1", "--quiet"]
+    args = [
+        "signatures",
+        "--model",
+        str(world.model),
+        "--out",
+        str(out),
+        "--corpus",
+        str(world.corpus_text),
+        "--num-samples",
+        "6",
+        "--max-length",
+        "10",
+        "--memory-budget-gb",
+        "1",
+        "--quiet",
+    ]
     for d in world.dictionaries:
         args += ["--dictionary", str(d)]
     return args + list(extra)

@@ -45,12 +45,14 @@ def hf_run(heldout_windows):
     def block_hook(layer):
         def hook(module, args, output):
             keep(f"blocks.{layer}.hook_resid_post", output[0] if isinstance(output, tuple) else output)
+
         return hook
 
     def mlp_hook(layer):
         def hook(module, args, output):  # returns None: the output is left as it is
             keep(f"blocks.{layer}.ln2.hook_normalized", args[0])
             keep(f"blocks.{layer}.hook_mlp_out", output)
+
         return hook
 
     hooks = []
@@ -61,8 +63,11 @@ def hf_run(heldout_windows):
     with torch.no_grad():
         for chunk in torch.as_tensor(heldout_windows).split(64):
             logits = model(chunk).logits
-            losses.append(torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="none").numpy())
+            losses.append(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="none"
+                ).numpy()
+            )
     for h in hooks:
         h.remove()
     points = {name: np.concatenate(parts) for name, parts in captured.items()}
@@ -81,7 +86,7 @@ def _encode_decode(cfg: dict, w: dict, x: np.ndarray) -> tuple[np.ndarray, np.nd
     """Reconstruction and number of active features per token (float32, as sae_lens computes)."""
     pre = (x - w["b_dec"] if cfg["apply_b_dec_to_input"] else x) @ w["W_enc"] + w["b_enc"]
     if cfg["architecture"] == "topk":
-        top = np.argpartition(pre, -cfg["k"], axis=-1)[:, -cfg["k"]:]
+        top = np.argpartition(pre, -cfg["k"], axis=-1)[:, -cfg["k"] :]
         values = np.take_along_axis(pre, top, -1).clip(min=0.0)
         recon = np.einsum("tk,tkd->td", values, w["W_dec"][top]) + w["b_dec"]
         active = np.zeros(pre.shape, bool)
@@ -109,8 +114,8 @@ def test_dictionary_quality_matches_record(name, hf_run):
     y = points[meta.get("hook_name_out") or meta["hook_name"]]
     sse, n_active, ever = 0.0, 0, np.zeros(d_sae, bool)
     for i in range(0, len(x), 8192):
-        recon, active = _encode_decode(cfg, w, x[i:i + 8192])
-        sse += float(np.square((y[i:i + 8192] - recon).astype(np.float64)).sum())
+        recon, active = _encode_decode(cfg, w, x[i : i + 8192])
+        sse += float(np.square((y[i : i + 8192] - recon).astype(np.float64)).sum())
         n_active += int(active.sum())
         ever |= active.any(0)
     explained = 1.0 - sse / float(np.square(y.astype(np.float64) - y.mean(0, dtype=np.float64)).sum())

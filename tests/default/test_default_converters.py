@@ -61,10 +61,16 @@ def test_demo_runs_offline(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out), "--num-samples", "16", "--quiet"]) == 0
     table = pq.read_table(out / "signatures.parquet")
     n_features = sum(
-        json.loads((default.dictionary_dir(name) / "cfg.json").read_text())["d_sae"] for name in default.DICTIONARY_NAMES
+        json.loads((default.dictionary_dir(name) / "cfg.json").read_text())["d_sae"]
+        for name in default.DICTIONARY_NAMES
     )
     assert table.num_rows == 4 * n_features  # Logit Lens and Query Lens, both sides, every feature
-    assert set(table.column("lens").to_pylist()) == {"logit_lens_value", "logit_lens_key", "query_lens_value", "query_lens_key"}
+    assert set(table.column("lens").to_pylist()) == {
+        "logit_lens_value",
+        "logit_lens_key",
+        "query_lens_value",
+        "query_lens_key",
+    }
     html = (out / "viewer.html").read_text()
     assert "<html" in html.lower() and "query_lens_value" in html
     printed = capsys.readouterr().out

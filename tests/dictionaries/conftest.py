@@ -3,6 +3,7 @@
 import warnings
 
 import pytest
+
 from dictionary_helpers import TinyModelConfig
 
 

@@ -12,8 +12,16 @@ def _shapes(path: Path) -> dict[str, list[int]]:
         return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
 
 
-def sae_lens_from_repo(sae_lens, monkeypatch, loader: str, root: Path, repo_id: str, folder: str,
-                       cfg_overrides: dict | None = None, norm_scaling_factor: float | None = None):
+def sae_lens_from_repo(
+    sae_lens,
+    monkeypatch,
+    loader: str,
+    root: Path,
+    repo_id: str,
+    folder: str,
+    cfg_overrides: dict | None = None,
+    norm_scaling_factor: float | None = None,
+):
     """`SAE.from_pretrained(repo_id, folder)` through sae_lens's loader `loader`, with the Hub
     replaced by the local repository copy `root`; `cfg_overrides` stand in for facts a loader
     reads from its model table (sizes of the real Gemma 2 models), and `norm_scaling_factor`

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from dictionary_helpers import D_IN, D_SAE, TinyModelConfig, assert_close, assert_sparse_but_active, inputs
 from safetensors.numpy import save_file
-from saelens_loaders import sae_lens_from_repo
 
 from converters import load_dictionaries, load_dictionary
+from dictionary_helpers import D_IN, D_SAE, TinyModelConfig, assert_close, assert_sparse_but_active, inputs
 from qlens_jax.dictionaries import DictionaryError
+from saelens_loaders import sae_lens_from_repo
 
 N_LAYERS = 4
 
@@ -20,22 +20,32 @@ def write_clt(folder, *, jumprelu: bool, n_layers: int = N_LAYERS, input_hook="h
     """A CLT of `n_layers` layers; returns per layer (W_enc [d_sae, d], b_enc, b_dec, threshold,
     W_dec [d_sae, n_layers - l, d])."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({
-        "model_name": "google/gemma-2-2b", "model_kind": "cross_layer_transcoder",
-        "feature_input_hook": input_hook, "feature_output_hook": "hook_mlp_out"}))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_name": "google/gemma-2-2b",
+                "model_kind": "cross_layer_transcoder",
+                "feature_input_hook": input_hook,
+                "feature_output_hook": "hook_mlp_out",
+            }
+        )
+    )
     layers = []
     for layer in range(n_layers):
         g = np.random.default_rng(20 + layer)
-        p = {f"W_enc_{layer}": (g.normal(size=(D_SAE, D_IN)) * 0.3).astype(np.float32),
-             f"b_enc_{layer}": (g.normal(size=D_SAE) * 0.5).astype(np.float32),
-             f"b_dec_{layer}": (g.normal(size=D_IN) * 0.5).astype(np.float32)}
+        p = {
+            f"W_enc_{layer}": (g.normal(size=(D_SAE, D_IN)) * 0.3).astype(np.float32),
+            f"b_enc_{layer}": (g.normal(size=D_SAE) * 0.5).astype(np.float32),
+            f"b_dec_{layer}": (g.normal(size=D_IN) * 0.5).astype(np.float32),
+        }
         if jumprelu:  # some negative: circuit-tracer's JumpReLU keeps pre where pre > threshold, no ReLU
             p[f"threshold_{layer}"] = (g.uniform(size=D_SAE) * 1.2 - 0.4).astype(np.float32)
         save_file(p, folder / f"W_enc_{layer}.safetensors")
         w_dec = (g.normal(size=(D_SAE, n_layers - layer, D_IN)) * 0.3).astype(np.float32)
         save_file({f"W_dec_{layer}": w_dec}, folder / f"W_dec_{layer}.safetensors")
-        layers.append((p[f"W_enc_{layer}"], p[f"b_enc_{layer}"], p[f"b_dec_{layer}"],
-                       p.get(f"threshold_{layer}"), w_dec))
+        layers.append(
+            (p[f"W_enc_{layer}"], p[f"b_enc_{layer}"], p[f"b_dec_{layer}"], p.get(f"threshold_{layer}"), w_dec)
+        )
     return layers
 
 
@@ -65,8 +75,14 @@ def test_clt_against_sae_lens_loader(tmp_path, monkeypatch, sae_lens, model):
     layers = write_clt(tmp_path, jumprelu=False)
     for layer in (0, 2):
         d = load_dictionary(tmp_path / f"W_enc_{layer}.safetensors", model)
-        sae = sae_lens_from_repo(sae_lens, monkeypatch, "mntss_clt_layer_huggingface_loader", tmp_path,
-                                 "mntss/clt-gemma-2-2b-2.5M", str(layer))
+        sae = sae_lens_from_repo(
+            sae_lens,
+            monkeypatch,
+            "mntss_clt_layer_huggingface_loader",
+            tmp_path,
+            "mntss/clt-gemma-2-2b-2.5M",
+            str(layer),
+        )
         theirs = {k: v.numpy() for k, v in sae.state_dict().items()}
         np.testing.assert_array_equal(np.asarray(d.W_enc), theirs["W_enc"])
         np.testing.assert_array_equal(np.asarray(d.b_enc), theirs["b_enc"])

@@ -5,28 +5,43 @@ import json
 import numpy as np
 import pytest
 import torch
-from dictionary_helpers import D_IN, D_SAE, TinyModelConfig
 from safetensors.numpy import save_file
-from test_format_parity import (
-    gemma_scope_params, write_gemma_scope_2, write_openai, write_sparsify, write_transcoder_set,
-)
-from test_module_output_sites import write_llama_scope
 
 from converters import load_dictionaries, load_dictionary
+from dictionary_helpers import D_IN, D_SAE, TinyModelConfig
 from qlens_jax.dictionaries import DictionaryError
+from test_format_parity import (
+    gemma_scope_params,
+    write_gemma_scope_2,
+    write_openai,
+    write_sparsify,
+    write_transcoder_set,
+)
+from test_module_output_sites import write_llama_scope
 
 
 def saelens_dir(path, *, arch="standard", hook="blocks.2.hook_resid_post", tensors=None, **cfg):
     """A sae_lens v6 folder written by hand (the parity tests cover sae_lens's own writer)."""
     path.mkdir(parents=True, exist_ok=True)
     g = np.random.default_rng(0)
-    base = {"W_enc": g.normal(size=(D_IN, D_SAE)), "W_dec": g.normal(size=(D_SAE, D_IN)),
-            "b_enc": g.normal(size=D_SAE), "b_dec": g.normal(size=D_IN)}
+    base = {
+        "W_enc": g.normal(size=(D_IN, D_SAE)),
+        "W_dec": g.normal(size=(D_SAE, D_IN)),
+        "b_enc": g.normal(size=D_SAE),
+        "b_dec": g.normal(size=D_IN),
+    }
     base = {k: v.astype(np.float32) for k, v in base.items()}
     save_file(tensors if tensors is not None else base, path / "sae_weights.safetensors")
-    config = {"architecture": arch, "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32",
-              "apply_b_dec_to_input": True, "normalize_activations": "none",
-              "metadata": {"sae_lens_version": "6.54.12", "hook_name": hook}, **cfg}
+    config = {
+        "architecture": arch,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.54.12", "hook_name": hook},
+        **cfg,
+    }
     (path / "cfg.json").write_text(json.dumps(config))
     return base
 
@@ -135,16 +150,19 @@ def _edit_json(path, edit):
     path.write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda c: c.update(d_sae="lots"), "'d_sae' must be an integer, got str 'lots'"),
-    (lambda c: c.update(architecture="topk", k="abc"), "'k' must be an integer, got str 'abc'"),
-    (lambda c: c.update(d_in=[128]), r"'d_in' must be an integer, got list \[128\]"),
-    (lambda c: c.update(metadata="x"), "'metadata' must be a mapping, got str 'x'"),
-    (lambda c: c["metadata"].update(hook_name=7), "'metadata.hook_name' must be a string, got int 7"),
-    (lambda c: c.update(d_sae=12.5), "'d_sae' must be an integer, got float 12.5"),
-    (lambda c: c.update(apply_b_dec_to_input="false"), "'apply_b_dec_to_input' must be true or false"),
-    (lambda c: c.update(d_sae=0), "'d_sae' must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c: c.update(d_sae="lots"), "'d_sae' must be an integer, got str 'lots'"),
+        (lambda c: c.update(architecture="topk", k="abc"), "'k' must be an integer, got str 'abc'"),
+        (lambda c: c.update(d_in=[128]), r"'d_in' must be an integer, got list \[128\]"),
+        (lambda c: c.update(metadata="x"), "'metadata' must be a mapping, got str 'x'"),
+        (lambda c: c["metadata"].update(hook_name=7), "'metadata.hook_name' must be a string, got int 7"),
+        (lambda c: c.update(d_sae=12.5), "'d_sae' must be an integer, got float 12.5"),
+        (lambda c: c.update(apply_b_dec_to_input="false"), "'apply_b_dec_to_input' must be true or false"),
+        (lambda c: c.update(d_sae=0), "'d_sae' must be at least 1, got 0"),
+    ],
+)
 def test_saelens_config_types_are_checked(tmp_path, model, edit, match):
     saelens_dir(tmp_path)
     _edit_json(tmp_path / "cfg.json", edit)
@@ -194,7 +212,9 @@ def _openai(folder):
     return path, r"0\.pt: config key 'activation_state_dict' must be a mapping, got str 'x'"
 
 
-@pytest.mark.parametrize("write", [_gemma_scope_2, _llama_scope, _llama_scope_norms, _sparsify, _circuit_tracer, _openai])
+@pytest.mark.parametrize(
+    "write", [_gemma_scope_2, _llama_scope, _llama_scope_norms, _sparsify, _circuit_tracer, _openai]
+)
 def test_every_format_checks_its_config_types(tmp_path, model, write):
     source, match = write(tmp_path / "d")
     with pytest.raises(DictionaryError, match=match):
@@ -207,8 +227,15 @@ def test_caller_options_are_typed(tmp_path, model):
         load_dictionary(tmp_path, model, layer="2")
     with pytest.raises(DictionaryError, match="option 'norm_scaling_factor' must be a finite number, got float nan"):
         load_dictionary(tmp_path, model, norm_scaling_factor=float("nan"))
-    torch.save({"W_enc": torch.zeros(64, D_IN), "W_dec": torch.zeros(D_IN, 64), "b_enc": torch.zeros(64),
-                "b_dec": torch.zeros(D_IN)}, tmp_path / "layer2.sae.pt")
+    torch.save(
+        {
+            "W_enc": torch.zeros(64, D_IN),
+            "W_dec": torch.zeros(D_IN, 64),
+            "b_enc": torch.zeros(64),
+            "b_dec": torch.zeros(D_IN),
+        },
+        tmp_path / "layer2.sae.pt",
+    )
     with pytest.raises(DictionaryError, match="option 'k' must be an integer, got float 2.5"):
         load_dictionary(tmp_path / "layer2.sae.pt", model, k=2.5)
 
@@ -216,8 +243,10 @@ def test_caller_options_are_typed(tmp_path, model):
 def test_circuit_tracer_stored_k_must_be_one_integer(tmp_path, model):
     folder = tmp_path / "set"
     write_transcoder_set(folder, n_layers=1)
-    (folder / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
-                                        "feature_output_hook: mlp.hook_out\nactivation: topk\n")
+    (folder / "config.yaml").write_text(
+        "model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
+        "feature_output_hook: mlp.hook_out\nactivation: topk\n"
+    )
     from safetensors.numpy import load_file
 
     weights = load_file(folder / "layer_0.safetensors")
@@ -229,21 +258,28 @@ def test_circuit_tracer_stored_k_must_be_one_integer(tmp_path, model):
 
 
 # ---- architectures and options ------------------------------------------------------------
-@pytest.mark.parametrize("arch,match", [
-    ("temporal", "not supported: its codes attend"), ("matching_pursuit", "iterative pursuit"),
-    ("tanh_sae", "unknown architecture 'tanh_sae'"),
-])
+@pytest.mark.parametrize(
+    "arch,match",
+    [
+        ("temporal", "not supported: its codes attend"),
+        ("matching_pursuit", "iterative pursuit"),
+        ("tanh_sae", "unknown architecture 'tanh_sae'"),
+    ],
+)
 def test_unsupported_architectures(tmp_path, model, arch, match):
     saelens_dir(tmp_path, arch=arch)
     with pytest.raises(DictionaryError, match=match):
         load_dictionary(tmp_path, model)
 
 
-@pytest.mark.parametrize("cfg,match", [
-    ({"normalize_activations": "covariance_whitening"}, "covariance_whitening"),
-    ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z' flattens the heads.*reads resid_post"),
-    ({"reshape_activations": "hook_q"}, "unknown reshape_activations='hook_q'"),
-])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"normalize_activations": "covariance_whitening"}, "covariance_whitening"),
+        ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z' flattens the heads.*reads resid_post"),
+        ({"reshape_activations": "hook_q"}, "unknown reshape_activations='hook_q'"),
+    ],
+)
 def test_unsupported_options(tmp_path, model, cfg, match):
     saelens_dir(tmp_path, **cfg)
     with pytest.raises(DictionaryError, match=match):
@@ -259,12 +295,15 @@ def test_option_that_does_not_apply(tmp_path, model):
 
 
 # ---- placement ----------------------------------------------------------------------------
-@pytest.mark.parametrize("hook,match", [
-    ("blocks.2.attn.hook_result", "attention/MLP-internal point"),
-    ("blocks.2.mlp.hook_post", "attention/MLP-internal point"),
-    ("blocks.2.ln2.hook_normalized", "an SAE reads and writes one of"),
-    ("hook_embed", "neither a TransformerLens"),
-])
+@pytest.mark.parametrize(
+    "hook,match",
+    [
+        ("blocks.2.attn.hook_result", "attention/MLP-internal point"),
+        ("blocks.2.mlp.hook_post", "attention/MLP-internal point"),
+        ("blocks.2.ln2.hook_normalized", "an SAE reads and writes one of"),
+        ("hook_embed", "neither a TransformerLens"),
+    ],
+)
 def test_unsupported_sites(tmp_path, model, hook, match):
     saelens_dir(tmp_path, hook=hook)
     with pytest.raises(DictionaryError, match=match):
@@ -333,9 +372,13 @@ def test_gemma_scope_2_checks(tmp_path):
     with pytest.raises(DictionaryError, match="BEFORE gemma3_text's post_attention_layernorm"):
         load_dictionary(before_norm, gemma)
     lying = tmp_path / "tc"
-    write_gemma_scope_2(lying, kind="transcoder", affine=True,
-                        hook_in="model.layers.1.pre_feedforward_layernorm.output",
-                        hook_out="model.layers.1.post_feedforward_layernorm.output")
+    write_gemma_scope_2(
+        lying,
+        kind="transcoder",
+        affine=True,
+        hook_in="model.layers.1.pre_feedforward_layernorm.output",
+        hook_out="model.layers.1.post_feedforward_layernorm.output",
+    )
     cfg = json.loads((lying / "config.json").read_text())
     (lying / "config.json").write_text(json.dumps({**cfg, "affine_connection": False}))
     expected = "affine_connection is False but .* has 'affine_skip_connection'"
@@ -345,8 +388,12 @@ def test_gemma_scope_2_checks(tmp_path):
 
 def test_gemma_scope_2_cross_layer_transcoder_refused(tmp_path):
     folder = tmp_path / "clt"
-    write_gemma_scope_2(folder, kind="transcoder", hook_in="model.layers.1.pre_feedforward_layernorm.output",
-                        hook_out="model.layers.1.post_feedforward_layernorm.output")
+    write_gemma_scope_2(
+        folder,
+        kind="transcoder",
+        hook_in="model.layers.1.pre_feedforward_layernorm.output",
+        hook_out="model.layers.1.post_feedforward_layernorm.output",
+    )
     from safetensors.numpy import load_file
 
     p = load_file(folder / "params.safetensors")
@@ -377,8 +424,12 @@ def test_sparsify_checks(tmp_path, model):
 
 
 def test_qwen_scope_needs_k(tmp_path, model):
-    p = {"W_enc": torch.zeros(64, D_IN), "W_dec": torch.zeros(D_IN, 64), "b_enc": torch.zeros(64),
-         "b_dec": torch.zeros(D_IN)}
+    p = {
+        "W_enc": torch.zeros(64, D_IN),
+        "W_dec": torch.zeros(D_IN, 64),
+        "b_enc": torch.zeros(64),
+        "b_dec": torch.zeros(D_IN),
+    }
     torch.save(p, tmp_path / "layer2.sae.pt")
     with pytest.raises(DictionaryError, match="pass k="):
         load_dictionary(tmp_path / "layer2.sae.pt", model)
@@ -391,10 +442,15 @@ def test_qwen_scope_needs_k(tmp_path, model):
 def test_circuit_tracer_square_encoder_is_ambiguous(tmp_path):
     folder = tmp_path / "set"
     folder.mkdir()
-    (folder / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\n"
-                                        "feature_output_hook: mlp.hook_out\n")
-    square = {"W_enc": np.zeros((D_IN, D_IN), np.float32), "W_dec": np.zeros((D_IN, D_IN), np.float32),
-              "b_enc": np.zeros(D_IN, np.float32), "b_dec": np.zeros(D_IN, np.float32)}
+    (folder / "config.yaml").write_text(
+        "model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\nfeature_output_hook: mlp.hook_out\n"
+    )
+    square = {
+        "W_enc": np.zeros((D_IN, D_IN), np.float32),
+        "W_dec": np.zeros((D_IN, D_IN), np.float32),
+        "b_enc": np.zeros(D_IN, np.float32),
+        "b_dec": np.zeros(D_IN, np.float32),
+    }
     save_file(square, folder / "layer_0.safetensors")
     with pytest.raises(DictionaryError, match="'W_enc' is square.*refusing to guess"):
         load_dictionary(folder / "layer_0.safetensors", TinyModelConfig())
@@ -426,8 +482,13 @@ def test_layer_must_be_in_range(tmp_path):
 
 
 def test_hf_hook_meaning_depends_on_model_type(tmp_path):
-    saelens_dir(tmp_path, hook="model.layers.1.post_attention_layernorm.output",
-                arch="transcoder", d_out=D_IN, apply_b_dec_to_input=False)
+    saelens_dir(
+        tmp_path,
+        hook="model.layers.1.post_attention_layernorm.output",
+        arch="transcoder",
+        d_out=D_IN,
+        apply_b_dec_to_input=False,
+    )
     d = load_dictionary(tmp_path, TinyModelConfig(model_type="qwen3"))
     assert (d.site_in, d.site_out) == ("mlp_in", "mlp_out")
     # in Gemma 2/3 it is the attention's post-norm: attn_out, which no transcoder reads

@@ -9,33 +9,42 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jaxtyping import TypeCheckError
-from dictionary_helpers import D_IN, D_SAE, TinyModelConfig, assert_close, inputs, np_topk
 
 from converters import load_dictionary
+from dictionary_helpers import D_IN, D_SAE, TinyModelConfig, assert_close, inputs, np_topk
 from qlens_jax.dictionaries import (
     Dictionary,
     DictionaryError,
     DictionarySet,
+    activations as act,
     astype,
     estimate_input_scale,
     fold_input_scale,
     parse_hook_name,
     validate_dictionary,
 )
-from qlens_jax.dictionaries import activations as act
 
 
 def params(seed=0, d_in=D_IN, d_sae=D_SAE, d_out=D_IN):
     g = np.random.default_rng(seed)
-    return dict(W_enc=jnp.asarray(g.normal(size=(d_in, d_sae)) * 0.3, jnp.float32),
-                b_enc=jnp.asarray(g.normal(size=d_sae) * 0.5, jnp.float32),
-                W_dec=jnp.asarray(g.normal(size=(d_sae, d_out)) * 0.3, jnp.float32),
-                b_dec=jnp.asarray(g.normal(size=d_out) * 0.5, jnp.float32))
+    return dict(
+        W_enc=jnp.asarray(g.normal(size=(d_in, d_sae)) * 0.3, jnp.float32),
+        b_enc=jnp.asarray(g.normal(size=d_sae) * 0.5, jnp.float32),
+        W_dec=jnp.asarray(g.normal(size=(d_sae, d_out)) * 0.3, jnp.float32),
+        b_dec=jnp.asarray(g.normal(size=d_out) * 0.5, jnp.float32),
+    )
 
 
 def sae(**kw):
-    base = dict(params(), layer=1, site_in="resid_post", site_out="resid_post", kind="sae",
-                name="resid-post-48", activation="relu")
+    base = dict(
+        params(),
+        layer=1,
+        site_in="resid_post",
+        site_out="resid_post",
+        kind="sae",
+        name="resid-post-48",
+        activation="relu",
+    )
     return Dictionary(**{**base, **kw})
 
 
@@ -114,26 +123,33 @@ def test_astype():
     assert d.encode(inputs((D_IN,))).dtype == jnp.float32  # math runs in float32
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"activation": "jumprelu"}, "needs threshold"),
-    ({"activation": "topk", "k": D_SAE + 1}, "integer k"),
-    ({"activation": "groupmax", "k": 5}, "divisible"),
-    ({"activation": "softmax"}, "unknown activation"),
-    ({"site_out": "resid_pre"}, "an SAE reads and writes"),
-    ({"site_in": "mlp_in", "site_out": "mlp_in"}, "an SAE reads and writes"),
-    ({"kind": "transcoder"}, "a transcoder reads"),
-    ({"kind": "crosscoder"}, "unknown kind"),
-    ({"layer": -1}, "non-negative"),
-    ({"input_norm": "scale"}, "go together"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"activation": "jumprelu"}, "needs threshold"),
+        ({"activation": "topk", "k": D_SAE + 1}, "integer k"),
+        ({"activation": "groupmax", "k": 5}, "divisible"),
+        ({"activation": "softmax"}, "unknown activation"),
+        ({"site_out": "resid_pre"}, "an SAE reads and writes"),
+        ({"site_in": "mlp_in", "site_out": "mlp_in"}, "an SAE reads and writes"),
+        ({"kind": "transcoder"}, "a transcoder reads"),
+        ({"kind": "crosscoder"}, "unknown kind"),
+        ({"layer": -1}, "non-negative"),
+        ({"input_norm": "scale"}, "go together"),
+    ],
+)
 def test_invalid_modules(kw, match):
     with pytest.raises(DictionaryError, match=match):
         sae(**kw)
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"b_enc": jnp.zeros(3)}, "b_enc"), ({"W_skip": jnp.zeros((D_IN, D_IN + 1))}, "W_skip"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"b_enc": jnp.zeros(3)}, "b_enc"),
+        ({"W_skip": jnp.zeros((D_IN, D_IN + 1))}, "W_skip"),
+    ],
+)
 def test_wrong_shapes_are_refused(kw, match):
     # with jaxtyping's runtime checks on, its TypeCheckError comes first; without, ours does
     with pytest.raises((DictionaryError, TypeCheckError), match=match):
@@ -142,8 +158,16 @@ def test_wrong_shapes_are_refused(kw, match):
 
 def test_transcoder_with_different_widths():
     p = params(d_out=D_IN + 8)
-    d = Dictionary(**p, layer=0, site_in="mlp_in", site_out="mlp_out", kind="transcoder",
-                   name="transcoder-48", activation="relu", W_skip=jnp.ones((D_IN + 8, D_IN)))
+    d = Dictionary(
+        **p,
+        layer=0,
+        site_in="mlp_in",
+        site_out="mlp_out",
+        kind="transcoder",
+        name="transcoder-48",
+        activation="relu",
+        W_skip=jnp.ones((D_IN + 8, D_IN)),
+    )
     assert d.reconstruct(inputs((D_IN,))).shape == (D_IN + 8,)
     with pytest.raises(DictionaryError, match="apply_b_dec_to_input needs d_in == d_out"):
         dataclasses.replace(d, apply_b_dec_to_input=True)
@@ -175,10 +199,24 @@ def test_validation_accepts_real_config_and_model_like_objects():
 
     n = 4
     config = ModelConfig(
-        model_type="gpt2", vocab_size=10, d_model=D_IN, n_layers=n, n_heads=2, n_kv_heads=2,
-        head_dim=8, d_mlp=32, norm="layernorm", norm_eps=1e-5, activation="gelu",
-        gated_mlp=False, positional="learned", max_positions=8, tie_word_embeddings=True,
-        attn_scales=(1.0,) * n, sliding_windows=(0,) * n, rope_scales=(1.0,) * n,
+        model_type="gpt2",
+        vocab_size=10,
+        d_model=D_IN,
+        n_layers=n,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=8,
+        d_mlp=32,
+        norm="layernorm",
+        norm_eps=1e-5,
+        activation="gelu",
+        gated_mlp=False,
+        positional="learned",
+        max_positions=8,
+        tie_word_embeddings=True,
+        attn_scales=(1.0,) * n,
+        sliding_windows=(0,) * n,
+        rope_scales=(1.0,) * n,
     )
     d = sae()
     validate_dictionary(d, config)
@@ -189,8 +227,9 @@ def test_validation_accepts_real_config_and_model_like_objects():
 
     validate_dictionary(d, FakeTransformer(config))
     with pytest.raises(DictionaryError, match="layer 1 but the model has layers 0..0"):
-        validate_dictionary(d, dataclasses.replace(config, n_layers=1, attn_scales=(1.0,),
-                                                   sliding_windows=(0,), rope_scales=(1.0,)))
+        validate_dictionary(
+            d, dataclasses.replace(config, n_layers=1, attn_scales=(1.0,), sliding_windows=(0,), rope_scales=(1.0,))
+        )
     with pytest.raises(TypeError, match="expected a qlens_jax Transformer or ModelConfig"):
         validate_dictionary(d, object())
 
@@ -199,8 +238,10 @@ def test_recorded_hook_is_rechecked():
     from qlens_jax.dictionaries import DictionaryInfo
 
     d = sae(info=DictionaryInfo(hook_name="blocks.2.hook_resid_post"))
-    with pytest.raises(DictionaryError, match="'blocks.2.hook_resid_post' is layer 2 site resid_post, "
-                                              "but the dictionary is placed at layer 1"):
+    with pytest.raises(
+        DictionaryError,
+        match="'blocks.2.hook_resid_post' is layer 2 site resid_post, but the dictionary is placed at layer 1",
+    ):
         validate_dictionary(d, TinyModelConfig())
 
 
@@ -215,74 +256,93 @@ def test_resid_mid_of_a_parallel_block_is_refused(site, hook):
     parallel = ModelFacts(D_IN, 4, "gpt_neox", 2, D_IN // 2, parallel_residual=True)
     d = sae(site_in=site, site_out=site, info=DictionaryInfo(hook_name=hook))
     validate_dictionary(d, dataclasses.replace(parallel, parallel_residual=False))
-    with pytest.raises(DictionaryError, match="placed at resid_mid, but the blocks of this gpt_neox model are parallel"
-                                              ".*resid_pre, resid_post, attn_out, z, mlp_out"):
+    with pytest.raises(
+        DictionaryError,
+        match="placed at resid_mid, but the blocks of this gpt_neox model are parallel"
+        ".*resid_pre, resid_post, attn_out, z, mlp_out",
+    ):
         validate_dictionary(d, parallel)
-    validate_dictionary(sae(site_in="resid_mid", site_out="mlp_out", kind="transcoder",
-                            info=DictionaryInfo(hook_name="blocks.1.hook_mlp_in")), parallel)
+    validate_dictionary(
+        sae(
+            site_in="resid_mid",
+            site_out="mlp_out",
+            kind="transcoder",
+            info=DictionaryInfo(hook_name="blocks.1.hook_mlp_in"),
+        ),
+        parallel,
+    )
 
 
-@pytest.mark.parametrize("name,model_type,expected", [
-    ("blocks.3.hook_resid_pre", None, (3, "resid_pre")),
-    ("blocks.3.hook_resid_mid", None, (3, "resid_mid")),
-    ("blocks.3.hook_resid_post", None, (3, "resid_post")),
-    ("blocks.3.ln2.hook_normalized", None, (3, "mlp_in")),
-    ("blocks.3.mlp.hook_in", None, (3, "mlp_in")),
-    ("blocks.3.hook_mlp_in", None, (3, "resid_mid")),
-    ("blocks.3.hook_mlp_out", None, (3, "mlp_out")),
-    ("model.layers.3", None, (3, "resid_post")),
-    ("model.layers.3.output", None, (3, "resid_post")),
-    ("layers.3", None, (3, "resid_post")),
-    ("model.layers.3.pre_feedforward_layernorm.output", None, (3, "mlp_in")),
-    ("model.layers.3.post_feedforward_layernorm.output", None, (3, "mlp_out")),
-    ("model.layers.3.post_attention_layernorm.output", "qwen3", (3, "mlp_in")),
-    ("model.layers.3.mlp.output", "llama", (3, "mlp_out")),
-    ("blocks.3.attn.hook_z", None, (3, "z")),
-    ("blocks.3.hook_attn_out", None, (3, "attn_out")),
-    ("model.layers.3.self_attn.o_proj.input", None, (3, "z")),
-    ("model.language_model.layers.3.self_attn.o_proj.input", "gemma3", (3, "z")),
-    ("transformer.h.3.attn.c_proj.input", None, (3, "z")),
-    ("transformer.h.3.attn.output", None, (3, "attn_out")),
-    ("transformer.h.3.attn.c_proj.output", None, (3, "attn_out")),
-    ("model.layers.3.self_attn.output", "llama", (3, "attn_out")),
-    ("model.layers.3.self_attn.o_proj.output", "qwen3", (3, "attn_out")),
-    ("model.layers.3.post_attention_layernorm.output", "gemma3_text", (3, "attn_out")),
-    ("model.layers.3.post_attention_layernorm.output", "gemma2", (3, "attn_out")),
-    ("model.layers.3.post_attention_layernorm.output", "gemma", (3, "mlp_in")),  # Gemma-1: the MLP's pre-norm
-    ("model.layers.3.post_attention_layernorm.output", "mistral", (3, "mlp_in")),
-    ("model.layers.3.mlp.output", "gemma", (3, "mlp_out")),
-    ("model.layers.3.post_feedforward_layernorm.output", "gemma2", (3, "mlp_out")),
-    ("model.layers.3.post_feedforward_layernorm.output", "gemma3_text", (3, "mlp_out")),
-    ("model.layers.3.mlp.down_proj.output", "llama", (3, "mlp_out")),
-    ("transformer.h.3.mlp.output", "gpt2", (3, "mlp_out")),
-    # GPT-NeoX (Pythia): no post-norms; post_attention_layernorm is the MLP's pre-norm (ln2)
-    ("gpt_neox.layers.3", "gpt_neox", (3, "resid_post")),
-    ("gpt_neox.layers.3.attention.dense.input", "gpt_neox", (3, "z")),
-    ("gpt_neox.layers.3.attention.output", "gpt_neox", (3, "attn_out")),
-    ("gpt_neox.layers.3.attention.dense.output", "gpt_neox", (3, "attn_out")),
-    ("gpt_neox.layers.3.mlp.output", "gpt_neox", (3, "mlp_out")),
-    ("gpt_neox.layers.3.mlp.dense_4h_to_h.output", "gpt_neox", (3, "mlp_out")),
-    ("gpt_neox.layers.3.post_attention_layernorm.output", "gpt_neox", (3, "mlp_in")),
-])
+@pytest.mark.parametrize(
+    "name,model_type,expected",
+    [
+        ("blocks.3.hook_resid_pre", None, (3, "resid_pre")),
+        ("blocks.3.hook_resid_mid", None, (3, "resid_mid")),
+        ("blocks.3.hook_resid_post", None, (3, "resid_post")),
+        ("blocks.3.ln2.hook_normalized", None, (3, "mlp_in")),
+        ("blocks.3.mlp.hook_in", None, (3, "mlp_in")),
+        ("blocks.3.hook_mlp_in", None, (3, "resid_mid")),
+        ("blocks.3.hook_mlp_out", None, (3, "mlp_out")),
+        ("model.layers.3", None, (3, "resid_post")),
+        ("model.layers.3.output", None, (3, "resid_post")),
+        ("layers.3", None, (3, "resid_post")),
+        ("model.layers.3.pre_feedforward_layernorm.output", None, (3, "mlp_in")),
+        ("model.layers.3.post_feedforward_layernorm.output", None, (3, "mlp_out")),
+        ("model.layers.3.post_attention_layernorm.output", "qwen3", (3, "mlp_in")),
+        ("model.layers.3.mlp.output", "llama", (3, "mlp_out")),
+        ("blocks.3.attn.hook_z", None, (3, "z")),
+        ("blocks.3.hook_attn_out", None, (3, "attn_out")),
+        ("model.layers.3.self_attn.o_proj.input", None, (3, "z")),
+        ("model.language_model.layers.3.self_attn.o_proj.input", "gemma3", (3, "z")),
+        ("transformer.h.3.attn.c_proj.input", None, (3, "z")),
+        ("transformer.h.3.attn.output", None, (3, "attn_out")),
+        ("transformer.h.3.attn.c_proj.output", None, (3, "attn_out")),
+        ("model.layers.3.self_attn.output", "llama", (3, "attn_out")),
+        ("model.layers.3.self_attn.o_proj.output", "qwen3", (3, "attn_out")),
+        ("model.layers.3.post_attention_layernorm.output", "gemma3_text", (3, "attn_out")),
+        ("model.layers.3.post_attention_layernorm.output", "gemma2", (3, "attn_out")),
+        ("model.layers.3.post_attention_layernorm.output", "gemma", (3, "mlp_in")),  # Gemma-1: the MLP's pre-norm
+        ("model.layers.3.post_attention_layernorm.output", "mistral", (3, "mlp_in")),
+        ("model.layers.3.mlp.output", "gemma", (3, "mlp_out")),
+        ("model.layers.3.post_feedforward_layernorm.output", "gemma2", (3, "mlp_out")),
+        ("model.layers.3.post_feedforward_layernorm.output", "gemma3_text", (3, "mlp_out")),
+        ("model.layers.3.mlp.down_proj.output", "llama", (3, "mlp_out")),
+        ("transformer.h.3.mlp.output", "gpt2", (3, "mlp_out")),
+        # GPT-NeoX (Pythia): no post-norms; post_attention_layernorm is the MLP's pre-norm (ln2)
+        ("gpt_neox.layers.3", "gpt_neox", (3, "resid_post")),
+        ("gpt_neox.layers.3.attention.dense.input", "gpt_neox", (3, "z")),
+        ("gpt_neox.layers.3.attention.output", "gpt_neox", (3, "attn_out")),
+        ("gpt_neox.layers.3.attention.dense.output", "gpt_neox", (3, "attn_out")),
+        ("gpt_neox.layers.3.mlp.output", "gpt_neox", (3, "mlp_out")),
+        ("gpt_neox.layers.3.mlp.dense_4h_to_h.output", "gpt_neox", (3, "mlp_out")),
+        ("gpt_neox.layers.3.post_attention_layernorm.output", "gpt_neox", (3, "mlp_in")),
+    ],
+)
 def test_parse_hook_name(name, model_type, expected):
     assert tuple(parse_hook_name(name, model_type)) == expected
 
 
-@pytest.mark.parametrize("name,model_type,why", [
-    ("blocks.3.attn.hook_result", None, "attention/MLP-internal point"),
-    ("blocks.3.hook_attn_in", None, "attention/MLP-internal point"),
-    ("hook_embed", None, "neither a TransformerLens"),
-    ("model.layers.3.self_attn.q_proj.output", None, "not a dictionary site"),
-    ("model.layers.3.post_attention_layernorm.output", None, "pass the model"),
-    # module outputs that Gemma 2/3 normalize before the residual add
-    ("model.layers.3.mlp.output", "gemma3_text", "MLP output BEFORE gemma3_text's post_feedforward_layernorm"),
-    ("model.layers.3.mlp.down_proj.output", "gemma2", "BEFORE gemma2's post_feedforward_layernorm"),
-    ("model.layers.3.self_attn.o_proj.output", "gemma3_text",
-     "attention output BEFORE gemma3_text's post_attention_layernorm.*'post_attention_layernorm.output'"),
-    ("model.layers.3.self_attn.output", "gemma3", "BEFORE gemma3's post_attention_layernorm"),
-    ("model.layers.3.self_attn.o_proj.output", None, "attn_out except in Gemma 2/3.*pass the model"),
-    ("model.layers.3.mlp.output", None, "mlp_out except in Gemma 2/3.*pass the model"),
-])
+@pytest.mark.parametrize(
+    "name,model_type,why",
+    [
+        ("blocks.3.attn.hook_result", None, "attention/MLP-internal point"),
+        ("blocks.3.hook_attn_in", None, "attention/MLP-internal point"),
+        ("hook_embed", None, "neither a TransformerLens"),
+        ("model.layers.3.self_attn.q_proj.output", None, "not a dictionary site"),
+        ("model.layers.3.post_attention_layernorm.output", None, "pass the model"),
+        # module outputs that Gemma 2/3 normalize before the residual add
+        ("model.layers.3.mlp.output", "gemma3_text", "MLP output BEFORE gemma3_text's post_feedforward_layernorm"),
+        ("model.layers.3.mlp.down_proj.output", "gemma2", "BEFORE gemma2's post_feedforward_layernorm"),
+        (
+            "model.layers.3.self_attn.o_proj.output",
+            "gemma3_text",
+            "attention output BEFORE gemma3_text's post_attention_layernorm.*'post_attention_layernorm.output'",
+        ),
+        ("model.layers.3.self_attn.output", "gemma3", "BEFORE gemma3's post_attention_layernorm"),
+        ("model.layers.3.self_attn.o_proj.output", None, "attn_out except in Gemma 2/3.*pass the model"),
+        ("model.layers.3.mlp.output", None, "mlp_out except in Gemma 2/3.*pass the model"),
+    ],
+)
 def test_parse_hook_name_refuses(name, model_type, why):
     with pytest.raises(DictionaryError, match=name.replace(".", r"\.") + ".*" + why):
         parse_hook_name(name, model_type)
@@ -294,8 +354,10 @@ def test_hub_offline_says_to_download(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    for args, kwargs in [(("qlens-test/not-cached/blocks.0.hook_resid_post",), {}),
-                         (("qlens-test/not-cached",), {"path": "layer_3/width_16k/average_l0_9"})]:
+    for args, kwargs in [
+        (("qlens-test/not-cached/blocks.0.hook_resid_post",), {}),
+        (("qlens-test/not-cached",), {"path": "layer_3/width_16k/average_l0_9"}),
+    ]:
         with pytest.raises(DictionaryError) as err:
             load_dictionary(*args, TinyModelConfig(), cache_dir=tmp_path, **kwargs)
         message = str(err.value)

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from dictionary_helpers import (
-    D_IN, D_SAE, TinyModelConfig, assert_close, assert_sparse_but_active, inputs, np_topk,
-)
 from safetensors.numpy import save_file
 
 from converters import load_dictionaries, load_dictionary
+from dictionary_helpers import (
+    D_IN,
+    D_SAE,
+    TinyModelConfig,
+    assert_close,
+    assert_sparse_but_active,
+    inputs,
+    np_topk,
+)
 
 
 def rng(seed):
@@ -32,9 +38,13 @@ def relu(a):
 # ---- Gemma Scope (Gemma 2) params.npz ------------------------------------------------------
 def gemma_scope_params(seed, d_sae=D_SAE, d_in=D_IN):
     g = rng(seed)
-    return {"W_enc": normal(g, d_in, d_sae), "W_dec": normal(g, d_sae, d_in),
-            "b_enc": normal(g, d_sae, scale=0.5), "b_dec": normal(g, d_in, scale=0.5),
-            "threshold": (g.uniform(size=d_sae) * 0.8).astype(np.float32)}
+    return {
+        "W_enc": normal(g, d_in, d_sae),
+        "W_dec": normal(g, d_sae, d_in),
+        "b_enc": normal(g, d_sae, scale=0.5),
+        "b_dec": normal(g, d_in, scale=0.5),
+        "threshold": (g.uniform(size=d_sae) * 0.8).astype(np.float32),
+    }
 
 
 def test_gemma_scope_res_sae(tmp_path, model):
@@ -78,14 +88,25 @@ def test_gemma_scope_transcoder(tmp_path, model):
 def write_gemma_scope_2(folder, *, kind, hook_in, hook_out=None, affine=False, seed=2, d_in=D_IN):
     folder.mkdir(parents=True)
     g = rng(seed)
-    p = {"w_enc": normal(g, d_in, D_SAE), "w_dec": normal(g, D_SAE, d_in),
-         "b_enc": normal(g, D_SAE, scale=0.5), "b_dec": normal(g, d_in, scale=0.5),
-         "threshold": (g.uniform(size=D_SAE) * 0.8).astype(np.float32)}
+    p = {
+        "w_enc": normal(g, d_in, D_SAE),
+        "w_dec": normal(g, D_SAE, d_in),
+        "b_enc": normal(g, D_SAE, scale=0.5),
+        "b_dec": normal(g, d_in, scale=0.5),
+        "threshold": (g.uniform(size=D_SAE) * 0.8).astype(np.float32),
+    }
     if affine:
         p["affine_skip_connection"] = normal(g, d_in, d_in, scale=0.2)
     save_file(p, folder / "params.safetensors")
-    cfg = {"width": "48", "model_name": "google/gemma-3-270m-pt", "architecture": "jump_relu",
-           "l0": "small", "affine_connection": affine, "type": kind, "hf_hook_point_in": hook_in}
+    cfg = {
+        "width": "48",
+        "model_name": "google/gemma-3-270m-pt",
+        "architecture": "jump_relu",
+        "l0": "small",
+        "affine_connection": affine,
+        "type": kind,
+        "hf_hook_point_in": hook_in,
+    }
     if hook_out:
         cfg["hf_hook_point_out"] = hook_out
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -110,7 +131,9 @@ def test_gemma_scope_2_affine_transcoder(tmp_path):
     model = TinyModelConfig(model_type="gemma3_text")
     folder = tmp_path / "transcoder" / "layer_1_width_48_l0_big_affine"
     p = write_gemma_scope_2(
-        folder, kind="transcoder", affine=True,
+        folder,
+        kind="transcoder",
+        affine=True,
         hook_in="model.layers.1.pre_feedforward_layernorm.output",
         hook_out="model.layers.1.post_feedforward_layernorm.output",
     )
@@ -126,13 +149,22 @@ def test_gemma_scope_2_affine_transcoder(tmp_path):
 def write_openai(path, seed=4, k=5, activation="TopK", postact="ReLU"):
     path.parent.mkdir(parents=True, exist_ok=True)
     g = rng(seed)
-    p = {"pre_bias": normal(g, D_IN, scale=0.5), "encoder.weight": normal(g, D_SAE, D_IN),
-         "latent_bias": normal(g, D_SAE, scale=0.5), "decoder.weight": normal(g, D_IN, D_SAE)}
+    p = {
+        "pre_bias": normal(g, D_IN, scale=0.5),
+        "encoder.weight": normal(g, D_SAE, D_IN),
+        "latent_bias": normal(g, D_SAE, scale=0.5),
+        "decoder.weight": normal(g, D_IN, D_SAE),
+    }
     state = {k_: torch.from_numpy(v) for k_, v in p.items()}
-    state.update({"stats_last_nonzero": torch.zeros(D_SAE, dtype=torch.long),
-                  "latents_activation_frequency": torch.ones(D_SAE),
-                  "latents_mean_square": torch.zeros(D_SAE), "activation": activation,
-                  "activation_state_dict": {"k": k, "postact_fn": postact} if activation == "TopK" else {}})
+    state.update(
+        {
+            "stats_last_nonzero": torch.zeros(D_SAE, dtype=torch.long),
+            "latents_activation_frequency": torch.ones(D_SAE),
+            "latents_mean_square": torch.zeros(D_SAE),
+            "activation": activation,
+            "activation_state_dict": {"k": k, "postact_fn": postact} if activation == "TopK" else {},
+        }
+    )
     torch.save(state, path)
     return p
 
@@ -166,19 +198,30 @@ def test_openai_relu_has_no_normalization(tmp_path, model):
 
 
 # ---- EleutherAI sparsify cfg.json + sae.safetensors ----------------------------------------
-def write_sparsify(folder, *, transcode=False, skip=False, activation="topk", k=5, seed=6,
-                   dtype=np.float32):
+def write_sparsify(folder, *, transcode=False, skip=False, activation="topk", k=5, seed=6, dtype=np.float32):
     folder.mkdir(parents=True)
     g = rng(seed)
-    p = {"encoder.weight": normal(g, D_SAE, D_IN), "encoder.bias": normal(g, D_SAE, scale=0.5),
-         "W_dec": normal(g, D_SAE, D_IN), "b_dec": normal(g, D_IN, scale=0.5)}
+    p = {
+        "encoder.weight": normal(g, D_SAE, D_IN),
+        "encoder.bias": normal(g, D_SAE, scale=0.5),
+        "W_dec": normal(g, D_SAE, D_IN),
+        "b_dec": normal(g, D_IN, scale=0.5),
+    }
     if skip:
         p["W_skip"] = normal(g, D_IN, D_IN, scale=0.2)
     p = {key: v.astype(dtype) for key, v in p.items()}
     save_file(p, folder / "sae.safetensors")
-    cfg = {"activation": activation, "expansion_factor": D_SAE // D_IN, "normalize_decoder": True,
-           "num_latents": 0, "k": k, "multi_topk": False, "skip_connection": skip,
-           "transcode": transcode, "d_in": D_IN}
+    cfg = {
+        "activation": activation,
+        "expansion_factor": D_SAE // D_IN,
+        "normalize_decoder": True,
+        "num_latents": 0,
+        "k": k,
+        "multi_topk": False,
+        "skip_connection": skip,
+        "transcode": transcode,
+        "d_in": D_IN,
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return {key: v.astype(np.float32) for key, v in p.items()}
 
@@ -201,9 +244,15 @@ def sparsify_forward(p, x, *, transcode, activation, k):
     return acts, out
 
 
-@pytest.mark.parametrize("transcode,skip,activation", [
-    (False, False, "topk"), (False, True, "topk"), (True, True, "topk"), (False, False, "groupmax"),
-])
+@pytest.mark.parametrize(
+    "transcode,skip,activation",
+    [
+        (False, False, "topk"),
+        (False, True, "topk"),
+        (True, True, "topk"),
+        (False, False, "groupmax"),
+    ],
+)
 def test_sparsify(tmp_path, model, transcode, skip, activation):
     folder = tmp_path / ("layers.2.mlp" if transcode else "layers.2")
     p = write_sparsify(folder, transcode=transcode, skip=skip, activation=activation, k=6)
@@ -232,8 +281,12 @@ def test_qwen_scope(tmp_path, model):
     folder = tmp_path / "models--Qwen--SAE-Res-Qwen3-1.7B-Base-W1K-L0_8" / "snapshots" / "abc"
     folder.mkdir(parents=True)
     g = rng(8)
-    p = {"W_enc": normal(g, d_sae, D_IN), "W_dec": normal(g, D_IN, d_sae),
-         "b_enc": normal(g, d_sae, scale=0.5), "b_dec": normal(g, D_IN, scale=0.5)}
+    p = {
+        "W_enc": normal(g, d_sae, D_IN),
+        "W_dec": normal(g, D_IN, d_sae),
+        "b_enc": normal(g, d_sae, scale=0.5),
+        "b_dec": normal(g, D_IN, scale=0.5),
+    }
     torch.save({k: torch.from_numpy(v) for k, v in p.items()}, folder / "layer3.sae.pt")
     d = load_dictionary(folder / "layer3.sae.pt", model)
     assert (d.layer, d.site_in, d.k, d.name) == (3, "resid_post", 8, "resid-post-1k")
@@ -249,16 +302,26 @@ def test_qwen_scope(tmp_path, model):
 # ---- circuit-tracer layer_{i}.safetensors + config.yaml ------------------------------------
 def write_transcoder_set(folder, n_layers=3, *, jumprelu=False, skip=False, transposed_enc=False):
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({
-        "model_name": "Qwen/Qwen3-0.6B", "model_kind": "transcoder_set",
-        "feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out",
-        "scan": "mwhanna/qwen3-0.6b-transcoders-lowl0",
-    }))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_name": "Qwen/Qwen3-0.6B",
+                "model_kind": "transcoder_set",
+                "feature_input_hook": "mlp.hook_in",
+                "feature_output_hook": "mlp.hook_out",
+                "scan": "mwhanna/qwen3-0.6b-transcoders-lowl0",
+            }
+        )
+    )
     params = []
     for layer in range(n_layers):
         g = rng(10 + layer)
-        p = {"W_enc": normal(g, D_SAE, D_IN), "W_dec": normal(g, D_SAE, D_IN),
-             "b_enc": normal(g, D_SAE, scale=0.5), "b_dec": normal(g, D_IN, scale=0.5)}
+        p = {
+            "W_enc": normal(g, D_SAE, D_IN),
+            "W_dec": normal(g, D_SAE, D_IN),
+            "b_enc": normal(g, D_SAE, scale=0.5),
+            "b_dec": normal(g, D_IN, scale=0.5),
+        }
         if jumprelu:  # some negative thresholds: circuit-tracer's JumpReLU has no ReLU
             p["activation_function.threshold"] = (g.uniform(size=D_SAE) * 1.2 - 0.4).astype(np.float32)
         if skip:
@@ -269,9 +332,14 @@ def write_transcoder_set(folder, n_layers=3, *, jumprelu=False, skip=False, tran
     return params
 
 
-@pytest.mark.parametrize("jumprelu,skip,transposed_enc", [
-    (False, False, False), (True, True, False), (False, False, True),
-])
+@pytest.mark.parametrize(
+    "jumprelu,skip,transposed_enc",
+    [
+        (False, False, False),
+        (True, True, False),
+        (False, False, True),
+    ],
+)
 def test_circuit_tracer_transcoder_set(tmp_path, model, jumprelu, skip, transposed_enc):
     folder = tmp_path / "qwen3-0.6b-transcoders"
     params = write_transcoder_set(folder, jumprelu=jumprelu, skip=skip, transposed_enc=transposed_enc)

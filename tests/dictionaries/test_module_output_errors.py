@@ -8,22 +8,25 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from converters import load_dictionary
 from dictionary_helpers import D_IN, D_SAE, D_Z, TinyModelConfig
+from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, validate_dictionary
 from test_dictionary_errors import saelens_dir
 from test_format_parity import gemma_scope_params, write_gemma_scope_2
 from test_module_output_sites import write_llama_scope
-
-from converters import load_dictionary
-from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, validate_dictionary
 
 Z_SHAPE = re.escape("[n_heads x head_dim] = [4 x 6] = 24")
 
 
 def _z_saelens_tensors(d: int) -> dict:
     g = np.random.default_rng(1)
-    return {"W_enc": g.normal(size=(d, D_SAE)).astype(np.float32),
-            "W_dec": g.normal(size=(D_SAE, d)).astype(np.float32),
-            "b_enc": np.zeros(D_SAE, np.float32), "b_dec": np.zeros(d, np.float32)}
+    return {
+        "W_enc": g.normal(size=(d, D_SAE)).astype(np.float32),
+        "W_dec": g.normal(size=(D_SAE, d)).astype(np.float32),
+        "b_enc": np.zeros(D_SAE, np.float32),
+        "b_dec": np.zeros(d, np.float32),
+    }
 
 
 # ---- z width ------------------------------------------------------------------------------------
@@ -67,18 +70,41 @@ def test_z_validation_with_a_real_model_config():
 
     n = 2
     config = ModelConfig(
-        model_type="gpt2", vocab_size=10, d_model=D_IN, n_layers=n, n_heads=4, n_kv_heads=4,
-        head_dim=8, d_mlp=32, norm="layernorm", norm_eps=1e-5, activation="gelu",
-        gated_mlp=False, positional="learned", max_positions=8, tie_word_embeddings=True,
-        attn_scales=(1.0,) * n, sliding_windows=(0,) * n, rope_scales=(1.0,) * n,
+        model_type="gpt2",
+        vocab_size=10,
+        d_model=D_IN,
+        n_layers=n,
+        n_heads=4,
+        n_kv_heads=4,
+        head_dim=8,
+        d_mlp=32,
+        norm="layernorm",
+        norm_eps=1e-5,
+        activation="gelu",
+        gated_mlp=False,
+        positional="learned",
+        max_positions=8,
+        tie_word_embeddings=True,
+        attn_scales=(1.0,) * n,
+        sliding_windows=(0,) * n,
+        rope_scales=(1.0,) * n,
     )
 
     def z_dictionary(width):
         g = np.random.default_rng(0)
-        return Dictionary(W_enc=jnp.asarray(g.normal(size=(width, D_SAE))), b_enc=jnp.zeros(D_SAE),
-                          W_dec=jnp.asarray(g.normal(size=(D_SAE, width))), b_dec=jnp.zeros(width), layer=1,
-                          site_in="z", site_out="z", kind="sae", name="z-48", activation="relu",
-                          info=DictionaryInfo(source="z.safetensors"))
+        return Dictionary(
+            W_enc=jnp.asarray(g.normal(size=(width, D_SAE))),
+            b_enc=jnp.zeros(D_SAE),
+            W_dec=jnp.asarray(g.normal(size=(D_SAE, width))),
+            b_dec=jnp.zeros(width),
+            layer=1,
+            site_in="z",
+            site_out="z",
+            kind="sae",
+            name="z-48",
+            activation="relu",
+            info=DictionaryInfo(source="z.safetensors"),
+        )
 
     validate_dictionary(z_dictionary(32), config)
     expected = "'z-48' .*from z.safetensors.*" + re.escape("[n_heads x head_dim] = [4 x 8] = 32")
@@ -90,8 +116,10 @@ def test_z_validation_with_a_real_model_config():
 def test_hook_naming_a_missing_block(tmp_path, model):
     folder = tmp_path / "sae"
     saelens_dir(folder, hook="blocks.6.hook_attn_out")
-    expected = (re.escape(str(folder)) + r".* is at layer 6 but the model has layers 0\.\.3 "
-                r"\(its hook 'blocks\.6\.hook_attn_out' names a block this model does not have\)")
+    expected = (
+        re.escape(str(folder)) + r".* is at layer 6 but the model has layers 0\.\.3 "
+        r"\(its hook 'blocks\.6\.hook_attn_out' names a block this model does not have\)"
+    )
     with pytest.raises(DictionaryError, match=expected):
         load_dictionary(folder, model)
     gemma = TinyModelConfig(model_type="gemma3_text")
@@ -113,9 +141,13 @@ def test_attn_out_hook_on_the_o_proj_input_is_ambiguous(tmp_path, model):
     with pytest.raises(DictionaryError) as err:
         load_dictionary(folder, model)
     message = str(err.value)
-    for part in (str(folder / "cfg.json"), "cannot place this dictionary unambiguously",
-                 "hook_name 'blocks.2.hook_attn_out' says attn_out",
-                 "hf_hook_name 'model.layers.2.self_attn.o_proj.input' says z", f"d_in={D_Z}"):
+    for part in (
+        str(folder / "cfg.json"),
+        "cannot place this dictionary unambiguously",
+        "hook_name 'blocks.2.hook_attn_out' says attn_out",
+        "hf_hook_name 'model.layers.2.self_attn.o_proj.input' says z",
+        f"d_in={D_Z}",
+    ):
         assert part in message, (part, message)
 
 
@@ -125,19 +157,35 @@ def test_attn_out_hook_with_the_width_of_z_is_ambiguous(tmp_path, model):
     with pytest.raises(DictionaryError) as err:
         load_dictionary(folder, model)
     message = str(err.value)
-    for part in (str(folder), "cannot be placed unambiguously", "'blocks.2.hook_attn_out' says attn_out",
-                 f"width d_model={D_IN}", f"its width {D_Z} is n_heads x head_dim = [4 x 6]", "width of z"):
+    for part in (
+        str(folder),
+        "cannot be placed unambiguously",
+        "'blocks.2.hook_attn_out' says attn_out",
+        f"width d_model={D_IN}",
+        f"its width {D_Z} is n_heads x head_dim = [4 x 6]",
+        "width of z",
+    ):
         assert part in message, (part, message)
 
 
-@pytest.mark.parametrize("hook,model_type,match", [
-    ("model.layers.1.self_attn.o_proj.output", "gemma3_text",
-     "attention output BEFORE gemma3_text's post_attention_layernorm"),
-    ("model.layers.1.mlp.output", "gemma3_text", "MLP output BEFORE gemma3_text's post_feedforward_layernorm"),
-    ("model.layers.1.self_attn.o_proj.output", "gemma2", "attention output BEFORE gemma2's post_attention_layernorm"),
-    ("model.layers.1.mlp.down_proj.output", "gemma2", "MLP output BEFORE gemma2's post_feedforward_layernorm"),
-    ("model.layers.1.self_attn.o_proj.output", None, "attn_out except in Gemma 2/3.*pass the model"),
-])
+@pytest.mark.parametrize(
+    "hook,model_type,match",
+    [
+        (
+            "model.layers.1.self_attn.o_proj.output",
+            "gemma3_text",
+            "attention output BEFORE gemma3_text's post_attention_layernorm",
+        ),
+        ("model.layers.1.mlp.output", "gemma3_text", "MLP output BEFORE gemma3_text's post_feedforward_layernorm"),
+        (
+            "model.layers.1.self_attn.o_proj.output",
+            "gemma2",
+            "attention output BEFORE gemma2's post_attention_layernorm",
+        ),
+        ("model.layers.1.mlp.down_proj.output", "gemma2", "MLP output BEFORE gemma2's post_feedforward_layernorm"),
+        ("model.layers.1.self_attn.o_proj.output", None, "attn_out except in Gemma 2/3.*pass the model"),
+    ],
+)
 def test_hf_module_outputs_before_a_post_norm_are_refused(tmp_path, hook, model_type, match):
     saelens_dir(tmp_path, hook=hook)
     model = TinyModelConfig(model_type=model_type) if model_type else None
@@ -145,13 +193,16 @@ def test_hf_module_outputs_before_a_post_norm_are_refused(tmp_path, hook, model_
         load_dictionary(tmp_path, model)
 
 
-@pytest.mark.parametrize("hook,model_type", [
-    ("model.layers.1.self_attn.o_proj.output", "llama"),  # no post-norm: added straight to the residual
-    ("model.layers.1.post_attention_layernorm.output", "gemma3_text"),  # Gemma: after the post-norm
-    ("model.layers.1.post_attention_layernorm.output", "gemma2"),
-    ("model.layers.1.self_attn.o_proj.output", "gemma"),  # Gemma-1 has no post-norms
-    ("model.layers.1.self_attn.output", "mistral"),
-])
+@pytest.mark.parametrize(
+    "hook,model_type",
+    [
+        ("model.layers.1.self_attn.o_proj.output", "llama"),  # no post-norm: added straight to the residual
+        ("model.layers.1.post_attention_layernorm.output", "gemma3_text"),  # Gemma: after the post-norm
+        ("model.layers.1.post_attention_layernorm.output", "gemma2"),
+        ("model.layers.1.self_attn.o_proj.output", "gemma"),  # Gemma-1 has no post-norms
+        ("model.layers.1.self_attn.output", "mistral"),
+    ],
+)
 def test_hf_attention_output_after_any_post_norm_is_attn_out(tmp_path, hook, model_type):
     saelens_dir(tmp_path, hook=hook)
     d = load_dictionary(tmp_path, TinyModelConfig(model_type=model_type))
@@ -159,21 +210,48 @@ def test_hf_attention_output_after_any_post_norm_is_attn_out(tmp_path, hook, mod
 
 
 # ---- Llama Scope ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("folder,hook,cfg,match", [
-    ("Llama3_1-8B-Base-L2TC-8x", "blocks.2.ln2.hook_normalized", {"hook_point_out": "blocks.2.hook_mlp_out"},
-     "hook_point_in 'blocks.2.ln2.hook_normalized' and hook_point_out 'blocks.2.hook_mlp_out' differ"),
-    ("Llama3_1-8B-Base-L2A-8x", "blocks.2.hook_attn_out", {"dataset_average_activation_norm": {"in": 1.0, "out": 2.0}},
-     "dataset_average_activation_norm in=1.0 and out=2.0 differ"),
-    ("Llama3_1-8B-Base-L2A-8x", "blocks.2.hook_attn_out", {"act_fn": "topk"}, "act_fn 'topk' is not supported"),
-    ("Llama3_1-8B-Base-L2A-8x", "blocks.2.hook_attn_out", {"apply_decoder_bias_to_pre_encoder": True},
-     "apply_decoder_bias_to_pre_encoder=true is not supported"),
-    ("Llama3_1-8B-Base-L2A-8x", "blocks.2.hook_attn_out", {"norm_activation": "token-wise"},
-     "norm_activation 'token-wise' is not supported"),
-    ("Llama3_1-8B-Base-L3A-8x", "blocks.2.hook_attn_out", {},
-     "hook_point_in 'blocks.2.hook_attn_out' gives layer 2, but the folder name 'Llama3_1-8B-Base-L3A-8x'"),
-    ("Llama3_1-8B-Base-L2M-8x", "blocks.2.hook_attn_out", {},
-     "hook_point_in 'blocks.2.hook_attn_out' gives site 'attn_out', but the folder name .* gives site 'mlp_out'"),
-])
+@pytest.mark.parametrize(
+    "folder,hook,cfg,match",
+    [
+        (
+            "Llama3_1-8B-Base-L2TC-8x",
+            "blocks.2.ln2.hook_normalized",
+            {"hook_point_out": "blocks.2.hook_mlp_out"},
+            "hook_point_in 'blocks.2.ln2.hook_normalized' and hook_point_out 'blocks.2.hook_mlp_out' differ",
+        ),
+        (
+            "Llama3_1-8B-Base-L2A-8x",
+            "blocks.2.hook_attn_out",
+            {"dataset_average_activation_norm": {"in": 1.0, "out": 2.0}},
+            "dataset_average_activation_norm in=1.0 and out=2.0 differ",
+        ),
+        ("Llama3_1-8B-Base-L2A-8x", "blocks.2.hook_attn_out", {"act_fn": "topk"}, "act_fn 'topk' is not supported"),
+        (
+            "Llama3_1-8B-Base-L2A-8x",
+            "blocks.2.hook_attn_out",
+            {"apply_decoder_bias_to_pre_encoder": True},
+            "apply_decoder_bias_to_pre_encoder=true is not supported",
+        ),
+        (
+            "Llama3_1-8B-Base-L2A-8x",
+            "blocks.2.hook_attn_out",
+            {"norm_activation": "token-wise"},
+            "norm_activation 'token-wise' is not supported",
+        ),
+        (
+            "Llama3_1-8B-Base-L3A-8x",
+            "blocks.2.hook_attn_out",
+            {},
+            "hook_point_in 'blocks.2.hook_attn_out' gives layer 2, but the folder name 'Llama3_1-8B-Base-L3A-8x'",
+        ),
+        (
+            "Llama3_1-8B-Base-L2M-8x",
+            "blocks.2.hook_attn_out",
+            {},
+            "hook_point_in 'blocks.2.hook_attn_out' gives site 'attn_out', but the folder name .* gives site 'mlp_out'",
+        ),
+    ],
+)
 def test_llama_scope_refusals(tmp_path, model, folder, hook, cfg, match):
     write_llama_scope(tmp_path / folder, hook_in=hook, **cfg)
     with pytest.raises(DictionaryError, match=re.escape(str(tmp_path / folder)) + ".*" + match):

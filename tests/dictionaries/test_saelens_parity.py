@@ -7,12 +7,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from dictionary_helpers import (
-    D_IN, D_SAE, assert_close, assert_sparse_but_active, inputs, np_topk,
-)
 
 from converters import load_dictionary
 from converters.dictionaries import saelens as saelens_converter
+from dictionary_helpers import (
+    D_IN,
+    D_SAE,
+    assert_close,
+    assert_sparse_but_active,
+    inputs,
+    np_topk,
+)
 from qlens_jax.dictionaries import DictionaryError
 
 SAE_HOOK = "blocks.2.hook_resid_post"
@@ -35,15 +40,23 @@ def randomize(sae, seed: int) -> None:
 
 
 INFERENCE_CLASSES = {
-    "standard": "StandardSAE", "gated": "GatedSAE", "jumprelu": "JumpReLUSAE", "topk": "TopKSAE",
-    "abstopk": "AbsTopKSAE", "transcoder": "Transcoder", "skip_transcoder": "SkipTranscoder",
+    "standard": "StandardSAE",
+    "gated": "GatedSAE",
+    "jumprelu": "JumpReLUSAE",
+    "topk": "TopKSAE",
+    "abstopk": "AbsTopKSAE",
+    "transcoder": "Transcoder",
+    "skip_transcoder": "SkipTranscoder",
     "jumprelu_transcoder": "JumpReLUTranscoder",
     "jumprelu_skip_transcoder": "JumpReLUSkipTranscoder",
 }
 TRAINING_CLASSES = {
-    "standard": "StandardTrainingSAE", "gated": "GatedTrainingSAE",
-    "jumprelu": "JumpReLUTrainingSAE", "topk": "TopKTrainingSAE",
-    "batchtopk": "BatchTopKTrainingSAE", "matryoshka_batchtopk": "MatryoshkaBatchTopKTrainingSAE",
+    "standard": "StandardTrainingSAE",
+    "gated": "GatedTrainingSAE",
+    "jumprelu": "JumpReLUTrainingSAE",
+    "topk": "TopKTrainingSAE",
+    "batchtopk": "BatchTopKTrainingSAE",
+    "matryoshka_batchtopk": "MatryoshkaBatchTopKTrainingSAE",
 }
 
 
@@ -57,7 +70,8 @@ def make(sl, arch: str, *, training=False, **cfg):
         cfg = {"d_out": D_IN, "apply_b_dec_to_input": False, **cfg}
         hooks = TC_HOOKS
     config = getattr(sl, name + "Config")(
-        d_in=D_IN, d_sae=D_SAE, metadata=SAEMetadata(model_name="tiny", **hooks), **cfg)
+        d_in=D_IN, d_sae=D_SAE, metadata=SAEMetadata(model_name="tiny", **hooks), **cfg
+    )
     sae = getattr(sl, name)(config)
     sae.eval()
     return sae
@@ -128,15 +142,17 @@ def test_every_registered_sae_lens_architecture_is_covered_or_refused(sae_lens):
     assert set(saelens_converter.ARCHITECTURES) <= tested
 
 
-@pytest.mark.parametrize("name,cfg,match", [
-    ("TemporalSAE", {"n_heads": 1, "bottleneck_factor": 4, "kval_topk": 4}, "attend over earlier tokens"),
-    ("MatchingPursuitSAE", {}, "iterative pursuit"),
-])
+@pytest.mark.parametrize(
+    "name,cfg,match",
+    [
+        ("TemporalSAE", {"n_heads": 1, "bottleneck_factor": 4, "kval_topk": 4}, "attend over earlier tokens"),
+        ("MatchingPursuitSAE", {}, "iterative pursuit"),
+    ],
+)
 def test_non_linear_encoders_saved_by_sae_lens_are_refused(sae_lens, name, cfg, match, tmp_path, model):
     from sae_lens.saes.sae import SAEMetadata
 
-    config = getattr(sae_lens, name + "Config")(
-        d_in=D_IN, d_sae=D_SAE, metadata=SAEMetadata(hook_name=SAE_HOOK), **cfg)
+    config = getattr(sae_lens, name + "Config")(d_in=D_IN, d_sae=D_SAE, metadata=SAEMetadata(hook_name=SAE_HOOK), **cfg)
     sae = getattr(sae_lens, name)(config)
     sae.save_model(tmp_path)
     with pytest.raises(DictionaryError, match=match):
@@ -176,8 +192,7 @@ def test_batchtopk_matches_sae_lens_inference_conversion(sae_lens, arch, rescale
         compare(ours, theirs, inputs(seed=2))
 
 
-@pytest.mark.parametrize("arch,cfg", [("topk", {"k": 5}), ("jumprelu", {}), ("gated", {}),
-                                      ("standard", {})])
+@pytest.mark.parametrize("arch,cfg", [("topk", {"k": 5}), ("jumprelu", {}), ("gated", {}), ("standard", {})])
 def test_training_checkpoints_match_sae_lens(sae_lens, arch, cfg, tmp_path, model):
     """A trainer checkpoint (`save_model` of the training class, training config fields and
     all) reads like the inference model sae_lens derives from it."""
@@ -199,8 +214,7 @@ def test_expected_average_only_in_needs_and_folds_the_factor(sae_lens, tmp_path,
     theirs = sae_lens.SAE.load_from_disk(tmp_path)
     theirs.fold_activation_norm_scaling_factor(factor)  # what sae_lens's from_pretrained does
     folded = load_dictionary(tmp_path, model, norm_scaling_factor=factor)
-    explicit = load_dictionary(tmp_path, model, norm_scaling_factor=factor,
-                               fold_norm_scaling_factor=False)
+    explicit = load_dictionary(tmp_path, model, norm_scaling_factor=factor, fold_norm_scaling_factor=False)
     assert folded.input_norm == "none" and explicit.input_norm == "scale"
     for ours in (folded, explicit):
         compare(ours, theirs, inputs(seed=4))
@@ -226,9 +240,17 @@ def _write_pre_6(tmp_path, sae, cfg: dict):
 
 
 PRE_6_BASE = {
-    "model_name": "gpt2-small", "hook_point_layer": 1, "hook_point_head_index": None,
-    "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu", "context_size": 64,
-    "dataset_path": "Skylion007/openwebtext", "prepend_bos": True, "sae_lens_training_version": "3.13.0",
+    "model_name": "gpt2-small",
+    "hook_point_layer": 1,
+    "hook_point_head_index": None,
+    "d_in": D_IN,
+    "d_sae": D_SAE,
+    "dtype": "float32",
+    "device": "cpu",
+    "context_size": 64,
+    "dataset_path": "Skylion007/openwebtext",
+    "prepend_bos": True,
+    "sae_lens_training_version": "3.13.0",
 }
 
 
@@ -238,9 +260,18 @@ def test_pre_6_openai_republished_topk_layer_norm(sae_lens, tmp_path, model):
     own pre-6 handling and against OpenAI's formula written out in numpy."""
     sae = make(sae_lens, "topk", k=5)
     randomize(sae, seed=9)
-    _write_pre_6(tmp_path, sae, {**PRE_6_BASE, "hook_point": "blocks.1.hook_resid_mid",
-                                 "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 5},
-                                 "apply_b_dec_to_input": True, "normalize_activations": "layer_norm"})
+    _write_pre_6(
+        tmp_path,
+        sae,
+        {
+            **PRE_6_BASE,
+            "hook_point": "blocks.1.hook_resid_mid",
+            "activation_fn_str": "topk",
+            "activation_fn_kwargs": {"k": 5},
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "layer_norm",
+        },
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = sae_lens.SAE.load_from_disk(tmp_path)
@@ -260,8 +291,7 @@ def test_pre_6_openai_republished_topk_layer_norm(sae_lens, tmp_path, model):
 def test_pre_6_standard_with_boolean_normalization(sae_lens, tmp_path, model):
     sae = make(sae_lens, "standard")
     randomize(sae, seed=10)
-    base = {**PRE_6_BASE, "hook_point": "blocks.3.hook_resid_pre", "hook_point_layer": 3,
-            "activation_fn_str": "relu"}
+    base = {**PRE_6_BASE, "hook_point": "blocks.3.hook_resid_pre", "hook_point_layer": 3, "activation_fn_str": "relu"}
     _write_pre_6(tmp_path, sae, {**base, "normalize_activations": False})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,13 +9,22 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from dictionary_helpers import (
-    D_HEAD, D_IN, D_SAE, D_Z, N_HEADS, TinyModelConfig, assert_close, assert_sparse_but_active, inputs, np_topk,
-)
-from saelens_loaders import sae_lens_from_repo
 
 from converters import load_dictionary
+from dictionary_helpers import (
+    D_HEAD,
+    D_IN,
+    D_SAE,
+    D_Z,
+    N_HEADS,
+    TinyModelConfig,
+    assert_close,
+    assert_sparse_but_active,
+    inputs,
+    np_topk,
+)
 from qlens_jax.dictionaries import DictionaryError
+from saelens_loaders import sae_lens_from_repo
 
 
 def relu(a):
@@ -36,23 +45,45 @@ def dl_state(dict_class: str, seed: int) -> dict:
     """A seeded state dict of `dict_class` with the keys and orientations that class saves."""
     g = np.random.default_rng(seed)
     linear = {"encoder.weight": normal(g, D_SAE, D_IN), "decoder.weight": normal(g, D_IN, D_SAE)}
-    params = {"W_enc": normal(g, D_IN, D_SAE), "b_enc": normal(g, D_SAE, scale=0.5),
-              "W_dec": normal(g, D_SAE, D_IN), "b_dec": normal(g, D_IN, scale=0.5)}
+    params = {
+        "W_enc": normal(g, D_IN, D_SAE),
+        "b_enc": normal(g, D_SAE, scale=0.5),
+        "W_dec": normal(g, D_SAE, D_IN),
+        "b_dec": normal(g, D_IN, scale=0.5),
+    }
     k_and_threshold = {"k": np.asarray(6, np.int32), "threshold": np.asarray(0.35, np.float32)}
     return {
         "AutoEncoder": {**linear, "encoder.bias": normal(g, D_SAE, scale=0.5), "bias": normal(g, D_IN, scale=0.5)},
-        "AutoEncoderNew": {**linear, "encoder.bias": normal(g, D_SAE, scale=0.5),
-                           "decoder.bias": normal(g, D_IN, scale=0.5)},
-        "GatedAutoEncoder": {**linear, "decoder_bias": normal(g, D_IN, scale=0.5),
-                             "gate_bias": normal(g, D_SAE, scale=0.5), "mag_bias": normal(g, D_SAE, scale=0.5),
-                             "r_mag": normal(g, D_SAE, scale=0.2)},
+        "AutoEncoderNew": {
+            **linear,
+            "encoder.bias": normal(g, D_SAE, scale=0.5),
+            "decoder.bias": normal(g, D_IN, scale=0.5),
+        },
+        "GatedAutoEncoder": {
+            **linear,
+            "decoder_bias": normal(g, D_IN, scale=0.5),
+            "gate_bias": normal(g, D_SAE, scale=0.5),
+            "mag_bias": normal(g, D_SAE, scale=0.5),
+            "r_mag": normal(g, D_SAE, scale=0.2),
+        },
         "JumpReluAutoEncoder": {**params, "threshold": (g.uniform(size=D_SAE) * 0.8).astype(np.float32)},
-        "AutoEncoderTopK": {**linear, "encoder.bias": normal(g, D_SAE, scale=0.5),
-                            "b_dec": normal(g, D_IN, scale=0.5), **k_and_threshold},
-        "BatchTopKSAE": {**linear, "encoder.bias": normal(g, D_SAE, scale=0.5),
-                         "b_dec": normal(g, D_IN, scale=0.5), **k_and_threshold},
-        "MatryoshkaBatchTopKSAE": {**params, **k_and_threshold,
-                                   "group_sizes": np.asarray([8, 16, D_SAE - 24], np.int64)},
+        "AutoEncoderTopK": {
+            **linear,
+            "encoder.bias": normal(g, D_SAE, scale=0.5),
+            "b_dec": normal(g, D_IN, scale=0.5),
+            **k_and_threshold,
+        },
+        "BatchTopKSAE": {
+            **linear,
+            "encoder.bias": normal(g, D_SAE, scale=0.5),
+            "b_dec": normal(g, D_IN, scale=0.5),
+            **k_and_threshold,
+        },
+        "MatryoshkaBatchTopKSAE": {
+            **params,
+            **k_and_threshold,
+            "group_sizes": np.asarray([8, 16, D_SAE - 24], np.int64),
+        },
     }[dict_class]
 
 
@@ -87,16 +118,29 @@ def dl_forward(dict_class: str, p: dict, x: np.ndarray):
 def write_dictionary_learning(folder, dict_class: str, seed: int, layer: int = 2) -> dict:
     p = dl_state(dict_class, seed)
     save_torch(folder / "ae.pt", p)
-    trainer = {"dict_class": dict_class, "trainer_class": "T", "activation_dim": D_IN, "dict_size": D_SAE,
-               "layer": layer, "lm_name": "EleutherAI/pythia-70m-deduped", "submodule_name": f"resid_post_layer_{layer}"}
+    trainer = {
+        "dict_class": dict_class,
+        "trainer_class": "T",
+        "activation_dim": D_IN,
+        "dict_size": D_SAE,
+        "layer": layer,
+        "lm_name": "EleutherAI/pythia-70m-deduped",
+        "submodule_name": f"resid_post_layer_{layer}",
+    }
     if "k" in p:
         trainer["k"] = int(p["k"])
     (folder / "config.json").write_text(json.dumps({"trainer": trainer, "buffer": {"ctx_len": 128}}))
     return p
 
 
-SAE_LENS_READS = ("AutoEncoder", "GatedAutoEncoder", "JumpReluAutoEncoder", "AutoEncoderTopK",
-                  "BatchTopKSAE", "MatryoshkaBatchTopKSAE")
+SAE_LENS_READS = (
+    "AutoEncoder",
+    "GatedAutoEncoder",
+    "JumpReluAutoEncoder",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+)
 
 
 @pytest.mark.parametrize("dict_class", SAE_LENS_READS + ("AutoEncoderNew",))
@@ -112,8 +156,9 @@ def test_dictionary_learning(tmp_path, monkeypatch, sae_lens, model, dict_class)
     assert_close(d.reconstruct(x), out)
     assert_close(load_dictionary(repo / folder_name / "ae.pt", model).reconstruct(x), out)
     if dict_class in SAE_LENS_READS:  # sae_lens's dictionary_learning_1 loader on the same files
-        sae = sae_lens_from_repo(sae_lens, monkeypatch, "dictionary_learning_sae_huggingface_loader_1",
-                                 repo, "canrager/lm_sae", folder_name)
+        sae = sae_lens_from_repo(
+            sae_lens, monkeypatch, "dictionary_learning_sae_huggingface_loader_1", repo, "canrager/lm_sae", folder_name
+        )
         xt = torch.from_numpy(x)
         with torch.no_grad():
             assert_close(d.encode(x), sae.encode(xt).numpy())
@@ -155,16 +200,30 @@ def test_dictionary_learning_placement_and_refusals(tmp_path, model):
 # ---- Goodfire and DeepSeek-R1-distill: one torch file with two nn.Linear ---------------------
 def linear_pair_state(encoder: str, decoder: str, seed: int, dtype=np.float32) -> dict:
     g = np.random.default_rng(seed)
-    p = {f"{encoder}.weight": normal(g, D_SAE, D_IN), f"{encoder}.bias": normal(g, D_SAE, scale=0.5),
-         f"{decoder}.weight": normal(g, D_IN, D_SAE), f"{decoder}.bias": normal(g, D_IN, scale=0.5)}
+    p = {
+        f"{encoder}.weight": normal(g, D_SAE, D_IN),
+        f"{encoder}.bias": normal(g, D_SAE, scale=0.5),
+        f"{decoder}.weight": normal(g, D_IN, D_SAE),
+        f"{decoder}.bias": normal(g, D_IN, scale=0.5),
+    }
     return {k: v.astype(dtype) for k, v in p.items()}
 
 
 CASES = {  # format -> (repo id, file name, modules, sae_lens loader, stored dtype)
-    "goodfire": ("Goodfire/Llama-3.1-8B-Instruct-SAE-l19", "Llama-3.1-8B-Instruct-SAE-l19.pth",
-                 ("encoder_linear", "decoder_linear"), "get_goodfire_huggingface_loader", np.float32),
-    "deepseek_r1": ("qresearch/DeepSeek-R1-Distill-Llama-8B-SAE-l19", "DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt",
-                    ("encoder", "decoder"), "deepseek_r1_sae_huggingface_loader", ml_dtypes.bfloat16),
+    "goodfire": (
+        "Goodfire/Llama-3.1-8B-Instruct-SAE-l19",
+        "Llama-3.1-8B-Instruct-SAE-l19.pth",
+        ("encoder_linear", "decoder_linear"),
+        "get_goodfire_huggingface_loader",
+        np.float32,
+    ),
+    "deepseek_r1": (
+        "qresearch/DeepSeek-R1-Distill-Llama-8B-SAE-l19",
+        "DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt",
+        ("encoder", "decoder"),
+        "deepseek_r1_sae_huggingface_loader",
+        ml_dtypes.bfloat16,
+    ),
 }
 
 
@@ -173,8 +232,10 @@ def test_linear_pair_files(tmp_path, monkeypatch, sae_lens, fmt):
     repo_id, file_name, (encoder, decoder), loader, dtype = CASES[fmt]
     model = TinyModelConfig(model_type="llama", n_layers=20)
     p = linear_pair_state(encoder, decoder, seed=7, dtype=dtype)
-    state = {k: torch.from_numpy(v.astype(np.float32)).to(torch.bfloat16 if dtype != np.float32 else torch.float32)
-             for k, v in p.items()}
+    state = {
+        k: torch.from_numpy(v.astype(np.float32)).to(torch.bfloat16 if dtype != np.float32 else torch.float32)
+        for k, v in p.items()
+    }
     (tmp_path / file_name).parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, tmp_path / file_name)
     d = load_dictionary(tmp_path / file_name, model)
@@ -186,8 +247,15 @@ def test_linear_pair_files(tmp_path, monkeypatch, sae_lens, fmt):
     assert_sparse_but_active(acts)
     assert_close(d.encode(x), acts)
     assert_close(d.reconstruct(x), acts @ f[f"{decoder}.weight"].T + f[f"{decoder}.bias"])
-    sae = sae_lens_from_repo(sae_lens, monkeypatch, loader, tmp_path, repo_id, file_name,
-                             cfg_overrides={"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32"})
+    sae = sae_lens_from_repo(
+        sae_lens,
+        monkeypatch,
+        loader,
+        tmp_path,
+        repo_id,
+        file_name,
+        cfg_overrides={"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32"},
+    )
     with torch.no_grad():
         assert_close(d.reconstruct(x), sae(torch.from_numpy(x)).numpy())
         assert_close(d.encode(x), sae.encode(torch.from_numpy(x)).numpy())
@@ -203,11 +271,23 @@ def test_torch_file_of_unknown_layout_is_refused(tmp_path, model):
 def write_hook_z(folder, layer: int, seed: int) -> tuple[str, dict]:
     run = f"gpt2-small_L{layer}_Hcat_z_lr1.20e-03_l11.80e+00_ds{D_SAE}_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9"
     g = np.random.default_rng(seed)
-    p = {"W_enc": normal(g, D_Z, D_SAE), "W_dec": normal(g, D_SAE, D_Z), "b_enc": normal(g, D_SAE, scale=0.5),
-         "b_dec": normal(g, D_Z, scale=0.5)}
+    p = {
+        "W_enc": normal(g, D_Z, D_SAE),
+        "W_dec": normal(g, D_SAE, D_Z),
+        "b_enc": normal(g, D_SAE, scale=0.5),
+        "b_dec": normal(g, D_Z, scale=0.5),
+    }
     save_torch(folder / f"{run}.pt", p)
-    cfg = {"act_name": f"blocks.{layer}.attn.hook_z", "act_size": D_Z, "dict_size": D_SAE, "layer": layer,
-           "model_name": "gpt2-small", "site": "z", "l1_coeff": 1.8, "enc_dtype": "fp32"}
+    cfg = {
+        "act_name": f"blocks.{layer}.attn.hook_z",
+        "act_size": D_Z,
+        "dict_size": D_SAE,
+        "layer": layer,
+        "model_name": "gpt2-small",
+        "site": "z",
+        "l1_coeff": 1.8,
+        "enc_dtype": "fp32",
+    }
     (folder / f"{run}_cfg.json").write_text(json.dumps(cfg))
     return f"{run}.pt", p
 
@@ -221,8 +301,14 @@ def test_hook_z(tmp_path, monkeypatch, sae_lens, model):
     assert_sparse_but_active(acts)
     assert_close(d.encode(z), acts)
     assert_close(d.reconstruct(z), acts @ p["W_dec"] + p["b_dec"])
-    sae = sae_lens_from_repo(sae_lens, monkeypatch, "connor_rob_hook_z_huggingface_loader", tmp_path,
-                             "ckkissane/attn-saes-gpt2-small-all-layers", file_name)
+    sae = sae_lens_from_repo(
+        sae_lens,
+        monkeypatch,
+        "connor_rob_hook_z_huggingface_loader",
+        tmp_path,
+        "ckkissane/attn-saes-gpt2-small-all-layers",
+        file_name,
+    )
     heads = torch.from_numpy(z.reshape(2, 5, N_HEADS, D_HEAD))  # sae_lens reads hook_z per head
     with torch.no_grad():
         assert_close(d.encode(z), sae.encode(heads).numpy())

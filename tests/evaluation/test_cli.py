@@ -23,9 +23,28 @@ def run_dir(tmp_path_factory):
     from qlens_jax.cli import main
 
     out = tmp_path_factory.mktemp("run") / "run"
-    code = main(["signatures", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--corpus", str(default.heldout_text_path()),
-                 "--num-samples", "8", "--max-length", "16", "--features", "0-5", "--lenses", "logit_lens_value,logit_lens_key",
-                 "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "signatures",
+            "--model",
+            str(default.model_dir()),
+            "--dictionary",
+            DICTIONARY,
+            "--corpus",
+            str(default.heldout_text_path()),
+            "--num-samples",
+            "8",
+            "--max-length",
+            "16",
+            "--features",
+            "0-5",
+            "--lenses",
+            "logit_lens_value,logit_lens_key",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out
 
@@ -34,10 +53,35 @@ def test_evaluate_run_and_baselines(run_dir, tmp_path):
     prefixes = tmp_path / "prefixes.txt"
     prefixes.write_text("It is said that\nThe letter said that\nShe was\n")
     out = tmp_path / "eval"
-    code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
-                 "--corpus", str(default.heldout_text_path()), "--features", "0-3", "--baselines", "zero_out,tuned_lens",
-                 "--train-tuned-lens", "--tuned-lens-steps", "2", "--max-contexts", "80", "--min-contexts", "2",
-                 "--prefixes", str(prefixes), "--out", str(out), "--quiet"])
+    code = _run(
+        [
+            "evaluate",
+            "--model",
+            str(default.model_dir()),
+            "--dictionary",
+            DICTIONARY,
+            "--signatures",
+            str(run_dir),
+            "--corpus",
+            str(default.heldout_text_path()),
+            "--features",
+            "0-3",
+            "--baselines",
+            "zero_out,tuned_lens",
+            "--train-tuned-lens",
+            "--tuned-lens-steps",
+            "2",
+            "--max-contexts",
+            "80",
+            "--min-contexts",
+            "2",
+            "--prefixes",
+            str(prefixes),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
@@ -53,18 +97,31 @@ def test_evaluate_run_and_baselines(run_dir, tmp_path):
     assert list(out.glob("figure_*.png"))
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--judge", "--baselines", "zero_out"], "needs an OpenAI-compatible endpoint"),
-    (["--judge-endpoint", "http://127.0.0.1:9/v1", "--baselines", "zero_out"], "add --judge"),
-    (["--baselines", "zero_in"], "unknown lens 'zero_in'"),
-    (["--baselines", "tuned_lens"], "needs --tuned-lens DIR or --train-tuned-lens"),
-    (["--k", "0", "--baselines", "zero_out"], "--k 0"),
-    (["--baselines", "zero_out", "--corpus-encoding", "no-such-codec"], "--corpus-encoding 'no-such-codec'"),
-    ([], "nothing to evaluate"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--judge", "--baselines", "zero_out"], "needs an OpenAI-compatible endpoint"),
+        (["--judge-endpoint", "http://127.0.0.1:9/v1", "--baselines", "zero_out"], "add --judge"),
+        (["--baselines", "zero_in"], "unknown lens 'zero_in'"),
+        (["--baselines", "tuned_lens"], "needs --tuned-lens DIR or --train-tuned-lens"),
+        (["--k", "0", "--baselines", "zero_out"], "--k 0"),
+        (["--baselines", "zero_out", "--corpus-encoding", "no-such-codec"], "--corpus-encoding 'no-such-codec'"),
+        ([], "nothing to evaluate"),
+    ],
+)
 def test_bad_input(tmp_path, extra, message):
-    argv = ["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--corpus", str(default.heldout_text_path()),
-            "--out", str(tmp_path / "eval"), *extra]
+    argv = [
+        "evaluate",
+        "--model",
+        str(default.model_dir()),
+        "--dictionary",
+        DICTIONARY,
+        "--corpus",
+        str(default.heldout_text_path()),
+        "--out",
+        str(tmp_path / "eval"),
+        *extra,
+    ]
     with pytest.raises(InputError, match=message):
         _run(argv)
 
@@ -80,12 +137,49 @@ def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_
 
     out = tmp_path / "eval"
     with fake_judge(reply) as (url, received):
-        code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
-                     "--corpus", str(default.heldout_text_path()), "--contexts", "paper", "--context-length", "16",
-                     "--max-contexts", "80", "--min-contexts", "2", "--feature-sampling", "paper", "--features-per-dictionary", "2",
-                     "--kl-positions", "all", "--alpha-search", "integer", "--no-error-term", "--prepend-bos", "--seed", "42",
-                     "--dtype", "bfloat16",
-                     "--judge", "--judge-preset", "paper", "--judge-endpoint", url, "--out", str(out), "--quiet"])
+        code = _run(
+            [
+                "evaluate",
+                "--model",
+                str(default.model_dir()),
+                "--dictionary",
+                DICTIONARY,
+                "--signatures",
+                str(run_dir),
+                "--corpus",
+                str(default.heldout_text_path()),
+                "--contexts",
+                "paper",
+                "--context-length",
+                "16",
+                "--max-contexts",
+                "80",
+                "--min-contexts",
+                "2",
+                "--feature-sampling",
+                "paper",
+                "--features-per-dictionary",
+                "2",
+                "--kl-positions",
+                "all",
+                "--alpha-search",
+                "integer",
+                "--no-error-term",
+                "--prepend-bos",
+                "--seed",
+                "42",
+                "--dtype",
+                "bfloat16",
+                "--judge",
+                "--judge-preset",
+                "paper",
+                "--judge-endpoint",
+                url,
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
     assert code == 2
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
@@ -102,9 +196,30 @@ def test_judge_cost_prints_an_estimate_and_sends_nothing(run_dir, tmp_path, caps
     from fake_judge import fake_judge
 
     with fake_judge(lambda body, n: (200, "5")) as (url, received):
-        code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
-                     "--corpus", str(default.heldout_text_path()), "--features", "0-3", "--judge", "--judge-endpoint", url,
-                     "--judge-cost", "--judge-price", "0.05,0.4", "--out", str(tmp_path / "eval"), "--quiet"])
+        code = _run(
+            [
+                "evaluate",
+                "--model",
+                str(default.model_dir()),
+                "--dictionary",
+                DICTIONARY,
+                "--signatures",
+                str(run_dir),
+                "--corpus",
+                str(default.heldout_text_path()),
+                "--features",
+                "0-3",
+                "--judge",
+                "--judge-endpoint",
+                url,
+                "--judge-cost",
+                "--judge-price",
+                "0.05,0.4",
+                "--out",
+                str(tmp_path / "eval"),
+                "--quiet",
+            ]
+        )
     assert code == 0 and received == []
     printed = capsys.readouterr().out
     assert "8 requests to gpt-4o-mini" in printed and "USD" in printed and "nothing was sent" in printed
@@ -136,14 +251,35 @@ def test_activations_pickle_selects_features_and_gives_I_T(run_dir, tmp_path, mo
     top = next(r["top_tokens"] for r in table if r["lens"] == "logit_lens_value" and r["feature"] == 2)
     feature = Feature()
     activation = Activation()
-    activation.__dict__.update(token_values=[("x", 0.0), (top[0], 3.0)], max_value=3.0, min_value=0.0, max_value_token_index=1)
+    activation.__dict__.update(
+        token_values=[("x", 0.0), (top[0], 3.0)], max_value=3.0, min_value=0.0, max_value_token_index=1
+    )
     feature.__dict__.update(model_id="m", feature=2, layer="2", type="res", size="2k", activations=[activation] * 3)
     sample = tmp_path / "features.pkl"
     sample.write_bytes(pickle.dumps([feature]))
     out = tmp_path / "eval"
-    code = _run(["evaluate", "--model", str(default.model_dir()), "--dictionary", DICTIONARY, "--signatures", str(run_dir),
-                 "--corpus", str(default.heldout_text_path()), "--activations", str(sample), "--lenses", "logit_lens_value",
-                 "--max-contexts", "40", "--out", str(out), "--quiet"])
+    code = _run(
+        [
+            "evaluate",
+            "--model",
+            str(default.model_dir()),
+            "--dictionary",
+            DICTIONARY,
+            "--signatures",
+            str(run_dir),
+            "--corpus",
+            str(default.heldout_text_path()),
+            "--activations",
+            str(sample),
+            "--lenses",
+            "logit_lens_value",
+            "--max-contexts",
+            "40",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))

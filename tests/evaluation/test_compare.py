@@ -25,7 +25,11 @@ def test_jaccard_by_hand():
 
 
 def test_pairs_and_all_runs():
-    runs = [_sigs([[1, 2, 3], [7, 8, 9]]), _sigs([[2, 3, 4], [7, 8, 9]]), _sigs([[9, 8, 6], [3, 4, 5]], features=(1, 0))]
+    runs = [
+        _sigs([[1, 2, 3], [7, 8, 9]]),
+        _sigs([[2, 3, 4], [7, 8, 9]]),
+        _sigs([[9, 8, 6], [3, 4, 5]], features=(1, 0)),
+    ]
     rows = {a.runs: a for a in compare_runs(runs, k=3)}
     assert set(rows) == {(0, 1), (0, 2), (1, 2), (0, 1, 2)}
     # run 2 lists feature 1 first: features are matched by id, not by row
@@ -47,9 +51,30 @@ def test_cli_on_two_seeds_of_the_bundled_model(tmp_path):
     outs = []
     for seed in (0, 1):
         out = tmp_path / f"seed{seed}"
-        code = main(["signatures", "--model", str(default.model_dir()), "--dictionary", str(default.dictionary_dir("resid-post-1")),
-                     "--corpus", str(default.heldout_text_path()), "--num-samples", "4", "--max-length", "16", "--seed", str(seed),
-                     "--features", "0-9", "--lenses", "query_lens_value,logit_lens_value", "--out", str(out), "--quiet"])
+        code = main(
+            [
+                "signatures",
+                "--model",
+                str(default.model_dir()),
+                "--dictionary",
+                str(default.dictionary_dir("resid-post-1")),
+                "--corpus",
+                str(default.heldout_text_path()),
+                "--num-samples",
+                "4",
+                "--max-length",
+                "16",
+                "--seed",
+                str(seed),
+                "--features",
+                "0-9",
+                "--lenses",
+                "query_lens_value,logit_lens_value",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
         assert code == 0
         outs.append(str(out))
     assert main(["compare", *outs, "--out", str(tmp_path / "cmp")]) == 0

@@ -64,7 +64,10 @@ def test_parse_score():
 
 
 def test_the_paper_judge_sends_tokens_only_without_sampling_parameters():
-    with fake_judge(lambda body, n: (200, '{"Score": 7, "Summary": "animals", "Explanation": "most"}')) as (url, received):
+    with fake_judge(lambda body, n: (200, '{"Score": 7, "Summary": "animals", "Explanation": "most"}')) as (
+        url,
+        received,
+    ):
         scores = judge_scores(paper_judge(url), [[" cat", " dog"]], [["a [[cat]] sat"]])
     assert scores == [7.0]
     body = received[0]["body"]
@@ -83,7 +86,9 @@ def test_a_refused_parameter_gives_the_endpoints_message_and_keeps_finished_scor
         return 200, '{"score": 4}'
 
     with fake_judge(reply) as (url, received):
-        with pytest.raises(JudgeError, match=r"refused the request \(HTTP 400\): Unsupported parameter: 'temperature'") as caught:
+        with pytest.raises(
+            JudgeError, match=r"refused the request \(HTTP 400\): Unsupported parameter: 'temperature'"
+        ) as caught:
             judge_scores(JudgeConfig(endpoint=url, retries=2), [["a"], ["b"], ["c"], ["d"]])
     assert len(received) == 3  # a 4xx is not retried, and nothing is sent after it
     assert caught.value.scores[:2] == [4.0, 4.0] and all(s != s for s in caught.value.scores[2:])

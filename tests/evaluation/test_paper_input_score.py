@@ -36,13 +36,29 @@ def theirs(authors_repo):
 def _sample(util):
     def act(tokens, index):
         values = [float(i % 3) for i in range(len(tokens))]
-        return util.Activation(id="a", token_values=list(zip(tokens, values)), max_value=2.0, min_value=0.0,
-                               max_value_token_index=index)
+        return util.Activation(
+            id="a", token_values=list(zip(tokens, values)), max_value=2.0, min_value=0.0, max_value_token_index=index
+        )
 
     return [
-        util.Feature("m", 4, "2", "res", [act([" a", " cat", "!"], 1), act([" dog", "x"], 0), act(["y", " cat"], 1),
-                                          act(["z"], None), act(["w", "v"], 5), act(["q", "Ġfish"], -1)], size="32k"),
-        util.Feature("m", 9, "2", "res", [act(["\n", " of"], 0), act([" the", " of"], 1), act([" the"], 0)], size="32k"),
+        util.Feature(
+            "m",
+            4,
+            "2",
+            "res",
+            [
+                act([" a", " cat", "!"], 1),
+                act([" dog", "x"], 0),
+                act(["y", " cat"], 1),
+                act(["z"], None),
+                act(["w", "v"], 5),
+                act(["q", "Ġfish"], -1),
+            ],
+            size="32k",
+        ),
+        util.Feature(
+            "m", 9, "2", "res", [act(["\n", " of"], 0), act([" the", " of"], 1), act([" the"], 0)], size="32k"
+        ),
         util.Feature("m", 1, "3", "res", [act([" x"], 0)], size="32k"),
     ]
 

@@ -38,8 +38,14 @@ def worlds(tmp_path_factory, authors_repo):
     hf.save_pretrained(root / "model")
     save_word_tokenizer(VOCAB, root / "model")
     d, n = hf.config.n_embd, 16
-    config = sae_lens.StandardSAEConfig(d_in=d, d_sae=n, dtype="float32", device="cpu", apply_b_dec_to_input=False,
-                                        metadata=SAEMetadata(model_name="tiny", hook_name=f"blocks.{LAYER}.hook_resid_post"))
+    config = sae_lens.StandardSAEConfig(
+        d_in=d,
+        d_sae=n,
+        dtype="float32",
+        device="cpu",
+        apply_b_dec_to_input=False,
+        metadata=SAEMetadata(model_name="tiny", hook_name=f"blocks.{LAYER}.hook_resid_post"),
+    )
     sae = sae_lens.StandardSAE(config)
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -74,17 +80,35 @@ def _authors(authors, feature_cls, tl, sae, feature, fn, *args, **kwargs):
     import torch
 
     with torch.no_grad():
-        return fn(tl, PROMPTS, feature_cls(model_id="tiny", feature=feature, layer=LAYER, type="sae"), *args, sae=sae, **kwargs)
+        return fn(
+            tl,
+            PROMPTS,
+            feature_cls(model_id="tiny", feature=feature, layer=LAYER, type="sae"),
+            *args,
+            sae=sae,
+            **kwargs,
+        )
 
 
 def test_integer_search_and_kl_equal_the_authors(worlds):
     authors, feature_cls, tl, sae, model, dictionary = worlds
     tokens, mask = _prefixes(tl)
-    ours = calibrate_alphas(model, dictionary, tokens, mask, jnp.asarray(FEATURES), jnp.asarray(TARGETS),
-                            kl_positions="all", search="integer", error_term=False)
+    ours = calibrate_alphas(
+        model,
+        dictionary,
+        tokens,
+        mask,
+        jnp.asarray(FEATURES),
+        jnp.asarray(TARGETS),
+        kl_positions="all",
+        search="integer",
+        error_term=False,
+    )
     for i, feature in enumerate(FEATURES):
         for t, target in enumerate(TARGETS):
-            expected = _authors(authors, feature_cls, tl, sae, feature, authors._get_activation_for_kl, abs(target), neg=target < 0)
+            expected = _authors(
+                authors, feature_cls, tl, sae, feature, authors._get_activation_for_kl, abs(target), neg=target < 0
+            )
             assert float(ours.alphas[i, t]) == expected
             kl = _authors(authors, feature_cls, tl, sae, feature, authors._get_kl_div, expected)
             np.testing.assert_allclose(float(ours.kl[i, t]), kl, rtol=2e-4)
@@ -98,15 +122,34 @@ def test_greedy_generation_ranks_equal_the_authors(worlds):
     tokens, mask = _prefixes(tl)
     alpha, feature = 37.0, FEATURES[0]
     with torch.no_grad():
-        _, payload = authors._hooked_gen(tl.to_tokens(PROMPTS, padding_side="left"), tl,
-                                         feature_cls(model_id="tiny", feature=feature, layer=LAYER, type="sae"),
-                                         n=STEPS, value=alpha, temperature=0.0, sae=sae, return_gen_probs=True)
-    assert payload["gen_tokens"].shape[1] == STEPS and (payload["gen_tokens"] != VOCAB - 1).all()  # no EOS: no early stop
+        _, payload = authors._hooked_gen(
+            tl.to_tokens(PROMPTS, padding_side="left"),
+            tl,
+            feature_cls(model_id="tiny", feature=feature, layer=LAYER, type="sae"),
+            n=STEPS,
+            value=alpha,
+            temperature=0.0,
+            sae=sae,
+            return_gen_probs=True,
+        )
+    assert (
+        payload["gen_tokens"].shape[1] == STEPS and (payload["gen_tokens"] != VOCAB - 1).all()
+    )  # no EOS: no early stop
     expected = (payload["clean_mean_ranks"] - payload["steered_mean_ranks"]).numpy() / VOCAB
     # Their generation hook leaves prefix tokens equal to the pad id unsteered: here (pad = BOS) the BOS.
-    changes = rank_changes(model, dictionary, tokens, mask, jnp.asarray([feature]), jnp.asarray([[alpha]]),
-                           jax.random.key(0), generate_tokens=STEPS, temperature=0.0, error_term=False,
-                           unsteered=tokens == tl.tokenizer.pad_token_id)
+    changes = rank_changes(
+        model,
+        dictionary,
+        tokens,
+        mask,
+        jnp.asarray([feature]),
+        jnp.asarray([[alpha]]),
+        jax.random.key(0),
+        generate_tokens=STEPS,
+        temperature=0.0,
+        error_term=False,
+        unsteered=tokens == tl.tokenizer.pad_token_id,
+    )
     ours = np.asarray(changes[0]) * (VOCAB - 1) / VOCAB  # rank percentiles are scaled by V - 1, theirs by V
     np.testing.assert_allclose(ours, expected, atol=1e-6)
     assert set(np.argsort(-ours)[:10]) == set(np.argsort(-expected)[:10])
@@ -125,8 +168,13 @@ def test_the_authors_prefix_file_is_read_and_bad_files_are_named(authors_repo, t
     lines = tmp_path / "p.txt"
     lines.write_text("One\n\n  Two  \n")
     assert read_prefixes(lines) == ["One", "Two"]
-    for content, message in [('{"a": 1}', "expected a JSON list"), ('["ok", 3]', "entry 1 is 3"), ('["ok", " "]', "entry 1"),
-                             ("[]", "holds no prefix"), ("[1,", "not valid JSON")]:
+    for content, message in [
+        ('{"a": 1}', "expected a JSON list"),
+        ('["ok", 3]', "entry 1 is 3"),
+        ('["ok", " "]', "entry 1"),
+        ("[]", "holds no prefix"),
+        ("[1,", "not valid JSON"),
+    ]:
         bad = tmp_path / "bad.json"
         bad.write_text(content)
         with pytest.raises(InputError, match=message):

@@ -36,7 +36,9 @@ def _world(arch):
     windows = rng.integers(3, model.config.vocab_size, size=(40, 10)).astype(np.int32)
     prefixes = rng.integers(3, model.config.vocab_size, size=(6, 5)).astype(np.int32)
     prefix_mask = np.arange(5)[None] < np.array([5, 4, 3, 5, 2, 4])[:, None]
-    dictionary = make_dictionary(model.config.d_model, 1, "resid_post", "resid_post", "sae", 11, n=64, activation="topk", k=2)
+    dictionary = make_dictionary(
+        model.config.d_model, 1, "resid_post", "resid_post", "sae", 11, n=64, activation="topk", k=2
+    )
     return model, dictionary, windows, np.where(prefix_mask, prefixes, 0), prefix_mask
 
 
@@ -76,7 +78,9 @@ def test_string_matching_normalizes_space_markers():
     vocab = np.array(["Ġcat", "cat", " dog", "Ċ", "Dog", " cat"], dtype=object)
     assert normalize_token("Ġcat", strip=True) == "cat" and normalize_token(" dog", strip=True) == "dog"
     top = _top([1.0, 1.0, 1.0], [0, 2, 4])
-    assert input_scores(top, [[1, 2]], min_contexts=1, match="stripped", vocab=vocab)[0] == pytest.approx(2 / 3)  # case kept: Dog != dog
+    assert input_scores(top, [[1, 2]], min_contexts=1, match="stripped", vocab=vocab)[0] == pytest.approx(
+        2 / 3
+    )  # case kept: Dog != dog
     assert input_scores(top, [[1, 2]], min_contexts=1, match="ids")[0] == pytest.approx(1 / 3)
     # The authors' rule: markers become whitespace, which is kept: "Ġcat" == " cat" != "cat".
     assert input_scores(top, [[1, 2]], min_contexts=1, match="strings", vocab=vocab)[0] == pytest.approx(1 / 3)
@@ -104,8 +108,15 @@ def test_top_contexts_match_brute_force(gpt2):
 
 # ---- output score -----------------------------------------------------------------------------
 def test_output_score_by_hand():
-    promoted = Promoted(np.array([0, 1]), np.array([0.25, 0.5]), np.zeros((2, 2)), np.zeros((2, 2)), np.ones((2, 2), bool),
-                        np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.zeros((2, 4)))
+    promoted = Promoted(
+        np.array([0, 1]),
+        np.array([0.25, 0.5]),
+        np.zeros((2, 2)),
+        np.zeros((2, 2)),
+        np.ones((2, 2), bool),
+        np.array([[1, 2, 3, 4], [5, 6, 7, 8]]),
+        np.zeros((2, 4)),
+    )
     np.testing.assert_allclose(output_scores(promoted, [[2, 4, 6], [9, 10, 11]]), [0.5, 0.0])
     np.testing.assert_allclose(output_scores(promoted, [[4, 3, 2, 1, 0], [8, 7, 6, 5, 4]]), [1.0, 1.0])
 
@@ -131,7 +142,9 @@ def test_calibration_hits_the_kl_targets(gpt2):
         for t, target in enumerate([0.25, 0.5]):
             alpha = float(cal.alphas[f, t])
             # Clamping at every valid position = the hand splice with the value set everywhere.
-            steered = _last_logprobs(spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(feature), jnp.float32(alpha)), mask)
+            steered = _last_logprobs(
+                spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(feature), jnp.float32(alpha)), mask
+            )
             kl = float(np.mean(np.sum(np.exp(clean) * (clean - steered), axis=-1)))
             assert kl == pytest.approx(float(cal.kl[f, t]), rel=1e-4)
             assert kl == pytest.approx(target, rel=0.011)
@@ -141,11 +154,17 @@ def test_calibration_hits_the_kl_targets(gpt2):
 def test_rank_changes_match_hand_computation(gpt2):
     model, dictionary, _, prefixes, mask = gpt2
     alphas = jnp.asarray([[1.5, 4.0]])
-    ours = np.asarray(rank_changes(model, dictionary, jnp.asarray(prefixes), jnp.asarray(mask), jnp.asarray([5]), alphas, jax.random.key(0)))
+    ours = np.asarray(
+        rank_changes(
+            model, dictionary, jnp.asarray(prefixes), jnp.asarray(mask), jnp.asarray([5]), alphas, jax.random.key(0)
+        )
+    )
     clean = _last_logprobs(clean_logits(model, jnp.asarray(prefixes), jnp.asarray(mask)), mask)
     expected = 0
     for alpha in (1.5, 4.0):
-        steered = _last_logprobs(spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(5), jnp.float32(alpha)), mask)
+        steered = _last_logprobs(
+            spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(5), jnp.float32(alpha)), mask
+        )
         pct = lambda lp: np.argsort(np.argsort(lp, -1), -1) / (lp.shape[-1] - 1)
         expected = expected + (pct(np.asarray(steered)) - pct(np.asarray(clean))).mean(0) / 2
     np.testing.assert_allclose(ours[0], expected, atol=1e-6)
@@ -170,16 +189,35 @@ def test_module_output_steering_matches_hand_splice(worlds, arch, site):
     model, _, _, prefixes, mask = worlds[arch]
     dictionary = _module_output_sae(model, site)
     feature = 9
-    cal = calibrate_alphas(model, dictionary, jnp.asarray(prefixes), jnp.asarray(mask), jnp.asarray([feature]), jnp.asarray([0.25]), rtol=0.01)
+    cal = calibrate_alphas(
+        model,
+        dictionary,
+        jnp.asarray(prefixes),
+        jnp.asarray(mask),
+        jnp.asarray([feature]),
+        jnp.asarray([0.25]),
+        rtol=0.01,
+    )
     assert np.asarray(cal.reached).all(), cal
     alpha = float(cal.alphas[0, 0])
     clean = _last_logprobs(clean_logits(model, jnp.asarray(prefixes), jnp.asarray(mask)), mask)
-    steered = _last_logprobs(spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(feature), jnp.float32(alpha)), mask)
+    steered = _last_logprobs(
+        spliced_logits(model, prefixes, mask, dictionary, jnp.asarray(feature), jnp.float32(alpha)), mask
+    )
     kl = float(np.mean(np.sum(np.exp(clean) * (clean - steered), axis=-1)))
     assert kl == pytest.approx(float(cal.kl[0, 0]), rel=1e-4)
     assert kl == pytest.approx(0.25, rel=0.011)
-    ours = np.asarray(rank_changes(model, dictionary, jnp.asarray(prefixes), jnp.asarray(mask), jnp.asarray([feature]),
-                                   jnp.asarray([[alpha]]), jax.random.key(0)))
+    ours = np.asarray(
+        rank_changes(
+            model,
+            dictionary,
+            jnp.asarray(prefixes),
+            jnp.asarray(mask),
+            jnp.asarray([feature]),
+            jnp.asarray([[alpha]]),
+            jax.random.key(0),
+        )
+    )
     pct = lambda lp: np.argsort(np.argsort(lp, -1), -1) / (lp.shape[-1] - 1)
     np.testing.assert_allclose(ours[0], (pct(np.asarray(steered)) - pct(np.asarray(clean))).mean(0), atol=1e-6)
 
@@ -194,7 +232,9 @@ def test_top_contexts_read_z_with_heads_concatenated(worlds):
     _, residuals = model.run_with_residuals(jnp.asarray(windows))
     z = residuals.z[1].reshape(*windows.shape, -1)
     block, _ = model.block(1)
-    np.testing.assert_allclose(attention_output(block, z), residuals.resid_mid[1] - residuals.resid_pre[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        attention_output(block, z), residuals.resid_mid[1] - residuals.resid_pre[1], rtol=1e-5, atol=1e-5
+    )
     acts = np.asarray(dictionary.encode(z))[..., features]  # [n, s, F]
     best = acts.max(1)
     for f in range(len(features)):
@@ -232,14 +272,22 @@ def test_evaluate_with_oracle_lenses(worlds, case):
         "oracle_output": fill(promoted.promoted, active_tokens),
         "neither": fill(np.full((len(features), 0), -1), np.concatenate([active_tokens, promoted.promoted], 1)),
     }
-    sigs = Signatures(SignatureTable(lens, dictionary.name, dictionary.layer, features, ids, np.zeros(ids.shape), ids, np.zeros(ids.shape))
-                      for lens, ids in tables.items())
+    sigs = Signatures(
+        SignatureTable(
+            lens, dictionary.name, dictionary.layer, features, ids, np.zeros(ids.shape), ids, np.zeros(ids.shape)
+        )
+        for lens, ids in tables.items()
+    )
     result = evaluate(model, [dictionary], sigs, windows, prefix_tokens=prefixes, prefix_mask=mask, options=options)
     by = {(r["lens"], r["feature"]): r for r in result.rows}
     assert (top.active.sum(1) >= 5).any(), "degenerate test: no feature has enough active contexts"
     for f, feature in enumerate(features):
         enough = top.active[f].sum() >= 5
-        for lens, expect_in, expect_out in (("oracle_input", 1.0, None), ("oracle_output", None, 1.0), ("neither", 0.0, 0.0)):
+        for lens, expect_in, expect_out in (
+            ("oracle_input", 1.0, None),
+            ("oracle_output", None, 1.0),
+            ("neither", 0.0, 0.0),
+        ):
             row = by[(lens, int(feature))]
             if expect_in is not None:
                 assert (row["input_score"] == expect_in) if enough else np.isnan(row["input_score"])
@@ -258,9 +306,23 @@ def test_require_contexts_keeps_the_first_features_that_pass_in_the_given_order(
     assert 2 <= len(passing) < len(features), "degenerate test: need some features to pass and some to fail"
     order = np.asarray([*passing[::-1], *np.setdiff1d(features, passing)])  # candidates, best last-first
     ids = np.tile(np.arange(25), (len(features), 1))
-    sigs = Signatures([SignatureTable("lens", dictionary.name, dictionary.layer, features, ids, np.zeros(ids.shape), ids, np.zeros(ids.shape))])
+    sigs = Signatures(
+        [
+            SignatureTable(
+                "lens", dictionary.name, dictionary.layer, features, ids, np.zeros(ids.shape), ids, np.zeros(ids.shape)
+            )
+        ]
+    )
     options = EvaluationOptions(k=25, min_contexts=3, sequences_per_chunk=8, require_contexts=True, max_features=2)
-    result = evaluate(model, [dictionary], sigs, windows, prefix_tokens=prefixes, prefix_mask=mask, options=options,
-                      feature_order={(dictionary.name, dictionary.layer): order})
+    result = evaluate(
+        model,
+        [dictionary],
+        sigs,
+        windows,
+        prefix_tokens=prefixes,
+        prefix_mask=mask,
+        options=options,
+        feature_order={(dictionary.name, dictionary.layer): order},
+    )
     assert sorted(r["feature"] for r in result.rows) == sorted(passing[::-1][:2].tolist())
     assert all(r["active_contexts"] >= 3 for r in result.rows)

@@ -13,7 +13,10 @@ from qlens_jax.lens.signatures import Signatures, SignatureTable
 
 def _rows():
     # family F, lens a: layer 0 scores [0, 1, 1] (+ one NaN), layer 1 scores [0.5, 0.5]
-    rows = [{"family": "F", "lens": "a", "layer": 0, "input_score": v, "output_score": 1 - v} for v in (0.0, 1.0, 1.0, np.nan)]
+    rows = [
+        {"family": "F", "lens": "a", "layer": 0, "input_score": v, "output_score": 1 - v}
+        for v in (0.0, 1.0, 1.0, np.nan)
+    ]
     rows += [{"family": "F", "lens": "a", "layer": 1, "input_score": v, "output_score": v} for v in (0.5, 0.5)]
     return rows
 
@@ -35,10 +38,17 @@ def test_per_layer_and_stratified_by_hand():
 def test_the_authors_layer_groups():
     assert list(layer_groups(range(12))) == ["Early [0, 4)", "Middle [4, 8)", "Late [8, 12)"]
     assert layer_groups(range(12))["Late [8, 12)"] == [8, 9, 10, 11]
-    assert layer_groups(range(26)) == {"Early [0, 9)": list(range(9)), "Middle [9, 18)": list(range(9, 18)),
-                                       "Late [18, 26)": list(range(18, 26))}  # 26 = 3 x 8 + 2: the first two one longer
+    assert layer_groups(range(26)) == {
+        "Early [0, 9)": list(range(9)),
+        "Middle [9, 18)": list(range(9, 18)),
+        "Late [18, 26)": list(range(18, 26)),
+    }  # 26 = 3 x 8 + 2: the first two one longer
     assert list(layer_groups([5, 9, 12, 15])) == ["Layer 5", "Layer 9", "Layer 12", "Layer 15"]  # few layers: one each
-    rows = [{"family": "F", "lens": "a", "layer": layer, "input_score": v} for layer in range(8) for v in (layer / 10, layer / 10 + 0.1)]
+    rows = [
+        {"family": "F", "lens": "a", "layer": layer, "input_score": v}
+        for layer in range(8)
+        for v in (layer / 10, layer / 10 + 0.1)
+    ]
     per_layer, _ = summarize(rows, ("input_score",))
     groups = dict(group_stats(per_layer))
     assert list(groups) == ["Early [0, 3)", "Middle [3, 6)", "Late [6, 8)"]
@@ -46,8 +56,11 @@ def test_the_authors_layer_groups():
 
 
 def test_single_feature_layer_has_no_std():
-    rows = [{"family": "F", "lens": "a", "layer": 0, "input_score": 0.5}, {"family": "F", "lens": "a", "layer": 1, "input_score": 0.2},
-            {"family": "F", "lens": "a", "layer": 1, "input_score": 0.4}]
+    rows = [
+        {"family": "F", "lens": "a", "layer": 0, "input_score": 0.5},
+        {"family": "F", "lens": "a", "layer": 1, "input_score": 0.2},
+        {"family": "F", "lens": "a", "layer": 1, "input_score": 0.4},
+    ]
     per_layer, overall = summarize(rows, ("input_score",))
     assert math.isnan(per_layer[0].std) and math.isnan(overall[0].se)
     assert overall[0].mean == pytest.approx((0.5 + 0.3) / 2)
@@ -85,10 +98,25 @@ def test_signatures_parquet_round_trip(tmp_path):
     for lens in ("zero_out", "tuned_lens"):
         for name, layer in (("resid-post-2k", 0), ("resid-post-2k", 1)):
             ids = np.asarray([3, 8, 20])
-            tables.append(SignatureTable(lens, name, layer, ids, rng.integers(0, 50, (3, 5)), rng.normal(size=(3, 5)).astype(np.float32),
-                                         rng.integers(0, 50, (3, 5)), rng.normal(size=(3, 5)).astype(np.float32)))
+            tables.append(
+                SignatureTable(
+                    lens,
+                    name,
+                    layer,
+                    ids,
+                    rng.integers(0, 50, (3, 5)),
+                    rng.normal(size=(3, 5)).astype(np.float32),
+                    rng.integers(0, 50, (3, 5)),
+                    rng.normal(size=(3, 5)).astype(np.float32),
+                )
+            )
     vocab = np.asarray([f"t{i}" for i in range(50)], dtype=object)
-    save_signatures(tables, tmp_path / "signatures.parquet", [_Dictionary("resid-post-2k", 0), _Dictionary("resid-post-2k", 1)], vocab)
+    save_signatures(
+        tables,
+        tmp_path / "signatures.parquet",
+        [_Dictionary("resid-post-2k", 0), _Dictionary("resid-post-2k", 1)],
+        vocab,
+    )
     loaded = load_signatures(tmp_path)  # the run-folder form
     assert [(t.lens, t.dictionary, t.layer) for t in loaded] == [(t.lens, t.dictionary, t.layer) for t in tables]
     for a, b in zip(loaded, tables):

@@ -21,8 +21,12 @@ def random_dictionary(d_model, layer, site_in, site_out, kind, seed, n=N_FEATURE
         b_enc=jnp.asarray(rng.normal(size=n), jnp.float32),
         W_dec=jnp.asarray(rng.normal(size=(n, d_model)), jnp.float32),
         b_dec=jnp.asarray(rng.normal(size=d_model), jnp.float32),
-        layer=layer, site_in=site_in, site_out=site_out, kind=kind,
-        name=f"{kind}-{site_in}", activation="relu",
+        layer=layer,
+        site_in=site_in,
+        site_out=site_out,
+        kind=kind,
+        name=f"{kind}-{site_in}",
+        activation="relu",
     )
 
 

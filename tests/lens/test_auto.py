@@ -6,10 +6,8 @@ import dataclasses
 import pytest
 
 import converters
+from qlens_jax.lens import LensRequestError, auto, blockwise
 from tiny_models import build_hf_model
-
-from qlens_jax.lens import auto, blockwise
-from qlens_jax.lens import LensRequestError
 
 
 def test_path_rule():

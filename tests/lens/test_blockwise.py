@@ -20,8 +20,16 @@ from qlens_jax.models.mlp import autodiff_cost
 # A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, Gemma-3's
 # post-norms with (1 + w) RMSNorm, Qwen3-MoE's routed experts, GPT-NeoX's parallel block, and
 # Gemma-2 / Gemma-1 / Mistral: every shape of MLP Jacobian and block the block-major sweep forms.
-ARCHITECTURES = ["gpt2", "llama-gqa2-llama3rope", "gemma3-sliding", "qwen3moe-top2-renorm", "neox-parallel",
-                 "gemma2-softcaps", "gemma-geglu", "mistral-sliding"]
+ARCHITECTURES = [
+    "gpt2",
+    "llama-gqa2-llama3rope",
+    "gemma3-sliding",
+    "qwen3moe-top2-renorm",
+    "neox-parallel",
+    "gemma2-softcaps",
+    "gemma-geglu",
+    "mistral-sliding",
+]
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -77,7 +85,9 @@ def test_mlp_jacobian_equals_autodiff(both_orders):
     block, _ = model.block(0)
     h = jax.random.normal(jax.random.key(3), (model.config.d_model,)) * 2.0
     expected = jax.jacfwd(lambda x: mlp_residual(block, x))(h).T  # row convention
-    np.testing.assert_allclose(blockwise.mlp_jacobian(block, h), expected, rtol=1e-5, atol=1e-5 * float(jnp.abs(expected).max()))
+    np.testing.assert_allclose(
+        blockwise.mlp_jacobian(block, h), expected, rtol=1e-5, atol=1e-5 * float(jnp.abs(expected).max())
+    )
 
 
 def test_restricted_sweeps_keep_the_rows_they_cover(both_orders):
@@ -85,8 +95,14 @@ def test_restricted_sweeps_keep_the_rows_they_cover(both_orders):
     n_layers = model.config.n_layers
     value_from, key_to = 3, 3  # resid_mid[1]: value needs blocks 1.., key blocks 0..1
     part = transport_operators(
-        model, tokens, mask, sweeps=("value", "key"), sweep_order="blockwise", with_input_norms=True,
-        value_from_point=value_from, key_to_point=key_to,
+        model,
+        tokens,
+        mask,
+        sweeps=("value", "key"),
+        sweep_order="blockwise",
+        with_input_norms=True,
+        value_from_point=value_from,
+        key_to_point=key_to,
     )
     assert part.value_from_point == 2 and part.key_to_point == 4
     for p in range(n_points(n_layers)):
@@ -148,7 +164,9 @@ def test_sweep_order_choice_with_routed_experts():
     config = model_config_from_hf(transformers.Qwen3MoeConfig(num_hidden_layers=4, norm_topk_prob=True).to_dict())
     assert (config.n_experts, config.experts_per_token, config.d_mlp) == (128, 8, 768)
     assert blockwise.worth_it(config, config.d_model // 16)
-    dense = model_config_from_hf(transformers.Qwen3MoeConfig(num_hidden_layers=4, mlp_only_layers=[0, 1, 2, 3]).to_dict())
+    dense = model_config_from_hf(
+        transformers.Qwen3MoeConfig(num_hidden_layers=4, mlp_only_layers=[0, 1, 2, 3]).to_dict()
+    )
     assert not blockwise.worth_it(dense, dense.d_model // 16)
 
 
@@ -181,7 +199,9 @@ def test_mlp_jacobians_do_not_depend_on_positions_per_step():
     block, _ = model.block(0)
     h = jax.random.normal(jax.random.PRNGKey(2), (2, 5, model.config.d_model))
     assert blockwise.token_chunk() == blockwise.CPU_TOKEN_CHUNK
-    np.testing.assert_allclose(blockwise.mlp_jacobians(block, h, 1), blockwise.mlp_jacobians(block, h, 16), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        blockwise.mlp_jacobians(block, h, 1), blockwise.mlp_jacobians(block, h, 16), rtol=1e-5, atol=1e-6
+    )
 
 
 class _AutodiffOnly(ResidualMLP):
@@ -208,7 +228,9 @@ def test_a_module_without_an_explicit_jacobian_is_linearized_by_autodiff():
     block, _ = swapped.block(1)
     h = jax.random.normal(jax.random.key(4), (model.config.d_model,)) * 2.0
     explicit = blockwise.mlp_jacobian(model.block(1)[0], h)
-    np.testing.assert_allclose(blockwise.mlp_jacobian(block, h), explicit, rtol=0, atol=1e-5 * float(jnp.abs(explicit).max()))
+    np.testing.assert_allclose(
+        blockwise.mlp_jacobian(block, h), explicit, rtol=0, atol=1e-5 * float(jnp.abs(explicit).max())
+    )
     again = transport_operators(swapped, tokens, mask, **options)
     _assert_rows_close(again.value, block_major.value)
     _assert_rows_close(again.key, block_major.key)

@@ -9,8 +9,8 @@ import pytest
 import qlens_jax
 from kernel_fixtures import FEATURES, setup
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.readout import centered_embeddings
 from qlens_jax.models import block_forward
+from qlens_jax.readout import centered_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,19 @@ def normalizing_sae():
     rng = np.random.default_rng(7)
     d, n = model.config.d_model, 40
     sae = Dictionary(
-        W_enc=jnp.asarray(rng.normal(size=(d, n)), jnp.float32), b_enc=jnp.asarray(rng.normal(size=n), jnp.float32),
-        W_dec=jnp.asarray(rng.normal(size=(n, d)), jnp.float32), b_dec=jnp.asarray(rng.normal(size=d), jnp.float32),
-        layer=1, site_in="resid_post", site_out="resid_post", kind="sae", name="resid-post-oai", activation="topk",
-        k=4, input_norm="layer_norm", apply_b_dec_to_input=True,
+        W_enc=jnp.asarray(rng.normal(size=(d, n)), jnp.float32),
+        b_enc=jnp.asarray(rng.normal(size=n), jnp.float32),
+        W_dec=jnp.asarray(rng.normal(size=(n, d)), jnp.float32),
+        b_dec=jnp.asarray(rng.normal(size=d), jnp.float32),
+        layer=1,
+        site_in="resid_post",
+        site_out="resid_post",
+        kind="sae",
+        name="resid-post-oai",
+        activation="topk",
+        k=4,
+        input_norm="layer_norm",
+        apply_b_dec_to_input=True,
     )
     return model, sae, tokens, mask
 
@@ -49,8 +58,16 @@ def _gradient_of_mean_pre_activation(model, sae, tokens, mask, feature):
 def test_exact_key_is_the_gradient_of_the_pre_activation(normalizing_sae, path):
     model, sae, tokens, mask = normalizing_sae
     table = qlens_jax.query_lens(
-        model, [sae], tokens, mask, lenses=["query_lens_key"], features=FEATURES, k=8, path=path,
-        exact_norm_jacobian=True, sequences_per_chunk=2,
+        model,
+        [sae],
+        tokens,
+        mask,
+        lenses=["query_lens_key"],
+        features=FEATURES,
+        k=8,
+        path=path,
+        exact_norm_jacobian=True,
+        sequences_per_chunk=2,
     )[0]
     key_matrix = centered_embeddings(model, jnp.asarray(tokens), jnp.asarray(mask))
     for row, feature in enumerate(FEATURES):

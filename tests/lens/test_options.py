@@ -50,9 +50,21 @@ def test_option_matches_reference_and_changes_the_result(gpt2, lens, option, ref
 
 def test_dense_path_honours_options(gpt2):
     hf, model, dictionaries, tokens, mask = gpt2
-    common = dict(features=FEATURES, k=K, sequences_per_chunk=2, first_order_key_mask_seed=True, exact_norm_jacobian=True)
-    dense = qlens_jax.query_lens(model, dictionaries[1:], tokens, mask, lenses=["first_order_key", "query_lens_key"], path="dense", **common)
-    per_feature = qlens_jax.query_lens(model, dictionaries[1:], tokens, mask, lenses=["first_order_key", "query_lens_key"], path="per-feature", **common)
+    common = dict(
+        features=FEATURES, k=K, sequences_per_chunk=2, first_order_key_mask_seed=True, exact_norm_jacobian=True
+    )
+    dense = qlens_jax.query_lens(
+        model, dictionaries[1:], tokens, mask, lenses=["first_order_key", "query_lens_key"], path="dense", **common
+    )
+    per_feature = qlens_jax.query_lens(
+        model,
+        dictionaries[1:],
+        tokens,
+        mask,
+        lenses=["first_order_key", "query_lens_key"],
+        path="per-feature",
+        **common,
+    )
     for a, b in zip(dense, per_feature):
         np.testing.assert_array_equal(a.top_ids, b.top_ids)
         np.testing.assert_allclose(a.top_scores, b.top_scores, rtol=1e-4, atol=1e-6)
@@ -63,7 +75,9 @@ def test_self_check_fails_loudly_on_a_wrong_operator(gpt2):
     good = qlens_jax.transport_operators(model, tokens, mask, sweeps=("value",))
     broken = TransportOperators(good.value.at[:, 0, 1].add(1.0), None, None, None, good.n_tokens)
     with pytest.raises(qlens_jax.SelfCheckError, match="self-check failed for query_lens_value"):
-        qlens_jax.query_lens(model, dictionaries[:1], tokens, mask, lenses=["query_lens_value"], operators=broken, features=FEATURES)
+        qlens_jax.query_lens(
+            model, dictionaries[:1], tokens, mask, lenses=["query_lens_value"], operators=broken, features=FEATURES
+        )
 
 
 def test_saved_operators_serve_new_dictionaries_without_sweeps(gpt2, tmp_path, monkeypatch):

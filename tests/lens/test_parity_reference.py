@@ -17,13 +17,31 @@ RTOL = 1e-4
 K = 8
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding",
-                                        "qwen3moe-top2-renorm", "neox-parallel", "gemma2-softcaps", "gemma-geglu",
-                                        "mistral-sliding"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "gpt2",
+        "llama-gqa2-llama3rope",
+        "qwen3-gqa4-tied",
+        "gemma3-sliding",
+        "qwen3moe-top2-renorm",
+        "neox-parallel",
+        "gemma2-softcaps",
+        "gemma-geglu",
+        "mistral-sliding",
+    ],
+)
 def computed(request):
     hf, model, dictionaries, tokens, mask = setup(request.param)
     dictionaries = dictionaries + module_output_dictionaries(model.config)
-    return (hf, model, dictionaries, tokens, mask, *(run(model, dictionaries, tokens, mask, path) for path in ("dense", "per-feature")))
+    return (
+        hf,
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        *(run(model, dictionaries, tokens, mask, path) for path in ("dense", "per-feature")),
+    )
 
 
 def run(model, dictionaries, tokens, mask, path: str) -> Signatures:
@@ -49,8 +67,12 @@ def _assert_matches_reference(table, scores):
     scale = np.abs(scores).max(axis=1, keepdims=True)
     np.testing.assert_array_equal(table.top_ids, top_ids)
     np.testing.assert_array_equal(table.bottom_ids, bottom_ids)
-    np.testing.assert_allclose(table.top_scores / scale, np.take_along_axis(scores, top_ids, 1) / scale, atol=RTOL, rtol=0)
-    np.testing.assert_allclose(table.bottom_scores / scale, np.take_along_axis(scores, bottom_ids, 1) / scale, atol=RTOL, rtol=0)
+    np.testing.assert_allclose(
+        table.top_scores / scale, np.take_along_axis(scores, top_ids, 1) / scale, atol=RTOL, rtol=0
+    )
+    np.testing.assert_allclose(
+        table.bottom_scores / scale, np.take_along_axis(scores, bottom_ids, 1) / scale, atol=RTOL, rtol=0
+    )
 
 
 @pytest.mark.parametrize("lens", qlens_jax.LENSES)
@@ -100,7 +122,8 @@ def test_first_order_terms_match_reference_per_layer(computed):
                 np.testing.assert_array_equal(table.layer_indices, [dictionary.layer, *blocks])
                 np.testing.assert_allclose(table.layer_energy[row], energy, atol=1e-4)
                 readout = (
-                    ref.value_readout(hf, np.stack(by_block)) if side == "value"
+                    ref.value_readout(hf, np.stack(by_block))
+                    if side == "value"
                     else ref.key_readout(hf, np.stack(by_block), tokens, mask)
                 )
                 top_ids, *_ = ref.topk_with_scores(readout, K)

@@ -3,8 +3,7 @@ points round-trip, and points order along the forward pass."""
 
 import pytest
 
-from qlens_jax.lens import LensRequestError
-from qlens_jax.lens import points as pts
+from qlens_jax.lens import LensRequestError, points as pts
 from qlens_jax.lens.points import Module, Point
 
 INPUT_NORMS = ("layer_norm", "constant_norm_rescale")

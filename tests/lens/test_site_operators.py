@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 import converters
-from qlens_jax.lens import LensRequestError
-from qlens_jax.lens import operators, per_feature, transport
-from qlens_jax.lens import points as pts
+from qlens_jax.lens import LensRequestError, operators, per_feature, points as pts, transport
 from qlens_jax.lens.points import Point
 from tiny_models import build_hf_model, padded_batch
 
@@ -48,11 +46,17 @@ def test_sweeps_record_module_outputs_as_the_per_feature_transports(world):
         v = jnp.asarray(vectors[point])
         key, _ = per_feature.site_key_chunk(model, tokens, mask, v, point, 3)
         for order, op in ops.items():
-            assert relative_error(v @ op.operator("key", point, n_layers, model.config).T, key / n) < RTOL, (order, point)
+            assert relative_error(v @ op.operator("key", point, n_layers, model.config).T, key / n) < RTOL, (
+                order,
+                point,
+            )
         if point.site == "z":
             value, _ = per_feature.z_value_chunk(model, tokens, mask, v, point.layer, 3)
             for order, op in ops.items():
-                assert relative_error(v @ op.operator("value", point, n_layers, model.config).T, value / n) < RTOL, (order, point)
+                assert relative_error(v @ op.operator("value", point, n_layers, model.config).T, value / n) < RTOL, (
+                    order,
+                    point,
+                )
 
 
 def test_module_outputs_leave_the_residual_operators_unchanged(world):
@@ -119,7 +123,11 @@ def test_per_feature_transports_equal_float64_finite_differences(world):
             key, _ = per_feature.site_key_chunk(wide, tokens, mask, v, point, 1)
             assert relative_error(key[0], (sums[:d, i] - sums[d:, i]) / (2 * eps)) < 1e-6, point
             if point.site == "z":
-                final = jax.jit(lambda s: transport.final_from_probes(wide, tokens, mask, deltas, z_deltas.at[point.layer].set(s * v[0])))
+                final = jax.jit(
+                    lambda s: transport.final_from_probes(
+                        wide, tokens, mask, deltas, z_deltas.at[point.layer].set(s * v[0])
+                    )
+                )
                 fd = ((final(eps) - final(-eps)) / (2 * eps) * m).sum((0, 1))
                 value, _ = per_feature.z_value_chunk(wide, tokens, mask, v, point.layer, 1)
                 assert relative_error(value[0], fd) < 1e-6, point
@@ -132,9 +140,21 @@ def test_exact_norm_jacobian_is_refused_for_normalizing_module_output_dictionari
     from qlens_jax.lens.validation import LensRequestError
 
     d = model.config.d_model
-    sae = Dictionary(W_enc=jnp.ones((d, 2)), b_enc=jnp.zeros(2), W_dec=jnp.ones((2, d)), b_dec=jnp.zeros(d), layer=0,
-                     site_in="attn_out", site_out="attn_out", kind="sae", name="attn-out-2", activation="relu",
-                     input_norm="layer_norm")
-    with pytest.raises(LensRequestError, match="exact_norm_jacobian is not available .*attn-out-2.*layer_norm.*attn_out\\[0\\]"):
+    sae = Dictionary(
+        W_enc=jnp.ones((d, 2)),
+        b_enc=jnp.zeros(2),
+        W_dec=jnp.ones((2, d)),
+        b_dec=jnp.zeros(d),
+        layer=0,
+        site_in="attn_out",
+        site_out="attn_out",
+        kind="sae",
+        name="attn-out-2",
+        activation="relu",
+        input_norm="layer_norm",
+    )
+    with pytest.raises(
+        LensRequestError, match="exact_norm_jacobian is not available .*attn-out-2.*layer_norm.*attn_out\\[0\\]"
+    ):
         qlens_jax.plan_request(model, [sae], tokens, mask, options=qlens_jax.LensOptions(exact_norm_jacobian=True))
     assert qlens_jax.plan_request(model, [sae], tokens, mask).sites == (Point("attn_out", 0),)

@@ -31,15 +31,18 @@ def test_stages_compose_to_query_lens(gpt2):
     _, model, dictionaries, tokens, mask = gpt2
     options = LensOptions(k=K)
     execution = ExecutionOptions(path="dense", sequences_per_chunk=2)
-    plan = qlens_jax.plan_request(model, dictionaries, tokens, mask, lenses=LENSES, features=FEATURES,
-                                  options=options, execution=execution)
+    plan = qlens_jax.plan_request(
+        model, dictionaries, tokens, mask, lenses=LENSES, features=FEATURES, options=options, execution=execution
+    )
     assert plan.path == "dense" and plan.sweeps == ("first_order", "key", "value")
     operators = qlens_jax.transport_operators_for(plan)
     staged = qlens_jax.read_signatures(plan, operators)
-    front = qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=LENSES, features=FEATURES,
-                                 options=options, execution=execution)
-    shorthand = qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=LENSES, features=FEATURES,
-                                     k=K, path="dense", sequences_per_chunk=2)
+    front = qlens_jax.query_lens(
+        model, dictionaries, tokens, mask, lenses=LENSES, features=FEATURES, options=options, execution=execution
+    )
+    shorthand = qlens_jax.query_lens(
+        model, dictionaries, tokens, mask, lenses=LENSES, features=FEATURES, k=K, path="dense", sequences_per_chunk=2
+    )
     _same(staged, front)
     _same(staged, shorthand)
 
@@ -54,16 +57,30 @@ def test_stages_compose_to_query_lens(gpt2):
 
 def test_logit_lens_needs_no_operators(gpt2):
     _, model, dictionaries, tokens, mask = gpt2
-    plan = qlens_jax.plan_request(model, dictionaries[:1], tokens, mask, lenses=("logit_lens_value",), features=FEATURES,
-                                  execution=ExecutionOptions(path="dense"))
+    plan = qlens_jax.plan_request(
+        model,
+        dictionaries[:1],
+        tokens,
+        mask,
+        lenses=("logit_lens_value",),
+        features=FEATURES,
+        execution=ExecutionOptions(path="dense"),
+    )
     assert qlens_jax.transport_operators_for(plan) is None
     assert len(qlens_jax.read_signatures(plan)) == 1
 
 
 def test_dense_read_without_operators_is_refused(gpt2):
     _, model, dictionaries, tokens, mask = gpt2
-    plan = qlens_jax.plan_request(model, dictionaries[:1], tokens, mask, lenses=("query_lens_value",), features=FEATURES,
-                                  execution=ExecutionOptions(path="dense"))
+    plan = qlens_jax.plan_request(
+        model,
+        dictionaries[:1],
+        tokens,
+        mask,
+        lenses=("query_lens_value",),
+        features=FEATURES,
+        execution=ExecutionOptions(path="dense"),
+    )
     with pytest.raises(LensRequestError, match="needs operators"):
         qlens_jax.read_signatures(plan, None)
 
@@ -72,7 +89,9 @@ def test_auto_path_follows_feature_count(gpt2):
     _, model, dictionaries, tokens, mask = gpt2
     few = qlens_jax.plan_request(model, dictionaries[:1], tokens, mask, features=FEATURES)
     assert few.path == "per-feature"
-    with_operators = qlens_jax.plan_request(model, dictionaries[:1], tokens, mask, features=FEATURES, have_operators=True)
+    with_operators = qlens_jax.plan_request(
+        model, dictionaries[:1], tokens, mask, features=FEATURES, have_operators=True
+    )
     assert with_operators.path == "dense"
 
 
@@ -104,6 +123,8 @@ def test_unknown_shorthand_is_a_type_error(gpt2):
 
 def test_select_refuses_lenses_outside_the_plan(gpt2):
     _, model, dictionaries, tokens, mask = gpt2
-    plan = qlens_jax.plan_request(model, dictionaries[:1], tokens, mask, lenses=("logit_lens_value",), features=FEATURES)
+    plan = qlens_jax.plan_request(
+        model, dictionaries[:1], tokens, mask, lenses=("logit_lens_value",), features=FEATURES
+    )
     with pytest.raises(LensRequestError, match="not part of this plan"):
         plan.select(lenses=("query_lens_key",))

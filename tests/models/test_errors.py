@@ -121,11 +121,26 @@ def test_gemma3_multimodal_needs_a_gemma3_text_config():
 
 # Pythia-70m-deduped's config.json, shrunk: the legacy rotary keys transformers 5 still reads.
 PYTHIA_CONFIG = {
-    "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
-    "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 80, "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 4, "num_hidden_layers": 2,
-    "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False, "torch_dtype": "float16",
-    "transformers_version": "4.24.0", "use_cache": True, "use_parallel_residual": True, "vocab_size": 113,
+    "architectures": ["GPTNeoXForCausalLM"],
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "hidden_act": "gelu",
+    "hidden_size": 64,
+    "initializer_range": 0.02,
+    "intermediate_size": 80,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048,
+    "model_type": "gpt_neox",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "rotary_emb_base": 10000,
+    "rotary_pct": 0.25,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "transformers_version": "4.24.0",
+    "use_cache": True,
+    "use_parallel_residual": True,
+    "vocab_size": 113,
 }
 
 
@@ -218,18 +233,21 @@ def test_model_config_errors_are_input_errors(saved):
         ModelConfig.from_json(json.dumps({**json.loads(config.to_json()), "colour": 1}))
 
 
-@pytest.mark.parametrize("arch, key, value, match", [
-    ("gemma2-softcaps", "use_bidirectional_attention", True, "use_bidirectional_attention=True is not supported"),
-    ("gemma2-softcaps", "layer_types", ["chunked_attention"] * 4, "layer type 'chunked_attention'"),
-    ("gemma2-softcaps", "rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}, "dynamic"),
-    ("gemma2-softcaps", "sliding_window_pattern", 3, "not supported by the converter: sliding_window_pattern"),
-    ("gemma-geglu", "use_bidirectional_attention", True, "use_bidirectional_attention=True is not supported"),
-    ("gemma-geglu", "hidden_act", "swiglu_v9", "swiglu_v9"),
-    ("gemma-geglu", "attn_logit_softcapping", 50.0, "not supported by the converter: attn_logit_softcapping"),
-    ("mistral-sliding", "layer_types", ["full_attention"] * 3, "not supported by the converter: layer_types"),
-    ("qwen3-every-key", "layer_types", ["full_attention", "sliding_attention"], "layer_types marks layers \\[1\\]"),
-    ("mistral-sliding", "attention_bias", True, "not supported by the converter: attention_bias"),
-])
+@pytest.mark.parametrize(
+    "arch, key, value, match",
+    [
+        ("gemma2-softcaps", "use_bidirectional_attention", True, "use_bidirectional_attention=True is not supported"),
+        ("gemma2-softcaps", "layer_types", ["chunked_attention"] * 4, "layer type 'chunked_attention'"),
+        ("gemma2-softcaps", "rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}, "dynamic"),
+        ("gemma2-softcaps", "sliding_window_pattern", 3, "not supported by the converter: sliding_window_pattern"),
+        ("gemma-geglu", "use_bidirectional_attention", True, "use_bidirectional_attention=True is not supported"),
+        ("gemma-geglu", "hidden_act", "swiglu_v9", "swiglu_v9"),
+        ("gemma-geglu", "attn_logit_softcapping", 50.0, "not supported by the converter: attn_logit_softcapping"),
+        ("mistral-sliding", "layer_types", ["full_attention"] * 3, "not supported by the converter: layer_types"),
+        ("qwen3-every-key", "layer_types", ["full_attention", "sliding_attention"], "layer_types marks layers \\[1\\]"),
+        ("mistral-sliding", "attention_bias", True, "not supported by the converter: attention_bias"),
+    ],
+)
 def test_unimplemented_options_are_named_by_the_family(arch, key, value, match):
     """Checked on the config alone, before any weight is read or anything compiles."""
     raw = build_hf_model(arch).config.to_dict()

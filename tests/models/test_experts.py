@@ -80,7 +80,11 @@ def test_linearization_matches_torch_func_through_the_transformers_block():
     mlp = jax.tree.map(lambda w: w[layer], model.blocks.mlp)
     out, jvp = jax.jvp(mlp, (jnp.asarray(x),), (jnp.asarray(tangent),))
     _, jax_pull = jax.vjp(mlp, jnp.asarray(x))
-    for got, want in ((out, torch_out), (jvp, torch_jvp), (jax_pull(jnp.asarray(cotangent))[0], pull(torch.as_tensor(cotangent))[0])):
+    for got, want in (
+        (out, torch_out),
+        (jvp, torch_jvp),
+        (jax_pull(jnp.asarray(cotangent))[0], pull(torch.as_tensor(cotangent))[0]),
+    ):
         want = want.detach().numpy()
         assert np.abs(want).max() > 0.1
         np.testing.assert_allclose(np.asarray(got), want, atol=TOL * np.abs(want).max(), rtol=0)
@@ -134,8 +138,12 @@ def test_every_layer_dense_is_a_dense_model_and_inert_options_are_accepted():
 
 @pytest.mark.parametrize(
     "hook, site",
-    [("model.layers.5", "resid_post"), ("model.layers.5.mlp.output", "mlp_out"), ("blocks.5.hook_mlp_out", "mlp_out"),
-     ("model.layers.5.post_attention_layernorm.output", "mlp_in")],
+    [
+        ("model.layers.5", "resid_post"),
+        ("model.layers.5.mlp.output", "mlp_out"),
+        ("blocks.5.hook_mlp_out", "mlp_out"),
+        ("model.layers.5.post_attention_layernorm.output", "mlp_in"),
+    ],
 )
 def test_hook_names_of_qwen3_moe_dictionaries(hook, site):
     """Qwen-Scope's `model.layers.{L}` (Qwen3-30B-A3B) and the MoE block's output, the routed

@@ -17,9 +17,16 @@ from tiny_models import ARCHITECTURES, build_hf_model, hf_forward, padded_batch
 # One entry of tests/tiny_models.py per family whose config sets every key the family reads to
 # a value that changes the logits (checked below).
 BITING = {
-    "gpt2": "gpt2-untied-scaled", "llama": "llama-every-key", "qwen2": "qwen2-yarn",
-    "qwen3": "qwen3-every-key", "gemma3_text": "gemma3-every-key", "gemma2": "gemma2-softcaps",
-    "gemma": "gemma-geglu", "mistral": "mistral-sliding", "gpt_neox": "neox-sequential", "qwen3_moe": "qwen3moe-every-key",
+    "gpt2": "gpt2-untied-scaled",
+    "llama": "llama-every-key",
+    "qwen2": "qwen2-yarn",
+    "qwen3": "qwen3-every-key",
+    "gemma3_text": "gemma3-every-key",
+    "gemma2": "gemma2-softcaps",
+    "gemma": "gemma-geglu",
+    "mistral": "mistral-sliding",
+    "gpt_neox": "neox-sequential",
+    "qwen3_moe": "qwen3moe-every-key",
 }
 # Keys a family reads that its biting entry leaves at transformers' default, and why.
 AT_DEFAULT = {
@@ -28,25 +35,57 @@ AT_DEFAULT = {
     ("qwen3", "layer_types"): "only full attention is implemented (sliding layers refused by name)",
     ("gemma3_text", "_sliding_window_pattern"): "read only without layer_types (tested apart)",
     ("gemma3_text", "attn_logit_softcapping"): "refused when set: transformers' Gemma-3 stores it but never applies it",
-    ("qwen3_moe", "decoder_sparse_step"): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
-    ("qwen3_moe", "mlp_only_layers"): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
+    (
+        "qwen3_moe",
+        "decoder_sparse_step",
+    ): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
+    (
+        "qwen3_moe",
+        "mlp_only_layers",
+    ): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
     ("qwen3_moe", "intermediate_size"): "the width of dense layers only (all dense: qwen3moe-all-dense-bias)",
 }
 # Keys that size the model's tables but do not change its logits (rope families read
 # `max_position_embeddings` only for YaRN, tested with qwen2-yarn).
 NOT_MATH = {"max_position_embeddings", "n_positions", "vocab_size"}
 # Options some family's math reads: none may be inert for every family.
-MATH_KEYS = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "sliding_window",
-             "layer_types", "rope_scaling", "rope_parameters", "rope_theta", "use_sliding_window")
+MATH_KEYS = (
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "layer_types",
+    "rope_scaling",
+    "rope_parameters",
+    "rope_theta",
+    "use_sliding_window",
+)
 # A value that would change the logits of a family reading the key.
 BITING_VALUES = {
-    "final_logit_softcapping": 0.3, "attn_logit_softcapping": 0.3, "query_pre_attn_scalar": 3, "sliding_window": 2,
-    "use_sliding_window": True, "max_window_layers": 0, "sliding_window_pattern": 1, "_sliding_window_pattern": 1,
-    "rope_local_base_freq": 7.0, "rope_theta": 7.0, "rope_scaling": {"rope_type": "linear", "factor": 9.0},
-    "head_dim": 6, "num_key_value_heads": 1, "n_positions": 7, "hidden_act": "relu", "hidden_activation": "relu",
+    "final_logit_softcapping": 0.3,
+    "attn_logit_softcapping": 0.3,
+    "query_pre_attn_scalar": 3,
+    "sliding_window": 2,
+    "use_sliding_window": True,
+    "max_window_layers": 0,
+    "sliding_window_pattern": 1,
+    "_sliding_window_pattern": 1,
+    "rope_local_base_freq": 7.0,
+    "rope_theta": 7.0,
+    "rope_scaling": {"rope_type": "linear", "factor": 9.0},
+    "head_dim": 6,
+    "num_key_value_heads": 1,
+    "n_positions": 7,
+    "hidden_act": "relu",
+    "hidden_activation": "relu",
     # inert in eval mode or for inference: dropout, training outputs, the decoder flag
-    "attention_probs_dropout_prob": 0.5, "classifier_dropout": 0.5, "hidden_dropout": 0.5, "hidden_dropout_prob": 0.5,
-    "is_decoder": True, "output_router_logits": True, "router_aux_loss_coef": 0.5,
+    "attention_probs_dropout_prob": 0.5,
+    "classifier_dropout": 0.5,
+    "hidden_dropout": 0.5,
+    "hidden_dropout_prob": 0.5,
+    "is_decoder": True,
+    "output_router_logits": True,
+    "router_aux_loss_coef": 0.5,
 }
 
 
@@ -109,9 +148,13 @@ def test_inert_keys_leave_transformers_and_the_conversion_unchanged(model_type):
     spec, arch = family(model_type), BITING[model_type]
     config_cls, model_cls, _ = ARCHITECTURES[arch]
     hf = build_hf_model(arch)
-    values = {**BITING_VALUES, "layer_types": ["sliding_attention"] * hf.config.num_hidden_layers
-              if hasattr(hf.config, "num_hidden_layers") else ["sliding_attention"] * hf.config.n_layer,
-              "rope_parameters": {"rope_type": "linear", "factor": 9.0, "rope_theta": 7.0}}
+    values = {
+        **BITING_VALUES,
+        "layer_types": ["sliding_attention"] * hf.config.num_hidden_layers
+        if hasattr(hf.config, "num_hidden_layers")
+        else ["sliding_attention"] * hf.config.n_layer,
+        "rope_parameters": {"rope_type": "linear", "factor": 9.0, "rope_theta": 7.0},
+    }
     missing = spec.inert - set(values)
     assert not missing, f"give each inert key a biting value: {sorted(missing)}"
     tokens, mask = padded_batch(hf.config.vocab_size, seq=10)

@@ -12,8 +12,17 @@ import converters
 from tiny_models import build_hf_model, padded_batch, save_hf_model
 
 TOL = 1e-4
-ARCHS = ["gpt2", "llama-gqa2-llama3rope", "qwen3-gqa4-tied", "gemma3-sliding", "qwen3moe-top3-tied", "neox-parallel",
-         "gemma2-softcaps", "gemma-geglu", "mistral-sliding"]
+ARCHS = [
+    "gpt2",
+    "llama-gqa2-llama3rope",
+    "qwen3-gqa4-tied",
+    "gemma3-sliding",
+    "qwen3moe-top3-tied",
+    "neox-parallel",
+    "gemma2-softcaps",
+    "gemma-geglu",
+    "mistral-sliding",
+]
 
 
 def hf_layers(hf):
@@ -49,7 +58,10 @@ def hf_module_outputs(hf, tokens, mask):
         handles.append(mlp.register_forward_hook(lambda m, a, out, b=b: got.__setitem__(("mlp_out", b), first(out))))
     try:
         with torch.no_grad():
-            hf(input_ids=torch.as_tensor(tokens, dtype=torch.long), attention_mask=torch.as_tensor(mask, dtype=torch.long))
+            hf(
+                input_ids=torch.as_tensor(tokens, dtype=torch.long),
+                attention_mask=torch.as_tensor(mask, dtype=torch.long),
+            )
     finally:
         for handle in handles:
             handle.remove()

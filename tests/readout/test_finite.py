@@ -33,8 +33,17 @@ def test_the_error_names_lens_dictionary_and_feature():
     energy = np.ones((3, 4), np.float32)
     energy[2, 1] = np.nan
     check_finite_scores({"top_scores": top}, [7, 8, 9], lens="query_lens_key", side="key", dictionary="d", layer=1)
-    with pytest.raises(NonFiniteScoreError, match=r"^first_order_value of dictionary 'd' \(layer 1\), feature 9: .*"
-                                                   r"layer_energy holds nan.*W_dec row") as err:
-        check_finite_scores({"top_scores": top, "layer_energy": energy}, [7, 8, 9], lens="first_order_value", side="value",
-                            dictionary="d", layer=1)
+    with pytest.raises(
+        NonFiniteScoreError,
+        match=r"^first_order_value of dictionary 'd' \(layer 1\), feature 9: .*"
+        r"layer_energy holds nan.*W_dec row",
+    ) as err:
+        check_finite_scores(
+            {"top_scores": top, "layer_energy": energy},
+            [7, 8, 9],
+            lens="first_order_value",
+            side="value",
+            dictionary="d",
+            layer=1,
+        )
     assert isinstance(err.value, InputError)  # bad input: exit code 2 in the CLI

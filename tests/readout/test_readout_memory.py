@@ -9,8 +9,7 @@ import pytest
 
 from benchmarks import builders
 from lens.kernel_fixtures import setup
-from qlens_jax.readout import FeatureRows, ReadoutContext, centered_embeddings
-from qlens_jax.readout import context as readout_context
+from qlens_jax.readout import FeatureRows, ReadoutContext, centered_embeddings, context as readout_context
 from qlens_jax.readout.streaming import ResultRows
 
 CHUNK = 8
@@ -56,7 +55,9 @@ def in_flight(monkeypatch):
 
 
 @pytest.mark.parametrize("side", ["value", "key"])
-@pytest.mark.parametrize("features", [np.arange(40), np.array([39, 3, 17, 5, 0, 22, 8, 31, 12, 9, 2])], ids=["all", "picked"])
+@pytest.mark.parametrize(
+    "features", [np.arange(40), np.array([39, 3, 17, 5, 0, 22, 8, 31, 12, 9, 2])], ids=["all", "picked"]
+)
 def test_readout_reads_chunk_sized_slices_of_the_dictionary(gpt2, in_flight, side, features):
     model, dictionary, context = gpt2
     d = model.config.d_model

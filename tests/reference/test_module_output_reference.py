@@ -27,7 +27,6 @@ B, S, VALID1 = 2, 8, 6  # second row right-padded; pad run shorter than Gemma's 
 LAYER = 1
 
 
-
 _MODELS = {}
 
 
@@ -118,18 +117,27 @@ def run(model, tokens, mask, *, inputs_embeds=None, add=None, capture=()):
         if site == "z":
             handles.append(o_proj(model, b).register_forward_pre_hook(lambda m, a: (a[0] + delta,) + tuple(a[1:])))
         else:
-            handles.append(site_module(model, site, b).register_forward_hook(lambda m, a, o: replace(o, lambda x: x + delta)))
+            handles.append(
+                site_module(model, site, b).register_forward_hook(lambda m, a, o: replace(o, lambda x: x + delta))
+            )
     for site, b in capture:
         key = (site, b)
         if site == "z":
             handles.append(o_proj(model, b).register_forward_pre_hook(lambda m, a, key=key: got.__setitem__(key, a[0])))
         elif site == "resid_mid":
-            handles.append(mlp_pre_norm(model, b).register_forward_pre_hook(lambda m, a, key=key: got.__setitem__(key, a[0])))
+            handles.append(
+                mlp_pre_norm(model, b).register_forward_pre_hook(lambda m, a, key=key: got.__setitem__(key, a[0]))
+            )
         elif site == "final":
-            handles.append(layers_of(model)[b].register_forward_hook(lambda m, a, o, key=key: got.__setitem__(key, first(o))))
+            handles.append(
+                layers_of(model)[b].register_forward_hook(lambda m, a, o, key=key: got.__setitem__(key, first(o)))
+            )
         else:
-            handles.append(site_module(model, site, b).register_forward_hook(
-                lambda m, a, o, key=key: got.__setitem__(key, first(o))))
+            handles.append(
+                site_module(model, site, b).register_forward_hook(
+                    lambda m, a, o, key=key: got.__setitem__(key, first(o))
+                )
+            )
     try:
         if inputs_embeds is not None:
             model.base_model(inputs_embeds=inputs_embeds, attention_mask=mask.long())
@@ -181,8 +189,12 @@ def test_value_transport_matches_finite_differences(arch, site):
     delta = v.reshape(1, 1, -1) * mask[..., None].double()
     h, rtol = fd_step(arch, "value")
     with torch.no_grad():
-        d = central(lambda eps: run(model, tokens, mask, add=((site, LAYER), eps * delta),
-                                    capture=[("final", L - 1)])[("final", L - 1)], h)
+        d = central(
+            lambda eps: run(model, tokens, mask, add=((site, LAYER), eps * delta), capture=[("final", L - 1)])[
+                ("final", L - 1)
+            ],
+            h,
+        )
     m = rt.value_transport(model, tokens, mask, v, site, LAYER)
     assert m.shape == (model.config.hidden_size,)
     assert_close(m, masked_mean(d, mask), rtol)
@@ -200,7 +212,9 @@ def test_value_transport_through_routed_experts_matches_a_jvp_of_the_hooked_mode
     L = len(layers_of(model))
     v = vec(1, width(model, site))
     delta = v.reshape(1, 1, -1) * mask[..., None].double()
-    final = lambda eps: run(model, tokens, mask, add=((site, LAYER), eps * delta), capture=[("final", L - 1)])[("final", L - 1)]
+    final = lambda eps: run(model, tokens, mask, add=((site, LAYER), eps * delta), capture=[("final", L - 1)])[
+        ("final", L - 1)
+    ]
     _, d = torch.func.jvp(final, (torch.zeros((), dtype=torch.float64),), (torch.ones((), dtype=torch.float64),))
     assert_close(rt.value_transport(model, tokens, mask, v, site, LAYER), masked_mean(d.detach(), mask), 1e-8)
 
@@ -253,8 +267,11 @@ def test_module_output_value_equals_the_residual_point_it_is_added_to(arch):
     tokens, mask = batch(model.config.vocab_size)
     v = vec(4, model.config.hidden_size)
     for site, point in (("attn_out", "resid_mid"), ("mlp_out", "resid_post")):
-        assert_close(rt.value_transport(model, tokens, mask, v, site, LAYER),
-                     rt.value_transport(model, tokens, mask, v, point, LAYER), 1e-10)
+        assert_close(
+            rt.value_transport(model, tokens, mask, v, site, LAYER),
+            rt.value_transport(model, tokens, mask, v, point, LAYER),
+            1e-10,
+        )
 
 
 # ---- first order ----------------------------------------------------------------------------
@@ -308,8 +325,9 @@ def test_first_order_key_is_exact_at_block_zero(arch, site):
     assert list(terms) == ["identity"]
     assert_close(terms["identity"], rt.key_transport(model, tokens, mask, k, site, 0), 1e-10)
     full = torch.ones_like(mask)
-    assert_close(rt.first_order_key(model, tokens, full, k, site, 0), rt.key_transport(model, tokens, full, k, site, 0),
-                 1e-10)
+    assert_close(
+        rt.first_order_key(model, tokens, full, k, site, 0), rt.key_transport(model, tokens, full, k, site, 0), 1e-10
+    )
     # with pads the default seeds pad queries too, which attend to valid keys
     leaky = rt.first_order_key(model, tokens, mask, k, site, 0)
     assert np.abs(leaky - terms["identity"]).max() > 1e-6 * np.abs(leaky).max()
@@ -349,8 +367,11 @@ def test_first_order_later_hops_are_the_residual_ones_applied_to_the_first_hop(a
         assert list(again) == list(terms)
         for name in terms:
             assert_close(terms[name], again[name], 1e-10)
-    for site, point, before in (("z", "resid_pre", 2 * LAYER), ("attn_out", "resid_pre", 2 * LAYER),
-                                ("mlp_out", "resid_mid", 2 * LAYER + 1)):
+    for site, point, before in (
+        ("z", "resid_pre", 2 * LAYER),
+        ("attn_out", "resid_pre", 2 * LAYER),
+        ("mlp_out", "resid_mid", 2 * LAYER + 1),
+    ):
         k = vec(10, width(model, site))
         for mask_seed in (False, True):
             terms = rt.first_order_key_terms(model, tokens, mask, k, site, LAYER, mask_seed=mask_seed)
@@ -391,8 +412,11 @@ def test_logit_lens_at_module_output_sites(arch):
     vs = torch.stack([vec(13, model.config.hidden_size), vec(14, model.config.hidden_size)]).float()
     for site in ("attn_out", "mlp_out"):
         assert_close(rt.reference_scores(model, tokens, mask, "logit_lens_value", vs, site, LAYER), read(vs), 1e-5)
-        assert_close(rt.reference_scores(model, tokens, mask, "logit_lens_key", vs, site, LAYER),
-                     (vs.double() @ W_E.T).numpy(), 1e-5)
+        assert_close(
+            rt.reference_scores(model, tokens, mask, "logit_lens_key", vs, site, LAYER),
+            (vs.double() @ W_E.T).numpy(),
+            1e-5,
+        )
     with pytest.raises(ValueError, match="logit_lens_key is not defined at site 'z'"):
         rt.reference_scores(model, tokens, mask, "logit_lens_key", us, "z", LAYER)
     assert rt.lenses_at_site("z") == tuple(lens for lens in rt.LENSES if lens != "logit_lens_key")
@@ -409,16 +433,23 @@ def test_reference_signatures_are_the_readouts_of_the_vectors():
     for lens, got in sig.items():
         assert got["vectors"].shape == (2, 48) and got["scores"].shape == (2, model.config.vocab_size)
         vectors = us if lens.endswith("value") else ks
-        np.testing.assert_array_equal(got["scores"], rt.reference_scores(model, tokens, mask, lens, vectors, "z", LAYER))
+        np.testing.assert_array_equal(
+            got["scores"], rt.reference_scores(model, tokens, mask, lens, vectors, "z", LAYER)
+        )
         top, top_scores, bottom, bottom_scores = rt.topk_with_scores(got["scores"], 5)
         np.testing.assert_array_equal(got["top_ids"], top)
         np.testing.assert_array_equal(got["bottom_ids"], bottom)
         np.testing.assert_array_equal(got["top_scores"], top_scores)
         np.testing.assert_array_equal(got["bottom_scores"], bottom_scores)
-    assert_close(sig["query_lens_value"]["vectors"][1], rt.value_transport(model, tokens, mask, us[1], "z", LAYER), 1e-6)
+    assert_close(
+        sig["query_lens_value"]["vectors"][1], rt.value_transport(model, tokens, mask, us[1], "z", LAYER), 1e-6
+    )
     assert_close(sig["first_order_key"]["vectors"][0], rt.first_order_key(model, tokens, mask, ks[0], "z", LAYER), 1e-6)
-    assert_close(sig["query_lens_key"]["scores"][0],
-                 rt.key_readout(model, sig["query_lens_key"]["vectors"][0], tokens, mask), 1e-6)
+    assert_close(
+        sig["query_lens_key"]["scores"][0],
+        rt.key_readout(model, sig["query_lens_key"]["vectors"][0], tokens, mask),
+        1e-6,
+    )
     only_value = rt.reference_signatures(model, tokens, mask, "mlp_out", LAYER, us[:, :48], k=3)
     assert set(only_value) == {"logit_lens_value", "first_order_value", "query_lens_value"}
 
@@ -434,8 +465,16 @@ def test_bad_input_is_refused_by_name_before_any_run():
         with pytest.raises(ValueError, match=r"attn_out\[1\] needs width 48 \(d_model\)"):
             rt.key_transport(model, tokens, mask, np.zeros(64), "attn_out", LAYER)
         with pytest.raises(ValueError, match="logit_lens_key is not defined at site 'z'"):
-            rt.reference_signatures(model, tokens, mask, "z", LAYER, np.zeros((1, 64)), np.zeros((1, 64)),
-                                    lenses=["query_lens_value", "logit_lens_key"])
+            rt.reference_signatures(
+                model,
+                tokens,
+                mask,
+                "z",
+                LAYER,
+                np.zeros((1, 64)),
+                np.zeros((1, 64)),
+                lenses=["query_lens_value", "logit_lens_key"],
+            )
         with pytest.raises(ValueError, match="query_lens_key needs key_vectors"):
             rt.reference_signatures(model, tokens, mask, "z", LAYER, np.zeros((1, 64)), lenses=["query_lens_key"])
         with pytest.raises(ValueError, match="site must be one of"):
@@ -453,7 +492,12 @@ def test_pad_tokens_do_not_matter_at_module_output_sites(arch):
     other[1, VALID1:] = (other[1, VALID1:] + 17) % model.config.vocab_size
     for site in SITES:
         v, k = vec(19, width(model, site)), vec(20, width(model, site))
-        for fn, x, opts in ((rt.value_transport, v, {}), (rt.key_transport, k, {}), (rt.first_order_value, v, {}),
-                            (rt.first_order_key, k, {"mask_seed": True})):
-            assert_close(fn(model, tokens, mask, x, site, LAYER, **opts), fn(model, other, mask, x, site, LAYER, **opts),
-                         1e-12)
+        for fn, x, opts in (
+            (rt.value_transport, v, {}),
+            (rt.key_transport, k, {}),
+            (rt.first_order_value, v, {}),
+            (rt.first_order_key, k, {"mask_seed": True}),
+        ):
+            assert_close(
+                fn(model, tokens, mask, x, site, LAYER, **opts), fn(model, other, mask, x, site, LAYER, **opts), 1e-12
+            )

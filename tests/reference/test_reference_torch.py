@@ -17,9 +17,6 @@ transformers = pytest.importorskip("transformers")
 
 from benchmarks import reference_torch as rt  # noqa: E402
 
-
-
-
 VOCAB = 97
 D = 32
 B, S = 2, 8
@@ -30,29 +27,59 @@ def _build(arch):
     torch.manual_seed(0)
     if arch == "gpt2":
         cfg = transformers.GPT2Config(
-            n_embd=D, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=32,
-            bos_token_id=0, eos_token_id=0, initializer_range=0.15,
+            n_embd=D,
+            n_layer=3,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            initializer_range=0.15,
         )
         model = transformers.GPT2LMHeadModel(cfg)
     elif arch == "llama":
         cfg = transformers.LlamaConfig(
-            hidden_size=D, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, vocab_size=VOCAB, initializer_range=0.15,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False,
+            hidden_size=D,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            initializer_range=0.15,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+            tie_word_embeddings=False,
         )
         model = transformers.LlamaForCausalLM(cfg)
     elif arch == "qwen3":
         cfg = transformers.Qwen3Config(
-            hidden_size=D, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-            intermediate_size=64, vocab_size=VOCAB, initializer_range=0.15,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            hidden_size=D,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            initializer_range=0.15,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
         )
         model = transformers.Qwen3ForCausalLM(cfg)
     elif arch == "gemma3":
         cfg = transformers.Gemma3TextConfig(
-            hidden_size=D, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-            intermediate_size=64, vocab_size=VOCAB, initializer_range=0.15, query_pre_attn_scalar=8,
-            sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            hidden_size=D,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            initializer_range=0.15,
+            query_pre_attn_scalar=8,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
             final_logit_softcapping=2.0,
         )
         assert cfg.sliding_window < LENS1 < S  # the window matters for valid positions
@@ -63,9 +90,17 @@ def _build(arch):
                     p.normal_(0.0, 0.3)
     elif arch == "neox":  # parallel attention and MLP, half of each head rotated
         cfg = transformers.GPTNeoXConfig(
-            hidden_size=D, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
-            initializer_range=0.15, rotary_pct=0.5, use_parallel_residual=True,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            hidden_size=D,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=VOCAB,
+            initializer_range=0.15,
+            rotary_pct=0.5,
+            use_parallel_residual=True,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
         )
         model = transformers.GPTNeoXForCausalLM(cfg)
     else:
@@ -152,14 +187,19 @@ def run_captured(model, tokens, mask, *, inputs_embeds=None, add=None, capture=(
     for kind, b in capture:
         key = (kind, b)
         if kind == "resid_post":
-            handles.append(layers_of(model)[b].register_forward_hook(
-                lambda m, a, o, key=key: got.__setitem__(key, o[0] if isinstance(o, tuple) else o)))
+            handles.append(
+                layers_of(model)[b].register_forward_hook(
+                    lambda m, a, o, key=key: got.__setitem__(key, o[0] if isinstance(o, tuple) else o)
+                )
+            )
         elif kind == "resid_mid":
-            handles.append(mlp_pre_norm(model, b).register_forward_pre_hook(
-                lambda m, a, key=key: got.__setitem__(key, a[0])))
+            handles.append(
+                mlp_pre_norm(model, b).register_forward_pre_hook(lambda m, a, key=key: got.__setitem__(key, a[0]))
+            )
         elif kind == "mlp_in":
-            handles.append(mlp_pre_norm(model, b).register_forward_hook(
-                lambda m, a, o, key=key: got.__setitem__(key, o)))
+            handles.append(
+                mlp_pre_norm(model, b).register_forward_hook(lambda m, a, o, key=key: got.__setitem__(key, o))
+            )
     try:
         if inputs_embeds is not None:
             out = model(inputs_embeds=inputs_embeds, attention_mask=mask.long(), output_hidden_states=True)
@@ -282,8 +322,7 @@ def _fd_value(model, tokens, mask, v, point, h):
         if point[0] == "resid_pre":
             assert point[1] == 0
             emb = model.get_input_embeddings()(tokens)  # includes Gemma's sqrt(d) scale
-            _, got = run_captured(model, tokens, mask, inputs_embeds=emb + eps * delta,
-                                  capture=[("resid_post", L - 1)])
+            _, got = run_captured(model, tokens, mask, inputs_embeds=emb + eps * delta, capture=[("resid_post", L - 1)])
         else:
             _, got = run_captured(model, tokens, mask, add=(point, eps * delta), capture=[("resid_post", L - 1)])
         return got[("resid_post", L - 1)]
@@ -311,8 +350,16 @@ def test_value_transport_matches_finite_differences(arch, point):
 
 
 @pytest.mark.parametrize("arch", ARCHS + ["llama", "neox"])
-@pytest.mark.parametrize("read", [("sae", "resid_post", 1), ("sae", "resid_pre", 2), ("sae", "resid_pre", 0),
-                                  ("transcoder", None, 1), ("transcoder-exact", None, 2)])
+@pytest.mark.parametrize(
+    "read",
+    [
+        ("sae", "resid_post", 1),
+        ("sae", "resid_pre", 2),
+        ("sae", "resid_pre", 0),
+        ("transcoder", None, 1),
+        ("transcoder-exact", None, 2),
+    ],
+)
 def test_key_transport_matches_autograd(arch, read):
     model = model_of(arch, "float64")
     tokens, mask = batch()
@@ -483,10 +530,14 @@ def test_padded_batch_equals_token_weighted_single_sequences(arch):
         b = f(tokens[1:, :LENS1], mask[1:, :LENS1])
         assert_close(batched, (n0 * a + n1 * b) / (n0 + n1), rtol=1e-9)
     # micro-batching the sample gives the same numbers
-    assert_close(rt.key_transport(model, tokens, mask, k, "resid_post", 1, batch_size=1),
-                 calls["key"](tokens, mask), rtol=1e-12)
-    assert_close(rt.first_order_key(model, tokens, mask, k, "resid_post", 1, batch_size=1),
-                 rt.first_order_key(model, tokens, mask, k, "resid_post", 1), rtol=1e-12)
+    assert_close(
+        rt.key_transport(model, tokens, mask, k, "resid_post", 1, batch_size=1), calls["key"](tokens, mask), rtol=1e-12
+    )
+    assert_close(
+        rt.first_order_key(model, tokens, mask, k, "resid_post", 1, batch_size=1),
+        rt.first_order_key(model, tokens, mask, k, "resid_post", 1),
+        rtol=1e-12,
+    )
     per = rt.value_transport(model, tokens, mask, v, "resid_pre", 1, per_position=True, batch_size=1)
     assert per.shape == (n0 + n1, D)
     assert_close(per.mean(0), calls["value"](tokens, mask), rtol=1e-12)

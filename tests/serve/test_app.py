@@ -17,7 +17,8 @@ from qlens_jax.serve.reverse import ReverseLookup
 def snapshot(folder):
     """Every path under `folder` with its size and modification time (ns)."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))} | {
-        ".": folder.stat().st_mtime_ns}
+        ".": folder.stat().st_mtime_ns
+    }
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,10 @@ def test_run_summary(client, serve_run):
     run = client.get("/api/run").json()
     assert run["status"] == "complete" and run["lenses"] == ["query_lens_value", "query_lens_key", "logit_lens_value"]
     assert [(d["name"], d["layer"], d["d_sae"]) for d in run["dictionaries"]] == [
-        ("resid-post-40", 0, 40), ("resid-pre-40", 2, 40), ("transcoder-40", 1, 40)]
+        ("resid-post-40", 0, 40),
+        ("resid-pre-40", 2, 40),
+        ("transcoder-40", 1, 40),
+    ]
 
 
 def test_feature_by_id_and_by_string_equals_the_parquet_rows(client, rows):
@@ -55,7 +59,9 @@ def test_feature_by_id_and_by_string_equals_the_parquet_rows(client, rows):
 def test_pages_of_features(client):
     first = client.get("/api/features", params={"dictionary": "resid-pre-40", "limit": 15}).json()
     assert [f["feature"] for f in first["features"]] == list(range(15)) and first["next"] == 15
-    second = client.get("/api/features", params={"dictionary": "resid-pre-40", "start": first["next"], "limit": 200}).json()
+    second = client.get(
+        "/api/features", params={"dictionary": "resid-pre-40", "start": first["next"], "limit": 200}
+    ).json()
     assert [f["feature"] for f in second["features"]] == list(range(15, 40)) and second["next"] is None
     by_layer = client.get("/api/features", params={"layer": 1, "limit": 3}).json()
     assert [(f["dictionary"], f["feature"]) for f in by_layer["features"]] == [("transcoder-40", i) for i in range(3)]
@@ -94,7 +100,9 @@ def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, 
         for side in ("top", "bottom"):
             ranks = [i for i, t in enumerate(r[f"{side}_tokens"]) if normalize_token(t) == normalize_token(token)]
             if ranks:
-                expected.append((r["lens"], r["dictionary_index"], r["feature"], side, ranks[0] + 1, r[f"{side}_scores"][ranks[0]]))
+                expected.append(
+                    (r["lens"], r["dictionary_index"], r["feature"], side, ranks[0] + 1, r[f"{side}_scores"][ranks[0]])
+                )
                 break
     if how == "server":
         search = lambda **params: client.get("/api/search", params=params).json()  # noqa: E731
@@ -105,9 +113,13 @@ def test_token_search_finds_every_stored_occurrence_with_rank_and_score(client, 
     got = [(h["lens"], h["dictionary_index"], h["feature"], h["side"], h["rank"], h["score"]) for h in answer["hits"]]
     assert answer["total"] == len(expected) == len(got) > 0
     assert sorted(got) == sorted(expected)
-    assert [(h["side"] == "bottom", h["rank"]) for h in answer["hits"]] == sorted((h["side"] == "bottom", h["rank"]) for h in answer["hits"])
+    assert [(h["side"] == "bottom", h["rank"]) for h in answer["hits"]] == sorted(
+        (h["side"] == "bottom", h["rank"]) for h in answer["hits"]
+    )
     page = search(token=token, limit=2, offset=1)
-    assert [h["feature_str"] for h in page["hits"]] == [h["feature_str"] for h in answer["hits"][1:3]] and page["total"] == answer["total"]
+    assert [h["feature_str"] for h in page["hits"]] == [h["feature_str"] for h in answer["hits"][1:3]] and page[
+        "total"
+    ] == answer["total"]
     lens_only = search(token=token, lens="query_lens_key", limit=200)
     assert lens_only["total"] == sum(1 for e in expected if e[0] == "query_lens_key")
     assert search(token="no-such-token")["total"] == 0
@@ -118,12 +130,21 @@ def test_token_search_through_the_indexes_equals_the_scan_of_the_file(serve_run,
     the same hits, order, totals, pages and lens filters, for many tokens."""
     indexed, scanned = _queries(serve_run[0], True), _queries(serve_run[0], False)
     assert not indexed.indexer.split(indexed.run.parquet_files(), "token")[1]
-    tokens = sorted({indexed.vocab[t] for r in rows[:40] for t in r["top_ids"][:3] + r["bottom_ids"][:2] if normalize_token(indexed.vocab[t])})
+    tokens = sorted(
+        {
+            indexed.vocab[t]
+            for r in rows[:40]
+            for t in r["top_ids"][:3] + r["bottom_ids"][:2]
+            if normalize_token(indexed.vocab[t])
+        }
+    )
     assert len(tokens) > 20
     for token in tokens:
         for lens in (None, "query_lens_key"):
             for limit, offset in ((200, 0), (3, 2)):
-                assert indexed.token_search(token, lens, limit, offset) == scanned.token_search(token, lens, limit, offset)
+                assert indexed.token_search(token, lens, limit, offset) == scanned.token_search(
+                    token, lens, limit, offset
+                )
 
 
 def test_reverse_lookup_endpoint_equals_the_python_api(client, serve_run):
@@ -219,7 +240,15 @@ def test_a_run_in_progress_is_served_from_its_shards(serve_run, tmp_path):
 def test_serving_never_writes_into_the_run_folder(serve_run):
     before = snapshot(serve_run[0])
     with TestClient(create_app(serve_run[0]), raise_server_exceptions=False, headers={REQUEST_HEADER: "test"}) as c:
-        for url in ["/", "/api/run", "/api/feature?dictionary=0&feature=1", "/api/features?layer=0", "/api/search?token=the",
-                    "/api/reverse?token=%20the", "/api/reverse?token=%20the&side=key", "/api/feature?dictionary=0&feature=99"]:
+        for url in [
+            "/",
+            "/api/run",
+            "/api/feature?dictionary=0&feature=1",
+            "/api/features?layer=0",
+            "/api/search?token=the",
+            "/api/reverse?token=%20the",
+            "/api/reverse?token=%20the&side=key",
+            "/api/feature?dictionary=0&feature=99",
+        ]:
             c.get(url)
     assert snapshot(serve_run[0]) == before

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
 from test_serve_cli import ROOT, free_port, get_json
 from test_viewer import chromium
 
@@ -69,8 +70,13 @@ class _Page(HTMLParser):
 def server(serve_run):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", "serve", str(serve_run[0]), "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+    with subprocess.Popen(
+        [sys.executable, "-m", "qlens_jax.cli", "serve", str(serve_run[0]), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
         try:
             assert "127.0.0.1" in process.stdout.readline()
             base = f"http://127.0.0.1:{port}"
@@ -90,9 +96,20 @@ def server(serve_run):
 
 def browse(base: str, fragment: str, tmp_path: Path) -> _Page:
     url = base + "/" + fragment if fragment.startswith("#") else base + "/#q=" + urllib.parse.quote(fragment)
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=60000", "--dump-dom", url]
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=60000",
+        "--dump-dom",
+        url,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     page = _Page()
@@ -107,7 +124,9 @@ def rows(serve_run):
 
 
 def test_search_by_token_open_a_feature_and_follow_a_reverse_lookup(server, rows, tmp_path):
-    token = next(t for t in rows[("Feature resid-post-40/0/0", "query_lens_value")]["top_tokens"] if t.strip().isalpha())
+    token = next(
+        t for t in rows[("Feature resid-post-40/0/0", "query_lens_value")]["top_tokens"] if t.strip().isalpha()
+    )
     # 1. search by token: the table lists what the API finds
     found = browse(server, f"token:{token}", tmp_path)
     api = get_json(server + "/api/search?" + urllib.parse.urlencode({"token": token, "limit": 50}))
@@ -126,7 +145,9 @@ def test_search_by_token_open_a_feature_and_follow_a_reverse_lookup(server, rows
     ranked = browse(server, link, tmp_path)
     reverse = get_json(server + f"/api/reverse?token=id:{token_id}&side=value&top=50")
     assert ranked.count == len(reverse["hits"]) == 50 and ranked.error == ""
-    assert [r["feature"] for r in ranked.rows] == [f"{h['dictionary']}/{h['layer']}/{h['feature']}" for h in reverse["hits"]]
+    assert [r["feature"] for r in ranked.rows] == [
+        f"{h['dictionary']}/{h['layer']}/{h['feature']}" for h in reverse["hits"]
+    ]
     assert [float(r["cells"][3]) for r in ranked.rows] == pytest.approx([h["score"] for h in reverse["hits"]], rel=1e-4)
     # ... and from the ranking, back to a feature
     back = browse(server, ranked.rows[0]["links"][0], tmp_path)
@@ -136,6 +157,9 @@ def test_search_by_token_open_a_feature_and_follow_a_reverse_lookup(server, rows
 def test_features_by_index_and_errors_on_the_page(server, tmp_path):
     page = browse(server, "17", tmp_path)
     assert [c["feature_str"] for c in page.cards] == [
-        "Feature resid-post-40/0/17", "Feature resid-pre-40/2/17", "Feature transcoder-40/1/17"]
+        "Feature resid-post-40/0/17",
+        "Feature resid-pre-40/2/17",
+        "Feature transcoder-40/1/17",
+    ]
     bad = browse(server, "promotes: the river", tmp_path)
     assert bad.count == -1 and "not one" in bad.error and bad.cards == []

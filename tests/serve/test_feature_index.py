@@ -11,8 +11,19 @@ from qlens_jax.io.parquet import SCHEMA, WRITE_OPTIONS
 from qlens_jax.serve.feature_index import FeatureIndex, build_feature_index, index_folder
 from qlens_jax.serve.indexer import Indexer
 
-COLUMNS = ("lens", "dictionary", "dictionary_index", "layer", "feature", "feature_str", "relative_variance",
-           "top_ids", "top_scores", "bottom_ids", "bottom_scores")
+COLUMNS = (
+    "lens",
+    "dictionary",
+    "dictionary_index",
+    "layer",
+    "feature",
+    "feature_str",
+    "relative_variance",
+    "top_ids",
+    "top_scores",
+    "bottom_ids",
+    "bottom_scores",
+)
 
 
 def _irregular_file(serve_run, path):
@@ -21,7 +32,11 @@ def _irregular_file(serve_run, path):
     rows = pq.read_table(serve_run[0] / "signatures.parquet").to_pylist()
     for i, row in enumerate(rows):
         cut = 1 + i % 7
-        row["top_ids"], row["top_scores"], row["top_tokens"] = row["top_ids"][:cut], row["top_scores"][:cut], row["top_tokens"][:cut]
+        row["top_ids"], row["top_scores"], row["top_tokens"] = (
+            row["top_ids"][:cut],
+            row["top_scores"][:cut],
+            row["top_tokens"][:cut],
+        )
         if i % 3 == 0:
             row["bottom_ids"], row["bottom_scores"], row["bottom_tokens"] = [], [], []
         row["relative_variance"] = None if i % 2 else 0.5 + i
@@ -36,8 +51,14 @@ def test_rows_with_irregular_lists_and_nulls(serve_run, tmp_path):
     index = FeatureIndex(build_feature_index(source))
     keys = {(r["dictionary_index"], r["feature"]) for r in rows}
     for dictionary_index, feature in sorted(keys):
-        expected = sorted(({c: r[c] for c in COLUMNS} for r in rows if (r["dictionary_index"], r["feature"]) == (dictionary_index, feature)),
-                          key=lambda r: r["lens"])
+        expected = sorted(
+            (
+                {c: r[c] for c in COLUMNS}
+                for r in rows
+                if (r["dictionary_index"], r["feature"]) == (dictionary_index, feature)
+            ),
+            key=lambda r: r["lens"],
+        )
         got = sorted(index.rows(dictionary_index, feature), key=lambda r: r["lens"])
         assert got == expected
     assert index.rows(0, 10**6) == [] and index.rows(99, 0) == []

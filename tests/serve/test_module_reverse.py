@@ -5,15 +5,15 @@ k = the whole vocabulary, on the run's operators and on the per-feature path).""
 
 import json
 
-import converters
 import numpy as np
 import pytest
-from world import shared_module_run, shared_module_world
 
+import converters
 import qlens_jax
 from qlens_jax.corpus import load_token_sample
 from qlens_jax.lens import load_operators
 from qlens_jax.serve import ReverseLookup
+from world import shared_module_run, shared_module_world
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,18 @@ def _full_scores(world, run_dir, path: str) -> dict:
     dictionaries = converters.load_dictionaries([str(d) for d in world.dictionaries], model)
     operators = load_operators(run_dir / "operators") if path == "dense" else None
     vocab = model.config.vocab_size
-    signatures = qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=("query_lens_value", "query_lens_key"), k=vocab,
-                                      path=path, operators=operators, self_check=False, memory_budget_gb=1.0)
+    signatures = qlens_jax.query_lens(
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        lenses=("query_lens_value", "query_lens_key"),
+        k=vocab,
+        path=path,
+        operators=operators,
+        self_check=False,
+        memory_budget_gb=1.0,
+    )
     full = {}
     for index, table in enumerate(signatures):
         scores = np.empty((len(table.feature_ids), vocab), np.float32)
@@ -64,7 +74,9 @@ def test_module_output_scores_are_the_columns_of_the_full_score_matrix(lookup, f
             reverse = lookup.scores(entry, side, token)
             dense = full_scores["dense"][(side, entry.index)]
             scale = np.abs(dense).max()
-            np.testing.assert_allclose(reverse, dense[:, token], rtol=0, atol=1e-6 * scale, err_msg=f"{entry.name} {side}")
+            np.testing.assert_allclose(
+                reverse, dense[:, token], rtol=0, atol=1e-6 * scale, err_msg=f"{entry.name} {side}"
+            )
             per_feature = full_scores["per-feature"][(side, entry.index)][:, token]
             np.testing.assert_allclose(reverse, per_feature, rtol=0, atol=1e-4 * scale, err_msg=f"{entry.name} {side}")
 
@@ -73,7 +85,11 @@ def test_ranking_mixes_module_output_and_residual_features(lookup, full_scores):
     """`lookup` ranks the features of all four dictionaries together, by the same exact scores."""
     token, dense = 17, full_scores["dense"]
     for side in ("value", "key"):
-        column = [(float(dense[(side, e.index)][f, token]), e.index, f) for e in lookup.run.dictionaries for f in range(e.d_sae)]
+        column = [
+            (float(dense[(side, e.index)][f, token]), e.index, f)
+            for e in lookup.run.dictionaries
+            for f in range(e.d_sae)
+        ]
         column.sort(key=lambda c: (-c[0], c[1], c[2]))
         result = lookup.lookup(token, side, top=30)
         assert [(h["dictionary_index"], h["feature"]) for h in result["hits"]] == [(d, f) for _, d, f in column[:30]]

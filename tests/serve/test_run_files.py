@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from starlette.testclient import TestClient
-from test_serve_cli import free_port, qlens
 
 from qlens_jax.serve.app import create_app
 from qlens_jax.serve.errors import RunFileError, UnavailableError
 from qlens_jax.serve.page import REQUEST_HEADER
 from qlens_jax.serve.reverse import ReverseLookup
+from test_serve_cli import free_port, qlens
 
 
 def _client(run_dir, **kwargs) -> TestClient:
@@ -40,8 +40,12 @@ def glob_runs(serve_run, tmp_path_factory):
     shutil.copytree(serve_run[0], literal)
     shutil.copytree(serve_run[0], lookalike)
     table = pq.read_table(lookalike / "signatures.parquet")
-    shifted = pa.array([[(i + 7) % 300 for i in ids] for ids in table.column("top_ids").to_pylist()], pa.list_(pa.int32()))
-    table = table.set_column(table.schema.get_field_index("top_ids"), "top_ids", shifted.cast(table.schema.field("top_ids").type))
+    shifted = pa.array(
+        [[(i + 7) % 300 for i in ids] for ids in table.column("top_ids").to_pylist()], pa.list_(pa.int32())
+    )
+    table = table.set_column(
+        table.schema.get_field_index("top_ids"), "top_ids", shifted.cast(table.schema.field("top_ids").type)
+    )
     pq.write_table(table, lookalike / "signatures.parquet")
     return literal, lookalike
 
@@ -60,20 +64,35 @@ def test_a_run_folder_with_glob_characters_is_read_literally(glob_runs, indexed)
             for lens, lists in feature["lenses"].items():
                 row = next(r for r in expected if r["feature_str"] == feature["feature_str"] and r["lens"] == lens)
                 assert lists["top"]["ids"] == row["top_ids"]
-        assert any(f["lenses"][lens]["top"]["ids"] != r["top_ids"] for f in page for lens in f["lenses"]
-                   for r in other if r["feature_str"] == f["feature_str"] and r["lens"] == lens)
+        assert any(
+            f["lenses"][lens]["top"]["ids"] != r["top_ids"]
+            for f in page
+            for lens in f["lenses"]
+            for r in other
+            if r["feature_str"] == f["feature_str"] and r["lens"] == lens
+        )
         one = client.get("/api/feature", params={"dictionary": "transcoder-40", "feature": 3}).json()
-        assert all(one["lenses"][r["lens"]]["top"]["ids"] == r["top_ids"] for r in expected if r["feature_str"] == one["feature_str"])
+        assert all(
+            one["lenses"][r["lens"]]["top"]["ids"] == r["top_ids"]
+            for r in expected
+            if r["feature_str"] == one["feature_str"]
+        )
         text = _searchable_token(pq.read_table(literal / "signatures.parquet"), client.app.state.server.queries.vocab)
         found = client.get("/api/search", params={"token": text, "limit": 200}).json()
-        hits = found["hits"] + client.get("/api/search", params={"token": text, "limit": 200, "offset": 200}).json()["hits"]
+        hits = (
+            found["hits"]
+            + client.get("/api/search", params={"token": text, "limit": 200, "offset": 200}).json()["hits"]
+        )
         ids = set(found["token_ids"])
         in_lists = {(r["lens"], r["feature_str"]) for r in expected if ids & set(r["top_ids"] + r["bottom_ids"])}
         assert found["total"] == len(in_lists) == len(hits) and in_lists
         assert {(h["lens"], h["feature_str"]) for h in hits} == in_lists
         on_top = {(h["lens"], h["feature_str"]): h["rank"] for h in hits if h["side"] == "top"}
-        assert on_top == {(r["lens"], r["feature_str"]): 1 + min(r["top_ids"].index(i) for i in ids & set(r["top_ids"]))
-                          for r in expected if ids & set(r["top_ids"])}
+        assert on_top == {
+            (r["lens"], r["feature_str"]): 1 + min(r["top_ids"].index(i) for i in ids & set(r["top_ids"]))
+            for r in expected
+            if ids & set(r["top_ids"])
+        }
 
 
 def test_qlens_search_reads_a_run_folder_with_glob_characters(glob_runs, serve_run):
@@ -98,8 +117,9 @@ def test_operators_saved_under_a_folder_with_glob_characters_load_back(serve_run
 
 
 def test_a_model_checkpoint_under_a_folder_with_glob_characters_loads_back(world, tmp_path):
-    import converters
     import jax
+
+    import converters
 
     model = converters.load_model(world.model)
     converters.save_checkpoint(model, tmp_path / "m1")
@@ -145,7 +165,9 @@ def test_a_shard_with_other_row_counts_than_its_name_says_is_refused(run_copy):
     shard = run_copy / "shards" / "query_lens_key.d001.c00000.parquet"
     table = pq.read_table(shard)
     pq.write_table(table.slice(0, 10), shard)
-    with pytest.raises(RunFileError, match=rf"query_lens_key.d001.c00000.parquet: holds 10 rows where run.json says {table.num_rows}"):
+    with pytest.raises(
+        RunFileError, match=rf"query_lens_key.d001.c00000.parquet: holds 10 rows where run.json says {table.num_rows}"
+    ):
         create_app(run_copy)
 
 
@@ -155,11 +177,17 @@ def test_a_file_that_changes_while_serving_is_a_503_naming_it(run_copy):
         client.app.state.server.queries.indexer.index_all()
         assert client.get("/api/feature", params={"dictionary": 0, "feature": 2}).status_code == 200
         _truncate(run_copy / "signatures.parquet", 0.9)
-        for url, params in [("/api/feature", {"dictionary": 0, "feature": 2}), ("/api/features", {"layer": 0}),
-                            ("/api/search", {"token": "the"})]:
+        for url, params in [
+            ("/api/feature", {"dictionary": 0, "feature": 2}),
+            ("/api/features", {"layer": 0}),
+            ("/api/search", {"token": "the"}),
+        ]:
             response = client.get(url, params=params)
             assert response.status_code == 503, (url, response.text)
-            assert "signatures.parquet: not a readable Parquet file" in response.json()["error"] and "\n" not in response.text
+            assert (
+                "signatures.parquet: not a readable Parquet file" in response.json()["error"]
+                and "\n" not in response.text
+            )
         (run_copy / "signatures.parquet").write_bytes(good)  # put back (a new version of the file): served again
         assert client.get("/api/features", params={"layer": 0, "limit": 2}).status_code == 200
 

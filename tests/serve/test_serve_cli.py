@@ -11,22 +11,26 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_app import snapshot
 
 from qlens_jax.serve.page import REQUEST_HEADER
 from qlens_jax.serve.reverse import ReverseLookup
+from test_app import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def qlens(*args, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "qlens_jax.cli", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "qlens_jax.cli", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs
+    )
 
 
 def get_json(url: str, timeout: float = 5):
     """The JSON answer of `url`, asked as the page asks (with its header)."""
-    with urllib.request.urlopen(urllib.request.Request(url, headers={REQUEST_HEADER: "test"}), timeout=timeout) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers={REQUEST_HEADER: "test"}), timeout=timeout
+    ) as response:
         return json.load(response)
 
 
@@ -48,11 +52,14 @@ def test_search_prints_the_ranking(serve_run):
     assert all(line.split()[-1].startswith("transcoder-40/1/") for line in lines[2:])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--promotes", " the river"], "is 6 tokens, not one: the tokenizer splits it into ' the'"),
-    (["--promotes", " the", "--dictionary", "nope"], "--dictionary 'nope': not a dictionary of this run"),
-    (["--activated-by", " the", "--top", "0"], "--top 0: must be between"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--promotes", " the river"], "is 6 tokens, not one: the tokenizer splits it into ' the'"),
+        (["--promotes", " the", "--dictionary", "nope"], "--dictionary 'nope': not a dictionary of this run"),
+        (["--activated-by", " the", "--top", "0"], "--top 0: must be between"),
+    ],
+)
 def test_search_errors_are_one_line_and_exit_2(serve_run, args, message):
     result = qlens("search", str(serve_run[0]), *args)
     assert result.returncode == 2 and result.stdout == ""
@@ -69,8 +76,13 @@ def test_serve_binds_127_0_0_1_says_so_and_never_writes_into_dir(serve_run):
     before = snapshot(serve_run[0])
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "qlens_jax.cli", "serve", str(serve_run[0]), "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as server:
+    with subprocess.Popen(
+        [sys.executable, "-m", "qlens_jax.cli", "serve", str(serve_run[0]), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as server:
         try:
             ask_the_server(server, port)
         finally:
@@ -97,5 +109,7 @@ def ask_the_server(server, port) -> None:
         urllib.request.urlopen(base + "/api/feature?dictionary=0&feature=abc", timeout=5)
     with bad.value as error:
         assert error.code == 400 and set(json.load(error)) == {"error"}
-    listening = [line for line in Path("/proc/net/tcp").read_text().splitlines()[1:] if line.split()[1].endswith(f":{port:04X}")]
+    listening = [
+        line for line in Path("/proc/net/tcp").read_text().splitlines()[1:] if line.split()[1].endswith(f":{port:04X}")
+    ]
     assert listening and all(line.split()[1].startswith("0100007F:") for line in listening)  # 127.0.0.1 only

@@ -10,22 +10,41 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
-from test_serve_cli import free_port, qlens
 
 from qlens_jax.errors import InputError
 from qlens_jax.serve import server as limits
 from qlens_jax.serve.app import MAX_REVERSE, create_app
-from qlens_jax.serve.errors import BusyError, CrossOriginError, NotFoundError, QueryError, RunFileError, UnavailableError, http_status
+from qlens_jax.serve.errors import (
+    BusyError,
+    CrossOriginError,
+    NotFoundError,
+    QueryError,
+    RunFileError,
+    UnavailableError,
+    http_status,
+)
 from qlens_jax.serve.page import REQUEST_HEADER, render
 from qlens_jax.serve.reverse import ReverseLookup
+from test_serve_cli import free_port, qlens
 
 
 def test_errors_are_answered_by_their_class():
     class Unknown(NotFoundError):
         pass
 
-    statuses = [http_status(e) for e in (QueryError("x"), Unknown("x"), UnavailableError("x"), RunFileError(Path("f"), "x"),
-                                         BusyError("x"), CrossOriginError("x"), InputError("x"), RuntimeError("x"))]
+    statuses = [
+        http_status(e)
+        for e in (
+            QueryError("x"),
+            Unknown("x"),
+            UnavailableError("x"),
+            RunFileError(Path("f"), "x"),
+            BusyError("x"),
+            CrossOriginError("x"),
+            InputError("x"),
+            RuntimeError("x"),
+        )
+    ]
     assert statuses == [400, 404, 409, 503, 429, 403, 400, 500]
 
 
@@ -35,11 +54,14 @@ def client(serve_run):
         yield c
 
 
-@pytest.mark.parametrize("token,message", [
-    ("id:\u00b2", "ASCII digits"),  # a superscript two is a digit to str.isdigit, not to int()
-    ("id:" + "9" * 900, "ASCII digits"),
-    ("id:100000", "the vocabulary has 320 ids"),
-])
+@pytest.mark.parametrize(
+    "token,message",
+    [
+        ("id:\u00b2", "ASCII digits"),  # a superscript two is a digit to str.isdigit, not to int()
+        ("id:" + "9" * 900, "ASCII digits"),
+        ("id:100000", "the vocabulary has 320 ids"),
+    ],
+)
 def test_reverse_token_ids_that_are_not_ids_are_a_400(client, token, message):
     response = client.get("/api/reverse", params={"token": token}, headers={REQUEST_HEADER: "1"})
     assert response.status_code == 400 and message in response.json()["error"] and "\n" not in response.text
@@ -48,11 +70,16 @@ def test_reverse_token_ids_that_are_not_ids_are_a_400(client, token, message):
 def test_reverse_lookups_need_the_page_header_and_this_origin(client, serve_run):
     assert REQUEST_HEADER in render("t")
     ask = lambda **headers: client.get("/api/reverse", params={"token": " the", "top": 2}, headers=headers)  # noqa: E731
-    refused = [ask(), ask(**{REQUEST_HEADER: "1", "Sec-Fetch-Site": "cross-site"}),
-               ask(**{REQUEST_HEADER: "1", "Origin": "http://evil.example"})]
+    refused = [
+        ask(),
+        ask(**{REQUEST_HEADER: "1", "Sec-Fetch-Site": "cross-site"}),
+        ask(**{REQUEST_HEADER: "1", "Origin": "http://evil.example"}),
+    ]
     assert [r.status_code for r in refused] == [403, 403, 403]
     assert REQUEST_HEADER in refused[0].json()["error"] and "another site" in refused[1].json()["error"]
-    assert ask(**{REQUEST_HEADER: "1", "Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}).status_code == 200
+    assert (
+        ask(**{REQUEST_HEADER: "1", "Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}).status_code == 200
+    )
     assert client.get("/api/search", params={"token": "the"}).status_code == 200  # cheap routes need nothing
 
 
@@ -71,6 +98,7 @@ def test_concurrent_reverse_lookups_are_capped_with_a_429(serve_run):
     app = create_app(serve_run[0], reverse_factory=Slow, index_tokens=False)
     statuses = []
     with TestClient(app, raise_server_exceptions=False, headers={REQUEST_HEADER: "1"}) as c:
+
         def ask():
             statuses.append(c.get("/api/reverse", params={"token": "the"}).status_code)
 
@@ -78,7 +106,9 @@ def test_concurrent_reverse_lookups_are_capped_with_a_429(serve_run):
         for t in waiting:
             t.start()
         try:
-            assert all(entered.acquire(timeout=30) for _ in range(MAX_REVERSE))  # every slot taken (not serialized here)
+            assert all(
+                entered.acquire(timeout=30) for _ in range(MAX_REVERSE)
+            )  # every slot taken (not serialized here)
             busy = c.get("/api/reverse", params={"token": "the"})
             assert busy.status_code == 429 and busy.headers["retry-after"] and "busy" in busy.json()["error"]
         finally:
@@ -163,12 +193,13 @@ def test_idle_and_half_sent_connections_are_closed(live_server):
         assert answered.recv(65536).startswith(b"HTTP/1.1 200")
 
 
-
 @pytest.mark.parametrize("size,status", [(limits.MAX_HEAD_BYTES // 2, b"200"), (limits.MAX_HEAD_BYTES + 10, b"431")])
 def test_request_heads_over_the_limit_are_refused_even_sent_at_once(live_server, size, status):
     port, _ = live_server
     with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-        client.sendall(b"GET /api/run HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\nConnection: close\r\n\r\n")
+        client.sendall(
+            b"GET /api/run HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\nConnection: close\r\n\r\n"
+        )
         assert client.recv(65536).startswith(b"HTTP/1.1 " + status)
 
 

@@ -6,19 +6,19 @@ dictionary."""
 
 import shutil
 
-import converters
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny_models import build_hf_model
 
+import converters
 from qlens_jax.lens import load_operators, save_operators
 from qlens_jax.readout import value_scores
 from qlens_jax.readout.scores import transported
 from qlens_jax.serve import ReverseLookup
 from qlens_jax.serve.norm_cache import FOLDER, statistics_path
 from qlens_jax.serve.value_factors import factored_value_scores, norm_statistics, value_factors
+from tiny_models import build_hf_model
 
 CASES = [  # (architecture, remove_final_norm_bias, final norm kind, offset, soft-capped)
     ("gpt2", False, "layernorm", 0.0, False),
@@ -50,7 +50,9 @@ def test_factored_scores_are_the_columns_of_value_scores(name, remove_bias, kind
     scale = np.abs(full).max()
     for token in range(model.config.vocab_size):
         factored = np.asarray(factored_value_scores(value_factors(model, op, token, remove_bias), stats, rows))
-        np.testing.assert_allclose(factored, full[:, token], rtol=0, atol=1e-6 * scale, err_msg=f"{name}, token {token}")
+        np.testing.assert_allclose(
+            factored, full[:, token], rtol=0, atol=1e-6 * scale, err_msg=f"{name}, token {token}"
+        )
 
 
 def test_the_bias_and_the_mean_change_the_scores():
@@ -76,9 +78,23 @@ def test_statistics_path_follows_operator_dictionary_and_norm(tmp_path):
     other_op = op.copy()
     other_op[3, 4] += 1e-6
     assert path.parent == tmp_path / "dict-a" / FOLDER
-    assert len({path, statistics_path(tmp_path / "dict-b", op, norm, "float32"), statistics_path(tmp_path / "dict-a", other_op, norm, "float32"),
+    assert (
+        len(
+            {
+                path,
+                statistics_path(tmp_path / "dict-b", op, norm, "float32"),
+                statistics_path(tmp_path / "dict-a", other_op, norm, "float32"),
                 statistics_path(tmp_path / "dict-a", op, norm, "bfloat16"),
-                statistics_path(tmp_path / "dict-a", op, converters.load_model(build_hf_model("llama-gqa2-llama3rope")).final_norm, "float32")}) == 5
+                statistics_path(
+                    tmp_path / "dict-a",
+                    op,
+                    converters.load_model(build_hf_model("llama-gqa2-llama3rope")).final_norm,
+                    "float32",
+                ),
+            }
+        )
+        == 5
+    )
 
 
 def test_statistics_are_cached_on_disk_and_follow_the_operators(serve_run, row_cache, tmp_path):
@@ -110,4 +126,6 @@ def test_statistics_are_cached_on_disk_and_follow_the_operators(serve_run, row_c
     rows = jnp.asarray(moved.rows(entry).value.read(0, entry.d_sae))
     full = np.asarray(value_scores(moved.model, transported(op, rows), moved.remove_final_norm_bias))
     for token in (0, 17, moved.model.config.vocab_size - 1):
-        np.testing.assert_allclose(moved.scores(entry, "value", token), full[:, token], rtol=0, atol=1e-6 * np.abs(full).max())
+        np.testing.assert_allclose(
+            moved.scores(entry, "value", token), full[:, token], rtol=0, atol=1e-6 * np.abs(full).max()
+        )

@@ -26,12 +26,25 @@ def main(port: str, n_processes: str, process_id: str, out: str) -> None:
     tokens, mask = padded_batch(model.config.vocab_size, batch=8, seq=9, seed=3)
     mesh = sharding.make_mesh() if int(n_processes) > 1 else None
     signatures = qlens_jax.query_lens(
-        model, dictionaries, tokens, mask, lenses=("query_lens_value", "query_lens_key"), k=10,
-        path="dense", mesh=mesh, sequences_per_chunk=1,
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        lenses=("query_lens_value", "query_lens_key"),
+        k=10,
+        path="dense",
+        mesh=mesh,
+        sequences_per_chunk=1,
     )
     if jax.process_index() == 0:
-        np.savez(out, **{f"{t.lens}-{i}-{field}": getattr(t, field)
-                         for i, t in enumerate(signatures) for field in ("top_ids", "top_scores", "bottom_ids")})
+        np.savez(
+            out,
+            **{
+                f"{t.lens}-{i}-{field}": getattr(t, field)
+                for i, t in enumerate(signatures)
+                for field in ("top_ids", "top_scores", "bottom_ids")
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 
+import converters
 import qlens_jax
 from kernel_fixtures import dictionary_set
 from qlens_jax import sharding
@@ -15,8 +16,6 @@ from qlens_jax.readout import ReadoutContext, centered_embeddings
 from qlens_jax.readout.programs import readout_chunks
 from qlens_jax.readout.streaming import chunked
 from tiny_models import build_hf_model, padded_batch
-
-import converters
 
 
 def main():
@@ -29,22 +28,30 @@ def main():
     for shape in [(1, 1), (4, 2), (2, 4)]:
         devices = jax.devices()[: shape[0] * shape[1]]
         mesh = sharding.make_mesh(shape, devices)
-        ops = qlens_jax.transport_operators(model, tokens, mask, sweeps=("value", "key"), mesh=mesh, sequences_per_chunk=1)
+        ops = qlens_jax.transport_operators(
+            model, tokens, mask, sweeps=("value", "key"), mesh=mesh, sequences_per_chunk=1
+        )
         sigs = qlens_jax.query_lens(
             model, dictionaries, tokens, mask, lenses=lenses, k=10, operators=ops, mesh=mesh, self_check=False
         )
         sweep = qlens_jax.lens.operators.sharded_sweep("value", mesh, 1)
-        hlo = sweep.lower(
-            sharding.replicate(model, mesh),
-            sharding.put(tokens[:shape[0]], mesh, "batch", None),
-            sharding.put(mask[:shape[0]], mesh, "batch", None),
-            sharding.put(np.arange(model.config.d_model), mesh, "basis"),
-        ).compile().as_text()
+        hlo = (
+            sweep.lower(
+                sharding.replicate(model, mesh),
+                sharding.put(tokens[: shape[0]], mesh, "batch", None),
+                sharding.put(mask[: shape[0]], mesh, "batch", None),
+                sharding.put(np.arange(model.config.d_model), mesh, "basis"),
+            )
+            .compile()
+            .as_text()
+        )
         context = ReadoutContext(model, centered_embeddings(model, tokens, mask), False, 10, 16, mesh)
         chunks, _ = chunked(np.asarray(dictionaries[0].value_vectors()), 16, context.layout)
         score_fn = context.score_fn("value", ops.value[2])
         readout = readout_chunks(score_fn, chunks, 10, context.layout)
-        readout_hlo = jax.jit(lambda c: readout_chunks(score_fn, c, 10, context.layout)).lower(chunks).compile().as_text()
+        readout_hlo = (
+            jax.jit(lambda c: readout_chunks(score_fn, c, 10, context.layout)).lower(chunks).compile().as_text()
+        )
         topk_rows = sorted({int(m) for m in re.findall(r"\(f32\[(\d+),10\][^)]*\) custom-call", readout_hlo)})
         report[str(shape)] = {
             "scores": [t.top_scores.tolist() for t in sigs],

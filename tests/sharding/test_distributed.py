@@ -28,14 +28,24 @@ def _env():
 def test_two_processes_equal_one(tmp_path):
     worker = str(HERE / "distributed_worker.py")
     single = tmp_path / "single.npz"
-    done = subprocess.run([sys.executable, worker, str(_free_port()), "1", "0", str(single)], env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, worker, str(_free_port()), "1", "0", str(single)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     port = _free_port()
     outputs = [tmp_path / f"multi{i}.npz" for i in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, worker, str(port), "2", str(i), str(outputs[i])], env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, worker, str(port), "2", str(i), str(outputs[i])],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for proc in procs:

@@ -10,17 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import converters
 import qlens_jax
 from kernel_fixtures import dictionary_set
-from qlens_jax import sharding
-from qlens_jax import memory
+from qlens_jax import memory, sharding
 from qlens_jax.lens import operators
 from qlens_jax.readout import Layout, ReadoutContext, centered_embeddings, top_and_bottom
 from qlens_jax.readout.programs import readout_chunks
 from qlens_jax.readout.streaming import chunked
 from tiny_models import build_hf_model, padded_batch
-
-import converters
 
 LENSES = ("query_lens_value", "query_lens_key", "logit_lens_key", "first_order_value")
 
@@ -39,12 +37,17 @@ def compiled_programs(model, placed, mesh, tokens, mask, dictionary, vocab: int)
     any array with a whole vocabulary dimension (the weights or scores, if not split)."""
     padded = placed.embed_tokens.shape[0]
     n_data = mesh.shape["data"]
-    sweep = operators.sharded_sweep("value", mesh, 1, False, True).lower(
-        placed,
-        sharding.put(tokens[:n_data], mesh, "batch", None),
-        sharding.put(mask[:n_data], mesh, "batch", None),
-        sharding.put(np.arange(model.config.d_model), mesh, "basis"),
-    ).compile().as_text()
+    sweep = (
+        operators.sharded_sweep("value", mesh, 1, False, True)
+        .lower(
+            placed,
+            sharding.put(tokens[:n_data], mesh, "batch", None),
+            sharding.put(mask[:n_data], mesh, "batch", None),
+            sharding.put(np.arange(model.config.d_model), mesh, "basis"),
+        )
+        .compile()
+        .as_text()
+    )
     context = ReadoutContext(placed, centered_embeddings(placed, tokens, mask), False, 10, 16, mesh)
     chunk, _ = chunked(np.asarray(dictionary.value_vectors()), 16, context.layout)
     score_fn = context.score_fn("value")
@@ -81,8 +84,17 @@ def main():
     dictionaries = dictionary_set(c.d_model, c.n_layers)[:2]
     tokens, mask = padded_batch(c.vocab_size, batch=8, seq=9, seed=3)
     signatures = lambda mesh, shard: qlens_jax.query_lens(
-        model, dictionaries, tokens, mask, lenses=LENSES, k=10, path="dense", mesh=mesh,
-        shard_weights=shard, self_check=False, sequences_per_chunk=1,
+        model,
+        dictionaries,
+        tokens,
+        mask,
+        lenses=LENSES,
+        k=10,
+        path="dense",
+        mesh=mesh,
+        shard_weights=shard,
+        self_check=False,
+        sequences_per_chunk=1,
     )
     report = {"vocab": c.vocab_size, "d_model": c.d_model, "d_mlp": c.d_mlp}
     for shape, shard in [((1, 1), False), ((2, 4), True), ((4, 2), True)]:
@@ -107,7 +119,9 @@ def main():
         report[str(shape)] = entry
     mesh = sharding.make_mesh((2, 4))
     # Control: the same checks on replicated weights must see whole-vocabulary arrays.
-    control = compiled_programs(model, sharding.replicate(model, mesh), mesh, tokens, mask, dictionaries[0], c.vocab_size)
+    control = compiled_programs(
+        model, sharding.replicate(model, mesh), mesh, tokens, mask, dictionaries[0], c.vocab_size
+    )
     report["replicated_control"] = {k: control[k] for k in ("sweep_full_vocab", "readout_full_vocab")}
     report["auto"] = {
         "tiny_free": sharding.should_shard_weights(model, mesh, free_gb=1e-6),

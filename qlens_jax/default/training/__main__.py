@@ -27,8 +27,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qlens_jax import default as paths  # noqa: E402
-from qlens_jax.default.training import corpus as corpus_lib  # noqa: E402
-from qlens_jax.default.training import tokenizer as tok_lib  # noqa: E402
+from qlens_jax.default.training import (
+    corpus as corpus_lib,  # noqa: E402
+    tokenizer as tok_lib,  # noqa: E402
+)
 from qlens_jax.default.training.export import load_hf_model, save_hf_model, update_training_record, write_json  # noqa: E402
 
 STAGES = ("data", "model", "dictionaries", "evaluate")

@@ -135,6 +135,7 @@ def _sae_loss(params: Dictionary, x, dead, spec: DictionarySpec, variance):
     recon = _decode_sparse(vals, idx, params.W_dec) + params.b_dec
     err = x - recon
     mse = jnp.square(err).sum(-1).mean() / variance
+
     # AuxK: the top aux_k dead latents reconstruct the (fixed) error; skipped while none is dead.
     def aux_loss(_):
         aux_vals, aux_idx = _topk(jnp.where(dead, pre, -jnp.inf), spec.aux_k)

@@ -81,8 +81,10 @@ def evaluate() -> dict:
     windows = heldout_windows(ids, model.config.n_positions)
     loss = eval_loss(model, windows)
     points = jax.jit(jax.vmap(lambda t: model.residuals(t)[1]))(jnp.asarray(windows))
-    points = {k: np.asarray(v).transpose(1, 0, 2, 3).reshape(model.config.n_layers, -1, model.config.d_model)
-              for k, v in points.items()}
+    points = {
+        k: np.asarray(v).transpose(1, 0, 2, 3).reshape(model.config.n_layers, -1, model.config.d_model)
+        for k, v in points.items()
+    }
     dictionaries = {}
     for name in paths.DICTIONARY_NAMES:
         folder = paths.dictionary_dir(name)
@@ -108,6 +110,10 @@ def evaluate() -> dict:
             "window_tokens": int(model.config.n_positions),
             "protocol": " ".join(__doc__.split("independently):", 1)[1].split()),
         },
-        "model": {"heldout_loss": loss, "heldout_perplexity": math.exp(loss), "log_vocab": math.log(model.config.vocab_size)},
+        "model": {
+            "heldout_loss": loss,
+            "heldout_perplexity": math.exp(loss),
+            "log_vocab": math.log(model.config.vocab_size),
+        },
         "dictionaries": dictionaries,
     }

@@ -42,7 +42,9 @@ def _window_losses(model: GPT2, windows: jax.Array) -> jax.Array:
 
 def eval_loss(model: GPT2, windows: np.ndarray, chunk: int = 64) -> float:
     """Mean next-token cross-entropy (nats) over every prediction in every window."""
-    losses = [np.asarray(_window_losses(model, jnp.asarray(windows[i : i + chunk]))) for i in range(0, len(windows), chunk)]
+    losses = [
+        np.asarray(_window_losses(model, jnp.asarray(windows[i : i + chunk]))) for i in range(0, len(windows), chunk)
+    ]
     return float(np.concatenate(losses).mean())  # equal-length windows: mean of means is the mean
 
 
@@ -51,7 +53,12 @@ def _decay_mask(model: GPT2):
     mask = jax.tree.map(lambda _: False, eqx.filter(model, eqx.is_array))
     b = lambda m: m.blocks  # noqa: E731
     matrices = lambda m: (  # noqa: E731
-        m.wte, m.wpe, b(m).attn_c_attn_weight, b(m).attn_c_proj_weight, b(m).mlp_c_fc_weight, b(m).mlp_c_proj_weight
+        m.wte,
+        m.wpe,
+        b(m).attn_c_attn_weight,
+        b(m).attn_c_proj_weight,
+        b(m).mlp_c_fc_weight,
+        b(m).mlp_c_proj_weight,
     )
     return eqx.tree_at(matrices, mask, replace=(True,) * 6)
 

@@ -82,9 +82,16 @@ def main() -> dict:
         "logit_tolerance": LOGIT_TOLERANCE,
         "sae_lens_load_from_disk": dictionaries,
     }
-    ok = tokenizer_match and logit_diff <= LOGIT_TOLERANCE and all(
-        d["class_ok"] and d["hooks_ok"] and d["max_abs_activation_diff"] < 1e-3 and d["max_abs_reconstruction_diff"] < 1e-3
-        for d in dictionaries.values()
+    ok = (
+        tokenizer_match
+        and logit_diff <= LOGIT_TOLERANCE
+        and all(
+            d["class_ok"]
+            and d["hooks_ok"]
+            and d["max_abs_activation_diff"] < 1e-3
+            and d["max_abs_reconstruction_diff"] < 1e-3
+            for d in dictionaries.values()
+        )
     )
     result["ok"] = bool(ok)
     return result
