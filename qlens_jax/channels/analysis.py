@@ -39,6 +39,7 @@ from qlens_jax.channels.responses import (
 )
 from qlens_jax.channels.stats import DistanceTest, GroupTest, destination_test, distance_test
 from qlens_jax.channels.training import train_low_rank
+from qlens_jax.errors import InputError
 from qlens_jax.numerics import applies_precision
 
 # Families of subspaces: the fitted maps' column spaces (closed form, trained, shuffled control)
@@ -128,6 +129,11 @@ def channel_data(
     from qlens_jax.lens import transport_operators
 
     check_sources(dictionaries)
+    if model.config.parallel_residual:
+        # A block's response is defined for sequential blocks (attention, then the MLP at its
+        # own input); a parallel block's modules both read resid_pre and are not split so yet.
+        raise InputError(f"qlens channels: the blocks of this {model.config.model_type} model are parallel (attention and "
+                         "MLP both read resid_pre); subspace channels are defined for sequential blocks only")
     if mask is None:
         mask = np.ones(np.shape(tokens), bool)
     if operators is None or operators.first_order is None:

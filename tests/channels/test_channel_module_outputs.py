@@ -78,6 +78,22 @@ def test_z_dictionaries_are_refused_by_name_before_any_work(world, inputs, monke
         channel_data(model, [*module, z], tokens, mask, n_features=12)
 
 
+def test_parallel_blocks_are_refused_by_name_before_any_work(monkeypatch):
+    from splice_reference import make_dictionary
+    from tiny_models import build_hf_model
+
+    model = converters.load_model(build_hf_model("neox-parallel"))
+    dictionary = make_dictionary(model.config.d_model, 1, "resid_post", "resid_post", "sae", 3, n=16)
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep ran before the parallel model was refused")
+
+    monkeypatch.setattr(qlens_jax.lens, "transport_operators", no_sweep)
+    tokens = np.arange(3, 19, dtype=np.int32).reshape(2, 8)
+    with pytest.raises(InputError, match="gpt_neox model are parallel .* sequential blocks only"):
+        channel_data(model, [dictionary], tokens, n_features=4)
+
+
 def channel_args(world, out, dictionaries, *extra):
     args = [
         "channels",
