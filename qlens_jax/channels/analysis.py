@@ -132,8 +132,10 @@ def channel_data(
     if model.config.parallel_residual:
         # A block's response is defined for sequential blocks (attention, then the MLP at its
         # own input); a parallel block's modules both read resid_pre and are not split so yet.
-        raise InputError(f"qlens channels: the blocks of this {model.config.model_type} model are parallel (attention and "
-                         "MLP both read resid_pre); subspace channels are defined for sequential blocks only")
+        raise InputError(
+            f"qlens channels: the blocks of this {model.config.model_type} model are parallel (attention and "
+            "MLP both read resid_pre); subspace channels are defined for sequential blocks only"
+        )
     if mask is None:
         mask = np.ones(np.shape(tokens), bool)
     if operators is None or operators.first_order is None:

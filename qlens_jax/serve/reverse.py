@@ -179,7 +179,12 @@ class ReverseLookup:
         meta = self.rows(entry).meta
         n_layers = self.model.config.n_layers
         points = dictionary_points(
-            meta["site_in"], meta["site_out"], entry.layer, n_layers, self.exact_norm_jacobian, meta["input_norm"],
+            meta["site_in"],
+            meta["site_out"],
+            entry.layer,
+            n_layers,
+            self.exact_norm_jacobian,
+            meta["input_norm"],
             parallel=self.model.config.parallel_residual,
         )
         point = points.write if side == "value" else points.read
