@@ -37,14 +37,14 @@ def token_id_of(spec: str | int, tokenizer, vocab: Sequence[str] | np.ndarray, o
         raise TokenSpecError(f"{option}: expected a token or id:N, got {type(spec).__name__}")
     if isinstance(spec, int):
         if not 0 <= spec < len(vocab):
-            raise TokenSpecError(f"{option} id {spec}: the vocabulary has ids 0 .. {len(vocab) - 1}")
+            raise TokenSpecError(f"{option} id {spec}: the vocabulary has {len(vocab)} ids (0 .. {len(vocab) - 1})")
         return spec
     if spec.startswith("id:"):
         digits = spec[3:]
         if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_ID_DIGITS:
             raise TokenSpecError(
                 f"{option} {_shown(spec)}: id:N needs N in ASCII decimal digits "
-                f"(the vocabulary has ids 0 .. {len(vocab) - 1})"
+                f"(the vocabulary has {len(vocab)} ids, 0 .. {len(vocab) - 1})"
             )
         return token_id_of(int(digits), tokenizer, vocab, option)
     if not spec:

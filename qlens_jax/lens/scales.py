@@ -1,7 +1,7 @@
 """Weights too large for the readout, refused before any work (the foreseeable overflows).
 
 Every readout sums `width` products in float32 (the precision's inputs, bfloat16 under
-`precision="bfloat16"`, have the same range): the final norm's statistics and the first-order
+the bfloat16 policy, have the same range): the final norm's statistics and the first-order
 energies sum squares of a transported vector's entries, the readouts sum its products with
 `W_U` / `W_E` rows. A feature whose vector holds entries up to `w` in absolute value stays
 finite where `width * w * max(w, r) * HEADROOM` is below the largest finite number, `r` being

@@ -365,7 +365,7 @@ SEARCH_CASES = {
     "a byte that is not UTF-8 ($'\\xff')": ("\udcff", ["--promotes", "not valid UTF-8 text (byte 0xff at 0)"]),
     "a superscript digit": ("id:²", ["--promotes 'id:²'", "ASCII decimal digits"]),
     "5,000 digits": ("id:" + "9" * 5000, ["--promotes 'id:9999", "...'", "ASCII decimal digits"]),
-    "an id beyond the vocabulary": ("id:320", ["--promotes id 320", "ids 0 .. 319"]),
+    "an id beyond the vocabulary": ("id:320", ["--promotes id 320", "320 ids (0 .. 319)"]),
     "an empty token": ("", ["--promotes: empty token"]),
 }
 

@@ -57,8 +57,8 @@ def client(serve_run):
 @pytest.mark.parametrize(
     "token,message",
     [
-        ("id:\u00b2", "ASCII digits"),  # a superscript two is a digit to str.isdigit, not to int()
-        ("id:" + "9" * 900, "ASCII digits"),
+        ("id:\u00b2", "ASCII decimal digits"),  # a superscript two is a digit to str.isdigit, not to int()
+        ("id:" + "9" * 900, "ASCII decimal digits"),
         ("id:100000", "the vocabulary has 320 ids"),
     ],
 )
