@@ -357,6 +357,57 @@ ARCHITECTURES = {
             rope_parameters={"rope_type": "default", "rope_theta": 500.0},
         ),
     ),
+    # gpt-oss: every option the family reads off transformers' default and biting (a SwiGLU clamp
+    # that cuts the tiny model's gate and up values, a window shorter than the test sequences,
+    # its own layer pattern and YaRN parameters); attention sinks, router and expert biases.
+    "gptoss-every-key": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        dict(
+            hidden_size=48,
+            intermediate_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=12,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            swiglu_alpha=1.3,
+            swiglu_limit=1.0,
+            sliding_window=3,
+            layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+            attention_bias=False,
+            rms_norm_eps=1e-3,
+            tie_word_embeddings=True,
+            max_position_embeddings=32,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 500.0,
+                "factor": 4.0,
+                "beta_fast": 16.0,
+                "beta_slow": 2.0,
+                "truncate": False,
+                "original_max_position_embeddings": 8,
+            },
+        ),
+    ),
+    # transformers' defaults of the options (attention biases, alternating windows, its YaRN
+    # with a rope base of 150,000) at a tiny size.
+    "gptoss-defaults": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        dict(
+            hidden_size=32,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            num_local_experts=3,
+            num_experts_per_tok=2,
+            sliding_window=4,
+        ),
+    ),
 }
 
 VOCAB = 113

@@ -15,6 +15,7 @@ from converters.families import (  # noqa: F401  (registers them)
     gemma3,
     gpt2,
     gpt_neox,
+    gpt_oss,
     llama,
     mistral,
     qwen2,

@@ -41,16 +41,16 @@ NUM_EXPERTS_DEFAULT = 128
 STYLE = DecoderStyle(qk_norm=True)
 
 
-def _num_experts(raw: dict) -> int:
+def num_experts(raw: dict, family: str = "qwen3_moe", default: int = NUM_EXPERTS_DEFAULT) -> int:
     """`num_experts`, or `num_local_experts`: what transformers writes for it (an attribute alias)."""
     if "num_local_experts" in raw:
         if raw.get("num_experts", raw["num_local_experts"]) != raw["num_local_experts"]:
             raise ConversionError(
-                f"qwen3_moe config has num_experts={raw['num_experts']} and num_local_experts="
+                f"{family} config has num_experts={raw['num_experts']} and num_local_experts="
                 f"{raw['num_local_experts']}: the same option with two values"
             )
         return raw["num_local_experts"]
-    return raw.get("num_experts", NUM_EXPERTS_DEFAULT)
+    return raw.get("num_experts", default)
 
 
 def routed_experts(raw: dict[str, Any], n_layers: int) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def routed_experts(raw: dict[str, Any], n_layers: int) -> dict[str, Any]:
     `intermediate_size`. Blocks are stacked and scanned, so every layer must be of one kind: all
     routed (`intermediate_size` is then unused) or all dense (the expert options are).
     """
-    n_experts, step, dense_only = _num_experts(raw), raw["decoder_sparse_step"], raw["mlp_only_layers"] or []
+    n_experts, step, dense_only = num_experts(raw), raw["decoder_sparse_step"], raw["mlp_only_layers"] or []
     if not isinstance(step, int) or step < 1:
         raise UnsupportedOptionError(
             f"qwen3_moe config option decoder_sparse_step={step!r} is not supported (an integer >= 1)"

@@ -1,8 +1,8 @@
 """`ModelConfig`: everything the transformer family needs to know, and nothing it guesses.
 
-One frozen dataclass covers GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3 and GPT-NeoX: the
+One frozen dataclass covers GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3, GPT-NeoX and gpt-oss: the
 differences between them are options here (norm kind, gated MLP, positions, post-norms, routed experts,
-parallel blocks, partial rotary, ...). Fields added later have defaults, so saved configs of older versions load. Per-layer
+parallel blocks, partial rotary, attention sinks, ...). Fields added later have defaults, so saved configs of older versions load. Per-layer
 attention metadata (RoPE frequencies, sliding windows, scales) is stored resolved, so the
 model never re-derives it and `lax.scan` can carry it as arrays.
 Each family's file in `converters/families` builds it from a Hugging Face `config.json`.
@@ -23,8 +23,9 @@ class ModelConfigError(InputError):
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONALS = ("learned", "rope")
-# How a routed-experts MLP turns router logits into expert weights (`models.experts.routing_weights`).
-ROUTERS = ("softmax_topk",)
+# How a routed-experts MLP turns router logits into expert weights (`models.experts.routing_weights`):
+# softmax over every expert then the top k (Qwen3-MoE), or the top k logits then a softmax over them (gpt-oss).
+ROUTERS = ("softmax_topk", "topk_softmax")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class ModelConfig:
     experts_per_token: int = 0
     router: str | None = None
     router_renorm: bool = False  # rescale the chosen experts' weights to sum to 1 (`norm_topk_prob`)
+    router_bias: bool = False  # the router's logits have a bias (gpt-oss); experts' biases are `mlp_bias`
+    # gpt-oss's clamped SwiGLU in the experts: `(clip(up, +-limit) + 1) * g sigmoid(alpha g)`,
+    # `g = min(gate, limit)`; None: the plain gated `activation`.
+    swiglu_alpha: float | None = None
+    swiglu_limit: float | None = None
+    attn_sinks: bool = False  # gpt-oss: a learned logit per head joins every attention softmax
     # GPT-NeoX: attention and MLP both read `resid_pre` and both outputs are added to it
     # (no `resid_mid`); False: the sequential block.
     parallel_residual: bool = False
@@ -83,6 +90,12 @@ class ModelConfig:
                 raise ModelConfigError(
                     f"ModelConfig.experts_per_token={self.experts_per_token} must be in 1..n_experts={self.n_experts}"
                 )
+        if (self.swiglu_alpha is None) != (self.swiglu_limit is None):
+            raise ModelConfigError("ModelConfig.swiglu_alpha and swiglu_limit are set together")
+        if self.swiglu_limit is not None and not self.n_experts:
+            raise ModelConfigError(
+                "ModelConfig.swiglu_limit (the clamped SwiGLU) is implemented for routed experts only"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ModelConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         for name in ("attn_scales", "sliding_windows", "rope_scales"):

@@ -1,4 +1,4 @@
-"""Routing of routed experts (mixture-of-experts MLPs) as transformers computes it; the module
+"""Routing of routed experts (mixture-of-experts MLPs: Qwen3-MoE, gpt-oss) as transformers computes it; the module
 is `qlens_jax.models.mlp.RoutedMLP`.
 
 A router scores every expert at each position, the `k` best are chosen and weighted, and the
@@ -40,10 +40,17 @@ def routing_weights(
 
     `softmax_topk` (Qwen3-MoE): softmax over every expert in float32, the `k` largest
     probabilities kept and, with `renormalize` (`norm_topk_prob`), rescaled to sum to 1.
+    `topk_softmax` (gpt-oss): the `k` largest logits, softmax over those `k` only (the weights
+    sum to 1 by construction; `renormalize` does not apply).
     """
+    wide = logits.astype(layers.compute_dtype(logits.dtype))
+    if router == "topk_softmax":
+        chosen = top_k_mask(wide, k)
+        weights = jax.nn.softmax(jnp.where(chosen, wide, -jnp.inf), axis=-1)
+        return jnp.where(chosen, weights, 0.0).astype(logits.dtype)
     if router != "softmax_topk":
         raise ValueError(f"unknown router {router!r}")
-    probs = jax.nn.softmax(logits.astype(layers.compute_dtype(logits.dtype)), axis=-1)
+    probs = jax.nn.softmax(wide, axis=-1)
     weights = jnp.where(top_k_mask(probs, k), probs, 0.0)
     if renormalize:
         weights = weights / weights.sum(-1, keepdims=True)

@@ -35,14 +35,31 @@ def mlp_hidden(
     return act(up) if gate is None else act(gate) * up
 
 
+def clamped_swiglu(
+    up: Float[Array, "*batch d_mlp"], gate: Float[Array, "*batch d_mlp"], alpha: float, limit: float
+) -> Float[Array, "*batch d_mlp"]:
+    """gpt-oss's experts' hidden layer: `(clip(up, -limit, limit) + 1) * g * sigmoid(alpha g)`
+    with `g = min(gate, limit)` (transformers' `GptOssExperts._apply_gate`)."""
+    gate = jnp.minimum(gate, limit)
+    up = jnp.clip(up, -limit, limit)
+    return (up + 1) * gate * jax.nn.sigmoid(gate * alpha)
+
+
+def gated_slopes(
+    hidden_fn, up: Float[Array, "*batch d_mlp"], gate: Float[Array, "*batch d_mlp"]
+) -> tuple[Float[Array, "*batch d_mlp"], Float[Array, "*batch d_mlp"], Float[Array, "*batch d_mlp"]]:
+    """An elementwise gated hidden layer `hidden_fn(up, gate)` and its derivatives in `up` and `gate`."""
+    ones = jnp.ones_like(up)
+    hidden, by_up = jax.jvp(lambda u: hidden_fn(u, gate), (up,), (ones,))
+    _, by_gate = jax.jvp(lambda g: hidden_fn(up, g), (gate,), (ones,))
+    return hidden, by_up, by_gate
+
+
 def mlp_hidden_slopes(
     activation: str, up: Float[Array, "*batch d_mlp"], gate: Float[Array, "*batch d_mlp"]
 ) -> tuple[Float[Array, "*batch d_mlp"], Float[Array, "*batch d_mlp"], Float[Array, "*batch d_mlp"]]:
     """A gated hidden layer `act(gate) * up` and its elementwise derivatives in `up` and `gate`."""
-    ones = jnp.ones_like(up)
-    hidden, by_up = jax.jvp(lambda u: mlp_hidden(activation, u, gate), (up,), (ones,))
-    _, by_gate = jax.jvp(lambda g: mlp_hidden(activation, up, g), (gate,), (ones,))
-    return hidden, by_up, by_gate
+    return gated_slopes(lambda u, g: mlp_hidden(activation, u, g), up, gate)
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -128,8 +145,11 @@ def dot_product_attention(
     allowed: Bool[Array, "seq seq"],
     scale: Float[Array, ""] | float,
     softcap: float | None = None,
+    sinks: Float[Array, " heads"] | None = None,
 ) -> Float[Array, "seq heads hd"]:
-    """Grouped-query attention; logits and softmax in float32."""
+    """Grouped-query attention; logits and softmax in float32. `sinks` (gpt-oss): a learned
+    logit per head that joins every query's softmax as one more key with no value, so the
+    weights over the real keys sum to less than 1."""
     heads, kv_heads = q.shape[1], k.shape[1]
     group = heads // kv_heads
     k = jnp.repeat(k, group, axis=1)
@@ -143,7 +163,11 @@ def dot_product_attention(
     # the same derivatives, which the reference's first-order key convention lets reach
     # valid positions.
     logits = logits + jnp.where(allowed[None], 0.0, jnp.finfo(wide).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if sinks is None:
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    else:
+        sink = jnp.broadcast_to(sinks.astype(wide)[:, None, None], (*logits.shape[:2], 1))
+        probs = jax.nn.softmax(jnp.concatenate([logits, sink], axis=-1), axis=-1)[..., :-1].astype(v.dtype)
     return jnp.einsum("hqk,khd->qhd", probs, v)
 
 

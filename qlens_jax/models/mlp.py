@@ -105,8 +105,10 @@ class MLP(ResidualMLP):
 
 
 class RoutedMLP(ResidualMLP):
-    """Routed experts (Qwen3-MoE): a router and `experts` gated MLPs (`down(act(gate x) * up x)`),
-    weights stacked by expert (`[*layers, experts, d_in, d_out]`); the output is the routed sum.
+    """Routed experts (Qwen3-MoE, gpt-oss): a router and `experts` gated MLPs
+    (`down(act(gate x) * up x)`, or gpt-oss's clamped SwiGLU), weights stacked by expert
+    (`[*layers, experts, d_in, d_out]`), optional biases on the router and the experts'
+    projections (gpt-oss); the output is the routed sum.
 
     `__call__` runs every expert, weighted by a routing weight that is exactly 0 for the experts
     not chosen (`experts.routing_weights`): the model's function, whose autodiff holds the top-k
@@ -121,31 +123,50 @@ class RoutedMLP(ResidualMLP):
     experts_per_token: int = eqx.field(static=True)
     router_kind: str = eqx.field(static=True)
     renormalize: bool = eqx.field(static=True)
+    router_bias: Float[Array, "*layers experts"] | None = None
+    gate_bias: Float[Array, "*layers experts d_mlp"] | None = None
+    up_bias: Float[Array, "*layers experts d_mlp"] | None = None
+    down_bias: Float[Array, "*layers experts d_model"] | None = None
+    swiglu: tuple[float, float] | None = eqx.field(static=True, default=None)  # gpt-oss's (alpha, limit)
 
     def weights(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch experts"]:
         """The routing weights at `x` (0 for the experts not chosen)."""
-        return experts.routing_weights(x @ self.router, self.experts_per_token, self.router_kind, self.renormalize)
+        logits = x @ self.router
+        if self.router_bias is not None:
+            logits = logits + self.router_bias
+        return experts.routing_weights(logits, self.experts_per_token, self.router_kind, self.renormalize)
+
+    def hidden(
+        self, up: Float[Array, "*batch d_mlp"], gate: Float[Array, "*batch d_mlp"]
+    ) -> Float[Array, "*batch d_mlp"]:
+        """The experts' hidden layer from their up and gate projections."""
+        if self.swiglu is None:
+            return layers.mlp_hidden(self.activation, up, gate)
+        return layers.clamped_swiglu(up, gate, *self.swiglu)
 
     def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
-        gate = jnp.einsum("...d,edf->...ef", x, self.gate_proj)
-        up = jnp.einsum("...d,edf->...ef", x, self.up_proj)
-        hidden = layers.mlp_hidden(self.activation, up, gate) * self.weights(x)[..., None]
-        return jnp.einsum("...ef,efd->...d", hidden, self.down_proj)
+        weights = self.weights(x)
+        gate = _add(jnp.einsum("...d,edf->...ef", x, self.gate_proj), self.gate_bias)
+        up = _add(jnp.einsum("...d,edf->...ef", x, self.up_proj), self.up_bias)
+        out = jnp.einsum("...ef,efd->...d", self.hidden(up, gate) * weights[..., None], self.down_proj)
+        return out if self.down_bias is None else out + weights @ self.down_bias
 
     def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
         """Output and Jacobian at one position from the chosen experts only:
-        `sum_j w_j A_j W_down_j + G Y`, with `A_j = W_gate_j diag(act'(g_j) u_j) + W_up_j
-        diag(act(g_j))` expert `j`'s hidden-layer Jacobian, `G [d, k]` the chosen weights'
-        gradients and `Y [k, d]` the chosen experts' outputs."""
+        `sum_j w_j A_j W_down_j + G Y`, with `A_j = W_gate_j diag(dh/dg_j) + W_up_j diag(dh/du_j)`
+        expert `j`'s hidden-layer Jacobian, `G [d, k]` the chosen weights' gradients and
+        `Y [k, d]` the chosen experts' outputs (down bias included)."""
         chosen = jax.lax.top_k(jax.lax.stop_gradient(self.weights(x)), self.experts_per_token)[1]
         chosen_weights = lambda h: self.weights(h)[chosen]
         weights = chosen_weights(x)
+        pick = lambda b: None if b is None else b[chosen]
         gate_w, up_w, down_w = self.gate_proj[chosen], self.up_proj[chosen], self.down_proj[chosen]
-        gate, up = jnp.einsum("d,kdf->kf", x, gate_w), jnp.einsum("d,kdf->kf", x, up_w)
-        hidden, by_up, by_gate = layers.mlp_hidden_slopes(self.activation, up, gate)
+        gate = _add(jnp.einsum("d,kdf->kf", x, gate_w), pick(self.gate_bias))
+        up = _add(jnp.einsum("d,kdf->kf", x, up_w), pick(self.up_bias))
+        hidden, by_up, by_gate = layers.gated_slopes(self.hidden, up, gate)
         inner = gate_w * by_gate[:, None, :] + up_w * by_up[:, None, :]
         through_experts = jnp.einsum("kaf,kfb->ab", inner, down_w * weights[:, None, None])
-        outputs = jnp.einsum("kf,kfd->kd", hidden, down_w)
+        outputs = _add(jnp.einsum("kf,kfd->kd", hidden, down_w), pick(self.down_bias))
         through_router = jax.jacfwd(chosen_weights)(x).T @ outputs
         return weights @ outputs, through_experts + through_router
 
@@ -158,6 +179,10 @@ class RoutedMLP(ResidualMLP):
         return MLPCost(
             form=d * k * ff * d + d * d * e, per_vector=3 * d * e * ff + d * e, forming_floats=3 * d * k * ff + d * e
         )
+
+
+def _add(x: Array, bias: Array | None) -> Array:
+    return x if bias is None else x + bias
 
 
 def mlp_class(config: ModelConfig) -> type[ResidualMLP]:

@@ -49,6 +49,7 @@ class Attention(eqx.Module):
     n_kv_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
     softcap: float | None = eqx.field(static=True, default=None)
+    sinks: Float[Array, "*layers heads"] | None = None  # gpt-oss's per-head sink logits
 
     def heads(
         self,
@@ -68,7 +69,7 @@ class Attention(eqx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
-        out = layers.dot_product_attention(q, k, v, allowed, scale, self.softcap)
+        out = layers.dot_product_attention(q, k, v, allowed, scale, self.softcap, self.sinks)
         return out.reshape(seq, self.n_heads * self.head_dim)
 
     def __call__(
@@ -192,7 +193,7 @@ def block_forward(
 
 
 class Transformer(eqx.Module):
-    """A decoder-only language model of the GPT-2 / Llama / Qwen / Gemma-3 / GPT-NeoX family."""
+    """A decoder-only language model of the GPT-2 / Llama / Qwen / Gemma / GPT-NeoX / gpt-oss family."""
 
     embed_tokens: Float[Array, "vocab d_model"]
     embed_positions: Float[Array, "positions d_model"] | None
@@ -282,6 +283,7 @@ def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
     c = config
     assert c.router is not None  # ModelConfig checks that a model with experts names its router
     normal = lambda std, *dims: std * jax.random.normal(next(keys), (c.n_layers, *dims), dtype)
+    bias = lambda on, *dims: normal(0.02, *dims) if on else None
     return RoutedMLP(
         router=normal(1.0, c.d_model, c.n_experts),
         gate_proj=normal(0.02, c.n_experts, c.d_model, c.d_mlp),
@@ -291,6 +293,11 @@ def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
         experts_per_token=c.experts_per_token,
         router_kind=c.router,
         renormalize=c.router_renorm,
+        router_bias=bias(c.router_bias, c.n_experts),
+        gate_bias=bias(c.mlp_bias, c.n_experts, c.d_mlp),
+        up_bias=bias(c.mlp_bias, c.n_experts, c.d_mlp),
+        down_bias=bias(c.mlp_bias, c.n_experts, c.d_model),
+        swiglu=None if c.swiglu_limit is None else (c.swiglu_alpha, c.swiglu_limit),
     )
 
 
@@ -322,6 +329,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         n_kv_heads=c.n_kv_heads,
         head_dim=c.head_dim,
         softcap=c.attn_logit_softcap,
+        sinks=0.02 * jax.random.normal(next(keys), (L, c.n_heads), dtype) if c.attn_sinks else None,
     )
     mlp = (
         routed_mlp(c, keys, dtype)

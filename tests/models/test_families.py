@@ -27,6 +27,7 @@ BITING = {
     "mistral": "mistral-sliding",
     "gpt_neox": "neox-sequential",
     "qwen3_moe": "qwen3moe-every-key",
+    "gpt_oss": "gptoss-every-key",
 }
 # Keys a family reads that its biting entry leaves at transformers' default, and why.
 AT_DEFAULT = {
@@ -86,6 +87,9 @@ BITING_VALUES = {
     "is_decoder": True,
     "output_router_logits": True,
     "router_aux_loss_coef": 0.5,
+    # OpenAI's names in gpt-oss's official config.json, which transformers never reads
+    "experts_per_token": 1,
+    "initial_context_length": 7,
 }
 
 
