@@ -29,6 +29,7 @@ K = 8
         "gemma2-softcaps",
         "gemma-geglu",
         "mistral-sliding",
+        "gptoss-every-key",
     ],
 )
 def computed(request):

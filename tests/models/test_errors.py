@@ -246,6 +246,12 @@ def test_model_config_errors_are_input_errors(saved):
         ("mistral-sliding", "layer_types", ["full_attention"] * 3, "not supported by the converter: layer_types"),
         ("qwen3-every-key", "layer_types", ["full_attention", "sliding_attention"], "layer_types marks layers \\[1\\]"),
         ("mistral-sliding", "attention_bias", True, "not supported by the converter: attention_bias"),
+        ("gptoss-every-key", "layer_types", ["chunked_attention"] * 3, "layer type 'chunked_attention'"),
+        ("gptoss-every-key", "rope_parameters", {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}, "dynamic"),
+        ("gptoss-every-key", "num_experts_per_tok", 5, "num_experts_per_tok=5 is not supported"),
+        ("gptoss-every-key", "swiglu_limit", None, "swiglu_limit=None is not supported"),
+        ("gptoss-every-key", "mlp_bias", True, "not supported by the converter: mlp_bias"),
+        ("gptoss-every-key", "quantization_config", {"quant_method": "mxfp4"}, "quant_method='mxfp4'.*dequantize"),
     ],
 )
 def test_unimplemented_options_are_named_by_the_family(arch, key, value, match):

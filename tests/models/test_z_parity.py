@@ -22,6 +22,7 @@ ARCHS = [
     "gemma2-softcaps",
     "gemma-geglu",
     "mistral-sliding",
+    "gptoss-every-key",
 ]
 
 
