@@ -7,7 +7,9 @@ one Jacobian pass (``torch.func.jvp`` / ``torch.func.vjp``) per feature vector, 
 authors' implementation.
 
 Supported models: ``GPT2LMHeadModel``, Llama-style causal LMs (``LlamaForCausalLM``,
-``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``Qwen3MoeForCausalLM`` (routed experts), ... anything whose decoder layers have
+``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``Qwen3MoeForCausalLM`` (routed experts), ``GptOssForCausalLM``
+(attention sinks, routed experts; its MLP returns the routed sum and the router scores, and the
+hooks take the first), ... anything whose decoder layers have
 ``input_layernorm`` / ``self_attn`` / ``post_attention_layernorm`` / ``mlp``; Mistral and Gemma-1
 are of this kind), Gemma-2/3 text models (``Gemma2ForCausalLM``, ``Gemma3ForCausalLM``; decoder
 layers with ``pre_feedforward_layernorm`` and ``post_feedforward_layernorm``, whose outputs and

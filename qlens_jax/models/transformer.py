@@ -297,7 +297,7 @@ def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
         gate_bias=bias(c.mlp_bias, c.n_experts, c.d_mlp),
         up_bias=bias(c.mlp_bias, c.n_experts, c.d_mlp),
         down_bias=bias(c.mlp_bias, c.n_experts, c.d_model),
-        swiglu=None if c.swiglu_limit is None else (c.swiglu_alpha, c.swiglu_limit),
+        swiglu=None if c.swiglu_alpha is None or c.swiglu_limit is None else (c.swiglu_alpha, c.swiglu_limit),
     )
 
 
