@@ -104,3 +104,18 @@ def test_stats_refused_by_name(computed):
     _, model, _, dictionaries, tokens, mask, _ = computed
     with pytest.raises(LensRequestError, match="stats .* cross-layer transcoder dictionary 0 \\(clt-40, layer 0\\)"):
         qlens_jax.query_lens(model, dictionaries, tokens, mask, lenses=["query_lens_value"], stats=True)
+
+
+def test_one_layer_consumers_refuse_it(computed):
+    """What knows one write layer only refuses a cross-layer transcoder by name, before any work."""
+    from qlens_jax.baselines import baseline_signatures
+    from qlens_jax.channels.responses import check_sources
+    from qlens_jax.dictionaries import DictionaryError
+
+    _, model, _, dictionaries, tokens, mask, _ = computed
+    with pytest.raises(
+        DictionaryError, match="zero_out.*cross-layer transcoder 'clt-40' \\(layer 0, writes into layers 0..2\\)"
+    ):
+        baseline_signatures(model, dictionaries, tokens, mask, lenses=["zero_out"])
+    with pytest.raises(DictionaryError, match="channel analysis .*'clt-40'.*cross_layer=False"):
+        check_sources(dictionaries)
