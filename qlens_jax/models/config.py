@@ -59,6 +59,10 @@ class ModelConfig:
     experts_per_token: int = 0
     router: str | None = None
     router_renorm: bool = False  # rescale the chosen experts' weights to sum to 1 (`norm_topk_prob`)
+    # Layers whose MLP is a dense gated MLP of width `d_mlp_dense` beside the routed layers
+    # (Qwen3-MoE's `mlp_only_layers` / `decoder_sparse_step`); empty: every layer routed.
+    dense_mlp_layers: tuple[int, ...] = ()
+    d_mlp_dense: int = 0
     # GPT-NeoX: attention and MLP both read `resid_pre` and both outputs are added to it
     # (no `resid_mid`); False: the sequential block.
     parallel_residual: bool = False
@@ -82,6 +86,15 @@ class ModelConfig:
             if not 0 < self.experts_per_token <= self.n_experts:
                 raise ModelConfigError(
                     f"ModelConfig.experts_per_token={self.experts_per_token} must be in 1..n_experts={self.n_experts}"
+                )
+        if self.dense_mlp_layers:
+            if not self.n_experts or self.d_mlp_dense <= 0:
+                raise ModelConfigError("ModelConfig.dense_mlp_layers needs routed experts and d_mlp_dense > 0")
+            if list(self.dense_mlp_layers) != sorted(set(self.dense_mlp_layers)) or not (
+                0 <= self.dense_mlp_layers[0] and self.dense_mlp_layers[-1] < self.n_layers
+            ):
+                raise ModelConfigError(
+                    f"ModelConfig.dense_mlp_layers={self.dense_mlp_layers} must be increasing layers of 0..{self.n_layers - 1}"
                 )
         if self.n_heads % self.n_kv_heads:
             raise ModelConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
@@ -118,4 +131,6 @@ class ModelConfig:
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
             raw[name] = tuple(raw[name])
         raw["rope_inv_freq"] = tuple(tuple(f) for f in raw["rope_inv_freq"])
+        if "dense_mlp_layers" in raw:
+            raw["dense_mlp_layers"] = tuple(raw["dense_mlp_layers"])
         return cls(**raw)
