@@ -1075,6 +1075,37 @@ def reference_signatures(
     return out
 
 
+def cross_layer_reference_scores(model, tokens, mask, lens, decoders, layer, **opts) -> np.ndarray:
+    """Scores [n, vocab] of a value ``lens`` for features of a cross-layer transcoder of
+    ``layer`` (docs/definitions.md 1c), one feature at a time: ``decoders`` [n, W, d_model] with
+    ``W = n_layers - layer``, ``decoders[:, w]`` written into the MLP output of layer
+    ``layer + w``. Query Lens and first order: the sum over write layers of each decoder
+    vector's transport from its own write point (a transcoder's), read out once; Logit Lens:
+    the plain sum of the decoder vectors read out. Options as ``reference_scores``."""
+    if lens not in ("query_lens_value", "first_order_value", "logit_lens_value"):
+        raise ValueError(
+            f"a cross-layer transcoder's value side has lenses query_lens_value, first_order_value and "
+            f"logit_lens_value, not {lens!r} (its key side is a transcoder's: reference_scores)"
+        )
+    decoders = np.asarray(_np(decoders) if isinstance(decoders, torch.Tensor) else decoders)
+    n_layers = _arch(model).n_layers
+    if decoders.ndim != 3 or int(layer) + decoders.shape[1] != n_layers:
+        raise ValueError(
+            f"decoders must be [n, n_layers - layer, d_model] = [n, {n_layers - int(layer)}, d], got {decoders.shape}"
+        )
+    summed = []
+    for feature in decoders:  # one feature at a time, each write layer transported on its own
+        if lens == "logit_lens_value":
+            summed.append(feature.sum(0))
+            continue
+        parts = [
+            _transport_vectors(model, tokens, mask, lens, [vec], "mlp_out", int(layer) + w, "transcoder", opts)[0]
+            for w, vec in enumerate(feature)
+        ]
+        summed.append(np.sum(np.stack(parts), axis=0))
+    return _readout(model, tokens, mask, lens, summed, opts)
+
+
 def reference_relative_variance(model, tokens, mask, lens, vectors, site, layer, kind="sae", **opts) -> np.ndarray:
     """Relative variance [n] of the per-position transported vectors for ``lens`` in
     {first_order_value, first_order_key, query_lens_value, query_lens_key}."""

@@ -101,17 +101,24 @@ def fill_model(
             raise ConversionError(f"no checkpoint source for model leaf {name!r} (converter bug)")
         source = plan[name]
         if isinstance(source, tuple):  # alternative layouts: the first the checkpoint has
-            source = next((s for s in source if layout.base + s.key.format(i=0, e=0) in keys), source[0])
+            source = next((s for s in source if layout.base + s.key.format(i=s.first_layer, e=0) in keys), source[0])
         if source.experts:
             parts = [
                 np.stack(
                     [read(source.key.format(i=i, e=e), source.transform, leaf.shape[2:]) for e in range(source.experts)]
                 )
+                if source.has_layer(i)
+                else np.zeros(leaf.shape[1:], np.float32)
                 for i in range(config.n_layers)
             ]
             array = np.stack(parts)
         elif name.startswith("blocks."):
-            parts = [read(source.key.format(i=i), source.transform, leaf.shape[1:]) for i in range(config.n_layers)]
+            parts = [
+                read(source.key.format(i=i), source.transform, leaf.shape[1:])
+                if source.has_layer(i)
+                else np.zeros(leaf.shape[1:], np.float32)
+                for i in range(config.n_layers)
+            ]
             array = np.stack(parts)
         else:
             array = read(source.key, source.transform, leaf.shape)

@@ -152,6 +152,31 @@ ARCHITECTURES = {
             rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0},
         ),
     ),
+    # Dense MLP layers beside routed ones, both keys biting: decoder_sparse_step=2 routes layers
+    # 1 and 3, mlp_only_layers=[3] takes layer 3 back (routed: 1; dense of intermediate_size: 0, 2, 3).
+    "qwen3moe-mixed": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(
+            hidden_size=48,
+            intermediate_size=40,
+            moe_intermediate_size=24,
+            num_experts=6,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            decoder_sparse_step=2,
+            mlp_only_layers=[3],
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            attention_bias=True,
+            hidden_act="gelu",
+            rms_norm_eps=1e-3,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0},
+        ),
+    ),
     # Every layer listed in mlp_only_layers: a dense Qwen3-MoE (Qwen3MoeMLP of intermediate_size).
     "qwen3moe-all-dense-bias": (
         "Qwen3MoeConfig",

@@ -183,6 +183,7 @@ OPTION_FIELDS = (
     Field("k", "int", minimum=1),
     Field("norm_scaling_factor", "float"),
     Field("fold_norm_scaling_factor", "bool"),
+    Field("cross_layer", "bool"),
 )
 
 
@@ -219,7 +220,7 @@ def load_dictionary(
       revision, cache_dir: passed to huggingface_hub for Hub ids.
       sae_id: the SAE id inside the registry release `source`.
       **options: see `assemble.Options` (`layer`, `site`, `name`, `dtype`,
-        `norm_scaling_factor`, `fold_norm_scaling_factor`, `k`); an option a format does not
+        `norm_scaling_factor`, `fold_norm_scaling_factor`, `k`, `cross_layer`); an option a format does not
         use is an error, not ignored.
     """
     opts = _options(model, options)

@@ -32,6 +32,8 @@ class Options:
     fold_norm_scaling_factor: fold that scale into the weights as sae_lens's
         `from_pretrained` does (True), or keep it as an explicit input scale (False).
     k: TopK size for formats that do not store it (Qwen-Scope outside its repo folder).
+    cross_layer: a cross-layer transcoder's layer keeps every later layer's decoder (True), or
+        only its own layer's (False, as sae_lens's registry lists them).
     """
 
     layer: int | None = None
@@ -41,6 +43,7 @@ class Options:
     norm_scaling_factor: float | None = None
     fold_norm_scaling_factor: bool = True
     k: int | None = None
+    cross_layer: bool = True
     model: ModelFacts | None = None
 
     def given(self) -> set[str]:

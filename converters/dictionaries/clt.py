@@ -1,5 +1,5 @@
-"""circuit-tracer cross-layer transcoders (CLTs), loaded per layer (`mntss/clt-gemma-2-2b-2.5M`,
-sae_lens release `mntss-gemma-2-2b-2.5m-clt-as-per-layer`).
+"""circuit-tracer cross-layer transcoders (CLTs): whole (`mntss/clt-gemma-2-2b-2.5M`) or per
+layer (sae_lens release `mntss-gemma-2-2b-2.5m-clt-as-per-layer`).
 
 Layout (circuit-tracer `CrossLayerTranscoder.to_safetensors` / `load_clt`), one folder:
 `config.yaml` (`model_kind: cross_layer_transcoder`, `feature_input_hook`, default
@@ -12,8 +12,10 @@ feature `i` of layer `l` writes into the MLP output of layer `j >= l`.
 
 Features of layer `l`: `pre = x @ W_enc_l.T + b_enc_l` on the MLP block input of layer `l`;
 JumpReLU `pre * (pre > threshold)` (circuit-tracer's, no ReLU) when thresholds are stored,
-else ReLU. A CLT writes into every later MLP output; loaded per layer, as sae_lens's registry
-lists it, a dictionary here keeps only `d_{l->l}` (the decoder of its own layer; the others are
+else ReLU. A CLT writes into every later MLP output. Loaded whole (`cross_layer=True`, the
+default), layer `l` is a `CrossLayerTranscoder` named `clt-{width}` holding every `d_{l->j}`
+(the lens sums their transports, docs/definitions.md section 1c). Loaded per layer
+(`cross_layer=False`; sae_lens's registry lists it so), a dictionary here keeps only `d_{l->l}` (the decoder of its own layer; the others are
 never read from disk) and `b_dec_l`, and its name says so: `clt-own-layer-{width}`.
 (sae_lens's `mntss_clt_layer_transcoder` loader sums `d_{l->j}` over `j` instead, for
 activations only; a sum of vectors written at different layers is no vector of one layer.)
@@ -25,19 +27,27 @@ from pathlib import Path
 
 import numpy as np
 
-from qlens_jax.dictionaries import Dictionary, DictionaryError, DictionaryInfo, parse_hook_name, width_label
+from qlens_jax.dictionaries import (
+    Dictionary,
+    DictionaryError,
+    DictionaryInfo,
+    cross_layer_transcoder,
+    parse_hook_name,
+    width_label,
+)
 
 from . import circuit_tracer
-from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, resolve
+from .assemble import COMMON_OPTIONS, Claim, Options, build, expect_shape, resolve, to_jax
 from .readers import TensorStore, check_values, read_safetensors, read_safetensors_slice, read_yaml
 from .schema import Field, check_config
 
 FORMAT = "clt"
-OPTIONS = COMMON_OPTIONS
+OPTIONS = COMMON_OPTIONS | {"cross_layer"}
 CONFIG_FILE = "config.yaml"
 MODEL_KIND = "cross_layer_transcoder"
 FILE_PATTERN = re.compile(r"^W_enc_(\d+)\.safetensors$")
 NAME_PREFIX = "clt-own-layer"
+CROSS_LAYER_PREFIX = "clt"
 SCHEMA = (
     Field("model_kind", "str"),
     Field("feature_input_hook", "str"),
@@ -70,7 +80,8 @@ def _encoder_file(path: Path, opts: Options) -> Path:
 
 
 def load(path: Path, opts: Options) -> Dictionary:
-    """Read layer `l` of a CLT: its `W_enc_{l}.safetensors` file, or the folder with `layer=`."""
+    """Read layer `l` of a CLT: its `W_enc_{l}.safetensors` file, or the folder with `layer=`;
+    a `CrossLayerTranscoder` unless `opts.cross_layer` is False (then its own layer only)."""
     path = _encoder_file(path, opts)
     file_layer = int(FILE_PATTERN.match(path.name).group(1))
     cfg_path = path.parent / CONFIG_FILE
@@ -112,7 +123,11 @@ def load(path: Path, opts: Options) -> Dictionary:
             store.take(f"threshold_{layer}"), (d_sae,), origin=origin, key=f"threshold_{layer}", axes="[d_transcoder]"
         )
     store.finish()
-    arrays["W_dec"] = own_decoder(path.with_name(f"W_dec_{layer}.safetensors"), layer, d_sae, d_model, opts)
+    decoder_file = path.with_name(f"W_dec_{layer}.safetensors")
+    decoders = all_decoders(decoder_file, layer, d_sae, d_model, opts) if opts.cross_layer else None
+    arrays["W_dec"] = (
+        decoders[:, 0].copy() if decoders is not None else own_decoder(decoder_file, layer, d_sae, d_model, opts)
+    )
     info = DictionaryInfo(
         format=FORMAT,
         source=origin,
@@ -122,8 +137,11 @@ def load(path: Path, opts: Options) -> Dictionary:
         hook_name_out=hook_out,
     )
     if opts.name is None:
-        opts = dataclasses.replace(opts, name=f"{NAME_PREFIX}-{width_label(d_sae)}")
-    return build(
+        prefix = CROSS_LAYER_PREFIX if opts.cross_layer else NAME_PREFIX
+        opts = dataclasses.replace(opts, name=f"{prefix}-{width_label(d_sae)}")
+    if decoders is not None:
+        info = dataclasses.replace(info, architecture="clt")
+    own_layer = build(
         opts,
         arrays=arrays,
         layer=layer,
@@ -134,6 +152,9 @@ def load(path: Path, opts: Options) -> Dictionary:
         info=info,
         rectify=False,
     )
+    if decoders is None:
+        return own_layer
+    return cross_layer_transcoder(own_layer, to_jax(decoders, opts.dtype))
 
 
 def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options) -> np.ndarray:
@@ -141,8 +162,29 @@ def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options)
     it writes to must reach the model's last layer."""
     key = f"W_dec_{layer}"
     part, shape = read_safetensors_slice(path, key, (slice(None), slice(0, 1), slice(None)))
-    n_written = shape[1]
-    if shape[0] != d_sae or shape[2] != d_model:
+    _check_decoder_shape(path, key, shape, layer, d_sae, d_model, opts)
+    decoder = part[:, 0]
+    check_values(decoder, str(path), key)
+    return decoder
+
+
+def all_decoders(path: Path, layer: int, d_sae: int, d_model: int, opts: Options) -> np.ndarray:
+    """Every `d_{l->j}` of layer `l`: `W_dec_{l}` whole, `[d_transcoder, n_layers - l, d_model]`."""
+    key = f"W_dec_{layer}"
+    store = TensorStore(read_safetensors(path), str(path))
+    decoders = store.take(key)
+    store.finish()
+    _check_decoder_shape(path, key, list(decoders.shape), layer, d_sae, d_model, opts)
+    check_values(decoders, str(path), key)
+    return decoders
+
+
+def _check_decoder_shape(
+    path: Path, key: str, shape: list[int], layer: int, d_sae: int, d_model: int, opts: Options
+) -> None:
+    """A decoder of `[d_transcoder, n_layers - l, d_model]` whose writes end at the model's last layer."""
+    n_written = shape[1] if len(shape) == 3 else -1
+    if len(shape) != 3 or shape[0] != d_sae or shape[2] != d_model:
         raise DictionaryError(
             f"{path}: key {key!r} has shape {tuple(shape)}, expected "
             f"[d_transcoder, n_layers - {layer}, d_model] = ({d_sae}, ., {d_model})"
@@ -153,6 +195,3 @@ def own_decoder(path: Path, layer: int, d_sae: int, d_model: int, opts: Options)
             f"transcoder spans {layer + n_written} layers, but the model has "
             f"{opts.model.n_layers}"
         )
-    decoder = part[:, 0]
-    check_values(decoder, str(path), key)
-    return decoder

@@ -256,6 +256,8 @@ def _load_native(entry: Entry, opts: Options, load_local, revision, cache_dir) -
     options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options) if f.name in opts.given()}
     if layer is not None:
         options["layer"] = layer
+    if entry.conversion_func == "mntss_clt_layer_transcoder":
+        options["cross_layer"] = False  # the release lists it per layer
     return load_local(local, opts.model, **options)
 
 

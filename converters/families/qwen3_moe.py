@@ -1,8 +1,10 @@
 """Qwen3-MoE (`Qwen3MoeForCausalLM`: Qwen3-30B-A3B, Qwen-Scope's mixture-of-experts model):
 Qwen-3's attention (q/k RMSNorm per head) with routed experts in every layer's MLP
 (`qlens_jax.models.RoutedMLP`): router softmax over all experts, top `num_experts_per_tok`,
-renormalized when `norm_topk_prob`. Sliding windows are not implemented (`use_sliding_window`
-must be false), and layers mixing dense and routed MLPs are refused by name.
+renormalized when `norm_topk_prob`; layers listed in `mlp_only_layers` or off the
+`decoder_sparse_step` have a dense gated MLP of `intermediate_size` instead
+(`qlens_jax.models.MixedMLP`). Sliding windows are not implemented (`use_sliding_window` must
+be false).
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def routed_experts(raw: dict[str, Any], n_layers: int) -> dict[str, Any]:
 
     transformers gives layer `i` routed experts when `i` is not in `mlp_only_layers`,
     `num_experts > 0` and `(i + 1) % decoder_sparse_step == 0`, else a dense MLP of width
-    `intermediate_size`. Blocks are stacked and scanned, so every layer must be of one kind: all
-    routed (`intermediate_size` is then unused) or all dense (the expert options are).
+    `intermediate_size`. All routed: `intermediate_size` is unused; all dense: the expert
+    options are; a mix: `dense_mlp_layers` lists the dense layers (`models.mlp.MixedMLP`).
     """
     n_experts, step, dense_only = num_experts(raw), raw["decoder_sparse_step"], raw["mlp_only_layers"] or []
     if not isinstance(step, int) or step < 1:
@@ -70,19 +72,15 @@ def routed_experts(raw: dict[str, Any], n_layers: int) -> dict[str, Any]:
     routed = [i not in dense_only and n_experts > 0 and (i + 1) % step == 0 for i in range(n_layers)]
     if not any(routed):
         return {}
-    if not all(routed):
-        dense = [i for i, r in enumerate(routed) if not r]
-        raise UnsupportedOptionError(
-            f"qwen3_moe config mixes dense MLP layers {dense} with routed-experts layers "
-            f"(mlp_only_layers={raw['mlp_only_layers']!r}, decoder_sparse_step={step!r}): not supported; "
-            "every layer must have routed experts, or none"
-        )
+    dense = tuple(i for i, r in enumerate(routed) if not r)
     k = raw["num_experts_per_tok"]
     if not isinstance(k, int) or not 0 < k <= n_experts:
         raise UnsupportedOptionError(
             f"qwen3_moe config option num_experts_per_tok={k!r} is not supported (1 .. num_experts={n_experts})"
         )
     return dict(
+        dense_mlp_layers=dense,
+        d_mlp_dense=raw["intermediate_size"] if dense else 0,
         d_mlp=raw["moe_intermediate_size"],
         n_experts=n_experts,
         experts_per_token=k,
@@ -106,15 +104,28 @@ def plan(c: ModelConfig) -> dict[str, Source | tuple[Source, ...]]:
     if not c.n_experts:
         return decoder
     layer, f = "layers.{i}.mlp.", c.d_mlp
-    by_expert = lambda name: Source(layer + f"experts.{{e}}.{name}.weight", transpose, c.n_experts)
-    stacked = lambda name, rows: Source(layer + f"experts.{name}", lambda x: np.swapaxes(x[:, rows], 1, 2))
-    return {
-        **{k: v for k, v in decoder.items() if not k.startswith("blocks.mlp.")},
-        "blocks.mlp.router": Source(layer + "gate.weight", transpose),
-        "blocks.mlp.gate_proj": (by_expert("gate_proj"), stacked("gate_up_proj", slice(0, f))),
-        "blocks.mlp.up_proj": (by_expert("up_proj"), stacked("gate_up_proj", slice(f, 2 * f))),
-        "blocks.mlp.down_proj": (by_expert("down_proj"), stacked("down_proj", slice(None))),
+    dense = c.dense_mlp_layers
+    routed = tuple(i for i in range(c.n_layers) if i not in dense) if dense else None
+    by_expert = lambda name: Source(layer + f"experts.{{e}}.{name}.weight", transpose, c.n_experts, routed)
+    stacked = lambda name, rows: Source(
+        layer + f"experts.{name}", lambda x: np.swapaxes(x[:, rows], 1, 2), layers=routed
+    )
+    experts = {
+        "router": Source(layer + "gate.weight", transpose, layers=routed),
+        "gate_proj": (by_expert("gate_proj"), stacked("gate_up_proj", slice(0, f))),
+        "up_proj": (by_expert("up_proj"), stacked("gate_up_proj", slice(f, 2 * f))),
+        "down_proj": (by_expert("down_proj"), stacked("down_proj", slice(None))),
     }
+    plan = {k: v for k, v in decoder.items() if not k.startswith("blocks.mlp.")}
+    if not dense:
+        return plan | {f"blocks.mlp.{k}": v for k, v in experts.items()}
+    # a mix (`models.mlp.MixedMLP`): each part read where the checkpoint has it, zero elsewhere
+    dense_mlp = {
+        k.replace("blocks.mlp.", "blocks.mlp.dense.", 1): dataclasses.replace(v, layers=dense)
+        for k, v in decoder.items()
+        if k.startswith("blocks.mlp.") and isinstance(v, Source)
+    }
+    return plan | {f"blocks.mlp.routed.{k}": v for k, v in experts.items()} | dense_mlp
 
 
 SPEC = register(

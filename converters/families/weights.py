@@ -28,11 +28,23 @@ class Source:
 
     `experts > 0`: `key` also holds `{e}`, and each layer's slice stacks that many experts'
     tensors (routed experts saved one module per expert). A plan may give a leaf a tuple of
-    sources, the layouts a checkpoint may use: the first whose tensor is there fills it."""
+    sources, the layouts a checkpoint may use: the first whose tensor is there fills it.
+
+    `layers`: the layers whose checkpoint has the tensor (None: all); a stacked leaf is zero in
+    the others (Qwen3-MoE's dense layers beside routed ones, `models.mlp.MixedMLP`)."""
 
     key: str
     transform: Callable[[np.ndarray], np.ndarray] = identity
     experts: int = 0
+    layers: tuple[int, ...] | None = None
+
+    def has_layer(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+    @property
+    def first_layer(self) -> int:
+        """A layer whose checkpoint has the tensor (where a plan probes for its layout)."""
+        return 0 if not self.layers else self.layers[0]
 
 
 @dataclass(frozen=True)

@@ -63,10 +63,11 @@ def tuned_lens_point(dictionary, n_layers: int, choice: str = "written", paralle
 
 
 def _validate(model, dictionaries, lenses, k, translators, point_choice: str = "written"):
-    from qlens_jax.dictionaries import validate_dictionary
+    from qlens_jax.dictionaries import refuse_cross_layer, validate_dictionary
 
     if not lenses:
         raise LensRequestError("no lenses requested")
+    refuse_cross_layer(dictionaries, "splicing a dictionary (zero_out, token_change) and the tuned lens")
     unknown = [lens for lens in lenses if lens not in TUNED_LENSES and not is_secant(lens)]
     if unknown:
         raise LensRequestError(

@@ -78,8 +78,10 @@ def sample_features(value_vectors: np.ndarray, n: int, rng: np.random.Generator)
 def check_sources(dictionaries) -> None:
     """Refuse, before any work, a dictionary whose value vectors are not residual vectors: one
     on `z` (the heads' outputs, `n_heads x head_dim` wide, before `W_O`), naming it."""
+    from qlens_jax.dictionaries import refuse_cross_layer
     from qlens_jax.errors import InputError
 
+    refuse_cross_layer(dictionaries, "the channel analysis")
     for d in dictionaries:
         if d.site_out == "z":
             raise InputError(

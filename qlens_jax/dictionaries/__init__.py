@@ -5,6 +5,7 @@ sits in the model; `DictionarySet` is the collection the kernel takes whole. Fil
 by `converters.load_dictionary` / `converters.load_dictionaries`.
 """
 
+from .cross_layer import CrossLayerTranscoder, cross_layer_transcoder, is_cross_layer, refuse_cross_layer
 from .dictionary import Dictionary, DictionaryInfo
 from .dictionary_set import DictionarySet
 from .errors import DictionaryError
@@ -25,6 +26,7 @@ from .transforms import astype, fold_input_scale
 from .validation import ModelFacts, model_facts, validate_dictionary
 
 __all__ = [
+    "CrossLayerTranscoder",
     "Dictionary",
     "DictionaryError",
     "DictionaryInfo",
@@ -37,12 +39,15 @@ __all__ = [
     "TRANSCODER_INPUT_SITES",
     "TRANSCODER_OUTPUT_SITES",
     "astype",
+    "cross_layer_transcoder",
     "default_name",
     "estimate_input_scale",
     "fold_input_scale",
     "has_post_norms",
+    "is_cross_layer",
     "model_facts",
     "parse_hook_name",
+    "refuse_cross_layer",
     "validate_dictionary",
     "width_label",
 ]

@@ -65,6 +65,9 @@ def promoted_tokens(
     (`steering.calibrate_alphas`). Negative `targets` steer the other way (a negative alpha);
     they are calibrated and reported, and `S` is built from the positive targets only, as the
     authors build it."""
+    from qlens_jax.dictionaries import refuse_cross_layer
+
+    refuse_cross_layer(dictionary, "steering (the output score)")
     features = np.asarray(features, np.int32)
     tokens, mask = jnp.asarray(prefix_tokens, jnp.int32), jnp.asarray(prefix_mask, bool)
     targets_array = jnp.asarray(np.asarray(targets, np.float32))

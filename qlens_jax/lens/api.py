@@ -19,7 +19,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from qlens_jax import memory, sharding
-from qlens_jax.lens import self_check
+from qlens_jax.dictionaries import is_cross_layer
+from qlens_jax.lens import cross_layer, self_check
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
 from qlens_jax.lens.means import per_feature_means, relative_variance
 from qlens_jax.lens.operators import TransportOperators, transport_operators
@@ -134,7 +135,9 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             point = request.points.write if side == "value" else request.points.read
             table_stats: dict[str, np.ndarray] = {}
             extra = {}
-            if lens.startswith("logit_lens"):
+            if side == "value" and is_cross_layer(request.dictionary):
+                result, extra = cross_layer.read_value(plan, request, lens, context, operators, finite)
+            elif lens.startswith("logit_lens"):
                 result = context.read(side, vectors, op=_logit_lens_op(plan, point), logit_lens=True)
             elif lens.startswith("query_lens"):
                 if plan.path == "dense":

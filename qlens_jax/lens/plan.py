@@ -16,7 +16,7 @@ import numpy as np
 
 from qlens_jax import memory, sharding
 from qlens_jax.dictionaries import Dictionary
-from qlens_jax.lens import auto
+from qlens_jax.lens import auto, cross_layer
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.points import MODULE_OUTPUT_SITES, DictionaryPoints, Point, dictionary_points, flows_into
@@ -216,6 +216,7 @@ def plan_request(
         requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:
         raise LensRequestError("the request selects no features")
+    cross_layer.check_requests(requests, lenses, options.stats, model.config.n_layers)
     check_weight_scales(model, requests, lenses, options.dtype, options.precision)
     normalizing = [
         r

@@ -1,7 +1,7 @@
 """Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3, GPT-NeoX) exposing their residual stream."""
 
 from qlens_jax.models.config import ModelConfig, ModelConfigError
-from qlens_jax.models.mlp import MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
+from qlens_jax.models.mlp import MixedMLP, MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
 from qlens_jax.models.transformer import (
     MLP,
     Attention,
@@ -34,6 +34,7 @@ __all__ = [
     "Norm",
     "ResidualMLP",
     "Residuals",
+    "MixedMLP",
     "RoutedMLP",
     "Transformer",
     "attention_output",

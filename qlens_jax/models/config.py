@@ -66,6 +66,10 @@ class ModelConfig:
     swiglu_alpha: float | None = None
     swiglu_limit: float | None = None
     attn_sinks: bool = False  # gpt-oss: a learned logit per head joins every attention softmax
+    # Layers whose MLP is a dense gated MLP of width `d_mlp_dense` beside the routed layers
+    # (Qwen3-MoE's `mlp_only_layers` / `decoder_sparse_step`); empty: every layer routed.
+    dense_mlp_layers: tuple[int, ...] = ()
+    d_mlp_dense: int = 0
     # GPT-NeoX: attention and MLP both read `resid_pre` and both outputs are added to it
     # (no `resid_mid`); False: the sequential block.
     parallel_residual: bool = False
@@ -96,6 +100,15 @@ class ModelConfig:
             raise ModelConfigError(
                 "ModelConfig.swiglu_limit (the clamped SwiGLU) is implemented for routed experts only"
             )
+        if self.dense_mlp_layers:
+            if not self.n_experts or self.d_mlp_dense <= 0:
+                raise ModelConfigError("ModelConfig.dense_mlp_layers needs routed experts and d_mlp_dense > 0")
+            if list(self.dense_mlp_layers) != sorted(set(self.dense_mlp_layers)) or not (
+                0 <= self.dense_mlp_layers[0] and self.dense_mlp_layers[-1] < self.n_layers
+            ):
+                raise ModelConfigError(
+                    f"ModelConfig.dense_mlp_layers={self.dense_mlp_layers} must be increasing layers of 0..{self.n_layers - 1}"
+                )
         if self.n_heads % self.n_kv_heads:
             raise ModelConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
@@ -131,4 +144,6 @@ class ModelConfig:
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
             raw[name] = tuple(raw[name])
         raw["rope_inv_freq"] = tuple(tuple(f) for f in raw["rope_inv_freq"])
+        if "dense_mlp_layers" in raw:
+            raw["dense_mlp_layers"] = tuple(raw["dense_mlp_layers"])
         return cls(**raw)

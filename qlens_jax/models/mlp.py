@@ -16,6 +16,7 @@ Row convention throughout: a tangent row `t` maps to `t @ M`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import NamedTuple
 
 import equinox as eqx
@@ -185,8 +186,38 @@ def _add(x: Array, bias: Array | None) -> Array:
     return x if bias is None else x + bias
 
 
+class MixedMLP(ResidualMLP):
+    """Routed experts in some layers and a dense gated MLP in the others (Qwen3-MoE with
+    `mlp_only_layers` or `decoder_sparse_step`), stacked over layers as every block is: each
+    layer holds both, the weights of the kind it does not have all zero, and the output is
+    `routed(x) + dense(x)`. The absent part is exactly zero with a zero derivative (zero
+    experts give zero outputs, so the router's weights meet zeros; zero dense weights give
+    zero), so this is each layer's function and its Jacobian."""
+
+    routed: RoutedMLP
+    dense: MLP
+
+    def __call__(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        return self.routed(x) + self.dense(x)
+
+    def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """Both parts' explicit Jacobians, added."""
+        routed_out, routed_jacobian = self.routed.jacobian(x)
+        dense_out, dense_jacobian = self.dense.jacobian(x)
+        return routed_out + dense_out, routed_jacobian + dense_jacobian
+
+    @staticmethod
+    def cost(config: ModelConfig) -> MLPCost:
+        """Both parts' costs: every layer runs both."""
+        routed = RoutedMLP.cost(config)
+        dense = MLP.cost(dataclasses.replace(config, d_mlp=config.d_mlp_dense))
+        return MLPCost(*(a + b for a, b in zip(routed, dense)))
+
+
 def mlp_class(config: ModelConfig) -> type[ResidualMLP]:
     """The MLP module of `config`'s blocks."""
+    if config.dense_mlp_layers:
+        return MixedMLP
     return RoutedMLP if config.n_experts else MLP
 
 

@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
-from qlens_jax.models.mlp import MLP, ResidualMLP, RoutedMLP
+from qlens_jax.models.mlp import MLP, MixedMLP, ResidualMLP, RoutedMLP
 
 
 class Norm(eqx.Module):
@@ -331,16 +331,19 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         softcap=c.attn_logit_softcap,
         sinks=0.02 * jax.random.normal(next(keys), (L, c.n_heads), dtype) if c.attn_sinks else None,
     )
-    mlp = (
-        routed_mlp(c, keys, dtype)
-        if c.n_experts
-        else MLP(
-            up_proj=dense(c.d_model, c.d_mlp, c.mlp_bias),
-            down_proj=dense(c.d_mlp, c.d_model, c.mlp_bias),
-            gate_proj=dense(c.d_model, c.d_mlp, c.mlp_bias) if c.gated_mlp else None,
+
+    def dense_mlp(width: int) -> MLP:
+        return MLP(
+            up_proj=dense(c.d_model, width, c.mlp_bias),
+            down_proj=dense(width, c.d_model, c.mlp_bias),
+            gate_proj=dense(c.d_model, width, c.mlp_bias) if c.gated_mlp else None,
             activation=c.activation,
         )
-    )
+
+    if c.dense_mlp_layers:
+        mlp = MixedMLP(routed=routed_mlp(c, keys, dtype), dense=dense_mlp(c.d_mlp_dense))
+    else:
+        mlp = routed_mlp(c, keys, dtype) if c.n_experts else dense_mlp(c.d_mlp)
     blocks = Block(
         attn_norm=norm(c.d_model),
         attn=attn,

@@ -119,6 +119,7 @@ def write_rows(source: str, model_path: str, name: str, layer: int, sha256: str,
     """Convert the dictionary (`name` at `layer`) of `source` as a run does, check its hash, and
     write its value and key rows into `folder` (complete or not at all)."""
     import converters
+    from qlens_jax.dictionaries import refuse_cross_layer
     from qlens_jax.io.hashing import dictionary_hash
 
     model = converters.load_model(model_path)
@@ -126,6 +127,7 @@ def write_rows(source: str, model_path: str, name: str, layer: int, sha256: str,
     if len(members) != 1:
         raise InputError(f"dictionary {source}: holds no dictionary {name!r} at layer {layer} (the run's)")
     (dictionary,) = members
+    refuse_cross_layer(dictionary, "the reverse lookup")
     if dictionary_hash(dictionary) != sha256:
         raise InputError(
             f"dictionary {source}: its weights differ from the run's ({name}, layer {layer}); "

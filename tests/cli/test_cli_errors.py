@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from clt_files import write_clt_folder
 from qlens_jax.cli import main
 from qlens_jax.errors import InputError
 from qlens_jax.io.rundir import RunDir
@@ -24,6 +25,14 @@ def _wide_dictionary(world, tmp_path):
 
 def _deep_dictionary(world, tmp_path):
     return write_saelens(tmp_path / "deep", world.d_model, hook="blocks.7.hook_resid_post", seed=5)
+
+
+def _short_clt(world, tmp_path):
+    return write_clt_folder(tmp_path / "short-clt", 2, world.d_model, 8)
+
+
+def _narrow_clt(world, tmp_path):
+    return write_clt_folder(tmp_path / "narrow-clt", 3, world.d_model - 8, 8)
 
 
 def _bad_padding_sample(world, tmp_path):
@@ -203,6 +212,14 @@ CASES = {
     "dictionary_learning config of the wrong type": (
         lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_retyped_dictionary_learning(w, t))],
         ["--dictionary", "config.json", "config key 'trainer.dict_size' must be an integer, got float 12.5"],
+    ),
+    "cross-layer transcoder of fewer layers than the model": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_short_clt(w, t))],
+        ["--dictionary", "W_dec_0.safetensors", "spans 2 layers, but the model has 3"],
+    ),
+    "cross-layer transcoder narrower than the model": (
+        lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_narrow_clt(w, t))],
+        ["--dictionary", "W_enc_0.safetensors", "d_model=48"],
     ),
     "huge value vector": (
         lambda a, w, t: drop(a, "--dictionary") + ["--dictionary", str(_huge_dictionary(w, t))],

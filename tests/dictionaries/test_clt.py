@@ -5,44 +5,25 @@ sae_lens's `mntss_clt_layer_transcoder` loader (which sums the decoders over tar
 import numpy as np
 import pytest
 import torch
-import yaml
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file
 
+from clt_files import write_clt_folder
 from converters import load_dictionaries, load_dictionary
 from dictionary_helpers import D_IN, D_SAE, TinyModelConfig, assert_close, assert_sparse_but_active, inputs
-from qlens_jax.dictionaries import DictionaryError
+from qlens_jax.dictionaries import CrossLayerTranscoder, DictionaryError
 from saelens_loaders import sae_lens_from_repo
 
 N_LAYERS = 4
 
 
-def write_clt(folder, *, jumprelu: bool, n_layers: int = N_LAYERS, input_hook="hook_resid_mid"):
+def write_clt(folder, *, jumprelu: bool, n_layers: int = N_LAYERS, input_hook="hook_resid_mid", d_model=D_IN):
     """A CLT of `n_layers` layers; returns per layer (W_enc [d_sae, d], b_enc, b_dec, threshold,
     W_dec [d_sae, n_layers - l, d])."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model_name": "google/gemma-2-2b",
-                "model_kind": "cross_layer_transcoder",
-                "feature_input_hook": input_hook,
-                "feature_output_hook": "hook_mlp_out",
-            }
-        )
-    )
+    write_clt_folder(folder, n_layers, d_model, D_SAE, jumprelu=jumprelu, input_hook=input_hook)
     layers = []
     for layer in range(n_layers):
-        g = np.random.default_rng(20 + layer)
-        p = {
-            f"W_enc_{layer}": (g.normal(size=(D_SAE, D_IN)) * 0.3).astype(np.float32),
-            f"b_enc_{layer}": (g.normal(size=D_SAE) * 0.5).astype(np.float32),
-            f"b_dec_{layer}": (g.normal(size=D_IN) * 0.5).astype(np.float32),
-        }
-        if jumprelu:  # some negative: circuit-tracer's JumpReLU keeps pre where pre > threshold, no ReLU
-            p[f"threshold_{layer}"] = (g.uniform(size=D_SAE) * 1.2 - 0.4).astype(np.float32)
-        save_file(p, folder / f"W_enc_{layer}.safetensors")
-        w_dec = (g.normal(size=(D_SAE, n_layers - layer, D_IN)) * 0.3).astype(np.float32)
-        save_file({f"W_dec_{layer}": w_dec}, folder / f"W_dec_{layer}.safetensors")
+        p = load_file(folder / f"W_enc_{layer}.safetensors")
+        w_dec = load_file(folder / f"W_dec_{layer}.safetensors")[f"W_dec_{layer}"]
         layers.append(
             (p[f"W_enc_{layer}"], p[f"b_enc_{layer}"], p[f"b_dec_{layer}"], p.get(f"threshold_{layer}"), w_dec)
         )
@@ -53,9 +34,10 @@ def write_clt(folder, *, jumprelu: bool, n_layers: int = N_LAYERS, input_hook="h
 def test_clt_per_layer(tmp_path, model, jumprelu):
     folder = tmp_path / "clt-tiny"
     layers = write_clt(folder, jumprelu=jumprelu)
-    dset = load_dictionaries(folder, model)
+    dset = load_dictionaries(folder, model, cross_layer=False)
     assert dset.layers == tuple(range(N_LAYERS))
     assert dset.names == ("clt-own-layer-48",) * N_LAYERS
+    assert not any(isinstance(d, CrossLayerTranscoder) for d in dset)
     x = inputs(seed=11)
     for d, (w_enc, b_enc, b_dec, threshold, w_dec) in zip(dset, layers):
         assert (d.kind, d.site_in, d.site_out, d.info.format) == ("transcoder", "resid_mid", "mlp_out", "clt")
@@ -67,8 +49,27 @@ def test_clt_per_layer(tmp_path, model, jumprelu):
         np.testing.assert_array_equal(np.asarray(d.key_vectors()), w_enc)
         # circuit-tracer's output at the transcoder's own layer, from its own features only
         assert_close(d.reconstruct(x), acts @ w_dec[:, 0] + b_dec)
-    assert load_dictionary(folder, model, layer=2).layer == 2
-    assert load_dictionary(folder / "W_enc_3.safetensors", model).layer == 3
+    assert load_dictionary(folder, model, layer=2, cross_layer=False).layer == 2
+    assert load_dictionary(folder / "W_enc_3.safetensors", model, cross_layer=False).layer == 3
+
+
+def test_clt_whole(tmp_path, model):
+    """Loaded whole (the default), each layer keeps every decoder it writes, in file order."""
+    folder = tmp_path / "clt-tiny"
+    layers = write_clt(folder, jumprelu=True)
+    dset = load_dictionaries(folder, model)
+    assert dset.names == ("clt-48",) * N_LAYERS
+    x = inputs(seed=13)
+    for d, (w_enc, b_enc, b_dec, threshold, w_dec) in zip(dset, layers):
+        assert isinstance(d, CrossLayerTranscoder) and d.info.architecture == "clt"
+        assert d.write_layers == tuple(range(d.layer, N_LAYERS))
+        np.testing.assert_array_equal(np.asarray(d.cross_layer_decoders()), w_dec)
+        np.testing.assert_array_equal(np.asarray(d.value_vectors()), w_dec[:, 0])
+        np.testing.assert_array_equal(np.asarray(d.b_dec), b_dec)
+        pre = x @ w_enc.T + b_enc
+        assert_close(d.encode(x), pre * (pre > threshold))
+    single = load_dictionary(folder / "W_enc_1.safetensors", model)
+    assert isinstance(single, CrossLayerTranscoder) and single.n_write == N_LAYERS - 1
 
 
 def test_clt_against_sae_lens_loader(tmp_path, monkeypatch, sae_lens, model):
@@ -95,10 +96,14 @@ def test_clt_against_sae_lens_loader(tmp_path, monkeypatch, sae_lens, model):
         assert sae.cfg.metadata.hook_name == d.info.hook_name
 
 
-def test_clt_refusals(tmp_path, model):
+@pytest.mark.parametrize("cross_layer", [False, True])
+def test_clt_refusals(tmp_path, model, cross_layer):
     write_clt(tmp_path / "short", jumprelu=False, n_layers=3)
-    with pytest.raises(DictionaryError, match="spans 3 layers, but the model has 4"):
-        load_dictionaries(tmp_path / "short", model)
+    with pytest.raises(DictionaryError, match="W_dec_0.safetensors: 'W_dec_0' .* spans 3 layers, but the model has 4"):
+        load_dictionaries(tmp_path / "short", model, cross_layer=cross_layer)
+    write_clt(tmp_path / "narrow", jumprelu=False, d_model=D_IN - 2)
+    with pytest.raises(DictionaryError, match="W_enc_0.safetensors.* d_model"):
+        load_dictionaries(tmp_path / "narrow", model, cross_layer=cross_layer)
     write_clt(tmp_path / "clt", jumprelu=False)
     with pytest.raises(DictionaryError, match="pass layer="):
         load_dictionary(tmp_path / "clt", model)

@@ -112,8 +112,6 @@ def _qwen3_moe_config(**options):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"mlp_only_layers": [0]}, r"mixes dense MLP layers \[0\]"),
-        ({"decoder_sparse_step": 2}, r"mixes dense MLP layers \[0, 2\]"),
         ({"decoder_sparse_step": 0}, "decoder_sparse_step=0"),
         ({"num_experts_per_tok": 7}, "num_experts_per_tok=7"),
         ({"use_sliding_window": True}, "use_sliding_window=True"),
@@ -124,6 +122,24 @@ def _qwen3_moe_config(**options):
 def test_unsupported_options_are_named(options, message):
     with pytest.raises((UnsupportedOptionError, converters.ConversionError), match=message):
         model_config_from_hf(_qwen3_moe_config(**options))
+
+
+@pytest.mark.parametrize(
+    "options, dense",
+    [({"mlp_only_layers": [0]}, (0,)), ({"decoder_sparse_step": 2}, (0, 2)), ({"decoder_sparse_step": 3}, (0, 1))],
+)
+def test_dense_layers_beside_routed_ones_are_the_ones_transformers_chooses(options, dense):
+    """`mlp_only_layers` and `decoder_sparse_step` pick the dense layers as transformers'
+    `Qwen3MoeDecoderLayer` does (its module types per layer are the reference)."""
+    raw = _qwen3_moe_config(**options)
+    config = model_config_from_hf(raw)
+    hf = build_hf_model("qwen3moe-top2-renorm")
+    cfg = type(hf.config).from_dict(raw)
+    want = tuple(
+        i for i in range(cfg.num_hidden_layers) if type(type(hf)(cfg).model.layers[i].mlp).__name__.endswith("MLP")
+    )
+    assert config.dense_mlp_layers == want == dense
+    assert (config.d_mlp_dense, config.d_mlp, config.n_experts) == (raw["intermediate_size"], 24, 6)
 
 
 def test_every_layer_dense_is_a_dense_model_and_inert_options_are_accepted():

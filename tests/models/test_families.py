@@ -26,8 +26,8 @@ BITING = {
     "gemma": "gemma-geglu",
     "mistral": "mistral-sliding",
     "gpt_neox": "neox-sequential",
-    "qwen3_moe": "qwen3moe-every-key",
     "gpt_oss": "gptoss-every-key",
+    "qwen3_moe": "qwen3moe-mixed",
 }
 # Keys a family reads that its biting entry leaves at transformers' default, and why.
 AT_DEFAULT = {
@@ -36,15 +36,6 @@ AT_DEFAULT = {
     ("qwen3", "layer_types"): "only full attention is implemented (sliding layers refused by name)",
     ("gemma3_text", "_sliding_window_pattern"): "read only without layer_types (tested apart)",
     ("gemma3_text", "attn_logit_softcapping"): "refused when set: transformers' Gemma-3 stores it but never applies it",
-    (
-        "qwen3_moe",
-        "decoder_sparse_step",
-    ): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
-    (
-        "qwen3_moe",
-        "mlp_only_layers",
-    ): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
-    ("qwen3_moe", "intermediate_size"): "the width of dense layers only (all dense: qwen3moe-all-dense-bias)",
 }
 # Keys that size the model's tables but do not change its logits (rope families read
 # `max_position_embeddings` only for YaRN, tested with qwen2-yarn).
