@@ -202,6 +202,13 @@ def configure(parser: argparse.ArgumentParser):
         "--temperature", type=float, default=0.75, help="sampling temperature when generating (0: greedy)"
     )
     scoring.add_argument(
+        "--output-resamples",
+        type=int,
+        default=200,
+        help="bootstrap draws of the prefixes for the 95%% interval of each O(T) when generation samples "
+        "(scores.csv's output_score_lo95 / output_score_hi95; 0: none)",
+    )
+    scoring.add_argument(
         "--match",
         choices=("ids", "strings", "stripped"),
         default="ids",
@@ -592,6 +599,7 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     from qlens_jax.evaluation.report import write_report
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
+    from qlens_jax.evaluation.table8 import write_table8
     from qlens_jax.job.inputs import bos_token_id, load_dictionary_sources, load_model_source, vocab_strings
     from qlens_jax.job.run import precision_kwargs
     from qlens_jax.lens.signatures import Signatures
@@ -611,6 +619,7 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         top_s=args.top_promoted,
         generate_tokens=args.generate_tokens,
         temperature=float(args.temperature),
+        output_resamples=args.output_resamples,
         match=args.match,
         seed=args.seed,
         kl_positions=args.kl_positions,
@@ -739,6 +748,7 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         f"{args.context_length} tokens; token sets compared by {args.match}."
     )
     paths = write_report(out, result.rows, result.per_layer, result.overall, scores, preamble=preamble)
+    paths.update(write_table8(out, result.rows))
     record["seconds"] = round(time.time() - started, 1)
     record["evaluation_options"] = result.options
     record["judge_error"] = result.judge_error

@@ -19,7 +19,7 @@ from qlens_jax.evaluation.contexts import TopContexts, top_contexts
 from qlens_jax.evaluation.input_score import input_scores, input_scores_from_strings
 from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, judge_scores
 from qlens_jax.evaluation.matching import MATCHES
-from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_tokens
+from qlens_jax.evaluation.output_score import Promoted, output_score_intervals, output_scores, promoted_tokens
 from qlens_jax.evaluation.sources import load_signatures
 from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, summarize
 from qlens_jax.evaluation.steering import ALPHA_SEARCHES, KL_POSITIONS
@@ -53,6 +53,7 @@ class EvaluationOptions:
     max_iter: int = 64
     rtol: float = 0.02
     judge_contexts: int = 5  # top contexts shown to the judge (0: tokens only)
+    output_resamples: int = 200  # bootstrap draws of the prefixes for O(T)'s interval when continuations are sampled
 
     def __post_init__(self):
         if self.match not in MATCHES:
@@ -78,6 +79,8 @@ class EvaluationOptions:
             raise InputError(f"--kl-positions {self.kl_positions!r}: choose from {', '.join(KL_POSITIONS)}")
         if self.alpha_search not in ALPHA_SEARCHES:
             raise InputError(f"--alpha-search {self.alpha_search!r}: choose from {', '.join(ALPHA_SEARCHES)}")
+        if self.output_resamples < 0:
+            raise InputError(f"--output-resamples {self.output_resamples}: must be at least 0 (0: no interval)")
         if self.temperature < 0:
             raise InputError(f"--temperature {self.temperature}: must be at least 0 (0 decodes greedily)")
 
@@ -157,6 +160,7 @@ def _table_rows(table, ids: np.ndarray):
         take(table.top_scores),
         take(table.bottom_ids),
         take(table.bottom_scores),
+        stats={name: take(values) for name, values in table.stats.items()},
     )
 
 
@@ -270,6 +274,7 @@ def evaluate(
             kl_positions=options.kl_positions,
             alpha_search=options.alpha_search,
             error_term=options.error_term,
+            resamples=options.output_resamples,
         )
     rows = []
     judge_error = None
@@ -282,11 +287,7 @@ def evaluate(
         sub_top = TopContexts(
             *(np.asarray(a)[where] for a in (top.features, top.values, top.contexts, top.positions, top.tokens))
         )
-        sub_promoted = Promoted(
-            promoted.features[where],
-            promoted.targets,
-            *(a[where] for a in (promoted.alphas, promoted.kl, promoted.reached, promoted.promoted, promoted.change)),
-        )
+        sub_promoted = promoted.take(where)
         if activating_tokens is None:
             scores_in = input_scores(
                 sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab
@@ -296,6 +297,7 @@ def evaluate(
                 activating_tokens, table.layer, np.asarray(table.feature_ids), token_sets, vocab
             )
         scores_out = output_scores(sub_promoted, token_sets, match=options.match, vocab=vocab)
+        out_lo, out_hi = output_score_intervals(sub_promoted, token_sets, match=options.match, vocab=vocab)
         judged = [float("nan")] * len(where)
         if judge is not None:
             token_lists = [[str(vocab[t]) for t in row] for row in token_sets]
@@ -324,8 +326,13 @@ def evaluate(
                 "feature_str": d.feature_str(int(feature)),
                 "input_score": float(scores_in[f]),
                 "output_score": float(scores_out[f]),
+                "output_score_lo95": float(out_lo[f]),
+                "output_score_hi95": float(out_hi[f]),
                 "judge_score": judged[f],
                 "active_contexts": int(sub_top.n_active[f]),
+                "relative_variance": float(table.stats["relative_variance"][f])
+                if "relative_variance" in table.stats
+                else float("nan"),
             }
             for t, target in enumerate(promoted.targets):
                 row[f"alpha_kl{target:g}"] = float(sub_promoted.alphas[f, t])

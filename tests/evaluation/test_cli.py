@@ -95,6 +95,8 @@ def test_evaluate_run_and_baselines(run_dir, tmp_path):
     assert record["baseline_sample"]["token_sample"].endswith("sample.npy")  # the run's own sample
     assert len(record["tuned_lens"]["heldout_kl_trained"]) == len(record["tuned_lens"]["points"])
     assert list(out.glob("figure_*.png"))
+    logit_lens = next(line for line in (out / "table8.md").read_text().splitlines() if line.startswith("| resid"))
+    assert logit_lens.split(" | ")[1] != "–" and logit_lens.split(" | ")[2] == "–"  # Table 8: no first order here
 
 
 @pytest.mark.parametrize(
@@ -166,6 +168,10 @@ def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_
                 "integer",
                 "--no-error-term",
                 "--prepend-bos",
+                "--generate-tokens",
+                "2",
+                "--output-resamples",
+                "20",
                 "--seed",
                 "42",
                 "--dtype",
@@ -187,6 +193,8 @@ def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_
     judged = [float(r["judge_score"]) for r in rows]
     assert judged[:2] == [8.0, 8.0] and all(j != j for j in judged[2:]) and len(received) == 3
     assert all(float(r["alpha_kl0.25"]) == int(float(r["alpha_kl0.25"])) for r in rows)  # the integer search
+    # sampled continuations: each O(T) with its bootstrap interval over prefixes
+    assert all(float(r["output_score_lo95"]) <= float(r["output_score"]) <= float(r["output_score_hi95"]) for r in rows)
     record = json.loads((out / "evaluation.json").read_text())
     assert "Unsupported value" in record["judge_error"] and record["inputs"]["contexts"] == "paper"
     assert record["inputs"]["context_windows"] == 80
