@@ -95,6 +95,22 @@ def test_evaluate_run_and_baselines(run_dir, tmp_path):
     assert record["baseline_sample"]["token_sample"].endswith("sample.npy")  # the run's own sample
     assert len(record["tuned_lens"]["heldout_kl_trained"]) == len(record["tuned_lens"]["points"])
     assert list(out.glob("figure_*.png"))
+    document = json.loads((out / "evaluated_features.json").read_text())
+    assert document["model"] == default.model_dir().name  # a name, not the folder's path
+    assert sorted(r["feature"] for r in document["features"]) == [0, 1, 2, 3]
+    by_row = {(r["lens"], int(r["feature"])): r for r in rows}
+    for record in document["features"]:
+        assert len(record["contexts"]) == min(record["active_contexts"], 5)
+        for context in record["contexts"]:
+            assert 0 <= context["marked"] < len(context["tokens"]) and context["activation"] > 0
+        assert [level["kl_target"] for level in record["steering"]] == [0.25, 0.5]
+        for level in record["steering"]:
+            assert ["".join(g["prefix"]) for g in level["generations"]] == prefixes.read_text().splitlines()
+            assert all(len(g["continuation"]) == 20 for g in level["generations"])
+        for lens in record["lenses"]:
+            assert lens["output_score"] == float(by_row[(lens["lens"], record["feature"])]["output_score"])
+            assert len(lens["tokens"]) == 25
+    assert "Feature resid-post" in (out / "figure4.html").read_text() and (out / "figure4.png").is_file()
     logit_lens = next(line for line in (out / "table8.md").read_text().splitlines() if line.startswith("| resid"))
     assert logit_lens.split(" | ")[1] != "–" and logit_lens.split(" | ")[2] == "–"  # Table 8: no first order here
 

@@ -17,7 +17,7 @@ import pytest
 import converters
 from benchmarks.authors import load_transformer_lens, save_word_tokenizer
 from qlens_jax.evaluation.output_score import Promoted, output_score_intervals, output_scores
-from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes, rank_changes_resampled
+from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes, rank_changes_resampled, steered_generations
 from tiny_models import VOCAB, build_hf_model
 
 LAYER, FEATURES, TARGETS = 1, (3, 11), (0.25, 0.5, -0.25)
@@ -158,6 +158,20 @@ def test_greedy_generation_ranks_equal_the_authors(worlds):
     )
     ours = np.asarray(changes[0]) * (VOCAB - 1) / VOCAB  # rank percentiles are scaled by V - 1, theirs by V
     np.testing.assert_allclose(ours, expected, atol=1e-6)
+    generated = steered_generations(
+        model,
+        dictionary,
+        tokens,
+        mask,
+        jnp.asarray([feature]),
+        jnp.asarray([[alpha]]),
+        jax.random.key(0),
+        generate_tokens=STEPS,
+        temperature=0.0,
+        unsteered=tokens == tl.tokenizer.pad_token_id,
+    )  # the continuations shown in Fig. 4 and by qlens serve
+    width = tokens.shape[1]
+    np.testing.assert_array_equal(np.asarray(generated[0, 0, :, width : width + STEPS]), payload["gen_tokens"].numpy())
     assert set(np.argsort(-ours)[:10]) == set(np.argsort(-expected)[:10])
     assert np.abs(expected).max() > 0.05  # the steering moved ranks
 
