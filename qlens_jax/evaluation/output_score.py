@@ -85,8 +85,8 @@ def promoted_tokens(
     authors build it. `resamples`: bootstrap draws of the prefixes for an interval of O(T)
     (see the module docstring; only when continuations are sampled)."""
     features = np.asarray(features, np.int32)
-    sampled = resamples > 0 and generate_tokens > 0 and temperature > 0
-    if sampled:
+    weights = None  # with sampled continuations and resamples: each bootstrap draw's weights over the prefixes
+    if resamples > 0 and generate_tokens > 0 and temperature > 0:
         draws = np.random.default_rng(seed).integers(0, len(prefix_tokens), (resamples, len(prefix_tokens)))
         weights = jnp.asarray(
             np.stack([np.bincount(d, minlength=len(prefix_tokens)) for d in draws]) / len(prefix_tokens), jnp.float32
@@ -120,7 +120,7 @@ def promoted_tokens(
             use=use,
         )
         chunk_key = jax.random.fold_in(key, start)
-        if sampled:
+        if weights is not None:
             changes, resampled = rank_changes_resampled(
                 model, dictionary, tokens, mask, chunk, calibration.alphas, chunk_key, weights, top_s, **steering
             )
@@ -134,7 +134,7 @@ def promoted_tokens(
         features,
         np.asarray(targets, np.float32),
         *(cat(i) for i in range(5)),
-        cat(5) if sampled else None,
+        cat(5) if weights is not None else None,
     )
 
 
