@@ -33,15 +33,19 @@ def _pick(record: dict, wanted: str | None, candidates: tuple[str, ...]) -> dict
     return None
 
 
-def _tokens_cell(lens: dict | None) -> str:
-    if lens is None:
-        return '<td class="tokens note">(lens not evaluated)</td>'
-    shown = ", ".join(f'<span class="tok">{html.escape(t)}</span>' for t in lens["tokens"][:SHOWN_TOKENS])
-    scores = " · ".join(
+def _scores(lens: dict) -> str:
+    return " · ".join(
         f"{name} {lens[key]:.2f}"
         for name, key in (("I(T)", "input_score"), ("O(T)", "output_score"))
         if lens.get(key) is not None
     )
+
+
+def _tokens_cell(lens: dict | None) -> str:
+    if lens is None:
+        return '<td class="tokens note">(lens not evaluated)</td>'
+    shown = ", ".join(f'<span class="tok">{html.escape(t)}</span>' for t in lens["tokens"][:SHOWN_TOKENS])
+    scores = _scores(lens)
     return (
         f'<td class="tokens"><b>{html.escape(lens["lens"])}</b><br>{shown}<br><span class="note">{scores}</span></td>'
     )
@@ -109,7 +113,7 @@ def write_figure4_png(path: Path, document: dict, key_lens: str | None = None, v
 
     records = document["features"]
     fig, axes = plt.subplots(
-        2 * len(records), 2, figsize=(14, 2.6 * len(records) + 0.5), squeeze=False, width_ratios=(1, 3)
+        2 * len(records), 2, figsize=(14, 1.9 * len(records) + 0.5), squeeze=False, width_ratios=(1, 3)
     )
     for r, record in enumerate(records):
         contexts = "\n".join(
@@ -131,7 +135,7 @@ def write_figure4_png(path: Path, document: dict, key_lens: str | None = None, v
             left = (
                 "(lens not evaluated)"
                 if lens is None
-                else lens["lens"] + "\n" + _wrap(", ".join(lens["tokens"][:SHOWN_TOKENS]), 30)
+                else f"{lens['lens']} ({_scores(lens)})\n" + _wrap(", ".join(lens["tokens"][:SHOWN_TOKENS]), 30)
             )
             for ax, text in ((left_ax, left), (right_ax, right)):
                 ax.axis("off")
