@@ -10,6 +10,8 @@ model's, untrusted) is escaped. The PNG draws the same content with matplotlib.
 from __future__ import annotations
 
 import html
+import re
+import warnings
 from pathlib import Path
 
 from qlens_jax.errors import InputError
@@ -97,10 +99,16 @@ def figure4_html(document: dict, key_lens: str | None = None, value_lens: str | 
     )
 
 
+def _printable(text: str) -> str:
+    """`text` with newlines, tabs and other control characters written as escapes, for the PNG."""
+    text = text.replace("\n", "\\n").replace("\t", "\\t")
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _wrap(text: str, width: int = 70) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(" ".join(text.split()), width)) or " "
+    return "\n".join(textwrap.wrap(_printable(text), width)) or " "
 
 
 def write_figure4_png(path: Path, document: dict, key_lens: str | None = None, value_lens: str | None = None) -> Path:
@@ -142,8 +150,10 @@ def write_figure4_png(path: Path, document: dict, key_lens: str | None = None, v
                 ax.text(0, 0.88, text, va="top", ha="left", fontsize=7, family="monospace", parse_math=False)
             if row == 0:  # token strings are the model's: no mathtext, whatever they hold
                 left_ax.text(0, 1, record["feature_str"], va="top", fontsize=9, weight="bold", parse_math=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with warnings.catch_warnings():  # a token the font has no glyph for is drawn as a box
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
 

@@ -30,7 +30,7 @@ def _document():
                 "active_contexts": 2,
                 "contexts": [
                     {"tokens": ["The", " cat", HOSTILE, " sat"], "marked": 2, "activation": 4.5},
-                    {"tokens": [" $x$", " & ", " dog"], "marked": 0, "activation": 2.0},
+                    {"tokens": [" $x$", " & ", " dog\n\x15", "\U0001d11e"], "marked": 0, "activation": 2.0},
                 ],
                 "steering": [
                     {
