@@ -202,6 +202,36 @@ def configure(parser: argparse.ArgumentParser):
         "--temperature", type=float, default=0.75, help="sampling temperature when generating (0: greedy)"
     )
     scoring.add_argument(
+        "--showcase-prefixes",
+        type=int,
+        default=3,
+        help="prefixes continued under steering at each KL target, for figure4.html and qlens serve (0: none)",
+    )
+    scoring.add_argument(
+        "--showcase-tokens", type=int, default=20, help="tokens generated after each of them (default 20)"
+    )
+    scoring.add_argument(
+        "--figure4-features",
+        type=int,
+        default=8,
+        help="features shown in figure4.html / figure4.png, the paper's Fig. 4 (0: no figure)",
+    )
+    scoring.add_argument(
+        "--figure4-key-lens",
+        help="key-side lens of Fig. 4 (default: query_lens_key, else first_order_key, else logit_lens_key)",
+    )
+    scoring.add_argument(
+        "--figure4-value-lens",
+        help="value-side lens of Fig. 4 (default: query_lens_value, else first_order_value, else logit_lens_value)",
+    )
+    scoring.add_argument(
+        "--output-resamples",
+        type=int,
+        default=200,
+        help="bootstrap draws of the prefixes for the 95%% interval of each O(T) when generation samples "
+        "(scores.csv's output_score_lo95 / output_score_hi95; 0: none)",
+    )
+    scoring.add_argument(
         "--match",
         choices=("ids", "strings", "stripped"),
         default="ids",
@@ -305,6 +335,10 @@ def _baselines(text: str | None) -> tuple[str, ...]:
 
 def _check(args) -> None:
     from qlens_jax.corpus import check_encoding
+
+    for name in ("figure4_features", "showcase_prefixes", "showcase_tokens", "output_resamples"):
+        if getattr(args, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 0")
 
     for name in (
         "k",
@@ -588,10 +622,13 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     )
     from qlens_jax.baselines.api import tuned_lens_point
     from qlens_jax.baselines.tuned_lens import final_row
+    from qlens_jax.evaluation.figure4 import write_figure4
     from qlens_jax.evaluation.prefixes import NEUTRAL_PREFIXES, prefix_batch, read_prefixes
     from qlens_jax.evaluation.report import write_report
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
+    from qlens_jax.evaluation.showcase import feature_records, model_display_name, write_feature_records
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
+    from qlens_jax.evaluation.table8 import write_table8
     from qlens_jax.job.inputs import bos_token_id, load_dictionary_sources, load_model_source, vocab_strings
     from qlens_jax.job.run import precision_kwargs
     from qlens_jax.lens.signatures import Signatures
@@ -611,6 +648,9 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         top_s=args.top_promoted,
         generate_tokens=args.generate_tokens,
         temperature=float(args.temperature),
+        output_resamples=args.output_resamples,
+        showcase_prefixes=args.showcase_prefixes,
+        showcase_tokens=args.showcase_tokens,
         match=args.match,
         seed=args.seed,
         kl_positions=args.kl_positions,
@@ -739,6 +779,14 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
         f"{args.context_length} tokens; token sets compared by {args.match}."
     )
     paths = write_report(out, result.rows, result.per_layer, result.overall, scores, preamble=preamble)
+    paths.update(write_table8(out, result.rows))
+    records = feature_records(result, sigs, windows, prefix_tokens, vocab, dictionaries, args.k)
+    document = {"model": model_display_name(args.model, model_dir), "k": args.k, "features": records}
+    write_feature_records(out, document["model"], args.k, records)
+    if args.figure4_features:
+        paths.update(
+            write_figure4(out, document, args.figure4_key_lens, args.figure4_value_lens, args.figure4_features)
+        )
     record["seconds"] = round(time.time() - started, 1)
     record["evaluation_options"] = result.options
     record["judge_error"] = result.judge_error

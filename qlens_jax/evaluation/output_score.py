@@ -5,6 +5,13 @@ For each feature: calibrate the clamp values alpha at which the mean next-token
 change in rank percentile, averaged over prefixes and the alphas of the positive targets;
 `S` = the `top_s` tokens most promoted (`evaluate` takes |S| = |T|, as the paper).
 `O(T) = |S ∩ T| / |S|`.
+
+With sampled continuations (`generate_tokens > 0`, `temperature > 0`) O(T) is random. With
+`resamples = B > 0`, the prefixes are drawn B times with replacement (numpy, seeded by `seed`),
+each draw's `S` is built from the same steered continuations averaged over the drawn prefixes,
+and `output_score_intervals` gives the 2.5 and 97.5 percentiles of O(T) over the draws: a
+percentile bootstrap over prefixes, which covers both the choice of prefixes and the sampling of
+their continuations.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from qlens_jax.evaluation.matching import STRING_MATCHES, comparison_keys, membership
-from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes
+from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes, rank_changes_resampled
 from qlens_jax.models import Transformer
 
 
@@ -37,6 +44,16 @@ class Promoted:
     reached: np.ndarray
     promoted: np.ndarray
     change: np.ndarray
+    resampled: np.ndarray | None = None  # [F, B, top_s]: S of each bootstrap draw of the prefixes
+
+    def take(self, rows: np.ndarray) -> "Promoted":
+        """The features at `rows`."""
+        return Promoted(
+            self.features[rows],
+            self.targets,
+            *(a[rows] for a in (self.alphas, self.kl, self.reached, self.promoted, self.change)),
+            None if self.resampled is None else self.resampled[rows],
+        )
 
 
 def promoted_tokens(
@@ -58,17 +75,25 @@ def promoted_tokens(
     kl_positions: str = "last",
     alpha_search: str = "bisection",
     error_term: bool = True,
+    resamples: int = 0,
 ) -> Promoted:
     """Steer every feature in `features` after each prefix; see the module docstring.
 
     `kl_positions`, `alpha_search`, `error_term`: how alpha is calibrated and which run is clean
     (`steering.calibrate_alphas`). Negative `targets` steer the other way (a negative alpha);
     they are calibrated and reported, and `S` is built from the positive targets only, as the
-    authors build it."""
+    authors build it. `resamples`: bootstrap draws of the prefixes for an interval of O(T)
+    (see the module docstring; only when continuations are sampled)."""
     from qlens_jax.dictionaries import refuse_cross_layer
 
     refuse_cross_layer(dictionary, "steering (the output score)")
     features = np.asarray(features, np.int32)
+    weights = None  # with sampled continuations and resamples: each bootstrap draw's weights over the prefixes
+    if resamples > 0 and generate_tokens > 0 and temperature > 0:
+        draws = np.random.default_rng(seed).integers(0, len(prefix_tokens), (resamples, len(prefix_tokens)))
+        weights = jnp.asarray(
+            np.stack([np.bincount(d, minlength=len(prefix_tokens)) for d in draws]) / len(prefix_tokens), jnp.float32
+        )
     tokens, mask = jnp.asarray(prefix_tokens, jnp.int32), jnp.asarray(prefix_mask, bool)
     targets_array = jnp.asarray(np.asarray(targets, np.float32))
     use = targets_array > 0
@@ -90,24 +115,30 @@ def promoted_tokens(
             search=alpha_search,
             error_term=error_term,
         )
-        changes = rank_changes(
-            model,
-            dictionary,
-            tokens,
-            mask,
-            chunk,
-            calibration.alphas,
-            jax.random.fold_in(key, start),
+        steering = dict(
             generate_tokens=generate_tokens,
             temperature=temperature,
             config_chunk=config_chunk,
             error_term=error_term,
             use=use,
         )
+        chunk_key = jax.random.fold_in(key, start)
+        if weights is not None:
+            changes, resampled = rank_changes_resampled(
+                model, dictionary, tokens, mask, chunk, calibration.alphas, chunk_key, weights, top_s, **steering
+            )
+        else:
+            changes = rank_changes(model, dictionary, tokens, mask, chunk, calibration.alphas, chunk_key, **steering)
+            resampled = np.zeros((len(chunk), 0, top_s), np.int32)
         top_change, top_ids = jax.lax.top_k(changes, top_s)
-        parts.append((calibration.alphas, calibration.kl, calibration.reached, top_ids, top_change))
+        parts.append((calibration.alphas, calibration.kl, calibration.reached, top_ids, top_change, resampled))
     cat = lambda i: np.concatenate([np.asarray(p[i]) for p in parts]) if parts else np.zeros((0,))
-    return Promoted(features, np.asarray(targets, np.float32), cat(0), cat(1), cat(2), cat(3), cat(4))
+    return Promoted(
+        features,
+        np.asarray(targets, np.float32),
+        *(cat(i) for i in range(5)),
+        cat(5) if weights is not None else None,
+    )
 
 
 def output_scores(
@@ -126,3 +157,40 @@ def output_scores(
             out[f] = len(s & set(t_keys[f].tolist())) / len(s)
         return out
     return membership(s_keys, comparison_keys(token_sets, match, vocab)).mean(1)
+
+
+def output_score_intervals(
+    promoted: Promoted,
+    token_sets: ArrayLike,
+    *,
+    match: str = "ids",
+    vocab: np.ndarray | None = None,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature, the `level` percentile interval of O(T) over the bootstrap draws of
+    `promoted.resampled` (NaN without draws)."""
+    n = len(promoted.features)
+    if promoted.resampled is None or promoted.resampled.shape[1] == 0:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    scores = np.stack(
+        [
+            output_scores(
+                Promoted(
+                    promoted.features,
+                    promoted.targets,
+                    promoted.alphas,
+                    promoted.kl,
+                    promoted.reached,
+                    promoted.resampled[:, b],
+                    promoted.change,
+                ),
+                token_sets,
+                match=match,
+                vocab=vocab,
+            )
+            for b in range(promoted.resampled.shape[1])
+        ],
+        axis=1,
+    )
+    tail = 100 * (1 - level) / 2
+    return np.percentile(scores, tail, axis=1), np.percentile(scores, 100 - tail, axis=1)

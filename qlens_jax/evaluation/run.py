@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from qlens_jax.errors import InputError
@@ -19,10 +21,10 @@ from qlens_jax.evaluation.contexts import TopContexts, top_contexts
 from qlens_jax.evaluation.input_score import input_scores, input_scores_from_strings
 from qlens_jax.evaluation.judge import JudgeConfig, JudgeError, judge_scores
 from qlens_jax.evaluation.matching import MATCHES
-from qlens_jax.evaluation.output_score import Promoted, output_scores, promoted_tokens
+from qlens_jax.evaluation.output_score import Promoted, output_score_intervals, output_scores, promoted_tokens
 from qlens_jax.evaluation.sources import load_signatures
 from qlens_jax.evaluation.stats import LayerStat, StratifiedStat, summarize
-from qlens_jax.evaluation.steering import ALPHA_SEARCHES, KL_POSITIONS
+from qlens_jax.evaluation.steering import ALPHA_SEARCHES, KL_POSITIONS, steered_generations
 from qlens_jax.numerics import applies_precision
 from qlens_jax.progress import progress
 
@@ -53,6 +55,9 @@ class EvaluationOptions:
     max_iter: int = 64
     rtol: float = 0.02
     judge_contexts: int = 5  # top contexts shown to the judge (0: tokens only)
+    output_resamples: int = 200  # bootstrap draws of the prefixes for O(T)'s interval when continuations are sampled
+    showcase_prefixes: int = 3  # prefixes continued under steering at each alpha, to show (Fig. 4, serve); 0: none
+    showcase_tokens: int = 20  # tokens generated after each of them (at `temperature`)
 
     def __post_init__(self):
         if self.match not in MATCHES:
@@ -66,6 +71,7 @@ class EvaluationOptions:
             "config_chunk",
             "max_iter",
             "max_features",
+            "showcase_tokens",
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -78,6 +84,10 @@ class EvaluationOptions:
             raise InputError(f"--kl-positions {self.kl_positions!r}: choose from {', '.join(KL_POSITIONS)}")
         if self.alpha_search not in ALPHA_SEARCHES:
             raise InputError(f"--alpha-search {self.alpha_search!r}: choose from {', '.join(ALPHA_SEARCHES)}")
+        if self.showcase_prefixes < 0:
+            raise InputError(f"--showcase-prefixes {self.showcase_prefixes}: must be at least 0 (0: none)")
+        if self.output_resamples < 0:
+            raise InputError(f"--output-resamples {self.output_resamples}: must be at least 0 (0: no interval)")
         if self.temperature < 0:
             raise InputError(f"--temperature {self.temperature}: must be at least 0 (0 decodes greedily)")
 
@@ -104,6 +114,11 @@ class EvaluationResult:
     promoted: list[Promoted] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     judge_error: str | None = None  # the judge's failure; the scores finished before it are kept
+    # per entry of `contexts`: `[F, T, P, L]` prefixes continued under steering at each alpha
+    # (`steering.steered_generations`), and the P prefixes' lengths
+    generations: list[np.ndarray] = field(default_factory=list)
+    generation_starts: np.ndarray | None = None
+    dictionaries: list[tuple[str, int]] = field(default_factory=list)  # (name, layer) of each entry of `contexts`
 
 
 def _context_text(tokens: np.ndarray, row: int, position: int, vocab: np.ndarray, width: int = 8) -> str:
@@ -157,6 +172,7 @@ def _table_rows(table, ids: np.ndarray):
         take(table.top_scores),
         take(table.bottom_ids),
         take(table.bottom_scores),
+        stats={name: take(values) for name, values in table.stats.items()},
     )
 
 
@@ -270,7 +286,9 @@ def evaluate(
             kl_positions=options.kl_positions,
             alpha_search=options.alpha_search,
             error_term=options.error_term,
+            resamples=options.output_resamples,
         )
+    generations = _showcase_generations(model, items, used, promoted_by, prefix_tokens, prefix_mask, options)
     rows = []
     judge_error = None
     context_tokens = np.asarray(context_tokens)
@@ -282,11 +300,7 @@ def evaluate(
         sub_top = TopContexts(
             *(np.asarray(a)[where] for a in (top.features, top.values, top.contexts, top.positions, top.tokens))
         )
-        sub_promoted = Promoted(
-            promoted.features[where],
-            promoted.targets,
-            *(a[where] for a in (promoted.alphas, promoted.kl, promoted.reached, promoted.promoted, promoted.change)),
-        )
+        sub_promoted = promoted.take(where)
         if activating_tokens is None:
             scores_in = input_scores(
                 sub_top, token_sets, min_contexts=options.min_contexts, match=options.match, vocab=vocab
@@ -296,6 +310,7 @@ def evaluate(
                 activating_tokens, table.layer, np.asarray(table.feature_ids), token_sets, vocab
             )
         scores_out = output_scores(sub_promoted, token_sets, match=options.match, vocab=vocab)
+        out_lo, out_hi = output_score_intervals(sub_promoted, token_sets, match=options.match, vocab=vocab)
         judged = [float("nan")] * len(where)
         if judge is not None:
             token_lists = [[str(vocab[t]) for t in row] for row in token_sets]
@@ -324,8 +339,13 @@ def evaluate(
                 "feature_str": d.feature_str(int(feature)),
                 "input_score": float(scores_in[f]),
                 "output_score": float(scores_out[f]),
+                "output_score_lo95": float(out_lo[f]),
+                "output_score_hi95": float(out_hi[f]),
                 "judge_score": judged[f],
                 "active_contexts": int(sub_top.n_active[f]),
+                "relative_variance": float(table.stats["relative_variance"][f])
+                if "relative_variance" in table.stats
+                else float("nan"),
             }
             for t, target in enumerate(promoted.targets):
                 row[f"alpha_kl{target:g}"] = float(sub_promoted.alphas[f, t])
@@ -342,4 +362,38 @@ def evaluate(
         [promoted_by[i] for i in used],
         asdict(options),
         judge_error,
+        generations,
+        np.asarray(prefix_mask)[: options.showcase_prefixes].sum(1) if generations else None,
+        [(items[i].name, items[i].layer) for i in used],
     )
+
+
+def _showcase_generations(model, items, used, promoted_by, prefix_tokens, prefix_mask, options) -> list[np.ndarray]:
+    """Per dictionary in `used`, the first `showcase_prefixes` prefixes continued under steering at
+    every calibrated alpha (`steering.steered_generations`); empty when there are none to show."""
+    if not options.showcase_prefixes:
+        return []
+    tokens = jnp.asarray(np.asarray(prefix_tokens)[: options.showcase_prefixes], jnp.int32)
+    mask = jnp.asarray(np.asarray(prefix_mask)[: options.showcase_prefixes], bool)
+    key = jax.random.fold_in(jax.random.key(options.seed), 1)
+    out = []
+    for i in used:
+        parts = [
+            np.asarray(
+                steered_generations(
+                    model,
+                    items[i],
+                    tokens,
+                    mask,
+                    jnp.asarray(promoted_by[i].features[start : start + options.feature_chunk]),
+                    jnp.asarray(promoted_by[i].alphas[start : start + options.feature_chunk]),
+                    jax.random.fold_in(key, start),
+                    generate_tokens=options.showcase_tokens,
+                    temperature=options.temperature,
+                    config_chunk=options.config_chunk,
+                )
+            )
+            for start in range(0, len(promoted_by[i].features), options.feature_chunk)
+        ]
+        out.append(np.concatenate(parts))
+    return out

@@ -59,9 +59,21 @@ def load_signatures(source) -> Signatures:
                 top_scores=_stack(part.column("top_scores")).astype(np.float32),
                 bottom_ids=_stack(part.column("bottom_ids")).astype(np.int64),
                 bottom_scores=_stack(part.column("bottom_scores")).astype(np.float32),
+                stats=_stats(part),
             )
         )
     return out
+
+
+def _stats(part) -> dict[str, np.ndarray]:
+    """The per-feature statistics a table carries (`--stats`; NaN where a row has none)."""
+    from qlens_jax.io.parquet import STAT_COLUMNS
+
+    stats = {}
+    for name in STAT_COLUMNS:
+        if name in part.column_names and part.column(name).null_count < part.num_rows:
+            stats[name] = np.asarray([np.nan if v is None else v for v in part.column(name).to_pylist()], np.float64)
+    return stats
 
 
 def save_signatures(signatures: Signatures, path: str | Path, dictionaries, vocab: np.ndarray) -> Path:

@@ -221,12 +221,25 @@ def calibrate_alphas(
 
 
 def _steered_changes(
-    model, dictionary, tokens, mask, feature, alpha, key, steps: int, temperature: float, error_term: bool, unsteered
+    model,
+    dictionary,
+    tokens,
+    mask,
+    feature,
+    alpha,
+    key,
+    steps: int,
+    temperature: float,
+    error_term: bool,
+    unsteered,
+    per_prefix: bool = False,
 ):
     """Sum over `steps` steps of the prefix-mean rank-percentile change, sampling from the steered
     model (greedy at `temperature` 0). The steering keeps the error term and skips the prefix
     positions marked in `unsteered`; the clean distribution is taken on the same, steered,
-    context, with the error term dropped when `error_term` is False."""
+    context, with the error term dropped when `error_term` is False. `per_prefix`: one sum per
+    prefix (`[P, vocab]`) instead of their mean. Also returns the prefixes with their generated
+    tokens (`[P, S + steps - 1]`)."""
     n_prefixes, width = tokens.shape
     extend = lambda a, fill: (
         jnp.concatenate([a, jnp.full((n_prefixes, steps - 1), fill, a.dtype)], axis=1) if steps > 1 else a
@@ -242,7 +255,8 @@ def _steered_changes(
         steered = _last_logprobs(
             model, set_feature(model, dictionary, site, mask, feature, alpha, where=steer), lengths
         )
-        total = total + jnp.mean(rank_percentiles(steered) - rank_percentiles(clean), axis=0)
+        change = rank_percentiles(steered) - rank_percentiles(clean)
+        total = total + (change if per_prefix else jnp.mean(change, axis=0))
         if steps > 1:
             if temperature > 0:
                 sampled = jax.random.categorical(key_t, steered / temperature, axis=-1).astype(tokens.dtype)
@@ -255,9 +269,10 @@ def _steered_changes(
             lengths = lengths + room
         return (tokens, mask, lengths, total), None
 
-    init = (tokens, mask, mask.sum(1), jnp.zeros(model.config.vocab_size, jnp.float32))
-    (_, _, _, total), _ = jax.lax.scan(step, init, jax.random.split(key, steps))
-    return total
+    shape = (n_prefixes, model.config.vocab_size) if per_prefix else (model.config.vocab_size,)
+    init = (tokens, mask, mask.sum(1), jnp.zeros(shape, jnp.float32))
+    (tokens, _, _, total), _ = jax.lax.scan(step, init, jax.random.split(key, steps))
+    return total, tokens
 
 
 @eqx.filter_jit
@@ -291,8 +306,86 @@ def rank_changes(
         feature, alpha, k = args
         return _steered_changes(
             model, dictionary, tokens, mask, feature, alpha, k, steps, temperature, error_term, unsteered
-        )
+        )[0]
 
     totals = jax.lax.map(one, (jnp.repeat(features, n_t), alphas.reshape(-1), keys), batch_size=config_chunk)
     weights = jnp.ones(n_t, jnp.float32) if use is None else use.astype(jnp.float32)
     return jnp.einsum("ftv,t->fv", totals.reshape(n_f, n_t, -1), weights) / (weights.sum() * steps)
+
+
+@eqx.filter_jit
+def rank_changes_resampled(
+    model: Transformer,
+    dictionary: Dictionary,
+    tokens: Int[Array, "P S"],
+    mask: Bool[Array, "P S"],
+    features: Int[Array, " F"],
+    alphas: Float[Array, "F T"],
+    key,
+    resamples: Float[Array, "B P"],
+    top_s: int,
+    *,
+    generate_tokens: int = 0,
+    temperature: float = 0.75,
+    config_chunk: int = 8,
+    error_term: bool = True,
+    use: Bool[Array, " T"] | None = None,
+    unsteered: Bool[Array, "P S"] | None = None,
+) -> tuple[Float[Array, "F vocab"], Int[Array, "F B s"]]:
+    """`rank_changes` (the same keys, so the same samples and the same mean change), and for each
+    row of `resamples` (weights over the prefixes summing to 1, e.g. a bootstrap draw's counts
+    over P) the `top_s` tokens of the change averaged with those weights: the promoted set `S`
+    of every resample, from which `output_score.output_score_intervals` gives an interval of
+    O(T) over prefixes and their sampled continuations."""
+    n_f, n_t = alphas.shape
+    steps = max(1, generate_tokens)
+    keys = jax.random.split(key, n_f * n_t).reshape(n_f, n_t)
+    unsteered = jnp.zeros(tokens.shape, bool) if unsteered is None else unsteered
+    weights = jnp.ones(n_t, jnp.float32) if use is None else use.astype(jnp.float32)
+
+    def one(args):
+        feature, feature_alphas, feature_keys = args
+        per_target = jax.vmap(
+            lambda alpha, k: _steered_changes(
+                model, dictionary, tokens, mask, feature, alpha, k, steps, temperature, error_term, unsteered, True
+            )[0]
+        )(feature_alphas, feature_keys)
+        per_prefix = jnp.einsum("tpv,t->pv", per_target, weights) / (weights.sum() * steps)
+        return per_prefix.mean(0), jax.lax.top_k(resamples @ per_prefix, top_s)[1]
+
+    return jax.lax.map(one, (features, alphas, keys), batch_size=max(1, config_chunk // n_t))
+
+
+@eqx.filter_jit
+def steered_generations(
+    model: Transformer,
+    dictionary: Dictionary,
+    tokens: Int[Array, "P S"],
+    mask: Bool[Array, "P S"],
+    features: Int[Array, " F"],
+    alphas: Float[Array, "F T"],
+    key,
+    *,
+    generate_tokens: int = 20,
+    temperature: float = 0.75,
+    config_chunk: int = 8,
+    unsteered: Bool[Array, "P S"] | None = None,
+) -> Int[Array, "F T P L"]:
+    """The prefixes continued by `generate_tokens` tokens sampled (greedy at `temperature` 0)
+    from the model steered as in `rank_changes`, for every feature at each of its alphas: what
+    steering does, to show beside the value-side tokens (the paper's Fig. 4). Each prefix's
+    generated tokens start at its own length (`mask.sum(1)`); the row is `L = S + steps - 1`
+    long, and the slots after the last generated token hold 0. `unsteered`: as in `rank_changes`."""
+    n_f, n_t = alphas.shape
+    steps = max(2, generate_tokens + 1)  # the scan appends one token after every step but the last
+    unsteered = jnp.zeros(tokens.shape, bool) if unsteered is None else unsteered
+
+    def one(args):
+        feature, alpha, k = args
+        return _steered_changes(
+            model, dictionary, tokens, mask, feature, alpha, k, steps, temperature, True, unsteered
+        )[1]
+
+    keys = jax.random.split(key, n_f * n_t)
+    out = jax.lax.map(one, (jnp.repeat(features, n_t), alphas.reshape(-1), keys), batch_size=config_chunk)
+    return out.reshape(n_f, n_t, *out.shape[1:])

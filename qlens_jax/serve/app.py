@@ -4,6 +4,8 @@
     GET /api/run              the run: model, status, lenses, dictionaries
     GET /api/feature          ?dictionary=NAME|INDEX&feature=ID, or ?q=Feature NAME/LAYER/ID
     GET /api/features         ?dictionary=..|layer=..&start=ID&limit=N: a page of features
+    GET /api/evaluated        ?dictionary=NAME|INDEX&feature=ID, or ?q=...: what an evaluated run has on
+                              the feature (contexts, steered continuations, scores; `--evaluation`)
     GET /api/search           ?token=TEXT[&lens=..][&limit=N&offset=M]: stored top/bottom-k lists
     GET /api/reverse          ?token=TEXT&side=value|key[&dictionary=..][&top=N]: reverse lookup
                               (costly: only with the page's header `X-Qlens-Request`, a few at once)
@@ -31,7 +33,9 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from qlens_jax.errors import InputError, QlensError
+from qlens_jax.evaluation.showcase import model_display_name
 from qlens_jax.serve.errors import BusyError, CrossOriginError, NotFoundError, QueryError, http_status
+from qlens_jax.serve.evaluated import EvaluatedFeatures
 from qlens_jax.serve.page import REQUEST_HEADER, render
 from qlens_jax.serve.queries import MAX_PAGE, Queries
 from qlens_jax.serve.reverse import MAX_TOP, ReverseLookup
@@ -95,8 +99,16 @@ def _int(request: Request, name: str, default: int | None = None, low: int = 0, 
 class Server:
     """What the endpoints share: the run, its queries, and the reverse lookup (loaded on first use)."""
 
-    def __init__(self, run: RunData, vocab: list[str], reverse_factory=ReverseLookup, index_tokens: bool = True):
+    def __init__(
+        self,
+        run: RunData,
+        vocab: list[str],
+        reverse_factory=ReverseLookup,
+        index_tokens: bool = True,
+        evaluation: EvaluatedFeatures | None = None,
+    ):
         self.run = run
+        self.evaluation = evaluation
         self.queries = Queries(run, vocab, token_index=index_tokens)
         self._reverse, self._reverse_factory = None, reverse_factory
         self._reverse_lock = threading.Lock()
@@ -112,28 +124,46 @@ class Server:
         return self.run.dictionary(text, "dictionary")
 
     # ---- endpoints -------------------------------------------------------------------------
+    def model_name(self) -> str:
+        """The model as the page names it: its Hugging Face id or its folder's name, never a path."""
+        if self.evaluation is not None and self.evaluation.model:
+            return self.evaluation.model
+        return model_display_name(self.run.summary()["model"])
+
     async def page(self, request: Request):
-        return HTMLResponse(render(f"Query Lens: {self.run.summary()['model']}"))
+        return HTMLResponse(render(f"Query Lens: {self.model_name()}"))
 
     async def run_info(self, request: Request):
         indexer = self.queries.indexer
         progress = {
             f"{kind}_index": indexer.progress(kind) if indexer is not None else None for kind in ("feature", "token")
         }
-        return FiniteJSONResponse(self.run.summary() | progress)
+        evaluated = None if self.evaluation is None else len(self.evaluation)
+        return FiniteJSONResponse(self.run.summary() | progress | {"evaluated": evaluated})
 
     async def feature(self, request: Request):
-        query = _text(request, "q", required=False)
-        if query is not None:
-            parsed = self.run.parse_feature_str(query)
-            if parsed is None:
-                raise NotFoundError(f"q={query!r}: not a feature of this run (expected Feature NAME/LAYER/ID)")
-            entry, feature = parsed
-        else:
-            entry, feature = self.dictionary(_text(request, "dictionary")), _int(request, "feature")
+        entry, feature = self._feature_of(request)
         if self.queries.features_indexed():  # 0.1 ms: a hop to a worker thread would cost more
             return FiniteJSONResponse(self.queries.feature(entry, feature))
         return FiniteJSONResponse(await run_in_threadpool(self.queries.feature, entry, feature))
+
+    def _feature_of(self, request: Request):
+        query = _text(request, "q", required=False)
+        if query is None:
+            return self.dictionary(_text(request, "dictionary")), _int(request, "feature")
+        parsed = self.run.parse_feature_str(query)
+        if parsed is None:
+            raise NotFoundError(f"q={query!r}: not a feature of this run (expected Feature NAME/LAYER/ID)")
+        return parsed
+
+    async def evaluated(self, request: Request):
+        entry, feature = self._feature_of(request)
+        if self.evaluation is None:
+            raise NotFoundError("this server shows no evaluation: start it with --evaluation EVAL_DIR")
+        record = self.evaluation.get(entry.name, entry.layer, feature)
+        if record is None:
+            raise NotFoundError(f"Feature {entry.name}/{entry.layer}/{feature} was not evaluated")
+        return FiniteJSONResponse(record)
 
     async def features(self, request: Request):
         name, layer = _text(request, "dictionary", required=False), _text(request, "layer", required=False)
@@ -239,21 +269,26 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     reverse_factory=ReverseLookup,
     index_tokens: bool = True,
+    evaluation: EvaluatedFeatures | str | Path | None = None,
 ) -> Starlette:
     """The app over run folder `run`. `vocab`: display string per token id (default: the run's
     tokenizer's); `allowed_hosts`: Host headers accepted (default: any); `index_tokens`: build
     the feature and token indexes (`indexer`) in the background while serving (False: queries
-    read the files)."""
+    read the files); `evaluation`: an evaluated run (`qlens evaluate`'s folder) to show beside
+    the features."""
     run = run if isinstance(run, RunData) else RunData(run)
     run.check_files()  # every signature file reads, with run.json's row counts (RunFileError naming the first that does not)
     if vocab is None:
         vocab = run_vocab(run)
-    server = Server(run, vocab, reverse_factory, index_tokens)
+    if evaluation is not None and not isinstance(evaluation, EvaluatedFeatures):
+        evaluation = EvaluatedFeatures(evaluation)
+    server = Server(run, vocab, reverse_factory, index_tokens, evaluation)
     routes = [
         Route("/", server.page),
         Route("/api/run", server.run_info),
         Route("/api/feature", server.feature),
         Route("/api/features", server.features),
+        Route("/api/evaluated", server.evaluated),
         Route("/api/search", server.search),
         Route("/api/reverse", server.reverse_lookup),
     ]

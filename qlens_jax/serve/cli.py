@@ -28,6 +28,12 @@ def configure_serve(parser: argparse.ArgumentParser):
         "run_dir", metavar="DIR", help="output folder of a `qlens signatures` run (finished or in progress)"
     )
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    parser.add_argument(
+        "--evaluation",
+        metavar="EVAL_DIR",
+        help="output folder of `qlens evaluate` on this run: show each feature's activating contexts, "
+        "steered continuations and scores",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
 
     def run(args, argv) -> int:
@@ -52,8 +58,13 @@ def configure_serve(parser: argparse.ArgumentParser):
             else None
         )
         run_data.check_files()  # a truncated or miscounted signature file: one line naming it, exit 2
+        evaluation = None
+        if args.evaluation:
+            from qlens_jax.serve.evaluated import EvaluatedFeatures
+
+            evaluation = EvaluatedFeatures(args.evaluation)  # a missing or malformed file: one line, exit 2
         sock = bind(args.host, args.port)  # bound before anything is announced: a port in use is one line, exit 2
-        app = create_app(run_data, allowed_hosts=hosts)
+        app = create_app(run_data, allowed_hosts=hosts, evaluation=evaluation)
         where = (
             "this machine only" if local else "reachable from other machines: anyone who can reach it can read the run"
         )

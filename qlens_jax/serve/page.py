@@ -25,6 +25,9 @@ a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
 ol.tokens li a { color: inherit; }
 #error { color: #c62828; }
+section.evaluation .context, section.evaluation .generation { font-family: ui-monospace, monospace; font-size: .85rem; white-space: pre-wrap; margin: .15rem 0; }
+section.evaluation mark { background: #ffd54f; font-weight: bold; }
+section.evaluation .continuation { color: var(--accent); }
 """
 )
 
@@ -85,7 +88,40 @@ function card(feature) {
     if (lenses.childElementCount) { column.append(lenses); sides.append(column); }
   }
   node.append(sides);
+  if (RUN && RUN.evaluated) node.append(evaluation(feature));
   return node;
+}
+
+function score(x) { return x === null || x === undefined ? "\u2013" : x.toFixed(3); }
+
+function evaluation(feature) {
+  const box = el("section", {class: "evaluation"}, el("h3", {}, "evaluation"));
+  api("/api/evaluated", {dictionary: String(feature.dictionary_index), feature: String(feature.feature)})
+    .then(r => showEvaluation(box, r))
+    .catch(e => box.append(el("p", {class: "missing"}, e.message)));
+  return box;
+}
+
+function showEvaluation(box, r) {
+  const head = el("tr", {}, ...["lens", "I(T)", "O(T)", "O(T) 95% interval", "judge"].map(c => el("th", {}, c)));
+  const rows = r.lenses.map(l => el("tr", {"data-lens": l.lens}, el("td", {}, l.lens),
+    ...[score(l.input_score), score(l.output_score),
+        l.output_score_lo95 === null ? "\u2013" : `${score(l.output_score_lo95)} \u2013 ${score(l.output_score_hi95)}`,
+        score(l.judge_score)].map(v => el("td", {class: "num"}, v))));
+  box.append(el("h4", {}, "scores"), el("table", {class: "hits scores"}, el("thead", {}, head), el("tbody", {}, ...rows)));
+  box.append(el("h4", {}, `activating contexts (${r.active_contexts} active)`));
+  for (const c of r.contexts) {
+    const line = el("div", {class: "context"});
+    c.tokens.forEach((t, i) => line.append(i === c.marked ? el("mark", {}, t) : t));
+    box.append(line);
+  }
+  box.append(el("h4", {}, "steered continuations"));
+  for (const level of r.steering) {
+    box.append(el("h5", {}, `KL ${level.kl_target}` + (level.alpha === null ? "" : ` (\u03b1 = ${level.alpha.toPrecision(3)})`)));
+    for (const g of level.generations) {
+      box.append(el("div", {class: "generation"}, g.prefix.join(""), el("span", {class: "continuation"}, g.continuation.join(""))));
+    }
+  }
 }
 
 function featureQuery(hit) { return `${hit.dictionary}/${hit.layer}/${hit.feature}`; }

@@ -95,6 +95,24 @@ def test_evaluate_run_and_baselines(run_dir, tmp_path):
     assert record["baseline_sample"]["token_sample"].endswith("sample.npy")  # the run's own sample
     assert len(record["tuned_lens"]["heldout_kl_trained"]) == len(record["tuned_lens"]["points"])
     assert list(out.glob("figure_*.png"))
+    document = json.loads((out / "evaluated_features.json").read_text())
+    assert document["model"] == default.model_dir().name  # a name, not the folder's path
+    assert sorted(r["feature"] for r in document["features"]) == [0, 1, 2, 3]
+    by_row = {(r["lens"], int(r["feature"])): r for r in rows}
+    for record in document["features"]:
+        assert len(record["contexts"]) == min(record["active_contexts"], 5)
+        for context in record["contexts"]:
+            assert 0 <= context["marked"] < len(context["tokens"]) and context["activation"] > 0
+        assert [level["kl_target"] for level in record["steering"]] == [0.25, 0.5]
+        for level in record["steering"]:
+            assert ["".join(g["prefix"]) for g in level["generations"]] == prefixes.read_text().splitlines()
+            assert all(len(g["continuation"]) == 20 for g in level["generations"])
+        for lens in record["lenses"]:
+            assert lens["output_score"] == float(by_row[(lens["lens"], record["feature"])]["output_score"])
+            assert len(lens["tokens"]) == 25
+    assert "Feature resid-post" in (out / "figure4.html").read_text() and (out / "figure4.png").is_file()
+    logit_lens = next(line for line in (out / "table8.md").read_text().splitlines() if line.startswith("| resid"))
+    assert logit_lens.split(" | ")[1] != "–" and logit_lens.split(" | ")[2] == "–"  # Table 8: no first order here
 
 
 @pytest.mark.parametrize(
@@ -166,6 +184,10 @@ def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_
                 "integer",
                 "--no-error-term",
                 "--prepend-bos",
+                "--generate-tokens",
+                "2",
+                "--output-resamples",
+                "20",
                 "--seed",
                 "42",
                 "--dtype",
@@ -187,6 +209,8 @@ def test_the_authors_conventions_end_to_end_and_a_judge_that_stops(run_dir, tmp_
     judged = [float(r["judge_score"]) for r in rows]
     assert judged[:2] == [8.0, 8.0] and all(j != j for j in judged[2:]) and len(received) == 3
     assert all(float(r["alpha_kl0.25"]) == int(float(r["alpha_kl0.25"])) for r in rows)  # the integer search
+    # sampled continuations: each O(T) with its bootstrap interval over prefixes
+    assert all(float(r["output_score_lo95"]) <= float(r["output_score"]) <= float(r["output_score_hi95"]) for r in rows)
     record = json.loads((out / "evaluation.json").read_text())
     assert "Unsupported value" in record["judge_error"] and record["inputs"]["contexts"] == "paper"
     assert record["inputs"]["context_windows"] == 80

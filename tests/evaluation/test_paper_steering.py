@@ -16,12 +16,18 @@ import pytest
 
 import converters
 from benchmarks.authors import load_transformer_lens, save_word_tokenizer
-from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes
+from qlens_jax.evaluation.output_score import Promoted, output_score_intervals, output_scores
+from qlens_jax.evaluation.steering import calibrate_alphas, rank_changes, rank_changes_resampled, steered_generations
 from tiny_models import VOCAB, build_hf_model
 
 LAYER, FEATURES, TARGETS = 1, (3, 11), (0.25, 0.5, -0.25)
 PROMPTS = ["t5 t17 t33 t8", "t40 t2 t71 t19", "t9 t64 t23 t55", "t88 t31 t7 t12"]
 STEPS = 5
+# Sampling needs more prefixes for a useful interval: 24 of four random words (no BOS, no id 0).
+ALPHA_SAMPLED = 2.0  # weak enough that the sampled S differs from the greedy one
+SAMPLED_PROMPTS = [
+    " ".join(f"t{i}" for i in row) for row in np.random.default_rng(3).integers(1, VOCAB - 1, (24, 4)).tolist()
+]
 # TransformerLens deprecates HookedTransformer, which the authors' code is written for.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -152,8 +158,75 @@ def test_greedy_generation_ranks_equal_the_authors(worlds):
     )
     ours = np.asarray(changes[0]) * (VOCAB - 1) / VOCAB  # rank percentiles are scaled by V - 1, theirs by V
     np.testing.assert_allclose(ours, expected, atol=1e-6)
+    generated = steered_generations(
+        model,
+        dictionary,
+        tokens,
+        mask,
+        jnp.asarray([feature]),
+        jnp.asarray([[alpha]]),
+        jax.random.key(0),
+        generate_tokens=STEPS,
+        temperature=0.0,
+        unsteered=tokens == tl.tokenizer.pad_token_id,
+    )  # the continuations shown in Fig. 4 and by qlens serve
+    width = tokens.shape[1]
+    np.testing.assert_array_equal(np.asarray(generated[0, 0, :, width : width + STEPS]), payload["gen_tokens"].numpy())
     assert set(np.argsort(-ours)[:10]) == set(np.argsort(-expected)[:10])
     assert np.abs(expected).max() > 0.05  # the steering moved ranks
+
+
+def test_sampled_output_score_of_the_authors_lies_in_the_interval_the_run_reports(worlds):
+    """Under sampling (T = 0.75) the two O(T) differ by their draws only: the authors' (torch's
+    generator, seed 0) must lie in the percentile-bootstrap interval over prefixes that
+    `promoted_tokens` / `evaluate` report for ours. T is each feature's greedy S, so that O(T)
+    is neither 0 nor 1 by construction."""
+    import torch
+
+    authors, feature_cls, tl, sae, model, dictionary = worlds
+    prompt_tokens = tl.to_tokens(SAMPLED_PROMPTS)
+    tokens, mask = jnp.asarray(prompt_tokens.numpy(), jnp.int32), jnp.ones(prompt_tokens.shape, bool)
+    unsteered = tokens == tl.tokenizer.pad_token_id
+    features, alphas, size = jnp.asarray(FEATURES), jnp.full((len(FEATURES), 1), ALPHA_SAMPLED), 30
+    steering = dict(generate_tokens=STEPS, error_term=False, unsteered=unsteered)
+    greedy = rank_changes(
+        model, dictionary, tokens, mask, features, alphas, jax.random.key(0), temperature=0.0, **steering
+    )
+    token_sets = np.asarray(jax.lax.top_k(greedy, size)[1])
+    draws = np.random.default_rng(0).integers(0, len(SAMPLED_PROMPTS), (200, len(SAMPLED_PROMPTS)))
+    weights = np.stack([np.bincount(d, minlength=len(SAMPLED_PROMPTS)) for d in draws]) / len(SAMPLED_PROMPTS)
+    changes, resampled = rank_changes_resampled(
+        model, dictionary, tokens, mask, features, alphas, jax.random.key(1), jnp.asarray(weights, jnp.float32),
+        size, temperature=0.75, **steering,
+    )  # fmt: skip
+    promoted = Promoted(
+        np.asarray(FEATURES),
+        np.asarray([0.25]),
+        *(np.asarray(alphas) for _ in range(3)),
+        np.asarray(jax.lax.top_k(changes, size)[1]),
+        np.zeros((len(FEATURES), size)),
+        np.asarray(resampled),
+    )
+    ours = output_scores(promoted, token_sets)
+    low, high = output_score_intervals(promoted, token_sets)
+    torch.manual_seed(0)
+    for f, feature in enumerate(FEATURES):
+        with torch.no_grad():
+            _, payload = authors._hooked_gen(
+                prompt_tokens,
+                tl,
+                feature_cls(model_id="tiny", feature=feature, layer=LAYER, type="sae"),
+                n=STEPS,
+                value=ALPHA_SAMPLED,
+                temperature=0.75,
+                sae=sae,
+                return_gen_probs=True,
+            )
+        theirs_s = np.argsort(-(payload["clean_mean_ranks"] - payload["steered_mean_ranks"]).numpy())[:size]
+        theirs = len(set(theirs_s) & set(token_sets[f])) / size
+        assert low[f] <= ours[f] <= high[f] and high[f] - low[f] <= 0.5, (low[f], ours[f], high[f])
+        assert low[f] <= theirs <= high[f], (feature, theirs, low[f], high[f])
+        assert 0 < theirs < 1 or 0 < ours[f] < 1  # the sampling moved S away from the greedy one
 
 
 def test_the_authors_prefix_file_is_read_and_bad_files_are_named(authors_repo, tmp_path):

@@ -23,6 +23,7 @@ from qlens_jax.evaluation import (
     top_contexts,
 )
 from qlens_jax.evaluation.matching import normalize_token
+from qlens_jax.evaluation.output_score import output_score_intervals
 from qlens_jax.evaluation.steering import rank_percentiles
 from qlens_jax.lens.signatures import Signatures, SignatureTable
 from qlens_jax.models import attention_output
@@ -119,6 +120,12 @@ def test_output_score_by_hand():
     )
     np.testing.assert_allclose(output_scores(promoted, [[2, 4, 6], [9, 10, 11]]), [0.5, 0.0])
     np.testing.assert_allclose(output_scores(promoted, [[4, 3, 2, 1, 0], [8, 7, 6, 5, 4]]), [1.0, 1.0])
+    assert np.isnan(output_score_intervals(promoted, [[2, 4, 6], [9, 10, 11]])[0]).all()  # no draws, no interval
+    # three bootstrap draws of S per feature: O(T) of [2, 4, 6] is 1/4, 2/4, 3/4 for feature 0 and 0 for feature 1
+    promoted.resampled = np.array([[[2, 9, 9, 9], [2, 4, 9, 9], [2, 4, 6, 9]], [[1, 2, 3, 4]] * 3])
+    low, high = output_score_intervals(promoted, [[2, 4, 6], [9, 10, 11]], level=0.5)
+    np.testing.assert_allclose(low, [0.375, 0.0])  # the 25th percentile of 1/4, 2/4, 3/4
+    np.testing.assert_allclose(high, [0.625, 0.0])
 
 
 def test_rank_percentiles():
