@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from qlens_jax.lens import per_feature
+from qlens_jax.lens import partial_transport, per_feature
 from qlens_jax.lens.chunks import iter_token_chunks
 from qlens_jax.lens.points import MODULE_OUTPUT_SITES, Point, n_key_points, row
 from qlens_jax.progress import progress
@@ -14,15 +14,19 @@ from qlens_jax.progress import progress
 def per_feature_means(plan, side: str, vectors, point: Point, quiet: bool):
     """Mean transported vector `[n, d]` and mean squared norm `[n]` per feature over the
     plan's sample (one linearized pass per feature, token chunk by token chunk), every vector
-    transported from `point` (the write point on the value side, the read point on the key side)."""
+    transported from `point` (the write point on the value side, the read point on the key side)
+    over only the blocks it passes where `partial_transport.covers` it."""
     model, chunks = plan.model, plan.chunks
     n_layers = model.config.n_layers
+    shortened = partial_transport.covers(point, side, n_layers, model.config.parallel_residual)
     total, total_sq = 0.0, 0.0
     token_chunks = list(iter_token_chunks(plan.tokens, plan.mask, chunks.sequences_per_chunk))
     rows = None if point.site in MODULE_OUTPUT_SITES else jnp.full(len(vectors), row(point, n_layers))
     for chunk_tokens, chunk_mask in progress(token_chunks, desc=f"per-feature {side}", quiet=quiet, unit="chunk"):
         args = (model, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask), vectors)
-        if side == "value" and point.site == "z":
+        if shortened:
+            s, sq = partial_transport.chunk_sums(*args, side, point, chunks.tangent_chunk)
+        elif side == "value" and point.site == "z":
             s, sq = per_feature.z_value_chunk(*args, point.layer, chunks.tangent_chunk)
         elif side == "value":
             assert rows is not None  # value points other than `z` lie on the residual stream

@@ -20,7 +20,7 @@ from qlens_jax.lens import auto, cross_layer
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.points import MODULE_OUTPUT_SITES, DictionaryPoints, Point, dictionary_points, flows_into
-from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES
+from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES, lens_side
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.readout import FeatureRows
@@ -253,8 +253,9 @@ def plan_request(
         execution.tangent_chunk,
         device=memory.planning_device(execution.mesh),
     )
-    n_features = sum(len(r.features) for r in requests)
-    path = auto.path(execution.path, n_features, model.config.d_model, have_operators)
+    sides = [(lens_side(lens), not lens.startswith("query_lens")) for lens in lenses if lens in SWEEP_OF_LENS]
+    costs = auto.transport_passes([(len(r.features), r.points) for r in requests], sides, model.config)
+    path = auto.path(execution.path, *costs, have_operators=have_operators)
     return LensPlan(
         model=model,
         tokens=tokens,
