@@ -98,6 +98,9 @@ FULL_SIZE = {
             tie_word_embeddings=False,
         ),
     ),
+    # gpt-oss-20b: 24 layers of 32 routed experts with biases, attention sinks, transformers'
+    # defaults for the rest (its shapes).
+    "gpt-oss-20b": ("GptOssConfig", "GptOssForCausalLM", dict(num_hidden_layers=24, num_local_experts=32)),
 }
 
 

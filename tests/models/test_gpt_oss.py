@@ -114,7 +114,7 @@ def test_official_rope_keys_convert_as_transformers_reads_them():
     params = dict(raw.pop("rope_parameters"))
     legacy = {**raw, "rope_theta": params.pop("rope_theta"), "rope_scaling": params}
     assert model_config_from_hf(legacy) == model_config_from_hf(_raw())
-    bare = {k: v for k, v in raw.items()}
+    bare = dict(raw)
     hf = transformers.GptOssForCausalLM(transformers.GptOssConfig.from_dict(bare))
     config = model_config_from_hf(bare)
     np.testing.assert_allclose(config.rope_inv_freq[0], hf.model.rotary_emb.inv_freq.numpy(), rtol=1e-6)
