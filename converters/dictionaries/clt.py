@@ -15,8 +15,8 @@ JumpReLU `pre * (pre > threshold)` (circuit-tracer's, no ReLU) when thresholds a
 else ReLU. A CLT writes into every later MLP output. Loaded whole (`cross_layer=True`, the
 default), layer `l` is a `CrossLayerTranscoder` named `clt-{width}` holding every `d_{l->j}`
 (the lens sums their transports, docs/definitions.md section 1c). Loaded per layer
-(`cross_layer=False`; sae_lens's registry lists it so), a dictionary here keeps only `d_{l->l}` (the decoder of its own layer; the others are
-never read from disk) and `b_dec_l`, and its name says so: `clt-own-layer-{width}`.
+(`cross_layer=False`; sae_lens's registry lists it so), a dictionary here keeps only
+`d_{l->l}` (the decoder of its own layer; the others are never read from disk) and `b_dec_l`, and its name says so: `clt-own-layer-{width}`.
 (sae_lens's `mntss_clt_layer_transcoder` loader sums `d_{l->j}` over `j` instead, for
 activations only; a sum of vectors written at different layers is no vector of one layer.)
 """

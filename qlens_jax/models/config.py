@@ -107,7 +107,8 @@ class ModelConfig:
                 0 <= self.dense_mlp_layers[0] and self.dense_mlp_layers[-1] < self.n_layers
             ):
                 raise ModelConfigError(
-                    f"ModelConfig.dense_mlp_layers={self.dense_mlp_layers} must be increasing layers of 0..{self.n_layers - 1}"
+                    f"ModelConfig.dense_mlp_layers={self.dense_mlp_layers} must be increasing layers of "
+                    f"0..{self.n_layers - 1}"
                 )
         if self.n_heads % self.n_kv_heads:
             raise ModelConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")

@@ -18,13 +18,13 @@ from qlens_jax.models import MLP, ResidualMLP, init_transformer, mlp_residual
 from qlens_jax.models.mlp import autodiff_cost
 
 # A plain GELU MLP with LayerNorm, a gated SiLU MLP with RMSNorm and biases, Gemma-3's
-# post-norms with (1 + w) RMSNorm, Qwen3-MoE's routed experts, GPT-NeoX's parallel block, and
+# post-norms with (1 + w) RMSNorm, Qwen3-MoE's routed experts beside dense MLPs, GPT-NeoX's parallel block, and
 # Gemma-2 / Gemma-1 / Mistral: every shape of MLP Jacobian and block the block-major sweep forms.
 ARCHITECTURES = [
     "gpt2",
     "llama-gqa2-llama3rope",
     "gemma3-sliding",
-    "qwen3moe-top2-renorm",
+    "qwen3moe-mixed",
     "neox-parallel",
     "gemma2-softcaps",
     "gemma-geglu",

@@ -1,6 +1,7 @@
 """Every lens agrees with the independent PyTorch reference (benchmarks/reference_torch.py),
 and the dense and per-feature paths agree with each other, on GPT-2, Llama, Qwen-3, Gemma-3,
-Gemma-2 (soft-caps that bite), Gemma-1 and Mistral (sliding windows),
+Gemma-2 (soft-caps that bite), Gemma-1 and Mistral (sliding windows), Qwen3-MoE (top-2 renormalized
+routed experts in layer 1 beside dense MLPs in layers 0, 2, 3),
 for residual SAEs, a transcoder and SAEs on module outputs (`z`, `attn_out`, `mlp_out`,
 docs/definitions.md section 1b) in one request."""
 
@@ -24,7 +25,7 @@ K = 8
         "llama-gqa2-llama3rope",
         "qwen3-gqa4-tied",
         "gemma3-sliding",
-        "qwen3moe-top2-renorm",
+        "qwen3moe-mixed",
         "neox-parallel",
         "gemma2-softcaps",
         "gemma-geglu",
