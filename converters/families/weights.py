@@ -28,11 +28,15 @@ class Source:
 
     `experts > 0`: `key` also holds `{e}`, and each layer's slice stacks that many experts'
     tensors (routed experts saved one module per expert). A plan may give a leaf a tuple of
-    sources, the layouts a checkpoint may use: the first whose tensor is there fills it."""
+    sources, the layouts a checkpoint may use: the first whose tensor is there fills it (for
+    stacked leaves, layer by layer)."""
 
     key: str
     transform: Callable[[np.ndarray], np.ndarray] = identity
     experts: int = 0
+    # Hybrid models (Qwen3.5): the layers that have this tensor; the others' slices are zero
+    # (a module those layers do not run). None: every layer.
+    layers: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
+from qlens_jax.models.linear_attention import GatedDeltaNet
 from qlens_jax.models.mlp import MLP, ResidualMLP, RoutedMLP
 
 
@@ -45,6 +46,7 @@ class Attention(eqx.Module):
     o_proj: Linear
     q_norm: Norm | None
     k_norm: Norm | None
+    gate_proj: Linear | None  # Qwen3.5's output gate: `z = attention * sigmoid(gate_proj(x))`
     n_heads: int = eqx.field(static=True)
     n_kv_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
@@ -69,7 +71,10 @@ class Attention(eqx.Module):
         if rope is not None:
             q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
         out = layers.dot_product_attention(q, k, v, allowed, scale, self.softcap)
-        return out.reshape(seq, self.n_heads * self.head_dim)
+        out = out.reshape(seq, self.n_heads * self.head_dim)
+        if self.gate_proj is not None:
+            out = out * jax.nn.sigmoid(self.gate_proj(x))
+        return out
 
     def __call__(
         self,
@@ -91,6 +96,9 @@ class Block(eqx.Module):
     mlp_norm: Norm
     mlp: ResidualMLP
     mlp_post_norm: Norm | None
+    # Qwen3.5's hybrid layers: the Gated DeltaNet of the layers `LayerMeta.linear` marks (their
+    # `attn` weights, unused, are zero; the output projection `attn.o_proj` serves both kinds).
+    linear_attn: GatedDeltaNet | None = None
     parallel: bool = eqx.field(static=True, default=False)
 
 
@@ -101,6 +109,7 @@ class LayerMeta(eqx.Module):
     window: Int[Array, " layers"]
     rope_inv_freq: Float[Array, "layers half"]
     rope_scale: Float[Array, " layers"]
+    linear: Bool[Array, " layers"]  # Gated DeltaNet (`Block.linear_attn`) instead of softmax attention
 
 
 class Residuals(NamedTuple):
@@ -123,7 +132,22 @@ def attention_z(
     block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
 ) -> Float[Array, "seq q_dim"]:
     """`z`: every head's output at residual `h`, heads concatenated, before the output
-    projection (TransformerLens `attn.hook_z` flattened; transformers' `o_proj` input)."""
+    projection (TransformerLens `attn.hook_z` flattened; transformers' `o_proj` input). On a
+    Gated DeltaNet layer of a hybrid model, its gated, normalized value heads (`out_proj`'s input)."""
+    if block.linear_attn is None:
+        return softmax_attention_z(block, meta, h, mask)
+    linear_attn = block.linear_attn
+    return jax.lax.cond(
+        meta.linear,
+        lambda: linear_attn(block.attn_norm(h), mask),
+        lambda: softmax_attention_z(block, meta, h, mask),
+    )
+
+
+def softmax_attention_z(
+    block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
+) -> Float[Array, "seq q_dim"]:
+    """`attention_z` of a softmax-attention layer."""
     seq = h.shape[0]
     rope = None
     if meta.rope_inv_freq.shape[-1] > 0:
@@ -273,6 +297,7 @@ def layer_meta(config: ModelConfig, dtype=jnp.float32) -> LayerMeta:
         window=jnp.asarray(config.sliding_windows, jnp.int32),
         rope_inv_freq=jnp.asarray(inv_freq),
         rope_scale=jnp.asarray(config.rope_scales, jnp.float32),
+        linear=jnp.asarray(config.linear_layers or (False,) * config.n_layers, bool),
     )
 
 
@@ -291,13 +316,52 @@ def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
         experts_per_token=c.experts_per_token,
         router_kind=c.router,
         renormalize=c.router_renorm,
+        shared=shared_expert(c, keys, dtype) if c.shared_expert_d_mlp else None,
+        shared_gate=normal(1.0, c.d_model, 1) if c.shared_expert_d_mlp else None,
+    )
+
+
+def shared_expert(config: ModelConfig, keys, dtype=jnp.float32) -> MLP:
+    """Random weights of a shared expert (a gated MLP `shared_expert_d_mlp` wide), stacked over layers."""
+    c, f = config, config.shared_expert_d_mlp
+    dense = lambda d_in, d_out: Linear(0.02 * jax.random.normal(next(keys), (c.n_layers, d_in, d_out), dtype), None)
+    return MLP(
+        up_proj=dense(c.d_model, f),
+        down_proj=dense(f, c.d_model),
+        gate_proj=dense(c.d_model, f),
+        activation=c.activation,
+    )
+
+
+def gated_delta_net(config: ModelConfig, keys, dtype=jnp.float32) -> GatedDeltaNet:
+    """Random Gated DeltaNet weights stacked over layers (normal, std 0.02; the decay's `A_log`
+    and `dt_bias` as transformers initializes them, the gated norm at identity)."""
+    c, L = config, config.n_layers
+    key_width, value_width = c.linear_key_heads * c.linear_key_dim, c.linear_value_heads * c.linear_value_dim
+    dense = lambda d_out: Linear(0.02 * jax.random.normal(next(keys), (L, c.d_model, d_out), dtype), None)
+    channels = 2 * key_width + value_width
+    return GatedDeltaNet(
+        in_qkv=dense(channels),
+        in_z=dense(value_width),
+        in_b=dense(c.linear_value_heads),
+        in_a=dense(c.linear_value_heads),
+        conv=0.2 * jax.random.normal(next(keys), (L, channels, c.linear_conv_kernel), dtype),
+        dt_bias=jnp.ones((L, c.linear_value_heads), dtype),
+        A_log=jnp.log(jax.random.uniform(next(keys), (L, c.linear_value_heads), dtype, 0.01, 16.0)),
+        norm=jnp.ones((L, c.linear_value_dim), dtype),
+        key_heads=c.linear_key_heads,
+        value_heads=c.linear_value_heads,
+        key_dim=c.linear_key_dim,
+        value_dim=c.linear_value_dim,
+        eps=c.norm_eps,
+        activation=c.activation,
     )
 
 
 def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) -> Transformer:
     """Random weights (normal, std 0.02; norms at identity). Also gives converters their skeleton."""
     c = config
-    keys = iter(jax.random.split(key, 16))
+    keys = iter(jax.random.split(key, 32))
     L = c.n_layers
 
     def dense(d_in, d_out, bias):
@@ -318,6 +382,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         o_proj=dense(q_dim, c.d_model, c.o_bias),
         q_norm=norm(c.head_dim) if c.qk_norm else None,
         k_norm=norm(c.head_dim) if c.qk_norm else None,
+        gate_proj=dense(c.d_model, q_dim, c.qkv_bias) if c.attn_output_gate else None,
         n_heads=c.n_heads,
         n_kv_heads=c.n_kv_heads,
         head_dim=c.head_dim,
@@ -340,6 +405,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         mlp_norm=norm(c.d_model),
         mlp=mlp,
         mlp_post_norm=norm(c.d_model) if c.post_norms else None,
+        linear_attn=gated_delta_net(c, keys, dtype) if c.has_linear_attention else None,
         parallel=c.parallel_residual,
     )
     embed = 0.02 * jax.random.normal(next(keys), (c.vocab_size, c.d_model), dtype)

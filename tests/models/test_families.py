@@ -27,6 +27,8 @@ BITING = {
     "mistral": "mistral-sliding",
     "gpt_neox": "neox-sequential",
     "qwen3_moe": "qwen3moe-every-key",
+    "qwen3_5_text": "qwen35-hybrid",
+    "qwen3_5_moe_text": "qwen35moe-hybrid",
 }
 # Keys a family reads that its biting entry leaves at transformers' default, and why.
 AT_DEFAULT = {
@@ -44,6 +46,8 @@ AT_DEFAULT = {
         "mlp_only_layers",
     ): "layers mixing dense and routed MLPs are refused by name (all dense: qwen3moe-all-dense-bias)",
     ("qwen3_moe", "intermediate_size"): "the width of dense layers only (all dense: qwen3moe-all-dense-bias)",
+    ("qwen3_5_text", "full_attention_interval"): "read only without layer_types (tested apart)",
+    ("qwen3_5_moe_text", "full_attention_interval"): "read only without layer_types (tested apart)",
 }
 # Keys that size the model's tables but do not change its logits (rope families read
 # `max_position_embeddings` only for YaRN, tested with qwen2-yarn).
@@ -86,6 +90,9 @@ BITING_VALUES = {
     "is_decoder": True,
     "output_router_logits": True,
     "router_aux_loss_coef": 0.5,
+    "mtp_num_hidden_layers": 3,
+    "mtp_use_dedicated_embeddings": True,
+    "intermediate_size": 7,
 }
 
 
