@@ -31,7 +31,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from qlens_jax.models import layers
+from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
+from qlens_jax.models.mixer import PositionMixer
 
 CHUNK = 64  # positions per checkpointed chunk of the recurrence
 
@@ -84,7 +86,7 @@ def gated_delta_rule(
     return out.reshape(-1, heads, dv)[:seq]
 
 
-class GatedDeltaNet(eqx.Module):
+class GatedDeltaNet(PositionMixer):
     """One Gated DeltaNet layer up to its output projection (which the block's `Attention.o_proj`
     holds). `__call__` gives the `z` site: every value head's gated, normalized output."""
 
@@ -121,6 +123,19 @@ class GatedDeltaNet(eqx.Module):
         out = gated_delta_rule(q, l2_normalize(k), v.astype(wide), g, beta).astype(x.dtype)
         gate = self.in_z(x).reshape(seq, self.value_heads, self.value_dim)
         return gated_rms_norm(out, gate, self.norm, self.eps).reshape(seq, self.value_heads * self.value_dim)
+
+    def mix(self, x: Float[Array, "seq d_model"], mask: Bool[Array, " seq"], meta) -> Float[Array, "seq v_width"]:
+        """`PositionMixer.mix`: the layer needs no per-layer metadata."""
+        return self(x, mask)
+
+    @staticmethod
+    def linearization_floats(config: ModelConfig, seq_len: int) -> int:
+        """The in-projections and convolution (`2 x` their channels), the gates, and one
+        `[value_heads, key_dim, value_dim]` state per `CHUNK` positions."""
+        c = config
+        channels = 2 * c.linear_key_heads * c.linear_key_dim + 2 * c.linear_value_heads * c.linear_value_dim
+        state = c.linear_value_heads * c.linear_key_dim * c.linear_value_dim
+        return 2 * channels + 4 * c.linear_value_heads + -(-state // min(CHUNK, seq_len))
 
 
 def gated_rms_norm(

@@ -21,6 +21,7 @@ from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
 from qlens_jax.models.linear_attention import GatedDeltaNet
+from qlens_jax.models.mixer import PositionMixer
 from qlens_jax.models.mlp import MLP, ResidualMLP, RoutedMLP
 
 
@@ -39,7 +40,9 @@ class Norm(eqx.Module):
         return layers.rms_norm(x, self.weight, self.eps, self.offset)
 
 
-class Attention(eqx.Module):
+class Attention(PositionMixer):
+    """Softmax attention (grouped-query, RoPE, q/k norms, soft-cap, output gate as configured)."""
+
     q_proj: Linear
     k_proj: Linear
     v_proj: Linear
@@ -84,6 +87,20 @@ class Attention(eqx.Module):
         scale: Float[Array, ""],
     ) -> Float[Array, "seq d_model"]:
         return self.o_proj(self.heads(x, allowed, rope, scale))
+
+    def mix(
+        self, x: Float[Array, "seq d_model"], mask: Bool[Array, " seq"], meta: LayerMeta
+    ) -> Float[Array, "seq q_dim"]:
+        """`heads` with the layer's rotary tables, window and scale (`PositionMixer.mix`)."""
+        rope = None
+        if meta.rope_inv_freq.shape[-1] > 0:
+            rope = layers.rope_cos_sin(jnp.arange(x.shape[0]), meta.rope_inv_freq, meta.rope_scale)
+        return self.heads(x, layers.attention_mask(mask, meta.window), rope, meta.attn_scale)
+
+    @staticmethod
+    def linearization_floats(config: ModelConfig, seq_len: int) -> int:
+        """Attention probabilities and their softmax residuals, and the heads' q, k, v, z."""
+        return 3 * config.n_heads * seq_len + 4 * config.n_heads * config.head_dim
 
 
 class Block(eqx.Module):
@@ -134,26 +151,12 @@ def attention_z(
     """`z`: every head's output at residual `h`, heads concatenated, before the output
     projection (TransformerLens `attn.hook_z` flattened; transformers' `o_proj` input). On a
     Gated DeltaNet layer of a hybrid model, its gated, normalized value heads (`out_proj`'s input)."""
+    x = block.attn_norm(h)
     if block.linear_attn is None:
-        return softmax_attention_z(block, meta, h, mask)
+        return block.attn.mix(x, mask, meta)
     linear_attn = block.linear_attn
-    return jax.lax.cond(
-        meta.linear,
-        lambda: linear_attn(block.attn_norm(h), mask),
-        lambda: softmax_attention_z(block, meta, h, mask),
-    )
-
-
-def softmax_attention_z(
-    block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
-) -> Float[Array, "seq q_dim"]:
-    """`attention_z` of a softmax-attention layer."""
-    seq = h.shape[0]
-    rope = None
-    if meta.rope_inv_freq.shape[-1] > 0:
-        rope = layers.rope_cos_sin(jnp.arange(seq), meta.rope_inv_freq, meta.rope_scale)
-    allowed = layers.attention_mask(mask, meta.window)
-    return block.attn.heads(block.attn_norm(h), allowed, rope, meta.attn_scale)
+    # Closures, not bound methods: `cond` hashes its branches, and a module of tracers cannot be.
+    return jax.lax.cond(meta.linear, lambda: linear_attn.mix(x, mask, meta), lambda: block.attn.mix(x, mask, meta))
 
 
 def attention_output(block: Block, z: Float[Array, "*seq q_dim"]) -> Float[Array, "*seq d_model"]:

@@ -29,6 +29,7 @@ ARCHITECTURES = [
     "gemma2-softcaps",
     "gemma-geglu",
     "mistral-sliding",
+    "qwen35-hybrid",
 ]
 
 

@@ -29,6 +29,7 @@ K = 8
         "gemma2-softcaps",
         "gemma-geglu",
         "mistral-sliding",
+        "qwen35-hybrid",
     ],
 )
 def computed(request):
