@@ -44,7 +44,11 @@ def causal_conv(x: Float[Array, "seq channels"], weight: Float[Array, "channels 
     taps = weight.shape[-1]
     padded = jnp.pad(x, ((taps - 1, 0), (0, 0)))
     seq = x.shape[0]
-    return sum(padded[j : j + seq] * weight[:, j] for j in range(taps))
+    # Elementwise products (no matmul, so no reduced-precision matmul mode on accelerators).
+    out = jnp.zeros_like(x)
+    for j in range(taps):
+        out = out + padded[j : j + seq] * weight[:, j]
+    return out
 
 
 def l2_normalize(x: Float[Array, "*any d"], eps: float = 1e-6) -> Float[Array, "*any d"]:
