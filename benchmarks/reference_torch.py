@@ -15,7 +15,10 @@ are of this kind), Gemma-2/3 text models (``Gemma2ForCausalLM``, ``Gemma3ForCaus
 layers with ``pre_feedforward_layernorm`` and ``post_feedforward_layernorm``, whose outputs and
 ``post_attention_layernorm``'s are what the modules add to the residual) and GPT-NeoX
 (``GPTNeoXForCausalLM``, Pythia; decoder layers with ``attention`` / ``mlp``, parallel or
-sequential). Use eager attention (``prepare_model`` / ``load_model``).
+sequential), and Qwen3.5 / Qwen3.5-MoE (``Qwen3_5ForCausalLM``, ``Qwen3_5MoeForCausalLM``), whose
+Gated DeltaNet layers have ``linear_attn`` in place of ``self_attn``: ``z`` there is
+``linear_attn.out_proj``'s input and ``attn_out`` ``linear_attn``'s output (autograd through
+transformers' chunked gated delta rule). Use eager attention (``prepare_model`` / ``load_model``).
 
 Parallel blocks (GPT-NeoX with ``use_parallel_residual``): attention and MLP both read
 ``resid_pre[b]`` and both outputs are added at ``resid_post[b]``; there is no ``resid_mid[b]``
@@ -209,6 +212,8 @@ class _Arch:
         layer = self.layers[b]
         if self.style == "neox":
             return layer.attention.dense
+        if hasattr(layer, "linear_attn"):  # Qwen3.5's Gated DeltaNet layers
+            return layer.linear_attn.out_proj
         return layer.attn.c_proj if self.style == "gpt2" else layer.self_attn.o_proj
 
     def z_width(self, b) -> int:
@@ -237,6 +242,8 @@ class _Arch:
             return layer.post_attention_layernorm
         if self.style == "neox":
             return layer.attention
+        if hasattr(layer, "linear_attn"):  # Qwen3.5's Gated DeltaNet layers
+            return layer.linear_attn
         return layer.self_attn
 
     def mlp_pre(self, b):

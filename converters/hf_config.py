@@ -47,9 +47,9 @@ def language_model_config(raw: dict[str, Any]) -> dict[str, Any]:
         )
     if spec.wrapper_check is not None:
         spec.wrapper_check(text, wrapper)
-    # transformers ties the wrapper's lm_head by the top-level value (default True); the text
+    # transformers ties the wrapper's lm_head by the top-level value (its default); the text
     # config's own value belongs to its headless language model and is never read.
-    text["tie_word_embeddings"] = raw.get("tie_word_embeddings", True)
+    text["tie_word_embeddings"] = raw.get("tie_word_embeddings", spec.wrapper_tie_default)
     return text
 
 

@@ -93,15 +93,28 @@ def fill_model(
             raise ConversionError(f"weight {full!r} in {where} contains NaN or Inf values")
         return array
 
+    def pick(sources: Source | tuple[Source, ...], i: int) -> Source:
+        """Of alternative layouts, the first the checkpoint has at layer `i`."""
+        if not isinstance(sources, tuple):
+            return sources
+        return next((s for s in sources if layout.base + s.key.format(i=i, e=0) in keys), sources[0])
+
+    def first_layer(sources: Source | tuple[Source, ...]) -> int:
+        return (sources[0] if isinstance(sources, tuple) else sources).first_layer
+
+    def layer_slice(source: Source, i: int, shape) -> np.ndarray:
+        if not source.has_layer(i):
+            return np.zeros(shape, np.float32)
+        return read(source.key.format(i=i), source.transform, shape)
+
     def fill(path, leaf):
         name = _leaf_name(path)
         if name.startswith("meta."):
             return leaf
         if name not in plan:
             raise ConversionError(f"no checkpoint source for model leaf {name!r} (converter bug)")
-        source = plan[name]
-        if isinstance(source, tuple):  # alternative layouts: the first the checkpoint has
-            source = next((s for s in source if layout.base + s.key.format(i=s.first_layer, e=0) in keys), source[0])
+        sources = plan[name]
+        source = pick(sources, first_layer(sources))
         if source.experts:
             parts = [
                 np.stack(
@@ -113,12 +126,7 @@ def fill_model(
             ]
             array = np.stack(parts)
         elif name.startswith("blocks."):
-            parts = [
-                read(source.key.format(i=i), source.transform, leaf.shape[1:])
-                if source.has_layer(i)
-                else np.zeros(leaf.shape[1:], np.float32)
-                for i in range(config.n_layers)
-            ]
+            parts = [layer_slice(pick(sources, i), i, leaf.shape[1:]) for i in range(config.n_layers)]
             array = np.stack(parts)
         else:
             array = read(source.key, source.transform, leaf.shape)

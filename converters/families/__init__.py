@@ -20,6 +20,7 @@ from converters.families import (  # noqa: F401  (registers them)
     mistral,
     qwen2,
     qwen3,
+    qwen3_5,  # noqa: F401
     qwen3_moe,  # noqa: F401
 )
 from converters.families.spec import COMMON_INERT_KEYS, REGISTRY, FamilySpec, register

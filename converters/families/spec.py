@@ -73,6 +73,7 @@ class FamilySpec:
     wrapper_keys: frozenset[str] = frozenset()
     wrapper_layouts: tuple[KeyLayout, ...] = ()
     wrapper_check: Callable[[dict[str, Any], str], None] | None = None
+    wrapper_tie_default: bool = True  # the wrapper's `tie_word_embeddings` default (Gemma-3 True, Qwen3.5 False)
 
     def __post_init__(self):
         if self.torch_style not in TORCH_STYLES:

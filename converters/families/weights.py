@@ -28,10 +28,12 @@ class Source:
 
     `experts > 0`: `key` also holds `{e}`, and each layer's slice stacks that many experts'
     tensors (routed experts saved one module per expert). A plan may give a leaf a tuple of
-    sources, the layouts a checkpoint may use: the first whose tensor is there fills it.
+    sources, the layouts a checkpoint may use: the first whose tensor is there fills it (for
+    stacked leaves, layer by layer).
 
     `layers`: the layers whose checkpoint has the tensor (None: all); a stacked leaf is zero in
-    the others (Qwen3-MoE's dense layers beside routed ones, `models.mlp.MixedMLP`)."""
+    the others, a module those layers do not run (Qwen3-MoE's dense layers beside routed ones,
+    `models.mlp.MixedMLP`; Qwen3.5's DeltaNet and softmax-attention layers)."""
 
     key: str
     transform: Callable[[np.ndarray], np.ndarray] = identity

@@ -78,6 +78,11 @@ _HF_SITES = {
     "attention.output": "attn_out",
     "attention.dense.output": "attn_out",
     "mlp.dense_4h_to_h.output": "mlp_out",
+    # Qwen3.5's Gated DeltaNet layers (`linear_attn`): the output projection's input is the z
+    # site of that layer, its output the attention output (no post-norms)
+    "linear_attn.out_proj.input": "z",
+    "linear_attn.output": "attn_out",
+    "linear_attn.out_proj.output": "attn_out",
 }
 # Module outputs that are added straight to the residual, except in families with post-norms
 # (Gemma 2/3), where they are the input of the post-norm: the site is the post-norm's output.

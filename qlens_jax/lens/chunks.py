@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Bool, Int
 
 from qlens_jax import memory
-from qlens_jax.models import Transformer
+from qlens_jax.models import Transformer, mixer_floats
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def bytes_per_token(model: Transformer, seq_len: int) -> int:
     """Rough size of the linearization residuals per token (all layers)."""
     c = model.config
     itemsize = np.dtype(model.embed_tokens.dtype).itemsize
-    per_layer = 16 * c.d_model + 3 * c.d_mlp + 3 * c.n_heads * seq_len + 4 * c.n_heads * c.head_dim
+    per_layer = 16 * c.d_model + 3 * c.d_mlp + mixer_floats(c, seq_len)
     return c.n_layers * per_layer * max(itemsize, 4)
 
 

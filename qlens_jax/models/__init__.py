@@ -1,6 +1,8 @@
-"""Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Gemma-1/2/3, GPT-NeoX) exposing their residual stream."""
+"""Equinox transformers (GPT-2, Llama, Mistral, Qwen-2/3, Qwen3-MoE, Qwen3.5, Gemma-1/2/3, GPT-NeoX) exposing their residual stream."""
 
 from qlens_jax.models.config import ModelConfig, ModelConfigError
+from qlens_jax.models.linear_attention import GatedDeltaNet
+from qlens_jax.models.mixer import PositionMixer, mixer_floats
 from qlens_jax.models.mlp import MixedMLP, MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
 from qlens_jax.models.transformer import (
     MLP,
@@ -25,6 +27,7 @@ from qlens_jax.models.transformer import (
 __all__ = [
     "Attention",
     "Block",
+    "GatedDeltaNet",
     "LayerMeta",
     "Linear",
     "MLP",
@@ -32,6 +35,7 @@ __all__ = [
     "ModelConfig",
     "ModelConfigError",
     "Norm",
+    "PositionMixer",
     "ResidualMLP",
     "Residuals",
     "MixedMLP",
@@ -48,4 +52,5 @@ __all__ = [
     "mlp_cost",
     "mlp_input",
     "mlp_residual",
+    "mixer_floats",
 ]

@@ -75,6 +75,24 @@ class ModelConfig:
     parallel_residual: bool = False
     # Leading dimensions of each head that RoPE rotates (GPT-NeoX's `rotary_pct`); None: all.
     rotary_dim: int | None = None
+    # Qwen3.5: a sigmoid gate on every head's output, computed by `q_proj` beside the query
+    # (transformers' `attn_output_gate`), applied before the output projection.
+    attn_output_gate: bool = False
+    # Qwen3.5 hybrid layers: per layer, whether its position mixer is Gated DeltaNet linear
+    # attention (`models.linear_attention`) instead of softmax attention; () or all False:
+    # none. Its heads: `linear_key_heads` query/key heads of `linear_key_dim`, `linear_value_heads`
+    # value heads of `linear_value_dim` (`linear_value_heads * linear_value_dim` must equal
+    # `n_heads * head_dim`: both kinds share the output projection's shape), and a causal
+    # depthwise convolution of `linear_conv_kernel` taps.
+    linear_layers: tuple[bool, ...] = field(default=(), repr=False)
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_key_dim: int = 0
+    linear_value_dim: int = 0
+    linear_conv_kernel: int = 0
+    # Qwen3.5-MoE: a shared expert (a gated MLP of this width, scaled by a sigmoid gate) added to
+    # the routed sum in every layer; 0: none.
+    shared_expert_d_mlp: int = 0
     # Per layer, resolved: attention scale, sliding window (0 = global), RoPE inverse
     # frequencies and the RoPE output scaling (YaRN's attention factor; 1 otherwise).
     attn_scales: tuple[float, ...] = field(default=(), repr=False)
@@ -115,6 +133,10 @@ class ModelConfig:
         for name in ("attn_scales", "sliding_windows", "rope_scales"):
             if len(getattr(self, name)) != self.n_layers:
                 raise ModelConfigError(f"ModelConfig.{name} needs one entry per layer ({self.n_layers})")
+        if self.has_linear_attention:
+            self._check_linear_attention()
+        if self.shared_expert_d_mlp and not self.n_experts:
+            raise ModelConfigError("ModelConfig.shared_expert_d_mlp needs routed experts (n_experts > 0)")
         if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
             raise ModelConfigError(
                 f"ModelConfig.rotary_dim must be even and in 2 .. head_dim={self.head_dim}, got {self.rotary_dim}"
@@ -124,6 +146,27 @@ class ModelConfig:
                 raise ModelConfigError(f"ModelConfig.rope_inv_freq needs one entry per layer ({self.n_layers})")
             if any(len(f) != self.rope_dim for f in self.rope_inv_freq):
                 raise ModelConfigError("ModelConfig.rope_inv_freq entries must have rotary_dim // 2 values")
+
+    @property
+    def has_linear_attention(self) -> bool:
+        """Whether some layer mixes positions by Gated DeltaNet linear attention."""
+        return any(self.linear_layers)
+
+    def _check_linear_attention(self) -> None:
+        if len(self.linear_layers) != self.n_layers:
+            raise ModelConfigError(f"ModelConfig.linear_layers needs one entry per layer ({self.n_layers})")
+        dims = ("linear_key_heads", "linear_value_heads", "linear_key_dim", "linear_value_dim", "linear_conv_kernel")
+        if min(getattr(self, name) for name in dims) <= 0:
+            raise ModelConfigError(f"ModelConfig with linear attention needs positive {', '.join(dims)}")
+        if self.linear_value_heads % self.linear_key_heads:
+            raise ModelConfigError(
+                f"linear_value_heads={self.linear_value_heads} is not a multiple of linear_key_heads={self.linear_key_heads}"
+            )
+        if self.linear_value_heads * self.linear_value_dim != self.n_heads * self.head_dim:
+            raise ModelConfigError(
+                f"linear attention's value width {self.linear_value_heads} x {self.linear_value_dim} must equal "
+                f"the attention heads' {self.n_heads} x {self.head_dim} (both feed one stacked output projection)"
+            )
 
     @property
     def rope_dim(self) -> int:
@@ -147,4 +190,6 @@ class ModelConfig:
         raw["rope_inv_freq"] = tuple(tuple(f) for f in raw["rope_inv_freq"])
         if "dense_mlp_layers" in raw:
             raw["dense_mlp_layers"] = tuple(raw["dense_mlp_layers"])
+        if "linear_layers" in raw:
+            raw["linear_layers"] = tuple(raw["linear_layers"])
         return cls(**raw)

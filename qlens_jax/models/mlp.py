@@ -129,6 +129,24 @@ class RoutedMLP(ResidualMLP):
     up_bias: Float[Array, "*layers experts d_mlp"] | None = None
     down_bias: Float[Array, "*layers experts d_model"] | None = None
     swiglu: tuple[float, float] | None = eqx.field(static=True, default=None)  # gpt-oss's (alpha, limit)
+    # Qwen3.5-MoE: a shared gated MLP, scaled by `sigmoid(x @ shared_gate)`, added to the routed sum.
+    shared: MLP | None = None
+    shared_gate: Float[Array, "*layers d_model 1"] | None = None
+
+    def shared_output(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch d_model"]:
+        """The gated shared expert's output (0 without one)."""
+        if self.shared is None or self.shared_gate is None:
+            return jnp.zeros_like(x)
+        return jax.nn.sigmoid(x @ self.shared_gate) * self.shared(x)
+
+    def shared_jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+        """The gated shared expert's output and Jacobian at one position: `sigma J_s + sigma'
+        w_gate s(x)^T`, from the shared MLP's explicit Jacobian `J_s`."""
+        if self.shared is None or self.shared_gate is None:
+            return jnp.zeros_like(x), jnp.zeros((x.shape[-1], x.shape[-1]), x.dtype)
+        out, product = self.shared.jacobian(x)
+        sigma = jax.nn.sigmoid(x @ self.shared_gate[:, 0])
+        return sigma * out, sigma * product + (sigma * (1 - sigma)) * jnp.outer(self.shared_gate[:, 0], out)
 
     def weights(self, x: Float[Array, "*batch d_model"]) -> Float[Array, "*batch experts"]:
         """The routing weights at `x` (0 for the experts not chosen)."""
@@ -150,7 +168,8 @@ class RoutedMLP(ResidualMLP):
         gate = _add(jnp.einsum("...d,edf->...ef", x, self.gate_proj), self.gate_bias)
         up = _add(jnp.einsum("...d,edf->...ef", x, self.up_proj), self.up_bias)
         out = jnp.einsum("...ef,efd->...d", self.hidden(up, gate) * weights[..., None], self.down_proj)
-        return out if self.down_bias is None else out + weights @ self.down_bias
+        out = out if self.down_bias is None else out + weights @ self.down_bias
+        return out + self.shared_output(x)
 
     def jacobian(self, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
         """Output and Jacobian at one position from the chosen experts only:
@@ -169,16 +188,25 @@ class RoutedMLP(ResidualMLP):
         through_experts = jnp.einsum("kaf,kfb->ab", inner, down_w * weights[:, None, None])
         outputs = _add(jnp.einsum("kf,kfd->kd", hidden, down_w), pick(self.down_bias))
         through_router = jax.jacfwd(chosen_weights)(x).T @ outputs
-        return weights @ outputs, through_experts + through_router
+        shared, through_shared = self.shared_jacobian(x)
+        return weights @ outputs + shared, through_experts + through_router + through_shared
 
     @staticmethod
     def cost(config: ModelConfig) -> MLPCost:
         """Forming: the chosen experts as one gated MLP `k d_mlp` wide (`d k d_mlp d`) plus the
         router's gradient (`d x experts` JVPs); a tangent pushed through `__call__` meets every
         expert and the router (`3 d experts d_mlp + d experts`)."""
-        d, ff, e, k = config.d_model, config.d_mlp, config.n_experts, config.experts_per_token
+        d, ff, e, k, fs = (
+            config.d_model,
+            config.d_mlp,
+            config.n_experts,
+            config.experts_per_token,
+            config.shared_expert_d_mlp,
+        )
         return MLPCost(
-            form=d * k * ff * d + d * d * e, per_vector=3 * d * e * ff + d * e, forming_floats=3 * d * k * ff + d * e
+            form=d * (k * ff + fs) * d + d * d * e,
+            per_vector=3 * d * (e * ff + fs) + d * (e + 1),
+            forming_floats=3 * d * (k * ff + fs) + d * e,
         )
 
 

@@ -20,6 +20,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from qlens_jax.models import layers
 from qlens_jax.models.config import ModelConfig
 from qlens_jax.models.linear import Linear
+from qlens_jax.models.linear_attention import GatedDeltaNet
+from qlens_jax.models.mixer import PositionMixer
 from qlens_jax.models.mlp import MLP, MixedMLP, ResidualMLP, RoutedMLP
 
 
@@ -38,13 +40,16 @@ class Norm(eqx.Module):
         return layers.rms_norm(x, self.weight, self.eps, self.offset)
 
 
-class Attention(eqx.Module):
+class Attention(PositionMixer):
+    """Softmax attention (grouped-query, RoPE, q/k norms, soft-cap, output gate as configured)."""
+
     q_proj: Linear
     k_proj: Linear
     v_proj: Linear
     o_proj: Linear
     q_norm: Norm | None
     k_norm: Norm | None
+    gate_proj: Linear | None  # Qwen3.5's output gate: `z = attention * sigmoid(gate_proj(x))`
     n_heads: int = eqx.field(static=True)
     n_kv_heads: int = eqx.field(static=True)
     head_dim: int = eqx.field(static=True)
@@ -70,7 +75,10 @@ class Attention(eqx.Module):
         if rope is not None:
             q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
         out = layers.dot_product_attention(q, k, v, allowed, scale, self.softcap, self.sinks)
-        return out.reshape(seq, self.n_heads * self.head_dim)
+        out = out.reshape(seq, self.n_heads * self.head_dim)
+        if self.gate_proj is not None:
+            out = out * jax.nn.sigmoid(self.gate_proj(x))
+        return out
 
     def __call__(
         self,
@@ -80,6 +88,20 @@ class Attention(eqx.Module):
         scale: Float[Array, ""],
     ) -> Float[Array, "seq d_model"]:
         return self.o_proj(self.heads(x, allowed, rope, scale))
+
+    def mix(
+        self, x: Float[Array, "seq d_model"], mask: Bool[Array, " seq"], meta: LayerMeta
+    ) -> Float[Array, "seq q_dim"]:
+        """`heads` with the layer's rotary tables, window and scale (`PositionMixer.mix`)."""
+        rope = None
+        if meta.rope_inv_freq.shape[-1] > 0:
+            rope = layers.rope_cos_sin(jnp.arange(x.shape[0]), meta.rope_inv_freq, meta.rope_scale)
+        return self.heads(x, layers.attention_mask(mask, meta.window), rope, meta.attn_scale)
+
+    @staticmethod
+    def linearization_floats(config: ModelConfig, seq_len: int) -> int:
+        """Attention probabilities and their softmax residuals, and the heads' q, k, v, z."""
+        return 3 * config.n_heads * seq_len + 4 * config.n_heads * config.head_dim
 
 
 class Block(eqx.Module):
@@ -92,6 +114,9 @@ class Block(eqx.Module):
     mlp_norm: Norm
     mlp: ResidualMLP
     mlp_post_norm: Norm | None
+    # Qwen3.5's hybrid layers: the Gated DeltaNet of the layers `LayerMeta.linear` marks (their
+    # `attn` weights, unused, are zero; the output projection `attn.o_proj` serves both kinds).
+    linear_attn: GatedDeltaNet | None = None
     parallel: bool = eqx.field(static=True, default=False)
 
 
@@ -102,6 +127,7 @@ class LayerMeta(eqx.Module):
     window: Int[Array, " layers"]
     rope_inv_freq: Float[Array, "layers half"]
     rope_scale: Float[Array, " layers"]
+    linear: Bool[Array, " layers"]  # Gated DeltaNet (`Block.linear_attn`) instead of softmax attention
 
 
 class Residuals(NamedTuple):
@@ -124,13 +150,14 @@ def attention_z(
     block: Block, meta: LayerMeta, h: Float[Array, "seq d_model"], mask: Bool[Array, " seq"]
 ) -> Float[Array, "seq q_dim"]:
     """`z`: every head's output at residual `h`, heads concatenated, before the output
-    projection (TransformerLens `attn.hook_z` flattened; transformers' `o_proj` input)."""
-    seq = h.shape[0]
-    rope = None
-    if meta.rope_inv_freq.shape[-1] > 0:
-        rope = layers.rope_cos_sin(jnp.arange(seq), meta.rope_inv_freq, meta.rope_scale)
-    allowed = layers.attention_mask(mask, meta.window)
-    return block.attn.heads(block.attn_norm(h), allowed, rope, meta.attn_scale)
+    projection (TransformerLens `attn.hook_z` flattened; transformers' `o_proj` input). On a
+    Gated DeltaNet layer of a hybrid model, its gated, normalized value heads (`out_proj`'s input)."""
+    x = block.attn_norm(h)
+    if block.linear_attn is None:
+        return block.attn.mix(x, mask, meta)
+    linear_attn = block.linear_attn
+    # Closures, not bound methods: `cond` hashes its branches, and a module of tracers cannot be.
+    return jax.lax.cond(meta.linear, lambda: linear_attn.mix(x, mask, meta), lambda: block.attn.mix(x, mask, meta))
 
 
 def attention_output(block: Block, z: Float[Array, "*seq q_dim"]) -> Float[Array, "*seq d_model"]:
@@ -274,6 +301,7 @@ def layer_meta(config: ModelConfig, dtype=jnp.float32) -> LayerMeta:
         window=jnp.asarray(config.sliding_windows, jnp.int32),
         rope_inv_freq=jnp.asarray(inv_freq),
         rope_scale=jnp.asarray(config.rope_scales, jnp.float32),
+        linear=jnp.asarray(config.linear_layers or (False,) * config.n_layers, bool),
     )
 
 
@@ -298,13 +326,52 @@ def routed_mlp(config: ModelConfig, keys, dtype=jnp.float32) -> RoutedMLP:
         up_bias=bias(c.mlp_bias, c.n_experts, c.d_mlp),
         down_bias=bias(c.mlp_bias, c.n_experts, c.d_model),
         swiglu=None if c.swiglu_alpha is None or c.swiglu_limit is None else (c.swiglu_alpha, c.swiglu_limit),
+        shared=shared_expert(c, keys, dtype) if c.shared_expert_d_mlp else None,
+        shared_gate=normal(1.0, c.d_model, 1) if c.shared_expert_d_mlp else None,
+    )
+
+
+def shared_expert(config: ModelConfig, keys, dtype=jnp.float32) -> MLP:
+    """Random weights of a shared expert (a gated MLP `shared_expert_d_mlp` wide), stacked over layers."""
+    c, f = config, config.shared_expert_d_mlp
+    dense = lambda d_in, d_out: Linear(0.02 * jax.random.normal(next(keys), (c.n_layers, d_in, d_out), dtype), None)
+    return MLP(
+        up_proj=dense(c.d_model, f),
+        down_proj=dense(f, c.d_model),
+        gate_proj=dense(c.d_model, f),
+        activation=c.activation,
+    )
+
+
+def gated_delta_net(config: ModelConfig, keys, dtype=jnp.float32) -> GatedDeltaNet:
+    """Random Gated DeltaNet weights stacked over layers (normal, std 0.02; the decay's `A_log`
+    and `dt_bias` as transformers initializes them, the gated norm at identity)."""
+    c, L = config, config.n_layers
+    key_width, value_width = c.linear_key_heads * c.linear_key_dim, c.linear_value_heads * c.linear_value_dim
+    dense = lambda d_out: Linear(0.02 * jax.random.normal(next(keys), (L, c.d_model, d_out), dtype), None)
+    channels = 2 * key_width + value_width
+    return GatedDeltaNet(
+        in_qkv=dense(channels),
+        in_z=dense(value_width),
+        in_b=dense(c.linear_value_heads),
+        in_a=dense(c.linear_value_heads),
+        conv=0.2 * jax.random.normal(next(keys), (L, channels, c.linear_conv_kernel), dtype),
+        dt_bias=jnp.ones((L, c.linear_value_heads), dtype),
+        A_log=jnp.log(jax.random.uniform(next(keys), (L, c.linear_value_heads), dtype, 0.01, 16.0)),
+        norm=jnp.ones((L, c.linear_value_dim), dtype),
+        key_heads=c.linear_key_heads,
+        value_heads=c.linear_value_heads,
+        key_dim=c.linear_key_dim,
+        value_dim=c.linear_value_dim,
+        eps=c.norm_eps,
+        activation=c.activation,
     )
 
 
 def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) -> Transformer:
     """Random weights (normal, std 0.02; norms at identity). Also gives converters their skeleton."""
     c = config
-    keys = iter(jax.random.split(key, 16))
+    keys = iter(jax.random.split(key, 32))
     L = c.n_layers
 
     def dense(d_in, d_out, bias):
@@ -325,6 +392,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         o_proj=dense(q_dim, c.d_model, c.o_bias),
         q_norm=norm(c.head_dim) if c.qk_norm else None,
         k_norm=norm(c.head_dim) if c.qk_norm else None,
+        gate_proj=dense(c.d_model, q_dim, c.qkv_bias) if c.attn_output_gate else None,
         n_heads=c.n_heads,
         n_kv_heads=c.n_kv_heads,
         head_dim=c.head_dim,
@@ -351,6 +419,7 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         mlp_norm=norm(c.d_model),
         mlp=mlp,
         mlp_post_norm=norm(c.d_model) if c.post_norms else None,
+        linear_attn=gated_delta_net(c, keys, dtype) if c.has_linear_attention else None,
         parallel=c.parallel_residual,
     )
     embed = 0.02 * jax.random.normal(next(keys), (c.vocab_size, c.d_model), dtype)

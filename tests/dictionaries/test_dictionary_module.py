@@ -316,6 +316,13 @@ def test_resid_mid_of_a_parallel_block_is_refused(site, hook):
         ("gpt_neox.layers.3.mlp.output", "gpt_neox", (3, "mlp_out")),
         ("gpt_neox.layers.3.mlp.dense_4h_to_h.output", "gpt_neox", (3, "mlp_out")),
         ("gpt_neox.layers.3.post_attention_layernorm.output", "gpt_neox", (3, "mlp_in")),
+        # Qwen3.5 (Qwen-Scope: residual SAEs at the layer output): DeltaNet layers' z and attn_out
+        ("model.language_model.layers.3", "qwen3_5_text", (3, "resid_post")),
+        ("model.layers.3.linear_attn.out_proj.input", "qwen3_5_text", (3, "z")),
+        ("model.layers.3.linear_attn.output", "qwen3_5_moe_text", (3, "attn_out")),
+        ("model.layers.3.linear_attn.out_proj.output", None, (3, "attn_out")),
+        ("model.layers.3.post_attention_layernorm.output", "qwen3_5_text", (3, "mlp_in")),
+        ("model.layers.3.mlp.output", "qwen3_5_moe_text", (3, "mlp_out")),
     ],
 )
 def test_parse_hook_name(name, model_type, expected):

@@ -30,6 +30,7 @@ ARCHITECTURES = [
     "gemma-geglu",
     "mistral-sliding",
     "gptoss-every-key",
+    "qwen35-hybrid",
 ]
 
 

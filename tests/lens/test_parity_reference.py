@@ -31,6 +31,7 @@ K = 8
         "gemma-geglu",
         "mistral-sliding",
         "gptoss-every-key",
+        "qwen35-hybrid",
     ],
 )
 def computed(request):

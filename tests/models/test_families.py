@@ -28,6 +28,8 @@ BITING = {
     "gpt_neox": "neox-sequential",
     "gpt_oss": "gptoss-every-key",
     "qwen3_moe": "qwen3moe-mixed",
+    "qwen3_5_text": "qwen35-hybrid",
+    "qwen3_5_moe_text": "qwen35moe-hybrid",
 }
 # Keys a family reads that its biting entry leaves at transformers' default, and why.
 AT_DEFAULT = {
@@ -36,6 +38,8 @@ AT_DEFAULT = {
     ("qwen3", "layer_types"): "only full attention is implemented (sliding layers refused by name)",
     ("gemma3_text", "_sliding_window_pattern"): "read only without layer_types (tested apart)",
     ("gemma3_text", "attn_logit_softcapping"): "refused when set: transformers' Gemma-3 stores it but never applies it",
+    ("qwen3_5_text", "full_attention_interval"): "read only without layer_types (tested apart)",
+    ("qwen3_5_moe_text", "full_attention_interval"): "read only without layer_types (tested apart)",
 }
 # Keys that size the model's tables but do not change its logits (rope families read
 # `max_position_embeddings` only for YaRN, tested with qwen2-yarn).
@@ -81,6 +85,9 @@ BITING_VALUES = {
     # OpenAI's names in gpt-oss's official config.json, which transformers never reads
     "experts_per_token": 1,
     "initial_context_length": 7,
+    "mtp_num_hidden_layers": 3,
+    "mtp_use_dedicated_embeddings": True,
+    "intermediate_size": 7,
 }
 
 

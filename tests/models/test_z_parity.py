@@ -23,6 +23,7 @@ ARCHS = [
     "gemma-geglu",
     "mistral-sliding",
     "gptoss-every-key",
+    "qwen35moe-hybrid",
 ]
 
 
@@ -39,6 +40,8 @@ def hf_sites(layer):
         return layer.attn.c_proj, layer.attn, layer.mlp
     if hasattr(layer, "attention"):  # GPT-NeoX
         return layer.attention.dense, layer.attention, layer.mlp
+    if hasattr(layer, "linear_attn"):  # Qwen3.5's Gated DeltaNet layers
+        return layer.linear_attn.out_proj, layer.linear_attn, layer.mlp
     if hasattr(layer, "post_feedforward_layernorm"):  # Gemma-2/3: post-norms sit before the add
         return layer.self_attn.o_proj, layer.post_attention_layernorm, layer.post_feedforward_layernorm
     return layer.self_attn.o_proj, layer.self_attn, layer.mlp
