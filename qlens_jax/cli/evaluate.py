@@ -593,7 +593,7 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     from qlens_jax.evaluation.run import EvaluationOptions, evaluate
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
     from qlens_jax.job.inputs import bos_token_id, load_dictionary_sources, load_model_source, vocab_strings
-    from qlens_jax.job.run import precision_kwargs
+    from qlens_jax.lens.options import ExecutionOptions, LensOptions
     from qlens_jax.lens.signatures import Signatures
 
     started = time.time()
@@ -701,11 +701,10 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
             mask,
             lenses=args.baselines,
             features=wanted,
-            k=args.k,
+            options=LensOptions(k=args.k, precision=args.precision),
+            execution=ExecutionOptions(quiet=quiet),
             translators=translators,
             tuned_lens_point_choice=args.tuned_lens_point,
-            quiet=quiet,
-            **precision_kwargs(args.precision),
         )
         save_signatures(baselines, out / "baselines.parquet", dictionaries, vocab)
         sigs = Signatures([*sigs, *baselines])

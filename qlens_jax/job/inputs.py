@@ -71,12 +71,18 @@ def parse_ranges(text: str, option: str) -> np.ndarray:
 
 
 def parse_lenses(text: str) -> tuple[str, ...]:
-    lenses = LENSES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [lens for lens in lenses if lens not in LENSES]
-    if unknown or not lenses:
-        raise InputError(
-            f"--lenses {text!r}: unknown lens {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(LENSES)} or 'all'"
-        )
+    """`--lenses`: 'all' (the six presets), or preset names and `VECTOR:TRANSITION:READOUT` specs,
+    as canonical names (a spec of a preset is that preset's name)."""
+    from qlens_jax.lens.lens_spec import lens_name
+    from qlens_jax.lens.validation import LensRequestError
+
+    given = LENSES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
+    if not given:
+        raise InputError(f"--lenses {text!r}: no lens; choose from {', '.join(LENSES)} or 'all'")
+    try:
+        lenses = tuple(lens_name(lens) for lens in given)
+    except LensRequestError as err:
+        raise InputError(f"--lenses {text!r}: {err}") from None
     if len(set(lenses)) != len(lenses):
         raise InputError(f"--lenses {text!r}: a lens is named twice")
     return lenses
@@ -141,19 +147,19 @@ def check_sources(model: ModelSource, dictionaries: DictionarySources) -> None:
 
 def check_job(job: SignaturesJob, writes_output: bool = True) -> None:
     """Checks that need no file contents (`writes_output`: this process writes --out)."""
-    options = job.options
-    for name, value in (("--k", options.k), ("--shard-size", options.shard_size)):
+    options, lens, execution = job.options, job.options.lens, job.options.execution
+    for name, value in (("--k", lens.k), ("--shard-size", options.shard_size)):
         if value is not None and value < 1:
             raise InputError(f"{name} {value}: must be at least 1")
-    if options.dtype not in DTYPES:
-        raise InputError(f"--dtype {options.dtype!r}: choose from {', '.join(DTYPES)}")
-    if options.precision not in PRECISIONS:
-        raise InputError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
-    if options.path not in PATHS:
-        raise InputError(f"--path {options.path!r}: choose from {', '.join(PATHS)}")
+    if lens.dtype not in DTYPES:
+        raise InputError(f"--dtype {lens.dtype!r}: choose from {', '.join(DTYPES)}")
+    if lens.precision not in PRECISIONS:
+        raise InputError(f"--precision {lens.precision!r}: choose from {', '.join(PRECISIONS)}")
+    if execution.path not in PATHS:
+        raise InputError(f"--path {execution.path!r}: choose from {', '.join(PATHS)}")
     check_sample(job.sample)
-    if options.memory_budget_gb is not None and options.memory_budget_gb <= 0:
-        raise InputError(f"--memory-budget-gb {options.memory_budget_gb}: must be positive")
+    if execution.memory_budget_gb is not None and execution.memory_budget_gb <= 0:
+        raise InputError(f"--memory-budget-gb {execution.memory_budget_gb}: must be positive")
     check_sources(job.model, job.dictionaries)
     if options.mesh is not None:
         parse_mesh(options.mesh)

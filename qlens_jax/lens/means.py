@@ -15,7 +15,7 @@ def per_feature_means(plan, side: str, vectors, point: Point, quiet: bool):
     """Mean transported vector `[n, d]` and mean squared norm `[n]` per feature over the
     plan's sample (one linearized pass per feature, token chunk by token chunk), every vector
     transported from `point` (the write point on the value side, the read point on the key side)."""
-    model, chunks = plan.model, plan.chunks
+    model, chunks = plan.transport_model(side), plan.chunks
     n_layers = model.config.n_layers
     total, total_sq = 0.0, 0.0
     token_chunks = list(iter_token_chunks(plan.tokens, plan.mask, chunks.sequences_per_chunk))
