@@ -228,8 +228,13 @@ def check_dictionary_source(source: str) -> None:
     """A registry id `RELEASE:SAE_ID` must name a dictionary of sae_lens's registry (which
     must be installed); anything else is checked as a path or Hub id."""
     from converters.dictionaries import registry
+    from converters.dictionaries.neurons import PREFIX, is_neurons_source
     from qlens_jax.dictionaries import DictionaryError
 
+    if is_neurons_source(source):
+        if source != PREFIX:
+            parse_ranges(source[len(PREFIX) + 1 :], f"--dictionary {PREFIX}:")
+        return
     parsed = registry.parse(source)
     if parsed is None:
         check_source("--dictionary", source)
@@ -311,12 +316,17 @@ def vocab_strings(tokenizer, vocab_size: int) -> np.ndarray:
 def load_dictionary_sources(sources: DictionarySources, model) -> list:
     """Every --dictionary (folders of several expanded) checked against `model`, filtered by --layers."""
     import converters
+    from converters.dictionaries.neurons import PREFIX, is_neurons_source, neuron_dictionaries
     from converters.errors import ConversionError
     from qlens_jax.dictionaries import DictionaryError, DictionarySet
 
     loaded = []
     for source in sources.sources:
         try:
+            if is_neurons_source(source):
+                layers = None if source == PREFIX else parse_ranges(source[len(PREFIX) + 1 :], "--dictionary").tolist()
+                loaded.extend(neuron_dictionaries(model, layers))
+                continue
             loaded.extend(converters.load_dictionaries([source], model))
         except (DictionaryError, ConversionError, OSError) as err:
             raise InputError(f"--dictionary {source}: {err}") from None

@@ -11,12 +11,14 @@ caches are built here with `module_type="all"`, as for `submodule=both`.
 import os
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import converters
 import qlens_jax
 from benchmarks import authors
+from converters.dictionaries.neurons import neuron_dictionary
 from kernel_fixtures import random_dictionary
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.validation import LensRequestError
@@ -76,8 +78,11 @@ def world(authors_repo, tmp_path_factory):
     )
 
 
-def theirs(world, lens: str, feature: int, submodule="both", jvp_norm=True, vjp_norm=True, unembed_norm=True):
-    """Their top-25 ids of `feature` under `lens` (their `analyze_feature`, their caches)."""
+def theirs(
+    world, lens: str, feature: int, submodule="both", jvp_norm=True, vjp_norm=True, unembed_norm=True, neurons=False
+):
+    """Their top-25 ids of `feature` under `lens` (their `analyze_feature`, their caches; with
+    `neurons`, MLP neuron `feature` of the layer: their `sae=None`)."""
     side = "value" if lens.endswith("value") else "key"
     norm = jvp_norm if side == "value" else vjp_norm
     build = world["common"].VJPResidCache if side == "key" else world["common"].ResidCache
@@ -96,7 +101,7 @@ def theirs(world, lens: str, feature: int, submodule="both", jvp_norm=True, vjp_
     args = dict(
         model=world["tl"],
         f=world["Feature"](model_id="tiny", feature=feature, layer=LAYER, type="sae"),
-        sae=world["sae"],
+        sae=None if neurons else world["sae"],
         pile_sample=pile,
         rank=0,
         world_size=1,
@@ -113,10 +118,10 @@ def theirs(world, lens: str, feature: int, submodule="both", jvp_norm=True, vjp_
     return [int(i) for i in result["top_ids"]]
 
 
-def ours(world, path: str, **options):
+def ours(world, path: str, dictionary=None, **options):
     return qlens_jax.query_lens(
         world["model"],
-        [world["dictionary"]],
+        [world["dictionary"] if dictionary is None else dictionary],
         world["tokens"],
         np.ones(world["tokens"].shape, bool),
         lenses=LENSES,
@@ -141,6 +146,31 @@ def test_options_give_the_authors_lists_on_both_paths(world, case):
             assert list(d.top_ids[row]) == expected, (case, lens, feature)
         changed |= not np.array_equal(p.top_scores, default.get(lens).top_scores)
     assert changed  # the option changes the numbers
+
+
+@pytest.mark.parametrize("case", ["default", "attn"])
+def test_mlp_neurons_give_the_authors_lists(world, case):
+    """`--dictionary neurons`: neuron i's key is `W_in[:, i]`, its value `W_out[i]`, as the
+    authors' code takes them with `sae=None` (their MLP at the neuron's layer skipped on the key side)."""
+    options = {} if case == "default" else CASES[case]
+    neurons = neuron_dictionary(world["model"], LAYER)
+    dense, per_feature = ours(world, "dense", neurons, **options), ours(world, "per-feature", neurons, **options)
+    for lens in LENSES:
+        np.testing.assert_allclose(dense.get(lens).top_scores, per_feature.get(lens).top_scores, rtol=1e-4, atol=1e-5)
+        for row, feature in enumerate(FEATURES):
+            expected = theirs(world, lens, feature, neurons=True, **options)
+            assert list(per_feature.get(lens).top_ids[row]) == expected, (case, lens, feature)
+            assert list(dense.get(lens).top_ids[row]) == expected, (case, lens, feature)
+
+
+def test_neurons_decode_to_the_mlp_output(world):
+    """The neurons' activations are the model's: decoding them all gives back the MLP's output."""
+    model, tokens = world["model"], world["tokens"]
+    neurons = neuron_dictionary(model, LAYER)
+    _, residuals = model.run_with_residuals(jnp.asarray(tokens), jnp.ones(tokens.shape, bool))
+    np.testing.assert_allclose(
+        neurons.decode(neurons.encode(residuals.mlp_in[LAYER])), residuals.mlp_out[LAYER], atol=1e-5
+    )
 
 
 def test_submodule_on_a_lens_without_transport_is_refused_by_name(world):
