@@ -17,7 +17,7 @@ import pytest
 
 import converters
 import qlens_jax
-from benchmarks import authors
+from benchmarks import authors, reference_torch as ref
 from converters.dictionaries.neurons import neuron_dictionary
 from kernel_fixtures import random_dictionary
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
@@ -66,6 +66,7 @@ def world(authors_repo, tmp_path_factory):
         os.chdir(here)
         sys.path.remove(str(authors_repo))
     return dict(
+        hf=hf,
         model=model,
         tokens=tokens,
         dictionary=dictionary,
@@ -131,15 +132,30 @@ def ours(world, path: str, dictionary=None, **options):
     )
 
 
+def reference(world, lens: str, **options):
+    """`benchmarks/reference_torch.py`'s scores of the requested features under `lens`."""
+    d = world["dictionary"]
+    vectors = np.asarray(d.value_vectors() if lens.endswith("value") else d.key_vectors())[FEATURES]
+    tokens = world["tokens"]
+    return ref.reference_scores(
+        world["hf"], tokens, np.ones(tokens.shape, bool), lens, vectors, "resid_post", LAYER, **options
+    )
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_options_give_the_authors_lists_on_both_paths(world, case):
+    """Both paths give the authors' top-25 and agree with each other and with reference_torch to 1e-4."""
     options = CASES[case]
     dense, per_feature = ours(world, "dense", **options), ours(world, "per-feature", **options)
     default = ours(world, "per-feature")
     changed = False
     for lens in LENSES:
         d, p = dense.get(lens), per_feature.get(lens)
-        np.testing.assert_allclose(d.top_scores, p.top_scores, rtol=1e-4, atol=1e-5)
+        scores = reference(world, lens, **options)
+        expected_scores = np.take_along_axis(scores, np.asarray(p.top_ids), 1)
+        scale = np.abs(scores).max(axis=1, keepdims=True)
+        for table in (d, p):
+            np.testing.assert_allclose(table.top_scores / scale, expected_scores / scale, atol=1e-4, rtol=0)
         for row, feature in enumerate(FEATURES):
             expected = theirs(world, lens, feature, **options)
             assert list(p.top_ids[row]) == expected, (case, lens, feature)
