@@ -20,6 +20,7 @@ import qlens_jax
 from benchmarks import authors, reference_torch as ref
 from converters.dictionaries.neurons import neuron_dictionary
 from kernel_fixtures import random_dictionary
+from qlens_jax.lens.lens_spec import parse_lens
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.validation import LensRequestError
 from tiny_models import build_hf_model
@@ -119,13 +120,13 @@ def theirs(
     return [int(i) for i in result["top_ids"]]
 
 
-def ours(world, path: str, dictionary=None, **options):
+def ours(world, path: str, dictionary=None, lenses=LENSES, **options):
     return qlens_jax.query_lens(
         world["model"],
         [world["dictionary"] if dictionary is None else dictionary],
         world["tokens"],
         np.ones(world["tokens"].shape, bool),
-        lenses=LENSES,
+        lenses=lenses,
         features=FEATURES,
         options=LensOptions(k=K, **options),
         execution=ExecutionOptions(path=path, sequences_per_chunk=2),
@@ -177,6 +178,33 @@ def test_mlp_neurons_give_the_authors_lists(world, case):
             expected = theirs(world, lens, feature, neurons=True, **options)
             assert list(per_feature.get(lens).top_ids[row]) == expected, (case, lens, feature)
             assert list(dense.get(lens).top_ids[row]) == expected, (case, lens, feature)
+
+
+SPECS = ("value:identity:embed", "value:identity:embed_cosine_centered", "key:identity:unembed")
+SPECS += ("key:identity:embed_cosine_centered", "logit_lens_value", "logit_lens_key")
+
+
+@pytest.mark.parametrize("unembed_norm", [True, False])
+def test_identity_specs_read_out_as_the_authors_analyze_identity(world, unembed_norm):
+    """`VECTOR:identity:READOUT` specs: the readouts of the authors' `analyze_identity` (their
+    `apply_unembed` / `apply_embed` / `apply_embed_cosine_centered`, then `get_logits_tokens`;
+    `run.py` itself needs hydra, so its three-line dispatch is written out here)."""
+    common, tl = world["common"], world["tl"]
+    signatures = ours(world, "per-feature", lenses=SPECS, unembed_norm=unembed_norm)
+    assert [t.lens for t in signatures] == list(SPECS)
+    readouts = {
+        "unembed": lambda vec: common.apply_unembed(tl, vec, use_ln_final=unembed_norm).view(-1),
+        "embed": lambda vec: common.apply_embed(tl, vec),
+        "embed_cosine_centered": lambda vec: common.apply_embed_cosine_centered(tl, vec),
+    }
+    for spec in SPECS:
+        lens = parse_lens(spec)
+        for row, feature in enumerate(FEATURES):
+            f = world["Feature"](model_id="tiny", feature=feature, layer=LAYER, type="sae")
+            get = common.get_feature_vector if lens.vector == "value" else common.get_feature_input_vector
+            logits = readouts[lens.readout](get(tl, f, world["sae"]))
+            _, (top_ids, _) = common.get_logits_tokens(tl, logits, K)
+            assert list(signatures.get(spec).top_ids[row]) == [int(i) for i in top_ids[0]], (spec, feature)
 
 
 def test_neurons_decode_to_the_mlp_output(world):
