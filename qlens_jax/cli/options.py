@@ -8,6 +8,7 @@ one check of `--precision` that depends on the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from qlens_jax.job.spec import DictionarySources, ModelSource, SampleSpec
 from qlens_jax.lens.linearization import SUBMODULES
@@ -133,20 +134,9 @@ def add_lens_option_arguments(group) -> None:
 
 
 def lens_options(args: argparse.Namespace) -> LensOptions:
-    """The parsed lens options (--k, --stats, --dtype, --precision and `add_lens_option_arguments`)."""
-    return LensOptions(
-        k=args.k,
-        dtype=args.dtype,
-        precision=args.precision,
-        stats=args.stats,
-        remove_final_norm_bias=args.remove_final_norm_bias,
-        first_order_key_mask_seed=args.first_order_key_mask_seed,
-        exact_norm_jacobian=args.exact_norm_jacobian,
-        submodule=args.submodule,
-        jvp_norm=args.jvp_norm,
-        vjp_norm=args.vjp_norm,
-        unembed_norm=args.unembed_norm,
-    )
+    """The parsed lens options (--k, --stats, --dtype, --precision and `add_lens_option_arguments`):
+    every `LensOptions` field is the option of its name."""
+    return LensOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(LensOptions)})
 
 
 def model_source(args: argparse.Namespace) -> ModelSource:

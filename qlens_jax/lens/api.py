@@ -309,4 +309,10 @@ def query_lens(
     )
     if operators is None:
         operators = transport_operators_for(plan)
+    elif not plan.default_linearization:
+        raise LensRequestError(
+            f"operators= cannot be used with submodule={options.submodule!r}, jvp_norm={options.jvp_norm}, "
+            f"vjp_norm={options.vjp_norm}: operators do not record which Jacobians they hold; let query_lens compute "
+            "them (or call transport_operators_for on the plan)"
+        )
     return read_signatures(plan, operators)

@@ -20,6 +20,7 @@ import qlens_jax
 from benchmarks import authors, reference_torch as ref
 from converters.dictionaries.neurons import neuron_dictionary
 from kernel_fixtures import random_dictionary
+from qlens_jax.lens import TransportOperators
 from qlens_jax.lens.lens_spec import parse_lens
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.validation import LensRequestError
@@ -226,6 +227,15 @@ def test_submodule_on_a_lens_without_transport_is_refused_by_name(world):
             lenses=("query_lens_value", "logit_lens_value"),
             features=FEATURES,
             options=LensOptions(submodule="attn"),
+        )
+    with pytest.raises(LensRequestError, match="operators= cannot be used with submodule='mlp'"):
+        qlens_jax.query_lens(
+            world["model"],
+            [world["dictionary"]],
+            world["tokens"],
+            features=FEATURES,
+            options=LensOptions(submodule="mlp"),
+            operators=TransportOperators(value=None, key=None, first_order=None, first_order_all=None, n_tokens=1),
         )
     with pytest.raises(LensRequestError, match="submodule 'att' is not one of both, attn, mlp"):
         qlens_jax.query_lens(
