@@ -826,7 +826,7 @@ def _softcap_value(model, softcap):
 
 
 @torch.no_grad()
-def value_readout(model, m, remove_final_norm_bias=False, softcap=None):
+def value_readout(model, m, remove_final_norm_bias=False, softcap=None, final_norm=True):
     """Value readout ``W_U^T LN_final(m) + b_U`` for ``m`` [..., d_model] -> [..., vocab].
 
     ``LN_final`` is the model's own final norm module applied to the vector(s) ``m`` (not
@@ -834,11 +834,16 @@ def value_readout(model, m, remove_final_norm_bias=False, softcap=None):
     Qwen / Gemma). ``remove_final_norm_bias=True`` drops the final LayerNorm's bias (no-op for
     RMSNorm). ``softcap``: None (default) applies the model's ``final_logit_softcapping``
     (``cap * tanh(logits / cap)``) exactly when the config sets it, like the HF forward;
-    False never applies it; a float applies that cap."""
+    False never applies it; a float applies that cap. ``final_norm=False``: ``W_U^T m`` without
+    the final norm (the authors' ``use_unembed_layer_norm=False``)."""
     arch = _arch(model)
     pdt = _param_dtype(model)
     acc = _acc_dtype(model)
     x = _as_tensor(m, dtype=pdt, device=_device(model))
+    if not final_norm:
+        logits = x.to(acc) @ arch.lm_head.weight.to(acc).T
+        b_U = getattr(arch.lm_head, "bias", None)
+        return _np(logits if b_U is None else logits + b_U.to(acc))
     y = arch.final_norm(x)
     bias = getattr(arch.final_norm, "bias", None)
     if remove_final_norm_bias and bias is not None:
@@ -875,9 +880,11 @@ def key_readout(model, w, tokens, mask, eps=1e-12):
     return _np(wt @ D.T)
 
 
-def logit_lens_value(model, v, remove_final_norm_bias=False, softcap=None):
+def logit_lens_value(model, v, remove_final_norm_bias=False, softcap=None, final_norm=True):
     """Logit Lens on a value vector: ``W_U^T LN_final(v) (+ b_U)`` (same options as value_readout)."""
-    return value_readout(model, v, remove_final_norm_bias=remove_final_norm_bias, softcap=softcap)
+    return value_readout(
+        model, v, remove_final_norm_bias=remove_final_norm_bias, softcap=softcap, final_norm=final_norm
+    )
 
 
 @torch.no_grad()
@@ -976,7 +983,54 @@ def _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, op
     return out
 
 
-_OPTS = {"remove_final_norm_bias", "softcap", "mask_seed", "exact_norm", "batch_size"}
+_OPTS = {
+    "remove_final_norm_bias",
+    "softcap",
+    "mask_seed",
+    "exact_norm",
+    "batch_size",
+    "submodule",
+    "jvp_norm",
+    "vjp_norm",
+    "unembed_norm",
+}
+
+
+@contextlib.contextmanager
+def _linearized(model, submodule="both", norm_jacobian=True):
+    """The authors' ``submodule`` and layer-norm toggles on the HF modules, by forward hooks
+    (registered before any transport hook, so they run first): ``submodule="attn"`` detaches
+    every MLP branch output, ``"mlp"`` every attention branch output (their Jacobians are then
+    zero; perturbations injected after them still flow); ``norm_jacobian=False`` makes every
+    pre-norm (and Gemma's post-norms) pass the tangent through unchanged at its clean output
+    (``out.detach() + (x - x.detach())``)."""
+    if submodule not in ("both", "attn", "mlp"):
+        raise ValueError(f"submodule must be both, attn or mlp, got {submodule!r}")
+    arch = _arch(model)
+    handles = []
+
+    def held(_module, _args, out):
+        return _out_replace(out, lambda t: t.detach())
+
+    def identity_jacobian(_module, args, out):
+        x = args[0]
+        return _out_replace(out, lambda t: t.detach() + (x - x.detach()).to(t.dtype))
+
+    for b in range(arch.n_layers):
+        if not norm_jacobian:
+            norms = [arch.attn_pre(b), arch.mlp_pre(b)]
+            if arch.style == "gemma":
+                norms += [arch.attn_out(b), arch.mlp_out(b)]  # Gemma's post-norms are the branch outputs
+            handles += [n.register_forward_hook(identity_jacobian) for n in norms]
+        if submodule == "attn":
+            handles.append(arch.mlp_out(b).register_forward_hook(held))
+        elif submodule == "mlp":
+            handles.append(arch.attn_out(b).register_forward_hook(held))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _check_request(model, lens, vectors, site, layer, kind, opts) -> np.ndarray:
@@ -1005,11 +1059,17 @@ def _lens_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts) -
         return [residual_value_vector(model, vec, site, layer, kind) for vec in vectors]
     if lens == "logit_lens_key":
         return list(vectors)
-    return _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)
+    norm = opts.get("jvp_norm" if lens.endswith("value") else "vjp_norm", True)
+    with _linearized(model, opts.get("submodule", "both"), norm):
+        return _transport_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)
 
 
 def _readout(model, tokens, mask, lens, vecs, opts) -> np.ndarray:
-    vopts = dict(remove_final_norm_bias=opts.get("remove_final_norm_bias", False), softcap=opts.get("softcap", None))
+    vopts = dict(
+        remove_final_norm_bias=opts.get("remove_final_norm_bias", False),
+        softcap=opts.get("softcap", None),
+        final_norm=opts.get("unembed_norm", True),
+    )
     if lens == "logit_lens_value":
         return np.stack([logit_lens_value(model, vec, **vopts) for vec in vecs])
     if lens == "logit_lens_key":
@@ -1026,7 +1086,10 @@ def reference_scores(model, tokens, mask, lens, vectors, site, layer, kind="sae"
 
     Options: ``remove_final_norm_bias`` (bool), ``softcap`` (None|False|float) for value
     readouts; ``mask_seed`` (bool, first_order_key); ``exact_norm`` (bool, transcoder
-    query_lens_key); ``batch_size`` (int|None: sequences per Jacobian pass, results identical).
+    query_lens_key); ``batch_size`` (int|None: sequences per Jacobian pass, results identical);
+    the authors' analysis options ``submodule`` ("both" | "attn" | "mlp"), ``jvp_norm``,
+    ``vjp_norm`` (bool: the value / key transports with the norms' Jacobians) and
+    ``unembed_norm`` (bool: the value readouts with the final norm), see ``_linearized``.
     ``logit_lens_key`` at ``z`` raises ``ValueError`` (not defined there)."""
     vectors = _check_request(model, lens, vectors, site, layer, kind, opts)
     vecs = _lens_vectors(model, tokens, mask, lens, vectors, site, layer, kind, opts)

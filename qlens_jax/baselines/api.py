@@ -28,11 +28,12 @@ from qlens_jax.baselines.secant import config_chunk_for, is_secant, mean_differe
 from qlens_jax.baselines.splice import write_point
 from qlens_jax.baselines.tuned_lens import TUNED_LENS_HINT, TunedLens, final_row, library_points, point_name
 from qlens_jax.lens.chunks import plan_chunks
+from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.plan import dictionary_list, feature_ids
 from qlens_jax.lens.signatures import Signatures, SignatureTable
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
-from qlens_jax.numerics import applies_precision
+from qlens_jax.numerics import cast_model, check_precision, matmul_precision
 from qlens_jax.progress import progress
 from qlens_jax.readout import (
     Layout,
@@ -113,7 +114,6 @@ def _table(lens: str, dictionary, ids: np.ndarray, result: dict) -> SignatureTab
     return SignatureTable(lens=lens, dictionary=dictionary.name, layer=dictionary.layer, feature_ids=ids, **result)
 
 
-@applies_precision
 def baseline_signatures(
     model: Transformer,
     dictionaries,
@@ -122,34 +122,59 @@ def baseline_signatures(
     *,
     lenses: Sequence[str] = BASELINE_LENSES,
     features=None,
-    k: int = 25,
+    options: LensOptions = LensOptions(),
+    execution: ExecutionOptions = ExecutionOptions(),
     translators: TunedLens | None = None,
-    memory_budget_gb: float | None = None,
-    sequences_per_chunk: int | None = None,
     config_chunk: int | None = None,
-    feature_chunk: int | None = None,
-    remove_final_norm_bias: bool = False,
     tuned_lens_point_choice: str = "written",
-    precision: str = "float32",
-    quiet: bool = True,
 ) -> Signatures:
     """Top-k and bottom-k tokens of each feature under each baseline lens.
 
     Args mirror `query_lens`: `dictionaries` (a `Dictionary`, a `DictionarySet` or a list),
     `tokens`/`mask` the token sample `[batch, seq]` (right padding; the secant lenses take their
     means over its valid positions), `features` None (all) / indices for every dictionary / a
-    dict from dictionary position or `(name, layer)` to indices. `translators`: a `TunedLens`
-    (needed for `tuned_lens`). `remove_final_norm_bias` applies to `tuned_lens` only (in the
-    secant differences the bias cancels). `tuned_lens_point_choice`: "written" (the translator of
-    the point the dictionary writes) or "layer" (the authors' code: translator `layer`, the
-    identity at the last layer; see `TUNED_LENS_POINTS`). `precision`: how matrix products
-    multiply (`qlens_jax.numerics`).
+    dict from dictionary position or `(name, layer)` to indices, and the two option groups:
+    from `options` (`LensOptions`) the baselines read `k`, `dtype` (the model is cast to it),
+    `precision` (how matrix products multiply, `qlens_jax.numerics`) and
+    `remove_final_norm_bias` (applied to `tuned_lens` only: in the secant differences the bias
+    cancels); the other fields concern transported lenses and are ignored. From `execution`
+    (`ExecutionOptions`) they read `memory_budget_gb`, `sequences_per_chunk`, `feature_chunk`
+    and `quiet`. Their own: `translators`, a `TunedLens` (needed for `tuned_lens`);
+    `config_chunk`, the secant configurations vmapped at once; `tuned_lens_point_choice`:
+    "written" (the translator of the point the dictionary writes) or "layer" (the authors'
+    code: translator `layer`, the identity at the last layer; see `TUNED_LENS_POINTS`).
 
     Cost: the secant lenses run the model from each dictionary's write point once per
     (feature, lens) over the whole sample (the quantity is a finite difference; there is no
     shared operator). Configs are vmapped in chunks of `config_chunk` inside one jitted call per
     token chunk.
     """
+    options.check(model.config.vocab_size)
+    execution.check()
+    check_precision(options.precision)
+    model = cast_model(model, options.dtype) if options.dtype != "float32" else model
+    with matmul_precision(options.precision):
+        return _baseline_signatures(
+            model,
+            dictionaries,
+            tokens,
+            mask,
+            lenses,
+            features,
+            options,
+            execution,
+            translators,
+            config_chunk,
+            tuned_lens_point_choice,
+        )
+
+
+def _baseline_signatures(
+    model, dictionaries, tokens, mask, lenses, features, options, execution, translators, config_chunk, point_choice
+) -> Signatures:
+    k, memory_budget_gb, sequences_per_chunk = options.k, execution.memory_budget_gb, execution.sequences_per_chunk
+    feature_chunk, quiet, tuned_lens_point_choice = execution.feature_chunk, execution.quiet, point_choice
+    remove_final_norm_bias = options.remove_final_norm_bias
     lenses = tuple(lenses)
     items = _validate(model, dictionaries, lenses, k, translators, tuned_lens_point_choice)
     tokens, mask = check_tokens(model, tokens, mask)

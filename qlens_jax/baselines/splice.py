@@ -55,6 +55,8 @@ _FEATURE_AXIS = {
     "b_mag": 0,
     "r_mag": 0,
     "log_sparsity": 0,
+    "W_gate": 1,
+    "b_gate": 0,
     "b_dec": None,
     "W_skip": None,
     "input_scale": None,

@@ -630,7 +630,7 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
     from qlens_jax.evaluation.sources import load_signatures, save_signatures
     from qlens_jax.evaluation.table8 import write_table8
     from qlens_jax.job.inputs import bos_token_id, load_dictionary_sources, load_model_source, vocab_strings
-    from qlens_jax.job.run import precision_kwargs
+    from qlens_jax.lens.options import ExecutionOptions, LensOptions
     from qlens_jax.lens.signatures import Signatures
 
     started = time.time()
@@ -741,11 +741,10 @@ def run_evaluate(args, argv: list[str] | None = None, parser=None) -> int:
             mask,
             lenses=args.baselines,
             features=wanted,
-            k=args.k,
+            options=LensOptions(k=args.k, precision=args.precision),
+            execution=ExecutionOptions(quiet=quiet),
             translators=translators,
             tuned_lens_point_choice=args.tuned_lens_point,
-            quiet=quiet,
-            **precision_kwargs(args.precision),
         )
         save_signatures(baselines, out / "baselines.parquet", dictionaries, vocab)
         sigs = Signatures([*sigs, *baselines])

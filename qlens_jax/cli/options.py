@@ -8,9 +8,11 @@ one check of `--precision` that depends on the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from qlens_jax.job.spec import DictionarySources, ModelSource, SampleSpec
-from qlens_jax.lens.options import PRECISIONS
+from qlens_jax.lens.linearization import SUBMODULES
+from qlens_jax.lens.options import PRECISIONS, LensOptions
 
 PRECISION_HELP = (
     "precision of the matrix products: float32 = true float32 on every backend (the reference); "
@@ -93,6 +95,48 @@ def add_sample_arguments(group, seed: bool = True) -> None:
 
 def add_precision_argument(group) -> None:
     group.add_argument("--precision", default="float32", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+def add_lens_option_arguments(group) -> None:
+    """The `LensOptions` switches that change how the lenses compute (beyond --k, --stats,
+    --dtype and --precision); `lens_options` reads them back."""
+    group.add_argument(
+        "--remove-final-norm-bias", action="store_true", help="value readouts without the final LayerNorm's bias"
+    )
+    group.add_argument(
+        "--first-order-key-mask-seed",
+        action="store_true",
+        help="mask the first-order key seed at pads (the reference does not)",
+    )
+    group.add_argument(
+        "--exact-norm-jacobian", action="store_true", help="transcoder keys include the MLP norm's Jacobian"
+    )
+    group.add_argument(
+        "--submodule",
+        choices=SUBMODULES,
+        default="both",
+        help="transport through attention only (attn), MLPs only (mlp) or both (the authors' submodule); "
+        "refused for lenses without transport (Logit Lens)",
+    )
+    for side, what in (("jvp", "value (JVP)"), ("vjp", "key (VJP)")):
+        group.add_argument(
+            f"--no-{side}-norm",
+            dest=f"{side}_norm",
+            action="store_false",
+            help=f"{what} transports without the blocks' norm Jacobians (the authors' use_{side}_layer_norm=false)",
+        )
+    group.add_argument(
+        "--no-unembed-norm",
+        dest="unembed_norm",
+        action="store_false",
+        help="value readouts without the final norm (the authors' use_unembed_layer_norm=false)",
+    )
+
+
+def lens_options(args: argparse.Namespace) -> LensOptions:
+    """The parsed lens options (--k, --stats, --dtype, --precision and `add_lens_option_arguments`):
+    every `LensOptions` field is the option of its name."""
+    return LensOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(LensOptions)})
 
 
 def model_source(args: argparse.Namespace) -> ModelSource:

@@ -6,15 +6,18 @@ import argparse
 
 from qlens_jax.cli.options import (
     add_layers_argument,
+    add_lens_option_arguments,
     add_model_arguments,
     add_precision_argument,
     add_sample_arguments,
     check_precision,
     dictionary_sources,
+    lens_options,
     model_source,
     sample_spec,
 )
 from qlens_jax.job.spec import JobOptions, SignaturesJob
+from qlens_jax.lens.options import ExecutionOptions
 
 SIGNATURES_EPILOG = """\
 examples:
@@ -49,7 +52,9 @@ def configure(parser: argparse.ArgumentParser):
         default="query_lens_value,query_lens_key",
         metavar="LENS[,LENS...]",
         help="comma-separated lenses, or 'all': query_lens_value, query_lens_key, first_order_value, "
-        "first_order_key, logit_lens_value, logit_lens_key",
+        "first_order_key, logit_lens_value, logit_lens_key, or specs VECTOR:TRANSITION:READOUT "
+        "(value|key : identity|first_order|full : unembed|embed|embed_cosine_centered, as the authors' run.py "
+        "accepts them, e.g. value:identity:embed)",
     )
     add_layers_argument(what)
     what.add_argument(
@@ -93,17 +98,7 @@ def configure(parser: argparse.ArgumentParser):
         action="store_false",
         help="skip checking a few dense-path features against the per-feature path",
     )
-    how.add_argument(
-        "--remove-final-norm-bias", action="store_true", help="value readouts without the final LayerNorm's bias"
-    )
-    how.add_argument(
-        "--first-order-key-mask-seed",
-        action="store_true",
-        help="mask the first-order key seed at pads (the reference does not)",
-    )
-    how.add_argument(
-        "--exact-norm-jacobian", action="store_true", help="transcoder keys include the MLP norm's Jacobian"
-    )
+    add_lens_option_arguments(how)
     scale = parser.add_argument_group("several devices and hosts")
     scale.add_argument(
         "--mesh",
@@ -162,24 +157,17 @@ def signatures_job(args: argparse.Namespace) -> SignaturesJob:
         out=args.out,
         lenses=parse_lenses(args.lenses),
         features=args.features,
-        k=args.k,
-        stats=args.stats,
-        dtype=args.dtype,
-        precision=args.precision,
-        path=args.path,
-        memory_budget_gb=args.memory_budget_gb,
+        lens=lens_options(args),
+        execution=ExecutionOptions(
+            path=args.path, memory_budget_gb=args.memory_budget_gb, self_check=args.self_check, quiet=args.quiet
+        ),
         shard_size=args.shard_size,
-        self_check=args.self_check,
-        remove_final_norm_bias=args.remove_final_norm_bias,
-        first_order_key_mask_seed=args.first_order_key_mask_seed,
-        exact_norm_jacobian=args.exact_norm_jacobian,
         mesh=args.mesh,
         weights=args.weights,
         distributed=args.distributed,
         coordinator=args.coordinator,
         num_processes=args.num_processes,
         process_id=args.process_id,
-        quiet=args.quiet,
     )
     return SignaturesJob(
         model=model_source(args), dictionaries=dictionary_sources(args), sample=sample_spec(args), options=options
@@ -194,5 +182,5 @@ def run(args: argparse.Namespace, argv: list[str], parser: argparse.ArgumentPars
         apply_protocol(args, parser, argv, PAPER_SIGNATURES)
     job = signatures_job(args)
     if not job.options.distributed:  # a multi-process job must not start JAX's backend before joining the others
-        check_precision(job.options.precision)
+        check_precision(job.options.lens.precision)
     return run_signatures(job, argv)

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-ACTIVATIONS = ("relu", "jumprelu", "topk", "abstopk", "groupmax", "gated")
-"""Names accepted by `Dictionary.activation`."""
+ACTIVATIONS = ("relu", "jumprelu", "topk", "abstopk", "groupmax", "gated", "mlp")
+"""Names accepted by `Dictionary.activation` ("mlp": a model's own MLP neurons, `mlp_activation`)."""
 
 
 def relu(pre: Float[Array, "*batch d_sae"]) -> Float[Array, "*batch d_sae"]:

@@ -28,6 +28,8 @@ def check_dictionary(d) -> None:
         "W_skip": (d_out, d_in),
         "input_scale": (),
         "log_sparsity": (d_sae,),
+        "W_gate": (d_in, d_sae),
+        "b_gate": (d_sae,),
     }
     for key, shape in shapes.items():
         value = getattr(d, key)
@@ -35,7 +37,7 @@ def check_dictionary(d) -> None:
             _fail(d, f"{key} has shape {tuple(value.shape)}, expected {shape}")
     if d.activation not in act.ACTIVATIONS:
         _fail(d, f"unknown activation {d.activation!r}; expected one of {act.ACTIVATIONS}")
-    needs = {"jumprelu": ("threshold",), "gated": ("b_mag", "r_mag")}.get(d.activation, ())
+    needs = {"jumprelu": ("threshold",), "gated": ("b_mag", "r_mag"), "mlp": ("mlp_activation",)}.get(d.activation, ())
     for key in needs:
         if getattr(d, key) is None:
             _fail(d, f"activation {d.activation!r} needs {key}")

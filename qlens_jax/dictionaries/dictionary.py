@@ -85,6 +85,11 @@ class Dictionary(eqx.Module):
     W_skip: Float[Array, "d_out d_in"] | None = None
     input_scale: Float[Array, ""] | None = None
     log_sparsity: Float[Array, " d_sae"] | None = None
+    # MLP neurons as features (`activation="mlp"`): the gate projection of a gated MLP and the
+    # MLP's activation function (`qlens_jax.models.layers.ACTIVATIONS`)
+    W_gate: Float[Array, "d_in d_sae"] | None = None
+    b_gate: Float[Array, " d_sae"] | None = None
+    mlp_activation: str | None = eqx.field(static=True, default=None)
     k: int | None = eqx.field(static=True, default=None)
     rectify: bool = eqx.field(static=True, default=True)
     apply_b_dec_to_input: bool = eqx.field(static=True, default=False)
@@ -132,6 +137,18 @@ class Dictionary(eqx.Module):
             pre = pre * self._decoder_norms()
         return pre
 
+    def _neurons(self, x: Float[ArrayLike, "*batch d_in"]) -> Float[Array, "*batch d_sae"]:
+        """An MLP's hidden layer: `act(x W_in + b_in)`, or `act(x W_gate + b_gate) * (x W_in + b_in)`."""
+        from qlens_jax.models.layers import mlp_hidden
+
+        assert self.mlp_activation is not None  # `check_dictionary`: "mlp" needs it
+        x_n = self._encoder_input(x)
+        up = x_n @ _f32(self.W_enc) + _f32(self.b_enc)
+        gate = None
+        if self.W_gate is not None:
+            gate = x_n @ _f32(self.W_gate) + (0.0 if self.b_gate is None else _f32(self.b_gate))
+        return mlp_hidden(self.mlp_activation, up, gate)
+
     def encode(self, x: Float[ArrayLike, "*batch d_in"]) -> Float[Array, "*batch d_sae"]:
         """Feature activations of input `x`."""
         if self.activation == "gated":
@@ -139,6 +156,8 @@ class Dictionary(eqx.Module):
             gate = x_n @ _f32(self.W_enc) + _f32(self.b_enc)
             magnitude = x_n @ (_f32(self.W_enc) * jnp.exp(_f32(self.r_mag))) + _f32(self.b_mag)
             return act.gated(gate, magnitude)
+        if self.activation == "mlp":
+            return self._neurons(x)
         pre = self.pre_activation(x)
         if self.activation == "relu":
             return act.relu(pre)

@@ -2,7 +2,8 @@
 
 One file per lens, `<out>/<lens>/feature_analysis.jsonl`, one JSON object per feature in the
 reference's order (sorted by layer, then feature), with its fields (docs/definitions.md section 7).
-Our lens names map to the reference's description of a lens:
+A lens is described by its parts (`qlens_jax.lens.lens_spec.Lens`; a spec such as
+`value:identity:embed` by its own three parts); the six named lenses are:
 
     lens               feature_vector  stream_transition  readout
     logit_lens_value   value           identity           unembed
@@ -28,21 +29,15 @@ from qlens_jax.errors import InputError
 from qlens_jax.io.atomic import write_atomic
 from qlens_jax.io.parquet import STAT_COLUMNS, read_table
 from qlens_jax.io.rundir import open_finished
+from qlens_jax.lens.lens_spec import parse_lens
 
-DESCRIPTION = {
-    "logit_lens_value": ("value", "identity", "unembed"),
-    "logit_lens_key": ("key", "identity", "embed"),
-    "first_order_value": ("value", "first_order", "unembed"),
-    "first_order_key": ("key", "first_order", "embed_cosine_centered"),
-    "query_lens_value": ("value", "full", "unembed"),
-    "query_lens_key": ("key", "full", "embed_cosine_centered"),
-}
 SORT = [("layer", "ascending"), ("feature", "ascending"), ("dictionary_index", "ascending")]
 
 
 def record(row: dict, feature_index: int) -> dict:
     """One line of feature_analysis.jsonl from one row of signatures.parquet."""
-    vector, transition, readout = DESCRIPTION[row["lens"]]
+    lens = parse_lens(row["lens"])
+    vector, transition, readout = lens.vector, lens.transition, lens.readout
     out = {
         "feature_index": feature_index,
         "feature_str": row["feature_str"],

@@ -71,12 +71,18 @@ def parse_ranges(text: str, option: str) -> np.ndarray:
 
 
 def parse_lenses(text: str) -> tuple[str, ...]:
-    lenses = LENSES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [lens for lens in lenses if lens not in LENSES]
-    if unknown or not lenses:
-        raise InputError(
-            f"--lenses {text!r}: unknown lens {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(LENSES)} or 'all'"
-        )
+    """`--lenses`: 'all' (the six presets), or preset names and `VECTOR:TRANSITION:READOUT` specs,
+    as canonical names (a spec of a preset is that preset's name)."""
+    from qlens_jax.lens.lens_spec import lens_name
+    from qlens_jax.lens.validation import LensRequestError
+
+    given = LENSES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
+    if not given:
+        raise InputError(f"--lenses {text!r}: no lens; choose from {', '.join(LENSES)} or 'all'")
+    try:
+        lenses = tuple(lens_name(lens) for lens in given)
+    except LensRequestError as err:
+        raise InputError(f"--lenses {text!r}: {err}") from None
     if len(set(lenses)) != len(lenses):
         raise InputError(f"--lenses {text!r}: a lens is named twice")
     return lenses
@@ -141,19 +147,19 @@ def check_sources(model: ModelSource, dictionaries: DictionarySources) -> None:
 
 def check_job(job: SignaturesJob, writes_output: bool = True) -> None:
     """Checks that need no file contents (`writes_output`: this process writes --out)."""
-    options = job.options
-    for name, value in (("--k", options.k), ("--shard-size", options.shard_size)):
+    options, lens, execution = job.options, job.options.lens, job.options.execution
+    for name, value in (("--k", lens.k), ("--shard-size", options.shard_size)):
         if value is not None and value < 1:
             raise InputError(f"{name} {value}: must be at least 1")
-    if options.dtype not in DTYPES:
-        raise InputError(f"--dtype {options.dtype!r}: choose from {', '.join(DTYPES)}")
-    if options.precision not in PRECISIONS:
-        raise InputError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
-    if options.path not in PATHS:
-        raise InputError(f"--path {options.path!r}: choose from {', '.join(PATHS)}")
+    if lens.dtype not in DTYPES:
+        raise InputError(f"--dtype {lens.dtype!r}: choose from {', '.join(DTYPES)}")
+    if lens.precision not in PRECISIONS:
+        raise InputError(f"--precision {lens.precision!r}: choose from {', '.join(PRECISIONS)}")
+    if execution.path not in PATHS:
+        raise InputError(f"--path {execution.path!r}: choose from {', '.join(PATHS)}")
     check_sample(job.sample)
-    if options.memory_budget_gb is not None and options.memory_budget_gb <= 0:
-        raise InputError(f"--memory-budget-gb {options.memory_budget_gb}: must be positive")
+    if execution.memory_budget_gb is not None and execution.memory_budget_gb <= 0:
+        raise InputError(f"--memory-budget-gb {execution.memory_budget_gb}: must be positive")
     check_sources(job.model, job.dictionaries)
     if options.mesh is not None:
         parse_mesh(options.mesh)
@@ -222,8 +228,13 @@ def check_dictionary_source(source: str) -> None:
     """A registry id `RELEASE:SAE_ID` must name a dictionary of sae_lens's registry (which
     must be installed); anything else is checked as a path or Hub id."""
     from converters.dictionaries import registry
+    from converters.dictionaries.neurons import PREFIX, is_neurons_source
     from qlens_jax.dictionaries import DictionaryError
 
+    if is_neurons_source(source):
+        if source != PREFIX:
+            parse_ranges(source[len(PREFIX) + 1 :], f"--dictionary {PREFIX}:")
+        return
     parsed = registry.parse(source)
     if parsed is None:
         check_source("--dictionary", source)
@@ -305,12 +316,17 @@ def vocab_strings(tokenizer, vocab_size: int) -> np.ndarray:
 def load_dictionary_sources(sources: DictionarySources, model) -> list:
     """Every --dictionary (folders of several expanded) checked against `model`, filtered by --layers."""
     import converters
+    from converters.dictionaries.neurons import PREFIX, is_neurons_source, neuron_dictionaries
     from converters.errors import ConversionError
     from qlens_jax.dictionaries import DictionaryError, DictionarySet
 
     loaded = []
     for source in sources.sources:
         try:
+            if is_neurons_source(source):
+                layers = None if source == PREFIX else parse_ranges(source[len(PREFIX) + 1 :], "--dictionary").tolist()
+                loaded.extend(neuron_dictionaries(model, layers))
+                continue
             loaded.extend(converters.load_dictionaries([source], model))
         except (DictionaryError, ConversionError, OSError) as err:
             raise InputError(f"--dictionary {source}: {err}") from None

@@ -1,7 +1,7 @@
 """Which lens a run computes for which dictionary, and the kernel plans that compute them.
 
-Every lens is defined for every dictionary except Logit Lens's key side for a `z` dictionary:
-its key vectors live in the heads' output space (`n_heads x head_dim` wide), not in the
+Every lens is defined for every dictionary except a key vector read in place (Logit Lens's key
+side, `key:identity:*`) for a `z` dictionary: its key vectors live in the heads' output space (`n_heads x head_dim` wide), not in the
 residual stream that `W_E` embeds into (docs/definitions.md section 1b). A run mixing dictionaries
 computes each lens for every dictionary it is defined for and skips the rest with a one-line
 note (also kept in run.json); a lens defined for none of the run's dictionaries is refused at
@@ -17,19 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from qlens_jax.errors import InputError
+from qlens_jax.lens.lens_spec import parse_lens
 
-UNDEFINED_AT_SITE = {"z": ("logit_lens_key",)}
-WHY = {
-    (
-        "logit_lens_key",
-        "z",
-    ): "its key vectors live in the heads' output space (z), not the residual stream W_E embeds into",
-}
+WHY_NOT_AT_Z = "its key vectors live in the heads' output space (z), not the residual stream W_E embeds into"
 
 
-def undefined_lenses(dictionary) -> tuple[str, ...]:
-    """The lenses that have no definition for `dictionary` (by the site it reads)."""
-    return UNDEFINED_AT_SITE.get(dictionary.site_in, ())
+def undefined_reason(lens: str, dictionary) -> str | None:
+    """Why `lens` has no definition for `dictionary` (by the site it reads), or None: a key
+    vector read in place (the identity transition) at `z`."""
+    spec = parse_lens(lens)
+    if dictionary.site_in == "z" and spec.side == "key" and not spec.transports:
+        return WHY_NOT_AT_Z
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,10 @@ def skipped_lenses(lenses: tuple[str, ...], dictionaries: list) -> list[Skipped]
     """The (lens, dictionary) pairs of a run that are not computed; `InputError` when a lens is
     computed for none of the dictionaries (nothing to compute: drop it from --lenses)."""
     skipped = [
-        Skipped(lens, i, d.name, d.layer, WHY[(lens, d.site_in)])
+        Skipped(lens, i, d.name, d.layer, reason)
         for lens in lenses
         for i, d in enumerate(dictionaries)
-        if lens in undefined_lenses(d)
+        if (reason := undefined_reason(lens, d)) is not None
     ]
     for lens in lenses:
         missing = [s for s in skipped if s.lens == lens]

@@ -126,6 +126,7 @@ def _manifest(job: SignaturesJob, argv, inputs: Inputs, plan: dict, skipped: lis
         "feature_strs": hashing.json_hash([sorted(s.items()) for s in inputs.feature_strs]),
         "sample": sample["sha256"],
         **{key: options[key] for key in OUTPUT_OPTIONS},
+        **job.options.lens.analysis_changes(),
     }
     return {
         "command": ["qlens", *argv],
@@ -169,25 +170,12 @@ def lens_plan(
     from the budget (what a first start stores in run.json). `model`: the model to plan with
     (another plan's, already cast and placed), else the run's."""
     from qlens_jax import memory
-    from qlens_jax.lens import ExecutionOptions, LensOptions, plan_request
+    from qlens_jax.lens import plan_request
 
     positions = list(range(len(inputs.dictionaries))) if positions is None else positions
-    lens_options = LensOptions(
-        k=options.k,
-        dtype=options.dtype,
-        precision=options.precision,
-        stats=options.stats,
-        remove_final_norm_bias=options.remove_final_norm_bias,
-        first_order_key_mask_seed=options.first_order_key_mask_seed,
-        exact_norm_jacobian=options.exact_norm_jacobian,
-    )
-    execution = ExecutionOptions(
-        path=options.path,
-        mesh=mesh,
-        shard_weights=_shard_weights(options),
-        self_check=options.self_check,
-        quiet=True,
-        memory_budget_gb=float(options.memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))),
+    budget = options.execution.memory_budget_gb or memory.default_budget_gb(memory.planning_device(mesh))
+    execution = replace(
+        options.execution, mesh=mesh, shard_weights=_shard_weights(options), quiet=True, memory_budget_gb=float(budget)
     )
     return plan_request(
         inputs.model if model is None else model,
@@ -196,7 +184,7 @@ def lens_plan(
         inputs.mask,
         lenses=options.lenses if lenses is None else lenses,
         features={n: inputs.features[i] for n, i in enumerate(positions)},
-        options=lens_options,
+        options=options.lens,
         execution=execution,
     )
 
@@ -377,7 +365,7 @@ def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
     if options.distributed:
         distributed.initialize(options.coordinator, options.num_processes, options.process_id)
     writer = distributed.is_writer()
-    quiet = options.quiet or not writer
+    quiet = options.execution.quiet or not writer
     timings: dict[str, float] = {}
     start = time.perf_counter()
     inputs = distributed.checked(lambda: prepare(job, quiet, writes_output=writer))
@@ -421,7 +409,7 @@ def run_signatures(job: SignaturesJob, argv: list[str]) -> int:
             for shard in progress(
                 left, desc=desc, quiet=quiet, unit="shard", total=len(group), initial=len(group) - len(left)
             ):
-                self_check = options.self_check and shard.chunk == 0
+                self_check = options.execution.self_check and shard.chunk == 0
                 rows = _compute_shard(inputs, reading, operators, shard, stored["shard_width"], self_check)
                 if run:
                     write_table(run.shard_path(shard.name), rows, before_publish)

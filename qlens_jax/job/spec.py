@@ -8,7 +8,12 @@ Field names are the options' names with `_` for `-` (`corpus_max_tokens` is
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+
+from qlens_jax.lens.options import ExecutionOptions, LensOptions
+
+# The execution options a `qlens signatures` command line sets (run.json records them by name).
+COMMAND_LINE_EXECUTION = ("path", "memory_budget_gb", "self_check", "quiet")
 
 
 @dataclass(frozen=True)
@@ -65,29 +70,31 @@ class SampleSpec:
 @dataclass(frozen=True)
 class JobOptions:
     """How `qlens signatures` computes and where it writes (`lenses` already parsed; `features`
-    the `--features` text as given, parsed when the dictionaries are known)."""
+    the `--features` text as given, parsed when the dictionaries are known).
+
+    `lens` is what the kernel computes (`LensOptions`, passed to it as it is); `execution` how it
+    runs (`ExecutionOptions`; its `mesh` is built from the `mesh` text when the job starts, its
+    `shard_weights` from `weights`). The other fields are the job's own."""
 
     out: str
     lenses: tuple[str, ...]
     features: str | None = None
-    k: int = 25
-    stats: bool = False
-    dtype: str = "float32"
-    precision: str = "float32"
-    path: str = "auto"
-    memory_budget_gb: float | None = None
+    lens: LensOptions = field(default_factory=LensOptions)
+    execution: ExecutionOptions = field(default_factory=lambda: ExecutionOptions(quiet=False))
     shard_size: int = 4096
-    self_check: bool = True
-    remove_final_norm_bias: bool = False
-    first_order_key_mask_seed: bool = False
-    exact_norm_jacobian: bool = False
     mesh: str | None = None
     weights: str = "auto"
     distributed: bool = False
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
-    quiet: bool = False
+
+    def record(self) -> dict:
+        """The options by option name, one level (run.json's `options`): the job's own, every
+        `LensOptions` field, and the execution options the command line sets."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("lens", "execution")}
+        execution = {name: getattr(self.execution, name) for name in COMMAND_LINE_EXECUTION}
+        return {**own, **self.lens.fingerprint(), **execution}
 
 
 @dataclass(frozen=True)
@@ -107,5 +114,5 @@ class SignaturesJob:
             "dictionary": list(self.dictionaries.sources),
             "layers": self.dictionaries.layers,
             **asdict(self.sample),
-            **asdict(self.options),
+            **self.options.record(),
         }

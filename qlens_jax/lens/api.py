@@ -10,6 +10,7 @@ against the per-feature path. `query_lens` is the one-call front doing all three
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from functools import partial
 
@@ -22,6 +23,8 @@ from qlens_jax import memory, sharding
 from qlens_jax.dictionaries import is_cross_layer
 from qlens_jax.lens import cross_layer, self_check
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
+from qlens_jax.lens.lens_spec import Lens, parse_lens
+from qlens_jax.lens.linearization import readout_model
 from qlens_jax.lens.means import per_feature_means, relative_variance
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.options import ExecutionOptions, LensOptions, split_options
@@ -33,23 +36,58 @@ from qlens_jax.models import Transformer
 from qlens_jax.numerics import matmul_precision
 from qlens_jax.progress import progress
 from qlens_jax.readout import ReadoutContext, centered_embeddings, check_finite_scores, feature_chunk_for
+from qlens_jax.readout.context import read_topk
+from qlens_jax.readout.scores import key_score_fn, value_score_fn
 
 
 def transport_operators_for(plan: LensPlan) -> TransportOperators | None:
     """The dense operators `plan` needs: the sweeps of its transport lenses, over only the
     blocks between the embedding / the top and its dictionaries. None when it needs none
-    (Logit Lens only, or the per-feature path)."""
+    (Logit Lens only, or the per-feature path). Under non-default `submodule` / norm options
+    (`linearization`) each side's sweeps differentiate that side's model, basis-major (the
+    block-major sweeps form the modules' Jacobians from their weights)."""
     if plan.path != "dense" or not plan.transport_lenses:
         return None
+    if plan.default_linearization:
+        return _sweep(plan, plan.model, plan.sweeps, "auto")
+    value_model, key_model = plan.transport_model("value"), plan.transport_model("key")
+    if plan.options.jvp_norm == plan.options.vjp_norm:
+        return _sweep(plan, value_model, plan.sweeps, "basis")
+    first_order_sides = {parse_lens(lens).side for lens in plan.lenses if parse_lens(lens).transition == "first_order"}
+    per_side = {
+        side: tuple(s for s in plan.sweeps if s == side or (s == "first_order" and side in first_order_sides))
+        for side in ("value", "key")
+    }
+    value = _sweep(plan, value_model, per_side["value"], "basis") if per_side["value"] else None
+    key = _sweep(plan, key_model, per_side["key"], "basis") if per_side["key"] else None
+    if value is None or key is None:
+        return value or key
+    # The value run's first-order Jacobians serve the value side, the key run's `first_order_all`
+    # the key side (`_check_analysis_options` refuses the case where it would read `first_order`).
+    return dataclasses.replace(
+        value,
+        key=key.key,
+        key_at_sites=key.key_at_sites,
+        key_to_point=key.key_to_point,
+        first_order=value.first_order if value.first_order is not None else key.first_order,
+        first_order_all=key.first_order_all,
+        z_hop_key=key.z_hop_key,
+        z_hop_key_all=key.z_hop_key_all,
+    )
+
+
+def _sweep(plan: LensPlan, model: Transformer, sweeps: tuple[str, ...], sweep_order: str) -> TransportOperators:
+    """`transport_operators` of `model` (the plan's, or one side's `transport_model`) for `sweeps`."""
     return transport_operators(
-        plan.model,
+        model,
         plan.tokens,
         plan.mask,
-        sweeps=plan.sweeps,
+        sweeps=sweeps,
         plan=plan.chunks,
         mesh=plan.execution.mesh,
         with_input_norms=plan.needs_input_norms,
         shard_weights=plan.shard_weights,
+        sweep_order=sweep_order,
         quiet=plan.execution.quiet,
         memory_budget_gb=plan.execution.memory_budget_gb,
         value_from_point=plan.value_from_point,
@@ -70,7 +108,7 @@ def check_operators(plan: LensPlan, operators: TransportOperators) -> None:
             "transport_operators(..., with_input_norms=True) for exact_norm_jacobian on normalizing SAEs"
         )
     for lens in plan.transport_lenses:
-        if not lens.startswith("query_lens"):
+        if parse_lens(lens).transition != "full":
             continue
         side = lens_side(lens)
         for r in plan.requests:
@@ -95,7 +133,7 @@ def _key_matrix(plan: LensPlan) -> Float[Array, "vocab d"]:
 def _readout_context(plan: LensPlan) -> ReadoutContext:
     budget = memory.budget_bytes(plan.execution.memory_budget_gb, memory.planning_device(plan.execution.mesh))
     return ReadoutContext(
-        model=plan.model,
+        model=readout_model(plan.model, plan.options.unembed_norm),
         key_matrix=_key_matrix(plan),
         remove_final_norm_bias=plan.options.remove_final_norm_bias,
         k=plan.options.k,
@@ -135,11 +173,12 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
             point = request.points.write if side == "value" else request.points.read
             table_stats: dict[str, np.ndarray] = {}
             extra = {}
+            transition = parse_lens(lens).transition
             if side == "value" and is_cross_layer(request.dictionary):
                 result, extra = cross_layer.read_value(plan, request, lens, context, operators, finite)
-            elif lens.startswith("logit_lens"):
-                result = context.read(side, vectors, op=_logit_lens_op(plan, point), logit_lens=True)
-            elif lens.startswith("query_lens"):
+            elif transition == "identity":
+                result = _identity_read(plan, context, parse_lens(lens), vectors, point)
+            elif transition == "full":
                 if plan.path == "dense":
                     assert operators is not None  # checked on entry: the dense path has operators
                     op = operators.operator(side, point, n_layers, plan.model.config)
@@ -165,7 +204,7 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                         self_check.check_first_order(plan, request, side, vectors, terms, lens)
                 else:
                     blocks, term_vectors = first_order_terms_per_feature(
-                        plan.model,
+                        plan.transport_model(side),
                         plan.tokens,
                         plan.mask,
                         plan.chunks,
@@ -205,6 +244,29 @@ def _finite(result: dict, *, lens: str, side: str, request) -> dict:
     return result
 
 
+def _identity_read(plan: LensPlan, context: ReadoutContext, lens: Lens, vectors, point) -> dict:
+    """An identity-transition lens (Logit Lens and the other `VECTOR:identity:READOUT` specs):
+    the vectors read out where they are, by the lens's readout. The centred cosine of an
+    untransported vector is centred on the vocabulary's mean embedding, as the authors'
+    `apply_embed_cosine_centered` without a centre."""
+    op = _logit_lens_op(plan, point)
+    if lens.readout == "unembed":
+        score_fn = value_score_fn(context.model, plan.options.remove_final_norm_bias, op)
+    elif lens.readout == "embed":
+        score_fn = key_score_fn(plan.model.W_E, op)
+    else:
+        score_fn = key_score_fn(_vocab_centered_embeddings(plan), op)
+    return read_topk(score_fn, vectors, context.k, context.feature_chunk, context.layout)
+
+
+def _vocab_centered_embeddings(plan: LensPlan) -> Float[Array, "vocab d"]:
+    """`(e_t - c) / ||e_t - c||` with `c` the mean row of `W_E` over the vocabulary."""
+    W_E = plan.model.W_E.astype(jnp.float32)
+    centred = W_E - W_E.mean(axis=0)
+    norms = jnp.linalg.norm(centred, axis=-1, keepdims=True)
+    return centred / jnp.maximum(norms, 1e-8)
+
+
 def _logit_lens_op(plan: LensPlan, point) -> Float[Array, "d q"] | None:
     """Logit Lens's map into the residual: `W_O` for value vectors at `z` (as `X @ op.T`), else
     none (docs/definitions.md section 1b; the key side at `z` is refused by `plan_request`)."""
@@ -219,7 +281,7 @@ def query_lens(
     tokens,
     mask=None,
     *,
-    lenses: Sequence[str] = DEFAULT_LENSES,
+    lenses: Sequence[str | Lens] = DEFAULT_LENSES,
     features=None,
     options: LensOptions = LensOptions(),
     execution: ExecutionOptions = ExecutionOptions(),
@@ -250,4 +312,10 @@ def query_lens(
     )
     if operators is None:
         operators = transport_operators_for(plan)
+    elif not plan.default_linearization:
+        raise LensRequestError(
+            f"operators= cannot be used with submodule={options.submodule!r}, jvp_norm={options.jvp_norm}, "
+            f"vjp_norm={options.vjp_norm}: operators do not record which Jacobians they hold; let query_lens compute "
+            "them (or call transport_operators_for on the plan)"
+        )
     return read_signatures(plan, operators)

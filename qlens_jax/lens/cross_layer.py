@@ -28,11 +28,15 @@ from jaxtyping import Array, Float
 from qlens_jax.dictionaries import CrossLayerTranscoder, is_cross_layer
 from qlens_jax.lens import self_check
 from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
+from qlens_jax.lens.lens_spec import parse_lens
 from qlens_jax.lens.means import per_feature_means
 from qlens_jax.lens.operators import TransportOperators
+from qlens_jax.lens.options import LensOptions
 from qlens_jax.lens.points import DictionaryPoints, dictionary_points
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.readout import FeatureRows, ReadoutContext
+
+CROSS_LAYER_VALUE_LENSES = ("query_lens_value", "first_order_value", "logit_lens_value")
 
 
 class CrossLayerRows(FeatureRows):
@@ -44,10 +48,15 @@ class CrossLayerRows(FeatureRows):
         return block.reshape(len(block), -1)
 
 
-def check_requests(requests, lenses: tuple[str, ...], stats: bool, n_layers: int) -> None:
+def check_requests(requests, lenses: tuple[str, ...], options: LensOptions, n_layers: int) -> None:
     """Refuse, naming the dictionary, a cross-layer transcoder whose writes do not end at the
-    model's last layer, and the relative-variance statistic on its value side (it needs the
-    per-position vectors of the summed transport, which neither path forms)."""
+    model's last layer, the relative-variance statistic on its value side (it needs the
+    per-position vectors of the summed transport, which neither path forms), and on its value
+    side a lens other than the three presets or the authors' analysis options (the summed
+    transport is implemented for the default linearization only)."""
+    value_lenses = [lens for lens in lenses if parse_lens(lens).side == "value"]
+    odd_lenses = [lens for lens in value_lenses if lens not in CROSS_LAYER_VALUE_LENSES]
+    changed = options.analysis_changes()
     for r in requests:
         d = r.dictionary
         if not is_cross_layer(d):
@@ -57,7 +66,17 @@ def check_requests(requests, lenses: tuple[str, ...], stats: bool, n_layers: int
                 f"{r.describe()} is a cross-layer transcoder writing into layers {d.layer}..{d.layer + d.n_write - 1}, "
                 f"but the model has {n_layers} layers"
             )
-        if stats and "query_lens_value" in lenses:
+        if odd_lenses:
+            raise LensRequestError(
+                f"{odd_lenses[0]} is not available for the cross-layer transcoder {r.describe()}: its value side "
+                f"is read by {', '.join(CROSS_LAYER_VALUE_LENSES)} only; load it per layer (cross_layer=False) for other lenses"
+            )
+        if changed and value_lenses:
+            raise LensRequestError(
+                f"{', '.join(f'{k}={v!r}' for k, v in changed.items())} is not available on the value side of the "
+                f"cross-layer transcoder {r.describe()}; load it per layer (cross_layer=False) for the authors' options"
+            )
+        if options.stats and "query_lens_value" in lenses:
             raise LensRequestError(
                 f"stats (relative variance) is not available for query_lens_value of the cross-layer transcoder "
                 f"{r.describe()}; run it without stats, or load the transcoder per layer (cross_layer=False)"

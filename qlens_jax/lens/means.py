@@ -16,7 +16,7 @@ def per_feature_means(plan, side: str, vectors, point: Point, quiet: bool):
     plan's sample (one linearized pass per feature, token chunk by token chunk), every vector
     transported from `point` (the write point on the value side, the read point on the key side)
     over only the blocks it passes where `partial_transport.covers` it."""
-    model, chunks = plan.model, plan.chunks
+    model, chunks = plan.transport_model(side), plan.chunks
     n_layers = model.config.n_layers
     shortened = partial_transport.covers(point, side, n_layers, model.config.parallel_residual)
     total, total_sq = 0.0, 0.0

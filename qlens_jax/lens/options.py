@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from qlens_jax import numerics
+from qlens_jax.lens.linearization import SUBMODULES
 from qlens_jax.lens.validation import LensRequestError
 
 DTYPES = tuple(numerics.DTYPES)
@@ -42,6 +43,14 @@ class LensOptions:
             really passes: the MLP pre-norm for transcoders (the reference reads before it)
             and the dictionary's own per-token input normalization (`layer_norm`, e.g. OpenAI
             TopK SAEs, or `constant_norm_rescale`; the reference uses the raw encoder column).
+        submodule: transport through "both" module kinds, attention only ("attn") or MLPs only
+            ("mlp"), on both sides of the Query Lens and first order (the authors' `submodule`;
+            `qlens_jax.lens.linearization`). Lenses with no transport (Logit Lens) refuse it.
+        jvp_norm, vjp_norm: the value (JVP) and key (VJP) transports include the Jacobians of
+            the blocks' norms (the authors' `use_jvp_layer_norm` / `use_vjp_layer_norm`); off,
+            each module is differentiated at its normalized input as if its norms were the identity.
+        unembed_norm: the value readout applies the final norm to the vector before `W_U` (the
+            authors' `use_unembed_layer_norm`); off, the vector is unembedded as it is.
     """
 
     k: int = 25
@@ -51,6 +60,10 @@ class LensOptions:
     remove_final_norm_bias: bool = False
     first_order_key_mask_seed: bool = False
     exact_norm_jacobian: bool = False
+    submodule: str = "both"
+    jvp_norm: bool = True
+    vjp_norm: bool = True
+    unembed_norm: bool = True
 
     def check(self, vocab_size: int) -> None:
         """Raise `LensRequestError` naming the first option that cannot be used."""
@@ -62,10 +75,21 @@ class LensOptions:
             raise LensRequestError(
                 f"precision {self.precision!r} is not supported; choose from {', '.join(PRECISIONS)}"
             )
+        if self.submodule not in SUBMODULES:
+            raise LensRequestError(f"submodule {self.submodule!r} is not one of {', '.join(SUBMODULES)}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The options as plain values, for run manifests."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def analysis_changes(self) -> dict[str, Any]:
+        """The authors' analysis options (`ANALYSIS_OPTIONS`) that differ from their defaults:
+        what a run's fingerprint adds, so that runs made before the options existed keep theirs."""
+        default = LensOptions()
+        return {name: getattr(self, name) for name in ANALYSIS_OPTIONS if getattr(self, name) != getattr(default, name)}
+
+
+ANALYSIS_OPTIONS = ("submodule", "jvp_norm", "vjp_norm", "unembed_norm")
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,14 @@ from qlens_jax import memory, sharding
 from qlens_jax.dictionaries import Dictionary
 from qlens_jax.lens import auto, cross_layer
 from qlens_jax.lens.chunks import ChunkPlan, plan_chunks
+from qlens_jax.lens.lens_spec import Lens, parse_lens
+from qlens_jax.lens.linearization import is_default, transport_model
 from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.points import MODULE_OUTPUT_SITES, DictionaryPoints, Point, dictionary_points, flows_into
-from qlens_jax.lens.signatures import DEFAULT_LENSES, LENSES, lens_side
+from qlens_jax.lens.signatures import DEFAULT_LENSES
 from qlens_jax.lens.validation import LensRequestError, check_tokens
 from qlens_jax.models import Transformer
 from qlens_jax.readout import FeatureRows
-
-SWEEP_OF_LENS = {
-    "query_lens_value": "value",
-    "query_lens_key": "key",
-    "first_order_value": "first_order",
-    "first_order_key": "first_order",
-}
 
 
 @dataclass(frozen=True)
@@ -103,19 +98,31 @@ class LensPlan:
     chunks: ChunkPlan
     shard_weights: bool
 
+    def transport_model(self, side: str) -> Transformer:
+        """The model as the `side`'s transports differentiate it (`linearization`: the
+        `submodule` and the side's norm-Jacobian option); `model` for the defaults."""
+        norm = self.options.jvp_norm if side == "value" else self.options.vjp_norm
+        return transport_model(self.model, self.options.submodule, norm)
+
+    @property
+    def default_linearization(self) -> bool:
+        """Whether both sides differentiate the model as it is."""
+        o = self.options
+        return is_default(o.submodule, o.jvp_norm) and is_default(o.submodule, o.vjp_norm)
+
     @property
     def n_features(self) -> int:
         return sum(len(r.features) for r in self.requests)
 
     @property
     def transport_lenses(self) -> tuple[str, ...]:
-        """The lenses that need transport (all but Logit Lens)."""
-        return tuple(lens for lens in self.lenses if lens in SWEEP_OF_LENS)
+        """The lenses that need transport (all but the identity transition, Logit Lens)."""
+        return tuple(lens for lens in self.lenses if parse_lens(lens).transports)
 
     @property
     def sweeps(self) -> tuple[str, ...]:
         """The operator sweeps the transport lenses need, in a fixed order."""
-        return tuple(sorted({SWEEP_OF_LENS[lens] for lens in self.transport_lenses}))
+        return tuple(sorted({str(parse_lens(lens).sweep) for lens in self.transport_lenses}))
 
     @property
     def needs_input_norms(self) -> bool:
@@ -151,19 +158,50 @@ class LensPlan:
                 for r in self.requests
                 if r.index in features
             )
-        chosen = self.lenses if lenses is None else tuple(lenses)
+        chosen = self.lenses if lenses is None else tuple(parse_lens(lens).name for lens in lenses)
         unknown = [lens for lens in chosen if lens not in self.lenses]
         if unknown:
             raise LensRequestError(f"lens(es) {unknown} are not part of this plan ({', '.join(self.lenses)})")
         return replace(self, lenses=chosen, requests=requests)
 
 
-def _check_lenses(lenses: tuple[str, ...]) -> None:
+def _check_lenses(lenses: Sequence[str | Lens]) -> tuple[str, ...]:
+    """The lenses' names (`lens_spec.parse_lens` refuses an unknown one, naming the part)."""
     if not lenses:
         raise LensRequestError("no lenses requested")
-    unknown = [lens for lens in lenses if lens not in LENSES]
-    if unknown:
-        raise LensRequestError(f"unknown lens(es) {unknown}; choose from {', '.join(LENSES)}")
+    names = tuple(parse_lens(lens).name for lens in lenses)
+    if len(set(names)) != len(names):
+        raise LensRequestError(f"a lens is requested twice: {', '.join(names)}")
+    return names
+
+
+def _check_analysis_options(options: LensOptions, lenses: tuple[str, ...], requests: list, path: str) -> None:
+    """Refuse `submodule` on a lens without transport or a dictionary on a module output (its
+    first hop is through one module kind), and dense first order in both directions with
+    different norm options on the two sides (the first-order sweep holds one Jacobian per module)."""
+    if options.submodule == "both":
+        pass
+    elif untransported := [lens for lens in lenses if not parse_lens(lens).transports]:
+        raise LensRequestError(
+            f"submodule={options.submodule!r} has no meaning for {untransported[0]}: it has no transport "
+            "(the vector is read where the dictionary puts it); drop the lens or the submodule option"
+        )
+    elif on_outputs := [r for r in requests if r.points.read.module is not None or r.points.write.site == "z"]:
+        raise LensRequestError(
+            f"submodule={options.submodule!r} is not available for {on_outputs[0].describe()}: it reads or writes a "
+            "module output, whose first hop goes through that module; use submodule='both'"
+        )
+    first_order = {parse_lens(lens).side for lens in lenses if parse_lens(lens).transition == "first_order"}
+    if (
+        path != "per-feature"
+        and first_order == {"value", "key"}
+        and options.first_order_key_mask_seed
+        and options.jvp_norm != options.vjp_norm
+    ):
+        raise LensRequestError(
+            "first-order lenses on both sides with first_order_key_mask_seed and different jvp_norm / vjp_norm need "
+            "two Jacobians per module, which the dense first-order sweep does not hold; use path='per-feature'"
+        )
 
 
 def plan_request(
@@ -172,7 +210,7 @@ def plan_request(
     tokens,
     mask=None,
     *,
-    lenses: Sequence[str] = DEFAULT_LENSES,
+    lenses: Sequence[str | Lens] = DEFAULT_LENSES,
     features=None,
     options: LensOptions = LensOptions(),
     execution: ExecutionOptions = ExecutionOptions(),
@@ -184,7 +222,7 @@ def plan_request(
         model: the converted language model.
         dictionaries: a `Dictionary`, a `DictionarySet` or a list of dictionaries.
         tokens, mask: the token sample `[batch, seq]` and its right-padding mask.
-        lenses: any of `LENSES`.
+        lenses: `Lens` values, preset names (`LENSES`) or `VECTOR:TRANSITION:READOUT` specs.
         features: None (all), ids applied to every dictionary, or a dict from dictionary
             position (or `(name, layer)`) to ids.
         options, execution: see `LensOptions` and `ExecutionOptions`.
@@ -196,8 +234,7 @@ def plan_request(
     from qlens_jax.lens.scales import check_weight_scales
     from qlens_jax.numerics import cast_model, check_precision
 
-    lenses = tuple(lenses)
-    _check_lenses(lenses)
+    lenses = _check_lenses(lenses)
     options.check(model.config.vocab_size)
     execution.check()
     check_precision(options.precision)
@@ -216,7 +253,7 @@ def plan_request(
         requests.append(Request(index, dictionary, feature_ids(features, index, dictionary), points))
     if sum(len(r.features) for r in requests) == 0:
         raise LensRequestError("the request selects no features")
-    cross_layer.check_requests(requests, lenses, options.stats, model.config.n_layers)
+    cross_layer.check_requests(requests, lenses, options, model.config.n_layers)
     check_weight_scales(model, requests, lenses, options.dtype, options.precision)
     normalizing = [
         r
@@ -230,12 +267,14 @@ def plan_request(
             f"({normalizing[0].dictionary.input_norm}) at a module output ({normalizing[0].points.read}), where the "
             "sweeps record no normalized points; run it without exact_norm_jacobian (the reference convention)"
         )
+    _check_analysis_options(options, lenses, requests, execution.path)
     z_readers = [r for r in requests if r.points.read.site == "z"]
-    if "logit_lens_key" in lenses and z_readers:
+    z_keys = [lens for lens in lenses if parse_lens(lens).side == "key" and not parse_lens(lens).transports]
+    if z_keys and z_readers:
         raise LensRequestError(
-            f"logit_lens_key has no definition for {z_readers[0].describe()}: its key vectors live in the heads' "
+            f"{z_keys[0]} has no definition for {z_readers[0].describe()}: its key vectors live in the heads' "
             "output space (z, n_heads x head_dim wide), not the residual stream that W_E embeds into; "
-            "drop logit_lens_key for z dictionaries (query_lens_key and first_order_key reach the embedding)"
+            f"drop {z_keys[0]} for z dictionaries (query_lens_key and first_order_key reach the embedding)"
         )
     tokens, mask = check_tokens(model, tokens, mask)
     model = cast_model(model, options.dtype) if options.dtype != "float32" else model
@@ -253,7 +292,8 @@ def plan_request(
         execution.tangent_chunk,
         device=memory.planning_device(execution.mesh),
     )
-    sides = [(lens_side(lens), not lens.startswith("query_lens")) for lens in lenses if lens in SWEEP_OF_LENS]
+    transported = [parse_lens(lens) for lens in lenses if parse_lens(lens).transports]
+    sides = [(lens.side, lens.transition == "first_order") for lens in transported]
     costs = auto.transport_passes([(len(r.features), r.points) for r in requests], sides, model.config)
     path = auto.path(execution.path, *costs, have_operators=have_operators)
     return LensPlan(

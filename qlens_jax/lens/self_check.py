@@ -63,7 +63,7 @@ def check_first_order(plan, request, side: str, vectors, terms, lens: str) -> No
     sample = np.asarray(vectors[pick], np.float32)
     n_layers = plan.model.config.n_layers
     _, reference = first_order_terms_per_feature(
-        plan.model,
+        plan.transport_model(side),
         plan.tokens,
         plan.mask,
         plan.chunks,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qlens_jax.lens.lens_spec import PRESETS, parse_lens
+
 LENSES = (
     "logit_lens_value",
     "logit_lens_key",
@@ -17,8 +19,12 @@ LENSES = (
 DEFAULT_LENSES = ("query_lens_value", "query_lens_key")
 
 
+assert LENSES == tuple(PRESETS)
+
+
 def lens_side(lens: str) -> str:
-    return "value" if lens.endswith("_value") else "key"
+    """ "value" or "key": the dictionary vector `lens` (a name or spec) reads."""
+    return parse_lens(lens).side
 
 
 @dataclass

@@ -28,6 +28,7 @@ from qlens_jax.baselines import TunedLens, baseline_signatures
 from qlens_jax.channels import channel_data, fit_channels, module_responses, subspace_channels, train_low_rank
 from qlens_jax.evaluation.run import evaluate
 from qlens_jax.lens import operators
+from qlens_jax.lens.options import LensOptions
 from qlens_jax.readout import ReadoutContext
 from qlens_jax.readout.programs import first_order_chunks, readout_chunks
 from tiny_models import build_hf_model, padded_batch
@@ -97,9 +98,8 @@ def test_every_dot_of_the_baselines_follows_the_policy(tiny, tmp_path, monkeypat
             mask,
             lenses=("zero_out", "token_change_5", "tuned_lens"),
             features=[1, 2, 3],
-            k=5,
+            options=LensOptions(k=5, precision=mode),
             translators=translators,
-            precision=mode,
         )
     dots = _check(tmp_path, mode, ("jit_readout_chunks",))
     assert len(dots) >= 3

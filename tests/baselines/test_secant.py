@@ -14,6 +14,7 @@ import converters
 from qlens_jax.baselines import baseline_signatures
 from qlens_jax.baselines.secant import mean_differences, secant_spec, sums_logits
 from qlens_jax.baselines.splice import feature_change, point_value, site_input, write_point
+from qlens_jax.lens.options import ExecutionOptions, LensOptions
 from qlens_jax.lens.points import value_points
 from qlens_jax.lens.transport import run_from
 from qlens_jax.lens.validation import LensRequestError
@@ -186,7 +187,14 @@ def test_signatures_are_topk_of_the_definition(gpt2):
     model, tokens, mask = gpt2
     dictionary = _dictionaries(model.config.d_model, model.config.n_layers)["transcoder-mlp_in-skip"]
     sigs = baseline_signatures(
-        model, [dictionary], tokens, mask, lenses=LENSES, features=FEATURES, k=7, sequences_per_chunk=2
+        model,
+        [dictionary],
+        tokens,
+        mask,
+        lenses=LENSES,
+        features=FEATURES,
+        options=LensOptions(k=7),
+        execution=ExecutionOptions(sequences_per_chunk=2),
     )
     assert [t.lens for t in sigs] == list(LENSES)
     for table in sigs:
@@ -251,5 +259,12 @@ def test_a_non_finite_baseline_score_is_refused_naming_the_feature(gpt2):
         NonFiniteScoreError, match=r"token_change_1 of dictionary .* \(layer 1\), feature 6: .*non-finite"
     ):
         baseline_signatures(
-            model, [dictionary], tokens, mask, lenses=("token_change_1",), features=FEATURES, k=7, sequences_per_chunk=2
+            model,
+            [dictionary],
+            tokens,
+            mask,
+            lenses=("token_change_1",),
+            features=FEATURES,
+            options=LensOptions(k=7),
+            execution=ExecutionOptions(sequences_per_chunk=2),
         )

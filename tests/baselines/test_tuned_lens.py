@@ -23,6 +23,7 @@ from qlens_jax.baselines import (
     train_tuned_lens,
 )
 from qlens_jax.errors import InputError
+from qlens_jax.lens.options import LensOptions
 from qlens_jax.lens.validation import LensRequestError
 from qlens_jax.readout import value_scores
 from splice_reference import make_dictionary
@@ -170,7 +171,13 @@ def test_tuned_lens_signatures(gpt2):
         make_dictionary(d, n_layers - 1, "resid_post", "resid_post", "sae", 3),
     ]
     sigs = baseline_signatures(
-        model, dictionaries, tokens, lenses=("tuned_lens", "tuned_lens_linear"), features=[2, 5], k=5, translators=lens
+        model,
+        dictionaries,
+        tokens,
+        lenses=("tuned_lens", "tuned_lens_linear"),
+        features=[2, 5],
+        options=LensOptions(k=5),
+        translators=lens,
     )
     assert [t.lens for t in sigs] == ["tuned_lens"] * 3 + ["tuned_lens_linear"] * 3
     for table, dictionary, point in zip(sigs, dictionaries * 2, (2, 3, 2 * n_layers) * 2):
@@ -199,7 +206,7 @@ def test_tuned_lens_at_the_dictionary_layer_as_the_authors_apply_it(gpt2):
         tokens,
         lenses=("tuned_lens",),
         features=[1, 4],
-        k=5,
+        options=LensOptions(k=5),
         translators=lens,
         tuned_lens_point_choice="layer",
     )
@@ -210,7 +217,13 @@ def test_tuned_lens_at_the_dictionary_layer_as_the_authors_apply_it(gpt2):
         scores = np.asarray(value_scores(model, translated))
         np.testing.assert_array_equal(table.top_ids, np.argsort(-scores, axis=1)[:, :5])
     written = baseline_signatures(
-        model, dictionaries[:1], tokens, lenses=("tuned_lens",), features=[1, 4], k=5, translators=lens
+        model,
+        dictionaries[:1],
+        tokens,
+        lenses=("tuned_lens",),
+        features=[1, 4],
+        options=LensOptions(k=5),
+        translators=lens,
     )
     assert not np.array_equal(written[0].top_scores, sigs[0].top_scores)  # layer 0's written point is resid_pre[1]
     with pytest.raises(LensRequestError, match="tuned_lens_point 'x'"):

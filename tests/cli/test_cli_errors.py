@@ -143,6 +143,14 @@ CASES = {
         lambda a, w, t: a + ["--lenses", "query_lens_value,tuned_lens"],
         ["--lenses", "'tuned_lens'", "logit_lens_key"],
     ),
+    "submodule without transport": (
+        lambda a, w, t: a + ["--lenses", "query_lens_key,logit_lens_value", "--submodule", "attn"],
+        ["submodule='attn'", "logit_lens_value", "no transport"],
+    ),
+    "unknown lens spec part": (
+        lambda a, w, t: a + ["--lenses", "value:fulll:unembed"],
+        ["--lenses", "transition 'fulll'", "identity, first_order, full"],
+    ),
     "feature out of range": (lambda a, w, t: a + ["--features", "0-40"], ["--features", "feature 40", "40 features"]),
     "missing feature file": (
         lambda a, w, t: a + ["--features", str(t / "sample.pkl")],
