@@ -20,7 +20,12 @@ from jaxtyping import Array, Float
 
 from qlens_jax import memory, sharding
 from qlens_jax.lens import self_check
-from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
+from qlens_jax.lens.first_order import (
+    first_order_terms_dense,
+    first_order_terms_per_feature,
+    first_order_value_means,
+    hop_kind,
+)
 from qlens_jax.lens.means import per_feature_means, relative_variance
 from qlens_jax.lens.operators import TransportOperators, transport_operators
 from qlens_jax.lens.options import ExecutionOptions, LensOptions, split_options
@@ -174,6 +179,11 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                     )
                     result = context.read_first_order(side, term_vectors, None)
                 extra = {"layer_indices": np.asarray([request.dictionary.layer, *blocks])}
+                if options.stats and side == "value" and hop_kind(request.points, side) is None:
+                    mean, mean_sq = first_order_value_means(
+                        plan.model, plan.tokens, plan.mask, plan.chunks, np.asarray(vectors), request.points, n_layers
+                    )
+                    table_stats["relative_variance"] = relative_variance(mean, mean_sq)
             finite(result)
             signatures.append(
                 SignatureTable(

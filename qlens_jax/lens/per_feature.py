@@ -86,6 +86,29 @@ def first_order_value_chunk(
 
 
 @eqx.filter_jit
+def first_order_value_stats_chunk(
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n d"],
+    rows: Int[Array, " m"],
+    tangent_chunk: int,
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """The per-position first-order value vector `v + sum over rows m of J_m(position) v`:
+    position sums and sums of squares (the relative variance of first order)."""
+    n_modules = len(pts.modules(model.config.n_layers))
+    inputs = transport.clean_module_inputs(model, tokens, mask)
+    zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
+    _, push = jax.linearize(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)
+
+    def one(v):
+        per_position = v + push(jnp.broadcast_to(v, zeros.shape))[rows].sum(0)
+        return _sum_and_square(per_position, mask)
+
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
 def first_order_key_chunk(
     model: Transformer,
     tokens: Int[Array, "b s"],
