@@ -22,7 +22,12 @@ from jaxtyping import Array, Float
 from qlens_jax import memory, sharding
 from qlens_jax.dictionaries import is_cross_layer
 from qlens_jax.lens import cross_layer, self_check
-from qlens_jax.lens.first_order import first_order_terms_dense, first_order_terms_per_feature
+from qlens_jax.lens.first_order import (
+    first_order_terms_dense,
+    first_order_terms_per_feature,
+    first_order_value_means,
+    hop_kind,
+)
 from qlens_jax.lens.lens_spec import Lens, parse_lens
 from qlens_jax.lens.linearization import readout_model
 from qlens_jax.lens.means import per_feature_means, relative_variance
@@ -216,6 +221,17 @@ def _read_signatures(plan: LensPlan, operators: TransportOperators | None) -> Si
                     )
                     result = context.read_first_order(side, term_vectors, None)
                 extra = {"layer_indices": np.asarray([request.dictionary.layer, *blocks])}
+                if options.stats and side == "value" and hop_kind(request.points, side) is None:
+                    mean, mean_sq = first_order_value_means(
+                        plan.transport_model(side),
+                        plan.tokens,
+                        plan.mask,
+                        plan.chunks,
+                        np.asarray(vectors),
+                        request.points,
+                        n_layers,
+                    )
+                    table_stats["relative_variance"] = relative_variance(mean, mean_sq)
             finite(result)
             signatures.append(
                 SignatureTable(

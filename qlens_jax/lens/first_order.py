@@ -98,6 +98,25 @@ def first_order_terms_per_feature(
     return list(groups), jnp.stack(terms, axis=1)
 
 
+def first_order_value_means(
+    model, tokens, mask, plan: ChunkPlan, vectors, points: DictionaryPoints, n_layers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean `[n, d]` and mean squared norm `[n]` over valid positions of the per-position
+    first-order value vectors of a dictionary that writes to the residual (`hop_kind` None), for
+    their relative variance."""
+    rows = jnp.asarray(
+        [pts.module_row(m, n_layers) for m in contributing_modules(points, "value", n_layers)], jnp.int32
+    )
+    total, total_sq = 0.0, 0.0
+    for chunk_tokens, chunk_mask in iter_token_chunks(tokens, mask, plan.sequences_per_chunk):
+        s, sq = per_feature.first_order_value_stats_chunk(
+            model, jnp.asarray(chunk_tokens), jnp.asarray(chunk_mask), vectors, rows, plan.tangent_chunk
+        )
+        total, total_sq = total + s, total_sq + sq
+    n = float(np.asarray(mask).sum())
+    return np.asarray(total) / n, np.asarray(total_sq) / n
+
+
 def _module_means(model, tokens, mask, plan: ChunkPlan, side: str, vectors, mask_seed: bool) -> jnp.ndarray:
     """Each module's single-hop term of each vector, mean over valid positions: `[n, modules, d]`."""
     total = 0.0

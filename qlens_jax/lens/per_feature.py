@@ -68,6 +68,16 @@ def key_chunk(
     return jax.lax.map(one, (vectors.astype(jnp.float32), points), batch_size=tangent_chunk)
 
 
+def _module_push(model: Transformer, tokens: Int[Array, "b s"], mask: Bool[Array, "b s"]):
+    """`v -> [modules, b, s, d]`: every module's Jacobian at its clean input applied to `v` at every
+    valid position (one linearization for all vectors)."""
+    n_modules = len(pts.modules(model.config.n_layers))
+    inputs = transport.clean_module_inputs(model, tokens, mask)
+    zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
+    _, push = jax.linearize(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)
+    return lambda v: push(jnp.broadcast_to(v, zeros.shape))
+
+
 @eqx.filter_jit
 def first_order_value_chunk(
     model: Transformer,
@@ -77,11 +87,25 @@ def first_order_value_chunk(
     tangent_chunk: int,
 ) -> Float[Array, "n modules d"]:
     """Each module's Jacobian applied to each vector broadcast over valid positions, summed."""
-    n_modules = len(pts.modules(model.config.n_layers))
-    inputs = transport.clean_module_inputs(model, tokens, mask)
-    zeros = jnp.zeros((n_modules, model.config.d_model), jnp.float32)
-    _, push = jax.linearize(lambda deltas: transport.module_outputs(model, inputs, mask, deltas), zeros)
-    one = lambda v: transport.masked_sum(push(jnp.broadcast_to(v, zeros.shape)), mask)
+    push = _module_push(model, tokens, mask)
+    one = lambda v: transport.masked_sum(push(v), mask)
+    return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
+
+
+@eqx.filter_jit
+def first_order_value_stats_chunk(
+    model: Transformer,
+    tokens: Int[Array, "b s"],
+    mask: Bool[Array, "b s"],
+    vectors: Float[Array, "n d"],
+    rows: Int[Array, " m"],
+    tangent_chunk: int,
+) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:
+    """The per-position first-order value vector `v + sum over rows m of J_m(position) v`:
+    position sums and sums of squares (the relative variance of first order)."""
+    push = _module_push(model, tokens, mask)
+    one = lambda v: _sum_and_square(v + push(v)[rows].sum(0), mask)
+
     return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
 
 

@@ -137,7 +137,7 @@ def test_relative_variance_matches_reference(computed):
     hf, model, dictionaries, tokens, mask, _, per_feature = computed
     for dictionary in dictionaries[:2]:
         site, kind = reference_site(dictionary)
-        for lens in ("query_lens_value", "query_lens_key"):
+        for lens in ("query_lens_value", "query_lens_key", "first_order_value"):
             side = lens.split("_")[-1]
             vectors = np.asarray(dictionary.value_vectors() if side == "value" else dictionary.key_vectors())[FEATURES]
             want = ref.reference_relative_variance(hf, tokens, mask, lens, vectors, site, dictionary.layer, kind=kind)
