@@ -2,7 +2,7 @@
 
 from qlens_jax.models.config import ModelConfig, ModelConfigError
 from qlens_jax.models.linear_attention import GatedDeltaNet
-from qlens_jax.models.mixer import PositionMixer, mixer_floats
+from qlens_jax.models.mixer import PositionMixer
 from qlens_jax.models.mlp import MixedMLP, MLPCost, ResidualMLP, RoutedMLP, autodiff_jacobian, mlp_cost
 from qlens_jax.models.transformer import (
     MLP,
@@ -19,6 +19,7 @@ from qlens_jax.models.transformer import (
     block_forward,
     block_output,
     init_transformer,
+    mixer_floats,
     mlp_block_input,
     mlp_input,
     mlp_residual,

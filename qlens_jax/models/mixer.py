@@ -33,14 +33,3 @@ class PositionMixer(eqx.Module):
     @abc.abstractmethod
     def linearization_floats(config: ModelConfig, seq_len: int) -> int:
         """Floats per token and layer that its linearization keeps (reverse mode)."""
-
-
-def mixer_floats(config: ModelConfig, seq_len: int) -> int:
-    """`PositionMixer.linearization_floats` of `config`'s mixers, the larger where layers differ."""
-    from qlens_jax.models.linear_attention import GatedDeltaNet
-    from qlens_jax.models.transformer import Attention
-
-    floats = Attention.linearization_floats(config, seq_len)
-    if config.has_linear_attention:
-        floats = max(floats, GatedDeltaNet.linearization_floats(config, seq_len))
-    return floats

@@ -438,3 +438,11 @@ def init_transformer(config: ModelConfig, key: PRNGKeyArray, dtype=jnp.float32) 
         lm_head=lm_head,
         config=c,
     )
+
+
+def mixer_floats(config: ModelConfig, seq_len: int) -> int:
+    """`PositionMixer.linearization_floats` of `config`'s mixers, the larger where layers differ."""
+    floats = Attention.linearization_floats(config, seq_len)
+    if config.has_linear_attention:
+        floats = max(floats, GatedDeltaNet.linearization_floats(config, seq_len))
+    return floats

@@ -212,7 +212,6 @@ def test_float32_is_available_everywhere_and_nested_entries_inherit_the_mode(mon
     "entry",
     [
         qlens_jax.transport_operators,
-        baseline_signatures,
         evaluate,
         channel_data,
         fit_channels,
@@ -231,6 +230,21 @@ def test_every_computing_entry_point_takes_a_precision(entry):
     positional = [p for p in parameters.values() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
     with pytest.raises(numerics.PrecisionError, match="'float64'"):
         entry(*[None] * len(positional), precision="float64")
+
+
+def test_baselines_take_their_precision_in_the_lens_options():
+    """`baseline_signatures(..., options=LensOptions(precision=...))` refuses a precision the
+    policy does not have before the body runs (the placeholder arguments would fail differently)."""
+    from qlens_jax.lens.validation import LensRequestError
+    from tiny_models import build_hf_model
+
+    parameters = inspect.signature(baseline_signatures).parameters
+    assert "precision" not in parameters and parameters["options"].default == qlens_jax.LensOptions()
+    positional = [p for p in parameters.values() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+    model = converters.load_model(build_hf_model("gpt2", seed=0))
+    arguments = [model, *[None] * (len(positional) - 1)]
+    with pytest.raises((numerics.PrecisionError, LensRequestError), match="'float64'"):
+        baseline_signatures(*arguments, options=qlens_jax.LensOptions(precision="float64"))
 
 
 def test_query_lens_takes_its_precision_in_the_lens_options():
