@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from qlens_jax.lens import points as pts, transport
+from qlens_jax.lens import per_feature, points as pts, transport
 from qlens_jax.lens.points import Point
 from qlens_jax.models import Transformer, mlp_input
 
@@ -115,11 +115,6 @@ def key_view(point: Point) -> str:
     return "mlp_in" if point.site == "mlp_in" else point.norm or "residual"
 
 
-def _sums(x: Float[Array, "b s d"], mask: Bool[Array, "b s"]) -> tuple[Float[Array, " d"], Float[Array, ""]]:
-    x = x.astype(jnp.float32)
-    return transport.masked_sum(x, mask), jnp.einsum("bsd,bs->", x * x, mask.astype(jnp.float32))
-
-
 @eqx.filter_jit
 def value_chunk(
     model: Transformer,
@@ -140,7 +135,9 @@ def value_chunk(
         lambda delta: run_modules(model, clean + (delta * m).astype(dtype), mask, start, n_modules),
         jnp.zeros(model.config.d_model, jnp.float32),
     )
-    return jax.lax.map(lambda v: _sums(push(v), mask), vectors.astype(jnp.float32), batch_size=tangent_chunk)
+    return jax.lax.map(
+        lambda v: per_feature.sum_and_square(push(v), mask), vectors.astype(jnp.float32), batch_size=tangent_chunk
+    )
 
 
 @eqx.filter_jit
@@ -162,7 +159,7 @@ def key_chunk(
     seed_mask = mask[..., None]
 
     def one(vector):
-        return _sums(pull(jnp.where(seed_mask, vector, 0.0).astype(stream.dtype))[0], mask)
+        return per_feature.sum_and_square(pull(jnp.where(seed_mask, vector, 0.0).astype(stream.dtype))[0], mask)
 
     return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
 

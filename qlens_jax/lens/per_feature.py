@@ -16,7 +16,8 @@ from qlens_jax.lens import points as pts, transport
 from qlens_jax.models import Transformer
 
 
-def _sum_and_square(x: Float[Array, "b s d"], mask: Bool[Array, "b s"]):
+def sum_and_square(x: Float[Array, "b s d"], mask: Bool[Array, "b s"]) -> tuple[Float[Array, " d"], Float[Array, ""]]:
+    """Sum over valid positions of `x` and of its squared norm (float32): one chunk's share of a mean and mean square."""
     x = x.astype(jnp.float32)
     return transport.masked_sum(x, mask), jnp.einsum("bsd,bs->", x * x, mask.astype(jnp.float32))
 
@@ -38,7 +39,7 @@ def value_chunk(
 
     def one(args):
         vector, point = args
-        return _sum_and_square(push(jnp.zeros(shape, jnp.float32).at[point].set(vector)), mask)
+        return sum_and_square(push(jnp.zeros(shape, jnp.float32).at[point].set(vector)), mask)
 
     return jax.lax.map(one, (vectors.astype(jnp.float32), points), batch_size=tangent_chunk)
 
@@ -63,7 +64,7 @@ def key_chunk(
         vector, point = args
         seed = jnp.where(seed_mask, vector, 0.0).astype(stream.dtype)
         cotangent = jnp.zeros_like(stream).at[point].set(seed)
-        return _sum_and_square(pull(cotangent)[0], mask)
+        return sum_and_square(pull(cotangent)[0], mask)
 
     return jax.lax.map(one, (vectors.astype(jnp.float32), points), batch_size=tangent_chunk)
 
@@ -104,7 +105,7 @@ def first_order_value_stats_chunk(
     """The per-position first-order value vector `v + sum over rows m of J_m(position) v`:
     position sums and sums of squares (the relative variance of first order)."""
     push = _module_push(model, tokens, mask)
-    one = lambda v: _sum_and_square(v + push(v)[rows].sum(0), mask)
+    one = lambda v: sum_and_square(v + push(v)[rows].sum(0), mask)
 
     return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
 
@@ -148,7 +149,7 @@ def z_value_chunk(
     deltas = jnp.zeros((pts.n_points(c.n_layers), c.d_model), jnp.float32)
     zeros = jnp.zeros((c.n_layers, c.n_heads * c.head_dim), jnp.float32)
     _, push = jax.linearize(lambda z_deltas: transport.final_from_probes(model, tokens, mask, deltas, z_deltas), zeros)
-    one = lambda vector: _sum_and_square(push(zeros.at[layer].set(vector)), mask)
+    one = lambda vector: sum_and_square(push(zeros.at[layer].set(vector)), mask)
     return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
 
 
@@ -168,7 +169,7 @@ def site_key_chunk(
         lambda d0: transport.points_and_sites_from_embedding(model, tokens, mask, d0, sites=(site,))[1], zeros
     )
     seed = lambda vector: jnp.where(mask[..., None], vector, 0.0).astype(values.dtype)
-    one = lambda vector: _sum_and_square(pull(seed(vector))[0], mask)
+    one = lambda vector: sum_and_square(pull(seed(vector))[0], mask)
     return jax.lax.map(one, vectors.astype(jnp.float32), batch_size=tangent_chunk)
 
 
