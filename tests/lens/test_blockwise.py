@@ -31,6 +31,7 @@ ARCHITECTURES = [
     "mistral-sliding",
     "gptoss-every-key",
     "qwen35-hybrid",
+    "qwen35moe-hybrid",
 ]
 
 

@@ -32,6 +32,7 @@ K = 8
         "mistral-sliding",
         "gptoss-every-key",
         "qwen35-hybrid",
+        "qwen35moe-hybrid",
     ],
 )
 def computed(request):
